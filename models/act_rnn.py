@@ -1,0 +1,177 @@
+"""Adaptive Computation Time for recurrent networks (Graves 2016, arXiv 1603.08983).
+
+At input step t the cell runs n = 1..N(t) times ("inner steps"):
+
+    s^n   = cell([x_t, delta_{n,1}], s^{n-1})    s^0 = s_{t-1}; the flag is 1 on the first step only
+    h^n   = sigmoid(W_h s^n + b_h)               halting unit, b_h initialised to 1 (paper)
+    p^n, N, R from the ACT rule (models/halting.py), step cap M (max_steps)
+    s_t   = sum_n p^n s^n                        (an LSTM averages its cell state too)
+    y_t   = W_y s_t + b_y                         (= sum_n p^n y^n, since y is linear in s)
+    rho_t = N(t) + R(t);  loss = task loss + tau * sum_t rho_t
+
+Rows of the batch that have halted take no further part: `execution="sparse"` (the default at
+inference) runs the cell only on the rows still going and stops when none is; `"masked"` runs
+every row until all have halted and multiplies by the weights (the reference). Both give the
+same numbers. With `act=False` every step runs exactly once (a plain RNN of the same size).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .halting import DEFAULT_EPS, StepwiseHalting
+from .registry import register_model
+from .trace import Trace
+
+
+class RecurrentCell(nn.Module):
+    """tanh RNN, GRU or LSTM written out, with the input projection done once per sequence.
+
+    The state is a tuple of tensors [B, H] (LSTM: (hidden, cell)); `state[0]` is what the
+    halting and output layers read.
+    """
+
+    def __init__(self, kind: str, input_size: int, hidden_size: int):
+        super().__init__()
+        gates = {"rnn": 1, "gru": 3, "lstm": 4}[kind]
+        self.kind, self.hidden_size = kind, hidden_size
+        self.input_proj = nn.Linear(input_size, gates * hidden_size)  # W_x x + b
+        self.flag_weight = nn.Parameter(torch.zeros(gates * hidden_size))  # column of the first-step flag
+        self.hidden_proj = nn.Linear(hidden_size, gates * hidden_size, bias=kind == "gru")
+        bound = hidden_size**-0.5
+        nn.init.uniform_(self.flag_weight, -bound, bound)
+        if kind == "lstm":  # forget-gate bias 1: the usual start for LSTMs
+            with torch.no_grad():
+                self.input_proj.bias[hidden_size : 2 * hidden_size].fill_(1.0)
+
+    def initial_state(self, batch: int, device, dtype) -> tuple[torch.Tensor, ...]:
+        zeros = torch.zeros(batch, self.hidden_size, device=device, dtype=dtype)
+        return (zeros, zeros.clone()) if self.kind == "lstm" else (zeros,)
+
+    def step(self, x_proj: torch.Tensor, first: bool, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        pre = x_proj + self.flag_weight if first else x_proj
+        hidden = state[0]
+        if self.kind == "rnn":
+            return (torch.tanh(pre + self.hidden_proj(hidden)),)
+        if self.kind == "gru":
+            x_r, x_z, x_n = pre.chunk(3, -1)
+            h_r, h_z, h_n = self.hidden_proj(hidden).chunk(3, -1)
+            reset, update = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+            candidate = torch.tanh(x_n + reset * h_n)
+            return ((1 - update) * candidate + update * hidden,)
+        i, f, g, o = (pre + self.hidden_proj(hidden)).chunk(4, -1)
+        cell = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
+        return (torch.sigmoid(o) * torch.tanh(cell), cell)
+
+    def step_flops(self) -> int:
+        # The per-step matrix products: W_h s (and the input projection, done once per input
+        # step but charged to the first inner step by the caller).
+        return 2 * self.hidden_proj.in_features * self.hidden_proj.out_features
+
+
+class ACTRecurrentNet(nn.Module):
+    """Inputs: `input_kind="bytes"`: [B, T] byte ids (embedded, like a one-hot input layer);
+    `"features"`: [B, T, F] or [B, F] (one input step, e.g. a parity vector).
+    Outputs: logits [B, T, C] (`output="sequence"`) or [B, C] for the last step (`"last"`)."""
+
+    def __init__(
+        self,
+        cell: str = "lstm",
+        input_kind: str = "features",
+        input_size: int = 64,
+        hidden_size: int = 128,
+        output_size: int = 2,
+        output: str = "last",
+        act: bool = True,
+        max_steps: int = 100,
+        halting_bias: float = 1.0,
+        eps: float = DEFAULT_EPS,
+        execution: str = "sparse",
+    ):
+        super().__init__()
+        self.input_kind, self.output, self.act = input_kind, output, act
+        self.max_steps = max_steps if act else 1
+        self.eps = eps
+        self.execution = execution
+        if input_kind == "bytes":
+            self.embedding = nn.Embedding(256, input_size)
+        elif input_kind != "features":
+            raise ValueError(f"input_kind must be 'bytes' or 'features', not {input_kind!r}")
+        self.cell = RecurrentCell(cell, input_size, hidden_size)
+        self.halting_unit = nn.Linear(hidden_size, 1)
+        nn.init.constant_(self.halting_unit.bias, halting_bias)
+        self.readout = nn.Linear(hidden_size, output_size)
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_kind == "bytes":
+            return self.embedding(x.long())
+        return x.unsqueeze(1) if x.dim() == 2 else x
+
+    def _ponder_step(self, x_proj, state, batch, device, dtype):
+        """All inner steps for one input step. Returns (averaged state, ponder [B], steps [B])."""
+        if not self.act:
+            return self.cell.step(x_proj, True, state), torch.ones(batch, device=device, dtype=dtype), torch.ones(batch, device=device, dtype=torch.long)
+        halting = StepwiseHalting((batch,), device=device, dtype=dtype, eps=self.eps)
+        averaged = tuple(torch.zeros_like(s) for s in state)
+        current = state
+        for n in range(1, self.max_steps + 1):
+            if self.execution == "sparse" and n > 1:
+                rows = halting.running.nonzero().squeeze(1)
+                sub = self.cell.step(x_proj[rows], False, tuple(s[rows] for s in current))
+                current = tuple(s.index_copy(0, rows, s_rows) for s, s_rows in zip(current, sub))
+                h_rows = torch.sigmoid(self.halting_unit(sub[0])).squeeze(1)
+                h = torch.zeros(batch, device=device, dtype=dtype).index_copy(0, rows, h_rows)
+            else:
+                current = self.cell.step(x_proj, n == 1, current)
+                h = torch.sigmoid(self.halting_unit(current[0])).squeeze(1)
+            p = halting.update(h, force_halt=n == self.max_steps)
+            averaged = tuple(a + p[:, None] * s for a, s in zip(averaged, current))
+            if not halting.any_running():
+                break
+        return averaged, halting.ponder_cost, halting.steps
+
+    def trace(self, x: torch.Tensor) -> Trace:
+        inputs = self._inputs(x)
+        batch, length = inputs.shape[:2]
+        device, dtype = inputs.device, inputs.dtype
+        projected = self.cell.input_proj(inputs)  # W_x x_t + b for every t at once
+        state = self.cell.initial_state(batch, device, dtype)
+        outputs, ponders, steps = [], [], []
+        for t in range(length):
+            state, ponder, n_steps = self._ponder_step(projected[:, t], state, batch, device, dtype)
+            outputs.append(state[0])
+            ponders.append(ponder)
+            steps.append(n_steps)
+        hidden = torch.stack(outputs, 1)
+        logits = self.readout(hidden[:, -1] if self.output == "last" else hidden)
+        steps_t = torch.stack(steps, 1)
+        input_flops = 2 * self.cell.input_proj.in_features * self.cell.input_proj.out_features
+        per_step = self.cell.step_flops() + (2 * self.halting_unit.in_features if self.act else 0)
+        readout = 2 * self.readout.in_features * self.readout.out_features * (1 if self.output == "last" else length)
+        flops = input_flops * length + per_step * steps_t.sum(1).to(dtype) + readout
+        dense = float(input_flops * length + per_step * self.max_steps * length + readout)
+        return Trace(logits=logits, flops=flops, dense_flops=dense, ponder=torch.stack(ponders, 1), steps=steps_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trace(x).logits
+
+    def adaptive_loss(self, trace: Trace, tau: float = 1e-3) -> torch.Tensor:
+        """tau x sum over input steps of rho_t, averaged over the batch (0 without ACT)."""
+        if not self.act:
+            return trace.logits.new_zeros(())
+        return tau * trace.ponder.sum(1).mean()
+
+
+def _make(cell: str, act: bool):
+    def make(**kwargs) -> ACTRecurrentNet:
+        return ACTRecurrentNet(cell=cell, act=act, **kwargs)
+
+    make.__name__ = f"{'act_' if act else ''}{cell}"
+    make.__doc__ = f"{'ACT ' if act else 'plain '}{cell.upper()} (Graves 2016)"
+    return register_model(make)
+
+
+for _cell in ("rnn", "gru", "lstm"):
+    _make(_cell, True)
+    _make(_cell, False)

@@ -1,0 +1,230 @@
+"""ConvNet-AIG: convolutional networks with adaptive inference graphs (Veit & Belongie, ECCV 2018).
+
+Before every residual block a small gate looks at the block's input and decides, per image,
+whether to run the block:
+
+    gate logits = fc2(relu(fc1bn(fc1(GAP(x)))))      2 logits: (skip, run); hidden width 16
+    train:  g = Gumbel-softmax straight-through hard sample at temperature 1 (forward: one-hot,
+            backward: gradient of the soft sample)
+    test:   g = 1 iff logit_run > logit_skip           (deterministic; sampling is an option)
+    y = relu(shortcut(x) + g * F(x))                   post-activation block, as in the paper
+
+A closed downsampling block still computes its projection shortcut. The target-rate loss pulls
+each layer's batch-mean execution rate towards its target t:  lambda * mean_l (t_l - mean g_l)^2.
+Parameter names follow the authors' code (conv1, bn1, layerS.B.{conv,bn}{1,2,3}, shortcut.{0,1},
+fc1, fc1bn, fc2, linear) so their state dicts load after `convert_official_state_dict`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .flops import conv_flops, linear_flops
+from .registry import register_model
+from .trace import Trace
+
+GATE_HIDDEN = 16
+
+
+class Gate(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, GATE_HIDDEN, 1)
+        self.fc1bn = nn.BatchNorm2d(GATE_HIDDEN)
+        self.fc2 = nn.Conv2d(GATE_HIDDEN, 2, 1)
+        # Start about 87% open (softmax of [0.1, 2]) with near-zero weights, as the authors do.
+        nn.init.normal_(self.fc2.weight, 0.0, 0.001)
+        with torch.no_grad():
+            self.fc2.bias.copy_(torch.tensor([0.1, 2.0]))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(x, 1)
+        return self.fc2(F.relu(self.fc1bn(self.fc1(pooled)))).flatten(1)  # [B, 2]
+
+    def flops(self) -> int:
+        return conv_flops(self.fc1, 1) + conv_flops(self.fc2, 1)
+
+
+def gumbel_straight_through(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Hard sample of P(run) with the soft sample's gradient -> [B] in {0, 1}."""
+    uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-10)
+    soft = F.softmax((logits - torch.log(-torch.log(uniform))) / temperature, dim=-1)
+    hard = F.one_hot(soft.argmax(-1), 2).to(soft.dtype)
+    return (hard - soft.detach() + soft)[:, 1]
+
+
+class GatedBlock(nn.Module):
+    """Post-activation basic (2 x 3x3) or bottleneck (1x1, 3x3, 1x1) block with a gate."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, bottleneck: bool):
+        super().__init__()
+        expansion = 4 if bottleneck else 1
+        out_planes = planes * expansion
+        if bottleneck:
+            self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(out_planes)
+            self.layers = [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
+        else:
+            self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.layers = [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != out_planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes))
+        self.gate = Gate(in_planes)
+        self.out_planes = out_planes
+        self.stride = stride
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for index, (conv, bn) in enumerate(self.layers):
+            out = bn(conv(out))
+            if index < len(self.layers) - 1:
+                out = F.relu(out)
+        return out
+
+    def residual_flops(self, out_positions: int) -> float:
+        # Convolutions before the strided one run at the input resolution (a bottleneck's conv1).
+        scale, flops = self.stride**2, 0.0
+        for conv, _ in self.layers:
+            if conv.stride != (1, 1):
+                scale = 1
+            flops += conv_flops(conv, out_positions * scale)
+        return flops
+
+    def shortcut_flops(self, out_positions: int) -> float:
+        return conv_flops(self.shortcut[0], out_positions) if len(self.shortcut) else 0.0
+
+
+class AIGResNet(nn.Module):
+    def __init__(
+        self,
+        blocks_per_stage: list[int],
+        widths: list[int],
+        bottleneck: bool = False,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        stem: str = "cifar",
+        gate_mode: str = "deterministic",
+    ):
+        super().__init__()
+        self.stem_kind = stem
+        self.gate_mode = gate_mode  # "deterministic" or "sample" at inference
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(widths[0])
+            planes = widths[0]
+        else:
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            planes = 64
+        for stage, (n_blocks, width) in enumerate(zip(blocks_per_stage, widths), start=1):
+            blocks = []
+            for index in range(n_blocks):
+                stride = 2 if index == 0 and stage > 1 else 1
+                blocks.append(GatedBlock(planes, width, stride, bottleneck))
+                planes = blocks[-1].out_planes
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks))
+        self.n_stages = len(blocks_per_stage)
+        self.linear = nn.Linear(planes, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) and module.out_channels > 2:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def gated_blocks(self) -> list[GatedBlock]:
+        return [block for stage in range(1, self.n_stages + 1) for block in getattr(self, f"layer{stage}")]
+
+    def trace(self, x: torch.Tensor) -> Trace:
+        out = self.conv1(x)
+        dense = float(conv_flops(self.conv1, out.shape[-2] * out.shape[-1]))
+        out = F.relu(self.bn1(out))
+        if self.stem_kind == "imagenet":
+            out = F.max_pool2d(out, 3, 2, 1)
+        flops = torch.full((x.shape[0],), dense, device=x.device)
+        gates, executed, gate_values = [], [], []
+        sample = self.training or self.gate_mode == "sample"
+        for block in self.gated_blocks:
+            logits = block.gate.logits(out)
+            if sample:
+                g = gumbel_straight_through(logits)
+            else:
+                g = (logits[:, 1] > logits[:, 0]).to(out.dtype)
+            shortcut = block.shortcut(out)
+            positions = shortcut.shape[-2] * shortcut.shape[-1]
+            out = F.relu(shortcut + g[:, None, None, None] * block.residual(out))
+            residual_flops = block.residual_flops(positions)
+            flops = flops + block.gate.flops() + block.shortcut_flops(positions) + (g.detach() > 0.5) * residual_flops
+            dense += residual_flops + block.shortcut_flops(positions)
+            gates.append(F.softmax(logits, -1)[:, 1])
+            executed.append(g.detach() > 0.5)
+            gate_values.append(g)
+        pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        logits = self.linear(pooled)
+        flops = flops + linear_flops(self.linear)
+        dense += linear_flops(self.linear)
+        return Trace(
+            logits=logits,
+            flops=flops,
+            dense_flops=dense,
+            gates=torch.stack(gates, 1),
+            executed=torch.stack(executed, 1),
+            gate_values=torch.stack(gate_values, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trace(x).logits
+
+    def adaptive_loss(self, trace: Trace, target_rate=0.6, lam: float = 2.0) -> torch.Tensor:
+        """lambda x mean over gated layers of (t_l - batch-mean gate_l)^2; t may be per layer."""
+        rates = trace.gate_values.mean(0)
+        target = torch.as_tensor(target_rate, dtype=rates.dtype, device=rates.device)
+        return lam * ((target - rates) ** 2).mean()
+
+
+def convert_official_state_dict(state_dict: dict) -> dict:
+    """Map a checkpoint of the authors' code to ours: drop DataParallel's 'module.' prefix and
+    fill in the BatchNorm counters that PyTorch 0.3 did not save."""
+    converted = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    for key in list(converted):
+        if key.endswith(".running_mean"):
+            counter = key[: -len("running_mean")] + "num_batches_tracked"
+            converted.setdefault(counter, torch.tensor(0, dtype=torch.long))
+    return converted
+
+
+@register_model
+def aig_resnet(depth: int = 20, widths=(16, 32, 64), **kwargs) -> AIGResNet:
+    """CIFAR-style ConvNet-AIG of any depth 6n+2 (basic blocks)."""
+    if (depth - 2) % 6 != 0 or depth < 8:
+        raise ValueError(f"CIFAR-style ResNet depth must be 6n+2 with n >= 1, got {depth}")
+    n = (depth - 2) // 6
+    return AIGResNet([n, n, n], list(widths), bottleneck=False, stem="cifar", **kwargs)
+
+
+def _register(depth: int, builder):
+    def make(**kwargs):
+        return builder(depth, **kwargs)
+
+    make.__name__ = f"aig_resnet{depth}"
+    make.__doc__ = f"ConvNet-AIG ResNet-{depth}"
+    register_model(make)
+
+
+def _imagenet_aig(depth: int, **kwargs) -> AIGResNet:
+    layouts = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
+    kwargs.setdefault("num_classes", 1000)
+    return AIGResNet(layouts[depth], [64, 128, 256, 512], bottleneck=True, stem="imagenet", **kwargs)
+
+
+for _depth in (20, 32, 56, 110):
+    _register(_depth, aig_resnet)
+for _depth in (50, 101):
+    _register(_depth, _imagenet_aig)

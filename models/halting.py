@@ -1,0 +1,100 @@
+"""The adaptive computation time (ACT) halting rule, written once for every model family.
+
+Graves 2016, section 2; Figurnov et al. 2017, eq. 1-4. Given halting probabilities h^1..h^n
+over the steps (units, inner RNN steps) that *could* run:
+
+    N     = min{ n : sum_{i<=n} h^i >= 1 - eps }   (the last step always halts)
+    R     = 1 - sum_{i<N} h^i                       (the remainder)
+    p^n   = h^n for n < N,  p^N = R,  0 after N     (weights, sum to 1)
+    rho   = N + R                                   (ponder cost)
+
+N is a constant for the gradient, so d rho / d h^n = -1 for n < N (through R) and 0 from N on.
+Two forms: `act_weights` for all steps at once (ResNet blocks, where every h is known after the
+units ran) and `StepwiseHalting` for a loop that decides after each step whether to go on (the
+RNN cell, and skipping halted work). A test checks they agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_EPS = 0.01
+
+
+@dataclass
+class HaltingResult:
+    weights: torch.Tensor  # [..., n] p^n, zero after the halting step
+    steps: torch.Tensor  # [...] N, int64, 1..n
+    remainder: torch.Tensor  # [...] R
+    ponder_cost: torch.Tensor  # [...] N + R
+
+    @property
+    def executed(self) -> torch.Tensor:
+        """[..., n] bool: step n ran (n <= N)."""
+        n = self.weights.shape[-1]
+        index = torch.arange(1, n + 1, device=self.steps.device)
+        return index <= self.steps.unsqueeze(-1)
+
+
+def act_weights(halting: torch.Tensor, eps: float = DEFAULT_EPS) -> HaltingResult:
+    """Apply the ACT rule to halting probabilities `halting` [..., n] (any leading shape).
+
+    The value given for the last step is ignored: that step halts whatever it says.
+    """
+    n = halting.shape[-1]
+    threshold = 1.0 - eps
+    # Sum of h over the steps *before* each step; the comparisons carry no gradient.
+    cum_before = torch.cumsum(halting, dim=-1) - halting
+    cum_incl = cum_before + halting
+    ran = cum_before.detach() < threshold  # step n ran iff nothing halted before it
+    is_last_step = torch.zeros_like(ran)
+    is_last_step[..., -1] = True
+    halts_here = ran & ((cum_incl.detach() >= threshold) | is_last_step)
+    # ran is monotone (True..True False..False) and halts_here marks its last True.
+    steps = ran.sum(dim=-1)
+    # R = 1 - sum_{i<N} h^i: gradient -1 to every h before the halting step, none to h^N.
+    remainder = (1.0 - cum_before).mul(halts_here).sum(dim=-1)
+    weights = torch.where(halts_here, 1.0 - cum_before, halting * ran)
+    ponder_cost = steps.to(halting.dtype) + remainder
+    assert n >= 1
+    return HaltingResult(weights=weights, steps=steps, remainder=remainder, ponder_cost=ponder_cost)
+
+
+class StepwiseHalting:
+    """The same rule, fed one step at a time (for loops that stop early).
+
+        state = StepwiseHalting(shape, device)
+        while state.any_running():
+            h = ...  # [shape] halting probability of this step
+            p = state.update(h, force_halt=(step == max_steps))
+            # p is this step's weight: h, or R on the halting step, 0 once halted
+
+    `running` tells which elements still run *before* the next update.
+    """
+
+    def __init__(self, shape, device=None, dtype=torch.float32, eps: float = DEFAULT_EPS):
+        self.threshold = 1.0 - eps
+        self.cumulative = torch.zeros(shape, device=device, dtype=dtype)
+        self.running = torch.ones(shape, device=device, dtype=torch.bool)
+        self.steps = torch.zeros(shape, device=device, dtype=torch.long)
+        self.remainder = torch.zeros(shape, device=device, dtype=dtype)
+
+    def any_running(self) -> bool:
+        return bool(self.running.any())
+
+    def update(self, halting: torch.Tensor, force_halt: bool = False) -> torch.Tensor:
+        running = self.running
+        new_cumulative = self.cumulative + halting
+        halts_now = running & ((new_cumulative.detach() >= self.threshold) | force_halt)
+        remainder_now = 1.0 - self.cumulative
+        weight = torch.where(halts_now, remainder_now, torch.where(running, halting, torch.zeros_like(halting)))
+        self.remainder = torch.where(halts_now, remainder_now, self.remainder)
+        self.steps = self.steps + running.long()
+        self.cumulative = torch.where(running, new_cumulative, self.cumulative)
+        self.running = running & ~halts_now
+        return weight
+
+    @property
+    def ponder_cost(self) -> torch.Tensor:
+        return self.steps.to(self.remainder.dtype) + self.remainder

@@ -1,0 +1,356 @@
+"""Pre-activation ResNets with three behaviours over the same residual units (Figurnov et al. 2017):
+
+    halting="none"  the dense ResNet (He et al. 2016, identity mappings)
+    halting="act"   ACT over the units of each block, one decision per image
+    halting="sact"  spatially adaptive ACT: one decision per position of each block
+
+Inside a block with units F_1..F_L (block = "stage": the units between two resolution changes):
+
+    x_1 = F_1(x_0)                       the first unit always runs (it may stride / project)
+    x_l = x_{l-1} + a_l * R_l(x_{l-1})   a_l = 1 where the position/image has not halted yet
+    h_l = H_l(x_l)  for l < L,  h_L = 1  halting probability after each unit
+    out = sum_l p_l * x_l                p = ACT weights of h (models/halting.py)
+
+ACT halting branch:  GAP(x_l) -> BN -> linear -> sigmoid                       (one h per image)
+SACT halting branch: sigmoid( conv3x3(BN(x_l)) + linear_nobias(BN(GAP(x_l))) )  (h per position)
+Halting biases start at -3 so that early units rarely halt at first.
+
+A halted position keeps its value, so the next unit's 3x3 convolutions still read it; to compute
+R_l at the active positions only, R_l's first 3x3 convolution needs its input at the active
+positions dilated by one pixel (`dilate`), and everything after it only at the active ones.
+FLOPs are counted from exactly those position sets, as a sparse implementation would spend them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .flops import conv_flops, linear_flops
+from .halting import StepwiseHalting
+from .registry import register_model
+from .trace import BlockTrace, Trace
+
+HALTING_BIAS_INIT = -3.0
+
+
+def dilate(mask: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] bool -> positions within one pixel (3x3 neighbourhood) of a True position."""
+    return F.max_pool2d(mask.float().unsqueeze(1), 3, stride=1, padding=1).squeeze(1) > 0
+
+
+class PreActBasicUnit(nn.Module):
+    """x + conv3x3(relu(bn(conv3x3(relu(bn(x))))))."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+        super().__init__()
+        self.out_channels = channels
+        self.stride = stride
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Conv2d(in_channels, channels, 1, stride, bias=False)
+        # Convolutions whose inputs are needed on the dilated set (everything up to and including
+        # the input of the last 3x3 conv is needed one pixel around the active positions).
+        self.convs_on_dilated = [self.conv1]
+        self.convs_on_active = [self.conv2]
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        return self.conv2(F.relu(self.bn2(out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x))
+        shortcut = self.shortcut(pre) if self.shortcut is not None else x
+        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+        return out + shortcut
+
+
+class PreActBottleneckUnit(nn.Module):
+    """x + conv1x1(relu(bn(conv3x3(relu(bn(conv1x1(relu(bn(x))))))))), 4x expansion."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1):
+        super().__init__()
+        channels = width * self.expansion
+        self.out_channels = channels
+        self.stride = stride
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, channels, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Conv2d(in_channels, channels, 1, stride, bias=False)
+        self.convs_on_dilated = [self.conv1]
+        self.convs_on_active = [self.conv2, self.conv3]
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return self.conv3(F.relu(self.bn3(out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x))
+        shortcut = self.shortcut(pre) if self.shortcut is not None else x
+        out = self.conv1(pre)
+        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv3(F.relu(self.bn3(out)))
+        return out + shortcut
+
+
+def unit_flops(unit: nn.Module, active: torch.Tensor | float, dilated: torch.Tensor | float) -> torch.Tensor | float:
+    """FLOPs of one unit given the number of active and dilated output positions.
+
+    Only a block's first unit strides, and it always runs everywhere; convolutions before its
+    strided one (a bottleneck's first 1x1) run at the input resolution, stride^2 more positions.
+    """
+    scale = unit.stride**2
+    flops = 0.0
+    for conv in unit.convs_on_dilated + unit.convs_on_active:
+        if conv.stride != (1, 1):
+            scale = 1
+        flops = flops + conv_flops(conv, (dilated if conv in unit.convs_on_dilated else active) * scale)
+    if unit.shortcut is not None:
+        flops = flops + conv_flops(unit.shortcut, active)
+    return flops
+
+
+class ACTHalting(nn.Module):
+    """h = sigmoid(linear(BN(GAP(x)))) -> [B]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(channels)
+        self.linear = nn.Linear(channels, 1)
+        nn.init.constant_(self.linear.bias, HALTING_BIAS_INIT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.linear(self.bn(x.mean(dim=(2, 3))))).squeeze(1)
+
+    def flops(self, positions) -> float:
+        return linear_flops(self.linear)
+
+
+class SACTHalting(nn.Module):
+    """h = sigmoid(conv3x3(BN(x)) + linear_nobias(BN(GAP(x)))) -> [B, H, W]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.local_bn = nn.BatchNorm2d(channels)
+        self.local_conv = nn.Conv2d(channels, 1, 3, padding=1)
+        self.global_bn = nn.BatchNorm1d(channels)
+        self.global_linear = nn.Linear(channels, 1, bias=False)
+        nn.init.constant_(self.local_conv.bias, HALTING_BIAS_INIT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = self.local_conv(self.local_bn(x)).squeeze(1)
+        global_term = self.global_linear(self.global_bn(x.mean(dim=(2, 3))))
+        return torch.sigmoid(local + global_term[:, :, None])
+
+    def flops(self, positions):
+        return conv_flops(self.local_conv, positions) + linear_flops(self.global_linear)
+
+
+class Block(nn.Module):
+    """One stage of residual units, optionally with ACT / SACT halting over its units."""
+
+    def __init__(self, unit_cls, in_channels: int, width: int, n_units: int, stride: int, halting: str, eps: float):
+        super().__init__()
+        self.halting_kind = halting
+        self.eps = eps
+        units = [unit_cls(in_channels, width, stride)]
+        channels = units[0].out_channels
+        units += [unit_cls(channels, width, 1) for _ in range(n_units - 1)]
+        self.units = nn.ModuleList(units)
+        self.out_channels = channels
+        branch = {"act": ACTHalting, "sact": SACTHalting}.get(halting)
+        # One halting branch per unit but the last, whose h is forced to 1.
+        self.halting = nn.ModuleList([branch(channels) for _ in range(n_units - 1)]) if branch else None
+
+    def forward(self, x: torch.Tensor):
+        """Returns (block output, BlockTrace or None, executed FLOPs [B])."""
+        batch = x.shape[0]
+        x = self.units[0](x)
+        height, width = x.shape[-2:]
+        positions = float(height * width)
+        flops = torch.full((batch,), float(unit_flops(self.units[0], positions, positions)), device=x.device)
+        if self.halting is None:
+            for unit in self.units[1:]:
+                x = x + unit.residual(x)
+                flops = flops + unit_flops(unit, positions, positions)
+            return x, None, flops
+
+        spatial = self.halting_kind == "sact"
+        state_shape = (batch, height, width) if spatial else (batch,)
+        state = StepwiseHalting(state_shape, device=x.device, dtype=x.dtype, eps=self.eps)
+        output = torch.zeros_like(x)
+        weights, probabilities = [], []
+        n_units = len(self.units)
+        for index, unit in enumerate(self.units):
+            if index > 0:
+                active = state.running  # halted positions / images get no more updates
+                mask = active if spatial else active[:, None, None].expand(batch, height, width)
+                x = x + mask.unsqueeze(1).to(x.dtype) * unit.residual(x)
+                n_active = mask.flatten(1).sum(1).to(x.dtype)
+                n_dilated = dilate(mask).flatten(1).sum(1).to(x.dtype) if spatial else n_active
+                flops = flops + unit_flops(unit, n_active, n_dilated)
+            if index < n_units - 1:
+                ran = state.running if spatial else state.running[:, None, None].expand(batch, height, width)
+                h = self.halting[index](x)
+                flops = flops + self.halting[index].flops(ran.flatten(1).sum(1).to(x.dtype)) * (
+                    1.0 if spatial else state.running.to(x.dtype)
+                )
+            else:
+                h = torch.ones(state_shape, device=x.device, dtype=x.dtype)
+            p = state.update(h, force_halt=index == n_units - 1)
+            weight = p if spatial else p[:, None, None]
+            output = output + weight.unsqueeze(1) * x
+            weights.append(weight.expand(batch, height, width))
+            probabilities.append((h if spatial else h[:, None, None]).expand(batch, height, width))
+            if not state.any_running():
+                break
+        # Units never reached by any element ran nowhere: weight 0, probability 0.
+        missing = n_units - len(weights)
+        weights += [torch.zeros(batch, height, width, device=x.device, dtype=x.dtype)] * missing
+        probabilities += [torch.zeros(batch, height, width, device=x.device, dtype=x.dtype)] * missing
+        units = state.steps if spatial else state.steps[:, None, None].expand(batch, height, width)
+        cost = state.ponder_cost if spatial else state.ponder_cost[:, None, None].expand(batch, height, width)
+        trace = BlockTrace(
+            ponder_cost=cost,
+            units=units,
+            halting=torch.stack(weights, 1),
+            probabilities=torch.stack(probabilities, 1),
+        )
+        return output, trace, flops
+
+    def dense_flops(self, positions: float) -> float:
+        return float(sum(unit_flops(u, positions, positions) for u in self.units))
+
+
+class ResNet(nn.Module):
+    """Pre-activation ResNet; `halting` picks dense, ACT or SACT behaviour. Fully convolutional."""
+
+    def __init__(
+        self,
+        unit: str,
+        units_per_block: list[int],
+        widths: list[int],
+        num_classes: int = 10,
+        in_channels: int = 3,
+        stem: str = "cifar",
+        halting: str = "none",
+        eps: float = 0.01,
+    ):
+        super().__init__()
+        if halting not in ("none", "act", "sact"):
+            raise ValueError(f"halting must be 'none', 'act' or 'sact', not {halting!r}")
+        unit_cls = {"basic": PreActBasicUnit, "bottleneck": PreActBottleneckUnit}[unit]
+        self.halting = halting
+        self.stem_kind = stem
+        if stem == "cifar":
+            self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+            channels = widths[0]
+        elif stem == "imagenet":
+            self.stem = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+            channels = 64
+        else:
+            raise ValueError(f"unknown stem {stem!r}")
+        blocks = []
+        for index, (n_units, width) in enumerate(zip(units_per_block, widths)):
+            stride = 1 if index == 0 else 2
+            block = Block(unit_cls, channels, width, n_units, stride, halting, eps)
+            blocks.append(block)
+            channels = block.out_channels
+        self.blocks = nn.ModuleList(blocks)
+        self.final_bn = nn.BatchNorm2d(channels)
+        self.classifier = nn.Linear(channels, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) and module.out_channels > 1:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def trace(self, x: torch.Tensor) -> Trace:
+        out = self.stem(x)
+        dense = float(conv_flops(self.stem, out.shape[-2] * out.shape[-1]))
+        if self.stem_kind == "imagenet":
+            out = F.max_pool2d(out, 3, 2, 1)
+        flops = torch.full((x.shape[0],), dense, device=x.device)
+        block_traces = []
+        for block in self.blocks:
+            out, block_trace, block_flops = block(out)
+            flops = flops + block_flops
+            dense += block.dense_flops(out.shape[-2] * out.shape[-1])
+            if block_trace is not None:
+                block_traces.append(block_trace)
+        out = F.relu(self.final_bn(out)).mean(dim=(2, 3))
+        logits = self.classifier(out)
+        flops = flops + linear_flops(self.classifier)
+        dense += linear_flops(self.classifier)
+        return Trace(logits=logits, flops=flops, dense_flops=dense, blocks=block_traces or None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trace(x).logits
+
+    def adaptive_loss(self, trace: Trace, tau: float = 0.01) -> torch.Tensor:
+        """tau x sum over blocks of the ponder cost averaged over batch and positions."""
+        if not trace.blocks:
+            return trace.logits.new_zeros(())
+        return tau * sum(block.ponder_cost.mean() for block in trace.blocks)
+
+
+def _cifar_depth(depth: int) -> int:
+    if (depth - 2) % 6 != 0 or depth < 8:
+        raise ValueError(f"CIFAR-style ResNet depth must be 6n+2 with n >= 1, got {depth}")
+    return (depth - 2) // 6
+
+
+def cifar_resnet(depth: int = 20, halting: str = "none", widths=(16, 32, 64), **kwargs) -> ResNet:
+    n = _cifar_depth(depth)
+    return ResNet("basic", [n, n, n], list(widths), stem="cifar", halting=halting, **kwargs)
+
+
+IMAGENET_LAYOUTS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+
+def imagenet_resnet(depth: int = 50, halting: str = "none", **kwargs) -> ResNet:
+    kwargs.setdefault("num_classes", 1000)
+    return ResNet("bottleneck", IMAGENET_LAYOUTS[depth], [64, 128, 256, 512], stem="imagenet", halting=halting, **kwargs)
+
+
+@register_model
+def resnet(depth: int = 20, **kwargs) -> ResNet:
+    """CIFAR-style dense pre-activation ResNet of any depth 6n+2."""
+    return cifar_resnet(depth, "none", **kwargs)
+
+
+@register_model
+def act_resnet(depth: int = 20, **kwargs) -> ResNet:
+    return cifar_resnet(depth, "act", **kwargs)
+
+
+@register_model
+def sact_resnet(depth: int = 20, **kwargs) -> ResNet:
+    return cifar_resnet(depth, "sact", **kwargs)
+
+
+def _register_fixed(prefix: str, depth: int, halting: str, builder):
+    def make(**kwargs):
+        return builder(depth, halting, **kwargs)
+
+    make.__name__ = f"{prefix}resnet{depth}"
+    make.__doc__ = f"{halting} pre-activation ResNet-{depth}"
+    register_model(make)
+
+
+for _depth in (20, 32, 56, 110):
+    for _prefix, _halting in (("", "none"), ("act_", "act"), ("sact_", "sact")):
+        _register_fixed(_prefix, _depth, _halting, cifar_resnet)
+for _depth in (50, 101):
+    for _prefix, _halting in (("", "none"), ("act_", "act"), ("sact_", "sact")):
+        _register_fixed(_prefix, _depth, _halting, imagenet_resnet)
