@@ -16,6 +16,8 @@ fc1, fc1bn, fc2, linear) so their state dicts load after `convert_official_state
 """
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -189,10 +191,17 @@ class AIGResNet(nn.Module):
         return lam * ((target - rates) ** 2).mean()
 
 
+_OFFICIAL_GATE_KEY = re.compile(r"^(layer\d+\.\d+\.)(fc1|fc1bn|fc2)\.")
+
+
 def convert_official_state_dict(state_dict: dict) -> dict:
-    """Map a checkpoint of the authors' code to ours: drop DataParallel's 'module.' prefix and
-    fill in the BatchNorm counters that PyTorch 0.3 did not save."""
-    converted = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    """Map a checkpoint of the authors' code to ours: drop DataParallel's 'module.' prefix, move
+    the gate layers, which sit on the block there (layerS.B.fc1), into our `gate` submodule
+    (layerS.B.gate.fc1), and fill in the BatchNorm counters that PyTorch 0.3 did not save."""
+    converted = {}
+    for key, value in state_dict.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        converted[_OFFICIAL_GATE_KEY.sub(r"\1gate.\2.", key)] = value
     for key in list(converted):
         if key.endswith(".running_mean"):
             counter = key[: -len("running_mean")] + "num_batches_tracked"

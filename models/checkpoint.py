@@ -74,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model = create_model(card["model"], **kwargs)
     except UnknownModelError as error:
         raise CheckpointError(f"{path}: {error}") from None
-    except TypeError as error:
+    except (TypeError, ValueError, RuntimeError) as error:  # e.g. an unknown option, depth 7, width -1
         raise CheckpointError(f"{path}: model_kwargs do not fit {card['model']!r}: {error}") from None
     weights = path / WEIGHTS_FILE
     if not weights.is_file():

@@ -43,10 +43,19 @@ def act_weights(halting: torch.Tensor, eps: float = DEFAULT_EPS) -> HaltingResul
     The value given for the last step is ignored: that step halts whatever it says.
     """
     n = halting.shape[-1]
+    assert n >= 1
     threshold = 1.0 - eps
-    # Sum of h over the steps *before* each step; the comparisons carry no gradient.
-    cum_before = torch.cumsum(halting, dim=-1) - halting
-    cum_incl = cum_before + halting
+    # Running sums added one step at a time in the input dtype, exactly as StepwiseHalting adds
+    # them (torch.cumsum may accumulate in higher precision and round differently), and the sum
+    # *before* step n+1 is the very number that decided whether step n halted: computing it as
+    # cumsum - h made "halted at n" and "step n+1 ran" disagree within rounding of 1 - eps
+    # (no halting step, or two). The comparisons carry no gradient.
+    totals, total = [], torch.zeros_like(halting[..., 0])
+    for i in range(n):
+        total = total + halting[..., i]
+        totals.append(total)
+    cum_incl = torch.stack(totals, dim=-1)
+    cum_before = torch.cat([torch.zeros_like(cum_incl[..., :1]), cum_incl[..., :-1]], dim=-1)
     ran = cum_before.detach() < threshold  # step n ran iff nothing halted before it
     is_last_step = torch.zeros_like(ran)
     is_last_step[..., -1] = True
@@ -57,7 +66,6 @@ def act_weights(halting: torch.Tensor, eps: float = DEFAULT_EPS) -> HaltingResul
     remainder = (1.0 - cum_before).mul(halts_here).sum(dim=-1)
     weights = torch.where(halts_here, 1.0 - cum_before, halting * ran)
     ponder_cost = steps.to(halting.dtype) + remainder
-    assert n >= 1
     return HaltingResult(weights=weights, steps=steps, remainder=remainder, ponder_cost=ponder_cost)
 
 

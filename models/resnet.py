@@ -155,7 +155,8 @@ class SACTHalting(nn.Module):
         return torch.sigmoid(local + global_term[:, :, None])
 
     def flops(self, positions):
-        return conv_flops(self.local_conv, positions) + linear_flops(self.global_linear)
+        # The global term is per image, and an image with no running position needs none.
+        return conv_flops(self.local_conv, positions) + linear_flops(self.global_linear) * (positions > 0)
 
 
 class Block(nn.Module):
@@ -214,7 +215,9 @@ class Block(nn.Module):
             output = output + weight.unsqueeze(1) * x
             weights.append(weight.expand(batch, height, width))
             probabilities.append((h if spatial else h[:, None, None]).expand(batch, height, width))
-            if not state.any_running():
+            # Stop once every position has halted. Skipped while training: the check costs a
+            # device sync per unit, and the remaining units would get zero weight anyway.
+            if not self.training and not state.any_running():
                 break
         # Units never reached by any element ran nowhere: weight 0, probability 0.
         missing = n_units - len(weights)

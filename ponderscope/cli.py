@@ -1,0 +1,82 @@
+"""`ponderscope train | eval | serve | results` — the one command line for the project."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+
+def _train(args) -> None:
+    from training.train import load_config, train
+
+    config = load_config(args.config, args.set or [])
+    if args.steps is not None:
+        config["steps"] = args.steps
+    command = "ponderscope " + shlex.join(sys.argv[1:])
+    out = train(config, args.out, device=args.device, resume=args.resume, command=command, progress=not args.no_progress)
+    from models.checkpoint import read_card
+
+    print(json.dumps(read_card(out)["metrics"]["test"], indent=2)[:4000])
+
+
+def _eval(args) -> None:
+    from training.evaluate import evaluate_model
+
+    for path in args.checkpoints:
+        metrics = evaluate_model(path, device=args.device, write=not args.no_write)
+        print(path)
+        print(json.dumps(metrics, indent=2)[:4000])
+
+
+def _serve(args) -> None:
+    from server.app import run
+
+    run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=args.checkpoints, cache_dir=args.cache)
+
+
+def _results(args) -> None:
+    from training.results import write_results
+
+    print(write_results(args.checkpoints, args.out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ponderscope", description="Look inside adaptive-computation networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model and write a checkpoint directory")
+    p.add_argument("--config", help="JSON or YAML config (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config entry (JSON value), e.g. --set adaptive.tau=0.01")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state if present")
+    p.add_argument("--no-progress", action="store_true", help="log JSON lines instead of a progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="measure checkpoints and write the metrics into their cards")
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-write", action="store_true", help="print only, leave the card alone")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("serve", help="start the dashboard")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoints", action="append", help="directory of checkpoint directories (repeatable); default: the bundled ones")
+    p.add_argument("--cache", default=None, help="where dataset-view results are cached")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("results", help="write the results table from the checkpoints' cards")
+    p.add_argument("checkpoints", nargs="*", default=["checkpoints"])
+    p.add_argument("--out", default="docs/results.md")
+    p.set_defaults(func=_results)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Tests of training/tasks.py against straightforward re-computations from the paper's text."""
+import pytest
+import torch
+
+from training import tasks as T
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------- parity ----
+
+def test_parity_values_counts_and_labels():
+    bits = 6
+    x, y = T.parity_batch(3000, bits, gen(0))
+    assert x.shape == (3000, bits) and x.dtype == torch.float32
+    assert y.shape == (3000,) and y.dtype == torch.int64
+    assert set(x.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    for row, label in zip(x.tolist(), y.tolist()):
+        assert label == sum(v == 1 for v in row) % 2       # odd number of +1 entries
+    counts = T.parity_nonzero(x)
+    assert counts.tolist() == [sum(v != 0 for v in row) for row in x.tolist()]
+    assert counts.min() >= 1 and counts.max() <= bits
+    assert set(counts.tolist()) == set(range(1, bits + 1))  # every difficulty occurs
+    assert set(y.tolist()) == {0, 1}
+    # positions are random, not the first k: some row has a 0 before a nonzero entry
+    assert any(0.0 in row[:row.index(next(v for v in reversed(row) if v))] for row in x.tolist())
+    # -1 entries do not count as ones: a row with only -1s must have label 0
+    only_minus = (x <= 0).all(dim=1)
+    assert only_minus.any() and (y[only_minus] == 0).all()
+
+
+def test_parity_is_deterministic_per_generator():
+    a = T.parity_batch(64, 16, gen(7))
+    b = T.parity_batch(64, 16, gen(7))
+    c = T.parity_batch(64, 16, gen(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+# -------------------------------------------------------------------------------- logic ----
+
+# Table 1 of Graves 2016, rows for (P, Q) = (T,T), (T,F), (F,T), (F,F).
+PAPER_TABLE = {
+    "NOR": "FFFT", "Xq": "FFTF", "ABJ": "FTFF", "XOR": "FTTF", "NAND": "FTTT",
+    "AND": "TFFF", "XNOR": "TFFT", "if/then": "TFTT", "then/if": "TTFT", "OR": "TTTF",
+}
+
+
+def paper_gate(name: str, p: int, q: int) -> int:
+    row = {(1, 1): 0, (1, 0): 1, (0, 1): 2, (0, 0): 3}[(p, q)]
+    return int(PAPER_TABLE[name][row] == "T")
+
+
+def test_logic_table_matches_paper():
+    assert list(PAPER_TABLE) == list(T.LOGIC_GATES)
+    for g, name in enumerate(T.LOGIC_GATES):
+        for p in (0, 1):
+            for q in (0, 1):
+                assert T.LOGIC_TABLE[g, p, q] == paper_gate(name, p, q), (name, p, q)
+
+
+def test_logic_targets_match_recomputation():
+    max_length, max_ops = 6, 4
+    x, y, mask = T.logic_batch(200, gen(1), max_length=max_length, max_ops=max_ops)
+    assert x.shape == (200, max_length, 2 + 10 * max_ops) and x.dtype == torch.float32
+    assert y.shape == mask.shape == (200, max_length) and y.dtype == torch.int64 and mask.dtype == torch.bool
+    lengths = mask.sum(dim=1)
+    assert set(lengths.tolist()) == set(range(1, max_length + 1))
+    for b in range(200):
+        L = int(lengths[b])
+        assert mask[b, :L].all() and not mask[b, L:].any()
+        assert (x[b, L:] == 0).all() and (y[b, L:] == T.IGNORE_INDEX).all()
+        carried = None
+        for t in range(L):
+            v = x[b, t].tolist()
+            chunks = [v[2 + 10 * k: 12 + 10 * k] for k in range(max_ops)]
+            gates = [c.index(1.0) for c in chunks if sum(c) == 1]
+            assert all(sum(c) in (0, 1) for c in chunks)
+            assert 1 <= len(gates) and all(sum(c) == 1 for c in chunks[:len(gates)])  # leading chunks
+            b0 = int(v[0]) if t == 0 else carried
+            if t > 0:
+                assert v[0] == 0                 # b0 is implicit after the first step
+            bits = [b0, int(v[1])]               # b_0, b_1
+            for g in gates:                      # b_{i+1} = T_{h_i}(b_i, b_{i-1})
+                bits.append(paper_gate(T.LOGIC_GATES[g], bits[-1], bits[-2]))
+            carried = bits[-1]
+            assert y[b, t] == carried, (b, t)
+    assert T.logic_num_ops(x)[mask].min() >= 1 and T.logic_num_ops(x)[mask].max() <= max_ops
+
+
+def test_logic_defaults_match_paper_and_are_deterministic():
+    x, y, mask = T.logic_batch(16, gen(3))
+    assert x.shape == (16, 10, 102) and T.logic_features() == 102
+    x2, y2, mask2 = T.logic_batch(16, gen(3))
+    assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(mask, mask2)
+
+
+# ----------------------------------------------------------------------------- addition ----
+
+def test_addition_targets_match_recomputation():
+    x, y, mask = T.addition_batch(200, gen(2))
+    assert x.shape == (200, 5, 50) and x.dtype == torch.float32
+    assert y.shape == (200, 5, 6) and y.dtype == torch.int64 and mask.shape == (200, 5)
+    assert T.addition_target_digits() == 6
+    lengths = mask.sum(dim=1)
+    assert set(lengths.tolist()) == set(range(1, 6))
+    n_digits_seen = set()
+    for b in range(200):
+        L = int(lengths[b])
+        assert (x[b, L:] == 0).all() and (y[b, L:] == T.IGNORE_INDEX).all()
+        assert (y[b, 0] == T.IGNORE_INDEX).all()          # no target at the first step
+        total = 0
+        for t in range(L):
+            v = x[b, t].tolist()
+            chunks = [v[10 * k: 10 * k + 10] for k in range(5)]
+            digits = [c.index(1.0) for c in chunks if sum(c) == 1]
+            assert all(sum(c) == 1 for c in chunks[:len(digits)]) and all(sum(c) == 0 for c in chunks[len(digits):])
+            assert 1 <= len(digits) <= 5
+            n_digits_seen.add(len(digits))
+            total += int("".join(map(str, digits)))       # most significant digit first
+            if t > 0:
+                expected = [int(ch) for ch in str(total)] + [T.ADDITION_EMPTY] * (6 - len(str(total)))
+                assert y[b, t].tolist() == expected, (b, t, total)
+    assert n_digits_seen == {1, 2, 3, 4, 5}
+    assert T.addition_num_digits(x)[mask].min() == 1
+
+
+def test_addition_sizes_and_determinism():
+    x, y, mask = T.addition_batch(8, gen(4), max_length=3, max_digits=2)
+    assert x.shape == (8, 3, 20) and y.shape == (8, 3, 3)   # 3 * 99 = 297 has 3 digits
+    again = T.addition_batch(8, gen(4), max_length=3, max_digits=2)
+    assert all(torch.equal(a, b) for a, b in zip((x, y, mask), again))
+    with pytest.raises(ValueError):
+        T.addition_batch(8, gen(4), max_length=0)

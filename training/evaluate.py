@@ -1,0 +1,33 @@
+"""`ponderscope eval CHECKPOINT`: measure a checkpoint on its own task and write the numbers into
+its card (`metrics.test` on the whole evaluation set, `metrics.slice` on the first 500
+examples, which CI recomputes exactly)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+import models
+from models.checkpoint import read_card, write_card
+
+from .workloads import EVAL_SLICE, make_workload
+
+
+def evaluate_model(path: str, device: str = "cpu", workload=None, write: bool = True, slice_only: bool = False) -> dict:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = models.load_checkpoint(path, device=device)
+    card = model.card
+    if workload is None:
+        workload = make_workload(card["task"], card["dataset"], torch.device(device), card.get("config", {}).get("data_options"))
+    started = time.time()
+    metrics = {"slice": workload.evaluate(model, limit=EVAL_SLICE)}
+    if not slice_only:
+        metrics["test"] = workload.evaluate(model)
+    metrics["eval_time_s"] = round(time.time() - started, 1)
+    metrics["eval_device"] = str(device)
+    if write and not slice_only:
+        card = read_card(path)
+        card["metrics"] = metrics
+        write_card(path, card)
+    return metrics

@@ -1,0 +1,213 @@
+"""The training loop shared by every family: `ponderscope train --config X.json [--set k=v ...]`.
+
+A config names the model, the task and dataset, the optimiser and schedule, and the adaptive-
+computation hyperparameters (tau for ACT/SACT/ACT-RNN; target_rate and lam for AIG). Training is
+step-based with fixed seeds: the batch of step s depends only on (seed, s), so a resumed run
+sees the same data as an uninterrupted one. Every `save_every` steps the weights and optimiser
+state are written (safetensors + JSON), and `--resume` picks them up.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import models
+from models.checkpoint import save_checkpoint
+
+from .evaluate import evaluate_model
+from .workloads import make_workload
+
+DEFAULTS = {
+    "model": "sact_resnet20",
+    "model_kwargs": {},
+    "task": {"name": "classify"},
+    "dataset": "fashion-mnist",
+    "data_options": {},
+    "steps": 2000,
+    "batch_size": 128,
+    "optimizer": "sgd",  # sgd (momentum 0.9, nesterov) or adam
+    "lr": 0.1,
+    "weight_decay": 5e-4,
+    "schedule": "onecycle",  # onecycle, cosine, step, constant
+    "warmup_fraction": 0.15,
+    "grad_clip": None,
+    "adaptive": {},  # kwargs of model.adaptive_loss: {"tau": 0.01} or {"target_rate": 0.6, "lam": 2}
+    "tau_warmup_steps": 0,  # ramp tau linearly from 0 over these steps
+    "seed": 0,
+    "log_every": 50,
+    "save_every": 500,
+}
+
+
+def load_config(path: str | None, overrides: list[str]) -> dict:
+    config = json.loads(json.dumps(DEFAULTS))
+    if path:
+        text = Path(path).read_text(encoding="utf-8")
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            loaded = yaml.safe_load(text)
+        else:
+            loaded = json.loads(text)
+        config.update(loaded)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if not _:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = parsed
+    return config
+
+
+def learning_rate(config: dict, step: int) -> float:
+    base, total = config["lr"], config["steps"]
+    kind = config["schedule"]
+    if kind == "constant":
+        return base
+    if kind == "step":  # x0.1 at 60%, 75%, 90% (the SACT CIFAR schedule, scaled to the run)
+        return base * 0.1 ** sum(step >= f * total for f in (0.6, 0.75, 0.9))
+    warmup = int(config["warmup_fraction"] * total) if kind == "onecycle" else 0
+    if step < warmup:
+        return base * (0.1 + 0.9 * step / max(1, warmup))
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _optimizer(config: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on BatchNorm and biases (they only rescale), as usual for ResNets.
+    decay = [p for n, p in model.named_parameters() if p.dim() > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": config["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    if config["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=config["lr"], momentum=0.9, nesterov=True)
+    if config["optimizer"] == "adam":
+        return torch.optim.Adam(groups, lr=config["lr"])
+    raise ValueError(f"unknown optimizer {config['optimizer']!r}")
+
+
+def _save_state(path: Path, model, optimizer, step: int, elapsed: float) -> None:
+    """Resumable state without pickle: tensors in safetensors, the rest in JSON."""
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
+    opt = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{key}"] = value
+    save_file(tensors or {"empty": torch.zeros(1)}, str(path / "optimizer.safetensors"))
+    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    tmp = path / "state.json.tmp"
+    tmp.write_text(json.dumps({"step": step, "elapsed": elapsed, "param_groups": groups, "scalars": scalars}))
+    os.replace(tmp, path / "state.json")
+
+
+def _load_state(path: Path, model, optimizer, device) -> tuple[int, float]:
+    meta = json.loads((path / "state.json").read_text())
+    model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
+    tensors = load_file(str(path / "optimizer.safetensors"), device=str(device))
+    state: dict = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        if key == "empty":
+            continue
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta["step"], meta["elapsed"]
+
+
+def train(config: dict, out_dir: str, device: str = "auto", resume: bool = False, command: str | None = None, progress: bool = True) -> Path:
+    device = pick_device(device)
+    torch.manual_seed(config["seed"])
+    out = Path(out_dir)
+    workload = make_workload(config["task"], config["dataset"], device, config.get("data_options"))
+    model_kwargs = {**workload.model_kwargs(), **config["model_kwargs"]}
+    model = models.create_model(config["model"], **model_kwargs).to(device)
+    optimizer = _optimizer(config, model)
+    state_dir = out / "train_state"
+    start, elapsed = 0, 0.0
+    if resume and (state_dir / "state.json").is_file():
+        start, elapsed = _load_state(state_dir, model, optimizer, device)
+        print(f"resumed from step {start}", file=sys.stderr)
+    adaptive = dict(config["adaptive"])
+    started = time.time() - elapsed
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config["steps"], initial=start, desc=config["model"], dynamic_ncols=True, mininterval=1.0)
+    model.train()
+    running: dict[str, torch.Tensor] = {}
+    for step in range(start, config["steps"]):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        hp = dict(adaptive)
+        if "tau" in hp and config["tau_warmup_steps"]:
+            hp["tau"] = hp["tau"] * min(1.0, step / config["tau_warmup_steps"])
+        generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + step)
+        batch = workload.train_batch(generator, config["batch_size"])
+        loss, stats = workload.loss(model, batch, hp)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+        optimizer.step()
+        # Statistics stay on the device between log lines: reading them each step would force
+        # a device sync per step.
+        for key, value in stats.items():  # exponential moving average for the progress bar
+            value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+            running[key] = value if key not in running else 0.95 * running[key] + 0.05 * value
+        if step % config["log_every"] == 0 or step + 1 == config["steps"]:
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"loss became {float(loss.detach())} at step {step}; lower the learning rate")
+            shown = {k: round(float(v), 4) for k, v in running.items()}
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+            else:
+                print(json.dumps({"step": step, **shown}), flush=True)
+        if bar is not None:
+            bar.update(1)
+        if (step + 1) % config["save_every"] == 0 and step + 1 < config["steps"]:
+            _save_state(state_dir, model, optimizer, step + 1, time.time() - started)
+    if bar is not None:
+        bar.close()
+    training_time = time.time() - started
+    model.eval()
+    card = {
+        **workload.card_fields,
+        "train_command": command or "",
+        "seed": config["seed"],
+        "training_time_s": round(training_time, 1),
+        "trained_on": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "torch_version": torch.__version__,
+        "config": config,
+    }
+    save_checkpoint(model, out, card)
+    if state_dir.exists():
+        for f in state_dir.iterdir():
+            f.unlink()
+        state_dir.rmdir()
+    evaluate_model(out, device=str(device), workload=workload)
+    return out

@@ -1,0 +1,329 @@
+"""What a model is trained and evaluated on: data, batches, loss, metrics. One class per task.
+
+A workload knows its data and how to score a model's `Trace` on it; `train.py` runs the loop and
+`evaluate.py` writes the metrics into the card. Evaluation sets are fixed (seeded), so the
+numbers in a card are reproducible from the bundled weights.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import data, tasks
+
+EVAL_SLICE = 500  # every card also records the metrics on the first 500 evaluation examples
+
+
+def make_workload(task: dict, dataset: str, device: torch.device, options: Optional[dict] = None):
+    options = options or {}
+    name = task["name"]
+    if name == "classify":
+        return ImageClassification(dataset, device, options)
+    if name == "parity":
+        return Parity(int(task.get("bits", 16)), device)
+    if name == "bytes-lm":
+        return BytesLM(dataset, device, int(options.get("seq_len", 100)))
+    raise ValueError(f"unknown task {name!r} (known: classify, parity, bytes-lm)")
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.float().mean()) if values.numel() else float("nan")
+
+
+class ImageClassification:
+    """Fashion-MNIST, MNIST digits, cluttered MNIST, or a user's image folder."""
+
+    def __init__(self, dataset: str, device: torch.device, options: dict):
+        self.dataset, self.device = dataset, device
+        self.flip = bool(options.get("flip", dataset == "fashion-mnist"))
+        self.pad = int(options.get("pad", 2))
+        self.test_boxes = None
+        if dataset == "fashion-mnist":
+            train_x, train_y = data.load_fashion_mnist("train")
+            test_x, test_y = data.load_fashion_mnist("test")
+            self.classes = list(data.FASHION_MNIST_CLASSES)
+        elif dataset == "mnist":
+            train_x, train_y = data.mnist_split("train")
+            test_x, test_y = data.mnist_split("test")
+            self.classes = [str(d) for d in range(10)]
+        elif dataset == "cluttered-mnist":
+            digits_train, labels_train = data.mnist_split("train")
+            digits_test, labels_test = data.mnist_split("test")
+            n_train = int(options.get("cluttered_train_size", 48000))
+            train_x, train_y, _ = data.make_cluttered_mnist(digits_train, labels_train, n_train, seed=1)
+            test_x, test_y, self.test_boxes = data.make_cluttered_mnist(digits_test, labels_test, 2000, seed=2)
+            self.classes = [str(d) for d in range(10)]
+        elif dataset.startswith("imagefolder:"):
+            root = dataset.split(":", 1)[1]
+            images, labels, self.classes = data.load_image_folder(root)
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+            n_test = max(1, len(labels) // 10)
+            test_x, test_y = images[order[:n_test]], labels[order[:n_test]]
+            train_x, train_y = images[order[n_test:]], labels[order[n_test:]]
+        else:
+            raise ValueError(f"unknown image dataset {dataset!r}")
+        if train_x.dim() == 3:  # grayscale [N, H, W] -> [N, 1, H, W]
+            train_x, test_x = train_x.unsqueeze(1), test_x.unsqueeze(1)
+        scaled = train_x.float() / 255.0
+        self.mean = [float(v) for v in scaled.mean(dim=(0, 2, 3))]
+        self.std = [float(v) for v in scaled.std(dim=(0, 2, 3))]
+        self.train_x, self.train_y = train_x.to(device), train_y.to(device)
+        self.test_x, self.test_y = test_x.to(device), test_y.to(device)
+
+    @property
+    def card_fields(self) -> dict:
+        return {
+            "task": {"name": "classify"},
+            "dataset": self.dataset,
+            "classes": self.classes,
+            "preprocess": {
+                "input_size": list(self.train_x.shape[-2:]),
+                "channels": int(self.train_x.shape[1]),
+                "mean": self.mean,
+                "std": self.std,
+            },
+        }
+
+    def model_kwargs(self) -> dict:
+        return {"num_classes": len(self.classes), "in_channels": int(self.train_x.shape[1])}
+
+    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=images_uint8.device)[None, :, None, None]
+        std = torch.tensor(self.std, device=images_uint8.device)[None, :, None, None]
+        return (images_uint8.float() / 255.0 - mean) / std
+
+    def train_batch(self, generator: torch.Generator, batch_size: int):
+        index = torch.randint(len(self.train_y), (batch_size,), generator=generator)
+        images = self.normalize(self.train_x[index.to(self.device)])
+        if self.pad:  # random translation by up to `pad` pixels (pad with the background, crop)
+            h, w = images.shape[-2:]
+            padded = F.pad(images, [self.pad] * 4, value=float(images.amin()))
+            dy, dx = torch.randint(0, 2 * self.pad + 1, (2,), generator=generator).tolist()
+            images = padded[..., dy : dy + h, dx : dx + w]
+        if self.flip:
+            flip = (torch.rand(batch_size, generator=generator) < 0.5).to(self.device)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return images, self.train_y[index.to(self.device)]
+
+    def loss(self, model, batch, hp: dict):
+        images, labels = batch
+        trace = model.trace(images)
+        task_loss = F.cross_entropy(trace.logits, labels)
+        adaptive = model.adaptive_loss(trace, **hp) if hasattr(model, "adaptive_loss") else task_loss.new_zeros(())
+        stats = {
+            "loss": task_loss.detach(),
+            "acc": (trace.logits.argmax(-1) == labels).float().mean(),
+            "flops": trace.flops.mean() / trace.dense_flops,
+        }
+        if trace.blocks:
+            stats["ponder"] = sum(b.ponder_cost.detach().mean() for b in trace.blocks)
+        return task_loss + adaptive, stats
+
+    @torch.no_grad()
+    def evaluate(self, model, limit: Optional[int] = None, batch_size: int = 250) -> dict:
+        n = len(self.test_y) if limit is None else min(limit, len(self.test_y))
+        correct, flops, ponder, units, gates, executed, labels_all = [], [], [], [], [], [], []
+        inside, outside = [], []
+        dense = None
+        for start in range(0, n, batch_size):
+            images = self.normalize(self.test_x[start : min(n, start + batch_size)])
+            labels = self.test_y[start : start + len(images)]
+            trace = model.trace(images)
+            dense = trace.dense_flops
+            correct.append(trace.logits.argmax(-1) == labels)
+            flops.append(trace.flops)
+            labels_all.append(labels)
+            if trace.blocks:
+                ponder.append(torch.stack([b.ponder_cost.mean(dim=(1, 2)) for b in trace.blocks], 1))
+                units.append(torch.stack([b.units.float().mean(dim=(1, 2)) for b in trace.blocks], 1))
+                if self.test_boxes is not None:
+                    box_in, box_out = self._ponder_in_box(trace, self.test_boxes[start : start + len(images)], images.shape[-2:])
+                    inside.append(box_in)
+                    outside.append(box_out)
+            if trace.gates is not None:
+                gates.append(trace.gates)
+                executed.append(trace.executed.float())
+        correct, flops, labels_all = torch.cat(correct), torch.cat(flops), torch.cat(labels_all)
+        metrics = {
+            "examples": n,
+            "accuracy": _mean(correct),
+            "mean_flops": _mean(flops),
+            "dense_flops": dense,
+            "flops_ratio": _mean(flops) / dense,
+        }
+        per_class_flops = [(_mean(flops[labels_all == c]) / dense) for c in range(len(self.classes))]
+        metrics["per_class_flops_ratio"] = per_class_flops
+        if ponder:
+            ponder, units = torch.cat(ponder), torch.cat(units)
+            metrics["mean_ponder"] = float(ponder.sum(1).mean())  # sum over blocks, mean over images
+            metrics["per_block_ponder"] = [float(v) for v in ponder.mean(0)]
+            metrics["per_block_units"] = [float(v) for v in units.mean(0)]
+            metrics["per_class_ponder"] = [_mean(ponder.sum(1)[labels_all == c]) for c in range(len(self.classes))]
+        if inside:
+            inside, outside = torch.cat(inside), torch.cat(outside)
+            metrics["ponder_inside_box"] = _mean(inside)
+            metrics["ponder_outside_box"] = _mean(outside)
+            metrics["ponder_box_ratio"] = _mean(inside) / _mean(outside)
+        if gates:
+            executed = torch.cat(executed)
+            rates = [[_mean(executed[labels_all == c, layer]) for layer in range(executed.shape[1])] for c in range(len(self.classes))]
+            class_rates = torch.tensor(rates)
+            metrics["layer_execution_rate"] = [float(v) for v in executed.mean(0)]
+            metrics["class_layer_execution_rate"] = rates
+            span = class_rates.max(0).values - class_rates.min(0).values
+            metrics["max_class_rate_span"] = float(span.max())
+            metrics["max_class_rate_span_layer"] = int(span.argmax())
+            metrics["mean_executed_layers"] = float(executed.sum(1).mean())
+        return metrics
+
+    @staticmethod
+    def _ponder_in_box(trace, boxes: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean total ponder (summed over blocks, nearest-resized to the input) inside vs outside
+        each example's digit box: the SACT paper's check of ponder maps against where the object is."""
+        total = 0
+        for block in trace.blocks:
+            total = total + F.interpolate(block.ponder_cost.unsqueeze(1).float(), size=tuple(size), mode="nearest").squeeze(1)
+        h, w = size
+        ys = torch.arange(h, device=total.device)[None, :, None]
+        xs = torch.arange(w, device=total.device)[None, None, :]
+        b = boxes.to(total.device)
+        mask = (ys >= b[:, 0, None, None]) & (ys < b[:, 2, None, None]) & (xs >= b[:, 1, None, None]) & (xs < b[:, 3, None, None])
+        inside = (total * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+        outside = (total * ~mask).sum((1, 2)) / (~mask).sum((1, 2)).clamp(min=1)
+        return inside, outside
+
+
+class Parity:
+    """Graves's parity task: one input step, a vector of `bits` entries in {-1, 0, 1}."""
+
+    EVAL_EXAMPLES = 10000
+
+    def __init__(self, bits: int, device: torch.device):
+        self.bits, self.device = bits, device
+        x, y = tasks.parity_batch(self.EVAL_EXAMPLES, bits, torch.Generator().manual_seed(12345))
+        self.test_x, self.test_y = x.to(device), y.to(device)
+
+    @property
+    def card_fields(self) -> dict:
+        return {"task": {"name": "parity", "bits": self.bits}, "dataset": f"parity-{self.bits} (generated, Graves 2016)", "classes": ["even", "odd"], "preprocess": None}
+
+    def model_kwargs(self) -> dict:
+        return {"input_kind": "features", "input_size": self.bits, "output_size": 2, "output": "last"}
+
+    def train_batch(self, generator: torch.Generator, batch_size: int):
+        x, y = tasks.parity_batch(batch_size, self.bits, generator)
+        return x.to(self.device), y.to(self.device)
+
+    def loss(self, model, batch, hp: dict):
+        x, y = batch
+        trace = model.trace(x)
+        task_loss = F.cross_entropy(trace.logits, y)
+        stats = {"loss": task_loss.detach(), "acc": (trace.logits.argmax(-1) == y).float().mean(), "ponder": trace.ponder.detach().mean()}
+        return task_loss + model.adaptive_loss(trace, **hp), stats
+
+    @torch.no_grad()
+    def evaluate(self, model, limit: Optional[int] = None, batch_size: int = 1000) -> dict:
+        n = self.EVAL_EXAMPLES if limit is None else min(limit, self.EVAL_EXAMPLES)
+        correct, ponder, steps = [], [], []
+        for start in range(0, n, batch_size):
+            x, y = self.test_x[start : min(n, start + batch_size)], self.test_y[start : min(n, start + batch_size)]
+            trace = model.trace(x)
+            correct.append(trace.logits.argmax(-1) == y)
+            ponder.append(trace.ponder[:, 0])
+            steps.append(trace.steps[:, 0].float())
+        correct, ponder, steps = torch.cat(correct), torch.cat(ponder), torch.cat(steps)
+        nonzero = tasks.parity_nonzero(self.test_x[:n])
+        curve = {str(k): _mean(ponder[nonzero == k]) for k in range(1, self.bits + 1) if bool((nonzero == k).any())}
+        return {
+            "examples": n,
+            "accuracy": _mean(correct),
+            "mean_ponder": _mean(ponder),
+            "mean_steps": _mean(steps),
+            "ponder_by_nonzero": curve,
+        }
+
+
+def char_class(byte: int, previous: Optional[int]) -> str:
+    """The character classes of the paper's Wikipedia analysis, for ASCII bytes."""
+    c = chr(byte)
+    if c == " ":
+        return "space"
+    if c.isdigit():
+        return "digit"
+    if c.isalpha():
+        return "letter_after_space" if previous is not None and chr(previous) in " \n\t" else "letter"
+    if c in ".,;:!?'\"()[]{}<>-/":
+        return "punctuation"
+    return "other"
+
+
+class BytesLM:
+    """Next-byte prediction on English prose (UTF-8 bytes, 256-way output)."""
+
+    def __init__(self, dataset: str, device: torch.device, seq_len: int = 100):
+        self.dataset, self.device, self.seq_len = dataset, device, seq_len
+        text = data.load_text_corpus(dataset)
+        train, held_out = data.split_text(text)
+        self.train = torch.tensor(list(train), dtype=torch.long)
+        self.held_out = torch.tensor(list(held_out), dtype=torch.long)
+
+    @property
+    def card_fields(self) -> dict:
+        return {"task": {"name": "bytes-lm", "seq_len": self.seq_len}, "dataset": self.dataset, "classes": None, "preprocess": None}
+
+    def model_kwargs(self) -> dict:
+        return {"input_kind": "bytes", "output_size": 256, "output": "sequence"}
+
+    def train_batch(self, generator: torch.Generator, batch_size: int):
+        starts = torch.randint(0, len(self.train) - self.seq_len - 1, (batch_size,), generator=generator)
+        windows = torch.stack([self.train[s : s + self.seq_len + 1] for s in starts.tolist()])
+        windows = windows.to(self.device)
+        return windows[:, :-1], windows[:, 1:]
+
+    def loss(self, model, batch, hp: dict):
+        x, y = batch
+        trace = model.trace(x)
+        task_loss = F.cross_entropy(trace.logits.reshape(-1, 256), y.reshape(-1))
+        stats = {"loss": task_loss.detach(), "bpb": task_loss.detach() / math.log(2), "ponder": trace.ponder.detach().mean(), "steps": trace.steps.float().mean()}
+        return task_loss + model.adaptive_loss(trace, **hp), stats
+
+    def eval_windows(self, limit: Optional[int] = None) -> torch.Tensor:
+        n_windows = (len(self.held_out) - 1) // self.seq_len
+        if limit is not None:
+            n_windows = min(n_windows, max(1, limit // self.seq_len))
+        return self.held_out[: n_windows * self.seq_len + 1]
+
+    @torch.no_grad()
+    def evaluate(self, model, limit: Optional[int] = None, batch_size: int = 64) -> dict:
+        """Held-out bits per byte over non-overlapping windows, each started from a zero state;
+        `limit` counts predicted bytes."""
+        stream = self.eval_windows(limit)
+        n_windows = (len(stream) - 1) // self.seq_len
+        inputs = torch.stack([stream[i * self.seq_len : (i + 1) * self.seq_len] for i in range(n_windows)])
+        targets = torch.stack([stream[i * self.seq_len + 1 : (i + 1) * self.seq_len + 1] for i in range(n_windows)])
+        losses, ponders, steps = [], [], []
+        for start in range(0, n_windows, batch_size):
+            x = inputs[start : start + batch_size].to(self.device)
+            y = targets[start : start + batch_size].to(self.device)
+            trace = model.trace(x)
+            losses.append(F.cross_entropy(trace.logits.reshape(-1, 256), y.reshape(-1), reduction="none").cpu())
+            ponders.append(trace.ponder.reshape(-1).cpu())
+            steps.append(trace.steps.reshape(-1).float().cpu())
+        losses, ponders, steps = torch.cat(losses), torch.cat(ponders), torch.cat(steps)
+        flat_inputs = inputs.reshape(-1).tolist()
+        classes = [char_class(b, flat_inputs[i - 1] if i % self.seq_len else None) for i, b in enumerate(flat_inputs)]
+        per_class = {}
+        for name in ("space", "punctuation", "letter_after_space", "letter", "digit", "other"):
+            index = torch.tensor([c == name for c in classes])
+            if bool(index.any()):
+                per_class[name] = {"count": int(index.sum()), "steps": _mean(steps[index]), "ponder": _mean(ponders[index]), "bits": _mean(losses[index]) / math.log(2)}
+        return {
+            "bytes": len(losses),
+            "bits_per_byte": _mean(losses) / math.log(2),
+            "mean_ponder": _mean(ponders),
+            "mean_steps": _mean(steps),
+            "per_char_class": per_class,
+        }
