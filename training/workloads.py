@@ -41,35 +41,43 @@ class ImageClassification:
         self.flip = bool(options.get("flip", dataset == "fashion-mnist"))
         self.pad = int(options.get("pad", 2))
         self.test_boxes = None
+        # The dashboard only needs the test split, with the card's normalisation.
+        test_only = options.get("preprocess") is not None
         if dataset == "fashion-mnist":
-            train_x, train_y = data.load_fashion_mnist("train")
             test_x, test_y = data.load_fashion_mnist("test")
+            train_x, train_y = (test_x[:0], test_y[:0]) if test_only else data.load_fashion_mnist("train")
             self.classes = list(data.FASHION_MNIST_CLASSES)
         elif dataset == "mnist":
-            train_x, train_y = data.mnist_split("train")
             test_x, test_y = data.mnist_split("test")
+            train_x, train_y = (test_x[:0], test_y[:0]) if test_only else data.mnist_split("train")
             self.classes = [str(d) for d in range(10)]
         elif dataset == "cluttered-mnist":
-            digits_train, labels_train = data.mnist_split("train")
             digits_test, labels_test = data.mnist_split("test")
-            n_train = int(options.get("cluttered_train_size", 48000))
-            train_x, train_y, _ = data.make_cluttered_mnist(digits_train, labels_train, n_train, seed=1)
             test_x, test_y, self.test_boxes = data.make_cluttered_mnist(digits_test, labels_test, 2000, seed=2)
+            if test_only:
+                train_x, train_y = test_x[:0], test_y[:0]
+            else:
+                digits_train, labels_train = data.mnist_split("train")
+                n_train = int(options.get("cluttered_train_size", 48000))
+                train_x, train_y, _ = data.make_cluttered_mnist(digits_train, labels_train, n_train, seed=1)
             self.classes = [str(d) for d in range(10)]
         elif dataset.startswith("imagefolder:"):
             root = dataset.split(":", 1)[1]
-            images, labels, self.classes = data.load_image_folder(root)
+            images, labels, self.classes = data.load_image_folder(root, channels=int(options.get("channels", 1)))
             order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
             n_test = max(1, len(labels) // 10)
             test_x, test_y = images[order[:n_test]], labels[order[:n_test]]
             train_x, train_y = images[order[n_test:]], labels[order[n_test:]]
         else:
             raise ValueError(f"unknown image dataset {dataset!r}")
-        if train_x.dim() == 3:  # grayscale [N, H, W] -> [N, 1, H, W]
+        if test_x.dim() == 3:  # grayscale [N, H, W] -> [N, 1, H, W]
             train_x, test_x = train_x.unsqueeze(1), test_x.unsqueeze(1)
-        scaled = train_x.float() / 255.0
-        self.mean = [float(v) for v in scaled.mean(dim=(0, 2, 3))]
-        self.std = [float(v) for v in scaled.std(dim=(0, 2, 3))]
+        if test_only:
+            self.mean, self.std = list(options["preprocess"]["mean"]), list(options["preprocess"]["std"])
+        else:
+            scaled = train_x.float() / 255.0
+            self.mean = [float(v) for v in scaled.mean(dim=(0, 2, 3))]
+            self.std = [float(v) for v in scaled.std(dim=(0, 2, 3))]
         self.train_x, self.train_y = train_x.to(device), train_y.to(device)
         self.test_x, self.test_y = test_x.to(device), test_y.to(device)
 
@@ -80,15 +88,15 @@ class ImageClassification:
             "dataset": self.dataset,
             "classes": self.classes,
             "preprocess": {
-                "input_size": list(self.train_x.shape[-2:]),
-                "channels": int(self.train_x.shape[1]),
+                "input_size": list(self.test_x.shape[-2:]),
+                "channels": int(self.test_x.shape[1]),
                 "mean": self.mean,
                 "std": self.std,
             },
         }
 
     def model_kwargs(self) -> dict:
-        return {"num_classes": len(self.classes), "in_channels": int(self.train_x.shape[1])}
+        return {"num_classes": len(self.classes), "in_channels": int(self.test_x.shape[1])}
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=images_uint8.device)[None, :, None, None]

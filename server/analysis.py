@@ -1,0 +1,141 @@
+"""Trace -> JSON: the one place where a model's Trace becomes the numbers the page draws."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from models.trace import Trace
+
+
+def _grid(tensor: torch.Tensor, digits: int = 4) -> list[list[float]]:
+    return [[round(float(v), digits) for v in row] for row in tensor.tolist()]
+
+
+def _timed_trace(entry, store, x: torch.Tensor) -> tuple[Trace, float]:
+    with store.inference, torch.no_grad():
+        started = time.perf_counter()
+        trace = entry.model.trace(x.to(store.device))
+        if store.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return trace, (time.perf_counter() - started) * 1000.0
+
+
+def flops_json(trace: Trace, index: int = 0) -> dict:
+    executed = float(trace.flops[index])
+    return {"executed": executed, "dense": trace.dense_flops, "ratio": executed / trace.dense_flops}
+
+
+def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
+    """Per-block maps at their own resolution, plus the total over blocks nearest-resized to the
+    input (the SACT paper's ponder map), both in ponder cost N + R and in units executed N."""
+    if not trace.blocks:
+        return None
+    total = torch.zeros(size)
+    units_total = torch.zeros(size)
+    blocks = []
+    for index, block in enumerate(trace.blocks):
+        cost, units = block.ponder_cost[0].float().cpu(), block.units[0].float().cpu()
+        total += F.interpolate(cost[None, None], size=size, mode="nearest")[0, 0]
+        units_total += F.interpolate(units[None, None], size=size, mode="nearest")[0, 0]
+        blocks.append({
+            "index": index,
+            "ponder_cost": _grid(cost),
+            "units": _grid(units, 0),
+            "n_units": int(block.halting.shape[1]),
+            "height": int(cost.shape[0]),
+            "width": int(cost.shape[1]),
+            "mean_ponder": float(cost.mean()),
+            "mean_units": float(units.mean()),
+        })
+    return {
+        "total": _grid(total),
+        "units_total": _grid(units_total, 0),
+        "blocks": blocks,
+        "min": float(total.min()),
+        "max": float(total.max()),
+        "mean": float(total.mean()),
+    }
+
+
+def gates_json(entry, trace: Trace) -> dict | None:
+    if trace.gates is None:
+        return None
+    names = [f"layer{s}.{b}" for s in range(1, entry.model.n_stages + 1) for b in range(len(getattr(entry.model, f"layer{s}")))]
+    return {
+        "probability": [round(float(v), 4) for v in trace.gates[0]],
+        "executed": [bool(v) for v in trace.executed[0]],
+        "layers": names,
+    }
+
+
+def analyze_image(entry, store, x: torch.Tensor) -> dict:
+    trace, ms = _timed_trace(entry, store, x)
+    probabilities = F.softmax(trace.logits[0].float(), -1).cpu()
+    top = torch.topk(probabilities, min(5, len(probabilities)))
+    classes = entry.card.get("classes") or [str(i) for i in range(len(probabilities))]
+    return {
+        "model": entry.id,
+        "prediction": [{"index": int(i), "class": classes[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
+        "flops": flops_json(trace),
+        "time_ms": round(ms, 2),
+        "execution": getattr(entry.model, "execution", "masked"),
+        "ponder": ponder_json(trace, tuple(x.shape[-2:])),
+        "gates": gates_json(entry, trace),
+    }
+
+
+def analyze_text(entry, store, text: str) -> dict:
+    """Per Unicode character: the mean ponder and steps over its UTF-8 bytes (the model reads
+    bytes), and its surprisal in bits = the sum over its bytes of -log2 p(byte | preceding)."""
+    data = text.encode("utf-8")
+    x = torch.tensor([list(data)], dtype=torch.long)
+    trace, ms = _timed_trace(entry, store, x)
+    logits = trace.logits[0].float().cpu()
+    log_probs = F.log_softmax(logits, -1)
+    byte_bits = [None] + [float(-log_probs[t - 1, data[t]]) / math.log(2) for t in range(1, len(data))]
+    ponder, steps = trace.ponder[0].cpu().tolist(), trace.steps[0].cpu().tolist()
+    chars, position = [], 0
+    for char in text:
+        width = len(char.encode("utf-8"))
+        span = range(position, position + width)
+        bits = [byte_bits[i] for i in span]
+        chars.append({
+            "char": char,
+            "ponder": round(sum(ponder[i] for i in span) / width, 4),
+            "steps": round(sum(steps[i] for i in span) / width, 3),
+            "bits": None if bits[0] is None else round(sum(bits), 4),
+        })
+        position += width
+    known = [c["bits"] for c in chars if c["bits"] is not None]
+    return {
+        "model": entry.id,
+        "chars": chars,
+        "mean_ponder": sum(ponder) / len(ponder),
+        "mean_steps": sum(steps) / len(steps),
+        "bits_per_char": sum(known) / len(known) if known else None,
+        "bytes": len(data),
+        "flops": flops_json(trace),
+        "time_ms": round(ms, 2),
+        "execution": getattr(entry.model, "execution", "masked"),
+    }
+
+
+def analyze_parity(entry, store, vector: list[float]) -> dict:
+    x = torch.tensor([vector], dtype=torch.float32)
+    trace, ms = _timed_trace(entry, store, x)
+    probabilities = F.softmax(trace.logits[0].float(), -1).cpu()
+    answer = int(probabilities.argmax())
+    return {
+        "model": entry.id,
+        "answer": ["even", "odd"][answer],
+        "probability": float(probabilities[answer]),
+        "steps": int(trace.steps[0, 0]),
+        "ponder": float(trace.ponder[0, 0]),
+        "nonzero": int(sum(1 for v in vector if v != 0)),
+        "ones": int(sum(1 for v in vector if v == 1)),
+        "flops": flops_json(trace),
+        "time_ms": round(ms, 2),
+    }

@@ -1,0 +1,93 @@
+"""The FastAPI application: `create_app(...)` for tests and embedding, `run(...)` for the CLI.
+
+    checkpoint dirs -> ModelStore (models loaded once) -> routers -> JSON -> static/app.js -> Plotly
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from .dataset_view import DatasetJobs
+from .image_store import ImageStore
+from .imaging import ImageError
+from .routers import images, models, sequences
+from .store import BUNDLED_CHECKPOINTS, ModelStore
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("ponderscope")
+
+
+def plotly_js_path() -> Path:
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "auto", cache_dir: str | Path | None = None) -> FastAPI:
+    cache = Path(cache_dir or os.environ.get("PONDERSCOPE_CACHE") or Path(tempfile.gettempdir()) / "ponderscope-cache")
+    store = ModelStore(checkpoint_dirs or [BUNDLED_CHECKPOINTS], device=device)
+    app = FastAPI(
+        title="ponderscope",
+        description="Where adaptive-computation networks spend their effort: ponder maps (ACT/SACT), gate decisions (ConvNet-AIG), per-character ponder time (ACT-RNN).",
+        version="0.1.0",
+    )
+    app.state.store = store
+    app.state.images = ImageStore(cache / "images")
+    app.state.dataset_jobs = DatasetJobs(store, cache)
+    templates = Jinja2Templates(directory=str(ROOT / "templates"))
+
+    @app.exception_handler(ImageError)
+    async def image_error(request: Request, error: ImageError):
+        return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        messages = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+            messages.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+        return JSONResponse({"detail": "; ".join(messages) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        # Last resort: the page shows a message, and the log has the traceback.
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(error).__name__}); see the server log"}, status_code=500)
+
+    app.include_router(models.router)
+    app.include_router(images.router)
+    app.include_router(sequences.router)
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_js():
+        return FileResponse(plotly_js_path(), media_type="application/javascript")
+
+    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index(request: Request):
+        summaries = [entry.summary(store.device) for entry in store.models.values()]
+        return templates.TemplateResponse(request, "index.html", {"models": summaries, "version": app.version, "load_errors": store.errors})
+
+    @app.get("/api/health", tags=["meta"])
+    def health() -> dict:
+        return {"status": "ok", "models": len(store.models), "device": store.device, "load_errors": store.errors}
+
+    return app
+
+
+def run(host: str = "127.0.0.1", port: int = 8000, device: str = "auto", checkpoint_dirs: list[str] | None = None, cache_dir: str | None = None) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir)
+    log.info("serving %d models on %s at http://%s:%d", len(app.state.store.models), app.state.store.device, host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info")

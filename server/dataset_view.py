@@ -1,0 +1,143 @@
+"""The dataset view: statistics over a model's whole test set, computed once in a background
+thread, cached on disk under a key that includes the weights' hash (so a retrained checkpoint
+is recomputed), with progress that the page polls."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .imaging import png_data_url, tensor_to_image
+
+log = logging.getLogger("ponderscope")
+BATCH = 250
+EXTREMES = 8
+
+
+def _histogram(values: torch.Tensor, bins: int = 20) -> dict:
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        high = low + 1e-6
+    counts = torch.histc(values.float(), bins=bins, min=low, max=high)
+    edges = torch.linspace(low, high, bins + 1)
+    return {"edges": [round(float(e), 5) for e in edges], "counts": [int(c) for c in counts]}
+
+
+class DatasetJobs:
+    def __init__(self, store, cache_dir: Path):
+        self.store = store
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    def _cache_path(self, entry) -> Path:
+        return self.cache_dir / f"dataset-{entry.id}-{entry.weights_sha256[:16]}.json"
+
+    def status(self, entry) -> dict:
+        path = self._cache_path(entry)
+        with self.lock:
+            job = self.jobs.get(entry.id)
+            if job is None or job["status"] == "error" and job.get("retry"):
+                if path.is_file():
+                    try:
+                        return {"status": "done", "progress": 1.0, "message": "cached", "result": json.loads(path.read_text())}
+                    except (OSError, json.JSONDecodeError):
+                        path.unlink(missing_ok=True)  # a broken cache file is recomputed
+                job = {"status": "running", "progress": 0.0, "message": "loading the test set", "result": None}
+                self.jobs[entry.id] = job
+                threading.Thread(target=self._run, args=(entry, job, path), daemon=True).start()
+            return dict(job)
+
+    def _run(self, entry, job: dict, path: Path) -> None:
+        try:
+            result = self._compute(entry, job)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(result))
+            os.replace(tmp, path)
+            job.update(status="done", progress=1.0, message="done", result=result)
+        except Exception as error:  # reported to the page; the next request retries
+            log.exception("dataset view for %s failed", entry.id)
+            job.update(status="error", message=f"{type(error).__name__}: {error}", retry=True)
+
+    def _compute(self, entry, job: dict) -> dict:
+        if entry.kind != "image":
+            raise ValueError("the dataset view is for image models; use the text or parity view")
+        workload = self.store.workload(entry)
+        images, labels = workload.test_x, workload.test_y
+        n = len(labels)
+        classes = entry.card.get("classes") or workload.classes
+        correct, flops, ponder, executed = [], [], [], []
+        dense = None
+        for start in range(0, n, BATCH):
+            x = workload.normalize(images[start : start + BATCH])
+            with self.store.inference, torch.no_grad():
+                trace = entry.model.trace(x.to(self.store.device))
+            dense = trace.dense_flops
+            correct.append((trace.logits.argmax(-1).cpu() == labels[start : start + BATCH]))
+            flops.append(trace.flops.cpu() / dense)
+            if trace.blocks:
+                ponder.append(sum(b.ponder_cost.float().mean(dim=(1, 2)) for b in trace.blocks).cpu())
+            if trace.executed is not None:
+                executed.append(trace.executed.float().cpu())
+            job["progress"] = min(1.0, (start + BATCH) / n)
+            job["message"] = f"{min(n, start + BATCH)} / {n} test images"
+        correct, flops = torch.cat(correct), torch.cat(flops)
+        ponder = torch.cat(ponder) if ponder else None
+        executed = torch.cat(executed) if executed else None
+        per_class = []
+        for c, name in enumerate(classes):
+            index = labels == c
+            per_class.append({
+                "class": name,
+                "count": int(index.sum()),
+                "accuracy": float(correct[index].float().mean()) if index.any() else None,
+                "mean_flops_ratio": float(flops[index].mean()) if index.any() else None,
+                "mean_ponder": float(ponder[index].mean()) if ponder is not None and index.any() else None,
+            })
+        # "Computation" ranks images by ponder where there is one, else by FLOPs.
+        score = ponder if ponder is not None else flops
+        order = torch.argsort(score, stable=True)
+
+        def describe(i: int) -> dict:
+            return {
+                "index": i,
+                "label": int(labels[i]),
+                "class": classes[int(labels[i])],
+                "flops_ratio": float(flops[i]),
+                "ponder": float(ponder[i]) if ponder is not None else None,
+                "image": png_data_url(tensor_to_image(images[i])),
+            }
+
+        result = {
+            "model": entry.id,
+            "classes": list(classes),
+            "examples": n,
+            "accuracy": float(correct.float().mean()),
+            "flops_ratio": float(flops.mean()),
+            "dense_flops": dense,
+            "per_class": per_class,
+            "ponder_histogram": _histogram(ponder) if ponder is not None else None,
+            "flops_histogram": _histogram(flops),
+            "least": [describe(int(i)) for i in order[:EXTREMES]],
+            "most": [describe(int(i)) for i in order.flip(0)[:EXTREMES]],
+            "executed_layers_histogram": None,
+            "class_layer_rates": None,
+            "layers": None,
+        }
+        if executed is not None:
+            counts = executed.sum(1)
+            n_layers = executed.shape[1]
+            result["executed_layers_histogram"] = {
+                "edges": list(range(n_layers + 2)),
+                "counts": [int((counts == k).sum()) for k in range(n_layers + 1)],
+            }
+            result["class_layer_rates"] = [[float(v) for v in executed[labels == c].mean(0)] for c in range(len(classes))]
+            result["layers"] = [f"layer{s}.{b}" for s in range(1, entry.model.n_stages + 1) for b in range(len(getattr(entry.model, f"layer{s}")))]
+            result["layer_rates"] = [float(v) for v in executed.mean(0)]
+        return result

@@ -1,0 +1,108 @@
+"""Decoding uploads with Pillow and preparing them as the model's card says.
+
+Any format Pillow reads; the first frame of animations; EXIF orientation applied; 16-bit,
+palette, CMYK and alpha images converted. Limits protect the server: uploads over 20 MB and
+images over 50 megapixels are refused before their pixels are decoded.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 50_000_000
+MAX_NATIVE_SIDE = 512  # "native" resolution runs at the upload's size, capped on the long side
+
+
+class ImageError(ValueError):
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+def decode(data: bytes) -> Image.Image:
+    """Bytes -> a loaded, upright Pillow image in mode L or RGB."""
+    if not data:
+        raise ImageError("the upload is empty: choose an image file (PNG, JPEG, GIF, WebP, BMP or TIFF)", 400)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ImageError(f"the upload is {len(data) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES // (1024 * 1024)} MB", 413)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is {MAX_PIXELS / 1e6:.0f}", 413)
+            image.seek(0)  # first frame of a GIF / WebP animation / multi-page TIFF
+            image.load()
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"not an image Pillow can read ({type(error).__name__}); upload a PNG, JPEG, GIF, WebP, BMP or TIFF file") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise ImageError(f"the image file is corrupt or truncated ({error})") from None
+    image = ImageOps.exif_transpose(image)
+    return _to_l_or_rgb(image)
+
+
+def _to_l_or_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # High bit depth: scale the full range of the type to 0..255 instead of clipping.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        # Transparent pixels become black: the bundled datasets draw light objects on black.
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    if image.mode in ("L", "RGB"):
+        return image
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, 1-bit
+
+
+def prepare(image: Image.Image, preprocess: dict, resolution: str = "train", invert: bool = False) -> tuple[torch.Tensor, Image.Image]:
+    """-> (model input [1, C, H, W] normalised as the card says, the image the model saw)."""
+    channels = int(preprocess["channels"])
+    image = image.convert("L" if channels == 1 else "RGB")
+    if invert:
+        image = ImageOps.invert(image)
+    if resolution == "train":
+        height, width = preprocess["input_size"]
+        image = image.resize((width, height), Image.BILINEAR)
+    elif resolution == "native":
+        width, height = image.size
+        scale = min(1.0, MAX_NATIVE_SIDE / max(width, height))
+        if scale < 1.0:
+            image = image.resize((max(8, round(width * scale)), max(8, round(height * scale))), Image.BILINEAR)
+        elif min(width, height) < 8:
+            raise ImageError("the image is smaller than 8 pixels on a side; use resolution 'train'")
+    else:
+        raise ImageError(f"resolution must be 'train' or 'native', not {resolution!r}")
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array.copy())
+    tensor = tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1)
+    mean = torch.tensor(preprocess["mean"], dtype=torch.float32)[:, None, None]
+    std = torch.tensor(preprocess["std"], dtype=torch.float32)[:, None, None]
+    return ((tensor - mean) / std).unsqueeze(0), image
+
+
+def png_data_url(image: Image.Image) -> str:
+    import base64
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def tensor_to_image(uint8: torch.Tensor) -> Image.Image:
+    """[C, H, W] or [H, W] uint8 -> Pillow image."""
+    array = uint8.cpu().numpy()
+    if array.ndim == 3:
+        array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+    return Image.fromarray(array)

@@ -1,0 +1,35 @@
+"""Recurrent ACT models: per-character ponder on text, and the parity task."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from ..analysis import analyze_parity, analyze_text
+from ..deps import get_model, get_store, require_kind
+from ..schemas import MAX_TEXT_CHARS, ParityRequest, TextRequest
+from ..store import LoadedModel, ModelStore
+
+router = APIRouter(prefix="/api/models", tags=["sequences"])
+
+
+@router.post("/{model_id}/text", summary="Ponder time and surprisal per character")
+def text_analysis(body: TextRequest, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> dict:
+    """Returns `chars`: one entry per Unicode character with `ponder` (N + R), `steps` (N), both
+    averaged over the character's UTF-8 bytes, and `bits` (its surprisal given the text before
+    it; null for the first character)."""
+    require_kind(entry, "text")
+    if not body.text:
+        raise HTTPException(422, "the text is empty: type at least one character")
+    if len(body.text) > MAX_TEXT_CHARS:
+        raise HTTPException(413, f"the text has {len(body.text)} characters; the limit is {MAX_TEXT_CHARS}")
+    return analyze_text(entry, store, body.text)
+
+
+@router.post("/{model_id}/parity", summary="Run a parity model on one input vector")
+def parity(body: ParityRequest, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> dict:
+    require_kind(entry, "parity")
+    bits = int(entry.card["task"]["bits"])
+    if len(body.vector) != bits:
+        raise HTTPException(422, f"the vector has {len(body.vector)} entries; this model takes exactly {bits}")
+    if any(v not in (-1, 0, 1) for v in body.vector):
+        raise HTTPException(422, "every entry must be -1, 0 or 1")
+    return analyze_parity(entry, store, body.vector)

@@ -1,0 +1,134 @@
+"""The loaded checkpoints, shared by every request (a FastAPI dependency).
+
+Models are loaded once at start-up, in eval mode, on one device. Inference runs in FastAPI's
+thread pool; a semaphore bounds how many forward passes run at once, so a burst of requests
+queues instead of oversubscribing the CPU cores.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import models
+from models.checkpoint import CARD_FILE, WEIGHTS_FILE, CheckpointError
+
+log = logging.getLogger("ponderscope")
+
+BUNDLED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def family_of(model: torch.nn.Module) -> str:
+    name = model.card["model"]
+    if name.startswith("aig_"):
+        return "aig"
+    if name.startswith("sact_"):
+        return "sact"
+    if name.startswith("act_resnet"):
+        return "act"
+    if name.startswith("act_") or name in ("rnn", "gru", "lstm"):
+        return "rnn"
+    return "dense"
+
+
+def kind_of(card: dict) -> str:
+    return {"classify": "image", "bytes-lm": "text", "parity": "parity"}.get(card["task"]["name"], "other")
+
+
+@dataclass
+class LoadedModel:
+    id: str
+    path: Path
+    model: torch.nn.Module
+    card: dict
+    family: str
+    kind: str
+    weights_sha256: str
+    workload: object = None  # test data, loaded on first use
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def summary(self, device: str) -> dict:
+        card = self.card
+        return {
+            "id": self.id,
+            "name": card["model"],
+            "family": self.family,
+            "kind": self.kind,
+            "dataset": card.get("dataset"),
+            "task": card["task"],
+            "classes": card.get("classes"),
+            "preprocess": card.get("preprocess"),
+            "metrics": card.get("metrics", {}),
+            "card": card,
+            "device": device,
+        }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ModelStore:
+    def __init__(self, checkpoint_dirs: list[str | Path], device: str = "auto", max_concurrent: int = 2):
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.models: dict[str, LoadedModel] = {}
+        self.errors: list[str] = []
+        self.inference = threading.Semaphore(max_concurrent)
+        for root in checkpoint_dirs:
+            self._scan(Path(root))
+
+    def _scan(self, root: Path) -> None:
+        if not root.is_dir():
+            self.errors.append(f"{root}: not a directory")
+            return
+        # A directory is itself a checkpoint, or holds checkpoint directories.
+        candidates = [root] if (root / CARD_FILE).is_file() else sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
+        for path in candidates:
+            started = time.time()
+            try:
+                model = models.load_checkpoint(path, device=self.device)
+            except CheckpointError as error:
+                self.errors.append(str(error))
+                log.warning("skipping %s", error)
+                continue
+            model_id = path.name
+            suffix = 2
+            while model_id in self.models:
+                model_id, suffix = f"{path.name}-{suffix}", suffix + 1
+            self.models[model_id] = LoadedModel(
+                id=model_id,
+                path=path,
+                model=model,
+                card=model.card,
+                family=family_of(model),
+                kind=kind_of(model.card),
+                weights_sha256=_sha256(path / WEIGHTS_FILE),
+            )
+            log.info("loaded %s (%s) in %.2fs", model_id, model.card["model"], time.time() - started)
+
+    def get(self, model_id: str) -> Optional[LoadedModel]:
+        return self.models.get(model_id)
+
+    def workload(self, entry: LoadedModel):
+        """The model's test data (for samples and the dataset view), loaded once."""
+        with entry.lock:
+            if entry.workload is None:
+                from training.workloads import make_workload
+
+                card = entry.card
+                options = dict(card.get("config", {}).get("data_options") or {})
+                options["preprocess"] = card.get("preprocess")
+                entry.workload = make_workload(card["task"], card["dataset"], torch.device("cpu"), options)
+            return entry.workload
