@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from .dataset_view import DatasetJobs
 from .image_store import ImageStore
-from .imaging import ImageError
+from .imaging import MAX_UPLOAD_BYTES, ImageError
 from .routers import images, models, sequences
 from .store import BUNDLED_CHECKPOINTS, ModelStore
 
@@ -61,6 +61,14 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
         # Last resort: the page shows a message, and the log has the traceback.
         log.exception("unexpected error on %s", request.url.path)
         return JSONResponse({"detail": f"internal error ({type(error).__name__}); see the server log"}, status_code=500)
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(request: Request, call_next):
+        # Refuse an oversized upload from its declared length, before reading it.
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 64 * 1024:
+            return JSONResponse({"detail": f"the upload is {int(length) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES // (1024 * 1024)} MB"}, status_code=413)
+        return await call_next(request)
 
     app.include_router(models.router)
     app.include_router(images.router)

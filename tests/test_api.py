@@ -1,0 +1,240 @@
+"""The JSON API against the real bundled checkpoints: values, every accepted image format, and
+clear 4xx errors for bad input."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import models
+from server.app import create_app
+from server.imaging import prepare
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+SACT = "fmnist_sact_resnet32"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    app = create_app([CHECKPOINTS], device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
+    with TestClient(app) as c:
+        yield c
+
+
+def png(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def shirt_like() -> Image.Image:
+    image = Image.new("L", (56, 56), 0)
+    for y in range(10, 46):
+        for x in range(14, 42):
+            image.putpixel((x, y), 200)
+    return image
+
+
+def upload(client, data: bytes, name="x.png", content_type="image/png"):
+    return client.post("/api/images", files={"file": (name, data, content_type)})
+
+
+def test_models_listed_with_cards(client):
+    listed = {m["id"]: m for m in client.get("/api/models").json()}
+    assert {"fmnist_sact_resnet32", "fmnist_aig_resnet32", "jargon_act_lstm", "parity16_act_rnn"} <= set(listed)
+    sact = listed[SACT]
+    assert sact["family"] == "sact" and sact["kind"] == "image" and sact["dataset"] == "fashion-mnist"
+    assert sact["metrics"]["test"]["accuracy"] == models.read_card(CHECKPOINTS / SACT)["metrics"]["test"]["accuracy"]
+    assert listed["fmnist_aig_resnet32"]["family"] == "aig"
+    assert listed["jargon_act_lstm"]["kind"] == "text"
+
+
+def test_image_analysis_matches_the_model(client):
+    data = png(shirt_like())
+    digest = upload(client, data).json()["hash"]
+    result = client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()
+    # Recompute directly through the library: the API must report exactly the model's numbers.
+    model = models.load_checkpoint(CHECKPOINTS / SACT)
+    x, _ = prepare(shirt_like(), model.card["preprocess"], "train")
+    with torch.no_grad():
+        trace = model.trace(x)
+    probabilities = torch.softmax(trace.logits[0], -1)
+    assert result["prediction"][0]["index"] == int(probabilities.argmax())
+    assert result["prediction"][0]["probability"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+    assert len(result["prediction"]) == 5
+    ponder = result["ponder"]
+    assert len(ponder["total"]) == 28 and len(ponder["total"][0]) == 28
+    assert [b["height"] for b in ponder["blocks"]] == [28, 14, 7]
+    expected_total = trace.total_ponder[0]  # block maps summed at the first block's resolution (= input)
+    assert torch.tensor(ponder["total"]) == pytest.approx(expected_total, abs=1e-3)
+    assert ponder["blocks"][1]["mean_ponder"] == pytest.approx(float(trace.blocks[1].ponder_cost.mean()), abs=1e-5)
+    assert result["flops"]["ratio"] == pytest.approx(float(trace.flops[0] / trace.dense_flops), rel=1e-6)
+    assert result["time_ms"] > 0
+
+
+def test_native_resolution_is_fully_convolutional(client):
+    digest = upload(client, png(shirt_like().resize((90, 60)))).json()["hash"]
+    result = client.post(f"/api/models/{SACT}/image", json={"image": digest, "resolution": "native"}).json()
+    assert result["input"]["width"] == 90 and result["input"]["height"] == 60
+    assert len(result["ponder"]["total"]) == 60 and len(result["ponder"]["total"][0]) == 90
+
+
+def test_sample_and_cluttered_box(client):
+    result = client.post("/api/models/cluttered_sact_resnet20/image", json={"sample": 0}).json()
+    y0, x0, y1, x1 = result["input"]["box"]
+    assert 0 <= y0 < y1 <= 60 and 0 <= x0 < x1 <= 60
+    assert result["input"]["label"] in range(10)
+    samples = client.get("/api/models/fmnist_aig_resnet32/samples?count=5").json()
+    assert [s["index"] for s in samples] == [0, 1, 2, 3, 4]
+    assert samples[0]["image"].startswith("data:image/png;base64,")
+
+
+def test_aig_gates(client):
+    result = client.post("/api/models/fmnist_aig_resnet32/image", json={"sample": 1}).json()
+    gates = result["gates"]
+    assert len(gates["probability"]) == len(gates["executed"]) == len(gates["layers"]) == 15
+    assert all((p > 0.5) == e for p, e in zip(gates["probability"], gates["executed"]))
+    assert result["ponder"] is None
+
+
+def test_text_per_character(client):
+    text = "Hello, world. Ünïcode 123"
+    result = client.post("/api/models/jargon_act_lstm/text", json={"text": text}).json()
+    assert "".join(c["char"] for c in result["chars"]) == text
+    assert result["chars"][0]["bits"] is None and all(c["bits"] > 0 for c in result["chars"][1:])
+    assert all(c["steps"] >= 1 and c["ponder"] >= c["steps"] for c in result["chars"])
+    assert result["bytes"] == len(text.encode("utf-8"))
+
+
+def test_parity(client):
+    vector = [1, -1, 0, 1] + [0] * 12
+    result = client.post("/api/models/parity16_act_rnn/parity", json={"vector": vector}).json()
+    assert result["answer"] in ("even", "odd") and result["nonzero"] == 3 and result["ones"] == 2
+    assert result["steps"] >= 1 and result["ponder"] >= result["steps"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: png(shirt_like().convert("RGBA")),
+        lambda: png(shirt_like().convert("P")),
+        lambda: png(shirt_like().convert("I;16")),
+        lambda: png(shirt_like().convert("RGB"), "JPEG"),
+        lambda: png(shirt_like().convert("CMYK"), "JPEG"),
+        lambda: png(shirt_like(), "GIF", save_all=True, append_images=[Image.new("L", (56, 56), 255)]),
+        lambda: png(shirt_like(), "WEBP"),
+        lambda: png(shirt_like(), "BMP"),
+        lambda: png(shirt_like(), "TIFF"),
+    ],
+    ids=["rgba", "palette", "16bit", "jpeg", "cmyk", "gif-animated", "webp", "bmp", "tiff"],
+)
+def test_formats_accepted(client, make):
+    response = upload(client, make())
+    assert response.status_code == 200, response.text
+    result = client.post(f"/api/models/{SACT}/image", json={"image": response.json()["hash"]})
+    assert result.status_code == 200
+    assert len(result.json()["ponder"]["total"]) == 28
+
+
+def test_exif_rotation_applied(client):
+    image = Image.new("L", (40, 20), 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    response = upload(client, png(image.convert("RGB"), "JPEG", exif=exif.tobytes()))
+    assert response.status_code == 200
+    assert (response.json()["width"], response.json()["height"]) == (20, 40)
+
+
+def test_16bit_scaled_not_clipped(client):
+    image = Image.new("I;16", (30, 30), 30000)  # about 46% of the 16-bit range
+    digest = upload(client, png(image)).json()["hash"]
+    result = client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()
+    import base64
+
+    shown = Image.open(io.BytesIO(base64.b64decode(result["input"]["image"].split(",")[1])))
+    assert abs(shown.getpixel((5, 5)) - round(30000 / 65535 * 255)) <= 1
+
+
+def _giant_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming width x height, with a tiny compressed body."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"\x00" * (width + 1) * 16)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "data, status, words",
+    [
+        (b"", 400, "empty"),
+        (b"this is not an image at all", 422, "not an image"),
+        (png(shirt_like())[:60], 422, "corrupt"),
+        (_giant_png(8000, 7000), 413, "megapixels"),
+    ],
+    ids=["empty", "not-image", "truncated", "over-50-megapixels"],
+)
+def test_bad_uploads(client, data, status, words):
+    response = upload(client, data)
+    assert response.status_code == status
+    assert words in response.json()["detail"]
+
+
+def test_upload_over_20_mb(client):
+    response = upload(client, b"\x00" * (21 * 1024 * 1024))
+    assert response.status_code == 413
+    assert "20 MB" in response.json()["detail"]
+
+
+def test_request_errors(client):
+    assert client.post("/api/models/nope/image", json={"sample": 0}).status_code == 404
+    r = client.post(f"/api/models/{SACT}/image", json={"sample": 10_000_000})
+    assert r.status_code == 404 and "out of range" in r.json()["detail"]
+    r = client.post(f"/api/models/{SACT}/image", json={})
+    assert r.status_code == 422 and "exactly one" in r.json()["detail"]
+    r = client.post(f"/api/models/{SACT}/image", json={"image": "0" * 64})
+    assert r.status_code == 404
+    r = client.post(f"/api/models/{SACT}/image", content=b"not json", headers={"content-type": "text/plain"})
+    assert r.status_code == 422
+    r = client.post("/api/models/jargon_act_lstm/text", json={"text": "x" * 10_001})
+    assert r.status_code == 413 and "10000" in r.json()["detail"]
+    r = client.post("/api/models/jargon_act_lstm/text", json={"text": ""})
+    assert r.status_code == 422
+    r = client.post(f"/api/models/{SACT}/text", json={"text": "hi"})
+    assert r.status_code == 400 and "text model" in r.json()["detail"]
+    r = client.post("/api/models/parity16_act_rnn/parity", json={"vector": [2] * 16})
+    assert r.status_code == 422
+    r = client.post("/api/models/parity16_act_rnn/parity", json={"vector": [1] * 3})
+    assert r.status_code == 422 and "16" in r.json()["detail"]
+    r = client.post("/api/images", data={"file": "not a file"})
+    assert r.status_code == 422
+
+
+def test_concurrent_requests_agree(client):
+    digest = upload(client, png(shirt_like())).json()["hash"]
+
+    def call(_):
+        return client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()["prediction"]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(call, range(12)))
+    assert all(r == results[0] for r in results)
+
+
+def test_page_and_assets_offline(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "https://" not in page.text.split("<body")[0]  # nothing fetched from the internet
+    assert "/static/vendor/plotly.min.js" in page.text
+    plotly = client.get("/static/vendor/plotly.min.js")
+    assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
+    assert client.get("/docs").status_code == 200
+    assert "/api/models/{model_id}/image" in client.get("/openapi.json").json()["paths"]

@@ -1,0 +1,91 @@
+"""The bundled checkpoints: each card's slice metrics are recomputed here from the weights, and
+the paper effects the checkpoints are bundled for still hold in their cards."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+import models
+from training.data import DataSourceMissing
+from training.evaluate import evaluate_model
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+BUNDLED = sorted(p.name for p in CHECKPOINTS.iterdir() if (p / "card.json").is_file()) if CHECKPOINTS.is_dir() else []
+
+
+def _close(a, b, path=""):
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            _close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), path
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+def test_every_family_is_bundled():
+    families = {models.read_card(CHECKPOINTS / name)["model"] for name in BUNDLED}
+    for needed in ("resnet32", "sact_resnet32", "act_resnet32", "aig_resnet32", "sact_resnet20", "act_rnn", "rnn", "act_lstm", "lstm"):
+        assert needed in families, f"no bundled checkpoint of {needed}"
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_card_records_how_it_was_made(name):
+    card = models.read_card(CHECKPOINTS / name)
+    for field in ("model", "model_kwargs", "task", "dataset", "train_command", "seed", "training_time_s", "metrics"):
+        assert field in card, f"{name}: card lacks {field}"
+    assert card["train_command"].startswith("ponderscope train ")
+    assert f"--out checkpoints/{name}" in card["train_command"]
+    assert (CHECKPOINTS / name / "model.safetensors").stat().st_size < 8 * 1024 * 1024
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_slice_metrics_reproduce(name):
+    card = models.read_card(CHECKPOINTS / name)
+    try:
+        measured = evaluate_model(str(CHECKPOINTS / name), device="cpu", write=False, slice_only=True)["slice"]
+    except DataSourceMissing as error:
+        pytest.skip(str(error))
+    _close(card["metrics"]["slice"], measured, name)
+
+
+def _test_metrics(name):
+    return models.read_card(CHECKPOINTS / name)["metrics"]["test"]
+
+
+def test_fashion_mnist_targets():
+    dense = _test_metrics("fmnist_resnet32")
+    sact = _test_metrics("fmnist_sact_resnet32")
+    act = _test_metrics("fmnist_act_resnet32")
+    aig = _test_metrics("fmnist_aig_resnet32")
+    assert dense["examples"] == sact["examples"] == 10000
+    assert dense["accuracy"] >= 0.94
+    assert sact["accuracy"] >= 0.935 and sact["flops_ratio"] <= 0.65
+    assert act["accuracy"] >= 0.935 and act["flops_ratio"] <= 0.80
+    assert aig["accuracy"] >= 0.935 and aig["flops_ratio"] <= 0.75
+    assert aig["max_class_rate_span"] >= 0.3
+
+
+def test_cluttered_ponder_finds_the_digit():
+    metrics = _test_metrics("cluttered_sact_resnet20")
+    assert metrics["accuracy"] >= 0.95
+    assert metrics["ponder_box_ratio"] >= 1.5
+
+
+def test_parity_act_beats_plain_rnn():
+    act, plain = _test_metrics("parity16_act_rnn"), _test_metrics("parity16_rnn")
+    assert plain["accuracy"] < 0.6  # the same network without ACT stays near chance
+    assert act["accuracy"] > plain["accuracy"] + 0.25
+    curve = act["ponder_by_nonzero"]
+    low = sum(curve[str(k)] for k in range(1, 5)) / 4
+    high = sum(curve[str(k)] for k in range(13, 17)) / 4
+    assert high > low  # more non-zero entries, more pondering
