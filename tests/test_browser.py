@@ -1,0 +1,554 @@
+"""Browser tests: the real server (server.app.create_app under uvicorn) driven by headless
+Chromium through selenium. Each test reads what the page actually drew (Plotly's `gd.data`,
+the DOM, the URL, downloaded files) and saves a screenshot to docs/screenshots/<name>.png.
+
+The server gets small untrained checkpoints of every family (tests/browser_support.py) and,
+when there are any, the bundled ones in checkpoints/ (opened by the last test).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from browser_support import (
+    browser_missing_reason,
+    cleanup,
+    fashion_mnist_missing_reason,
+    make_driver,
+    make_test_png,
+    make_tiny_checkpoints,
+    tmpdir,
+    ServerProcess,
+    ROOT,
+)
+
+_missing = browser_missing_reason()
+if _missing:
+    pytest.skip(f"browser tests skipped: {_missing}", allow_module_level=True)
+try:
+    from server.app import create_app  # noqa: F401  (the server the tests start)
+except ImportError as _error:  # pragma: no cover - only while the backend is missing
+    pytest.skip(f"browser tests skipped: server.app is not importable ({_error})", allow_module_level=True)
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+# PONDERSCOPE_SCREENSHOTS=<folder> puts the pictures elsewhere; =0 turns them off.
+_shots = os.environ.get("PONDERSCOPE_SCREENSHOTS", "")
+SCREENSHOTS = None if _shots == "0" else Path(_shots) if _shots else ROOT / "docs" / "screenshots"
+BUNDLED = ROOT / "checkpoints"
+WAIT = 30
+FMNIST_MISSING = fashion_mnist_missing_reason()
+needs_fmnist = pytest.mark.skipif(FMNIST_MISSING is not None, reason=FMNIST_MISSING or "")
+
+
+def bundled_checkpoints() -> list[Path]:
+    if not BUNDLED.is_dir():
+        return []
+    return sorted(p for p in BUNDLED.iterdir() if (p / "card.json").is_file() and (p / "model.safetensors").is_file())
+
+
+# ---------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def site():
+    work = Path(tmpdir("ponderscope-browser-"))
+    ids = make_tiny_checkpoints(work / "checkpoints")
+    dirs = [str(work / "checkpoints")]
+    if bundled_checkpoints():
+        dirs.append(str(BUNDLED))
+    server = ServerProcess(dirs, str(work / "cache"), str(work / "server.log"))
+    try:
+        server.wait_ready(timeout=90)
+        downloads = work / "downloads"
+        downloads.mkdir()
+        driver = make_driver(str(downloads), str(work / "chrome-profile"))
+        try:
+            yield {"url": server.url, "ids": ids, "driver": driver, "downloads": downloads, "work": work, "server": server}
+        finally:
+            driver.quit()
+    finally:
+        server.stop()
+        cleanup(work)
+
+
+@pytest.fixture
+def page(site):
+    """A helper bound to the module's browser; clears downloads and the error banner state."""
+    for f in site["downloads"].iterdir():
+        f.unlink()
+    return Page(site)
+
+
+class Page:
+    def __init__(self, site):
+        self.site = site
+        self.d = site["driver"]
+        self.url = site["url"]
+        self.ids = site["ids"]
+
+    def open(self, query: str = "") -> None:
+        self.d.get(f"{self.url}/{query}")
+        self.wait("return document.readyState === 'complete' && !!window.ponderscope", what="the page to start")
+
+    def js(self, script: str, *args):
+        return self.d.execute_script(script, *args)
+
+    def wait(self, script: str, *args, timeout: float = WAIT, what: str = "condition"):
+        """Wait until the JS expression returns something truthy; fail with the error banner."""
+        try:
+            return WebDriverWait(self.d, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script, *args))
+        except Exception:
+            banner = self.js("const e = document.getElementById('error'); return e && !e.hidden ? e.innerText : ''")
+            pytest.fail(f"timed out waiting for {what}; error banner: {banner!r}; server log tail:\n{self.site['server'].tail(1500)}")
+
+    def plot_data(self, div_id: str):
+        return self.js("const g = document.getElementById(arguments[0]); return g && g.data ? JSON.parse(JSON.stringify(g.data)) : null", div_id)
+
+    def wait_plot(self, div_id: str, what: str | None = None):
+        self.wait("const g = document.getElementById(arguments[0]); return !!(g && g.data && g.data.length && g._fullLayout)", div_id,
+                  what=what or f"plot #{div_id}")
+        return self.plot_data(div_id)
+
+    def error_text(self) -> str:
+        return self.js("const e = document.getElementById('error'); return e.hidden ? '' : e.innerText")
+
+    def no_error(self) -> None:
+        text = self.error_text()
+        if FMNIST_MISSING is not None:  # the sample grid cannot load; that error is expected
+            text = "\n".join(line for line in text.splitlines() if "/samples" not in line and line.strip() != "Error")
+        assert text == "", f"unexpected error banner: {text}"
+
+    def query(self) -> dict:
+        return {k: v[0] for k, v in parse_qs(urlparse(self.d.current_url).query).items()}
+
+    def screenshot(self, name: str) -> None:
+        """The whole page (not only the viewport), as a PNG in docs/screenshots/."""
+        if SCREENSHOTS is None:
+            return
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        time.sleep(0.2)  # let Plotly finish drawing
+        width = self.js("return document.documentElement.clientWidth")
+        height = min(3000, self.js("return Math.max(document.documentElement.scrollHeight, document.body.scrollHeight)"))
+        shot = self.d.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
+        (SCREENSHOTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
+
+    def wait_download(self, name: str, timeout: float = 15) -> Path:
+        path = self.site["downloads"] / name
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if path.is_file() and not any(p.suffix == ".crdownload" for p in self.site["downloads"].iterdir()):
+                return path
+            time.sleep(0.1)
+        pytest.fail(f"{name} was not downloaded; the folder has {[p.name for p in self.site['downloads'].iterdir()]}")
+
+
+def flat(z):
+    return [v for row in z for v in row]
+
+
+# ---------------------------------------------------------------------------------- tests
+def test_upload_draws_ponder_map_over_the_image(page, tmp_path):
+    sact = page.ids["sact"]
+    png = make_test_png(tmp_path / "shape.png", size=40)
+    digest = hashlib.sha256(png.read_bytes()).hexdigest()
+    page.open(f"?view=image&model={sact}")
+    page.d.find_element(By.ID, "file-input").send_keys(str(png))
+    page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", digest, what="the upload's analysis")
+    data = page.wait_plot("heatmap")
+    z = data[0]["z"]
+    # resolution "train": the 40x40 upload is resized to the model's 28x28 input
+    assert data[0]["type"] == "heatmap"
+    assert len(z) == 28 and all(len(row) == 28 for row in z)
+    values = flat(z)
+    assert all(math.isfinite(v) for v in values)
+    assert max(values) > min(values), "the ponder map is flat"
+    # the map is the sum over 3 blocks of N+R, each between 1 and the block's 3 units (+R < 1)
+    assert 3.0 <= min(values) and max(values) <= 3 * 4.0
+    response = page.js("return window.ponderscope.results.image")
+    assert z == response["ponder"]["total"]
+    assert data[0]["zmin"] == pytest.approx(response["ponder"]["min"]) and data[0]["zmax"] == pytest.approx(response["ponder"]["max"])
+    layout_image = page.js("return document.getElementById('heatmap').layout.images[0]")
+    assert layout_image["source"].startswith("data:image/png;base64,") and layout_image["sizex"] == 28 and layout_image["layer"] == "below"
+    # small multiples: one map per block at the block's own resolution
+    sizes = []
+    for i in range(3):
+        block = page.wait_plot(f"block-map-{i}")[0]["z"]
+        sizes.append((len(block), len(block[0])))
+    assert sizes == [(28, 28), (14, 14), (7, 7)]
+    # top-5 prediction, FLOPs, URL state
+    assert len(page.d.find_elements(By.CSS_SELECTOR, "#prediction li")) == 5
+    assert "MFLOPs" in page.d.find_element(By.ID, "flops").text
+    assert page.query()["image"] == digest and page.query()["model"] == sact
+    page.no_error()
+    page.screenshot("image-upload")
+
+
+DROP_AND_PASTE = """
+const [how, shade] = arguments;
+const canvas = document.createElement('canvas');
+canvas.width = 32; canvas.height = 24;
+const ctx = canvas.getContext('2d');
+ctx.fillStyle = '#000'; ctx.fillRect(0, 0, 32, 24);
+ctx.fillStyle = `rgb(${shade},${shade},${shade})`; ctx.fillRect(8, 4, 16, 16);
+const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+const buffer = await blob.arrayBuffer();
+const digest = [...new Uint8Array(await crypto.subtle.digest('SHA-256', buffer))].map((b) => b.toString(16).padStart(2, '0')).join('');
+const data = new DataTransfer();
+data.items.add(new File([blob], `made-${shade}.png`, { type: 'image/png' }));
+if (how === 'drop') {
+  const zone = document.getElementById('drop-zone');
+  zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: data, bubbles: true, cancelable: true }));
+  zone.dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+} else {
+  document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
+}
+return digest;
+"""
+
+
+def test_drop_and_paste_upload(page):
+    page.open(f"?view=image&model={page.ids['sact']}")
+    dropped = page.js("return (async () => {" + DROP_AND_PASTE + "})()", "drop", 200)
+    page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", dropped, what="the dropped image")
+    assert page.query()["image"] == dropped
+    pasted = page.js("return (async () => {" + DROP_AND_PASTE + "})()", "paste", 120)
+    assert pasted != dropped
+    page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", pasted, what="the pasted image")
+    assert page.query()["image"] == pasted
+    assert len(page.wait_plot("heatmap")[0]["z"]) == 28
+    page.no_error()
+
+
+@needs_fmnist
+def test_opacity_colormap_and_measure_restyle_the_maps(page):
+    page.open(f"?view=image&model={page.ids['sact']}&sample=0")
+    before = page.wait_plot("heatmap")[0]
+    page.wait_plot("block-map-2")
+    assert before["opacity"] == pytest.approx(0.6)
+    slider = page.d.find_element(By.ID, "opacity")
+    page.js("arguments[0].focus()", slider)
+    for _ in range(4):  # four steps of 0.05, as a keyboard user moves it
+        slider.send_keys(Keys.ARROW_LEFT)
+    value = float(slider.get_attribute("value"))
+    assert value == pytest.approx(0.4)
+    after = page.plot_data("heatmap")[0]
+    assert after["opacity"] == pytest.approx(value)
+    assert page.plot_data("block-map-2")[0]["opacity"] == pytest.approx(value)
+    assert page.d.find_element(By.ID, "opacity-value").text == f"{value:.2f}"
+
+    Select(page.d.find_element(By.ID, "colormap")).select_by_value("Hot")
+    hot = page.plot_data("heatmap")[0]["colorscale"]
+    assert hot != before["colorscale"]
+    assert hot[0] == [0, "#000000"] and hot[-1] == [1, "#ffffff"]
+    assert page.plot_data("block-map-0")[0]["colorscale"] == hot
+
+    # N instead of N+R: whole numbers, colour bar in "units executed"
+    Select(page.d.find_element(By.ID, "map-measure")).select_by_value("units")
+    page.wait("return document.getElementById('heatmap').data[0].colorbar.title.text.includes('units executed')", what="units map")
+    units = page.plot_data("heatmap")[0]
+    assert all(float(v).is_integer() and 3 <= v <= 9 for v in flat(units["z"]))
+    assert units["opacity"] == pytest.approx(value) and units["colorscale"] == hot
+    q = page.query()
+    assert q["cmap"] == "Hot" and float(q["opacity"]) == pytest.approx(value) and q["map"] == "units" and q["sample"] == "0"
+    page.no_error()
+    page.screenshot("image-settings")
+
+
+@needs_fmnist
+def test_aig_gate_chart(page):
+    page.open(f"?view=image&model={page.ids['aig']}&sample=0")
+    data = page.wait_plot("gates-chart")
+    response = page.js("return window.ponderscope.results.image")
+    gates = response["gates"]
+    by_name = {t["name"]: t for t in data}
+    executed = by_name["executed"]["x"]
+    skipped = by_name["skipped"]["x"]
+    assert sorted(executed + skipped) == sorted(gates["layers"]) and len(gates["layers"]) == 9
+    assert executed == [l for l, e in zip(gates["layers"], gates["executed"]) if e]
+    assert all(0 <= p <= 1 for p in by_name["executed"]["y"] + by_name["skipped"]["y"])
+    # no spatial map: the image alone, and a note that says why
+    assert page.plot_data("heatmap") == []
+    assert "per image" in page.d.find_element(By.ID, "no-ponder").text
+    page.no_error()
+    page.screenshot("image-aig-gates")
+
+
+@needs_fmnist
+def test_compare_uses_one_colour_scale(page):
+    ids = page.ids
+    page.open(f"?view=compare&compare={ids['sact']},{ids['act']},{ids['dense']}&sample=1")
+    page.wait("return document.querySelectorAll('#compare-grid article').length === 3", what="three compare panels")
+    a = page.wait_plot("compare-plot-0")[0]
+    b = page.wait_plot("compare-plot-1")[0]
+    assert a["zmin"] == b["zmin"] and a["zmax"] == b["zmax"]
+    both = flat(a["z"]) + flat(b["z"])
+    assert a["zmin"] == pytest.approx(min(both)) and a["zmax"] == pytest.approx(max(both))
+    assert flat(a["z"]) != flat(b["z"])  # two different models, two different maps
+    # the dense model draws the image without a map, and every panel shows its prediction and FLOPs
+    assert page.plot_data("compare-plot-2") == []
+    panels = page.d.find_elements(By.CSS_SELECTOR, "#compare-grid article")
+    for panel in panels:
+        assert len(panel.find_elements(By.CSS_SELECTOR, ".prediction li")) == 3
+        assert "of the dense network" in panel.text
+    assert "100.0% of the dense network" in panels[2].text
+    page.no_error()
+    page.screenshot("compare")
+
+
+def test_text_view_colours_each_character(page):
+    page.open(f"?view=text&tmodel={page.ids['text']}")
+    text = "Hello, world. The fox: 42!"
+    box = page.d.find_element(By.ID, "text-input")
+    box.send_keys(text)
+    page.wait("return document.querySelectorAll('#text-output .ch').length === arguments[0]", len(text), what="one span per character")
+    spans = page.js("return [...document.querySelectorAll('#text-output .ch')].map(s => [s.textContent, s.title, getComputedStyle(s).backgroundColor])")
+    assert "".join(s[0] for s in spans) == text
+    assert "steps N =" in spans[1][1] and "ponder N+R =" in spans[1][1] and "bits =" in spans[1][1]
+    # typing 26 characters in a burst is debounced into few requests
+    posts = page.js("return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/text')).length")
+    assert 1 <= posts <= 4, f"{posts} text requests for one burst of typing"
+    # default measure N; switch to N+R, which varies from character to character
+    assert Select(page.d.find_element(By.ID, "ponder-measure")).first_selected_option.get_attribute("value") == "steps"
+    Select(page.d.find_element(By.ID, "ponder-measure")).select_by_value("ponder")
+    colours = page.js("return [...document.querySelectorAll('#text-output .ch')].map(s => getComputedStyle(s).backgroundColor)")
+    assert len(set(colours)) > 1, "all characters have the same colour"
+    response = page.js("return window.ponderscope.results.text")
+    assert len(response["chars"]) == len(text) and response["chars"][0]["bits"] is None
+    chart = page.wait_plot("text-chart")
+    assert len(chart[0]["x"]) == len(text)
+    assert chart[0]["y"] == [c["ponder"] for c in response["chars"]]
+    bits = [t for t in chart if t.get("yaxis") == "y2"][0]
+    assert bits["y"][0] is None and all(v > 0 for v in bits["y"][1:])
+    q = page.query()
+    assert q["text"] == text and q["measure"] == "ponder" and q["tmodel"] == page.ids["text"]
+    page.d.find_element(By.ID, "text-csv").click()
+    rows = list(csv.reader(io.StringIO(page.wait_download(f"ponderscope-text-{page.ids['text']}.csv").read_text(encoding="utf-8"))))
+    assert rows[0] == ["index", "char", "codepoint", "steps", "ponder", "bits"] and len(rows) == 1 + len(text)
+    assert "".join(r[1] for r in rows[1:]) == text and float(rows[3][4]) == pytest.approx(response["chars"][2]["ponder"], abs=1e-6)
+    page.no_error()
+    page.screenshot("text")
+
+
+@needs_fmnist
+def test_dataset_view_charts_and_thumbnails(page):
+    aig = page.ids["aig"]
+    page.open(f"?view=dataset&dmodel={aig}")
+    # the first request starts the job, so the page shows a progress bar and polls
+    page.wait("return !document.getElementById('dataset-status').hidden && document.getElementById('dataset-message').textContent.startsWith('running')",
+              what="the progress bar")
+    page.wait("return !document.getElementById('dataset-result').hidden", timeout=60, what="the dataset statistics")
+    assert page.d.find_element(By.ID, "dataset-progress").get_attribute("value") in ("1", "1.0")
+    assert page.d.find_element(By.ID, "dataset-status").get_attribute("hidden") is not None
+    result = page.js("return window.ponderscope.results.dataset")
+    assert result["examples"] == 10000
+    heat = page.wait_plot("dataset-class-layer")[0]
+    assert len(heat["z"]) == 10 and len(heat["z"][0]) == 9 and heat["zmin"] == 0 and heat["zmax"] == 1
+    classes = page.wait_plot("dataset-class-chart")
+    assert classes[0]["y"] == [c["mean_flops_ratio"] for c in result["per_class"]]
+    layers = page.wait_plot("dataset-layers-hist")[0]
+    assert sum(layers["y"]) == 10000
+    assert sum(page.wait_plot("dataset-flops-hist")[0]["y"]) == 10000
+    least = page.d.find_elements(By.CSS_SELECTOR, "#dataset-least .thumb")
+    most = page.d.find_elements(By.CSS_SELECTOR, "#dataset-most .thumb")
+    assert len(least) == len(result["least"]) > 0 and len(most) == len(result["most"]) > 0
+    page.no_error()
+    page.screenshot("dataset")
+    # a thumbnail opens that test image in the Image view
+    index = int(least[0].get_attribute("data-index"))
+    least[0].click()
+    page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.sample === arguments[0]", index, what="the sample in the Image view")
+    assert page.query()["view"] == "image" and page.query()["sample"] == str(index) and page.query()["model"] == aig
+    assert not page.d.find_element(By.ID, "view-image").get_attribute("hidden")
+
+
+@needs_fmnist
+def test_download_json_and_csv(page):
+    sact = page.ids["sact"]
+    page.open(f"?view=image&model={sact}&sample=2")
+    page.wait_plot("heatmap")
+    page.d.find_element(By.ID, "image-json").click()
+    saved = json.loads(page.wait_download(f"ponderscope-image-{sact}.json").read_text())
+    shown = page.js("return window.ponderscope.results.image")
+    assert saved["model"] == sact and saved["request"]["sample"] == 2
+    assert saved["response"]["ponder"]["total"] == shown["ponder"]["total"]
+    assert saved["response"]["prediction"] == shown["prediction"]
+    page.d.find_element(By.ID, "image-csv").click()
+    rows = list(csv.reader(io.StringIO(page.wait_download(f"ponderscope-image-{sact}.csv").read_text())))
+    assert rows[0][:4] == ["y", "x", "ponder_total", "units_total"] and "block2_ponder" in rows[0]
+    assert len(rows) == 1 + 28 * 28
+    y, x = 5, 7
+    row = rows[1 + y * 28 + x]
+    assert (int(row[0]), int(row[1])) == (y, x)
+    assert float(row[2]) == pytest.approx(shown["ponder"]["total"][y][x], abs=1e-5)
+    # every plot exports itself: the mode bar's camera (PNG) and the added SVG button
+    page.js("document.querySelector('#heatmap .modebar-btn[data-title=\"Download plot as SVG\"]').click()")
+    svg = page.wait_download(f"ponder-map-{sact}.svg").read_text()
+    assert svg.lstrip().startswith("<svg") and "<image" in svg  # the heatmap and the photo are embedded images
+    page.js("document.querySelector('#heatmap .modebar-btn[data-title^=\"Download plot\"]:not([data-title*=SVG])').click()")
+    assert page.wait_download(f"ponder-map-{sact}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the Models view exports every card
+    page.open("?view=models")
+    page.d.find_element(By.ID, "models-json").click()
+    cards = json.loads(page.wait_download("ponderscope-models.json").read_text())
+    assert {m["id"] for m in cards} >= set(page.ids.values())
+
+
+def test_link_reopens_the_same_view(page, tmp_path):
+    act = page.ids["act"]
+    png = make_test_png(tmp_path / "shape.png", size=40)
+    digest = hashlib.sha256(png.read_bytes()).hexdigest()
+    page.open("?view=image")
+    Select(page.d.find_element(By.ID, "image-model")).select_by_value(act)
+    Select(page.d.find_element(By.ID, "resolution")).select_by_value("native")
+    Select(page.d.find_element(By.ID, "colormap")).select_by_value("Cividis")
+    Select(page.d.find_element(By.ID, "map-measure")).select_by_value("units")
+    page.d.find_element(By.ID, "file-input").send_keys(str(png))
+    page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0] && r.model === arguments[1]", digest, act, what="the upload")
+    slider = page.d.find_element(By.ID, "opacity")
+    slider.send_keys(Keys.ARROW_RIGHT)
+    slider.send_keys(Keys.ARROW_RIGHT)
+    first = page.wait_plot("heatmap")[0]
+    link = page.d.current_url
+    q = page.query()
+    assert q["image"] == digest and q["model"] == act and q["res"] == "native" and q["cmap"] == "Cividis" and q["map"] == "units"
+
+    page.d.get("about:blank")
+    page.open(link[len(page.url) + 1:])
+    page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", digest, what="the reopened upload")
+    again = page.wait_plot("heatmap")[0]
+    assert page.d.find_element(By.ID, "image-model").get_attribute("value") == act
+    assert page.d.find_element(By.ID, "resolution").get_attribute("value") == "native"
+    assert page.d.find_element(By.ID, "colormap").get_attribute("value") == "Cividis"
+    assert page.d.find_element(By.ID, "map-measure").get_attribute("value") == "units"
+    assert float(page.d.find_element(By.ID, "opacity").get_attribute("value")) == pytest.approx(first["opacity"])
+    # native resolution: the 40x40 upload runs at 40x40
+    assert len(again["z"]) == 40 and len(again["z"][0]) == 40
+    assert again["z"] == first["z"] and again["colorscale"] == first["colorscale"] and again["opacity"] == pytest.approx(first["opacity"])
+    page.no_error()
+
+    # the Text view's link carries the text and the measure
+    page.open(f"?view=text&tmodel={page.ids['text']}&measure=ponder&text=" + "a%2C%20b.")
+    page.wait("return document.querySelectorAll('#text-output .ch').length === 5", what="text from the link")
+    assert page.d.find_element(By.ID, "text-input").get_attribute("value") == "a, b."
+    assert page.d.find_element(By.ID, "ponder-measure").get_attribute("value") == "ponder"
+
+
+def test_errors_are_shown(page, tmp_path):
+    page.open(f"?view=image&model={page.ids['sact']}")
+    bad = tmp_path / "notes.txt"
+    bad.write_text("this is not an image\n")
+    page.d.find_element(By.ID, "file-input").send_keys(str(bad))
+    page.wait("return !document.getElementById('error').hidden", what="the error banner")
+    message = page.error_text()
+    assert "/api/images" in message and "failed (4" in message
+    detail = page.js("return document.getElementById('error-list').innerText")
+    assert len(detail.split(":", 2)[-1].strip()) > 5  # the server's own words, not just a status
+    page.screenshot("error")
+    page.d.find_element(By.ID, "error-close").click()
+    assert page.error_text() == ""
+    if FMNIST_MISSING is None:
+        page.open(f"?view=image&model={page.ids['sact']}&sample=99999999")
+        page.wait("return !document.getElementById('error').hidden", what="the out-of-range error")
+        assert "99999999" in page.error_text()
+        # no stale answer stays on screen under a failed request
+        assert page.d.find_element(By.ID, "image-result").get_attribute("hidden") is not None
+        assert "failed" in page.d.find_element(By.ID, "image-empty").text
+
+
+def test_parity_view(page):
+    page.open(f"?view=parity&pmodel={page.ids['parity']}&vec=" + "0" * 16)
+    page.wait("return window.ponderscope.results.parity", what="the first parity answer")
+    page.d.find_element(By.ID, "parity-cell-3").click()  # 0 -> +1
+    page.d.find_element(By.ID, "parity-cell-5").click()  # 0 -> +1
+    page.d.find_element(By.ID, "parity-cell-5").click()  # +1 -> -1
+    page.wait("const p = window.ponderscope.results.parity; return p && p.nonzero === 2", what="the edited vector's answer")
+    p = page.js("return window.ponderscope.results.parity")
+    assert p["vector"][3] == 1 and p["vector"][5] == -1 and p["answer"] in ("even", "odd")
+    assert 0.5 <= p["probability"] <= 1 and p["steps"] >= 1 and p["ponder"] >= 1
+    text = page.d.find_element(By.ID, "parity-result").text
+    assert "expected odd (1 × +1)" in text and f"steps N {p['steps']}" in text
+    assert page.query()["vec"] == "000+0-0000000000"
+    page.d.find_element(By.ID, "parity-random").click()
+    page.wait("return window.ponderscope.results.parityHistory.length >= 3", what="the random vector's answer")
+    assert page.plot_data("parity-chart")
+    page.no_error()
+    page.screenshot("parity")
+
+
+def test_models_view_lists_every_card(page):
+    page.open("?view=models")
+    cards = page.d.find_elements(By.CSS_SELECTOR, "#model-cards article")
+    models = page.js("return JSON.parse(document.getElementById('models-data').textContent)")
+    assert len(cards) == len(models) >= len(page.ids)
+    text_card = page.d.find_element(By.CSS_SELECTOR, f"#model-cards article[data-model='{page.ids['text']}']")
+    assert "next-byte prediction" in text_card.text and "jargon" in text_card.text
+    text_card.find_element(By.XPATH, ".//button[contains(., 'Open in text')]").click()
+    assert page.query()["view"] == "text" and page.query()["tmodel"] == page.ids["text"]
+    page.open("?view=models")
+    page.screenshot("models")
+
+
+def test_bundled_models_open_without_errors(page):
+    """Every bundled (trained) checkpoint opens in its view; their screenshots go in the README."""
+    bundled = bundled_checkpoints()
+    if not bundled:
+        pytest.skip("no bundled checkpoints in checkpoints/ yet")
+    page.open("?view=models")
+    models = {m["id"]: m for m in page.js("return JSON.parse(document.getElementById('models-data').textContent)")}
+    for path in bundled:
+        model = models.get(path.name)
+        assert model is not None, f"bundled checkpoint {path.name} was not loaded (see the server log)"
+        if model["kind"] == "image":
+            if FMNIST_MISSING is not None and model["dataset"] == "fashion-mnist":
+                continue
+            page.open(f"?view=image&model={model['id']}&sample=0")
+            page.wait("const r = window.ponderscope.results.image; return r && r.model === arguments[0]", model["id"], what=f"{model['id']} on sample 0")
+            if model["family"] in ("act", "sact"):
+                assert page.wait_plot("heatmap")[0]["type"] == "heatmap"
+                box = page.js("return window.ponderscope.results.image.input.box")
+                if box:  # cluttered MNIST: the digit's box is drawn over the map
+                    shape = page.js("return document.getElementById('heatmap').layout.shapes[0]")
+                    assert [shape["y0"], shape["x0"], shape["y1"], shape["x1"]] == box
+            if model["family"] == "aig":
+                page.wait_plot("gates-chart")
+        elif model["kind"] == "text":
+            page.open(f"?view=text&measure=steps&tmodel={model['id']}&text=" + "The%20Jargon%20File%2C%20version%204.4.7%3A%20a%20hacker%27s%20dictionary.")
+            page.wait("const t = window.ponderscope.results.text; return t && t.model === arguments[0]", model["id"], what=f"{model['id']} on text")
+            page.wait_plot("text-chart")
+        elif model["kind"] == "parity":
+            page.open(f"?view=parity&pmodel={model['id']}")
+            page.wait("const p = window.ponderscope.results.parity; return p && p.model === arguments[0]", model["id"], what=f"{model['id']} on a vector")
+        else:
+            continue
+        page.no_error()
+        page.screenshot(f"model-{model['id']}")
+    # the trained Fashion-MNIST ResNets side by side on one colour scale
+    fmnist = [m for m in models.values() if m["dataset"] == "fashion-mnist" and m["kind"] == "image"
+              and Path(BUNDLED / m["id"]).is_dir()]
+    spatial = [m for m in fmnist if m["family"] in ("act", "sact")]
+    if FMNIST_MISSING is None and len(spatial) >= 2:
+        order = {"sact": 0, "act": 1, "aig": 2, "dense": 3}
+        chosen = sorted(fmnist, key=lambda m: order.get(m["family"], 9))[:4]
+        page.open(f"?view=compare&sample=0&compare={','.join(m['id'] for m in chosen)}")
+        page.wait("return document.querySelectorAll('#compare-grid article').length === arguments[0]", len(chosen), what="bundled compare panels")
+        scales = set()
+        for i, m in enumerate(chosen):
+            if m["family"] in ("act", "sact"):
+                trace = page.wait_plot(f"compare-plot-{i}")[0]
+                scales.add((trace["zmin"], trace["zmax"]))
+        assert len(scales) == 1
+        page.no_error()
+        page.screenshot("compare-bundled")
