@@ -57,4 +57,22 @@ def write_results(checkpoint_dirs: list[str], out: str) -> str:
     ])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text, encoding="utf-8")
+    _update_readme(rows)
     return text
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _update_readme(rows: list[str]) -> None:
+    """Copy the table between the README's results markers, so both always agree."""
+    if not README.is_file():
+        return
+    text = README.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        return
+    table = "\n".join(["| checkpoint | model | data | result | ponder | FLOPs vs dense | training | notes | command |", "|---|---|---|---|---|---|---|---|---|", *rows])
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{table}\n{END}{tail}", encoding="utf-8")
