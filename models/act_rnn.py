@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .halting import DEFAULT_EPS, StepwiseHalting
 from .registry import register_model
+from .sparse import check_execution
 from .trace import Trace
 
 
@@ -93,7 +94,7 @@ class ACTRecurrentNet(nn.Module):
         self.input_kind, self.output, self.act = input_kind, output, act
         self.max_steps = max_steps if act else 1
         self.eps = eps
-        self.execution = execution
+        self.execution = check_execution(execution)
         if input_kind == "bytes":
             self.embedding = nn.Embedding(256, input_size)
         elif input_kind != "features":
@@ -108,30 +109,37 @@ class ACTRecurrentNet(nn.Module):
             return self.embedding(x.long())
         return x.unsqueeze(1) if x.dim() == 2 else x
 
+    def _halting(self, hidden: torch.Tensor) -> torch.Tensor:
+        """h = sigmoid(W_h s + b_h) -> [B] (one matrix-vector product: W_h has one row)."""
+        return torch.addmv(self.halting_unit.bias, hidden, self.halting_unit.weight[0]).sigmoid()
+
     def _ponder_step(self, x_proj, state, batch, device, dtype):
         """All inner steps for one input step. Returns (averaged state, ponder [B], steps [B])."""
         if not self.act:
             return self.cell.step(x_proj, True, state), torch.ones(batch, device=device, dtype=dtype), torch.ones(batch, device=device, dtype=torch.long)
         halting = StepwiseHalting((batch,), device=device, dtype=dtype, eps=self.eps)
-        averaged = tuple(torch.zeros_like(s) for s in state)
-        current = state
+        sparse = self.execution == "sparse"
+        averaged, current = None, state
         for n in range(1, self.max_steps + 1):
-            if self.execution == "sparse" and n > 1:
-                rows = halting.running.nonzero().squeeze(1)
+            rows = halting.running.nonzero().squeeze(1) if sparse and n > 1 else None
+            if rows is not None and rows.numel() < batch:
                 sub = self.cell.step(x_proj[rows], False, tuple(s[rows] for s in current))
                 current = tuple(s.index_copy(0, rows, s_rows) for s, s_rows in zip(current, sub))
-                h_rows = torch.sigmoid(self.halting_unit(sub[0])).squeeze(1)
-                h = torch.zeros(batch, device=device, dtype=dtype).index_copy(0, rows, h_rows)
-            else:
+                h = torch.zeros(batch, device=device, dtype=dtype).index_copy(0, rows, self._halting(sub[0]))
+            else:  # masked, the first inner step, or every row still running
                 current = self.cell.step(x_proj, n == 1, current)
-                h = torch.sigmoid(self.halting_unit(current[0])).squeeze(1)
-            p = halting.update(h, force_halt=n == self.max_steps)
-            averaged = tuple(a + p[:, None] * s for a, s in zip(averaged, current))
+                h = self._halting(current[0])
+            p = halting.update(h, force_halt=n == self.max_steps)[:, None]
+            if averaged is None:
+                averaged = tuple(p * s for s in current)
+            else:
+                averaged = tuple(a + p * s for a, s in zip(averaged, current))
             if not halting.any_running():
                 break
         return averaged, halting.ponder_cost, halting.steps
 
     def trace(self, x: torch.Tensor) -> Trace:
+        check_execution(self.execution)
         inputs = self._inputs(x)
         batch, length = inputs.shape[:2]
         device, dtype = inputs.device, inputs.dtype

@@ -11,6 +11,9 @@ whether to run the block:
 
 A closed downsampling block still computes its projection shortcut. The target-rate loss pulls
 each layer's batch-mean execution rate towards its target t:  lambda * mean_l (t_l - mean g_l)^2.
+With `execution="sparse"` (the default at inference) a block's residual branch runs only on the
+images whose gate is open (a sub-batch) and is added back; "masked" computes it for every image
+and multiplies by g (the reference; training always runs masked). Same numbers either way.
 Parameter names follow the authors' code (conv1, bn1, layerS.B.{conv,bn}{1,2,3}, shortcut.{0,1},
 fc1, fc1bn, fc2, linear) so their state dicts load after `convert_official_state_dict`.
 """
@@ -22,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import sparse as sparse_ops
 from .flops import conv_flops, linear_flops
 from .registry import register_model
 from .trace import Trace
@@ -84,12 +88,14 @@ class GatedBlock(nn.Module):
         self.out_planes = out_planes
         self.stride = stride
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    def residual(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """F(x); inplace: the ReLUs overwrite their input (no new buffer: at batch 32 every large
+        buffer is a fresh mmap whose pages fault in)."""
         out = x
         for index, (conv, bn) in enumerate(self.layers):
             out = bn(conv(out))
             if index < len(self.layers) - 1:
-                out = F.relu(out)
+                out = F.relu(out, inplace=inplace)
         return out
 
     def residual_flops(self, out_positions: int) -> float:
@@ -115,10 +121,12 @@ class AIGResNet(nn.Module):
         in_channels: int = 3,
         stem: str = "cifar",
         gate_mode: str = "deterministic",
+        execution: str = "sparse",
     ):
         super().__init__()
         self.stem_kind = stem
         self.gate_mode = gate_mode  # "deterministic" or "sample" at inference
+        self.execution = sparse_ops.check_execution(execution)  # "sparse" or "masked" at inference
         if stem == "cifar":
             self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
             self.bn1 = nn.BatchNorm2d(widths[0])
@@ -145,6 +153,9 @@ class AIGResNet(nn.Module):
         return [block for stage in range(1, self.n_stages + 1) for block in getattr(self, f"layer{stage}")]
 
     def trace(self, x: torch.Tensor) -> Trace:
+        sparse = not self.training and sparse_ops.check_execution(self.execution) == "sparse"
+        if sparse:  # channels-last maps: sub-batches of images stay contiguous (see sparse.select_images)
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.conv1(x)
         dense = float(conv_flops(self.conv1, out.shape[-2] * out.shape[-1]))
         out = F.relu(self.bn1(out))
@@ -161,7 +172,10 @@ class AIGResNet(nn.Module):
                 g = (logits[:, 1] > logits[:, 0]).to(out.dtype)
             shortcut = block.shortcut(out)
             positions = shortcut.shape[-2] * shortcut.shape[-1]
-            out = F.relu(shortcut + g[:, None, None, None] * block.residual(out))
+            if sparse:
+                out = self._open_images_only(block, out, shortcut, g)
+            else:
+                out = F.relu(shortcut + g[:, None, None, None] * block.residual(out))
             residual_flops = block.residual_flops(positions)
             flops = flops + block.gate.flops() + block.shortcut_flops(positions) + (g.detach() > 0.5) * residual_flops
             dense += residual_flops + block.shortcut_flops(positions)
@@ -180,6 +194,35 @@ class AIGResNet(nn.Module):
             executed=torch.stack(executed, 1),
             gate_values=torch.stack(gate_values, 1),
         )
+
+    @staticmethod
+    def _open_images_only(block: GatedBlock, x: torch.Tensor, shortcut: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """relu(shortcut + g * F(x)) with F computed only for the images whose gate is open.
+
+        A closed identity block passes x through untouched: relu(x) = x, since x came out of a
+        relu (the stem's or the previous block's). Buffers made here are updated in place (and so
+        is x, which nothing reads after this block) unless autograd is recording. (With autograd
+        on, g still multiplies F where it ran, so the straight-through gradient reaches open gates;
+        closed gates get none, as F was not computed for them.)"""
+        inplace = not torch.is_grad_enabled()
+        open_ = g.detach() > 0.5
+        identity = shortcut is x
+        if bool(open_.all()):
+            update = block.residual(x, inplace)
+            if g.requires_grad:
+                update = update * g[:, None, None, None]
+            return update.add_(shortcut).relu_() if inplace else F.relu(update + shortcut)
+        if not bool(open_.any()):
+            return x if identity else F.relu(shortcut, inplace=inplace)
+        images = open_.nonzero().squeeze(1)
+        x_open = sparse_ops.select_images(x, images)
+        update = block.residual(x_open, inplace)
+        if g.requires_grad:
+            update = update * g[images, None, None, None]
+        shortcut_open = x_open if identity else sparse_ops.select_images(shortcut, images)
+        opened = update.add_(shortcut_open).relu_() if inplace else F.relu(update + shortcut_open)
+        base = x if identity else F.relu(shortcut, inplace=inplace)  # the projection is ours
+        return sparse_ops.put_images(base, images, opened, inplace=inplace)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trace(x).logits

@@ -19,6 +19,11 @@ A halted position keeps its value, so the next unit's 3x3 convolutions still rea
 R_l at the active positions only, R_l's first 3x3 convolution needs its input at the active
 positions dilated by one pixel (`dilate`), and everything after it only at the active ones.
 FLOPs are counted from exactly those position sets, as a sparse implementation would spend them.
+
+`model.execution` picks how that is run at inference (models/sparse.py): "sparse" (the default)
+computes R_l only at those positions (SACT) or for the images still running (ACT) and stops a
+block once everything has halted; "masked" computes R_l everywhere and multiplies by the mask (the
+reference). The logits and traces agree (tests/test_sparse.py); training always runs masked.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import sparse as sparse_ops
 from .flops import conv_flops, linear_flops
 from .halting import StepwiseHalting
 from .registry import register_model
@@ -137,6 +143,38 @@ class ACTHalting(nn.Module):
     def flops(self, positions) -> float:
         return linear_flops(self.linear)
 
+    def flops_coefficients(self) -> tuple[float, float]:
+        """(FLOPs per position it runs at, FLOPs per image with any such position)."""
+        return 0.0, float(linear_flops(self.linear))
+
+
+class HaltingConv(nn.Conv2d):
+    """The SACT branch's 3x3 conv to one channel. Called as `conv(x, bn=bn)` it returns
+    conv(bn(x)) for a channels-last x (how sparse execution keeps its maps) with the eval BN folded
+    in: one [positions, C] x [C, 16] product gives each position's contribution to each of the 9
+    taps (columns 9..15 are zero: MKL runs a product 16 wide ~3x faster than 9 wide), and the
+    output is the sum of the 9 taps read at the 9 neighbours. A zero ring around the tap map
+    stands for the conv's zero padding of bn(x). (The dense kernel for C -> 1 runs at a few % of
+    peak: this is ~3x faster, and the BN pass over the map goes.)"""
+
+    def forward(self, x: torch.Tensor, bn: nn.BatchNorm2d | None = None) -> torch.Tensor:
+        if bn is None:
+            return super().forward(x)
+        batch, channels, height, width = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view when x is channels-last
+        weight, bias = sparse_ops.cached(self, lambda conv: conv._folded_weights(bn), also=(bn,))
+        taps = torch.addmm(bias, rows, weight).view(batch, height, width, 16)
+        taps = F.pad(taps, (0, 0, 1, 1, 1, 1))  # [B, H+2, W+2, 16]
+        # out[b, y, x] = sum over (ky, kx) of taps[b, y + ky, x + kx, 3 ky + kx]: one gather.
+        index = sparse_ops.tap_index(batch, height, width, 16, x.device)
+        out = taps.view(-1).index_select(0, index).view(-1, 9).sum(1) + self.bias
+        return out.view(batch, 1, height, width)
+
+    def _folded_weights(self, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, shift = sparse_ops.bn_affine(bn)
+        kernel = self.weight[0].reshape(self.in_channels, 9)  # [C, (ky, kx)]
+        return F.pad(kernel * scale[:, None], (0, 7)), F.pad(shift @ kernel, (0, 7))
+
 
 class SACTHalting(nn.Module):
     """h = sigmoid(conv3x3(BN(x)) + linear_nobias(BN(GAP(x)))) -> [B, H, W]."""
@@ -144,19 +182,31 @@ class SACTHalting(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.local_bn = nn.BatchNorm2d(channels)
-        self.local_conv = nn.Conv2d(channels, 1, 3, padding=1)
+        self.local_conv = HaltingConv(channels, 1, 3, padding=1)
         self.global_bn = nn.BatchNorm1d(channels)
         self.global_linear = nn.Linear(channels, 1, bias=False)
         nn.init.constant_(self.local_conv.bias, HALTING_BIAS_INIT)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        local = self.local_conv(self.local_bn(x)).squeeze(1)
-        global_term = self.global_linear(self.global_bn(x.mean(dim=(2, 3))))
+    def forward(self, x: torch.Tensor, folded: bool = False) -> torch.Tensor:
+        """folded: x is channels-last and the BNs are in eval mode (sparse execution); the same h
+        by a faster route (HaltingConv)."""
+        if folded:
+            local = self.local_conv(x, bn=self.local_bn).squeeze(1)
+            batch, channels = x.shape[:2]
+            pooled = x.permute(0, 2, 3, 1).reshape(batch, -1, channels).mean(1)
+        else:
+            local = self.local_conv(self.local_bn(x)).squeeze(1)
+            pooled = x.mean(dim=(2, 3))
+        global_term = self.global_linear(self.global_bn(pooled))
         return torch.sigmoid(local + global_term[:, :, None])
 
     def flops(self, positions):
         # The global term is per image, and an image with no running position needs none.
         return conv_flops(self.local_conv, positions) + linear_flops(self.global_linear) * (positions > 0)
+
+    def flops_coefficients(self) -> tuple[float, float]:
+        """(FLOPs per position it runs at, FLOPs per image with any such position)."""
+        return float(conv_flops(self.local_conv, 1)), float(linear_flops(self.global_linear))
 
 
 class Block(nn.Module):
@@ -175,8 +225,12 @@ class Block(nn.Module):
         # One halting branch per unit but the last, whose h is forced to 1.
         self.halting = nn.ModuleList([branch(channels) for _ in range(n_units - 1)]) if branch else None
 
-    def forward(self, x: torch.Tensor):
-        """Returns (block output, BlockTrace or None, executed FLOPs [B])."""
+    def forward(self, x: torch.Tensor, sparse: bool = False):
+        """Returns (block output, BlockTrace or None, executed FLOPs [B]).
+
+        sparse=False computes every unit everywhere and multiplies the update by the mask (the
+        reference); sparse=True computes unit l only where it is used (models/sparse.py). The
+        numbers are the same; so is the FLOP count, which always assumes sparse execution."""
         batch = x.shape[0]
         x = self.units[0](x)
         height, width = x.shape[-2:]
@@ -191,34 +245,51 @@ class Block(nn.Module):
         spatial = self.halting_kind == "sact"
         state_shape = (batch, height, width) if spatial else (batch,)
         state = StepwiseHalting(state_shape, device=x.device, dtype=x.dtype, eps=self.eps)
-        output = torch.zeros_like(x)
+        grid = None
+        if sparse and spatial:
+            # One row per position (NHWC), so that a set of positions is a set of rows.
+            grid = sparse_ops.grid(batch, height, width, x.device)
+            x = x.permute(0, 2, 3, 1).contiguous().view(-1, x.shape[1])  # no copy if x is channels-last
+        # Sparse: out = sum_l p_l x_l is accumulated as x_1 + sum_{l>1} (1 - sum_{k<l} h_k) R_l
+        # (the same sum, regrouped: x_l = x_1 + R_2 + ... + R_l and the p sum to 1), which only
+        # touches the positions each unit updates. Masked: term by term, as written.
+        output = x.clone() if sparse else torch.zeros_like(x)
         weights, probabilities = [], []
+        active_counts, dilated_counts = [], []  # per unit l >= 2 and image: positions it ran at
         n_units = len(self.units)
         for index, unit in enumerate(self.units):
             if index > 0:
                 active = state.running  # halted positions / images get no more updates
                 mask = active if spatial else active[:, None, None].expand(batch, height, width)
-                x = x + mask.unsqueeze(1).to(x.dtype) * unit.residual(x)
-                n_active = mask.flatten(1).sum(1).to(x.dtype)
-                n_dilated = dilate(mask).flatten(1).sum(1).to(x.dtype) if spatial else n_active
-                flops = flops + unit_flops(unit, n_active, n_dilated)
+                dilated = dilate(mask) if spatial else mask
+                active_counts.append(mask.flatten(1).sum(1, dtype=x.dtype))
+                dilated_counts.append(dilated.flatten(1).sum(1, dtype=x.dtype) if spatial else active_counts[-1])
+                if not sparse:
+                    x = x + mask.unsqueeze(1).to(x.dtype) * unit.residual(x)
+                elif spatial:
+                    x = self._sparse_positions(unit, x, output, grid, mask, dilated, 1.0 - state.cumulative)
+                else:
+                    x = self._sparse_images(unit, x, output, active, 1.0 - state.cumulative)
             if index < n_units - 1:
-                ran = state.running if spatial else state.running[:, None, None].expand(batch, height, width)
-                h = self.halting[index](x)
-                flops = flops + self.halting[index].flops(ran.flatten(1).sum(1).to(x.dtype)) * (
-                    1.0 if spatial else state.running.to(x.dtype)
-                )
+                if grid is not None:
+                    h = self.halting[index](grid.as_nchw(x), folded=True)
+                else:
+                    h = self.halting[index](x)
             else:
                 h = torch.ones(state_shape, device=x.device, dtype=x.dtype)
             p = state.update(h, force_halt=index == n_units - 1)
             weight = p if spatial else p[:, None, None]
-            output = output + weight.unsqueeze(1) * x
+            if not sparse:
+                output = output + weight.unsqueeze(1) * x
             weights.append(weight.expand(batch, height, width))
             probabilities.append((h if spatial else h[:, None, None]).expand(batch, height, width))
             # Stop once every position has halted. Skipped while training: the check costs a
             # device sync per unit, and the remaining units would get zero weight anyway.
             if not self.training and not state.any_running():
                 break
+        flops = flops + self._loop_flops(active_counts, dilated_counts, positions, batch, x)
+        if grid is not None:
+            output = grid.as_nchw(output)  # a channels-last view
         # Units never reached by any element ran nowhere: weight 0, probability 0.
         missing = n_units - len(weights)
         weights += [torch.zeros(batch, height, width, device=x.device, dtype=x.dtype)] * missing
@@ -232,6 +303,65 @@ class Block(nn.Module):
             probabilities=torch.stack(probabilities, 1),
         )
         return output, trace, flops
+
+    def _loop_flops(self, active_counts, dilated_counts, positions: float, batch: int, like: torch.Tensor):
+        """FLOPs of units 2.. and of the halting branches that ran, per image, from the number of
+        positions each ran at (one product per kind, rather than a few small ops per unit)."""
+        coefficients = self.__dict__.get("_flops_coefficients")
+        if coefficients is None:  # per unit / branch: FLOPs per position (per image), by what sets
+            coefficients = self.__dict__["_flops_coefficients"] = (
+                [float(unit_flops(u, 0.0, 1.0)) for u in self.units[1:]],  # on the dilated set
+                [float(unit_flops(u, 1.0, 0.0)) for u in self.units[1:]],  # on the active set
+                [branch.flops_coefficients()[0] for branch in self.halting],  # at running positions
+                [branch.flops_coefficients()[1] for branch in self.halting],  # per image running
+            )
+        on_dilated, on_active, per_position, per_image = coefficients
+        # Branch l ran after unit l+1 wherever unit l+1 ran: everywhere for l = 0.
+        flops = torch.zeros(batch, dtype=like.dtype, device=like.device)
+        n_branches = min(len(active_counts) + 1, len(self.halting))
+        if n_branches:
+            ran = [torch.full((batch,), positions, dtype=like.dtype, device=like.device)] + active_counts[: n_branches - 1]
+            ran = torch.stack(ran, 1)
+            flops = ran @ ran.new_tensor(per_position[:n_branches]) + (ran > 0).to(ran.dtype) @ ran.new_tensor(per_image[:n_branches])
+        if active_counts:
+            n = len(active_counts)
+            flops = flops + torch.stack(dilated_counts, 1) @ flops.new_tensor(on_dilated[:n])
+            flops = flops + torch.stack(active_counts, 1) @ flops.new_tensor(on_active[:n])
+        return flops
+
+    @staticmethod
+    def _sparse_positions(unit, x, output, grid, mask, dilated, rest):
+        """SACT: x (rows) + R(x) on the active positions; output += rest * R there, in place.
+        rest = 1 - (sum of h before this unit), per position."""
+        everywhere = bool(mask.all())
+        if everywhere and sparse_ops.dense_3x3_above(unit.conv2.in_channels) < 1.0:
+            # Nothing halted yet: the dense unit (unless its 3x3 conv runs faster as a product).
+            update = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape)
+            output.addcmul_(update, rest.reshape(-1, 1))
+            return x + update
+        active, near = grid.rows(mask), grid.rows(dilated)
+        update, rows = sparse_ops.unit_residual_rows(unit, x, grid, active, near)
+        if everywhere:  # every row, in order
+            output.addcmul_(update, rest.reshape(-1, 1))
+            return x + update
+        if rows is None:  # computed at every position (cheaper there): a masked update
+            keep = mask.reshape(-1, 1).to(x.dtype)
+            output.addcmul_(update, rest.reshape(-1, 1) * keep)
+            return torch.addcmul(x, update, keep)
+        output.index_add_(0, rows, update * rest.reshape(-1, 1)[rows])
+        return x.index_add(0, rows, update)
+
+    @staticmethod
+    def _sparse_images(unit, x, output, active, rest):
+        """ACT: the unit runs on the images still running only; output += rest * R there."""
+        if bool(active.all()):
+            update = unit.residual(x)
+            output.addcmul_(update, rest[:, None, None, None])
+            return x + update
+        images = active.nonzero().squeeze(1)
+        update = unit.residual(sparse_ops.select_images(x, images))
+        sparse_ops.add_images(output, images, update * rest[images, None, None, None], inplace=True)
+        return sparse_ops.add_images(x, images, update)
 
     def dense_flops(self, positions: float) -> float:
         return float(sum(unit_flops(u, positions, positions) for u in self.units))
@@ -250,12 +380,16 @@ class ResNet(nn.Module):
         stem: str = "cifar",
         halting: str = "none",
         eps: float = 0.01,
+        execution: str = "sparse",
     ):
         super().__init__()
         if halting not in ("none", "act", "sact"):
             raise ValueError(f"halting must be 'none', 'act' or 'sact', not {halting!r}")
         unit_cls = {"basic": PreActBasicUnit, "bottleneck": PreActBottleneckUnit}[unit]
         self.halting = halting
+        # "sparse": at inference, halted positions / images are not computed at all; "masked": the
+        # reference, every unit everywhere times the mask. Settable at any time; training is masked.
+        self.execution = sparse_ops.check_execution(execution)
         self.stem_kind = stem
         if stem == "cifar":
             self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
@@ -279,6 +413,11 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def trace(self, x: torch.Tensor) -> Trace:
+        sparse = not self.training and sparse_ops.check_execution(self.execution) == "sparse"
+        if sparse and self.halting != "none":
+            # Sparse execution works on channels-last (NHWC) maps, from the stem on: for SACT a
+            # set of positions is then a set of rows, and no layout conversion is ever needed.
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.stem(x)
         dense = float(conv_flops(self.stem, out.shape[-2] * out.shape[-1]))
         if self.stem_kind == "imagenet":
@@ -286,7 +425,7 @@ class ResNet(nn.Module):
         flops = torch.full((x.shape[0],), dense, device=x.device)
         block_traces = []
         for block in self.blocks:
-            out, block_trace, block_flops = block(out)
+            out, block_trace, block_flops = block(out, sparse=sparse)
             flops = flops + block_flops
             dense += block.dense_flops(out.shape[-2] * out.shape[-1])
             if block_trace is not None:

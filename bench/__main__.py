@@ -1,0 +1,364 @@
+"""Real compute savings of sparse execution, measured: `.venv/bin/python -m bench`.
+
+Every figure is a ratio of times measured side by side in one run (interleaved repeats: sparse,
+masked, dense, sparse, masked, dense, ...; median), on CPU with one thread:
+
+  * SACT / ConvNet-AIG ResNet-50 at 224x224, random weights, halting / gate biases calibrated so
+    that ~50% and ~70% of the dense FLOPs run; batch 1 and 32. Time / time of the dense ResNet-50,
+    beside FLOPs executed / dense FLOPs, for sparse and for masked execution.
+  * The bundled Fashion-MNIST models (and the cluttered-MNIST SACT model) on real test images,
+    against the bundled dense ResNet-32 (24, 48, 96) (a random-weight dense ResNet-20 for the
+    cluttered model): batch 1 (16 images, one at a time) and batch 32.
+  * The bundled ACT-LSTM byte LM on held-out text: bytes per second, sparse and masked, beside the
+    mean ponder, and the bundled plain LSTM of the same size.
+
+Writes the tables to bench/results.md (and prints them). Options: --quick (fewer repeats, for a
+smoke test), --only sact,aig,bundled,rnn.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import models
+from bench.common import interleaved, median, round_ratio, setup_cpu
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = ROOT / "checkpoints"
+
+# Random-weight SACT halting branches barely vary over positions (the conv weights are small);
+# scaled up, the ponder maps vary over the image as trained ones do, and a bias sets the level.
+SACT_LOCAL_WEIGHT_SCALE = 10.0
+# Random-weight AIG gates: second-layer weights N(0, 1) so that the decision varies per image.
+AIG_GATE_WEIGHT_STD = 1.0
+
+
+def smooth_images(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Image-like random inputs: 14x14 noise upsampled (smooth regions) plus a little pixel noise."""
+    low = torch.randn(batch, 3, 14, 14, generator=generator)
+    return F.interpolate(low, size=size, mode="bilinear", align_corners=False) + 0.1 * torch.randn(
+        batch, 3, size, size, generator=generator)
+
+
+@torch.no_grad()
+def flops_ratio(model, x) -> float:
+    trace = model.trace(x)
+    return float(trace.flops.mean()) / trace.dense_flops
+
+
+@torch.no_grad()
+def calibrate_sact(model, x, target: float, steps: int = 14) -> float:
+    """One halting bias for every branch, bisected so that FLOPs / dense FLOPs ~ target."""
+    def set_bias(value):
+        for block in model.blocks:
+            for branch in block.halting:
+                branch.local_conv.bias.fill_(value)
+
+    low, high = -12.0, 12.0  # a higher bias halts sooner: fewer FLOPs
+    for _ in range(steps):
+        middle = (low + high) / 2
+        set_bias(middle)
+        low, high = (middle, high) if flops_ratio(model, x) > target else (low, middle)
+    set_bias((low + high) / 2)
+    return flops_ratio(model, x)
+
+
+@torch.no_grad()
+def calibrate_aig(model, x, target: float, passes: int = 3) -> float:
+    """Per-block gate biases such that a fraction r of the batch runs every block, r chosen so that
+    FLOPs / dense FLOPs ~ target (FLOPs are affine in r: one correction). A block's decision depends
+    on the blocks before it, so the biases are refitted over a few passes."""
+    blocks = model.gated_blocks
+    margins = {}
+    hooks = [b.gate.fc2.register_forward_hook(lambda m, i, o, k=k: margins.__setitem__(k, o.flatten(1)))
+             for k, b in enumerate(blocks)]
+
+    def fit(rate):
+        for _ in range(passes):
+            model.trace(x)
+            for k, block in enumerate(blocks):
+                bias = block.gate.fc2.bias
+                margin = margins[k][:, 1] - margins[k][:, 0] - (bias[1] - bias[0])  # run - skip, without bias
+                cut = torch.quantile(margin, min(max(1.0 - rate, 0.0), 1.0))  # open iff margin > cut
+                bias.copy_(torch.stack([cut, torch.zeros_like(cut)]))
+        return flops_ratio(model, x)
+
+    try:
+        rate, achieved = target, fit(target)
+        slope = flops_ratio_with_gates(model, x, True) - flops_ratio_with_gates(model, x, False)
+        for _ in range(2):
+            if abs(achieved - target) < 0.01:
+                break
+            rate = min(1.0, max(0.0, rate + (target - achieved) / slope))
+            achieved = fit(rate)
+        return achieved
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@torch.no_grad()
+def flops_ratio_with_gates(model, x, open_: bool) -> float:
+    """FLOPs ratio with every gate open (or every gate closed); the biases are restored."""
+    saved = [b.gate.fc2.bias.clone() for b in model.gated_blocks]
+    for b in model.gated_blocks:
+        b.gate.fc2.bias.copy_(torch.tensor([-1e4, 1e4] if open_ else [1e4, -1e4]))
+    ratio = flops_ratio(model, x)
+    for b, bias in zip(model.gated_blocks, saved):
+        b.gate.fc2.bias.copy_(bias)
+    return ratio
+
+
+def channels_last_copy(model):
+    clone = copy.deepcopy(model)
+    return clone.to(memory_format=torch.channels_last)
+
+
+def time_models(adaptive, dense, inputs, repeats: int) -> dict:
+    """Sparse and masked execution of `adaptive` (weights and inputs channels-last) and the `dense`
+    network on the same inputs (a list of batches, run in turn), interleaved. The dense network
+    runs both in NCHW and channels-last (weights and inputs); the faster layout (by median) is the
+    reference. Returns median seconds, and per-round ratios to the reference ("sparse ratio",
+    "masked ratio")."""
+    dense_cl = channels_last_copy(dense)
+    inputs_cl = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+
+    def run(model, batches, execution=None):
+        def go():
+            if execution:
+                model.execution = execution
+            with torch.no_grad():
+                for x in batches:
+                    model.trace(x)
+        return go
+
+    times = interleaved({"sparse": run(adaptive, inputs_cl, "sparse"), "masked": run(adaptive, inputs_cl, "masked"),
+                         "dense NCHW": run(dense, inputs), "dense channels-last": run(dense_cl, inputs_cl)}, repeats)
+    adaptive.execution = "sparse"
+    result = {name: median(t) for name, t in times.items()}
+    reference = min(("dense NCHW", "dense channels-last"), key=result.get)
+    result["dense"] = result[reference]
+    result["sparse ratio"] = round_ratio(times, "sparse", reference)
+    result["masked ratio"] = round_ratio(times, "masked", reference)
+    return result
+
+
+def dense_ms(t: dict, digits: int = 0) -> str:
+    return f"{t['dense NCHW'] * 1e3:.{digits}f} / {t['dense channels-last'] * 1e3:.{digits}f}"
+
+
+def row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+class Report:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def add(self, line: str = ""):
+        print(line, flush=True)
+        self.lines.append(line)
+
+
+# ------------------------------------------------------------------------------------ ImageNet
+
+
+def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0.7), batches=(1, 32)):
+    """Batch 1: four images, one at a time (a single image's halting pattern is a lottery);
+    SACT: one halting bias fitted so that their mean FLOPs ratio is the target; AIG: the four
+    images of the 32-image calibration batch nearest the target. Batch 32: one batch."""
+    name = {"sact": "sact_resnet50", "aig": "aig_resnet50"}[family]
+    slack = {"sact": 0.15, "aig": 0.10}[family]
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    dense = models.create_model("resnet50").eval()
+    report.add(f"\n### {name}, 224x224, random weights (dense reference: resnet50)\n")
+    report.add(row(["batch", "target FLOPs", "FLOPs ratio", "sparse time ratio", "masked time ratio",
+                    "dense ms NCHW / CL", "sparse ms", "masked ms", f"goal: sparse <= FLOPs + {slack:.2f}"]))
+    report.add(row(["---"] * 9))
+    images = {1: smooth_images(4, 224, generator), 32: smooth_images(32, 224, generator)}
+
+    def line(batch, label, ratio, t, goal):
+        report.add(row(["4 x 1" if batch == 1 else batch, label, f"{ratio:.3f}", f"**{t['sparse ratio']:.3f}**",
+                        f"{t['masked ratio']:.3f}", dense_ms(t), f"{t['sparse'] * 1e3:.0f}", f"{t['masked'] * 1e3:.0f}", goal]))
+
+    for batch in batches:
+        for target in targets:
+            torch.manual_seed(0)
+            model = models.create_model(name).eval()
+            with torch.no_grad():
+                if family == "sact":
+                    for block in model.blocks:
+                        for branch in block.halting:
+                            branch.local_conv.weight.mul_(SACT_LOCAL_WEIGHT_SCALE)
+                    x = images[batch]
+                    ratio = calibrate_sact(model, x, target)  # per-image FLOPs do not depend on the batch
+                else:
+                    for block in model.gated_blocks:
+                        block.gate.fc2.weight.normal_(0.0, AIG_GATE_WEIGHT_STD, generator=generator)
+                    calibrate_aig(model, images[32], target)
+                    x = images[32]
+                    if batch == 1:
+                        trace = model.trace(x)
+                        nearest = (trace.flops / trace.dense_flops - target).abs().argsort()[:4]
+                        x = x[nearest.sort().values]
+                    ratio = flops_ratio(model, x)  # AIG: a decision per image, independent of the batch
+            inputs = [x[i : i + 1] for i in range(len(x))] if batch == 1 else [x]
+            model = model.to(memory_format=torch.channels_last)  # sparse execution runs channels-last
+            t = time_models(model, dense, inputs, repeats[batch])
+            goal = ("met" if t["sparse ratio"] <= ratio + slack else "NOT met") if (family == "aig" or batch == 1) else "(no goal)"
+            line(batch, f"{target:.2f}", ratio, t, goal)
+    # Control: nothing skipped (every unit runs everywhere / every gate open): what the adaptive
+    # network costs over the dense one before it saves anything (halting branches and gates, the
+    # bookkeeping; and the kernels chosen, which may beat the dense ones at some layers).
+    for batch in (1,) if family == "sact" else batches:
+        torch.manual_seed(0)
+        model = models.create_model(name).eval()
+        with torch.no_grad():
+            if family == "sact":
+                for block in model.blocks:
+                    for branch in block.halting:
+                        branch.local_conv.bias.fill_(-30.0)
+            else:
+                for block in model.gated_blocks:
+                    block.gate.fc2.bias.copy_(torch.tensor([-30.0, 30.0]))
+        x = images[batch]
+        ratio = flops_ratio(model, x)
+        inputs = [x[i : i + 1] for i in range(len(x))] if batch == 1 else [x]
+        model = model.to(memory_format=torch.channels_last)
+        t = time_models(model, dense, inputs, repeats[batch])
+        line(batch, "(nothing halts)" if family == "sact" else "(all gates open)", ratio, t, "control")
+
+
+# ------------------------------------------------------------------------------------ bundled
+
+
+def bundled_images(card: dict, n: int) -> torch.Tensor:
+    from training.workloads import make_workload
+
+    workload = make_workload(card["task"], card["dataset"], torch.device("cpu"), {"preprocess": card["preprocess"]})
+    return workload.normalize(workload.test_x[:n])
+
+
+def bundled_section(report: Report, repeats: dict):
+    report.add("\n### Bundled checkpoints on their own test images\n")
+    report.add(row(["model", "input", "dense reference", "batch", "FLOPs ratio", "sparse time ratio",
+                    "masked time ratio", "dense ms NCHW / CL", "sparse ms", "masked ms"]))
+    report.add(row(["---"] * 10))
+    fmnist_dense = models.load_checkpoint(CHECKPOINTS / "fmnist_resnet32")
+    torch.manual_seed(0)
+    cluttered_dense = models.create_model("resnet20", widths=(16, 32, 64), in_channels=1, num_classes=10).eval()
+    setups = [("fmnist_sact_resnet32", fmnist_dense, "fmnist_resnet32"), ("fmnist_act_resnet32", fmnist_dense, "fmnist_resnet32"),
+              ("fmnist_aig_resnet32", fmnist_dense, "fmnist_resnet32"),
+              ("cluttered_sact_resnet20", cluttered_dense, "resnet20 (16, 32, 64), random")]
+    for name, dense, dense_name in setups:
+        path = CHECKPOINTS / name
+        if not (path / "card.json").is_file():
+            report.add(row([name, "checkpoint missing"] + [""] * 8))
+            continue
+        model = models.load_checkpoint(path).to(memory_format=torch.channels_last)
+        try:
+            images = bundled_images(model.card, 32)
+        except Exception as error:  # a data source that is not installed
+            report.add(row([name, f"data missing: {str(error).split('.')[0]}"] + [""] * 8))
+            continue
+        size = "x".join(str(s) for s in images.shape[-2:])
+        for batch, inputs in ((1, [images[i : i + 1] for i in range(16)]), (32, [images])):
+            with torch.no_grad():
+                ratio = sum(float(model.trace(x).flops.sum()) for x in inputs) / (len(inputs) * len(inputs[0])) / model.trace(inputs[0]).dense_flops
+            t = time_models(model, dense, inputs, repeats[batch])
+            label = "16 x 1" if batch == 1 else "32"
+            report.add(row([name, size, dense_name, label, f"{ratio:.3f}", f"**{t['sparse ratio']:.3f}**",
+                            f"{t['masked ratio']:.3f}", dense_ms(t, 1), f"{t['sparse'] * 1e3:.1f}",
+                            f"{t['masked'] * 1e3:.1f}"]))
+
+
+# ------------------------------------------------------------------------------------ ACT-RNN
+
+
+def rnn_section(report: Report, repeats: dict):
+    from training import data
+
+    report.add("\n### ACT-LSTM byte LM (checkpoints/jargon_act_lstm) on held-out Jargon File text\n")
+    act = models.load_checkpoint(CHECKPOINTS / "jargon_act_lstm")
+    plain = models.load_checkpoint(CHECKPOINTS / "jargon_lstm")
+    try:
+        _, held_out = data.split_text(data.load_text_corpus("jargon"))
+    except data.DataSourceMissing as error:
+        report.add(f"skipped: {error}")
+        return
+    stream = torch.tensor(list(held_out[: 64 * 100]), dtype=torch.long)
+    report.add(row(["batch x bytes", "mean ponder N+R", "mean steps N", "plain LSTM B/s", "sparse B/s", "masked B/s",
+                    "goal 0.8 x plain / ponder", "sparse / goal", "goal"]))
+    report.add(row(["---"] * 9))
+    for batch, n_batches in ((64, 1), (1, 4)):
+        inputs = [stream[i * batch * 100 : (i + 1) * batch * 100].view(batch, 100) for i in range(n_batches)]
+        with torch.no_grad():
+            traces = [act.trace(x) for x in inputs]
+        ponder = float(torch.cat([t.ponder.flatten() for t in traces]).mean())
+        steps = float(torch.cat([t.steps.flatten().float() for t in traces]).mean())
+        def run(model, execution=None):
+            def go():
+                if execution:
+                    model.execution = execution
+                with torch.no_grad():
+                    for x in inputs:
+                        model.trace(x)
+            return go
+
+        rounds = interleaved({"sparse": run(act, "sparse"), "masked": run(act, "masked"), "dense": run(plain)}, repeats["rnn"])
+        act.execution = "sparse"
+        t = {name: median(times) for name, times in rounds.items()}
+        n_bytes = batch * 100 * n_batches
+        speed = {k: n_bytes / v for k, v in t.items()}
+        goal = 0.8 * speed["dense"] / ponder
+        report.add(row([f"{batch} x 100" + (f" ({n_batches} batches)" if n_batches > 1 else ""), f"{ponder:.3f}", f"{steps:.3f}",
+                        f"{speed['dense']:.0f}", f"**{speed['sparse']:.0f}**", f"{speed['masked']:.0f}", f"{goal:.0f}",
+                        f"{speed['sparse'] / goal:.2f}", "met" if speed["sparse"] >= goal else "NOT met"]))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Sparse vs masked vs dense execution times")
+    parser.add_argument("--quick", action="store_true", help="few repeats (a smoke test, not for the record)")
+    parser.add_argument("--only", default="sact,aig,bundled,rnn")
+    parser.add_argument("--batches", default="1,32", help="ImageNet-shape batch sizes")
+    parser.add_argument("--no-heap-setting", action="store_true", help="leave glibc malloc at its defaults")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"), help="where to write the tables (\"-\": nowhere)")
+    args = parser.parse_args(argv)
+    note = setup_cpu(1, keep_heap=not args.no_heap_setting)
+    repeats = {1: 3, 32: 1, "rnn": 3} if args.quick else {1: 15, 32: 3, "rnn": 9}
+    report = Report()
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    report.add("# Sparse execution benchmark\n")
+    report.add(f"Command: `{command.strip()}` ({datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
+               f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {note}).")
+    report.add(f"Rounds (sparse, masked, dense NCHW, dense CL, in turn): batch 1: {repeats[1]}, batch 32: {repeats[32]}, "
+               f"RNN: {repeats['rnn']}. Time ratio = median over rounds of time / time of the dense network in the same round, "
+               f"the dense network in the faster of NCHW and channels-last (CL); ms columns: medians. FLOPs ratio = FLOPs "
+               f"executed / dense FLOPs (from the trace, identical for sparse and masked). The adaptive models' weights are "
+               f"stored channels-last (sparse execution runs channels-last).")
+    start = time.time()
+    only = args.only.split(",")
+    if "sact" in only:
+        imagenet_section(report, "sact", repeats, batches=[int(b) for b in args.batches.split(",")])
+    if "aig" in only:
+        imagenet_section(report, "aig", repeats, batches=[int(b) for b in args.batches.split(",")])
+    if "bundled" in only:
+        bundled_section(report, repeats)
+    if "rnn" in only:
+        rnn_section(report, repeats)
+    report.add(f"\n(total {time.time() - start:.0f} s)")
+    if not args.quick and args.out != "-":
+        Path(args.out).write_text("\n".join(report.lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

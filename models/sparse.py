@@ -1,0 +1,316 @@
+"""Sparse execution: compute a residual unit only where its output is used, so skipped work takes
+no time (the authors' code for SACT and ConvNet-AIG computes everything and multiplies by a mask).
+
+Every adaptive model has `model.execution`:
+
+    "sparse"  (default) at inference, skip what the masks say is not needed
+    "masked"  the reference: compute every unit everywhere, multiply by the mask
+
+Both give the same logits and traces (tests/test_sparse.py). Training always takes the masked
+path (BatchNorm then uses batch statistics, which a subset of positions would change).
+
+SACT (per position): a unit l >= 2 of a block updates x only at the active positions A (those not
+yet halted): x_l = x_{l-1} + R_l(x_{l-1}) on A, unchanged elsewhere. Its last convolutions are
+needed on A, its first 3x3 convolution's *output* on D = dilate(A) (the 3x3 neighbourhood the next
+3x3 conv reads). The block's activations are kept as an NHWC matrix, one row per position, so a
+set of positions is a set of rows:
+
+    1x1 conv on a set      rows[set] @ W                        (gather + matrix product)
+    3x3 conv on a set      patches[set] @ W   with patches = 9 rows around each position of the
+                           zero-padded map, gathered and laid side by side (per-position im2col)
+    eval BatchNorm         a per-channel affine, so it applies to gathered rows as well; a BN
+                           right after a conv is folded into the conv's weights and bias
+    scatter back           x.index_add(rows of A, R_l)
+
+A 3x3 conv whose set covers most of the map runs the dense kernel on the whole map instead, where
+that measured faster (`DENSE_3X3_ABOVE`, from bench/kernels.py); when that is a unit's last 3x3
+conv, the unit's update is computed everywhere and added through the mask (x + R * [A]), which
+costs less than gathering and scattering nearly every row. A unit with every position active
+runs as the dense module, except at the widths where the product beats the dense kernel even at
+full density (256 and 512 wide, on 14x14 and 7x7 maps).
+
+ACT (per image) and ConvNet-AIG (per image): the unit / block runs on the sub-batch of images that
+need it (index_select), and the result is added back (index_add).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EXECUTION_MODES = ("sparse", "masked")
+
+# Rows per chunk of a gathered 3x3 conv: bounds the gathered patches (rows x 9 x width floats) to a
+# few MB, so that they stay in cache while they are multiplied, whatever the batch (one big gather
+# at batch 32 would be hundreds of MB). Chunks of 1-4k rows measured alike; 256 was slower.
+CHUNK_ROWS = 2048
+
+# A 3x3 conv on a position set runs densely (the dense kernel on the whole map, then the rows
+# taken out) when the set holds more than this fraction of the map, by the conv's width (a width
+# not listed takes the entry of the next narrower one listed, or of the narrowest). From
+# bench/kernels.py (2-core AMD EPYC, AVX2, one thread): gather + product costs 1.0-1.3x the
+# dense kernel at full density and falls linearly with the fraction; the dense kernel is the
+# better choice above ~0.6 for 64 wide on 56x56, ~0.85 for 128 on 28x28, and never for 256 on
+# 14x14 or 512 on 7x7, where the dense kernel is slow (1.0: never); on narrow convs with a large
+# batch the gather loses sooner (24 wide, batch 32: above ~0.4). Block tiles (8x8 tiles with a
+# halo through the dense kernel) were never the fastest and are not used.
+DENSE_3X3_ABOVE = {16: 0.4, 24: 0.4, 32: 0.5, 48: 0.7, 64: 0.6, 96: 0.8, 128: 0.85, 256: 1.0, 512: 1.0}
+
+
+def check_execution(value: str) -> str:
+    if value not in EXECUTION_MODES:
+        raise ValueError(f"execution must be one of {EXECUTION_MODES}, not {value!r}")
+    return value
+
+
+def dense_3x3_above(width: int) -> float:
+    """Active fraction above which a 3x3 conv of this width runs densely (1.0: never)."""
+    narrower = [w for w in DENSE_3X3_ABOVE if w <= width]
+    return DENSE_3X3_ABOVE[max(narrower) if narrower else min(DENSE_3X3_ABOVE)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights: BN folded into the conv before it, laid out for row-major products. Cached per module
+# (keyed on the parameters' storage and version, so loading weights or an optimiser step
+# refreshes them); rebuilt on every call when autograd needs them.
+# ----------------------------------------------------------------------------------------------
+
+
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval BatchNorm as y = x * scale + shift (per channel)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def folded_conv(conv: nn.Conv2d, bn_after: nn.BatchNorm2d | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """conv.weight [Cout, Cin, kh, kw] and a bias with the BN that follows folded in:
+    bn(conv(x)) = conv(x; weight * scale) + shift."""
+    if bn_after is None:
+        return conv.weight, None
+    scale, shift = bn_affine(bn_after)
+    return conv.weight * scale[:, None, None, None], shift
+
+
+def as_matrix(kernel: torch.Tensor) -> torch.Tensor:
+    """[Cout, Cin, kh, kw] -> [kh*kw*Cin, Cout], rows in the (ky, kx, cin) order of the patches
+    gathered below (`Grid.patch_rows`), so a conv at n positions is patches [n, 9*Cin] @ matrix."""
+    return kernel.permute(2, 3, 1, 0).reshape(-1, kernel.shape[0]).contiguous()
+
+
+def dense_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """The kernel for F.conv2d on channels-last maps, stored channels-last (no reorder per call)."""
+    return kernel.contiguous(memory_format=torch.channels_last)
+
+
+def _unit_weights(unit: nn.Module) -> dict:
+    """Matrices (w*), biases (b*) and, for the dense fallback, 3x3 kernels (k*) of a unit."""
+    scale1, shift1 = bn_affine(unit.bn1)
+    if hasattr(unit, "conv3"):  # bottleneck: bn1 relu conv1(1x1) bn2 relu conv2(3x3) bn3 relu conv3(1x1)
+        k1, b1 = folded_conv(unit.conv1, unit.bn2)
+        k2, b2 = folded_conv(unit.conv2, unit.bn3)
+        k3, _ = folded_conv(unit.conv3)
+        return dict(scale1=scale1, shift1=shift1, w1=as_matrix(k1), b1=b1, w2=as_matrix(k2), k2=dense_kernel(k2), b2=b2,
+                    w3=as_matrix(k3))
+    k1, b1 = folded_conv(unit.conv1, unit.bn2)  # basic: bn1 relu conv1(3x3) bn2 relu conv2(3x3)
+    k2, b2 = folded_conv(unit.conv2)
+    return dict(scale1=scale1, shift1=shift1, w1=as_matrix(k1), k1=dense_kernel(k1), b1=b1, w2=as_matrix(k2),
+                k2=dense_kernel(k2), b2=b2)
+
+
+def cached(module: nn.Module, build, also: tuple[nn.Module, ...] = ()):
+    """build(module) -> weights derived from the parameters and buffers of `module` (and of the
+    modules `also`), cached on `module` while those are unchanged (keyed on storage and version:
+    loading weights, .to() or an optimiser step refreshes them). Rebuilt on every call when
+    autograd needs them."""
+    leaves = module.__dict__.get("_sparse_leaves")  # the modules whose tensors are read (fixed)
+    if leaves is None:
+        leaves = module.__dict__["_sparse_leaves"] = [m for owner in (module, *also) for m in owner.modules()]
+    tensors = [t for m in leaves for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return build(module)  # differentiable, not cached
+    key = tuple((t.data_ptr(), t._version) for t in tensors)
+    entry = module.__dict__.get("_sparse_cache")
+    if entry is None or entry[0] != key:
+        with torch.no_grad():
+            entry = (key, build(module))
+        module.__dict__["_sparse_cache"] = entry  # a plain attribute: not a parameter, not saved
+    return entry[1]
+
+
+def unit_weights(unit: nn.Module) -> dict:
+    return cached(unit, _unit_weights)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sub-batches of images (ACT, ConvNet-AIG), keeping the memory format
+# ----------------------------------------------------------------------------------------------
+
+
+def _nhwc(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def select_images(x: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """x[images] for a [B, C, H, W] map; a channels-last map stays channels-last (index_select
+    alone would return NCHW, and the convolutions after it would reorder)."""
+    if _nhwc(x):
+        return x.permute(0, 2, 3, 1).index_select(0, images).permute(0, 3, 1, 2)
+    return x.index_select(0, images)
+
+
+def add_images(x: torch.Tensor, images: torch.Tensor, update: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """x with update[i] added to image images[i], in x's memory format (in place if asked)."""
+    if _nhwc(x):
+        view, update = x.permute(0, 2, 3, 1), update.permute(0, 2, 3, 1)
+        return (view.index_add_(0, images, update) if inplace else view.index_add(0, images, update)).permute(0, 3, 1, 2)
+    return x.index_add_(0, images, update) if inplace else x.index_add(0, images, update)
+
+
+def put_images(x: torch.Tensor, images: torch.Tensor, values: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """x with image images[i] replaced by values[i], in x's memory format (in place if asked)."""
+    if _nhwc(x):
+        view, values = x.permute(0, 2, 3, 1), values.permute(0, 2, 3, 1)
+        return (view.index_copy_(0, images, values) if inplace else view.index_copy(0, images, values)).permute(0, 3, 1, 2)
+    return x.index_copy_(0, images, values) if inplace else x.index_copy(0, images, values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Positions as rows
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def grid(batch: int, height: int, width: int, device: torch.device) -> "Grid":
+    """The Grid of a map shape (its index tensors are built once per shape)."""
+    return Grid(batch, height, width, device)
+
+
+@functools.lru_cache(maxsize=64)
+def tap_index(batch: int, height: int, width: int, taps: int, device: torch.device) -> torch.Tensor:
+    """[B*H*W*9] flat indices into a zero-padded tap map [B, H+2, W+2, taps]: for each position
+    its 9 neighbours (ky, kx), each at its own tap 3 ky + kx (how a conv to one channel is
+    summed from per-tap partial products)."""
+    padded = torch.arange(batch * (height + 2) * (width + 2), device=device).view(batch, height + 2, width + 2)
+    corner = padded[:, :height, :width].reshape(-1, 1)  # the (ky, kx) = (0, 0) neighbour
+    offsets = torch.tensor([(ky * (width + 2) + kx) * taps + 3 * ky + kx for ky in range(3) for kx in range(3)],
+                           device=device)
+    return (corner * taps + offsets).reshape(-1)
+
+
+class Grid:
+    """The positions of a [B, H, W] map as rows of an NHWC matrix [B*H*W, C], and of its copy
+    zero-padded by one pixel [B*(H+2)*(W+2), C] (what a 3x3 conv with padding 1 reads)."""
+
+    def __init__(self, batch: int, height: int, width: int, device):
+        self.shape = (batch, height, width)
+        self.padded_shape = (batch, height + 2, width + 2)
+        self.padded_rows = batch * (height + 2) * (width + 2)
+        padded = torch.arange(self.padded_rows, device=device).view(self.padded_shape)
+        self.to_padded = padded[:, 1:-1, 1:-1].reshape(-1)  # row of the map -> row of the padded map
+        # Offsets of the 3x3 neighbours in the padded map, in the (ky, kx) order of `as_matrix`.
+        self.offsets = torch.tensor([dy * (width + 2) + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)], device=device)
+
+    @property
+    def positions(self) -> int:
+        batch, height, width = self.shape
+        return batch * height * width
+
+    @staticmethod
+    def rows(mask: torch.Tensor) -> torch.Tensor:
+        """[B, H, W] bool -> the rows (flat NHWC positions) where it is True, ascending."""
+        return mask.reshape(-1).nonzero().squeeze(1)
+
+    def patch_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """[n] rows -> [n*9] rows of the padded map: each position's 3x3 neighbourhood."""
+        return (self.to_padded[rows, None] + self.offsets).reshape(-1)
+
+    def scatter_padded(self, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """A zero padded map [B*(H+2)*(W+2), C] holding `values` at `rows` and zero elsewhere."""
+        return values.new_zeros(self.padded_rows, values.shape[1]).index_copy_(0, self.to_padded[rows], values)
+
+    def scatter(self, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """A map [B*H*W, C] holding `values` at `rows` and zero elsewhere."""
+        return values.new_zeros(self.positions, values.shape[1]).index_copy_(0, rows, values)
+
+    def as_nchw(self, matrix: torch.Tensor) -> torch.Tensor:
+        """[B*H*W, C] rows -> a [B, C, H, W] view (channels-last strides; no copy)."""
+        return matrix.view(*self.shape, -1).permute(0, 3, 1, 2)
+
+
+def conv3x3_rows(grid: Grid, padded: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None, relu: bool, then: torch.Tensor | None = None) -> torch.Tensor:
+    """A stride-1 3x3 conv evaluated at `rows` only: relu?(patches @ weight + bias) [@ then].
+
+    padded: the zero-padded input map as rows. Chunked so each chunk's patches stay in cache;
+    `then` (a 1x1 conv's matrix) is applied chunk by chunk for the same reason."""
+    pieces = []
+    for start in range(0, rows.numel(), CHUNK_ROWS):
+        chunk = rows[start : start + CHUNK_ROWS]
+        patches = padded.index_select(0, grid.patch_rows(chunk)).view(chunk.numel(), -1)
+        out = patches @ weight if bias is None else torch.addmm(bias, patches, weight)
+        if relu:
+            out = out.relu_()
+        pieces.append(out if then is None else out @ then)
+    if not pieces:
+        return padded.new_zeros(0, (weight if then is None else then).shape[1])
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def conv3x3_map(grid: Grid, full: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The dense kernel on the whole map given as rows [B*H*W, Cin] -> rows [B*H*W, Cout]."""
+    out = F.conv2d(grid.as_nchw(full), kernel, bias, padding=1)  # channels-last in and out
+    return out.permute(0, 2, 3, 1).reshape(grid.positions, -1)
+
+
+def conv3x3(grid: Grid, values: torch.Tensor, have: torch.Tensor | None, want: torch.Tensor | None,
+            w: dict, name: str, relu: bool, then: torch.Tensor | None = None):
+    """A stride-1 3x3 conv (padding 1) of a map known at the rows `have` (values [len(have), Cin];
+    None: every row), evaluated at the rows `want` (None: every row). The caller guarantees that
+    `have` holds the 3x3 neighbourhood of `want`, so the unknown rows may read as zero.
+    w[f"w{name}"], w[f"k{name}"], w[f"b{name}"]: the conv as a matrix, as a kernel, its bias.
+
+    Returns (out, rows): out[i] is the output (relu'd, times `then`) at rows[i]; rows None means
+    the dense kernel ran on the whole map and out covers every row, wanted or not (cheaper than
+    gathering when most rows are wanted: `DENSE_3X3_ABOVE`)."""
+    positions = grid.positions
+    wanted = positions if want is None else want.numel()
+    if wanted > dense_3x3_above(values.shape[1]) * positions:
+        full = values if have is None else grid.scatter(have, values)
+        out = conv3x3_map(grid, full, w[f"k{name}"], w[f"b{name}"])
+        out = out.relu_() if relu else out
+        return (out if then is None else out @ then), None
+    rows = torch.arange(positions, device=values.device) if have is None else have
+    padded = grid.scatter_padded(rows, values)
+    rows = torch.arange(positions, device=values.device) if want is None else want
+    return conv3x3_rows(grid, padded, rows, w[f"w{name}"], w[f"b{name}"], relu, then), rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Residual branches of the pre-activation units, at a set of positions
+# ----------------------------------------------------------------------------------------------
+
+
+def unit_residual_rows(unit: nn.Module, x: torch.Tensor, grid: Grid, active: torch.Tensor,
+                       dilated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """R(x) of a stride-1 pre-activation unit (no projection) at the rows `active`.
+
+    x: [B*H*W, C] the unit's input as rows; active / dilated: ascending rows of A and dilate(A).
+    Returns (update, rows): R(x) at `rows` ([len(rows), C]), or at every row when rows is None
+    (the last 3x3 conv ran densely; rows outside A hold values that must not be used)."""
+    assert unit.stride == 1 and unit.shortcut is None
+    w = unit_weights(unit)
+    everywhere = dilated.numel() == grid.positions
+    if hasattr(unit, "conv3"):
+        # conv1 (1x1, bn2 folded, relu) on the dilated rows: its output is what conv2 reads.
+        near = x if everywhere else x.index_select(0, dilated)
+        pre = torch.addcmul(w["shift1"], near, w["scale1"]).relu_()
+        mid = torch.addmm(w["b1"], pre, w["w1"]).relu_()
+        # conv2 (3x3, bn3 folded, relu), then conv3 (1x1), at the active rows.
+        return conv3x3(grid, mid, None if everywhere else dilated, active, w, "2", relu=True, then=w["w3"])
+    # Basic unit. conv1 (3x3, bn2 folded) on the dilated rows reads relu(bn1(x)) around them:
+    # the pre-activation is elementwise, so it is applied to the whole map (no FLOPs counted).
+    pre = torch.addcmul(w["shift1"], x, w["scale1"]).relu_()
+    mid, have = conv3x3(grid, pre, None, None if everywhere else dilated, w, "1", relu=True)
+    return conv3x3(grid, mid, have, active, w, "2", relu=False)

@@ -1,0 +1,337 @@
+"""Sparse execution (models/sparse.py) gives the numbers of the masked reference, and skips work.
+
+For every adaptive family, `model.execution = "masked"` (compute everything, multiply by the mask)
+and `"sparse"` (compute only what the masks keep) must give the same logits (max abs difference
+<= 1e-4 in float32) and the same traces (halting decisions and FLOPs identical), on random weights
+at several halting densities and on the bundled checkpoints.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from models import create_model
+from models import sparse as sparse_ops
+from tests.conftest import randomize_batchnorm
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+LOGIT_ATOL = 1e-4
+
+
+def traces(model, x):
+    with torch.no_grad():
+        model.execution = "masked"
+        masked = model.trace(x)
+        model.execution = "sparse"
+        sparse = model.trace(x)
+    return masked, sparse
+
+
+def assert_same(masked, sparse, atol=LOGIT_ATOL):
+    assert (sparse.logits - masked.logits).abs().max().item() <= atol
+    assert torch.equal(sparse.flops, masked.flops)
+    assert sparse.dense_flops == masked.dense_flops
+    assert (sparse.blocks is None) == (masked.blocks is None)
+    for a, b in zip(sparse.blocks or [], masked.blocks or []):
+        assert torch.equal(a.units, b.units)
+        torch.testing.assert_close(a.ponder_cost, b.ponder_cost, atol=atol, rtol=0)
+        torch.testing.assert_close(a.halting, b.halting, atol=atol, rtol=0)
+        torch.testing.assert_close(a.probabilities, b.probabilities, atol=atol, rtol=0)
+    for field in ("executed", "steps"):
+        a, b = getattr(sparse, field), getattr(masked, field)
+        assert (a is None and b is None) or torch.equal(a, b)
+    for field in ("gates", "gate_values", "ponder"):
+        a, b = getattr(sparse, field), getattr(masked, field)
+        assert (a is None and b is None) or torch.allclose(a, b, atol=atol, rtol=0)
+
+
+# =========================================================================== ResNets (SACT / ACT)
+
+
+def resnet(name, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    if name.endswith("50"):  # ImageNet layout, bottleneck units
+        model = create_model(name, num_classes=10, **kwargs)
+    else:
+        model = create_model(name, depth=20, widths=(4, 8, 16), in_channels=1, num_classes=10, **kwargs)
+    return randomize_batchnorm(model, seed).eval()
+
+
+def set_halting(model, density: str):
+    """'none': nothing halts (every unit runs everywhere); 'all': everything halts after the
+    first unit; 'mixed': halting after different units at different positions / images;
+    'sparse': a few positions go on after unit 1."""
+    with torch.no_grad():
+        for block in model.blocks:
+            for branch in block.halting:
+                local = getattr(branch, "local_conv", None)
+                weight, bias = (local.weight, local.bias) if local is not None else (branch.linear.weight, branch.linear.bias)
+                if density == "none":
+                    weight.zero_(), bias.fill_(-10.0)
+                elif density == "all":
+                    weight.zero_(), bias.fill_(10.0)
+                elif density == "mixed":
+                    weight.mul_(8.0 if local is not None else 20.0), bias.zero_()
+                elif density == "sparse":
+                    weight.mul_(8.0 if local is not None else 20.0), bias.fill_(2.5 if local is not None else 0.5)
+    return model
+
+
+def unit_counts(trace):
+    """How many positions (all images) ran each unit l >= 2 of each block, from the trace."""
+    return [[int((block.units > l).sum()) for l in range(1, block.halting.shape[1])] for block in trace.blocks]
+
+
+@pytest.mark.parametrize("density", ["none", "all", "mixed", "sparse"])
+@pytest.mark.parametrize("name", ["sact_resnet", "act_resnet"])
+def test_cifar_resnet_sparse_equals_masked(name, density):
+    model = set_halting(resnet(name), density)
+    x = torch.randn(3, 1, 17, 13)  # odd sizes: stride-2 maps of 9x7 and 5x4
+    masked, sparse = traces(model, x)
+    assert_same(masked, sparse)
+    counts = unit_counts(masked)
+    totals = (3 * 17 * 13, 3 * 9 * 7, 3 * 5 * 4)
+    if density == "none":
+        assert all(c == n for block, n in zip(counts, totals) for c in block)
+    elif density == "all":
+        assert all(c == 0 for block in counts for c in block)
+    else:  # some unit ran on part of the map / batch only
+        assert any(0 < c < n for block, n in zip(counts, totals) for c in block)
+
+
+@pytest.mark.parametrize("density", ["none", "mixed", "sparse"])
+@pytest.mark.parametrize("name", ["sact_resnet50", "act_resnet50"])
+def test_imagenet_resnet_sparse_equals_masked(name, density):
+    model = set_halting(resnet(name), density)
+    x = torch.randn(2, 3, 61, 75)
+    masked, sparse = traces(model, x)
+    assert_same(masked, sparse)
+
+
+@pytest.mark.parametrize("always_dense", [True, False])
+def test_sact_dense_and_gathered_convs_agree(monkeypatch, always_dense):
+    """Both techniques for a 3x3 conv on a position set (dense kernel on the whole map + masked
+    update, or per-position gather + product) give the masked numbers."""
+    monkeypatch.setattr(sparse_ops, "dense_3x3_above", lambda width: 0.0 if always_dense else 1.0)
+    monkeypatch.setattr(sparse_ops, "CHUNK_ROWS", 7)  # many chunks
+    for name, x in (("sact_resnet", torch.randn(2, 1, 15, 18)), ("sact_resnet50", torch.randn(1, 3, 50, 64))):
+        model = set_halting(resnet(name, seed=1), "mixed")
+        assert_same(*traces(model, x))
+
+
+def test_sact_sparse_computes_only_the_needed_positions(monkeypatch):
+    """Unit l >= 2 gathers exactly the active positions and their 3x3 neighbourhood."""
+    model = set_halting(resnet("sact_resnet", seed=2), "mixed")
+    monkeypatch.setattr(sparse_ops, "dense_3x3_above", lambda width: 1.0)  # always gather
+    seen = []
+    original = sparse_ops.unit_residual_rows
+
+    def recording(unit, x, grid, active, dilated):
+        seen.append((int(active.numel()), int(dilated.numel())))
+        return original(unit, x, grid, active, dilated)
+
+    monkeypatch.setattr(sparse_ops, "unit_residual_rows", recording)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        trace = model.trace(x)
+    expected = []
+    for block in trace.blocks:
+        for l in range(1, block.halting.shape[1]):
+            active = block.units > l
+            if active.any() and not active.all():  # all active: the dense unit; none: skipped
+                expected.append((int(active.sum()), int(models.resnet.dilate(active).sum())))
+    assert seen == expected and seen, "test set-up: some unit must run on part of the map"
+    assert any(a < 0.5 * 2 * 256 for a, _ in seen)
+
+
+def test_act_sparse_runs_only_running_images():
+    model = set_halting(resnet("act_resnet", seed=3), "mixed")
+    batches = []
+    handles = [unit.conv1.register_forward_hook(lambda m, i, o: batches.append(i[0].shape[0]))
+               for block in model.blocks for unit in block.units[1:]]
+    x = torch.randn(6, 1, 12, 12)
+    with torch.no_grad():
+        trace = model.trace(x)
+    for handle in handles:
+        handle.remove()
+    expected = []
+    for block in trace.blocks:
+        steps = block.units[:, 0, 0]
+        expected += [int((steps > l).sum()) for l in range(1, block.halting.shape[1]) if (steps > l).any()]
+    assert batches == expected
+    assert any(b < 6 for b in batches), "test set-up: some image must halt early"
+
+
+def test_sparse_input_gradients_match_masked():
+    """Sparse execution stays differentiable (eval mode, autograd on): same input gradients."""
+    for name in ("sact_resnet", "act_resnet"):
+        model = set_halting(resnet(name, seed=4), "mixed")
+        x = torch.randn(2, 1, 11, 14)
+        grads = []
+        for execution in ("masked", "sparse"):
+            model.execution = execution
+            xi = x.clone().requires_grad_(True)
+            model.trace(xi).logits.square().sum().backward()
+            grads.append(xi.grad)
+        torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+
+
+def test_execution_attribute():
+    for name in ("sact_resnet", "act_resnet", "resnet", "aig_resnet"):
+        model = create_model(name, depth=8, widths=(2, 4, 8), in_channels=1)
+        assert model.execution == "sparse"
+        model.execution = "masked"
+        model.eval()
+        model.trace(torch.randn(1, 1, 8, 8))
+        model.execution = "fast"
+        with pytest.raises(ValueError):
+            model.trace(torch.randn(1, 1, 8, 8))
+    assert create_model("act_lstm", input_kind="bytes", output_size=4).execution == "sparse"
+    with pytest.raises(ValueError):
+        create_model("sact_resnet", depth=8, execution="fast")
+
+
+def test_training_uses_the_masked_path(monkeypatch):
+    """While training, BatchNorm uses batch statistics, which a subset of positions would change:
+    the masked path runs whatever `execution` says."""
+    model = set_halting(resnet("sact_resnet", seed=5), "mixed").train()
+    called = []
+    monkeypatch.setattr(sparse_ops, "unit_residual_rows", lambda *a: called.append(1))
+    model.trace(torch.randn(2, 1, 8, 8))
+    assert not called
+
+
+def test_cached_weights_follow_the_parameters():
+    """Folded weights are cached; loading other weights must not leave stale ones."""
+    model = set_halting(resnet("sact_resnet", seed=6), "mixed")
+    other = set_halting(resnet("sact_resnet", seed=7), "mixed")
+    x = torch.randn(2, 1, 12, 12)
+    traces(model, x)  # fills the caches
+    model.load_state_dict(other.state_dict())
+    assert_same(*traces(model, x))
+    assert torch.allclose(traces(model, x)[1].logits, traces(other, x)[1].logits, atol=1e-5)
+
+
+# =========================================================================== ConvNet-AIG
+
+
+def aig(name="aig_resnet", seed=0):
+    torch.manual_seed(seed)
+    if name.endswith("50"):
+        model = create_model(name, num_classes=10)
+    else:
+        model = create_model(name, depth=14, widths=(4, 8, 16), in_channels=1, num_classes=10)
+    return randomize_batchnorm(model, seed).eval()
+
+
+def set_gates(model, mode: str):
+    with torch.no_grad():
+        for block in model.gated_blocks:
+            if mode == "open":
+                block.gate.fc2.bias.copy_(torch.tensor([-10.0, 10.0]))
+            elif mode == "closed":
+                block.gate.fc2.bias.copy_(torch.tensor([10.0, -10.0]))
+            else:
+                block.gate.fc2.bias.zero_()
+                block.gate.fc2.weight.normal_(0.0, 1.0)
+    return model
+
+
+@pytest.mark.parametrize("mode", ["open", "closed", "mixed"])
+@pytest.mark.parametrize("name,shape", [("aig_resnet", (5, 1, 15, 11)), ("aig_resnet50", (4, 3, 45, 39))])
+def test_aig_sparse_equals_masked(name, shape, mode):
+    model = set_gates(aig(name), mode)
+    masked, sparse = traces(model, torch.randn(*shape))
+    assert_same(masked, sparse)
+    executed = masked.executed
+    assert {"open": executed.all(), "closed": not executed.any(), "mixed": 0 < executed.sum() < executed.numel()}[mode]
+
+
+def test_aig_runs_blocks_only_for_open_images():
+    model = set_gates(aig(seed=1), "mixed")
+    batches = []
+    handles = [b.conv1.register_forward_hook(lambda m, i, o: batches.append(i[0].shape[0])) for b in model.gated_blocks]
+    shortcuts = []
+    handles += [b.shortcut[0].register_forward_hook(lambda m, i, o: shortcuts.append(i[0].shape[0]))
+                for b in model.gated_blocks if len(b.shortcut)]
+    with torch.no_grad():
+        trace = model.trace(torch.randn(8, 1, 12, 12))
+    for handle in handles:
+        handle.remove()
+    assert batches == [int(n) for n in trace.executed.sum(0) if n > 0]
+    assert shortcuts == [8, 8]  # closed downsampling blocks still run their projection
+
+
+def test_aig_input_gradients_match_masked():
+    model = set_gates(aig(seed=2), "mixed")
+    x = torch.randn(4, 1, 10, 10)
+    grads = []
+    for execution in ("masked", "sparse"):
+        model.execution = execution
+        xi = x.clone().requires_grad_(True)
+        model.trace(xi).logits.square().sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+# =========================================================================== ACT-RNN
+
+
+@pytest.mark.parametrize("bias", [-10.0, -1.0, 10.0])
+@pytest.mark.parametrize("cell,input_kind", [("lstm", "bytes"), ("rnn", "features"), ("gru", "features")])
+def test_act_rnn_sparse_equals_masked(cell, input_kind, bias):
+    torch.manual_seed(0)
+    model = create_model(f"act_{cell}", input_kind=input_kind, input_size=5, hidden_size=16, output_size=7,
+                         output="sequence", max_steps=5).eval()
+    with torch.no_grad():
+        model.halting_unit.weight.normal_(0.0, 1.5)
+        model.halting_unit.bias.fill_(bias)
+    x = torch.randint(0, 256, (6, 9)) if input_kind == "bytes" else torch.randn(6, 9, 5)
+    masked, sparse = traces(model, x)
+    assert_same(masked, sparse)
+    if bias == -1.0:
+        assert len(masked.steps.unique()) >= 2, "test set-up: rows must halt after different steps"
+
+
+# =========================================================================== bundled checkpoints
+
+
+def bundled_inputs(model, n):
+    from training.data import DataSourceMissing
+    from training.workloads import make_workload
+
+    card = model.card
+    if card["task"]["name"] == "classify":
+        try:
+            workload = make_workload(card["task"], card["dataset"], torch.device("cpu"), {"preprocess": card["preprocess"]})
+        except DataSourceMissing as error:
+            pytest.skip(str(error))
+        return workload.normalize(workload.test_x[:n])
+    if card["task"]["name"] == "parity":
+        from training.tasks import parity_batch
+
+        return parity_batch(n, int(card["task"]["bits"]), torch.Generator().manual_seed(0))[0]
+    from training import data
+
+    try:
+        _, held_out = data.split_text(data.load_text_corpus(card["dataset"]))
+    except data.DataSourceMissing as error:
+        pytest.skip(str(error))
+    return torch.tensor(list(held_out[: n * 50]), dtype=torch.long).view(n, 50)
+
+
+@pytest.mark.parametrize("name", ["fmnist_sact_resnet32", "fmnist_act_resnet32", "fmnist_aig_resnet32",
+                                  "cluttered_sact_resnet20", "parity16_act_rnn", "jargon_act_lstm"])
+def test_bundled_checkpoint_sparse_equals_masked(name):
+    path = CHECKPOINTS / name
+    if not (path / "card.json").is_file():
+        pytest.skip(f"{path} not bundled")
+    model = models.load_checkpoint(path)
+    x = bundled_inputs(model, 6)
+    masked, sparse = traces(model, x)
+    assert_same(masked, sparse)
+    if masked.flops is not None and "rnn" not in name and "lstm" not in name:
+        assert (masked.flops < masked.dense_flops).any(), "the checkpoint should skip some work"
