@@ -94,11 +94,14 @@ def calibrate_aig(model, x, target: float, passes: int = 3) -> float:
     try:
         rate, achieved = target, fit(target)
         slope = flops_ratio_with_gates(model, x, True) - flops_ratio_with_gates(model, x, False)
-        for _ in range(2):
+        for _ in range(4):  # secant steps on the rate
             if abs(achieved - target) < 0.01:
                 break
-            rate = min(1.0, max(0.0, rate + (target - achieved) / slope))
-            achieved = fit(rate)
+            new_rate = min(1.0, max(0.0, rate + (target - achieved) / slope))
+            new_achieved = fit(new_rate)
+            if new_rate != rate and new_achieved != achieved:
+                slope = max((new_achieved - achieved) / (new_rate - rate), 1e-3)
+            rate, achieved = new_rate, new_achieved
         return achieved
     finally:
         for hook in hooks:
