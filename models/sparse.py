@@ -230,6 +230,10 @@ class Grid:
         """A zero padded map [B*(H+2)*(W+2), C] holding `values` at `rows` and zero elsewhere."""
         return values.new_zeros(self.padded_rows, values.shape[1]).index_copy_(0, self.to_padded[rows], values)
 
+    def pad(self, full: torch.Tensor) -> torch.Tensor:
+        """A whole map [B*H*W, C] -> its zero-padded copy [B*(H+2)*(W+2), C]."""
+        return F.pad(full.view(*self.shape, -1), (0, 0, 1, 1, 1, 1)).view(self.padded_rows, -1)
+
     def scatter(self, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """A map [B*H*W, C] holding `values` at `rows` and zero elsewhere."""
         return values.new_zeros(self.positions, values.shape[1]).index_copy_(0, rows, values)
@@ -281,8 +285,7 @@ def conv3x3(grid: Grid, values: torch.Tensor, have: torch.Tensor | None, want: t
         out = conv3x3_map(grid, full, w[f"k{name}"], w[f"b{name}"])
         out = out.relu_() if relu else out
         return (out if then is None else out @ then), None
-    rows = torch.arange(positions, device=values.device) if have is None else have
-    padded = grid.scatter_padded(rows, values)
+    padded = grid.pad(values) if have is None else grid.scatter_padded(have, values)
     rows = torch.arange(positions, device=values.device) if want is None else want
     return conv3x3_rows(grid, padded, rows, w[f"w{name}"], w[f"b{name}"], relu, then), rows
 
