@@ -30,8 +30,10 @@ import torch.nn.functional as F
 
 import models
 from bench.common import interleaved, median, round_ratio, setup_cpu
+from ponderscope.readme import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
+ALL_SECTIONS = "sact,aig,bundled,rnn"
 CHECKPOINTS = ROOT / "checkpoints"
 
 # Random-weight SACT halting branches barely vary over positions (the conv weights are small);
@@ -323,7 +325,7 @@ def rnn_section(report: Report, repeats: dict):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Sparse vs masked vs dense execution times")
     parser.add_argument("--quick", action="store_true", help="few repeats (a smoke test, not for the record)")
-    parser.add_argument("--only", default="sact,aig,bundled,rnn")
+    parser.add_argument("--only", default=ALL_SECTIONS)
     parser.add_argument("--batches", default="1,32", help="ImageNet-shape batch sizes")
     parser.add_argument("--no-heap-setting", action="store_true", help="leave glibc malloc at its defaults")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"), help="where to write the tables (\"-\": nowhere)")
@@ -353,6 +355,8 @@ def main(argv=None):
     report.add(f"\n(total {time.time() - start:.0f} s)")
     if not args.quick and args.out != "-":
         Path(args.out).write_text("\n".join(report.lines) + "\n", encoding="utf-8")
+        if args.only == ALL_SECTIONS:  # the README's copy is the full run's, never a partial one
+            replace_section("bench", "\n".join(report.lines[1:]))  # the file's own title is dropped
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ponderscope.readme import replace_section
+
 from models.checkpoint import CARD_FILE, read_card
 
 
@@ -61,18 +63,7 @@ def write_results(checkpoint_dirs: list[str], out: str) -> str:
     return text
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-
-
 def _update_readme(rows: list[str]) -> None:
     """Copy the table between the README's results markers, so both always agree."""
-    if not README.is_file():
-        return
-    text = README.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        return
     table = "\n".join(["| checkpoint | model | data | result | ponder | FLOPs vs dense | training | notes | command |", "|---|---|---|---|---|---|---|---|---|", *rows])
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n{table}\n{END}{tail}", encoding="utf-8")
+    replace_section("results", table)

@@ -1,0 +1,24 @@
+"""Generated sections of README.md: the text between `<!-- NAME:start -->` and `<!-- NAME:end -->`
+is owned by a script (the results table by `ponderscope results`, the speed table by
+`python -m bench`), so the README never drifts from the numbers those scripts measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def replace_section(name: str, body: str, readme: Path = README) -> bool:
+    """Put `body` between the README's `name` markers; False (and nothing written) when the README
+    or either marker is missing."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if not readme.is_file():
+        return False
+    text = readme.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{body.strip()}\n{end}{tail}", encoding="utf-8")
+    return True
