@@ -10,9 +10,10 @@ import sys
 def _train(args) -> None:
     from training.train import load_config, train
 
-    config = load_config(args.config, args.set or [])
-    if args.steps is not None:
-        config["steps"] = args.steps
+    try:  # a bad config is the user's to fix: one line, not a traceback
+        config = load_config(args.config, (args.set or []) + ([f"steps={args.steps}"] if args.steps is not None else []))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"ponderscope train: {error}") from None
     command = "ponderscope " + shlex.join(sys.argv[1:])
     out = train(config, args.out, device=args.device, resume=args.resume, command=command, progress=not args.no_progress)
     from models.checkpoint import read_card

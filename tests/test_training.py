@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -105,3 +106,28 @@ def test_cli_train_and_eval(tmp_path):
     run = subprocess.run([sys.executable, "-m", "ponderscope", "eval", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert json.loads((out / "card.json").read_text())["metrics"]["test"]["examples"] == 10000
+
+
+def test_every_shipped_config_is_valid():
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+    assert len(configs) >= 9
+    for path in configs:
+        config = load_config(str(path), [])
+        assert config["steps"] >= 1 and config["model"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (['"schedule"=step'], "unknown config key"),  # a quoted key would silently be another run
+        (["shedule=step"], "unknown config key"),
+        (["schedule=linear"], "schedule must be one of"),
+        (["optimizer=rmsprop"], "optimizer must be"),
+        (["batch_size=1"], "batch_size must be an integer >= 2"),
+        (["steps=0"], "steps must be an integer >= 1"),
+        (["steps"], "--set expects key=value"),
+    ],
+)
+def test_bad_configs_are_refused_with_the_reason(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)

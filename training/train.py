@@ -70,7 +70,26 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = parsed
+    check_config(config)
     return config
+
+
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+
+
+def check_config(config: dict) -> None:
+    """Refuse what would otherwise be ignored or fail deep inside training: a misspelt key is
+    silently a different run."""
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}; known: {', '.join(DEFAULTS)}")
+    if config["schedule"] not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {config['schedule']!r}")
+    if config["optimizer"] not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be sgd or adam, got {config['optimizer']!r}")
+    for key, low in (("steps", 1), ("batch_size", 2)):  # batch norm needs two examples to train
+        if not isinstance(config[key], int) or config[key] < low:
+            raise ValueError(f"{key} must be an integer >= {low}, got {config[key]!r}")
 
 
 def learning_rate(config: dict, step: int) -> float:
