@@ -119,6 +119,17 @@ def channels_last_copy(model):
     return clone.to(memory_format=torch.channels_last)
 
 
+def runner(model, batches, execution: str | None = None):
+    """A no-argument callable that traces every batch in turn (execution: "sparse" / "masked")."""
+    def go():
+        if execution:
+            model.execution = execution
+        with torch.no_grad():
+            for x in batches:
+                model.trace(x)
+    return go
+
+
 def time_models(adaptive, dense, inputs, repeats: int) -> dict:
     """Sparse and masked execution of `adaptive` (weights and inputs channels-last) and the `dense`
     network on the same inputs (a list of batches, run in turn), interleaved. The dense network
@@ -128,17 +139,8 @@ def time_models(adaptive, dense, inputs, repeats: int) -> dict:
     dense_cl = channels_last_copy(dense)
     inputs_cl = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
 
-    def run(model, batches, execution=None):
-        def go():
-            if execution:
-                model.execution = execution
-            with torch.no_grad():
-                for x in batches:
-                    model.trace(x)
-        return go
-
-    times = interleaved({"sparse": run(adaptive, inputs_cl, "sparse"), "masked": run(adaptive, inputs_cl, "masked"),
-                         "dense NCHW": run(dense, inputs), "dense channels-last": run(dense_cl, inputs_cl)}, repeats)
+    times = interleaved({"sparse": runner(adaptive, inputs_cl, "sparse"), "masked": runner(adaptive, inputs_cl, "masked"),
+                         "dense NCHW": runner(dense, inputs), "dense channels-last": runner(dense_cl, inputs_cl)}, repeats)
     adaptive.execution = "sparse"
     result = {name: median(t) for name, t in times.items()}
     reference = min(("dense NCHW", "dense channels-last"), key=result.get)
@@ -302,16 +304,7 @@ def rnn_section(report: Report, repeats: dict):
             traces = [act.trace(x) for x in inputs]
         ponder = float(torch.cat([t.ponder.flatten() for t in traces]).mean())
         steps = float(torch.cat([t.steps.flatten().float() for t in traces]).mean())
-        def run(model, execution=None):
-            def go():
-                if execution:
-                    model.execution = execution
-                with torch.no_grad():
-                    for x in inputs:
-                        model.trace(x)
-            return go
-
-        rounds = interleaved({"sparse": run(act, "sparse"), "masked": run(act, "masked"), "dense": run(plain)}, repeats["rnn"])
+        rounds = interleaved({"sparse": runner(act, inputs, "sparse"), "masked": runner(act, inputs, "masked"), "dense": runner(plain, inputs)}, repeats["rnn"])
         act.execution = "sparse"
         t = {name: median(times) for name, times in rounds.items()}
         n_bytes = batch * 100 * n_batches

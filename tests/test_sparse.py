@@ -165,18 +165,23 @@ def test_act_sparse_runs_only_running_images():
     assert any(b < 6 for b in batches), "test set-up: some image must halt early"
 
 
+def input_gradients(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """d(sum of squared logits)/dx under masked, then sparse execution."""
+    grads = []
+    for execution in ("masked", "sparse"):
+        model.execution = execution
+        xi = x.clone().requires_grad_(True)
+        model.trace(xi).logits.square().sum().backward()
+        grads.append(xi.grad)
+    return grads
+
+
 def test_sparse_input_gradients_match_masked():
     """Sparse execution stays differentiable (eval mode, autograd on): same input gradients."""
     for name in ("sact_resnet", "act_resnet"):
         model = set_halting(resnet(name, seed=4), "mixed")
-        x = torch.randn(2, 1, 11, 14)
-        grads = []
-        for execution in ("masked", "sparse"):
-            model.execution = execution
-            xi = x.clone().requires_grad_(True)
-            model.trace(xi).logits.square().sum().backward()
-            grads.append(xi.grad)
-        torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+        masked, sparse = input_gradients(model, torch.randn(2, 1, 11, 14))
+        torch.testing.assert_close(sparse, masked, atol=1e-4, rtol=1e-4)
 
 
 def test_execution_attribute():
@@ -267,14 +272,8 @@ def test_aig_runs_blocks_only_for_open_images():
 
 def test_aig_input_gradients_match_masked():
     model = set_gates(aig(seed=2), "mixed")
-    x = torch.randn(4, 1, 10, 10)
-    grads = []
-    for execution in ("masked", "sparse"):
-        model.execution = execution
-        xi = x.clone().requires_grad_(True)
-        model.trace(xi).logits.square().sum().backward()
-        grads.append(xi.grad)
-    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    masked, sparse = input_gradients(model, torch.randn(4, 1, 10, 10))
+    torch.testing.assert_close(sparse, masked, atol=1e-5, rtol=1e-4)
 
 
 # =========================================================================== ACT-RNN
