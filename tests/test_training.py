@@ -131,3 +131,11 @@ def test_every_shipped_config_is_valid():
 def test_bad_configs_are_refused_with_the_reason(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, overrides)
+
+
+def test_a_card_is_a_config():
+    """`ponderscope train --config card.json` re-runs a checkpoint with the settings it records."""
+    root = Path(__file__).resolve().parents[1]
+    card = json.loads((root / "checkpoints" / "parity16_rnn" / "card.json").read_text())
+    config = load_config(str(root / "checkpoints" / "parity16_rnn" / "card.json"), ["steps=7"])
+    assert config == {**card["config"], "steps": 7}

@@ -1,6 +1,7 @@
 """`ponderscope results`: the results table, generated from the checkpoints' cards (never typed)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ponderscope.readme import replace_section
@@ -10,6 +11,11 @@ from models.checkpoint import CARD_FILE, read_card
 
 def _fmt(value, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
+
+
+CHAR_CLASS_LABELS = {"space": "space", "punctuation": "punct.", "letter_after_space": "word start", "letter": "letter", "digit": "digit"}
+# The settings that the experiments vary, shown beside their results.
+VARIED = (("adaptive", "tau"), ("model_kwargs", "max_steps"), ("model_kwargs", "halting_bias"), ("steps",), ("schedule",), ("tau_warmup_steps",), ("seed",))
 
 
 def _row(name: str, card: dict) -> str:
@@ -29,6 +35,14 @@ def _row(name: str, card: dict) -> str:
         extra.append("units/block " + " / ".join(f"{u:.2f}" for u in test["per_block_units"]))
     if "mean_steps" in test and test.get("mean_steps") != 1.0:
         extra.append(f"mean steps N {test['mean_steps']:.3f}")
+    if "ponder_by_nonzero" in test and test.get("mean_steps") != 1.0:
+        curve = test["ponder_by_nonzero"]
+        low, high = min(curve, key=int), max(curve, key=int)
+        extra.append(f"ponder {curve[low]:.2f} at {low} non-zero entries, {curve[high]:.2f} at {high}")
+    if "per_char_class" in test and test.get("mean_steps") != 1.0:
+        classes = test["per_char_class"]
+        extra.append("N / N+R by input byte: " + ", ".join(
+            f"{CHAR_CLASS_LABELS[name]} {c['steps']:.2f} / {c['ponder']:.2f}" for name, c in classes.items() if name in CHAR_CLASS_LABELS))
     ponder = test.get("mean_ponder")
     flops = test.get("flops_ratio")
     return (
@@ -38,12 +52,34 @@ def _row(name: str, card: dict) -> str:
     )
 
 
-def write_results(checkpoint_dirs: list[str], out: str) -> str:
+def _settings(card: dict) -> str:
+    values = []
+    for path in VARIED:
+        value = card.get("config", {})
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and not (path == ("tau_warmup_steps",) and value == 0):
+            values.append(f"{path[-1]}={value}")
+    return " ".join(values)
+
+
+def _experiment_rows(folder: Path) -> list[str]:
+    """Runs that were tried and not bundled: docs/experiments/NAME.card.json (and NAME.train.log)."""
+    rows = []
+    for path in sorted(folder.glob("*.card.json")):
+        card = json.loads(path.read_text(encoding="utf-8"))
+        row, command = _row(path.name.removesuffix(".card.json"), card).rsplit(" | `", 1)
+        rows.append(f"{row} | {_settings(card)} | `{command}")
+    return rows
+
+
+def write_results(checkpoint_dirs: list[str], out: str, experiments: str | None = "docs/experiments") -> str:
     rows = []
     for root in checkpoint_dirs:
         root = Path(root)
         paths = [root] if (root / CARD_FILE).is_file() else sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
         rows += [_row(p.name, read_card(p)) for p in paths]
+    tried = _experiment_rows(Path(experiments)) if experiments and Path(experiments).is_dir() else []
     text = "\n".join([
         "# Results of the bundled checkpoints",
         "",
@@ -56,6 +92,19 @@ def write_results(checkpoint_dirs: list[str], out: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
+        *([
+            "## Tried and not bundled",
+            "",
+            f"Cards of runs kept for the record in `{experiments}/` (each beside its training log), with",
+            "the settings they vary; same columns, measured the same way. A card records the run's whole",
+            "config, so `ponderscope train --config CARD.card.json --out DIR` re-runs it exactly, even where",
+            "the config file its command names has changed since.",
+            "",
+            "| run | model | data | result | ponder | FLOPs vs dense | training | notes | settings | command |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *tried,
+            "",
+        ] if tried else []),
     ])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text, encoding="utf-8")

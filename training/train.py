@@ -56,6 +56,8 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
             loaded = yaml.safe_load(text)
         else:
             loaded = json.loads(text)
+        if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) and "train_command" in loaded:
+            loaded = loaded["config"]  # a checkpoint's card.json: re-run it with the settings it records
         config.update(loaded)
     for item in overrides:
         key, _, value = item.partition("=")
