@@ -34,6 +34,7 @@ from ponderscope.readme import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_SECTIONS = "sact,aig,bundled,rnn"
+RESULTS = ROOT / "bench" / "results.md"
 CHECKPOINTS = ROOT / "checkpoints"
 
 # Random-weight SACT halting branches barely vary over positions (the conv weights are small);
@@ -321,7 +322,7 @@ def main(argv=None):
     parser.add_argument("--only", default=ALL_SECTIONS)
     parser.add_argument("--batches", default="1,32", help="ImageNet-shape batch sizes")
     parser.add_argument("--no-heap-setting", action="store_true", help="leave glibc malloc at its defaults")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"), help="where to write the tables (\"-\": nowhere)")
+    parser.add_argument("--out", default=str(RESULTS), help="where to write the tables (\"-\": nowhere)")
     args = parser.parse_args(argv)
     note = setup_cpu(1, keep_heap=not args.no_heap_setting)
     repeats = {1: 3, 32: 1, "rnn": 3} if args.quick else {1: 25, 32: 5, "rnn": 9}
@@ -348,7 +349,8 @@ def main(argv=None):
     report.add(f"\n(total {time.time() - start:.0f} s)")
     if not args.quick and args.out != "-":
         Path(args.out).write_text("\n".join(report.lines) + "\n", encoding="utf-8")
-        if args.only == ALL_SECTIONS:  # the README's copy is the full run's, never a partial one
+        if args.only == ALL_SECTIONS and args.batches == "1,32" and not args.no_heap_setting and Path(args.out).resolve() == RESULTS:
+            # the README's copy is bench/results.md of a full default run, never of a partial one
             replace_section("bench", "\n".join(report.lines[1:]))  # the file's own title is dropped
 
 

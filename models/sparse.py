@@ -232,7 +232,7 @@ class Grid:
 
     def pad(self, full: torch.Tensor) -> torch.Tensor:
         """A whole map [B*H*W, C] -> its zero-padded copy [B*(H+2)*(W+2), C]."""
-        return F.pad(full.view(*self.shape, -1), (0, 0, 1, 1, 1, 1)).view(self.padded_rows, -1)
+        return F.pad(full.reshape(*self.shape, -1), (0, 0, 1, 1, 1, 1)).view(self.padded_rows, -1)
 
     def scatter(self, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """A map [B*H*W, C] holding `values` at `rows` and zero elsewhere."""

@@ -5,17 +5,20 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train(args) -> None:
-    from training.train import load_config, train
+    from training.train import ConfigError, load_config, train
 
+    command = "ponderscope " + shlex.join(sys.argv[1:])
     try:  # a bad config is the user's to fix: one line, not a traceback
         config = load_config(args.config, (args.set or []) + ([f"steps={args.steps}"] if args.steps is not None else []))
-    except (OSError, ValueError) as error:
+        out = train(config, args.out, device=args.device, resume=args.resume, command=command, progress=not args.no_progress)
+    except (OSError, ConfigError) as error:
         raise SystemExit(f"ponderscope train: {error}") from None
-    command = "ponderscope " + shlex.join(sys.argv[1:])
-    out = train(config, args.out, device=args.device, resume=args.resume, command=command, progress=not args.no_progress)
     from models.checkpoint import read_card
 
     print(json.dumps(read_card(out)["metrics"]["test"], indent=2)[:4000])
@@ -71,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("results", help="write the results table from the checkpoints' cards")
-    p.add_argument("checkpoints", nargs="*", default=["checkpoints"])
-    p.add_argument("--out", default="docs/results.md")
+    p.add_argument("checkpoints", nargs="*", default=[str(ROOT / "checkpoints")], help="default: the bundled ones")
+    p.add_argument("--out", default=str(ROOT / "docs" / "results.md"), help="README's copy is updated only for the default run")
     p.set_defaults(func=_results)
 
     args = parser.parse_args(argv)

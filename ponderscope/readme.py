@@ -16,7 +16,7 @@ def replace_section(name: str, body: str, readme: Path = README) -> bool:
     if not readme.is_file():
         return False
     text = readme.read_text(encoding="utf-8")
-    if start not in text or end not in text:
+    if start not in text or end not in text.split(start, 1)[1]:
         return False
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)

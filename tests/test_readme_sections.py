@@ -1,6 +1,7 @@
 """README's generated sections: the helper that writes them, and that the committed README agrees
 with what the scripts wrote (a hand edit to a measured number would fail here)."""
 
+import json
 from pathlib import Path
 
 from ponderscope.readme import README, replace_section
@@ -21,6 +22,9 @@ def test_replace_section_leaves_a_readme_without_markers_alone(tmp_path):
     assert not replace_section("speed", "body", readme)
     assert readme.read_text(encoding="utf-8") == "no markers here\n<!-- speed:start -->\n"
     assert not replace_section("speed", "body", tmp_path / "missing.md")
+    readme.write_text("<!-- speed:end -->\nmisordered\n<!-- speed:start -->\n", encoding="utf-8")
+    assert not replace_section("speed", "body", readme)
+    assert readme.read_text(encoding="utf-8") == "<!-- speed:end -->\nmisordered\n<!-- speed:start -->\n"
 
 
 def section(name: str) -> str:
@@ -36,8 +40,32 @@ def test_readme_bench_tables_are_the_last_full_bench_run():
 
 
 def test_readme_results_table_is_the_docs_table():
-    docs = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
-    table = section("results")
-    assert table.startswith("| checkpoint |")
-    for line in table.splitlines()[2:]:
-        assert line in docs, line
+    docs = (ROOT / "docs" / "results.md").read_text(encoding="utf-8").splitlines()
+    start = docs.index(next(line for line in docs if line.startswith("| checkpoint |")))
+    end = docs.index("", start)
+    assert section("results").splitlines() == docs[start:end]
+    bundled = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if (p / "card.json").is_file())
+    assert [line.split("`")[1] for line in docs[start + 2 : end]] == bundled
+
+
+def test_results_tables_from_cards(tmp_path):
+    """One bundled-style checkpoint and one experiment card -> both tables, with the measured
+    per-class step counts and the settings the experiment varied; README left alone."""
+    from training.results import write_results
+
+    card = json.loads((ROOT / "checkpoints" / "jargon_act_lstm" / "card.json").read_text(encoding="utf-8"))
+    card["metrics"]["test"]["mean_steps"] = 1.5
+    card["metrics"]["test"]["per_char_class"]["space"].update(steps=1.75, ponder=2.25)
+    card["config"]["adaptive"]["tau"] = 0.123
+    (tmp_path / "ckpt" / "lm").mkdir(parents=True)
+    (tmp_path / "ckpt" / "lm" / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    (tmp_path / "tried").mkdir()
+    (tmp_path / "tried" / "lm_try.card.json").write_text(json.dumps(card), encoding="utf-8")
+    readme_before = README.read_text(encoding="utf-8")
+    text = write_results([str(tmp_path / "ckpt")], str(tmp_path / "results.md"), experiments=tmp_path / "tried")
+    assert README.read_text(encoding="utf-8") == readme_before
+    bundled_row = next(line for line in text.splitlines() if line.startswith("| `lm` |"))
+    tried_row = next(line for line in text.splitlines() if line.startswith("| `lm_try` |"))
+    assert "mean steps N 1.500" in bundled_row and "space 1.75 / 2.25" in bundled_row
+    assert "tau=0.123 max_steps=6 halting_bias=1.0 steps=2500 schedule=cosine seed=0" in tried_row
+    assert tried_row.count(" | ") == bundled_row.count(" | ") + 1  # the settings column

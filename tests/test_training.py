@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import models
-from training.train import load_config, learning_rate, train
+from training.train import ConfigError, load_config, learning_rate, train
 
 TINY_PARITY = {
     "model": "act_rnn",
@@ -126,11 +126,40 @@ def test_every_shipped_config_is_valid():
         (["batch_size=1"], "batch_size must be an integer >= 2"),
         (["steps=0"], "steps must be an integer >= 1"),
         (["steps"], "--set expects key=value"),
+        (["steps=true"], "steps must be an integer"),
+        (["steps.x=1"], "'steps' holds a value"),
+        (["lr=abc"], "lr must be a number"),
+        (["task.name=parity", "task.bit=32"], "unknown task key"),  # would silently train 16 bits
+        (["task.name=sorting"], "task.name must be one of"),
+        (["adaptive.taus=0.1"], "unknown adaptive key"),
+        (["data_options.seqlen=50", "task.name=bytes-lm"], "unknown data_options key"),
     ],
 )
 def test_bad_configs_are_refused_with_the_reason(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["adaptive.target_rate=0.5"], "adaptive loss takes tau, not target_rate"),
+        (["model=act_rnn_typo"], "unknown model"),
+        (["model_kwargs.hidden=3"], "unexpected keyword argument 'hidden'"),
+    ],
+)
+def test_configs_that_do_not_fit_the_model_are_refused_before_training(tmp_path, overrides, message):
+    config = load_config(None, ["task.name=parity", "task.bits=4", "dataset=parity", "model=act_rnn", "steps=2", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        train(config, str(tmp_path / "out"), device="cpu", progress=False)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_bad_config_files_are_refused(tmp_path):
+    for name, text, message in (("a.json", "{\"steps\": 3,", "not valid JSON"), ("b.yaml", "steps: [1,", "not valid YAML"), ("c.json", "[1, 2]", "a mapping")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(str(tmp_path / name), [])
 
 
 def test_a_card_is_a_config():

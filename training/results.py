@@ -73,13 +73,20 @@ def _experiment_rows(folder: Path) -> list[str]:
     return rows
 
 
-def write_results(checkpoint_dirs: list[str], out: str, experiments: str | None = "docs/experiments") -> str:
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED, RESULTS, EXPERIMENTS = ROOT / "checkpoints", ROOT / "docs" / "results.md", ROOT / "docs" / "experiments"
+
+
+def write_results(checkpoint_dirs: list[str], out: str, experiments: Path | None = EXPERIMENTS) -> str:
+    """Write the table of `checkpoint_dirs` (and of the experiment cards) to `out`; README's copy is
+    updated only when this is the bundled checkpoints' table written to docs/results.md."""
     rows = []
     for root in checkpoint_dirs:
         root = Path(root)
         paths = [root] if (root / CARD_FILE).is_file() else sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
         rows += [_row(p.name, read_card(p)) for p in paths]
     tried = _experiment_rows(Path(experiments)) if experiments and Path(experiments).is_dir() else []
+    shown = Path(experiments).relative_to(ROOT) if experiments and Path(experiments).is_relative_to(ROOT) else experiments
     text = "\n".join([
         "# Results of the bundled checkpoints",
         "",
@@ -95,10 +102,10 @@ def write_results(checkpoint_dirs: list[str], out: str, experiments: str | None 
         *([
             "## Tried and not bundled",
             "",
-            f"Cards of runs kept for the record in `{experiments}/` (each beside its training log), with",
+            f"Cards of runs kept for the record in `{shown}/` (each beside its training log), with",
             "the settings they vary; same columns, measured the same way. A card records the run's whole",
-            "config, so `ponderscope train --config CARD.card.json --out DIR` re-runs it exactly, even where",
-            "the config file its command names has changed since.",
+            "config, so `ponderscope train --config CARD.card.json --out DIR` re-runs it with the same",
+            "settings, even where the config file its command names has changed since.",
             "",
             "| run | model | data | result | ponder | FLOPs vs dense | training | notes | settings | command |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -108,7 +115,8 @@ def write_results(checkpoint_dirs: list[str], out: str, experiments: str | None 
     ])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text, encoding="utf-8")
-    _update_readme(rows)
+    if [Path(d).resolve() for d in checkpoint_dirs] == [BUNDLED] and Path(out).resolve() == RESULTS:
+        _update_readme(rows)
     return text
 
 

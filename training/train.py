@@ -8,6 +8,7 @@ state are written (safetensors + JSON), and `--resume` picks them up.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 import models
 from models.checkpoint import save_checkpoint
+from models.registry import UnknownModelError
 
 from .evaluate import evaluate_model
 from .workloads import make_workload
@@ -46,6 +48,10 @@ DEFAULTS = {
 }
 
 
+class ConfigError(ValueError):
+    """A config that cannot be run as written: the user's to fix (the CLI prints one line)."""
+
+
 def load_config(path: str | None, overrides: list[str]) -> dict:
     config = json.loads(json.dumps(DEFAULTS))
     if path:
@@ -53,16 +59,24 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
         if path.endswith((".yaml", ".yml")):
             import yaml
 
-            loaded = yaml.safe_load(text)
+            try:
+                loaded = yaml.safe_load(text)
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{path}: not valid YAML ({error})") from None
         else:
-            loaded = json.loads(text)
+            try:
+                loaded = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config is a mapping of settings")
         if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) and "train_command" in loaded:
             loaded = loaded["config"]  # a checkpoint's card.json: re-run it with the settings it records
         config.update(loaded)
     for item in overrides:
         key, _, value = item.partition("=")
         if not _:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
@@ -71,6 +85,8 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for parent in parents:
             target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {item}: {parent!r} holds a value, not settings")
         target[leaf] = parsed
     check_config(config)
     return config
@@ -84,14 +100,55 @@ def check_config(config: dict) -> None:
     silently a different run."""
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}; known: {', '.join(DEFAULTS)}")
+        raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; known: {', '.join(DEFAULTS)}")
     if config["schedule"] not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {config['schedule']!r}")
+        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {config['schedule']!r}")
     if config["optimizer"] not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be sgd or adam, got {config['optimizer']!r}")
-    for key, low in (("steps", 1), ("batch_size", 2)):  # batch norm needs two examples to train
-        if not isinstance(config[key], int) or config[key] < low:
-            raise ValueError(f"{key} must be an integer >= {low}, got {config[key]!r}")
+        raise ConfigError(f"optimizer must be sgd or adam, got {config['optimizer']!r}")
+    for key, low in (("steps", 1), ("batch_size", 2), ("log_every", 1), ("save_every", 1), ("tau_warmup_steps", 0), ("seed", 0)):
+        # (batch norm needs two examples to train)
+        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < low:
+            raise ConfigError(f"{key} must be an integer >= {low}, got {config[key]!r}")
+    for key in ("lr", "weight_decay", "warmup_fraction") + (("grad_clip",) if config["grad_clip"] is not None else ()):
+        if isinstance(config[key], bool) or not isinstance(config[key], (int, float)) or config[key] < 0:
+            raise ConfigError(f"{key} must be a number >= 0, got {config[key]!r}")
+    for key in ("model_kwargs", "task", "data_options", "adaptive"):
+        if not isinstance(config[key], dict):
+            raise ConfigError(f"{key} must be a mapping, got {config[key]!r}")
+    task = config["task"].get("name")
+    if task not in TASK_KEYS:
+        raise ConfigError(f"task.name must be one of {', '.join(TASK_KEYS)}, got {task!r}")
+    _known_keys("task", config["task"], TASK_KEYS[task])
+    _known_keys("data_options", config["data_options"], DATA_OPTIONS[task])
+    _known_keys("adaptive", config["adaptive"], ADAPTIVE_KEYS)
+
+
+# The keys each section may hold: anything else would be read by nothing.
+TASK_KEYS = {"classify": {"name"}, "parity": {"name", "bits"}, "bytes-lm": {"name"}}
+DATA_OPTIONS = {
+    "classify": {"flip", "pad", "preprocess", "cluttered_train_size", "channels"},
+    "parity": set(),
+    "bytes-lm": {"seq_len"},
+}
+ADAPTIVE_KEYS = {"tau", "target_rate", "lam"}  # the arguments of the models' adaptive_loss
+
+
+def _known_keys(section: str, values: dict, known: set) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {section} key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known)) or 'none'}")
+
+
+def _check_adaptive(model, adaptive: dict) -> None:
+    loss = getattr(model, "adaptive_loss", None)
+    if loss is None:
+        if adaptive:
+            raise ConfigError(f"{type(model).__name__} has no adaptive loss; remove adaptive {adaptive}")
+        return
+    accepted = set(inspect.signature(loss).parameters) - {"trace"}
+    unknown = sorted(set(adaptive) - accepted)
+    if unknown:
+        raise ConfigError(f"{type(model).__name__}'s adaptive loss takes {', '.join(sorted(accepted))}, not {', '.join(unknown)}")
 
 
 def learning_rate(config: dict, step: int) -> float:
@@ -165,7 +222,11 @@ def train(config: dict, out_dir: str, device: str = "auto", resume: bool = False
     out = Path(out_dir)
     workload = make_workload(config["task"], config["dataset"], device, config.get("data_options"))
     model_kwargs = {**workload.model_kwargs(), **config["model_kwargs"]}
-    model = models.create_model(config["model"], **model_kwargs).to(device)
+    try:
+        model = models.create_model(config["model"], **model_kwargs).to(device)
+    except (UnknownModelError, TypeError) as error:  # a misspelt model or keyword argument
+        raise ConfigError(f"model {config['model']!r}: {error}") from None
+    _check_adaptive(model, config["adaptive"])
     optimizer = _optimizer(config, model)
     state_dir = out / "train_state"
     start, elapsed = 0, 0.0
