@@ -56,7 +56,8 @@ def test_results_tables_from_cards(tmp_path):
     card = json.loads((ROOT / "checkpoints" / "jargon_act_lstm" / "card.json").read_text(encoding="utf-8"))
     card["metrics"]["test"]["mean_steps"] = 1.5
     card["metrics"]["test"]["per_char_class"]["space"].update(steps=1.75, ponder=2.25)
-    card["config"]["adaptive"]["tau"] = 0.123
+    card["config"].update(adaptive={"tau": 0.123}, steps=2500, schedule="cosine", tau_warmup_steps=0, seed=0)
+    card["config"]["model_kwargs"].update(max_steps=6, halting_bias=1.0)
     (tmp_path / "ckpt" / "lm").mkdir(parents=True)
     (tmp_path / "ckpt" / "lm" / "card.json").write_text(json.dumps(card), encoding="utf-8")
     (tmp_path / "tried").mkdir()

@@ -38,7 +38,7 @@ def _row(name: str, card: dict) -> str:
     if "ponder_by_nonzero" in test and test.get("mean_steps") != 1.0:
         curve = test["ponder_by_nonzero"]
         low, high = min(curve, key=int), max(curve, key=int)
-        extra.append(f"ponder {curve[low]:.2f} at {low} non-zero entries, {curve[high]:.2f} at {high}")
+        extra.append(f"ponder {curve[low]:.2f} with {low} non-zero {'entry' if low == '1' else 'entries'}, {curve[high]:.2f} with {high}")
     if "per_char_class" in test and test.get("mean_steps") != 1.0:
         classes = test["per_char_class"]
         extra.append("N / N+R by input byte: " + ", ".join(
