@@ -144,6 +144,10 @@ class AIGResNet(nn.Module):
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
         self.n_stages = len(blocks_per_stage)
         self.linear = nn.Linear(planes, num_classes)
+        # The authors' ImageNet ResNets draw every conv, the gate's fc1 included, from
+        # N(0, 2 / (k*k*out_channels)) (kaiming, fan-out) and fc2 from N(0, 0.001) (Gate does
+        # that); their CIFAR ResNets keep PyTorch's default for all but fc2. Both widths use the
+        # ImageNet rule here.
         for module in self.modules():
             if isinstance(module, nn.Conv2d) and module.out_channels > 2:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
