@@ -16,6 +16,7 @@ same numbers. With `act=False` every step runs exactly once (a plain RNN of the 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -117,6 +118,8 @@ class ACTRecurrentNet(nn.Module):
         """All inner steps for one input step. Returns (averaged state, ponder [B], steps [B])."""
         if not self.act:
             return self.cell.step(x_proj, True, state), torch.ones(batch, device=device, dtype=dtype), torch.ones(batch, device=device, dtype=torch.long)
+        if batch == 1 and not torch.is_grad_enabled():
+            return self._ponder_step_single(x_proj, state)
         halting = StepwiseHalting((batch,), device=device, dtype=dtype, eps=self.eps)
         sparse = self.execution == "sparse"
         averaged, current = None, state
@@ -138,6 +141,25 @@ class ACTRecurrentNet(nn.Module):
                 break
         return averaged, halting.ponder_cost, halting.steps
 
+    def _ponder_step_single(self, x_proj, state):
+        """`_ponder_step` for one sequence at inference (the dashboard's case). The halting rule
+        runs on one float32 number per inner step (`StepwiseHalting.scalar`, identical results)
+        instead of a dozen one-element tensor ops; the state average is one fused multiply-add
+        per step (equal to the batched path's within float32 rounding). Sparse and masked coincide
+        here: a single row either runs or the loop has stopped."""
+        halting = StepwiseHalting.scalar(eps=self.eps)
+        averaged, current = None, state
+        for n in range(1, self.max_steps + 1):
+            current = self.cell.step(x_proj, n == 1, current)
+            p = float(halting.update(np.float32(self._halting(current[0]).item()), force_halt=n == self.max_steps))
+            if averaged is None:
+                averaged = current if p == 1.0 else tuple(s * p for s in current)
+            else:
+                averaged = tuple(a.add(s, alpha=p) for a, s in zip(averaged, current))
+            if not halting.running:
+                break
+        return averaged, float(halting.ponder_cost), halting.steps  # numbers: trace() makes one tensor of each
+
     def trace(self, x: torch.Tensor) -> Trace:
         check_execution(self.execution)
         inputs = self._inputs(x)
@@ -153,13 +175,17 @@ class ACTRecurrentNet(nn.Module):
             steps.append(n_steps)
         hidden = torch.stack(outputs, 1)
         logits = self.readout(hidden[:, -1] if self.output == "last" else hidden)
-        steps_t = torch.stack(steps, 1)
+        if isinstance(steps[0], torch.Tensor):
+            ponder_t, steps_t = torch.stack(ponders, 1), torch.stack(steps, 1)
+        else:  # _ponder_step_single's numbers
+            ponder_t = torch.tensor([ponders], dtype=dtype, device=device)
+            steps_t = torch.tensor([steps], dtype=torch.long, device=device)
         input_flops = 2 * self.cell.input_proj.in_features * self.cell.input_proj.out_features
         per_step = self.cell.step_flops() + (2 * self.halting_unit.in_features if self.act else 0)
         readout = 2 * self.readout.in_features * self.readout.out_features * (1 if self.output == "last" else length)
         flops = input_flops * length + per_step * steps_t.sum(1).to(dtype) + readout
         dense = float(input_flops * length + per_step * self.max_steps * length + readout)
-        return Trace(logits=logits, flops=flops, dense_flops=dense, ponder=torch.stack(ponders, 1), steps=steps_t)
+        return Trace(logits=logits, flops=flops, dense_flops=dense, ponder=ponder_t, steps=steps_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trace(x).logits

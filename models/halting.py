@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 DEFAULT_EPS = 0.01
@@ -69,6 +70,11 @@ def act_weights(halting: torch.Tensor, eps: float = DEFAULT_EPS) -> HaltingResul
     return HaltingResult(weights=weights, steps=steps, remainder=remainder, ponder_cost=ponder_cost)
 
 
+def _where(condition, a, b):
+    """torch.where on tensors; on one numpy scalar, the plain conditional."""
+    return torch.where(condition, a, b) if isinstance(condition, torch.Tensor) else (a if condition else b)
+
+
 class StepwiseHalting:
     """The same rule, fed one step at a time (for loops that stop early).
 
@@ -79,6 +85,11 @@ class StepwiseHalting:
             # p is this step's weight: h, or R on the halting step, 0 once halted
 
     `running` tells which elements still run *before* the next update.
+
+    `StepwiseHalting.scalar()` runs the very same `update` on one numpy float32 number instead
+    of tensors (float32 arithmetic and comparisons as in the tensor form, no gradient): an
+    ACT-RNN at batch 1 halts once per inner step, and there a dozen one-element tensor ops cost
+    more than the LSTM step itself.
     """
 
     def __init__(self, shape, device=None, dtype=torch.float32, eps: float = DEFAULT_EPS):
@@ -88,21 +99,33 @@ class StepwiseHalting:
         self.steps = torch.zeros(shape, device=device, dtype=torch.long)
         self.remainder = torch.zeros(shape, device=device, dtype=dtype)
 
+    @classmethod
+    def scalar(cls, eps: float = DEFAULT_EPS) -> "StepwiseHalting":
+        state = cls.__new__(cls)
+        state.threshold = np.float32(1.0 - eps)  # the tensor form compares in float32 too
+        state.cumulative, state.remainder = np.float32(0.0), np.float32(0.0)
+        state.running, state.steps = np.True_, 0
+        return state
+
     def any_running(self) -> bool:
         return bool(self.running.any())
 
-    def update(self, halting: torch.Tensor, force_halt: bool = False) -> torch.Tensor:
+    def update(self, halting, force_halt: bool = False):
         running = self.running
         new_cumulative = self.cumulative + halting
-        halts_now = running & ((new_cumulative.detach() >= self.threshold) | force_halt)
+        reached = (new_cumulative.detach() if isinstance(new_cumulative, torch.Tensor) else new_cumulative) >= self.threshold
+        halts_now = running & (reached | force_halt)
         remainder_now = 1.0 - self.cumulative
-        weight = torch.where(halts_now, remainder_now, torch.where(running, halting, torch.zeros_like(halting)))
-        self.remainder = torch.where(halts_now, remainder_now, self.remainder)
-        self.steps = self.steps + running.long()
-        self.cumulative = torch.where(running, new_cumulative, self.cumulative)
+        zero = torch.zeros_like(halting) if isinstance(halting, torch.Tensor) else np.float32(0.0)
+        weight = _where(halts_now, remainder_now, _where(running, halting, zero))
+        self.remainder = _where(halts_now, remainder_now, self.remainder)
+        self.steps = self.steps + (running.long() if isinstance(running, torch.Tensor) else int(running))
+        self.cumulative = _where(running, new_cumulative, self.cumulative)
         self.running = running & ~halts_now
         return weight
 
     @property
-    def ponder_cost(self) -> torch.Tensor:
-        return self.steps.to(self.remainder.dtype) + self.remainder
+    def ponder_cost(self):
+        if isinstance(self.steps, torch.Tensor):
+            return self.steps.to(self.remainder.dtype) + self.remainder
+        return np.float32(self.steps) + self.remainder

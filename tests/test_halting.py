@@ -1,6 +1,7 @@
 """The ACT halting rule (models/halting.py) against the numbers in the papers (REFERENCE.md s1, s2)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -204,3 +205,37 @@ def test_near_threshold_stepwise_and_act_weights_agree():
     assert ((result.steps == 2) | (result.steps == 3)).all()
     assert (result.steps == 2).any() and (result.steps == 3).any()  # the test does straddle the threshold
     assert_same(h)
+
+
+def run_scalar_rows(h: torch.Tensor, eps: float = 0.01):
+    """The scalar form of StepwiseHalting on each row of h [rows, n] -> weights, steps, remainder, ponder."""
+    weights, steps, remainders, ponders = [], [], [], []
+    for row in h.tolist():
+        state = StepwiseHalting.scalar(eps=eps)
+        ws = []
+        for n, value in enumerate(row, start=1):
+            ws.append(state.update(np.float32(value), force_halt=n == len(row)))
+        assert not state.any_running()
+        weights.append(ws)
+        steps.append(state.steps)
+        remainders.append(state.remainder)
+        ponders.append(state.ponder_cost)
+        assert all(isinstance(v, np.float32) for v in (*ws, state.remainder, state.ponder_cost))
+    return torch.tensor(np.array(weights)), torch.tensor(steps), torch.tensor(np.array(remainders)), torch.tensor(np.array(ponders))
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.1])
+def test_scalar_form_equals_tensor_form_bit_for_bit(eps):
+    """The batch-1 RNN path runs the same update on numpy float32 numbers: every weight, step
+    count, remainder and ponder cost must be the tensor form's exactly, also where the running
+    sum lands within rounding of 1 - eps."""
+    generator = torch.Generator().manual_seed(7)
+    h = torch.rand(600, 6, generator=generator) * 0.6
+    near = h[:300, :2] / h[:300, :2].sum(-1, keepdim=True)
+    h[:300, :2] = near * ((1 - eps) + (torch.rand(300, 1, generator=generator) - 0.5) * 2e-6)
+    weights, state = run_stepwise(h, eps=eps)
+    s_weights, s_steps, s_remainder, s_ponder = run_scalar_rows(h, eps=eps)
+    assert torch.equal(s_steps, state.steps)
+    assert torch.equal(s_weights, weights) and torch.equal(s_remainder, state.remainder)
+    assert torch.equal(s_ponder, state.ponder_cost)
+    assert (state.steps[:300] == 2).any() and (state.steps[:300] == 3).any()  # straddles the threshold

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import models
-from models import create_model
+from models import create_model, load_checkpoint
 from models import sparse as sparse_ops
 from tests.conftest import randomize_batchnorm
 
@@ -293,6 +293,44 @@ def test_act_rnn_sparse_equals_masked(cell, input_kind, bias):
     assert_same(masked, sparse)
     if bias == -1.0:
         assert len(masked.steps.unique()) >= 2, "test set-up: rows must halt after different steps"
+
+
+@pytest.mark.parametrize("bias", [-1.0, 0.5])
+@pytest.mark.parametrize("cell,input_kind", [("lstm", "bytes"), ("rnn", "features"), ("gru", "features")])
+def test_act_rnn_single_sequence_path_equals_batched(cell, input_kind, bias):
+    """One sequence at inference halts with the scalar form of the rule; it must give the tensor
+    form's steps and ponder exactly, and its logits, whether the sequence runs alone (scalar
+    form), with autograd on (tensor form), or in a batch beside others."""
+    torch.manual_seed(1)
+    model = create_model(f"act_{cell}", input_kind=input_kind, input_size=5, hidden_size=16, output_size=7,
+                         output="sequence", max_steps=6).eval()
+    with torch.no_grad():
+        model.halting_unit.weight.normal_(0.0, 1.5)
+        model.halting_unit.bias.fill_(bias)
+    x = torch.randint(0, 256, (3, 40)) if input_kind == "bytes" else torch.randn(3, 40, 5)
+    with torch.no_grad():
+        alone = model.trace(x[1:2])
+        batched = model.trace(x)
+    tensor_form = model.trace(x[1:2])  # autograd on: the tensor form of the rule
+    assert alone.steps.dtype == torch.long and alone.ponder.dtype == torch.float32
+    assert len(alone.steps.unique()) >= 2, "test set-up: steps must vary along the sequence"
+    for other in (tensor_form, batched):
+        index = 0 if other is tensor_form else 1
+        assert torch.equal(alone.steps[0], other.steps[index])
+        torch.testing.assert_close(alone.ponder[0], other.ponder[index].detach(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(alone.logits[0], other.logits[index].detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(alone.flops[0], other.flops[index].detach())
+
+
+def test_bundled_act_lstm_single_sequence_path_equals_batched():
+    model = load_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints" / "jargon_act_lstm").eval()
+    text = torch.tensor([list(b"The Jargon File, version 4.4.7: a hacker's dictionary. 42 entries!")])
+    with torch.no_grad():
+        alone = model.trace(text)
+        batched = model.trace(torch.cat([text, text.flip(1)]))
+    assert torch.equal(alone.steps, batched.steps[:1]) and len(alone.steps.unique()) >= 2
+    torch.testing.assert_close(alone.ponder, batched.ponder[:1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(alone.logits, batched.logits[:1], atol=1e-4, rtol=1e-4)
 
 
 # =========================================================================== bundled checkpoints
