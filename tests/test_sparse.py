@@ -279,16 +279,22 @@ def test_aig_input_gradients_match_masked():
 # =========================================================================== ACT-RNN
 
 
-@pytest.mark.parametrize("bias", [-10.0, -1.0, 10.0])
-@pytest.mark.parametrize("cell,input_kind", [("lstm", "bytes"), ("rnn", "features"), ("gru", "features")])
-def test_act_rnn_sparse_equals_masked(cell, input_kind, bias):
-    torch.manual_seed(0)
+def act_rnn_and_inputs(cell: str, input_kind: str, bias: float, max_steps: int, shape: tuple[int, int], seed: int):
+    """A small random ACT-RNN whose halting unit is spread out enough that rows halt at different
+    steps, and inputs [B, T] (bytes) or [B, T, 5] (features)."""
+    torch.manual_seed(seed)
     model = create_model(f"act_{cell}", input_kind=input_kind, input_size=5, hidden_size=16, output_size=7,
-                         output="sequence", max_steps=5).eval()
+                         output="sequence", max_steps=max_steps).eval()
     with torch.no_grad():
         model.halting_unit.weight.normal_(0.0, 1.5)
         model.halting_unit.bias.fill_(bias)
-    x = torch.randint(0, 256, (6, 9)) if input_kind == "bytes" else torch.randn(6, 9, 5)
+    return model, torch.randint(0, 256, shape) if input_kind == "bytes" else torch.randn(*shape, 5)
+
+
+@pytest.mark.parametrize("bias", [-10.0, -1.0, 10.0])
+@pytest.mark.parametrize("cell,input_kind", [("lstm", "bytes"), ("rnn", "features"), ("gru", "features")])
+def test_act_rnn_sparse_equals_masked(cell, input_kind, bias):
+    model, x = act_rnn_and_inputs(cell, input_kind, bias, max_steps=5, shape=(6, 9), seed=0)
     masked, sparse = traces(model, x)
     assert_same(masked, sparse)
     if bias == -1.0:
@@ -301,13 +307,7 @@ def test_act_rnn_single_sequence_path_equals_batched(cell, input_kind, bias):
     """One sequence at inference halts with the scalar form of the rule; it must give the tensor
     form's steps and ponder exactly, and its logits, whether the sequence runs alone (scalar
     form), with autograd on (tensor form), or in a batch beside others."""
-    torch.manual_seed(1)
-    model = create_model(f"act_{cell}", input_kind=input_kind, input_size=5, hidden_size=16, output_size=7,
-                         output="sequence", max_steps=6).eval()
-    with torch.no_grad():
-        model.halting_unit.weight.normal_(0.0, 1.5)
-        model.halting_unit.bias.fill_(bias)
-    x = torch.randint(0, 256, (3, 40)) if input_kind == "bytes" else torch.randn(3, 40, 5)
+    model, x = act_rnn_and_inputs(cell, input_kind, bias, max_steps=6, shape=(3, 40), seed=1)
     with torch.no_grad():
         alone = model.trace(x[1:2])
         batched = model.trace(x)
