@@ -190,10 +190,18 @@ def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0
         report.add(row(["4 x 1" if batch == 1 else batch, label, f"{ratio:.3f}", f"**{t['sparse ratio']:.3f}**",
                         f"{t['masked ratio']:.3f}", dense_ms(t), f"{t['sparse'] * 1e3:.0f}", f"{t['masked'] * 1e3:.0f}", goal]))
 
+    def fresh_model():
+        torch.manual_seed(0)  # the same random weights for every row
+        return models.create_model(name).eval()
+
+    def timed(model, x, batch):
+        """Batch 1: the images one at a time; otherwise one batch. The adaptive model runs channels-last."""
+        inputs = [x[i : i + 1] for i in range(len(x))] if batch == 1 else [x]
+        return time_models(model.to(memory_format=torch.channels_last), dense, inputs, repeats[batch])
+
     for batch in batches:
         for target in targets:
-            torch.manual_seed(0)
-            model = models.create_model(name).eval()
+            model = fresh_model()
             with torch.no_grad():
                 if family == "sact":
                     for block in model.blocks:
@@ -211,17 +219,14 @@ def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0
                         nearest = (trace.flops / trace.dense_flops - target).abs().argsort()[:4]
                         x = x[nearest.sort().values]
                     ratio = flops_ratio(model, x)  # AIG: a decision per image, independent of the batch
-            inputs = [x[i : i + 1] for i in range(len(x))] if batch == 1 else [x]
-            model = model.to(memory_format=torch.channels_last)  # sparse execution runs channels-last
-            t = time_models(model, dense, inputs, repeats[batch])
+            t = timed(model, x, batch)
             goal = ("met" if t["sparse ratio"] <= ratio + slack else "NOT met") if (family == "aig" or batch == 1) else "(no goal)"
             line(batch, f"{target:.2f}", ratio, t, goal)
     # Control: nothing skipped (every unit runs everywhere / every gate open): what the adaptive
     # network costs over the dense one before it saves anything (halting branches and gates, the
     # bookkeeping; and the kernels chosen, which may beat the dense ones at some layers).
     for batch in (1,) if family == "sact" else batches:
-        torch.manual_seed(0)
-        model = models.create_model(name).eval()
+        model = fresh_model()
         with torch.no_grad():
             if family == "sact":
                 for block in model.blocks:
@@ -232,9 +237,7 @@ def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0
                     block.gate.fc2.bias.copy_(torch.tensor([-30.0, 30.0]))
         x = images[batch]
         ratio = flops_ratio(model, x)
-        inputs = [x[i : i + 1] for i in range(len(x))] if batch == 1 else [x]
-        model = model.to(memory_format=torch.channels_last)
-        t = time_models(model, dense, inputs, repeats[batch])
+        t = timed(model, x, batch)
         line(batch, "(nothing halts)" if family == "sact" else "(all gates open)", ratio, t, "control")
 
 
