@@ -5,9 +5,6 @@ import argparse
 import json
 import shlex
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train(args) -> None:
@@ -42,7 +39,7 @@ def _serve(args) -> None:
 def _results(args) -> None:
     from training.results import write_results
 
-    print(write_results(args.checkpoints, args.out))
+    print(write_results(args.checkpoints or None, args.out))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,8 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("results", help="write the results table from the checkpoints' cards")
-    p.add_argument("checkpoints", nargs="*", default=[str(ROOT / "checkpoints")], help="default: the bundled ones")
-    p.add_argument("--out", default=str(ROOT / "docs" / "results.md"), help="README's copy is updated only for the default run")
+    p.add_argument("checkpoints", nargs="*", help="checkpoint directories, or folders of them (default: the bundled ones)")
+    p.add_argument("--out", help="default: docs/results.md; README's copy is updated only for the default run")
     p.set_defaults(func=_results)
 
     args = parser.parse_args(argv)

@@ -77,9 +77,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLED, RESULTS, EXPERIMENTS = ROOT / "checkpoints", ROOT / "docs" / "results.md", ROOT / "docs" / "experiments"
 
 
-def write_results(checkpoint_dirs: list[str], out: str, experiments: Path | None = EXPERIMENTS) -> str:
-    """Write the table of `checkpoint_dirs` (and of the experiment cards) to `out`; README's copy is
-    updated only when this is the bundled checkpoints' table written to docs/results.md."""
+def write_results(checkpoint_dirs: list[str] | None = None, out: str | None = None, experiments: Path | None = EXPERIMENTS) -> str:
+    """Write the table of `checkpoint_dirs` (default: the bundled ones) and of the experiment cards
+    to `out` (default: docs/results.md); README's copy is updated only when it is the bundled
+    checkpoints' table written to docs/results.md."""
+    checkpoint_dirs = checkpoint_dirs or [BUNDLED]
+    out = out or RESULTS
     rows = []
     for root in checkpoint_dirs:
         root = Path(root)

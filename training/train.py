@@ -70,7 +70,7 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
                 raise ConfigError(f"{path}: not valid JSON ({error})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config is a mapping of settings")
-        if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict) and "train_command" in loaded:
+        if isinstance(loaded.get("config"), dict) and "train_command" in loaded:
             loaded = loaded["config"]  # a checkpoint's card.json: re-run it with the settings it records
         config.update(loaded)
     for item in overrides:
