@@ -112,14 +112,15 @@ class StepwiseHalting:
 
     def update(self, halting, force_halt: bool = False):
         running = self.running
+        tensors = isinstance(running, torch.Tensor)  # else the scalar form: numpy float32 / bool
         new_cumulative = self.cumulative + halting
-        reached = (new_cumulative.detach() if isinstance(new_cumulative, torch.Tensor) else new_cumulative) >= self.threshold
+        reached = (new_cumulative.detach() if tensors else new_cumulative) >= self.threshold
         halts_now = running & (reached | force_halt)
         remainder_now = 1.0 - self.cumulative
-        zero = torch.zeros_like(halting) if isinstance(halting, torch.Tensor) else np.float32(0.0)
+        zero = torch.zeros_like(halting) if tensors else np.float32(0.0)
         weight = _where(halts_now, remainder_now, _where(running, halting, zero))
         self.remainder = _where(halts_now, remainder_now, self.remainder)
-        self.steps = self.steps + (running.long() if isinstance(running, torch.Tensor) else int(running))
+        self.steps = self.steps + (running.long() if tensors else int(running))
         self.cumulative = _where(running, new_cumulative, self.cumulative)
         self.running = running & ~halts_now
         return weight
