@@ -52,7 +52,7 @@
   };
   // The last answers, for redraws and exports.
   const results = { image: null, imageRequest: null, compare: null, dataset: null, text: null, parity: null, parityHistory: [] };
-  const tokens = { image: 0, compare: 0, dataset: 0, text: 0, parity: 0, samples: 0 };
+  const tokens = { image: 0, compare: 0, dataset: 0, text: 0, parity: 0, samples: 0, upload: 0 };
 
   const $ = (id) => document.getElementById(id);
 
@@ -663,10 +663,12 @@
   async function loadSamples() {
     const id = state.model.image;
     const grid = $('samples');
+    // Taken before the early returns: model A shown, B picked, A picked again returns early
+    // below, and B's list (still loading) must not land over A's.
+    const token = ++tokens.samples;
     if (!id) { grid.replaceChildren(); return; }
     const key = `${id}@${state.samplesOffset}`;
     if (grid.dataset.key === key) { markSelectedSample(); return; }
-    const token = ++tokens.samples;
     try {
       const list = await api('GET', `/api/models/${encodeURIComponent(id)}/samples?count=${SAMPLE_COUNT}&offset=${state.samplesOffset}`, { channel: 'samples', label: 'Loading samples' });
       if (token !== tokens.samples) return;
@@ -676,7 +678,7 @@
       grid.replaceChildren(...list.map((s) => el('button', {
         type: 'button', class: 'thumb', 'data-index': s.index, title: `#${s.index}: ${s.class}`, 'aria-pressed': 'false',
         'aria-label': `test sample ${s.index}, ${s.class}`,
-        onclick: () => { state.image = { sample: s.index }; syncUrl(); markSelectedSample(); runImage(); },
+        onclick: () => { tokens.upload++; state.image = { sample: s.index }; syncUrl(); markSelectedSample(); runImage(); },
       }, el('img', { src: s.image, alt: '' }), el('span', { class: 'caption', text: s.class }))));
       markSelectedSample();
     } catch (_) { /* shown in the banner */ }
@@ -690,10 +692,12 @@
   // ---- uploads: file picker, drag and drop, paste
   async function uploadFile(file) {
     if (!file) return;
+    const token = ++tokens.upload;
     const form = new FormData();
     form.append('file', file, file.name || 'pasted.png');
     try {
       const stored = await api('POST', '/api/images', { form, channel: 'upload', label: 'Uploading' });
+      if (token !== tokens.upload) return; // a newer upload or a sample click came after this one
       state.image = { hash: stored.hash, name: file.name || null };
       syncUrl();
       markSelectedSample();
@@ -869,6 +873,12 @@
     const ids = state.model.compare.filter((id) => MODEL_BY_ID.has(id));
     const empty = $('compare-empty');
     if (ids.length < 2 || !state.image) {
+      // A request still in flight is for a selection that no longer stands: drop its answer,
+      // and clear the panels drawn for an earlier selection (no old answer under new settings).
+      tokens.compare++;
+      $('compare-grid').classList.remove('busy');
+      results.compare = null;
+      renderCompare();
       empty.hidden = false;
       empty.textContent = !state.image
         ? 'Pick an image first: upload one here or in the Image view, or click a test sample there.'
@@ -980,9 +990,10 @@
   async function runDataset() {
     clearTimeout(datasetTimer);
     const id = state.model.dataset;
-    if (!id) return;
-    if (results.dataset && results.dataset.model === id) { renderDataset(); return; }
+    // Taken before the cached return: A shown, B picked, A picked again must drop B's answer.
     const token = ++tokens.dataset;
+    if (!id) return;
+    if (results.dataset && results.dataset.model === id) { $('dataset-status').hidden = true; renderDataset(); return; }
     $('dataset-status').hidden = false;
     try {
       const status = await api('GET', `/api/models/${encodeURIComponent(id)}/dataset`, { channel: 'dataset', label: `Dataset statistics for ${id}` });
@@ -1002,7 +1013,7 @@
       $('dataset-status').hidden = true;
       renderDataset();
     } catch (_) {
-      $('dataset-status').hidden = true;
+      if (token === tokens.dataset) $('dataset-status').hidden = true;
     }
   }
 
