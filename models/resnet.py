@@ -148,57 +148,60 @@ class ACTHalting(nn.Module):
         return 0.0, float(linear_flops(self.linear))
 
 
-class HaltingConv(nn.Conv2d):
-    """The SACT branch's 3x3 conv to one channel. Called as `conv(x, bn=bn)` it returns
-    conv(bn(x)) for a channels-last x (how sparse execution keeps its maps) with the eval BN folded
-    in: one [positions, C] x [C, 16] product gives each position's contribution to each of the 9
-    taps (columns 9..15 are zero: MKL runs a product 16 wide ~3x faster than 9 wide), and the
-    output is the sum of the 9 taps read at the 9 neighbours. A zero ring around the tap map
-    stands for the conv's zero padding of bn(x). (The dense kernel for C -> 1 runs at a few % of
-    peak: this is ~3x faster, and the BN pass over the map goes.)"""
-
-    def forward(self, x: torch.Tensor, bn: nn.BatchNorm2d | None = None) -> torch.Tensor:
-        if bn is None:
-            return super().forward(x)
-        batch, channels, height, width = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view when x is channels-last
-        weight, bias = sparse_ops.cached(self, lambda conv: conv._folded_weights(bn), also=(bn,))
-        taps = torch.addmm(bias, rows, weight).view(batch, height, width, 16)
-        taps = F.pad(taps, (0, 0, 1, 1, 1, 1))  # [B, H+2, W+2, 16]
-        # out[b, y, x] = sum over (ky, kx) of taps[b, y + ky, x + kx, 3 ky + kx]: one gather.
-        index = sparse_ops.tap_index(batch, height, width, 16, x.device)
-        out = taps.view(-1).index_select(0, index).view(-1, 9).sum(1) + self.bias
-        return out.view(batch, 1, height, width)
-
-    def _folded_weights(self, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, shift = sparse_ops.bn_affine(bn)
-        kernel = self.weight[0].reshape(self.in_channels, 9)  # [C, (ky, kx)]
-        return F.pad(kernel * scale[:, None], (0, 7)), F.pad(shift @ kernel, (0, 7))
-
-
 class SACTHalting(nn.Module):
     """h = sigmoid(conv3x3(BN(x)) + linear_nobias(BN(GAP(x)))) -> [B, H, W]."""
+
+    # Columns of the folded product (`forward(folded=True)`): the 9 taps of the 3x3 conv, then
+    # the global term. MKL runs a product 16 wide ~3x faster than 9 or 10 wide: padded to 16.
+    TAPS, GLOBAL, COLUMNS = 9, 9, 16
 
     def __init__(self, channels: int):
         super().__init__()
         self.local_bn = nn.BatchNorm2d(channels)
-        self.local_conv = HaltingConv(channels, 1, 3, padding=1)
+        self.local_conv = nn.Conv2d(channels, 1, 3, padding=1)
         self.global_bn = nn.BatchNorm1d(channels)
         self.global_linear = nn.Linear(channels, 1, bias=False)
         nn.init.constant_(self.local_conv.bias, HALTING_BIAS_INIT)
 
     def forward(self, x: torch.Tensor, folded: bool = False) -> torch.Tensor:
         """folded: x is channels-last and the BNs are in eval mode (sparse execution); the same h
-        by a faster route (HaltingConv)."""
+        by a faster route, below."""
         if folded:
-            local = self.local_conv(x, bn=self.local_bn).squeeze(1)
-            batch, channels = x.shape[:2]
-            pooled = x.permute(0, 2, 3, 1).reshape(batch, -1, channels).mean(1)
-        else:
-            local = self.local_conv(self.local_bn(x)).squeeze(1)
-            pooled = x.mean(dim=(2, 3))
-        global_term = self.global_linear(self.global_bn(pooled))
+            return self._folded_forward(x)
+        local = self.local_conv(self.local_bn(x)).squeeze(1)
+        global_term = self.global_linear(self.global_bn(x.mean(dim=(2, 3))))
         return torch.sigmoid(local + global_term[:, :, None])
+
+    def _folded_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Both terms from one [positions, C] x [C, 16] product with the eval BNs folded in.
+
+        Local: column 3 ky + kx holds each position's contribution to the 3x3 conv output of its
+        neighbour at offset (ky, kx); the conv output is the sum of the 9 taps read at the 9
+        neighbours (one gather), a zero ring around the tap map standing for the conv's zero
+        padding. Global: linear(BN(mean x)) = mean over positions of x . (w * scale) + w . shift,
+        so it is the mean of column 9. (The dense kernel for C -> 1 runs at a few % of peak, and
+        the BN and pooling passes over the map go: ~3x faster.)"""
+        batch, channels, height, width = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view when x is channels-last
+        weight, bias = sparse_ops.cached(self, SACTHalting._folded_weights)
+        taps = torch.addmm(bias, rows, weight).view(batch, height, width, self.COLUMNS)
+        global_term = taps[..., self.GLOBAL].mean(dim=(1, 2))
+        padded = F.pad(taps, (0, 0, 1, 1, 1, 1))  # [B, H+2, W+2, 16]
+        # local[b, y, x] = sum over (ky, kx) of padded[b, y + ky, x + kx, 3 ky + kx]: one gather.
+        index = sparse_ops.tap_index(batch, height, width, self.COLUMNS, x.device)
+        local = padded.view(-1).index_select(0, index).view(batch, height, width, self.TAPS).sum(-1)
+        return torch.sigmoid_(local.add_(global_term.add_(self.local_conv.bias)[:, None, None]))
+
+    def _folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[C, 16] weight and [16] bias of the folded product (`_folded_forward`)."""
+        local_scale, local_shift = sparse_ops.bn_affine(self.local_bn)
+        global_scale, global_shift = sparse_ops.bn_affine(self.global_bn)
+        kernel = self.local_conv.weight[0].reshape(self.local_conv.in_channels, self.TAPS)  # [C, (ky, kx)]
+        linear = self.global_linear.weight[0]
+        weight = torch.cat([kernel * local_scale[:, None], (linear * global_scale)[:, None]], 1)
+        bias = torch.cat([local_shift @ kernel, (linear @ global_shift)[None]])
+        extra = self.COLUMNS - weight.shape[1]
+        return F.pad(weight, (0, extra)), F.pad(bias, (0, extra))
 
     def flops(self, positions):
         # The global term is per image, and an image with no running position needs none.
@@ -266,10 +269,16 @@ class Block(nn.Module):
                 dilated_counts.append(dilated.flatten(1).sum(1, dtype=x.dtype) if spatial else active_counts[-1])
                 if not sparse:
                     x = x + mask.unsqueeze(1).to(x.dtype) * unit.residual(x)
-                elif spatial:
-                    x = self._sparse_positions(unit, x, output, grid, mask, dilated, 1.0 - state.cumulative)
                 else:
-                    x = self._sparse_images(unit, x, output, active, 1.0 - state.cumulative)
+                    # After the last unit x is not read again (no halting branch follows; the
+                    # block returns `output`), so only `output` is updated there. Without autograd
+                    # x is updated in place: only the rows a unit changes are written.
+                    update_x = "no" if index == n_units - 1 else "in place" if not torch.is_grad_enabled() else "copy"
+                    rest = 1.0 - state.cumulative
+                    if spatial:
+                        x = self._sparse_positions(unit, x, output, grid, mask, dilated, rest, update_x)
+                    else:
+                        x = self._sparse_images(unit, x, output, active, rest, update_x)
             if index < n_units - 1:
                 if grid is not None:
                     h = self.halting[index](grid.as_nchw(x), folded=True)
@@ -330,38 +339,38 @@ class Block(nn.Module):
         return flops
 
     @staticmethod
-    def _sparse_positions(unit, x, output, grid, mask, dilated, rest):
+    def _sparse_positions(unit, x, output, grid, mask, dilated, rest, update_x: str):
         """SACT: x (rows) + R(x) on the active positions; output += rest * R there, in place.
-        rest = 1 - (sum of h before this unit), per position."""
+        rest = 1 - (sum of h before this unit), per position. update_x: "copy" (return a new x),
+        "in place" (write into x) or "no" (x is not needed again: return it unchanged)."""
         everywhere = bool(mask.all())
         if everywhere and sparse_ops.dense_3x3_above(unit.conv2.in_channels) < 1.0:
             # Nothing halted yet: the dense unit (unless its 3x3 conv runs faster as a product).
-            update = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape)
-            output.addcmul_(update, rest.reshape(-1, 1))
-            return x + update
-        active, near = grid.rows(mask), grid.rows(dilated)
-        update, rows = sparse_ops.unit_residual_rows(unit, x, grid, active, near)
-        if everywhere:  # every row, in order
-            output.addcmul_(update, rest.reshape(-1, 1))
-            return x + update
-        if rows is None:  # computed at every position (cheaper there): a masked update
+            update, rows = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape), None
+        else:
+            update, rows = sparse_ops.unit_residual_rows(unit, x, grid, grid.rows(mask), grid.rows(dilated))
+        if rows is None and not everywhere:  # computed at every position (cheaper there): masked
             keep = mask.reshape(-1, 1).to(x.dtype)
             output.addcmul_(update, rest.reshape(-1, 1) * keep)
-            return torch.addcmul(x, update, keep)
+            return x if update_x == "no" else x.addcmul_(update, keep) if update_x == "in place" else torch.addcmul(x, update, keep)
+        if rows is None or rows.numel() == grid.positions:  # every row, in order
+            output.addcmul_(update, rest.reshape(-1, 1))
+            return x if update_x == "no" else x.add_(update) if update_x == "in place" else x + update
         output.index_add_(0, rows, update * rest.reshape(-1, 1)[rows])
-        return x.index_add(0, rows, update)
+        return x if update_x == "no" else x.index_add_(0, rows, update) if update_x == "in place" else x.index_add(0, rows, update)
 
     @staticmethod
-    def _sparse_images(unit, x, output, active, rest):
-        """ACT: the unit runs on the images still running only; output += rest * R there."""
+    def _sparse_images(unit, x, output, active, rest, update_x: str):
+        """ACT: the unit runs on the images still running only; output += rest * R there.
+        update_x as for `_sparse_positions`."""
         if bool(active.all()):
             update = unit.residual(x)
             output.addcmul_(update, rest[:, None, None, None])
-            return x + update
+            return x if update_x == "no" else x.add_(update) if update_x == "in place" else x + update
         images = active.nonzero().squeeze(1)
         update = unit.residual(sparse_ops.select_images(x, images))
         sparse_ops.add_images(output, images, update * rest[images, None, None, None], inplace=True)
-        return sparse_ops.add_images(x, images, update)
+        return x if update_x == "no" else sparse_ops.add_images(x, images, update, inplace=update_x == "in place")
 
     def dense_flops(self, positions: float) -> float:
         return float(sum(unit_flops(u, positions, positions) for u in self.units))

@@ -34,8 +34,11 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def hook_flops(model: nn.Module, x: torch.Tensor) -> float:
     """FLOPs per example of every Conv2d / Linear call, counted independently of models/flops.py
-    from the shapes that actually went through: 2 x output elements x (k^2 x Cin / groups)."""
+    from the shapes that actually went through: 2 x output elements x (k^2 x Cin / groups).
+    Runs the masked (reference) execution, where every layer is called as its module (sparse
+    execution runs folded matrices that no hook sees): use it where every unit runs everywhere."""
     total = [0.0]
+    execution = getattr(model, "execution", None)
 
     def conv_hook(module, inputs, output):
         kh, kw = module.kernel_size
@@ -51,11 +54,15 @@ def hook_flops(model: nn.Module, x: torch.Tensor) -> float:
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(linear_hook))
     try:
+        if execution is not None:
+            model.execution = "masked"
         with torch.no_grad():
             model(x[:1])
     finally:
         for handle in handles:
             handle.remove()
+        if execution is not None:
+            model.execution = execution
     return total[0]
 
 

@@ -185,6 +185,8 @@ def test_halting_branches_by_hand():
         expected = torch.sigmoid(local + (g @ sact.global_linear.weight.T)[:, :, None])
         assert sact.global_linear.bias is None
         torch.testing.assert_close(sact(x), expected)
+        # The folded route of sparse execution (one product for both terms, BNs folded in).
+        torch.testing.assert_close(sact(x.contiguous(memory_format=torch.channels_last), folded=True), expected)
         assert expected.flatten(1).std(1).min() > 0.01  # varies over positions
     act = randomize_batchnorm(tiny_resnet("act_resnet", depth=14), 3).blocks[0].halting[0]
     with torch.no_grad():
@@ -275,7 +277,8 @@ def test_sact_block_matches_reference_and_skips_halted_positions():
     for b, block in enumerate(model.blocks):
         for l, branch in enumerate(block.halting):
             handles.append(branch.register_forward_hook(
-                lambda m, i, o, key=(b, l): branch_inputs.__setitem__(key, i[0])))
+                # a copy: sparse execution then updates the block's x in place
+                lambda m, i, o, key=(b, l): branch_inputs.__setitem__(key, i[0].clone())))
     with torch.no_grad():
         trace = model.trace(x)
         for handle in handles:
@@ -345,7 +348,9 @@ def test_sact_flops_of_an_image_do_not_depend_on_the_batch():
     seen = {}
     handle = branch.global_bn.register_forward_hook(lambda m, i, o: seen.__setitem__("g", o))
     with torch.no_grad():
+        model.execution = "masked"  # calls global_bn as a module (sparse execution folds it)
         model.trace(x)
+        model.execution = "sparse"
         handle.remove()
         g0, g1 = seen["g"][0], seen["g"][1]
         w = 20.0 * (g0 - g1) / (g0 - g1).pow(2).sum()
