@@ -151,9 +151,7 @@ class ACTHalting(nn.Module):
 class SACTHalting(nn.Module):
     """h = sigmoid(conv3x3(BN(x)) + linear_nobias(BN(GAP(x)))) -> [B, H, W]."""
 
-    # Columns of the folded product (`forward(folded=True)`): the 9 taps of the 3x3 conv, then
-    # the global term. MKL runs a product 16 wide ~3x faster than 9 or 10 wide: padded to 16.
-    TAPS, GLOBAL, COLUMNS = 9, 9, 16
+    TAP_COLUMNS = 16  # the 9 taps of the 3x3 conv in `at_rows`, padded (see there)
 
     def __init__(self, channels: int):
         super().__init__()
@@ -163,45 +161,50 @@ class SACTHalting(nn.Module):
         self.global_linear = nn.Linear(channels, 1, bias=False)
         nn.init.constant_(self.local_conv.bias, HALTING_BIAS_INIT)
 
-    def forward(self, x: torch.Tensor, folded: bool = False) -> torch.Tensor:
-        """folded: x is channels-last and the BNs are in eval mode (sparse execution); the same h
-        by a faster route, below."""
-        if folded:
-            return self._folded_forward(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = self.local_conv(self.local_bn(x)).squeeze(1)
         global_term = self.global_linear(self.global_bn(x.mean(dim=(2, 3))))
         return torch.sigmoid(local + global_term[:, :, None])
 
-    def _folded_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Both terms from one [positions, C] x [C, 16] product with the eval BNs folded in.
+    def at_rows(self, grid: "sparse_ops.Grid", x: torch.Tensor, pooled: torch.Tensor,
+                active: torch.Tensor | None = None, near: torch.Tensor | None = None) -> torch.Tensor:
+        """The same h by sparse execution's route (eval BNs folded in), at the rows `active` only.
 
-        Local: column 3 ky + kx holds each position's contribution to the 3x3 conv output of its
-        neighbour at offset (ky, kx); the conv output is the sum of the 9 taps read at the 9
-        neighbours (one gather), a zero ring around the tap map standing for the conv's zero
-        padding. Global: linear(BN(mean x)) = mean over positions of x . (w * scale) + w . shift,
-        so it is the mean of column 9. (The dense kernel for C -> 1 runs at a few % of peak, and
-        the BN and pooling passes over the map go: ~3x faster.)"""
-        batch, channels, height, width = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view when x is channels-last
-        weight, bias = sparse_ops.cached(self, SACTHalting._folded_weights)
-        taps = torch.addmm(bias, rows, weight).view(batch, height, width, self.COLUMNS)
-        global_term = taps[..., self.GLOBAL].mean(dim=(1, 2))
-        padded = F.pad(taps, (0, 0, 1, 1, 1, 1))  # [B, H+2, W+2, 16]
-        # local[b, y, x] = sum over (ky, kx) of padded[b, y + ky, x + kx, 3 ky + kx]: one gather.
-        index = sparse_ops.tap_index(batch, height, width, self.COLUMNS, x.device)
-        local = padded.view(-1).index_select(0, index).view(batch, height, width, self.TAPS).sum(-1)
-        return torch.sigmoid_(local.add_(global_term.add_(self.local_conv.bias)[:, None, None]))
+        x: the map as rows [B*H*W, C]; pooled: [B, C] its mean over each image's positions;
+        active: ascending rows to evaluate (None: all, and the result is a [B, H, W] map);
+        near: rows holding the 3x3 neighbourhood of `active` (None: all).
 
-    def _folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """[C, 16] weight and [16] bias of the folded product (`_folded_forward`)."""
+        Local term: one [rows, C] x [C, 16] product gives each position's contribution to the 3x3
+        conv output of its neighbour at offset (ky, kx) in column 3 ky + kx (MKL runs 16 wide ~3x
+        faster than 9 wide; the rest are zero); the conv output at a position is the sum of the 9
+        taps read at its 9 neighbours (one gather), a zero ring around the tap map standing for
+        the conv's zero padding. Only rows near `active` are multiplied. (The dense kernel for
+        C -> 1 runs at a few % of peak, and BN would be a pass over the map.) Global term:
+        linear(BN(pooled)), with the BN folded into the linear."""
+        weight, bias, global_weight, global_bias = sparse_ops.cached(self, SACTHalting._folded_weights)
+        if near is None:
+            padded = grid.pad(torch.addmm(bias, x, weight))
+        else:
+            padded = grid.scatter_padded(near, torch.addmm(bias, x.index_select(0, near), weight))
+        index = sparse_ops.tap_index(*grid.shape, self.TAP_COLUMNS, x.device).view(-1, 9)
+        index = index if active is None else index.index_select(0, active)
+        local = padded.view(-1).index_select(0, index.view(-1)).view(-1, 9).sum(1)
+        global_term = torch.addmv(global_bias, pooled, global_weight)  # [B]
+        if active is None:
+            return torch.sigmoid_(local.view(grid.shape).add_(global_term[:, None, None]))
+        images = torch.div(active, grid.positions // grid.shape[0], rounding_mode="floor")
+        return torch.sigmoid_(local.add_(global_term.index_select(0, images)))
+
+    def _folded_weights(self):
+        """[C, 16] taps weight and [16] bias with local_bn folded in; the global linear with
+        global_bn folded in ([C] weight, scalar bias, the local conv's bias added to it)."""
         local_scale, local_shift = sparse_ops.bn_affine(self.local_bn)
         global_scale, global_shift = sparse_ops.bn_affine(self.global_bn)
-        kernel = self.local_conv.weight[0].reshape(self.local_conv.in_channels, self.TAPS)  # [C, (ky, kx)]
+        kernel = self.local_conv.weight[0].reshape(self.local_conv.in_channels, 9)  # [C, (ky, kx)]
+        extra = self.TAP_COLUMNS - 9
         linear = self.global_linear.weight[0]
-        weight = torch.cat([kernel * local_scale[:, None], (linear * global_scale)[:, None]], 1)
-        bias = torch.cat([local_shift @ kernel, (linear @ global_shift)[None]])
-        extra = self.COLUMNS - weight.shape[1]
-        return F.pad(weight, (0, extra)), F.pad(bias, (0, extra))
+        return (F.pad(kernel * local_scale[:, None], (0, extra)), F.pad(local_shift @ kernel, (0, extra)),
+                linear * global_scale, linear @ global_shift + self.local_conv.bias[0])
 
     def flops(self, positions):
         # The global term is per image, and an image with no running position needs none.
@@ -248,11 +251,12 @@ class Block(nn.Module):
         spatial = self.halting_kind == "sact"
         state_shape = (batch, height, width) if spatial else (batch,)
         state = StepwiseHalting(state_shape, device=x.device, dtype=x.dtype, eps=self.eps)
-        grid = None
+        grid = pooled = None
         if sparse and spatial:
             # One row per position (NHWC), so that a set of positions is a set of rows.
             grid = sparse_ops.grid(batch, height, width, x.device)
             x = x.permute(0, 2, 3, 1).contiguous().view(-1, x.shape[1])  # no copy if x is channels-last
+            pooled = x.view(batch, -1, x.shape[1]).mean(1)  # the halting branches' global input, kept up to date
         # Sparse: out = sum_l p_l x_l is accumulated as x_1 + sum_{l>1} (1 - sum_{k<l} h_k) R_l
         # (the same sum, regrouped: x_l = x_1 + R_2 + ... + R_l and the p sum to 1), which only
         # touches the positions each unit updates. Masked: term by term, as written.
@@ -260,9 +264,10 @@ class Block(nn.Module):
         weights, probabilities = [], []
         active_counts, dilated_counts = [], []  # per unit l >= 2 and image: positions it ran at
         n_units = len(self.units)
+        rows = near = None  # sparse SACT: the rows unit `index` runs at and their neighbourhood (None: all)
         for index, unit in enumerate(self.units):
+            active = state.running  # halted positions / images get no more updates
             if index > 0:
-                active = state.running  # halted positions / images get no more updates
                 mask = active if spatial else active[:, None, None].expand(batch, height, width)
                 dilated = dilate(mask) if spatial else mask
                 active_counts.append(mask.flatten(1).sum(1, dtype=x.dtype))
@@ -276,16 +281,23 @@ class Block(nn.Module):
                     update_x = "no" if index == n_units - 1 else "in place" if not torch.is_grad_enabled() else "copy"
                     rest = 1.0 - state.cumulative
                     if spatial:
-                        x = self._sparse_positions(unit, x, output, grid, mask, dilated, rest, update_x)
+                        if not bool(mask.all()):
+                            rows, near = grid.rows(mask), grid.rows(dilated)
+                        x, pooled = self._sparse_positions(unit, x, output, grid, rows, near, mask, rest, update_x, pooled)
                     else:
                         x = self._sparse_images(unit, x, output, active, rest, update_x)
-            if index < n_units - 1:
-                if grid is not None:
-                    h = self.halting[index](grid.as_nchw(x), folded=True)
-                else:
-                    h = self.halting[index](x)
+            # The halting probability h of this unit, where it ran (0 where it did not: the rule
+            # reads h only where a position / image still runs, and sparse execution computes the
+            # branch only there, like the FLOP count).
+            if index == n_units - 1:
+                h = active.to(x.dtype)  # the last unit halts everything: h = 1
+            elif grid is not None:
+                h = self.halting[index].at_rows(grid, x, pooled, rows, near)
+                if rows is not None:
+                    h = x.new_zeros(grid.positions).index_copy_(0, rows, h).view(state_shape)
             else:
-                h = torch.ones(state_shape, device=x.device, dtype=x.dtype)
+                h = self.halting[index](x)
+                h = h if index == 0 else torch.where(active, h, torch.zeros_like(h))
             p = state.update(h, force_halt=index == n_units - 1)
             weight = p if spatial else p[:, None, None]
             if not sparse:
@@ -339,25 +351,41 @@ class Block(nn.Module):
         return flops
 
     @staticmethod
-    def _sparse_positions(unit, x, output, grid, mask, dilated, rest, update_x: str):
-        """SACT: x (rows) + R(x) on the active positions; output += rest * R there, in place.
-        rest = 1 - (sum of h before this unit), per position. update_x: "copy" (return a new x),
-        "in place" (write into x) or "no" (x is not needed again: return it unchanged)."""
-        everywhere = bool(mask.all())
-        if everywhere and sparse_ops.dense_3x3_above(unit.conv2.in_channels) < 1.0:
+    def _sparse_positions(unit, x, output, grid, rows, near, mask, rest, update_x: str, pooled):
+        """SACT: x (rows) + R(x) at the rows `rows` (None: every row); output += rest * R there, in
+        place. near: the rows of dilate(mask); rest = 1 - (sum of h before this unit), per
+        position. update_x: "copy" (return a new x), "in place" (write into x) or "no" (x is not
+        needed again: return it unchanged). Returns x and `pooled` (the mean of x over each
+        image's positions) updated alike."""
+        if rows is None and sparse_ops.dense_3x3_above(unit.conv2.in_channels) < 1.0:
             # Nothing halted yet: the dense unit (unless its 3x3 conv runs faster as a product).
-            update, rows = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape), None
+            update, computed = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape), None
         else:
-            update, rows = sparse_ops.unit_residual_rows(unit, x, grid, grid.rows(mask), grid.rows(dilated))
-        if rows is None and not everywhere:  # computed at every position (cheaper there): masked
+            everywhere = torch.arange(grid.positions, device=x.device) if rows is None else None
+            update, computed = sparse_ops.unit_residual_rows(unit, x, grid, rows if rows is not None else everywhere,
+                                                             near if near is not None else everywhere)
+        inplace = update_x == "in place"
+        if computed is not None and rows is not None:  # at the rows only
+            output.index_add_(0, rows, update * rest.reshape(-1, 1)[rows])
+            if update_x == "no":
+                return x, None
+            x = x.index_add_(0, rows, update) if inplace else x.index_add(0, rows, update)
+            per_image = grid.positions // grid.shape[0]
+            images = torch.div(rows, per_image, rounding_mode="floor")
+            add = pooled.index_add_ if inplace else pooled.index_add
+            return x, add(0, images, update, alpha=1.0 / per_image)
+        if rows is None:  # every row, in order
+            output.addcmul_(update, rest.reshape(-1, 1))
+            if update_x == "no":
+                return x, None
+            x = x.add_(update) if inplace else x + update
+        else:  # computed at every position (cheaper there): a masked update
             keep = mask.reshape(-1, 1).to(x.dtype)
             output.addcmul_(update, rest.reshape(-1, 1) * keep)
-            return x if update_x == "no" else x.addcmul_(update, keep) if update_x == "in place" else torch.addcmul(x, update, keep)
-        if rows is None or rows.numel() == grid.positions:  # every row, in order
-            output.addcmul_(update, rest.reshape(-1, 1))
-            return x if update_x == "no" else x.add_(update) if update_x == "in place" else x + update
-        output.index_add_(0, rows, update * rest.reshape(-1, 1)[rows])
-        return x if update_x == "no" else x.index_add_(0, rows, update) if update_x == "in place" else x.index_add(0, rows, update)
+            if update_x == "no":
+                return x, None
+            x = x.addcmul_(update, keep) if inplace else torch.addcmul(x, update, keep)
+        return x, x.view(pooled.shape[0], -1, x.shape[1]).mean(1)
 
     @staticmethod
     def _sparse_images(unit, x, output, active, rest, update_x: str):

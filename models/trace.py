@@ -18,7 +18,7 @@ class BlockTrace:
     ponder_cost: torch.Tensor  # [B, H, W] N + R per position (ACT: constant over positions)
     units: torch.Tensor  # [B, H, W] N, units executed per position
     halting: torch.Tensor  # [B, n_units, H, W] ACT weights p^n (zero after the halting unit)
-    probabilities: torch.Tensor  # [B, n_units, H, W] raw halting probabilities h^n (last = 1)
+    probabilities: torch.Tensor  # [B, n_units, H, W] raw halting probabilities h^n where unit n ran (last: 1), 0 where it did not
 
 
 @dataclass

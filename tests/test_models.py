@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 import models
 from models import act_weights, create_model
+from models import sparse as sparse_ops
 from models.aig import convert_official_state_dict
+from models.resnet import dilate
 from tests.conftest import hook_flops, randomize_batchnorm
 
 SIG_P10 = torch.sigmoid(torch.tensor(10.0)).item()
@@ -62,7 +64,8 @@ def first_unit_only_logits(model, x):
 
 def reference_block(block, x):
     """A block by the book, with the all-at-once rule `act_weights`: unit l updates x only where
-    N > l (mask from the halting probabilities seen so far), output = sum_l p_l x_l."""
+    N > l (mask from the halting probabilities seen so far), output = sum_l p_l x_l. Returns the
+    output, the rule's result and the halting probabilities h [B, n_units(, H, W)] everywhere."""
     spatial = block.halting_kind == "sact"
     xs = [block.units[0](x)]
     hs = []
@@ -80,7 +83,7 @@ def reference_block(block, x):
     for index, x_l in enumerate(xs):
         w = result.weights[..., index]
         out = out + (w[:, None] if spatial else w[:, None, None, None]) * x_l
-    return out, result, xs
+    return out, result, torch.stack(hs, 1)
 
 
 def capture_blocks(model):
@@ -117,7 +120,11 @@ def test_resnet_trace_shapes(name):
         assert block_trace.probabilities.shape == (2, 2, size, size)
         assert ((block_trace.units >= 1) & (block_trace.units <= 2)).all()
         torch.testing.assert_close(block_trace.halting.sum(1), torch.ones(2, size, size))
-        assert (block_trace.probabilities[:, -1] == 1).all()  # the last unit's h is forced to 1
+        # h is recorded where its unit ran (the last unit's forced to 1), 0 where the position had halted
+        ran = block_trace.units[:, None] > torch.arange(2)[None, :, None, None]
+        assert ran[:, 0].all()
+        assert (block_trace.probabilities[:, -1] == ran[:, -1].float()).all()
+        assert (block_trace.probabilities[~ran] == 0).all()
         # The trace agrees with the halting rule applied to its own probabilities.
         redo = act_weights(block_trace.probabilities.movedim(1, -1), eps=0.01)
         assert torch.equal(redo.steps, block_trace.units)
@@ -186,7 +193,14 @@ def test_halting_branches_by_hand():
         assert sact.global_linear.bias is None
         torch.testing.assert_close(sact(x), expected)
         # The folded route of sparse execution (one product for both terms, BNs folded in).
-        torch.testing.assert_close(sact(x.contiguous(memory_format=torch.channels_last), folded=True), expected)
+        rows = x.permute(0, 2, 3, 1).reshape(-1, 4)
+        grid = sparse_ops.grid(3, 6, 5, x.device)
+        torch.testing.assert_close(sact.at_rows(grid, rows, x.mean(dim=(2, 3))), expected)
+        # ...at some rows only, multiplying only the rows near them
+        some = torch.tensor([0, 7, 29, 31, 89])  # corners, edges, inside, three images
+        near = grid.rows(dilate(grid.scatter(some, torch.ones(5, 1)).view(3, 6, 5) > 0))
+        assert len(near) < 90
+        torch.testing.assert_close(sact.at_rows(grid, rows, x.mean(dim=(2, 3)), some, near), expected.reshape(-1)[some])
         assert expected.flatten(1).std(1).min() > 0.01  # varies over positions
     act = randomize_batchnorm(tiny_resnet("act_resnet", depth=14), 3).blocks[0].halting[0]
     with torch.no_grad():
@@ -269,15 +283,16 @@ def test_never_halting_runs_every_unit_and_equals_dense(name, branches):
     assert hook_flops(model, x) == STEM + FIRST_UNITS + SECOND_UNITS + branches + HEAD
 
 
-def test_sact_block_matches_reference_and_skips_halted_positions():
+@pytest.mark.parametrize("execution", ["sparse", "masked"])
+def test_sact_block_matches_reference_and_skips_halted_positions(execution):
     model = mixed_sact(depth=20)
+    model.execution = execution
     x = torch.randn(2, 1, 16, 16)
     captured, handles = capture_blocks(model)
-    branch_inputs = {}
+    branch_inputs = {}  # masked execution calls each halting branch as a module, on the whole map
     for b, block in enumerate(model.blocks):
         for l, branch in enumerate(block.halting):
             handles.append(branch.register_forward_hook(
-                # a copy: sparse execution then updates the block's x in place
                 lambda m, i, o, key=(b, l): branch_inputs.__setitem__(key, i[0].clone())))
     with torch.no_grad():
         trace = model.trace(x)
@@ -286,11 +301,18 @@ def test_sact_block_matches_reference_and_skips_halted_positions():
         for b, (block, (block_in, (block_out, block_trace, _))) in enumerate(zip(model.blocks, captured)):
             counts = torch.bincount(block_trace.units.flatten(), minlength=4)
             assert (counts[1:] > 0).sum() >= 2, "test set-up: the block must mix halting steps"
-            out, result, xs = reference_block(block, block_in)
+            out, result, probabilities = reference_block(block, block_in)
             torch.testing.assert_close(block_out, out, atol=1e-5, rtol=1e-5)
             assert torch.equal(block_trace.units, result.steps)
             torch.testing.assert_close(block_trace.ponder_cost, result.ponder_cost)
             torch.testing.assert_close(block_trace.halting, result.weights.movedim(-1, 1))
+            # h is recorded where its unit ran, 0 where the position had halted before it
+            ran = block_trace.units[:, None] > torch.arange(block_trace.probabilities.shape[1])[None, :, None, None]
+            assert (~ran).any() and (block_trace.probabilities[~ran] == 0).all()
+            torch.testing.assert_close(block_trace.probabilities[ran], probabilities[ran])
+            if execution == "sparse":
+                assert branch_inputs == {}  # sparse execution evaluates the branches at rows instead
+                continue
             # A position that halted after unit 1 is not updated by unit 2 (masked update):
             x1, x2 = branch_inputs[(b, 0)], branch_inputs[(b, 1)]
             halted = (block_trace.units == 1)[:, None].expand_as(x1)
