@@ -151,7 +151,7 @@ class ACTHalting(nn.Module):
 class SACTHalting(nn.Module):
     """h = sigmoid(conv3x3(BN(x)) + linear_nobias(BN(GAP(x)))) -> [B, H, W]."""
 
-    TAP_COLUMNS = 16  # the 9 taps of the 3x3 conv in `at_rows`, padded (see there)
+    COLUMNS, GLOBAL_COLUMN = 16, 9  # of the product in `at_rows` (see there)
 
     def __init__(self, channels: int):
         super().__init__()
@@ -166,45 +166,51 @@ class SACTHalting(nn.Module):
         global_term = self.global_linear(self.global_bn(x.mean(dim=(2, 3))))
         return torch.sigmoid(local + global_term[:, :, None])
 
-    def at_rows(self, grid: "sparse_ops.Grid", x: torch.Tensor, pooled: torch.Tensor,
+    def at_rows(self, grid: "sparse_ops.Grid", x: torch.Tensor, pooled: torch.Tensor | None = None,
                 active: torch.Tensor | None = None, near: torch.Tensor | None = None) -> torch.Tensor:
         """The same h by sparse execution's route (eval BNs folded in), at the rows `active` only.
 
-        x: the map as rows [B*H*W, C]; pooled: [B, C] its mean over each image's positions;
-        active: ascending rows to evaluate (None: all, and the result is a [B, H, W] map);
-        near: rows holding the 3x3 neighbourhood of `active` (None: all).
+        x: the map as rows [B*H*W, C]; active: ascending rows to evaluate (None: all, and the
+        result is a [B, H, W] map); near: rows holding the 3x3 neighbourhood of `active` (None:
+        all); pooled: [B, C] the mean of x over each image's positions (needed when near is given).
 
-        Local term: one [rows, C] x [C, 16] product gives each position's contribution to the 3x3
-        conv output of its neighbour at offset (ky, kx) in column 3 ky + kx (MKL runs 16 wide ~3x
-        faster than 9 wide; the rest are zero); the conv output at a position is the sum of the 9
-        taps read at its 9 neighbours (one gather), a zero ring around the tap map standing for
-        the conv's zero padding. Only rows near `active` are multiplied. (The dense kernel for
-        C -> 1 runs at a few % of peak, and BN would be a pass over the map.) Global term:
-        linear(BN(pooled)), with the BN folded into the linear."""
-        weight, bias, global_weight, global_bias = sparse_ops.cached(self, SACTHalting._folded_weights)
+        One [rows, C] x [C, 16] product over the rows near `active`. Local term: column 3 ky + kx
+        holds each position's contribution to the 3x3 conv output of its neighbour at offset
+        (ky, kx); the conv output at a position is the sum of the 9 taps read at its 9 neighbours
+        (one gather), a zero ring around the tap map standing for the conv's zero padding. (The
+        dense kernel for C -> 1 runs at a few % of peak, and BN would be a pass over the map.)
+        Global term: linear(BN(mean x)) = mean over positions of x . (w * scale) + w . shift,
+        i.e. the mean of column 9 when every row was multiplied, else from `pooled`. Columns
+        10-15 are zero: MKL runs a product 16 wide ~3x faster than 9 or 10 wide."""
+        weight, bias, global_weight = sparse_ops.cached(self, SACTHalting._folded_weights)
         if near is None:
-            padded = grid.pad(torch.addmm(bias, x, weight))
+            taps = torch.addmm(bias, x, weight)
+            global_term = taps[:, self.GLOBAL_COLUMN].view(grid.shape[0], -1).mean(1)
+            padded = grid.pad(taps)
         else:
             padded = grid.scatter_padded(near, torch.addmm(bias, x.index_select(0, near), weight))
-        index = sparse_ops.tap_index(*grid.shape, self.TAP_COLUMNS, x.device).view(-1, 9)
+            global_term = torch.addmv(bias[self.GLOBAL_COLUMN], pooled, global_weight)
+        global_term = global_term.add_(self.local_conv.bias)  # [B]
+        index = sparse_ops.tap_index(*grid.shape, self.COLUMNS, x.device).view(-1, 9)
         index = index if active is None else index.index_select(0, active)
         local = padded.view(-1).index_select(0, index.view(-1)).view(-1, 9).sum(1)
-        global_term = torch.addmv(global_bias, pooled, global_weight)  # [B]
         if active is None:
             return torch.sigmoid_(local.view(grid.shape).add_(global_term[:, None, None]))
         images = torch.div(active, grid.positions // grid.shape[0], rounding_mode="floor")
         return torch.sigmoid_(local.add_(global_term.index_select(0, images)))
 
     def _folded_weights(self):
-        """[C, 16] taps weight and [16] bias with local_bn folded in; the global linear with
-        global_bn folded in ([C] weight, scalar bias, the local conv's bias added to it)."""
+        """The [C, 16] weight and [16] bias of `at_rows`' product (columns 0-8: the taps of the
+        local conv with local_bn folded in; column 9: the global linear with global_bn folded in),
+        and column 9's weight as a contiguous [C] vector (for the route through `pooled`)."""
         local_scale, local_shift = sparse_ops.bn_affine(self.local_bn)
         global_scale, global_shift = sparse_ops.bn_affine(self.global_bn)
         kernel = self.local_conv.weight[0].reshape(self.local_conv.in_channels, 9)  # [C, (ky, kx)]
-        extra = self.TAP_COLUMNS - 9
         linear = self.global_linear.weight[0]
-        return (F.pad(kernel * local_scale[:, None], (0, extra)), F.pad(local_shift @ kernel, (0, extra)),
-                linear * global_scale, linear @ global_shift + self.local_conv.bias[0])
+        weight = torch.cat([kernel * local_scale[:, None], (linear * global_scale)[:, None]], 1)
+        bias = torch.cat([local_shift @ kernel, (linear @ global_shift)[None]])
+        extra = self.COLUMNS - weight.shape[1]
+        return F.pad(weight, (0, extra)), F.pad(bias, (0, extra)), linear * global_scale
 
     def flops(self, positions):
         # The global term is per image, and an image with no running position needs none.
@@ -256,7 +262,6 @@ class Block(nn.Module):
             # One row per position (NHWC), so that a set of positions is a set of rows.
             grid = sparse_ops.grid(batch, height, width, x.device)
             x = x.permute(0, 2, 3, 1).contiguous().view(-1, x.shape[1])  # no copy if x is channels-last
-            pooled = x.view(batch, -1, x.shape[1]).mean(1)  # the halting branches' global input, kept up to date
         # Sparse: out = sum_l p_l x_l is accumulated as x_1 + sum_{l>1} (1 - sum_{k<l} h_k) R_l
         # (the same sum, regrouped: x_l = x_1 + R_2 + ... + R_l and the p sum to 1), which only
         # touches the positions each unit updates. Masked: term by term, as written.
@@ -292,6 +297,10 @@ class Block(nn.Module):
             if index == n_units - 1:
                 h = active.to(x.dtype)  # the last unit halts everything: h = 1
             elif grid is not None:
+                if rows is not None and pooled is None:
+                    # the branch's global term needs the mean of x over the map, kept up to date
+                    # from here on from the rows each unit changes (None: to be recomputed)
+                    pooled = x.view(batch, -1, x.shape[1]).mean(1)
                 h = self.halting[index].at_rows(grid, x, pooled, rows, near)
                 if rows is not None:
                     h = x.new_zeros(grid.positions).index_copy_(0, rows, h).view(state_shape)
@@ -356,7 +365,8 @@ class Block(nn.Module):
         place. near: the rows of dilate(mask); rest = 1 - (sum of h before this unit), per
         position. update_x: "copy" (return a new x), "in place" (write into x) or "no" (x is not
         needed again: return it unchanged). Returns x and `pooled` (the mean of x over each
-        image's positions) updated alike."""
+        image's positions, or None if unknown) updated alike, or None where updating it would
+        cost a pass over the map."""
         if rows is None and sparse_ops.dense_3x3_above(unit.conv2.in_channels) < 1.0:
             # Nothing halted yet: the dense unit (unless its 3x3 conv runs faster as a product).
             update, computed = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape), None
@@ -370,6 +380,8 @@ class Block(nn.Module):
             if update_x == "no":
                 return x, None
             x = x.index_add_(0, rows, update) if inplace else x.index_add(0, rows, update)
+            if pooled is None:
+                return x, None
             per_image = grid.positions // grid.shape[0]
             images = torch.div(rows, per_image, rounding_mode="floor")
             add = pooled.index_add_ if inplace else pooled.index_add
@@ -385,7 +397,7 @@ class Block(nn.Module):
             if update_x == "no":
                 return x, None
             x = x.addcmul_(update, keep) if inplace else torch.addcmul(x, update, keep)
-        return x, x.view(pooled.shape[0], -1, x.shape[1]).mean(1)
+        return x, None
 
     @staticmethod
     def _sparse_images(unit, x, output, active, rest, update_x: str):
