@@ -242,7 +242,9 @@ class Block(nn.Module):
 
         sparse=False computes every unit everywhere and multiplies the update by the mask (the
         reference); sparse=True computes unit l only where it is used (models/sparse.py). The
-        numbers are the same; so is the FLOP count, which always assumes sparse execution."""
+        numbers are the same; so is the FLOP count, which always assumes sparse execution.
+        Sparse without autograd updates the first unit's output in place (a forward hook on
+        units[0] that keeps its output sees it overwritten: clone it)."""
         batch = x.shape[0]
         x = self.units[0](x)
         height, width = x.shape[-2:]
