@@ -196,8 +196,7 @@ class SACTHalting(nn.Module):
         local = padded.view(-1).index_select(0, index.view(-1)).view(-1, 9).sum(1)
         if active is None:
             return torch.sigmoid_(local.view(grid.shape).add_(global_term[:, None, None]))
-        images = torch.div(active, grid.positions // grid.shape[0], rounding_mode="floor")
-        return torch.sigmoid_(local.add_(global_term.index_select(0, images)))
+        return torch.sigmoid_(local.add_(global_term.index_select(0, grid.image_of(active))))
 
     def _folded_weights(self):
         """The [C, 16] weight and [16] bias of `at_rows`' product (columns 0-8: the taps of the
@@ -305,7 +304,7 @@ class Block(nn.Module):
                     pooled = x.view(batch, -1, x.shape[1]).mean(1)
                 h = self.halting[index].at_rows(grid, x, pooled, rows, near)
                 if rows is not None:
-                    h = x.new_zeros(grid.positions).index_copy_(0, rows, h).view(state_shape)
+                    h = grid.scatter(rows, h[:, None]).view(state_shape)
             else:
                 h = self.halting[index](x)
                 h = h if index == 0 else torch.where(active, h, torch.zeros_like(h))
@@ -373,9 +372,7 @@ class Block(nn.Module):
             # Nothing halted yet: the dense unit (unless its 3x3 conv runs faster as a product).
             update, computed = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape), None
         else:
-            everywhere = torch.arange(grid.positions, device=x.device) if rows is None else None
-            update, computed = sparse_ops.unit_residual_rows(unit, x, grid, rows if rows is not None else everywhere,
-                                                             near if near is not None else everywhere)
+            update, computed = sparse_ops.unit_residual_rows(unit, x, grid, rows, near)
         inplace = update_x == "in place"
         if computed is not None and rows is not None:  # at the rows only
             output.index_add_(0, rows, update * rest.reshape(-1, 1)[rows])
@@ -384,10 +381,8 @@ class Block(nn.Module):
             x = x.index_add_(0, rows, update) if inplace else x.index_add(0, rows, update)
             if pooled is None:
                 return x, None
-            per_image = grid.positions // grid.shape[0]
-            images = torch.div(rows, per_image, rounding_mode="floor")
             add = pooled.index_add_ if inplace else pooled.index_add
-            return x, add(0, images, update, alpha=1.0 / per_image)
+            return x, add(0, grid.image_of(rows), update, alpha=1.0 / (grid.positions // grid.shape[0]))
         if rows is None:  # every row, in order
             output.addcmul_(update, rest.reshape(-1, 1))
             if update_x == "no":

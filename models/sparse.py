@@ -234,6 +234,10 @@ class Grid:
         """A whole map [B*H*W, C] -> its zero-padded copy [B*(H+2)*(W+2), C]."""
         return F.pad(full.reshape(*self.shape, -1), (0, 0, 1, 1, 1, 1)).view(self.padded_rows, -1)
 
+    def image_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """[n] rows -> [n] the image each belongs to (rows are image-major)."""
+        return torch.div(rows, self.positions // self.shape[0], rounding_mode="floor")
+
     def scatter(self, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """A map [B*H*W, C] holding `values` at `rows` and zero elsewhere."""
         return values.new_zeros(self.positions, values.shape[1]).index_copy_(0, rows, values)
@@ -295,16 +299,17 @@ def conv3x3(grid: Grid, values: torch.Tensor, have: torch.Tensor | None, want: t
 # ----------------------------------------------------------------------------------------------
 
 
-def unit_residual_rows(unit: nn.Module, x: torch.Tensor, grid: Grid, active: torch.Tensor,
-                       dilated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def unit_residual_rows(unit: nn.Module, x: torch.Tensor, grid: Grid, active: torch.Tensor | None,
+                       dilated: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """R(x) of a stride-1 pre-activation unit (no projection) at the rows `active`.
 
-    x: [B*H*W, C] the unit's input as rows; active / dilated: ascending rows of A and dilate(A).
-    Returns (update, rows): R(x) at `rows` ([len(rows), C]), or at every row when rows is None
-    (the last 3x3 conv ran densely; rows outside A hold values that must not be used)."""
+    x: [B*H*W, C] the unit's input as rows; active / dilated: ascending rows of A and dilate(A)
+    (None: every row). Returns (update, rows): R(x) at `rows` ([len(rows), C]), or at every row
+    when rows is None (the last 3x3 conv ran densely; rows outside A hold values that must not
+    be used)."""
     assert unit.stride == 1 and unit.shortcut is None
     w = unit_weights(unit)
-    everywhere = dilated.numel() == grid.positions
+    everywhere = dilated is None or dilated.numel() == grid.positions
     if hasattr(unit, "conv3"):
         # conv1 (1x1, bn2 folded, relu) on the dilated rows: its output is what conv2 reads.
         near = x if everywhere else x.index_select(0, dilated)
