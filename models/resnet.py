@@ -24,8 +24,15 @@ FLOPs are counted from exactly those position sets, as a sparse implementation w
 computes R_l only at those positions (SACT) or for the images still running (ACT) and stops a
 block once everything has halted; "masked" computes R_l everywhere and multiplies by the mask (the
 reference). The logits and traces agree (tests/test_sparse.py); training always runs masked.
+
+`style` picks the wiring: "ponderscope" (the project's own models) or the SACT authors' TF code,
+which departs from the paper's text in small ways that change every number (`Style`, below):
+"sact_tf_cifar" (their cifar_model.py) and "sact_tf_imagenet" (their imagenet_model.py), so that
+their released checkpoints import exactly (importers/sact_tf.py).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -40,75 +47,147 @@ from .trace import BlockTrace, Trace
 HALTING_BIAS_INIT = -3.0
 
 
+@dataclass(frozen=True)
+class Style:
+    """Where a ResNet's wiring may differ: ours, or the SACT authors' TF code (read from
+    mfigurnov/sact: cifar_model.py, imagenet_model.py, resnet_act.py)."""
+
+    negative_slope: float = 0.0  # activation: ReLU (0) or leaky ReLU (their CIFAR model: 0.1)
+    bn_eps: float = 1e-5
+    stem_bias: bool = False
+    unit_bias: bool = False  # the last conv of a unit (and a projection shortcut) has a bias
+    downsample: str = "projection"  # basic units: "projection" (1x1 conv on the pre-activation)
+    #                                 or "pool_pad" (2x2 average pool of the raw input, channels
+    #                                 zero-padded on both sides: "option A")
+    first_shortcut_preact: bool = False  # basic: block 1, unit 1 takes its shortcut from relu(bn(x))
+    tf_same: bool = False  # strided 3x3 convs of basic units and the max pool pad as TF's 'SAME'
+    #                        (the extra row / column at the bottom / right only)
+    halting_activation: bool = False  # the activation also follows the halting branches' BNs
+    head: str = "pool_last"  # "pool_last": mean(act(bn(x))); "bn_after_pool": act(bn(mean(x)))
+
+    def act(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        if self.negative_slope == 0.0:
+            return F.relu(x, inplace=inplace)
+        return F.leaky_relu(x, self.negative_slope, inplace=inplace)
+
+
+STYLES = {
+    "ponderscope": Style(),
+    "sact_tf_cifar": Style(negative_slope=0.1, bn_eps=1e-3, stem_bias=True, unit_bias=True, downsample="pool_pad",
+                           first_shortcut_preact=True, tf_same=True, halting_activation=True, head="bn_after_pool"),
+    "sact_tf_imagenet": Style(bn_eps=1e-5, stem_bias=True, unit_bias=True, tf_same=True),
+}
+OURS = STYLES["ponderscope"]
+
+
+def tf_same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
+    """Pad [B, C, H, W] as TF's padding='SAME' does: output ceil(n / stride), the padding split
+    with the odd pixel at the bottom / right. Follow with padding=0."""
+    pads = []
+    for n in (x.shape[-1], x.shape[-2]):  # F.pad takes the last dimension first
+        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads, value=value)
+
+
+def pool_pad_shortcut(x: torch.Tensor, stride: int, channels: int) -> torch.Tensor:
+    """"Option A": average-pool stride x stride (TF 'VALID'), zero channels on both sides."""
+    if stride > 1:
+        x = F.avg_pool2d(x, stride, stride)
+    extra = (channels - x.shape[1]) // 2
+    return F.pad(x, (0, 0, 0, 0, extra, extra))
+
+
 def dilate(mask: torch.Tensor) -> torch.Tensor:
     """[B, H, W] bool -> positions within one pixel (3x3 neighbourhood) of a True position."""
     return F.max_pool2d(mask.float().unsqueeze(1), 3, stride=1, padding=1).squeeze(1) > 0
 
 
 class PreActBasicUnit(nn.Module):
-    """x + conv3x3(relu(bn(conv3x3(relu(bn(x))))))."""
+    """x + conv3x3(act(bn(conv3x3(act(bn(x))))))."""
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, style: Style = OURS, first: bool = False):
         super().__init__()
         self.out_channels = channels
         self.stride = stride
-        self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.shortcut = None
+        self.style = style
+        self.bn1 = nn.BatchNorm2d(in_channels, eps=style.bn_eps)
+        # TF 'SAME' with stride 2 pads unevenly: the conv then runs unpadded on a padded input.
+        self.tf_pad = style.tf_same and stride > 1
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 0 if self.tf_pad else 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels, eps=style.bn_eps)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=style.unit_bias)
+        self.shortcut = None  # a 1x1 projection, where the shape changes and the style projects
+        self.pool_pad = False  # or option A
         if stride != 1 or in_channels != channels:
-            self.shortcut = nn.Conv2d(in_channels, channels, 1, stride, bias=False)
+            if style.downsample == "pool_pad":
+                self.pool_pad = True
+            else:
+                self.shortcut = nn.Conv2d(in_channels, channels, 1, stride, bias=style.unit_bias)
+        self.preact_shortcut = first and style.first_shortcut_preact
         # Convolutions whose inputs are needed on the dilated set (everything up to and including
         # the input of the last 3x3 conv is needed one pixel around the active positions).
         self.convs_on_dilated = [self.conv1]
         self.convs_on_active = [self.conv2]
 
+    def _conv1(self, pre: torch.Tensor) -> torch.Tensor:
+        return self.conv1(tf_same_pad(pre, 3, self.stride) if self.tf_pad else pre)
+
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(F.relu(self.bn1(x)))
-        return self.conv2(F.relu(self.bn2(out)))
+        act = self.style.act
+        return self.conv2(act(self.bn2(self._conv1(act(self.bn1(x))))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = F.relu(self.bn1(x))
-        shortcut = self.shortcut(pre) if self.shortcut is not None else x
-        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+        act = self.style.act
+        pre = act(self.bn1(x))
+        if self.shortcut is not None:
+            shortcut = self.shortcut(pre)
+        elif self.pool_pad:
+            shortcut = pool_pad_shortcut(x, self.stride, self.out_channels)
+        else:
+            shortcut = pre if self.preact_shortcut else x
+        out = self.conv2(act(self.bn2(self._conv1(pre))))
         return out + shortcut
 
 
 class PreActBottleneckUnit(nn.Module):
-    """x + conv1x1(relu(bn(conv3x3(relu(bn(conv1x1(relu(bn(x))))))))), 4x expansion."""
+    """x + conv1x1(act(bn(conv3x3(act(bn(conv1x1(act(bn(x))))))))), 4x expansion."""
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1):
+    def __init__(self, in_channels: int, width: int, stride: int = 1, style: Style = OURS, first: bool = False):
         super().__init__()
         channels = width * self.expansion
         self.out_channels = channels
         self.stride = stride
-        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.style = style
+        eps = style.bn_eps
+        self.bn1 = nn.BatchNorm2d(in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = nn.BatchNorm2d(width, eps=eps)
+        # Symmetric padding in both styles: the authors' strided 3x3 is slim's conv2d_same.
         self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width, eps=eps)
+        self.conv3 = nn.Conv2d(width, channels, 1, bias=style.unit_bias)
         self.shortcut = None
         if stride != 1 or in_channels != channels:
-            self.shortcut = nn.Conv2d(in_channels, channels, 1, stride, bias=False)
+            self.shortcut = nn.Conv2d(in_channels, channels, 1, stride, bias=style.unit_bias)
         self.convs_on_dilated = [self.conv1]
         self.convs_on_active = [self.conv2, self.conv3]
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(F.relu(self.bn1(x)))
-        out = self.conv2(F.relu(self.bn2(out)))
-        return self.conv3(F.relu(self.bn3(out)))
+        return self.residual_from_preact(self.style.act(self.bn1(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = F.relu(self.bn1(x))
+        pre = self.style.act(self.bn1(x))
         shortcut = self.shortcut(pre) if self.shortcut is not None else x
+        return self.residual_from_preact(pre) + shortcut
+
+    def residual_from_preact(self, pre: torch.Tensor) -> torch.Tensor:
+        act = self.style.act
         out = self.conv1(pre)
-        out = self.conv2(F.relu(self.bn2(out)))
-        out = self.conv3(F.relu(self.bn3(out)))
-        return out + shortcut
+        out = self.conv2(act(self.bn2(out)))
+        return self.conv3(act(self.bn3(out)))
 
 
 def unit_flops(unit: nn.Module, active: torch.Tensor | float, dilated: torch.Tensor | float) -> torch.Tensor | float:
@@ -129,16 +208,20 @@ def unit_flops(unit: nn.Module, active: torch.Tensor | float, dilated: torch.Ten
 
 
 class ACTHalting(nn.Module):
-    """h = sigmoid(linear(BN(GAP(x)))) -> [B]."""
+    """h = sigmoid(linear(BN(GAP(x)))) -> [B]  (their CIFAR code: an activation after the BN)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, style: Style = OURS):
         super().__init__()
-        self.bn = nn.BatchNorm1d(channels)
+        self.style = style
+        self.bn = nn.BatchNorm1d(channels, eps=style.bn_eps)
         self.linear = nn.Linear(channels, 1)
         nn.init.constant_(self.linear.bias, HALTING_BIAS_INIT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.linear(self.bn(x.mean(dim=(2, 3))))).squeeze(1)
+        pooled = self.bn(x.mean(dim=(2, 3)))
+        if self.style.halting_activation:
+            pooled = self.style.act(pooled)
+        return torch.sigmoid(self.linear(pooled)).squeeze(1)
 
     def flops(self, positions) -> float:
         return linear_flops(self.linear)
@@ -149,21 +232,26 @@ class ACTHalting(nn.Module):
 
 
 class SACTHalting(nn.Module):
-    """h = sigmoid(conv3x3(BN(x)) + linear_nobias(BN(GAP(x)))) -> [B, H, W]."""
+    """h = sigmoid(conv3x3(BN(x)) + linear_nobias(BN(GAP(x)))) -> [B, H, W]
+    (their CIFAR code: an activation after each of the two BNs)."""
 
     COLUMNS, GLOBAL_COLUMN = 16, 9  # of the product in `at_rows` (see there)
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, style: Style = OURS):
         super().__init__()
-        self.local_bn = nn.BatchNorm2d(channels)
+        self.style = style
+        self.local_bn = nn.BatchNorm2d(channels, eps=style.bn_eps)
         self.local_conv = nn.Conv2d(channels, 1, 3, padding=1)
-        self.global_bn = nn.BatchNorm1d(channels)
+        self.global_bn = nn.BatchNorm1d(channels, eps=style.bn_eps)
         self.global_linear = nn.Linear(channels, 1, bias=False)
         nn.init.constant_(self.local_conv.bias, HALTING_BIAS_INIT)
 
+    def _after_bn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.style.act(x) if self.style.halting_activation else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        local = self.local_conv(self.local_bn(x)).squeeze(1)
-        global_term = self.global_linear(self.global_bn(x.mean(dim=(2, 3))))
+        local = self.local_conv(self._after_bn(self.local_bn(x))).squeeze(1)
+        global_term = self.global_linear(self._after_bn(self.global_bn(x.mean(dim=(2, 3)))))
         return torch.sigmoid(local + global_term[:, :, None])
 
     def at_rows(self, grid: "sparse_ops.Grid", x: torch.Tensor, pooled: torch.Tensor | None = None,
@@ -182,14 +270,17 @@ class SACTHalting(nn.Module):
         Global term: linear(BN(mean x)) = mean over positions of x . (w * scale) + w . shift,
         i.e. the mean of column 9 when every row was multiplied, else from `pooled`. Columns
         10-15 are zero: MKL runs a product 16 wide ~3x faster than 9 or 10 wide."""
-        weight, bias, global_weight = sparse_ops.cached(self, SACTHalting._folded_weights)
-        if near is None:
-            taps = torch.addmm(bias, x, weight)
-            global_term = taps[:, self.GLOBAL_COLUMN].view(grid.shape[0], -1).mean(1)
-            padded = grid.pad(taps)
+        if self.style.halting_activation:
+            padded, global_term = self._taps_activated(grid, x, pooled, near)
         else:
-            padded = grid.scatter_padded(near, torch.addmm(bias, x.index_select(0, near), weight))
-            global_term = torch.addmv(bias[self.GLOBAL_COLUMN], pooled, global_weight)
+            weight, bias, global_weight = sparse_ops.cached(self, SACTHalting._folded_weights)
+            if near is None:
+                taps = torch.addmm(bias, x, weight)
+                global_term = taps[:, self.GLOBAL_COLUMN].view(grid.shape[0], -1).mean(1)
+                padded = grid.pad(taps)
+            else:
+                padded = grid.scatter_padded(near, torch.addmm(bias, x.index_select(0, near), weight))
+                global_term = torch.addmv(bias[self.GLOBAL_COLUMN], pooled, global_weight)
         global_term = global_term.add_(self.local_conv.bias)  # [B]
         index = sparse_ops.tap_index(*grid.shape, self.COLUMNS, x.device).view(-1, 9)
         index = index if active is None else index.index_select(0, active)
@@ -197,6 +288,24 @@ class SACTHalting(nn.Module):
         if active is None:
             return torch.sigmoid_(local.view(grid.shape).add_(global_term[:, None, None]))
         return torch.sigmoid_(local.add_(global_term.index_select(0, grid.image_of(active))))
+
+    def _taps_activated(self, grid, x, pooled, near):
+        """`at_rows`' tap map and global term when an activation follows the BNs (the authors'
+        CIFAR branches): the BN cannot be folded into the conv, so BN + activation run on the
+        gathered rows before the tap product, and the global term comes from the pooled mean."""
+        kernel, scale, shift = sparse_ops.cached(self, SACTHalting._tap_weights)
+        rows = x if near is None else x.index_select(0, near)
+        taps = self._after_bn(torch.addcmul(shift, rows, scale)) @ kernel
+        padded = grid.pad(taps) if near is None else grid.scatter_padded(near, taps)
+        mean = x.view(grid.shape[0], -1, x.shape[1]).mean(1) if near is None else pooled
+        global_term = self.global_linear(self._after_bn(self.global_bn(mean))).squeeze(1)
+        return padded, global_term
+
+    def _tap_weights(self):
+        """The local conv's 9 taps as columns 0-8 of a [C, 16] matrix, and local_bn's affine."""
+        kernel = self.local_conv.weight[0].reshape(self.local_conv.in_channels, 9)
+        scale, shift = sparse_ops.bn_affine(self.local_bn)
+        return F.pad(kernel, (0, self.COLUMNS - 9)), scale, shift
 
     def _folded_weights(self):
         """The [C, 16] weight and [16] bias of `at_rows`' product (columns 0-8: the taps of the
@@ -223,18 +332,19 @@ class SACTHalting(nn.Module):
 class Block(nn.Module):
     """One stage of residual units, optionally with ACT / SACT halting over its units."""
 
-    def __init__(self, unit_cls, in_channels: int, width: int, n_units: int, stride: int, halting: str, eps: float):
+    def __init__(self, unit_cls, in_channels: int, width: int, n_units: int, stride: int, halting: str, eps: float,
+                 style: Style = OURS, first_block: bool = False):
         super().__init__()
         self.halting_kind = halting
         self.eps = eps
-        units = [unit_cls(in_channels, width, stride)]
+        units = [unit_cls(in_channels, width, stride, style, first=first_block)]
         channels = units[0].out_channels
-        units += [unit_cls(channels, width, 1) for _ in range(n_units - 1)]
+        units += [unit_cls(channels, width, 1, style) for _ in range(n_units - 1)]
         self.units = nn.ModuleList(units)
         self.out_channels = channels
         branch = {"act": ACTHalting, "sact": SACTHalting}.get(halting)
         # One halting branch per unit but the last, whose h is forced to 1.
-        self.halting = nn.ModuleList([branch(channels) for _ in range(n_units - 1)]) if branch else None
+        self.halting = nn.ModuleList([branch(channels, style) for _ in range(n_units - 1)]) if branch else None
 
     def forward(self, x: torch.Tensor, sparse: bool = False):
         """Returns (block output, BlockTrace or None, executed FLOPs [B]).
@@ -427,32 +537,37 @@ class ResNet(nn.Module):
         halting: str = "none",
         eps: float = 0.01,
         execution: str = "sparse",
+        style: str = "ponderscope",
     ):
         super().__init__()
         if halting not in ("none", "act", "sact"):
             raise ValueError(f"halting must be 'none', 'act' or 'sact', not {halting!r}")
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {sorted(STYLES)}, not {style!r}")
         unit_cls = {"basic": PreActBasicUnit, "bottleneck": PreActBottleneckUnit}[unit]
         self.halting = halting
+        self.style_name = style
+        self.style = STYLES[style]
         # "sparse": at inference, halted positions / images are not computed at all; "masked": the
         # reference, every unit everywhere times the mask. Settable at any time; training is masked.
         self.execution = sparse_ops.check_execution(execution)
         self.stem_kind = stem
         if stem == "cifar":
-            self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+            self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=self.style.stem_bias)
             channels = widths[0]
         elif stem == "imagenet":
-            self.stem = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+            self.stem = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=self.style.stem_bias)
             channels = 64
         else:
             raise ValueError(f"unknown stem {stem!r}")
         blocks = []
         for index, (n_units, width) in enumerate(zip(units_per_block, widths)):
             stride = 1 if index == 0 else 2
-            block = Block(unit_cls, channels, width, n_units, stride, halting, eps)
+            block = Block(unit_cls, channels, width, n_units, stride, halting, eps, self.style, first_block=index == 0)
             blocks.append(block)
             channels = block.out_channels
         self.blocks = nn.ModuleList(blocks)
-        self.final_bn = nn.BatchNorm2d(channels)
+        self.final_bn = nn.BatchNorm2d(channels, eps=self.style.bn_eps)
         self.classifier = nn.Linear(channels, num_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d) and module.out_channels > 1:
@@ -467,7 +582,10 @@ class ResNet(nn.Module):
         out = self.stem(x)
         dense = float(conv_flops(self.stem, out.shape[-2] * out.shape[-1]))
         if self.stem_kind == "imagenet":
-            out = F.max_pool2d(out, 3, 2, 1)
+            if self.style.tf_same:
+                out = F.max_pool2d(tf_same_pad(out, 3, 2, float("-inf")), 3, 2)
+            else:
+                out = F.max_pool2d(out, 3, 2, 1)
         flops = torch.full((x.shape[0],), dense, device=x.device)
         block_traces = []
         for block in self.blocks:
@@ -476,11 +594,16 @@ class ResNet(nn.Module):
             dense += block.dense_flops(out.shape[-2] * out.shape[-1])
             if block_trace is not None:
                 block_traces.append(block_trace)
-        out = F.relu(self.final_bn(out)).mean(dim=(2, 3))
-        logits = self.classifier(out)
+        logits = self.classifier(self.head(out))
         flops = flops + linear_flops(self.classifier)
         dense += linear_flops(self.classifier)
         return Trace(logits=logits, flops=flops, dense_flops=dense, blocks=block_traces or None)
+
+    def head(self, out: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, C] features for the classifier."""
+        if self.style.head == "bn_after_pool":  # the authors' CIFAR head: mean, then BN and activation
+            return self.style.act(self.final_bn(out.mean(dim=(2, 3), keepdim=True))).flatten(1)
+        return self.style.act(self.final_bn(out)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trace(x).logits
@@ -498,7 +621,9 @@ def _cifar_depth(depth: int) -> int:
     return (depth - 2) // 6
 
 
-def cifar_resnet(depth: int = 20, halting: str = "none", widths=(16, 32, 64), **kwargs) -> ResNet:
+def cifar_resnet(depth: int = 20, halting: str = "none", widths=(16, 32, 64), stem: str = "cifar", **kwargs) -> ResNet:
+    if stem == "imagenet":  # the family's generic name also builds ImageNet-style networks
+        return imagenet_resnet(depth, halting, widths=widths if len(widths) == 4 else (64, 128, 256, 512), **kwargs)
     n = _cifar_depth(depth)
     return ResNet("basic", [n, n, n], list(widths), stem="cifar", halting=halting, **kwargs)
 
@@ -506,14 +631,24 @@ def cifar_resnet(depth: int = 20, halting: str = "none", widths=(16, 32, 64), **
 IMAGENET_LAYOUTS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 
 
-def imagenet_resnet(depth: int = 50, halting: str = "none", **kwargs) -> ResNet:
+def imagenet_resnet(depth: int = 50, halting: str = "none", units_per_block=None, widths=(64, 128, 256, 512),
+                    **kwargs) -> ResNet:
+    """Bottleneck ResNet with the 7x7 stem; `units_per_block` for a layout other than the standard
+    depths' (e.g. a tiny test network), which must add up to `depth` = 3 x units + 2."""
     kwargs.setdefault("num_classes", 1000)
-    return ResNet("bottleneck", IMAGENET_LAYOUTS[depth], [64, 128, 256, 512], stem="imagenet", halting=halting, **kwargs)
+    if units_per_block is None:
+        if depth not in IMAGENET_LAYOUTS:
+            raise ValueError(f"ImageNet-style ResNet depth must be one of {sorted(IMAGENET_LAYOUTS)} or come with units_per_block, got {depth}")
+        units_per_block = IMAGENET_LAYOUTS[depth]
+    units_per_block = [int(n) for n in units_per_block]
+    if len(units_per_block) != 4 or min(units_per_block) < 1 or 3 * sum(units_per_block) + 2 != depth:
+        raise ValueError(f"units_per_block {units_per_block} does not make a bottleneck ResNet-{depth} (4 blocks, 3 x units + 2 layers)")
+    return ResNet("bottleneck", units_per_block, list(widths), stem="imagenet", halting=halting, **kwargs)
 
 
 @register_model
 def resnet(depth: int = 20, **kwargs) -> ResNet:
-    """CIFAR-style dense pre-activation ResNet of any depth 6n+2."""
+    """Dense pre-activation ResNet: CIFAR-style of any depth 6n+2, or stem="imagenet"."""
     return cifar_resnet(depth, "none", **kwargs)
 
 
@@ -539,6 +674,6 @@ def _register_fixed(prefix: str, depth: int, halting: str, builder):
 for _depth in (20, 32, 56, 110):
     for _prefix, _halting in (("", "none"), ("act_", "act"), ("sact_", "sact")):
         _register_fixed(_prefix, _depth, _halting, cifar_resnet)
-for _depth in (50, 101):
+for _depth in (50, 101, 152):
     for _prefix, _halting in (("", "none"), ("act_", "act"), ("sact_", "sact")):
         _register_fixed(_prefix, _depth, _halting, imagenet_resnet)

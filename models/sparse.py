@@ -105,18 +105,25 @@ def dense_kernel(kernel: torch.Tensor) -> torch.Tensor:
 
 
 def _unit_weights(unit: nn.Module) -> dict:
-    """Matrices (w*), biases (b*) and, for the dense fallback, 3x3 kernels (k*) of a unit."""
+    """Matrices (w*), biases (b*) and, for the dense fallback, 3x3 kernels (k*) of a unit, and
+    the slope of its activation (0: ReLU)."""
     scale1, shift1 = bn_affine(unit.bn1)
-    if hasattr(unit, "conv3"):  # bottleneck: bn1 relu conv1(1x1) bn2 relu conv2(3x3) bn3 relu conv3(1x1)
+    slope = unit.style.negative_slope
+    if hasattr(unit, "conv3"):  # bottleneck: bn1 act conv1(1x1) bn2 act conv2(3x3) bn3 act conv3(1x1)
         k1, b1 = folded_conv(unit.conv1, unit.bn2)
         k2, b2 = folded_conv(unit.conv2, unit.bn3)
         k3, _ = folded_conv(unit.conv3)
         return dict(scale1=scale1, shift1=shift1, w1=as_matrix(k1), b1=b1, w2=as_matrix(k2), k2=dense_kernel(k2), b2=b2,
-                    w3=as_matrix(k3))
-    k1, b1 = folded_conv(unit.conv1, unit.bn2)  # basic: bn1 relu conv1(3x3) bn2 relu conv2(3x3)
-    k2, b2 = folded_conv(unit.conv2)
+                    w3=as_matrix(k3), b3=unit.conv3.bias, slope=slope)
+    k1, b1 = folded_conv(unit.conv1, unit.bn2)  # basic: bn1 act conv1(3x3) bn2 act conv2(3x3)
+    k2, _ = folded_conv(unit.conv2)
     return dict(scale1=scale1, shift1=shift1, w1=as_matrix(k1), k1=dense_kernel(k1), b1=b1, w2=as_matrix(k2),
-                k2=dense_kernel(k2), b2=b2)
+                k2=dense_kernel(k2), b2=unit.conv2.bias, slope=slope)
+
+
+def activate_(x: torch.Tensor, slope: float) -> torch.Tensor:
+    """ReLU (slope 0) or leaky ReLU, in place."""
+    return x.relu_() if slope == 0.0 else F.leaky_relu_(x, slope)
 
 
 def cached(module: nn.Module, build, also: tuple[nn.Module, ...] = ()):
@@ -248,8 +255,9 @@ class Grid:
 
 
 def conv3x3_rows(grid: Grid, padded: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
-                 bias: torch.Tensor | None, relu: bool, then: torch.Tensor | None = None) -> torch.Tensor:
-    """A stride-1 3x3 conv evaluated at `rows` only: relu?(patches @ weight + bias) [@ then].
+                 bias: torch.Tensor | None, slope: float | None, then: torch.Tensor | None = None) -> torch.Tensor:
+    """A stride-1 3x3 conv evaluated at `rows` only: act?(patches @ weight + bias) [@ then]
+    (slope: of the activation, None for none).
 
     padded: the zero-padded input map as rows. Chunked so each chunk's patches stay in cache;
     `then` (a 1x1 conv's matrix) is applied chunk by chunk for the same reason."""
@@ -258,8 +266,8 @@ def conv3x3_rows(grid: Grid, padded: torch.Tensor, rows: torch.Tensor, weight: t
         chunk = rows[start : start + CHUNK_ROWS]
         patches = padded.index_select(0, grid.patch_rows(chunk)).view(chunk.numel(), -1)
         out = patches @ weight if bias is None else torch.addmm(bias, patches, weight)
-        if relu:
-            out = out.relu_()
+        if slope is not None:
+            out = activate_(out, slope)
         pieces.append(out if then is None else out @ then)
     if not pieces:
         return padded.new_zeros(0, (weight if then is None else then).shape[1])
@@ -273,13 +281,13 @@ def conv3x3_map(grid: Grid, full: torch.Tensor, kernel: torch.Tensor, bias: torc
 
 
 def conv3x3(grid: Grid, values: torch.Tensor, have: torch.Tensor | None, want: torch.Tensor | None,
-            w: dict, name: str, relu: bool, then: torch.Tensor | None = None):
+            w: dict, name: str, activate: bool, then: torch.Tensor | None = None):
     """A stride-1 3x3 conv (padding 1) of a map known at the rows `have` (values [len(have), Cin];
     None: every row), evaluated at the rows `want` (None: every row). The caller guarantees that
     `have` holds the 3x3 neighbourhood of `want`, so the unknown rows may read as zero.
     w[f"w{name}"], w[f"k{name}"], w[f"b{name}"]: the conv as a matrix, as a kernel, its bias.
 
-    Returns (out, rows): out[i] is the output (relu'd, times `then`) at rows[i]; rows None means
+    Returns (out, rows): out[i] is the output (activated, times `then`) at rows[i]; rows None means
     the dense kernel ran on the whole map and out covers every row, wanted or not (cheaper than
     gathering when most rows are wanted: `DENSE_3X3_ABOVE`)."""
     positions = grid.positions
@@ -287,11 +295,11 @@ def conv3x3(grid: Grid, values: torch.Tensor, have: torch.Tensor | None, want: t
     if wanted > dense_3x3_above(values.shape[1]) * positions:
         full = values if have is None else grid.scatter(have, values)
         out = conv3x3_map(grid, full, w[f"k{name}"], w[f"b{name}"])
-        out = out.relu_() if relu else out
+        out = activate_(out, w["slope"]) if activate else out
         return (out if then is None else out @ then), None
     padded = grid.pad(values) if have is None else grid.scatter_padded(have, values)
     rows = torch.arange(positions, device=values.device) if want is None else want
-    return conv3x3_rows(grid, padded, rows, w[f"w{name}"], w[f"b{name}"], relu, then), rows
+    return conv3x3_rows(grid, padded, rows, w[f"w{name}"], w[f"b{name}"], w["slope"] if activate else None, then), rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,15 +318,17 @@ def unit_residual_rows(unit: nn.Module, x: torch.Tensor, grid: Grid, active: tor
     assert unit.stride == 1 and unit.shortcut is None
     w = unit_weights(unit)
     everywhere = dilated is None or dilated.numel() == grid.positions
+    slope = w["slope"]
     if hasattr(unit, "conv3"):
-        # conv1 (1x1, bn2 folded, relu) on the dilated rows: its output is what conv2 reads.
+        # conv1 (1x1, bn2 folded, act) on the dilated rows: its output is what conv2 reads.
         near = x if everywhere else x.index_select(0, dilated)
-        pre = torch.addcmul(w["shift1"], near, w["scale1"]).relu_()
-        mid = torch.addmm(w["b1"], pre, w["w1"]).relu_()
-        # conv2 (3x3, bn3 folded, relu), then conv3 (1x1), at the active rows.
-        return conv3x3(grid, mid, None if everywhere else dilated, active, w, "2", relu=True, then=w["w3"])
-    # Basic unit. conv1 (3x3, bn2 folded) on the dilated rows reads relu(bn1(x)) around them:
+        pre = activate_(torch.addcmul(w["shift1"], near, w["scale1"]), slope)
+        mid = activate_(torch.addmm(w["b1"], pre, w["w1"]), slope)
+        # conv2 (3x3, bn3 folded, act), then conv3 (1x1), at the active rows.
+        out, rows = conv3x3(grid, mid, None if everywhere else dilated, active, w, "2", activate=True, then=w["w3"])
+        return (out if w["b3"] is None else out.add_(w["b3"])), rows
+    # Basic unit. conv1 (3x3, bn2 folded) on the dilated rows reads act(bn1(x)) around them:
     # the pre-activation is elementwise, so it is applied to the whole map (no FLOPs counted).
-    pre = torch.addcmul(w["shift1"], x, w["scale1"]).relu_()
-    mid, have = conv3x3(grid, pre, None, None if everywhere else dilated, w, "1", relu=True)
-    return conv3x3(grid, mid, have, active, w, "2", relu=False)
+    pre = activate_(torch.addcmul(w["shift1"], x, w["scale1"]), slope)
+    mid, have = conv3x3(grid, pre, None, None if everywhere else dilated, w, "1", activate=True)
+    return conv3x3(grid, mid, have, active, w, "2", activate=False)

@@ -1,4 +1,4 @@
-"""`ponderscope train | eval | serve | results` — the one command line for the project."""
+"""`ponderscope train | eval | serve | import | results` — the one command line for the project."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,17 @@ def _serve(args) -> None:
     run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=args.checkpoints, cache_dir=args.cache)
 
 
+def _import(args) -> None:
+    from importers import ImportFailed, import_checkpoint
+
+    command = "ponderscope " + shlex.join(sys.argv[1:])
+    try:  # a source that does not fit is the user's to fix: one line, not a traceback
+        out = import_checkpoint(args.format, args.source, args.out, args.model, args.num_classes, command=command)
+    except (OSError, ImportFailed) as error:
+        raise SystemExit(f"ponderscope import: {error}") from None
+    print(f"wrote {out}/model.safetensors and {out}/card.json")
+
+
 def _results(args) -> None:
     from training.results import write_results
 
@@ -69,6 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoints", action="append", help="directory of checkpoint directories (repeatable); default: the bundled ones")
     p.add_argument("--cache", default=None, help="where dataset-view results are cached")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("import", help="convert the authors' checkpoints (SACT TF, ConvNet-AIG PyTorch) into a checkpoint directory")
+    p.add_argument("format", choices=["sact-tf", "convnet-aig"], help="sact-tf: a TF checkpoint prefix; convnet-aig: a .pth.tar of the authors' train.py")
+    p.add_argument("source", help="the file (or TF checkpoint prefix, e.g. model.ckpt-100000) to read")
+    p.add_argument("--out", required=True, help="checkpoint directory to write (must not exist or be empty)")
+    p.add_argument("--model", required=True, help="family and depth: sact_resnet32, sact_resnet101, act_resnet101, resnet101, aig_resnet110, aig_resnet50 ...")
+    p.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint")
+    p.set_defaults(func=_import)
 
     p = sub.add_parser("results", help="write the results table from the checkpoints' cards")
     p.add_argument("checkpoints", nargs="*", help="checkpoint directories, or folders of them (default: the bundled ones)")

@@ -19,7 +19,7 @@ from .dataset_view import DatasetJobs
 from .image_store import ImageStore
 from .imaging import MAX_UPLOAD_BYTES, ImageError
 from .routers import images, models, sequences
-from .store import BUNDLED_CHECKPOINTS, ModelStore
+from .store import BUNDLED_CHECKPOINTS, ModelStore, NoTestSet
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("ponderscope")
@@ -47,6 +47,10 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     @app.exception_handler(ImageError)
     async def image_error(request: Request, error: ImageError):
         return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    @app.exception_handler(NoTestSet)
+    async def no_test_set(request: Request, error: NoTestSet):
+        return JSONResponse({"detail": str(error)}, status_code=404)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):

@@ -67,29 +67,73 @@ def _to_l_or_rgb(image: Image.Image) -> Image.Image:
 
 
 def prepare(image: Image.Image, preprocess: dict, resolution: str = "train", invert: bool = False) -> tuple[torch.Tensor, Image.Image]:
-    """-> (model input [1, C, H, W] normalised as the card says, the image the model saw)."""
+    """-> (model input [1, C, H, W] prepared as the card's `preprocess` says, the image the model saw).
+
+    preprocess: channels, input_size [H, W]; `resize` (how "train" resolution gets there):
+    "stretch" (default: resize to input_size), "center_crop_fraction" (TF inception eval: the
+    central `crop_fraction` of each side, then resize), "shorter_then_center_crop" (shorter side
+    to `resize_shorter`, then the central input_size); `normalize`: "mean_std" (default, with
+    mean and std), "per_image_standardization" (TF's, on 0..255 values), "minus_one_to_one";
+    `size_multiple`: "native" sizes are rounded to it (networks that need even maps)."""
     channels = int(preprocess["channels"])
     image = image.convert("L" if channels == 1 else "RGB")
     if invert:
         image = ImageOps.invert(image)
     if resolution == "train":
-        height, width = preprocess["input_size"]
-        image = image.resize((width, height), Image.BILINEAR)
+        image = _resize_for_training(image, preprocess)
     elif resolution == "native":
         width, height = image.size
         scale = min(1.0, MAX_NATIVE_SIDE / max(width, height))
-        if scale < 1.0:
-            image = image.resize((max(8, round(width * scale)), max(8, round(height * scale))), Image.BILINEAR)
-        elif min(width, height) < 8:
+        multiple = int(preprocess.get("size_multiple", 1))
+        size = [max(8, round(side * scale)) for side in (width, height)]
+        size = [max(multiple, round(side / multiple) * multiple) for side in size]
+        if min(width, height) < 8:
             raise ImageError("the image is smaller than 8 pixels on a side; use resolution 'train'")
+        if tuple(size) != (width, height):
+            image = image.resize(tuple(size), Image.BILINEAR)
     else:
         raise ImageError(f"resolution must be 'train' or 'native', not {resolution!r}")
     array = np.asarray(image, dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array.copy())
     tensor = tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1)
-    mean = torch.tensor(preprocess["mean"], dtype=torch.float32)[:, None, None]
-    std = torch.tensor(preprocess["std"], dtype=torch.float32)[:, None, None]
-    return ((tensor - mean) / std).unsqueeze(0), image
+    return normalize(tensor, preprocess).unsqueeze(0), image
+
+
+def _resize_for_training(image: Image.Image, preprocess: dict) -> Image.Image:
+    height, width = preprocess["input_size"]
+    how = preprocess.get("resize", "stretch")
+    if how == "center_crop_fraction":
+        fraction = float(preprocess.get("crop_fraction", 0.875))
+        w, h = image.size
+        top, left = int((h - h * fraction) / 2), int((w - w * fraction) / 2)
+        image = image.crop((left, top, w - left, h - top))
+    elif how == "shorter_then_center_crop":
+        shorter = int(preprocess.get("resize_shorter", max(height, width)))
+        w, h = image.size
+        scale = shorter / min(w, h)
+        image = image.resize((max(width, round(w * scale)), max(height, round(h * scale))), Image.BILINEAR)
+        w, h = image.size
+        left, top = (w - width) // 2, (h - height) // 2
+        return image.crop((left, top, left + width, top + height))
+    elif how != "stretch":
+        raise ValueError(f"unknown preprocess.resize {how!r}")
+    return image.resize((width, height), Image.BILINEAR)
+
+
+def normalize(tensor: torch.Tensor, preprocess: dict) -> torch.Tensor:
+    """[C, H, W] pixels in 0..1 -> the values the network was trained on."""
+    how = preprocess.get("normalize", "mean_std")
+    if how == "mean_std":
+        mean = torch.tensor(preprocess["mean"], dtype=torch.float32)[:, None, None]
+        std = torch.tensor(preprocess["std"], dtype=torch.float32)[:, None, None]
+        return (tensor - mean) / std
+    if how == "per_image_standardization":  # tf.image.per_image_standardization of 0..255 values
+        values = tensor * 255.0
+        floor = 1.0 / float(values.numel()) ** 0.5
+        return (values - values.mean()) / max(float(values.std(unbiased=False)), floor)
+    if how == "minus_one_to_one":
+        return (tensor - 0.5) * 2.0
+    raise ValueError(f"unknown preprocess.normalize {how!r}")
 
 
 def png_data_url(image: Image.Image) -> str:

@@ -18,10 +18,15 @@ import torch
 
 import models
 from models.checkpoint import CARD_FILE, WEIGHTS_FILE, CheckpointError
+from training.workloads import has_test_set
 
 log = logging.getLogger("ponderscope")
 
 BUNDLED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+class NoTestSet(LookupError):
+    """The model's card names no test set the project can load (e.g. an imported model)."""
 
 
 def family_of(model: torch.nn.Module) -> str:
@@ -51,6 +56,7 @@ class LoadedModel:
     kind: str
     weights_sha256: str
     workload: object = None  # test data, loaded on first use
+    has_test_set: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def summary(self, device: str) -> dict:
@@ -65,6 +71,8 @@ class LoadedModel:
             "classes": card.get("classes"),
             "preprocess": card.get("preprocess"),
             "metrics": card.get("metrics", {}),
+            "test_set": self.has_test_set,
+            "source": card.get("source"),
             "card": card,
             "device": device,
         }
@@ -115,6 +123,7 @@ class ModelStore:
                 family=family_of(model),
                 kind=kind_of(model.card),
                 weights_sha256=_sha256(path / WEIGHTS_FILE),
+                has_test_set=has_test_set(model.card),
             )
             log.info("loaded %s (%s) in %.2fs", model_id, model.card["model"], time.time() - started)
 
@@ -123,6 +132,10 @@ class ModelStore:
 
     def workload(self, entry: LoadedModel):
         """The model's test data (for samples and the dataset view), loaded once."""
+        if not entry.has_test_set:
+            source = (entry.card.get("source") or {}).get("format")
+            origin = f", imported from {source}" if source else ""
+            raise NoTestSet(f"model {entry.id!r} ({entry.card.get('dataset')}{origin}) comes without a test set here: analyse your own images (upload one)")
         with entry.lock:
             if entry.workload is None:
                 from training.workloads import make_workload

@@ -360,6 +360,7 @@
       el('span', { class: 'chip', title: 'dataset the model was trained and evaluated on' }, 'dataset ', el('b', { text: m.dataset || '?' })),
       el('span', { class: 'chip', title: 'task' }, 'task ', el('b', { text: taskLabel(m) })),
     ];
+    if (m.source) chips.push(el('span', { class: 'chip imported', title: `imported from ${m.source.format}: ${(m.source.files || []).join(', ')}` }, 'imported from ', el('b', { text: `${m.source.format} ${sourceFile(m.source)}` })));
     if (m.preprocess && m.preprocess.input_size) chips.push(el('span', { class: 'chip', title: 'training input size (H×W) and channels' }, 'input ', el('b', { text: `${m.preprocess.input_size.join('×')}×${m.preprocess.channels}` })));
     if (t.accuracy !== undefined) chips.push(el('span', { class: 'chip', title: `test accuracy${t.examples ? ` on ${t.examples} examples` : ''}` }, 'accuracy ', el('b', { text: pct(t.accuracy, 2) })));
     if (t.bits_per_byte !== undefined) chips.push(el('span', { class: 'chip', title: 'held-out bits per byte' }, 'bits/byte ', el('b', { text: fmt(t.bits_per_byte, 3) })));
@@ -370,6 +371,10 @@
     if (m.device) chips.push(el('span', { class: 'chip muted', title: 'device the server runs it on' }, `on ${m.device}`));
     return chips;
   }
+  function sourceFile(source) {
+    const first = (source.files || [])[0] || '';
+    return first.split('/').pop();
+  }
   function renderCardSummary(target, id) {
     $(target).replaceChildren(...summaryChips(MODEL_BY_ID.get(id)));
   }
@@ -377,8 +382,8 @@
   function modelsOfKind(kind) {
     return MODELS.filter((m) => m.kind === kind).sort((a, b) => (FAMILY_ORDER[a.family] ?? 9) - (FAMILY_ORDER[b.family] ?? 9) || a.name.localeCompare(b.name));
   }
-  function fillPicker(select, kind, selected) {
-    const list = modelsOfKind(kind);
+  function fillPicker(select, kind, selected, keep = () => true) {
+    const list = modelsOfKind(kind).filter(keep);
     select.replaceChildren(...list.map((m) => el('option', { value: m.id, selected: m.id === selected }, `${m.id} — ${familyLabel(m)}, ${m.dataset}`)));
     if (!list.length) {
       select.append(el('option', { value: '', text: `no ${kind} models loaded` }));
@@ -667,13 +672,19 @@
     // below, and B's list (still loading) must not land over A's.
     const token = ++tokens.samples;
     if (!id) { grid.replaceChildren(); return; }
+    const model = MODEL_BY_ID.get(id);
+    if (model && model.test_set === false) {
+      grid.dataset.key = '';
+      $('samples-note').textContent = '';
+      grid.replaceChildren(el('p', { class: 'empty', text: `No test set comes with ${id} (${model.dataset}, imported): upload an image to analyse it.` }));
+      return;
+    }
     const key = `${id}@${state.samplesOffset}`;
     if (grid.dataset.key === key) { markSelectedSample(); return; }
     try {
       const list = await api('GET', `/api/models/${encodeURIComponent(id)}/samples?count=${SAMPLE_COUNT}&offset=${state.samplesOffset}`, { channel: 'samples', label: 'Loading samples' });
       if (token !== tokens.samples) return;
       grid.dataset.key = key;
-      const model = MODEL_BY_ID.get(id);
       $('samples-note').textContent = model ? `(${model.dataset}, #${state.samplesOffset}–${state.samplesOffset + list.length - 1})` : '';
       grid.replaceChildren(...list.map((s) => el('button', {
         type: 'button', class: 'thumb', 'data-index': s.index, title: `#${s.index}: ${s.class}`, 'aria-pressed': 'false',
@@ -1365,6 +1376,9 @@
         ['id', m.id], ['family', familyLabel(m)], ['kind', m.kind], ['dataset', m.dataset], ['task', taskLabel(m)],
         ['architecture', card.model ? `${card.model} ${JSON.stringify(card.model_kwargs || {}).replace(/,/g, ', ')}` : null],
         ['note', card.note],
+        ['imported from', m.source ? `${m.source.format}: ${(m.source.files || []).join(', ')}` : null],
+        ['source sha256', m.source && m.source.sha256 ? Object.entries(m.source.sha256).map(([f, h]) => `${f} ${h}`).join('; ') : null],
+        ['import command', card.import_command],
         ['classes', Array.isArray(m.classes) ? m.classes.join(', ') : null],
         ['input', m.preprocess ? `${(m.preprocess.input_size || []).join('×')} × ${m.preprocess.channels} channel(s)` : null],
         ['trained', card.training_time_s !== undefined ? `${card.training_time_s} s on ${card.trained_on || '?'}` : null],
@@ -1413,7 +1427,8 @@
       state.model.compare = [first, ...same, ...img.filter((m) => !first || m.id !== first.id)].filter(Boolean).map((m) => m.id).filter((id, i, a) => a.indexOf(id) === i).slice(0, 2);
     }
     fillPicker($('image-model'), 'image', state.model.image);
-    fillPicker($('dataset-model'), 'image', state.model.dataset);
+    // The dataset view needs a test set: imported models (the authors' checkpoints) come without.
+    fillPicker($('dataset-model'), 'image', state.model.dataset, (m) => m.test_set !== false);
     fillPicker($('text-model'), 'text', state.model.text);
     fillPicker($('parity-model'), 'parity', state.model.parity);
     renderCardSummary('image-card', state.model.image);

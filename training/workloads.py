@@ -29,6 +29,19 @@ def make_workload(task: dict, dataset: str, device: torch.device, options: Optio
     raise ValueError(f"unknown task {name!r} (known: classify, parity, bytes-lm)")
 
 
+# Image data sets whose test split the project can load (for samples and the dataset view); an
+# imported model (its card names cifar-10 or imagenet) comes without one.
+IMAGE_TEST_SETS = ("fashion-mnist", "mnist", "cluttered-mnist")
+
+
+def has_test_set(card: dict) -> bool:
+    task = card.get("task") if isinstance(card.get("task"), dict) else {}
+    if task.get("name") != "classify":
+        return True
+    dataset = str(card.get("dataset") or "")
+    return dataset in IMAGE_TEST_SETS or dataset.startswith("imagefolder:")
+
+
 def _mean(values: torch.Tensor) -> float:
     return float(values.float().mean()) if values.numel() else float("nan")
 

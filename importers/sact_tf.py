@@ -1,0 +1,249 @@
+"""The SACT authors' TensorFlow checkpoints (github mfigurnov/sact) -> ponderscope ResNets.
+
+Their graphs, and so their variable names (TF-Slim; NHWC maps, HWIO kernels):
+
+CIFAR-10, cifar_model.py, top scope `resnet_residual` (style "sact_tf_cifar"):
+    Conv/{weights,biases}                                   stem 3x3 conv with a bias, no BN
+    block_B/unit_U/residual/preact/{gamma,beta,moving_*}    bn1 (then leaky ReLU)
+    block_B/unit_U/residual/conv1/weights, conv1/BatchNorm  conv1, bn2
+    block_B/unit_U/residual/conv2/{weights,biases}          conv2 (with a bias)
+    BatchNorm/*, logits/{weights,biases}                    head: mean -> BN -> lrelu -> 1x1 conv
+ImageNet, imagenet_model.py, top scope `resnet_v2` (style "sact_tf_imagenet"):
+    conv1/{weights,biases}; postnorm/*; logits/{weights,biases}
+    blockB/unit_U/bottleneck_v2/{preact, conv1[/BatchNorm], conv2[/BatchNorm], conv3, shortcut}
+Halting branches, after every unit but a block's last (resnet_act.py):
+    .../unit_U/halting_proba/{local_bn, local_conv, global_bn, global_conv}   SACT
+    .../unit_U/halting_proba/{global_bn, global_conv}                          ACT
+
+What a training script adds (optimizer slots, `global_step`, moving-average shadows) is ignored
+and listed in the card; any other variable is an error, as is one the model needs and misses.
+The checkpoint is read by importers/tf_bundle.py (TF's tensor-bundle format parsed as data):
+TensorFlow is not needed.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import models
+
+from .classes import names_for
+from .common import ImportFailed, Imported, basic_depth, bottleneck_depth, check_depth, load_converted, parse_model_name
+from .tf_bundle import read_bundle, resolve_prefix
+
+SCOPES = {"resnet_residual": "cifar", "resnet_v2": "imagenet"}
+# Variables a training run writes beside the model's own: never part of the network.
+TRAINING_STATE = re.compile(r"(^|/)(global_step|Momentum|ExponentialMovingAverage|RMSProp(_1)?|Adam(_1)?|beta[12]_power|learning_rate)(/|$)")
+BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
+UNIT = re.compile(r"^block_?(?P<block>\d+)/unit_(?P<unit>\d+)/(?P<rest>.+)$")
+
+PREPROCESS = {
+    # cifar_data_provider.py at test time: the 32x32 image (0..255), per_image_standardization.
+    "cifar": {"input_size": [32, 32], "channels": 3, "normalize": "per_image_standardization", "resize": "stretch",
+              "size_multiple": 4},
+    # imagenet_data_provider.py at test time (inception_preprocessing, eval): central crop of
+    # 87.5% of each side, bilinear resize to 224x224, then [0, 1] -> [-1, 1]. Their ponder-map
+    # script (imagenet_ponder_map.py) runs the whole image instead: resolution "native" here.
+    "imagenet": {"input_size": [224, 224], "channels": 3, "normalize": "minus_one_to_one",
+                 "resize": "center_crop_fraction", "crop_fraction": 0.875},
+}
+
+
+def _kernel(value: np.ndarray) -> torch.Tensor:
+    """HWIO -> OIHW."""
+    return torch.from_numpy(np.ascontiguousarray(value.transpose(3, 2, 0, 1)))
+
+
+def _matrix(value: np.ndarray) -> torch.Tensor:
+    """A 1x1 conv's [1, 1, Cin, Cout] kernel -> a linear layer's [Cout, Cin] weight."""
+    if value.ndim != 4 or value.shape[:2] != (1, 1):
+        raise ImportFailed(f"expected a 1x1 kernel [1, 1, Cin, Cout], got shape {list(value.shape)}")
+    return torch.from_numpy(np.ascontiguousarray(value[0, 0].T))
+
+
+def _unit_target(kind: str, rest: str) -> str | None:
+    """Our name (relative to the unit) for a unit's variable, or None if it has none."""
+    parts = rest.split("/")
+    body = {"cifar": "residual", "imagenet": "bottleneck_v2"}[kind]
+    if parts[0] != body or len(parts) < 3:
+        return None
+    layer, leaf = parts[1], parts[-1]
+    if layer == "preact" and len(parts) == 3 and leaf in BN:
+        return f"bn1.{BN[leaf]}"
+    convs = ("conv1", "conv2") if kind == "cifar" else ("conv1", "conv2", "conv3", "shortcut")
+    if layer in convs:
+        if len(parts) == 3 and leaf in ("weights", "biases"):
+            return f"{layer}.{'weight' if leaf == 'weights' else 'bias'}"
+        if len(parts) == 4 and parts[2] == "BatchNorm" and leaf in BN:
+            after = {"conv1": "bn2", "conv2": "bn3"}.get(layer) if kind == "imagenet" else {"conv1": "bn2"}.get(layer)
+            return f"{after}.{BN[leaf]}" if after else None
+    return None
+
+
+def _halting_target(family: str, rest: str) -> str | None:
+    """Our name (relative to the branch) for a halting-branch variable."""
+    parts = rest.split("/")
+    if len(parts) != 3 or parts[0] != "halting_proba":
+        return None
+    layer, leaf = parts[1], parts[2]
+    if layer in ("local_bn", "global_bn") and leaf in BN:
+        ours = layer if family == "sact" else "bn"
+        return None if (family == "act" and layer == "local_bn") else f"{ours}.{BN[leaf]}"
+    if layer == "local_conv" and family == "sact":
+        return {"weights": "local_conv.weight", "biases": "local_conv.bias"}.get(leaf)
+    if layer == "global_conv":
+        if family == "sact":
+            return "global_linear.weight" if leaf == "weights" else None
+        return {"weights": "linear.weight", "biases": "linear.bias"}.get(leaf)
+    return None
+
+
+def _layout(names: list[str], scope: str) -> tuple[str, list[int], str]:
+    """(stem kind, units per block, family) read off the variable names."""
+    units: dict[int, int] = {}
+    family = "dense"
+    for name in names:
+        match = UNIT.match(name[len(scope) + 1:])
+        if match:
+            block, unit = int(match["block"]), int(match["unit"])
+            units[block] = max(units.get(block, 0), unit)
+            if "/halting_proba/local_conv/" in name:
+                family = "sact"
+            elif "/halting_proba/global_conv/biases" in name and family != "sact":
+                family = "act"
+    if not units or sorted(units) != list(range(1, len(units) + 1)):
+        raise ImportFailed(f"no residual blocks block_1.. / block1.. under {scope!r}: not a checkpoint of the authors' ResNets")
+    return SCOPES[scope], [units[b] for b in sorted(units)], family
+
+
+def convert(tensors: dict[str, np.ndarray], kind: str, scope: str, units_per_block: list[int], family: str
+            ) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """-> (our state dict, our name -> their name, the training-state variables ignored).
+    Unrecognised variables raise."""
+    state: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}
+    ignored: list[str] = []
+    head_bn = "BatchNorm" if kind == "cifar" else "postnorm"
+    stem = "Conv" if kind == "cifar" else "conv1"
+    for name, value in tensors.items():
+        if TRAINING_STATE.search(name):
+            ignored.append(name)
+            continue
+        if not name.startswith(scope + "/"):
+            raise ImportFailed(f"unexpected variable {name!r}: not under the model's scope {scope!r}")
+        rest = name[len(scope) + 1:]
+        parts = rest.split("/")
+        target = None
+        if parts[0] == stem and len(parts) == 2 and parts[1] in ("weights", "biases"):
+            target = "stem.weight" if parts[1] == "weights" else "stem.bias"
+        elif parts[0] == head_bn and len(parts) == 2 and parts[1] in BN:
+            target = f"final_bn.{BN[parts[1]]}"
+        elif parts[0] == "logits" and len(parts) == 2 and parts[1] in ("weights", "biases"):
+            target = "classifier.weight" if parts[1] == "weights" else "classifier.bias"
+        else:
+            match = UNIT.match(rest)
+            if match:
+                block, unit = int(match["block"]) - 1, int(match["unit"]) - 1
+                inner = _unit_target(kind, match["rest"])
+                if inner is not None:
+                    target = f"blocks.{block}.units.{unit}.{inner}"
+                elif family != "dense" and unit < units_per_block[block] - 1:
+                    branch = _halting_target(family, match["rest"])
+                    target = f"blocks.{block}.halting.{unit}.{branch}" if branch else None
+        if target is None:
+            raise ImportFailed(f"unexpected variable {name!r} (shape {list(value.shape)}): not part of a {family} {kind} ResNet of the authors' code")
+        if target in state:
+            raise ImportFailed(f"variable {name!r} maps onto {target}, which {source[target]!r} already filled")
+        if target == "classifier.weight" or target.endswith(("global_linear.weight", ".linear.weight")):
+            tensor = _matrix(value)
+        elif value.ndim == 4:
+            tensor = _kernel(value)
+        else:
+            tensor = torch.from_numpy(np.array(value))
+        state[target] = tensor
+        source[target] = name
+    return state, source, sorted(ignored)
+
+
+def read(source: Path, name: str, num_classes: int | None) -> tuple[Imported, list[Path]]:
+    wanted = parse_model_name(name, ("dense", "act", "sact"))
+    prefix = resolve_prefix(source)
+    tensors = read_bundle(prefix)
+    files = [Path(str(prefix) + ".index")] + sorted(prefix.parent.glob(prefix.name + ".data-*"))
+    scopes = {n.split("/")[0] for n in tensors} & set(SCOPES)
+    if len(scopes) != 1:
+        raise ImportFailed(f"{prefix}: expected the variables of one of the authors' networks under 'resnet_residual/' (CIFAR) or 'resnet_v2/' (ImageNet); found top scopes {sorted({n.split('/')[0] for n in tensors})[:8]}")
+    scope = scopes.pop()
+    kind, units_per_block, family = _layout(list(tensors), scope)
+    if family != wanted.family:
+        raise ImportFailed(f"the checkpoint holds a {family} network ({'halting_proba/local_conv' if family == 'sact' else 'halting_proba/global_conv' if family == 'act' else 'no halting branches'}), not the {wanted.family} network {name!r} asks for")
+    depth = (basic_depth if kind == "cifar" else bottleneck_depth)(units_per_block)
+    check_depth(wanted, units_per_block, depth)
+
+    logits = tensors.get(f"{scope}/logits/weights")
+    stem = tensors.get(f"{scope}/{'Conv' if kind == 'cifar' else 'conv1'}/weights")
+    first = tensors.get(f"{scope}/block1/unit_1/bottleneck_v2/conv1/weights") if kind == "imagenet" else stem
+    for what, value in (("logits/weights", logits), ("the stem's weights", stem), ("block 1 unit 1's conv1/weights", first)):
+        if value is None or value.ndim != 4:
+            raise ImportFailed(f"missing variable {scope}/{what}" if value is None else f"{what} has shape {list(value.shape)}, expected a 4-D HWIO kernel")
+    classes_in_file = int(logits.shape[-1])
+    if num_classes is not None and num_classes != classes_in_file:
+        raise ImportFailed(f"--num-classes {num_classes} does not match the checkpoint's logits ({classes_in_file} classes, {scope}/logits/weights {list(logits.shape)})")
+    base = int(first.shape[-1])
+    widths = [base, 2 * base, 4 * base] if kind == "cifar" else [base, 2 * base, 4 * base, 8 * base]
+    style = "sact_tf_cifar" if kind == "cifar" else "sact_tf_imagenet"
+    kwargs = {"num_classes": classes_in_file, "in_channels": int(stem.shape[2]), "style": style}
+    # The registered fixed-depth name (sact_resnet32, sact_resnet101) when the layout is its own,
+    # else the family's generic builder with the layout spelled out (e.g. a tiny test network).
+    prefix_name = {"dense": "", "act": "act_", "sact": "sact_"}[family]
+    if kind == "cifar":
+        registered = f"{prefix_name}resnet{depth}" in models.list_models()
+        model_name = f"{prefix_name}resnet{depth}" if registered else f"{prefix_name}resnet"
+        kwargs["widths"] = widths
+        if not registered:
+            kwargs["depth"] = depth
+    else:
+        registered = f"{prefix_name}resnet{depth}" in models.list_models() and units_per_block == models.resnet.IMAGENET_LAYOUTS.get(depth) and base == 64
+        model_name = f"{prefix_name}resnet{depth}" if registered else f"{prefix_name}resnet"
+        if not registered:
+            kwargs.update(depth=depth, stem="imagenet", units_per_block=units_per_block, widths=widths)
+    try:
+        model = models.create_model(model_name, **kwargs)
+    except (ValueError, TypeError) as error:
+        raise ImportFailed(f"cannot build {model_name} for this checkpoint: {error}") from None
+
+    state, source_names, ignored = convert(tensors, kind, scope, units_per_block, family)
+    # Batch-norm step counters are ours alone (TF keeps none): fill them.
+    for key in model.state_dict():
+        if key.endswith("num_batches_tracked"):
+            state.setdefault(key, torch.tensor(0, dtype=torch.long))
+    load_converted(model, state, source_names)
+    dataset = "cifar-10" if kind == "cifar" else "imagenet"
+    if kind == "imagenet" and classes_in_file not in (1000, 1001):
+        dataset = "imagenet-like"
+    converted = {
+        "scope": scope,
+        "network": f"{name} as in the authors' {'cifar_model.py' if kind == 'cifar' else 'imagenet_model.py'} (style {style})",
+        "units_per_block": units_per_block,
+        "widths": widths,
+        "num_classes": classes_in_file,
+        "tensors_read": len(state) - sum(1 for k in state if k.endswith("num_batches_tracked")),
+        "ignored_training_state": ignored[:50] + ([f"... {len(ignored) - 50} more"] if len(ignored) > 50 else []),
+        "layout": "kernels HWIO -> OIHW; 1x1 logits / halting kernels -> linear [out, in]; BN gamma/beta/moving_mean/moving_variance -> weight/bias/running_mean/running_var",
+    }
+    notes = []
+    if kind == "imagenet" and classes_in_file == 1001:
+        notes.append("1001 classes: class 0 is TF-Slim's 'background'; 1..1000 are ImageNet's in synset order")
+    imported = Imported(
+        model=model,
+        source_format="sact-tf",
+        converted=converted,
+        preprocess=dict(PREPROCESS[kind]),
+        classes=names_for("imagenet" if kind == "imagenet" else "cifar-10", classes_in_file),
+        dataset=dataset,
+        notes=notes,
+    )
+    return imported, files
