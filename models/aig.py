@@ -239,16 +239,27 @@ class AIGResNet(nn.Module):
 
 
 _OFFICIAL_GATE_KEY = re.compile(r"^(layer\d+\.\d+\.)(fc1|fc1bn|fc2)\.")
+_OUR_GATE_KEY = re.compile(r"^(layer\d+\.\d+\.)gate\.")
+
+
+def official_to_ours(key: str) -> str:
+    """One name of the authors' state dict -> ours: drop DataParallel's 'module.' prefix and move
+    the gate layers, which sit on the block there (layerS.B.fc1), into our `gate` submodule
+    (layerS.B.gate.fc1). Every other name is the same in both."""
+    key = key[len("module."):] if key.startswith("module.") else key
+    return _OFFICIAL_GATE_KEY.sub(r"\1gate.\2.", key)
+
+
+def ours_to_official(key: str) -> str:
+    """The inverse of `official_to_ours` (without the 'module.' prefix): for naming, in the
+    authors' terms, a variable that their checkpoint lacks."""
+    return _OUR_GATE_KEY.sub(r"\1", key)
 
 
 def convert_official_state_dict(state_dict: dict) -> dict:
-    """Map a checkpoint of the authors' code to ours: drop DataParallel's 'module.' prefix, move
-    the gate layers, which sit on the block there (layerS.B.fc1), into our `gate` submodule
-    (layerS.B.gate.fc1), and fill in the BatchNorm counters that PyTorch 0.3 did not save."""
-    converted = {}
-    for key, value in state_dict.items():
-        key = key[len("module."):] if key.startswith("module.") else key
-        converted[_OFFICIAL_GATE_KEY.sub(r"\1gate.\2.", key)] = value
+    """Map a checkpoint of the authors' code to ours (names by `official_to_ours`), and fill in
+    the BatchNorm counters that PyTorch 0.3 did not save."""
+    converted = {official_to_ours(key): value for key, value in state_dict.items()}
     for key in list(converted):
         if key.endswith(".running_mean"):
             counter = key[: -len("running_mean")] + "num_batches_tracked"
@@ -257,12 +268,29 @@ def convert_official_state_dict(state_dict: dict) -> dict:
 
 
 @register_model
-def aig_resnet(depth: int = 20, widths=(16, 32, 64), **kwargs) -> AIGResNet:
-    """CIFAR-style ConvNet-AIG of any depth 6n+2 (basic blocks)."""
-    if (depth - 2) % 6 != 0 or depth < 8:
-        raise ValueError(f"CIFAR-style ResNet depth must be 6n+2 with n >= 1, got {depth}")
-    n = (depth - 2) // 6
-    return AIGResNet([n, n, n], list(widths), bottleneck=False, stem="cifar", **kwargs)
+def aig_resnet(depth: int | None = None, widths=(16, 32, 64), blocks_per_stage=None, bottleneck: bool = False,
+               stem: str = "cifar", **kwargs) -> AIGResNet:
+    """ConvNet-AIG of any layout.
+
+    By depth alone: CIFAR-style, 6n+2 layers (basic blocks, n per stage, 3 stages; 20 if no depth).
+    By `blocks_per_stage` (one width per stage, basic or bottleneck blocks, stem "cifar" or
+    "imagenet"): any layout, e.g. a checkpoint of the authors' code that no registered name fits;
+    a depth given with it must agree."""
+    if blocks_per_stage is None:
+        depth = 20 if depth is None else depth
+        if bottleneck or stem != "cifar":
+            raise ValueError("a depth alone describes a CIFAR-style basic-block network; give blocks_per_stage for other layouts")
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR-style ResNet depth must be 6n+2 with n >= 1, got {depth}")
+        n = (depth - 2) // 6
+        return AIGResNet([n, n, n], list(widths), bottleneck=False, stem="cifar", **kwargs)
+    blocks_per_stage = [int(n) for n in blocks_per_stage]
+    if not blocks_per_stage or min(blocks_per_stage) < 1 or len(widths) != len(blocks_per_stage):
+        raise ValueError(f"blocks_per_stage {blocks_per_stage} needs at least one block per stage and one width per stage (widths {list(widths)})")
+    layout_depth = (3 if bottleneck else 2) * sum(blocks_per_stage) + 2
+    if depth is not None and depth != layout_depth:
+        raise ValueError(f"blocks_per_stage {blocks_per_stage} makes a ResNet-{layout_depth}, not depth {depth}")
+    return AIGResNet(blocks_per_stage, list(widths), bottleneck=bottleneck, stem=stem, **kwargs)
 
 
 def _register(depth: int, builder):
@@ -274,13 +302,18 @@ def _register(depth: int, builder):
     register_model(make)
 
 
+# The ImageNet networks of the paper (bottleneck blocks, 7x7 stem + max-pool), as in the authors' code.
+IMAGENET_LAYOUTS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+IMAGENET_WIDTHS = [64, 128, 256, 512]
+CIFAR_DEPTHS = (20, 32, 56, 110)
+
+
 def _imagenet_aig(depth: int, **kwargs) -> AIGResNet:
-    layouts = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
     kwargs.setdefault("num_classes", 1000)
-    return AIGResNet(layouts[depth], [64, 128, 256, 512], bottleneck=True, stem="imagenet", **kwargs)
+    return AIGResNet(IMAGENET_LAYOUTS[depth], IMAGENET_WIDTHS, bottleneck=True, stem="imagenet", **kwargs)
 
 
-for _depth in (20, 32, 56, 110):
+for _depth in CIFAR_DEPTHS:
     _register(_depth, aig_resnet)
-for _depth in (50, 101):
+for _depth in IMAGENET_LAYOUTS:
     _register(_depth, _imagenet_aig)

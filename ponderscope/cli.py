@@ -39,7 +39,7 @@ def _serve(args) -> None:
 def _import(args) -> None:
     from importers import ImportFailed, import_checkpoint
 
-    command = "ponderscope " + shlex.join(sys.argv[1:])
+    command = "ponderscope " + shlex.join(args.argv)
     try:  # a source that does not fit is the user's to fix: one line, not a traceback
         out = import_checkpoint(args.format, args.source, args.out, args.model, args.num_classes, command=command)
     except (OSError, ImportFailed) as error:
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_results)
 
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in cards as the command
     args.func(args)
 
 

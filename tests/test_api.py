@@ -2,6 +2,8 @@
 clear 4xx errors for bad input."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import struct
 import zlib
@@ -15,7 +17,7 @@ from PIL import Image
 
 import models
 from server.app import create_app
-from server.imaging import prepare
+from server.imaging import MAX_UPLOAD_BYTES, prepare
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SACT = "fmnist_sact_resnet32"
@@ -218,6 +220,59 @@ def test_request_errors(client):
     assert r.status_code == 422
 
 
+def analyse(client, model_id, data: bytes, name="shirt.png", content_type="image/png", **options):
+    """One multipart request, as `curl -F file=@shirt.png -F resolution=native URL` sends it."""
+    return client.post(f"/api/models/{model_id}/image", files={"file": (name, data, content_type)}, data=options)
+
+
+def test_image_analysis_in_one_multipart_request(client):
+    data = png(shirt_like().convert("RGB"))
+    digest = hashlib.sha256(data).hexdigest()
+    response = analyse(client, SACT, data)
+    assert response.status_code == 200, response.text
+    one_step = response.json()
+    assert one_step["input"]["hash"] == digest and one_step["input"]["resolution"] == "train"
+    assert client.get(f"/api/images/{digest}").content == data  # stored: the hash works again
+    two_steps = client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()
+    assert one_step["prediction"] == two_steps["prediction"] and one_step["ponder"] == two_steps["ponder"]
+
+    options = analyse(client, SACT, data, resolution="native", invert="true").json()
+    assert options["input"]["resolution"] == "native" and (options["input"]["width"], options["input"]["height"]) == (56, 56)
+    shown = Image.open(io.BytesIO(base64.b64decode(options["input"]["image"].split(",")[1])))
+    assert shown.getpixel((0, 0)) == 255 and shown.getpixel((28, 28)) == 255 - 200  # inverted
+    again = client.post(f"/api/models/{SACT}/image", json={"image": digest, "resolution": "native", "invert": True}).json()
+    assert options["prediction"] == again["prediction"] and options["ponder"] == again["ponder"]
+
+    gates = analyse(client, "fmnist_aig_resnet32", data, invert="false").json()["gates"]
+    assert len(gates["executed"]) == 15
+
+
+@pytest.mark.parametrize(
+    "send, status, words",
+    [
+        (lambda c: analyse(c, SACT, b""), 400, "empty"),
+        (lambda c: analyse(c, SACT, b"this is not an image at all", "notes.txt", "text/plain"), 422, "not an image"),
+        (lambda c: analyse(c, SACT, png(shirt_like())[:60]), 422, "corrupt"),
+        (lambda c: analyse(c, SACT, b"\x00" * (MAX_UPLOAD_BYTES + 1000)), 413, "20 MB"),  # read_upload's limit
+        (lambda c: analyse(c, SACT, png(shirt_like()), resolution="huge"), 422, "resolution"),
+        (lambda c: analyse(c, SACT, png(shirt_like()), invert="maybe"), 422, "invert"),
+        (lambda c: analyse(c, SACT, png(shirt_like()), sample="3"), 422, "unknown form field(s) sample"),
+        (lambda c: c.post(f"/api/models/{SACT}/image", files={"resolution": (None, "train")}), 422, "file field 'file'"),
+        (lambda c: c.post(f"/api/models/{SACT}/image", data={"resolution": "train"}), 422, "multipart form"),
+        (lambda c: c.post(f"/api/models/{SACT}/image", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}), 400, "boundary"),
+        (lambda c: c.post(f"/api/models/{SACT}/image", files=[("file", ("a.png", png(shirt_like()))), ("file", ("b.png", png(shirt_like())))]), 400, "Too many files"),
+        (lambda c: analyse(c, "jargon_act_lstm", png(shirt_like())), 400, "image model"),
+        (lambda c: analyse(c, "nope", png(shirt_like())), 404, "unknown model"),
+    ],
+    ids=["empty", "not-image", "truncated", "over-20-mb", "bad-resolution", "bad-invert", "unknown-field", "no-file", "urlencoded", "no-boundary", "two-files", "text-model", "unknown-model"],
+)
+def test_bad_multipart_requests(client, send, status, words):
+    response = send(client)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+    assert client.get(f"/api/images/{hashlib.sha256(b'this is not an image at all').hexdigest()}").status_code == 404
+
+
 def test_concurrent_requests_agree(client):
     digest = upload(client, png(shirt_like())).json()["hash"]
 
@@ -237,4 +292,8 @@ def test_page_and_assets_offline(client):
     plotly = client.get("/static/vendor/plotly.min.js")
     assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
     assert client.get("/docs").status_code == 200
-    assert "/api/models/{model_id}/image" in client.get("/openapi.json").json()["paths"]
+    operation = client.get("/openapi.json").json()["paths"]["/api/models/{model_id}/image"]["post"]
+    body = operation["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    assert {"image", "sample", "resolution", "invert"} <= set(body["application/json"]["schema"]["properties"])
+    assert set(body["multipart/form-data"]["schema"]["properties"]) == {"file", "resolution", "invert"}

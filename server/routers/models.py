@@ -1,14 +1,24 @@
 """Models and what they do on images: list, card, image analysis, test samples, dataset view."""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from typing import Optional
+
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from ..analysis import analyze_image
 from ..deps import get_model, get_store, require_kind
 from ..imaging import ImageError, decode, png_data_url, prepare, tensor_to_image
 from ..schemas import ImageRequest
 from ..store import LoadedModel, ModelStore
+from .images import read_upload
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
@@ -33,16 +43,91 @@ def _test_example(store: ModelStore, entry: LoadedModel, index: int):
     return workload.test_x[index], int(workload.test_y[index]), box
 
 
-@router.post("/{model_id}/image", summary="Run an image model on an uploaded image or a test sample")
-def image_analysis(body: ImageRequest, request: Request, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> dict:
+FORM_FIELDS = ("file", "resolution", "invert")
+
+
+@dataclass
+class ImageInput:
+    options: ImageRequest
+    upload: Optional[bytes] = None  # the file of a multipart request, not yet decoded
+
+
+async def image_input(request: Request) -> ImageInput:
+    """The body of POST /{model_id}/image: JSON (`ImageRequest`), or a multipart form with the
+    image itself in `file` and the same options as form fields (`curl -F file=@cat.jpg`)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=len(FORM_FIELDS))
+        except (MultiPartException, StarletteHTTPException) as error:  # Starlette reports a malformed form as a 400
+            detail = getattr(error, "detail", None) or getattr(error, "message", str(error))
+            raise HTTPException(400, f"the multipart form could not be read ({detail}); send the image as the field 'file'") from None
+        try:
+            unknown = sorted(set(form) - set(FORM_FIELDS))
+            if unknown:
+                raise HTTPException(422, f"unknown form field(s) {', '.join(unknown)}; a form takes {', '.join(FORM_FIELDS)}")
+            file = form.get("file")
+            if not isinstance(file, UploadFile):
+                raise HTTPException(422, "the form needs the image as a file field 'file' (curl -F file=@image.jpg)")
+            options = {k: form[k] for k in ("resolution", "invert") if k in form}
+            return ImageInput(_validated(options), await read_upload(file))
+        finally:
+            await form.close()
+    body = await request.body()
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise HTTPException(
+            422,
+            "the body must be JSON ({\"image\": hash} or {\"sample\": index}) or a multipart form with the image in 'file'",
+        ) from None
+    return ImageInput(_validated(payload))
+
+
+def _validated(payload) -> ImageRequest:
+    try:
+        return ImageRequest.model_validate(payload)
+    except ValidationError as error:  # reported like FastAPI's own body validation
+        raise RequestValidationError(error.errors()) from None
+
+
+_IMAGE_FORM = {
+    "type": "object",
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the image (any format Pillow reads); stored like POST /api/images"},
+        **{k: v for k, v in ImageRequest.model_json_schema()["properties"].items() if k in ("resolution", "invert")},
+    },
+    "required": ["file"],
+}
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ImageRequest.model_json_schema()},
+            "multipart/form-data": {"schema": _IMAGE_FORM},
+        },
+    }
+}
+
+
+@router.post("/{model_id}/image", summary="Run an image model on an uploaded image or a test sample", openapi_extra=_IMAGE_BODY)
+def image_analysis(request: Request, payload: ImageInput = Depends(image_input), entry: LoadedModel = Depends(get_model),
+                   store: ModelStore = Depends(get_store)) -> dict:
     """Returns the top-5 prediction, FLOPs executed vs dense, the request's time, and for
     ACT/SACT the ponder maps (`ponder.total` at input resolution, `ponder.blocks[i]` per block,
-    in ponder cost N+R; `units_total` / `units` in units executed N), for AIG the gates."""
+    in ponder cost N+R; `units_total` / `units` in units executed N), for AIG the gates.
+
+    The body is JSON, `{"image": hash}` (from POST /api/images) or `{"sample": index}`, or a
+    multipart form with the image in `file` (one request: `curl -F file=@cat.jpg URL`); the
+    upload is stored, and `input.hash` names it for later requests."""
     require_kind(entry, "image")
-    if (body.image is None) == (body.sample is None):
+    body, label, box = payload.options, None, None
+    if payload.upload is not None:
+        image = decode(payload.upload)  # checked before it is stored, as POST /api/images does
+        body.image = request.app.state.images.put(payload.upload)
+    elif (body.image is None) == (body.sample is None):
         raise HTTPException(422, "give exactly one of 'image' (a hash from POST /api/images) or 'sample' (a test-set index)")
-    label, box = None, None
-    if body.image is not None:
+    elif body.image is not None:
         data = request.app.state.images.get(body.image)
         if data is None:
             raise HTTPException(404, f"no stored image with hash {body.image!r}; upload it again with POST /api/images")
