@@ -168,6 +168,33 @@ def convert(tensors: dict[str, np.ndarray], kind: str, scope: str, units_per_blo
     return state, source, sorted(ignored)
 
 
+def their_name(key: str, kind: str, scope: str) -> str:
+    """The authors' variable name for one of our state-dict keys (the inverse of `convert`), to
+    name a variable the checkpoint lacks."""
+    bn = {ours: theirs for theirs, ours in BN.items()}
+    param = key.rsplit(".", 1)[-1]
+    conv_leaf = "weights" if param == "weight" else "biases"
+    if key.startswith("stem."):
+        return f"{scope}/{'Conv' if kind == 'cifar' else 'conv1'}/{conv_leaf}"
+    if key.startswith("final_bn."):
+        return f"{scope}/{'BatchNorm' if kind == 'cifar' else 'postnorm'}/{bn.get(param, param)}"
+    if key.startswith("classifier."):
+        return f"{scope}/logits/{conv_leaf}"
+    parts = key.split(".")  # blocks.B.units.U.layer.param or blocks.B.halting.U.layer.param
+    block = f"block_{int(parts[1]) + 1}" if kind == "cifar" else f"block{int(parts[1]) + 1}"
+    unit = f"{scope}/{block}/unit_{int(parts[3]) + 1}"
+    layer = parts[4]
+    if parts[2] == "units":
+        body = "residual" if kind == "cifar" else "bottleneck_v2"
+        bn_of = {"bn1": "preact", "bn2": "conv1/BatchNorm", "bn3": "conv2/BatchNorm"}
+        if layer in bn_of:
+            return f"{unit}/{body}/{bn_of[layer]}/{bn.get(param, param)}"
+        return f"{unit}/{body}/{layer}/{conv_leaf}"
+    theirs = {"bn": "global_bn", "linear": "global_conv", "global_linear": "global_conv"}.get(layer, layer)
+    leaf = bn.get(param, param) if theirs.endswith("_bn") else conv_leaf
+    return f"{unit}/halting_proba/{theirs}/{leaf}"
+
+
 def read(source: Path, name: str, num_classes: int | None) -> tuple[Imported, list[Path]]:
     wanted = parse_model_name(name, ("dense", "act", "sact"))
     prefix = resolve_prefix(source)
@@ -220,6 +247,8 @@ def read(source: Path, name: str, num_classes: int | None) -> tuple[Imported, li
     for key in model.state_dict():
         if key.endswith("num_batches_tracked"):
             state.setdefault(key, torch.tensor(0, dtype=torch.long))
+    for key in model.state_dict():
+        source_names.setdefault(key, their_name(key, kind, scope))
     load_converted(model, state, source_names)
     dataset = "cifar-10" if kind == "cifar" else "imagenet"
     if kind == "imagenet" and classes_in_file not in (1000, 1001):

@@ -53,6 +53,7 @@ class Style:
     mfigurnov/sact: cifar_model.py, imagenet_model.py, resnet_act.py)."""
 
     negative_slope: float = 0.0  # activation: ReLU (0) or leaky ReLU (their CIFAR model: 0.1)
+    inner_negative_slope: float = 0.0  # the activation after a unit's inner BNs (a conv's own BN)
     bn_eps: float = 1e-5
     stem_bias: bool = False
     unit_bias: bool = False  # the last conv of a unit (and a projection shortcut) has a bias
@@ -70,10 +71,19 @@ class Style:
             return F.relu(x, inplace=inplace)
         return F.leaky_relu(x, self.negative_slope, inplace=inplace)
 
+    def inner_act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inner_negative_slope == 0.0:
+            return F.relu(x)
+        return F.leaky_relu(x, self.inner_negative_slope)
+
 
 STYLES = {
     "ponderscope": Style(),
-    "sact_tf_cifar": Style(negative_slope=0.1, bn_eps=1e-3, stem_bias=True, unit_bias=True, downsample="pool_pad",
+    # In their CIFAR arg scope both slim.conv2d and slim.batch_norm default to leaky ReLU, and a
+    # conv with a normalizer applies its BN (which then applies its own leaky ReLU) and then its
+    # activation: leaky ReLU twice, slope 0.1 x 0.1 = 0.01, after each unit's inner BN (checked
+    # against their graph: tests/fixtures/sact_tf).
+    "sact_tf_cifar": Style(negative_slope=0.1, inner_negative_slope=0.01, bn_eps=1e-3, stem_bias=True, unit_bias=True, downsample="pool_pad",
                            first_shortcut_preact=True, tf_same=True, halting_activation=True, head="bn_after_pool"),
     "sact_tf_imagenet": Style(bn_eps=1e-5, stem_bias=True, unit_bias=True, tf_same=True),
 }
@@ -104,7 +114,7 @@ def dilate(mask: torch.Tensor) -> torch.Tensor:
 
 
 class PreActBasicUnit(nn.Module):
-    """x + conv3x3(act(bn(conv3x3(act(bn(x))))))."""
+    """x + conv3x3(inner_act(bn(conv3x3(act(bn(x))))))."""
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1, style: Style = OURS, first: bool = False):
         super().__init__()
@@ -134,24 +144,22 @@ class PreActBasicUnit(nn.Module):
         return self.conv1(tf_same_pad(pre, 3, self.stride) if self.tf_pad else pre)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        act = self.style.act
-        return self.conv2(act(self.bn2(self._conv1(act(self.bn1(x))))))
+        return self.conv2(self.style.inner_act(self.bn2(self._conv1(self.style.act(self.bn1(x))))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = self.style.act
-        pre = act(self.bn1(x))
+        pre = self.style.act(self.bn1(x))
         if self.shortcut is not None:
             shortcut = self.shortcut(pre)
         elif self.pool_pad:
             shortcut = pool_pad_shortcut(x, self.stride, self.out_channels)
         else:
             shortcut = pre if self.preact_shortcut else x
-        out = self.conv2(act(self.bn2(self._conv1(pre))))
+        out = self.conv2(self.style.inner_act(self.bn2(self._conv1(pre))))
         return out + shortcut
 
 
 class PreActBottleneckUnit(nn.Module):
-    """x + conv1x1(act(bn(conv3x3(act(bn(conv1x1(act(bn(x))))))))), 4x expansion."""
+    """x + conv1x1(inner_act(bn(conv3x3(inner_act(bn(conv1x1(act(bn(x))))))))), 4x expansion."""
 
     expansion = 4
 
@@ -184,7 +192,7 @@ class PreActBottleneckUnit(nn.Module):
         return self.residual_from_preact(pre) + shortcut
 
     def residual_from_preact(self, pre: torch.Tensor) -> torch.Tensor:
-        act = self.style.act
+        act = self.style.inner_act
         out = self.conv1(pre)
         out = self.conv2(act(self.bn2(out)))
         return self.conv3(act(self.bn3(out)))

@@ -106,19 +106,19 @@ def dense_kernel(kernel: torch.Tensor) -> torch.Tensor:
 
 def _unit_weights(unit: nn.Module) -> dict:
     """Matrices (w*), biases (b*) and, for the dense fallback, 3x3 kernels (k*) of a unit, and
-    the slope of its activation (0: ReLU)."""
+    the slopes of its activations (0: ReLU) after bn1 and after the inner BNs."""
     scale1, shift1 = bn_affine(unit.bn1)
-    slope = unit.style.negative_slope
+    slope = dict(slope=unit.style.negative_slope, inner_slope=unit.style.inner_negative_slope)
     if hasattr(unit, "conv3"):  # bottleneck: bn1 act conv1(1x1) bn2 act conv2(3x3) bn3 act conv3(1x1)
         k1, b1 = folded_conv(unit.conv1, unit.bn2)
         k2, b2 = folded_conv(unit.conv2, unit.bn3)
         k3, _ = folded_conv(unit.conv3)
         return dict(scale1=scale1, shift1=shift1, w1=as_matrix(k1), b1=b1, w2=as_matrix(k2), k2=dense_kernel(k2), b2=b2,
-                    w3=as_matrix(k3), b3=unit.conv3.bias, slope=slope)
+                    w3=as_matrix(k3), b3=unit.conv3.bias, **slope)
     k1, b1 = folded_conv(unit.conv1, unit.bn2)  # basic: bn1 act conv1(3x3) bn2 act conv2(3x3)
     k2, _ = folded_conv(unit.conv2)
     return dict(scale1=scale1, shift1=shift1, w1=as_matrix(k1), k1=dense_kernel(k1), b1=b1, w2=as_matrix(k2),
-                k2=dense_kernel(k2), b2=unit.conv2.bias, slope=slope)
+                k2=dense_kernel(k2), b2=unit.conv2.bias, **slope)
 
 
 def activate_(x: torch.Tensor, slope: float) -> torch.Tensor:
@@ -295,11 +295,11 @@ def conv3x3(grid: Grid, values: torch.Tensor, have: torch.Tensor | None, want: t
     if wanted > dense_3x3_above(values.shape[1]) * positions:
         full = values if have is None else grid.scatter(have, values)
         out = conv3x3_map(grid, full, w[f"k{name}"], w[f"b{name}"])
-        out = activate_(out, w["slope"]) if activate else out
+        out = activate_(out, w["inner_slope"]) if activate else out
         return (out if then is None else out @ then), None
     padded = grid.pad(values) if have is None else grid.scatter_padded(have, values)
     rows = torch.arange(positions, device=values.device) if want is None else want
-    return conv3x3_rows(grid, padded, rows, w[f"w{name}"], w[f"b{name}"], w["slope"] if activate else None, then), rows
+    return conv3x3_rows(grid, padded, rows, w[f"w{name}"], w[f"b{name}"], w["inner_slope"] if activate else None, then), rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,12 +318,12 @@ def unit_residual_rows(unit: nn.Module, x: torch.Tensor, grid: Grid, active: tor
     assert unit.stride == 1 and unit.shortcut is None
     w = unit_weights(unit)
     everywhere = dilated is None or dilated.numel() == grid.positions
-    slope = w["slope"]
+    slope = w["slope"]  # after bn1; w["inner_slope"] after the BNs folded into the convs
     if hasattr(unit, "conv3"):
         # conv1 (1x1, bn2 folded, act) on the dilated rows: its output is what conv2 reads.
         near = x if everywhere else x.index_select(0, dilated)
         pre = activate_(torch.addcmul(w["shift1"], near, w["scale1"]), slope)
-        mid = activate_(torch.addmm(w["b1"], pre, w["w1"]), slope)
+        mid = activate_(torch.addmm(w["b1"], pre, w["w1"]), w["inner_slope"])
         # conv2 (3x3, bn3 folded, act), then conv3 (1x1), at the active rows.
         out, rows = conv3x3(grid, mid, None if everywhere else dilated, active, w, "2", activate=True, then=w["w3"])
         return (out if w["b3"] is None else out.add_(w["b3"])), rows

@@ -60,8 +60,11 @@ class Graph:
         return self.act(y) if activation else y
 
     def conv_bn(self, x, name, stride=1, padding="SAME"):
-        """slim.conv2d under the arg scope: conv without bias, BN, activation."""
-        return self.bn(conv(x, self.v[name + "/weights"], None, stride, padding), name + "/BatchNorm")
+        """slim.conv2d under the arg scope: conv without bias, its normalizer slim.batch_norm,
+        then its activation_fn. In the CIFAR arg scope slim.batch_norm has an activation_fn
+        (leaky ReLU) of its own, so the activation runs twice there."""
+        y = self.bn(conv(x, self.v[name + "/weights"], None, stride, padding), name + "/BatchNorm")
+        return self.act(y) if self.kind == "cifar" else y
 
     # -- units --------------------------------------------------------------------------------
     def cifar_unit(self, x, prefix, depth, stride, activate_before_residual, mask):
