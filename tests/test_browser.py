@@ -64,6 +64,12 @@ def bundled_checkpoints() -> list[Path]:
 def site():
     work = Path(tmpdir("ponderscope-browser-"))
     ids = make_tiny_checkpoints(work / "checkpoints")
+    # one of the SACT authors' checkpoints (a tiny one their TF code wrote), imported
+    from importers import import_checkpoint
+
+    import_checkpoint("sact-tf", ROOT / "tests" / "fixtures" / "sact_tf" / "cifar_sact" / "model.ckpt-0",
+                      work / "checkpoints" / "imported_cifar_sact", "sact_resnet14", command="ponderscope import ...")
+    ids["imported"] = "imported_cifar_sact"
     dirs = [str(work / "checkpoints")]
     if bundled_checkpoints():
         dirs.append(str(BUNDLED))
@@ -218,6 +224,31 @@ def test_upload_draws_ponder_map_over_the_image(page, tmp_path):
     assert page.query()["image"] == digest and page.query()["model"] == sact
     page.no_error()
     page.screenshot("image-upload")
+
+
+def test_imported_model_shows_its_source_and_analyses_an_upload(page, tmp_path):
+    imported = page.ids["imported"]
+    png = make_test_png(tmp_path / "photo.png", size=50)
+    page.open(f"?view=image&model={imported}")
+    chip = page.wait("const c = document.querySelector('#image-card .chip.imported'); return c && c.innerText", what="the provenance chip")
+    assert "imported from" in chip and "sact-tf" in chip and "model.ckpt-0.index" in chip
+    note = page.wait("const g = document.getElementById('samples'); return g && g.innerText", what="the samples note")
+    assert "No test set" in note and "upload an image" in note
+    page.d.find_element(By.ID, "file-input").send_keys(str(png))
+    data = page.wait_plot("heatmap", what="the imported model's ponder map")
+    z = data[0]["z"]
+    assert len(z) == 32 and len(z[0]) == 32  # their CIFAR input size
+    response = page.js("return window.ponderscope.results.image")
+    assert z == response["ponder"]["total"]
+    classes = [li.text for li in page.d.find_elements(By.CSS_SELECTOR, "#prediction li")]
+    assert len(classes) == 5 and any(name in " ".join(classes) for name in ("airplane", "cat", "truck", "ship", "frog", "dog", "horse", "deer", "bird", "automobile"))
+    # the dataset view offers only models with a test set
+    options = page.js("return [...document.getElementById('dataset-model').options].map((o) => o.value)")
+    assert imported not in options
+    page.no_error()
+    page.open("?view=models")
+    card = page.wait("const a = document.querySelector(`article[data-model='${arguments[0]}']`); return a && a.innerText", imported, what="the model card")
+    assert "imported from" in card and "sact-tf" in card and "source sha256" in card
 
 
 DROP_AND_PASTE = """
