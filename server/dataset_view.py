@@ -40,6 +40,8 @@ class DatasetJobs:
         return self.cache_dir / f"dataset-{entry.id}-{entry.weights_sha256[:16]}.json"
 
     def status(self, entry) -> dict:
+        if not entry.has_test_set:
+            self.store.workload(entry)  # raises NoTestSet (a 404 with its message), starts no job
         path = self._cache_path(entry)
         with self.lock:
             job = self.jobs.get(entry.id)

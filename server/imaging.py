@@ -86,7 +86,7 @@ def prepare(image: Image.Image, preprocess: dict, resolution: str = "train", inv
         scale = min(1.0, MAX_NATIVE_SIDE / max(width, height))
         multiple = int(preprocess.get("size_multiple", 1))
         size = [max(8, round(side * scale)) for side in (width, height)]
-        size = [max(multiple, round(side / multiple) * multiple) for side in size]
+        size = [max(multiple, int(side / multiple + 0.5) * multiple) for side in size]  # nearest multiple
         if min(width, height) < 8:
             raise ImageError("the image is smaller than 8 pixels on a side; use resolution 'train'")
         if tuple(size) != (width, height):
