@@ -46,9 +46,10 @@ PREPROCESS = {
               "size_multiple": 4},
     # imagenet_data_provider.py at test time (inception_preprocessing, eval): central crop of
     # 87.5% of each side, bilinear resize to 224x224, then [0, 1] -> [-1, 1]. Their ponder-map
-    # script (imagenet_ponder_map.py) runs the whole image instead: resolution "native" here.
+    # script (imagenet_ponder_map.py) runs the whole image instead: resolution "native" here,
+    # up to 640 pixels on the long side (their README: "between 320x240 and 640x480").
     "imagenet": {"input_size": [224, 224], "channels": 3, "normalize": "minus_one_to_one",
-                 "resize": "center_crop_fraction", "crop_fraction": 0.875},
+                 "resize": "center_crop_fraction", "crop_fraction": 0.875, "native_max_side": 640},
 }
 
 

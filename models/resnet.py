@@ -198,18 +198,21 @@ class PreActBottleneckUnit(nn.Module):
         return self.conv3(act(self.bn3(out)))
 
 
-def unit_flops(unit: nn.Module, active: torch.Tensor | float, dilated: torch.Tensor | float) -> torch.Tensor | float:
+def unit_flops(unit: nn.Module, active: torch.Tensor | float, dilated: torch.Tensor | float,
+               in_positions: float | None = None) -> torch.Tensor | float:
     """FLOPs of one unit given the number of active and dilated output positions.
 
     Only a block's first unit strides, and it always runs everywhere; convolutions before its
-    strided one (a bottleneck's first 1x1) run at the input resolution, stride^2 more positions.
+    strided one (a bottleneck's first 1x1) run at the input resolution: `in_positions` (default
+    stride^2 x the output's, which is exact for even sizes).
     """
-    scale = unit.stride**2
+    before_stride = in_positions if in_positions is not None else dilated * unit.stride**2
+    strided = unit.stride == 1
     flops = 0.0
     for conv in unit.convs_on_dilated + unit.convs_on_active:
-        if conv.stride != (1, 1):
-            scale = 1
-        flops = flops + conv_flops(conv, (dilated if conv in unit.convs_on_dilated else active) * scale)
+        strided = strided or conv.stride != (1, 1)
+        positions = dilated if conv in unit.convs_on_dilated else active
+        flops = flops + conv_flops(conv, positions if strided else before_stride)
     if unit.shortcut is not None:
         flops = flops + conv_flops(unit.shortcut, active)
     return flops
@@ -362,11 +365,11 @@ class Block(nn.Module):
         numbers are the same; so is the FLOP count, which always assumes sparse execution.
         Sparse without autograd updates the first unit's output in place (a forward hook on
         units[0] that keeps its output sees it overwritten: clone it)."""
-        batch = x.shape[0]
+        batch, in_positions = x.shape[0], float(x.shape[-2] * x.shape[-1])
         x = self.units[0](x)
         height, width = x.shape[-2:]
         positions = float(height * width)
-        flops = torch.full((batch,), float(unit_flops(self.units[0], positions, positions)), device=x.device)
+        flops = torch.full((batch,), float(unit_flops(self.units[0], positions, positions, in_positions)), device=x.device)
         if self.halting is None:
             for unit in self.units[1:]:
                 x = x + unit.residual(x)
@@ -527,8 +530,10 @@ class Block(nn.Module):
         sparse_ops.add_images(output, images, update * rest[images, None, None, None], inplace=True)
         return x if update_x == "no" else sparse_ops.add_images(x, images, update, inplace=update_x == "in place")
 
-    def dense_flops(self, positions: float) -> float:
-        return float(sum(unit_flops(u, positions, positions) for u in self.units))
+    def dense_flops(self, positions: float, in_positions: float | None = None) -> float:
+        """positions: of the block's output map; in_positions: of its input (for the first unit)."""
+        return float(unit_flops(self.units[0], positions, positions, in_positions)
+                     + sum(unit_flops(u, positions, positions) for u in self.units[1:]))
 
 
 class ResNet(nn.Module):
@@ -597,9 +602,10 @@ class ResNet(nn.Module):
         flops = torch.full((x.shape[0],), dense, device=x.device)
         block_traces = []
         for block in self.blocks:
+            in_positions = out.shape[-2] * out.shape[-1]
             out, block_trace, block_flops = block(out, sparse=sparse)
             flops = flops + block_flops
-            dense += block.dense_flops(out.shape[-2] * out.shape[-1])
+            dense += block.dense_flops(out.shape[-2] * out.shape[-1], in_positions)
             if block_trace is not None:
                 block_traces.append(block_trace)
         logits = self.classifier(self.head(out))

@@ -74,7 +74,8 @@ def prepare(image: Image.Image, preprocess: dict, resolution: str = "train", inv
     central `crop_fraction` of each side, then resize), "shorter_then_center_crop" (shorter side
     to `resize_shorter`, then the central input_size); `normalize`: "mean_std" (default, with
     mean and std), "per_image_standardization" (TF's, on 0..255 values), "minus_one_to_one";
-    `size_multiple`: "native" sizes are rounded to it (networks that need even maps)."""
+    `size_multiple`: "native" sizes are rounded to it (networks that need even maps);
+    `native_max_side`: the cap on the long side at "native" resolution (default 512)."""
     channels = int(preprocess["channels"])
     image = image.convert("L" if channels == 1 else "RGB")
     if invert:
@@ -83,7 +84,7 @@ def prepare(image: Image.Image, preprocess: dict, resolution: str = "train", inv
         image = _resize_for_training(image, preprocess)
     elif resolution == "native":
         width, height = image.size
-        scale = min(1.0, MAX_NATIVE_SIDE / max(width, height))
+        scale = min(1.0, int(preprocess.get("native_max_side", MAX_NATIVE_SIDE)) / max(width, height))
         multiple = int(preprocess.get("size_multiple", 1))
         size = [max(8, round(side * scale)) for side in (width, height)]
         size = [max(multiple, int(side / multiple + 0.5) * multiple) for side in size]  # nearest multiple

@@ -11,7 +11,7 @@ MAX_TEXT_CHARS = 10_000
 class ImageRequest(BaseModel):
     image: Optional[str] = Field(None, description="sha256 of an image stored with POST /api/images")
     sample: Optional[int] = Field(None, ge=0, description="index into the model's test set")
-    resolution: Literal["train", "native"] = Field("train", description="resize to the training size, or run at the image's own size (long side capped at 512)")
+    resolution: Literal["train", "native"] = Field("train", description="resize to the training size, or run at the image's own size (long side capped at 512, or at the card's preprocess.native_max_side)")
     invert: bool = Field(False, description="invert grey levels (dark-on-light photos for light-on-dark datasets)")
 
 

@@ -61,6 +61,9 @@ def test_fixture_matches_authors_tf_graph(tmp_path, name, execution):
             trace = model.trace(nchw(reference["inputs" + suffix]))
         logits = reference["logits" + suffix]
         np.testing.assert_allclose(trace.logits.numpy(), logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+        # FLOPs as their flopsometer counts them (their SACT total is [batch, batch], columns equal)
+        flops = reference["flops" + suffix]
+        np.testing.assert_array_equal(trace.flops.numpy().astype(np.int64), flops[:, 0] if flops.ndim == 2 else flops)
         scopes = block_scopes(reference)
         if name.endswith("vanilla"):
             assert trace.blocks is None and not scopes
