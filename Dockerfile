@@ -20,6 +20,7 @@ COPY models models
 COPY server server
 COPY training training
 COPY ponderscope ponderscope
+COPY importers importers
 RUN pip install --index-url "$TORCH_INDEX" torch==2.13.0 && pip install -e .
 COPY scripts scripts
 RUN bash scripts/fetch_mnist.sh
