@@ -154,7 +154,7 @@ def random_variables(manifest: dict, seed: int, halting_bias: float) -> dict:
 def test_full_size_random_checkpoint(kind, family, model_name, size, halting_bias):
     manifest = json.loads((FIXTURES / "manifests.json").read_text())[f"{kind}_{family}_{model_name.split('resnet')[1]}"]
     variables = random_variables(manifest, seed=1, halting_bias=halting_bias)
-    from importers.sact_tf import SCOPES, _layout, convert
+    from importers.sact_tf import _layout, convert
 
     scope = KINDS[kind]
     _, units_per_block, found_family = _layout(list(variables), scope)
@@ -250,14 +250,14 @@ def test_wrong_family_depth_and_classes_are_refused(tmp_path):
 def _write_bundle_copy(tmp_path: Path, edit) -> Path:
     """A checkpoint with the fixture's tensors after `edit(dict)`, written in TF's format by the
     test's own minimal writer (tests/tf_bundle_writer.py)."""
-    from tests.tf_bundle_writer import write_bundle
+    from tests.tf_bundle_writer import write_tensors
 
     prefix, _ = fixture("cifar_sact")
     tensors = read_bundle(prefix)
     edit(tensors)
     target = tmp_path / "edited" / "model.ckpt-1"
     target.parent.mkdir()
-    write_bundle(target, tensors)
+    write_tensors(target, tensors)
     return target
 
 
