@@ -673,6 +673,7 @@
     const token = ++tokens.samples;
     if (!id) { grid.replaceChildren(); return; }
     const model = MODEL_BY_ID.get(id);
+    $('samples-more').hidden = !!(model && model.test_set === false);
     if (model && model.test_set === false) {
       grid.dataset.key = '';
       $('samples-note').textContent = '';

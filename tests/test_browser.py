@@ -246,6 +246,7 @@ def test_imported_model_shows_its_source_and_analyses_an_upload(page, tmp_path):
     options = page.js("return [...document.getElementById('dataset-model').options].map((o) => o.value)")
     assert imported not in options
     page.no_error()
+    page.screenshot("image-imported")
     page.open("?view=models")
     card = page.wait("const a = document.querySelector(`article[data-model='${arguments[0]}']`); return a && a.innerText", imported, what="the model card")
     assert "imported from" in card and "sact-tf" in card and "source sha256" in card
