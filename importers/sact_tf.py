@@ -15,8 +15,9 @@ Halting branches, after every unit but a block's last (resnet_act.py):
     .../unit_U/halting_proba/{local_bn, local_conv, global_bn, global_conv}   SACT
     .../unit_U/halting_proba/{global_bn, global_conv}                          ACT
 
-What a training script adds (optimizer slots, `global_step`, moving-average shadows) is ignored
-and listed in the card; any other variable is an error, as is one the model needs and misses.
+What a training script adds (optimizer slots, `global_step`, moving-average shadows, anything
+outside the network's top scope) is ignored and listed in the card; any other variable under the
+network's scope is an error, as is one the model needs and misses.
 The checkpoint is read by importers/tf_bundle.py (TF's tensor-bundle format parsed as data):
 TensorFlow is not needed.
 """
@@ -122,8 +123,8 @@ def _layout(names: list[str], scope: str) -> tuple[str, list[int], str]:
 
 def convert(tensors: dict[str, np.ndarray], kind: str, scope: str, units_per_block: list[int], family: str
             ) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
-    """-> (our state dict, our name -> their name, the training-state variables ignored).
-    Unrecognised variables raise."""
+    """-> (our state dict, our name -> their name, the variables ignored: training state and
+    anything outside `scope`). Unrecognised variables under `scope` raise."""
     state: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
     ignored: list[str] = []
@@ -133,8 +134,9 @@ def convert(tensors: dict[str, np.ndarray], kind: str, scope: str, units_per_blo
         if TRAINING_STATE.search(name):
             ignored.append(name)
             continue
-        if not name.startswith(scope + "/"):
-            raise ImportFailed(f"unexpected variable {name!r}: not under the model's scope {scope!r}")
+        if not name.startswith(scope + "/"):  # not the network's (e.g. a training run's counters)
+            ignored.append(name)
+            continue
         rest = name[len(scope) + 1:]
         parts = rest.split("/")
         target = None
@@ -261,7 +263,7 @@ def read(source: Path, name: str, num_classes: int | None) -> tuple[Imported, li
         "widths": widths,
         "num_classes": classes_in_file,
         "tensors_read": len(state) - sum(1 for k in state if k.endswith("num_batches_tracked")),
-        "ignored_training_state": ignored[:50] + ([f"... {len(ignored) - 50} more"] if len(ignored) > 50 else []),
+        "ignored": ignored[:50] + ([f"... {len(ignored) - 50} more"] if len(ignored) > 50 else []),
         "layout": "kernels HWIO -> OIHW; 1x1 logits / halting kernels -> linear [out, in]; BN gamma/beta/moving_mean/moving_variance -> weight/bias/running_mean/running_var",
     }
     notes = []
