@@ -417,3 +417,42 @@ def test_imported_checkpoint_is_served(tmp_path, tiny_cifar):
         assert listed["cifar_aig8"]["family"] == "aig" and listed["cifar_aig8"]["kind"] == "image"
         card = listed["cifar_aig8"]["card"]
         assert card["source"]["format"] == "convnet-aig" and set(card["source"]["sha256"]) == {source.name}
+
+
+# --- against the authors' own code ---------------------------------------------------------------
+# tests/fixtures/convnet_aig/reference.npz holds what their convnet_aig.py computed (make_fixtures.py
+# there: their code with BatchNorm1d -> BatchNorm2d and the test-time Gumbel noise set to zero) for
+# weights and inputs that make_fixtures.seeded_* rebuild here bit for bit.
+
+AIG_FIXTURES = Path(__file__).parent / "fixtures" / "convnet_aig"
+
+
+@pytest.mark.parametrize("name,model_name", [("cifar_basic_2_2_2", "aig_resnet14"), ("imagenet_bottleneck_1_1_1_1", "aig_resnet14")])
+@pytest.mark.parametrize("execution", ["sparse", "masked"])
+def test_matches_the_authors_network(tmp_path, name, model_name, execution):
+    import json
+
+    import numpy as np
+
+    from tests.fixtures.convnet_aig.make_fixtures import NETWORKS, seeded_inputs, seeded_state_dict
+
+    manifest = json.loads((AIG_FIXTURES / "manifests.json").read_text())[name]
+    reference = np.load(AIG_FIXTURES / "reference.npz")
+    _, shape, seed = NETWORKS[name]
+    state = seeded_state_dict(manifest, seed)
+    prefix = f"{name}/override/"
+    for key in reference.files:
+        if key.startswith(prefix):
+            state[key[len(prefix):]] = torch.from_numpy(reference[key])
+    path = tmp_path / "model_best.pth.tar"  # as their train.py writes it (here from the CPU)
+    torch.save({"epoch": 350, "state_dict": OrderedDict(("module." + k, v) for k, v in state.items()), "best_prec1": 93.4},
+               path, _use_new_zipfile_serialization=False)
+    model = models.load_checkpoint(import_checkpoint("convnet-aig", path, tmp_path / "ckpt", model_name))
+    model.execution = execution
+    with torch.no_grad():
+        trace = model.trace(torch.from_numpy(seeded_inputs(shape, seed)))
+    logits = reference[f"{name}/logits"]
+    np.testing.assert_allclose(trace.logits.numpy(), logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+    gates = reference[f"{name}/gates"]
+    np.testing.assert_array_equal(trace.executed.numpy().astype(np.float32), gates)
+    assert 0 < gates.mean() < 1 and (gates.min(0) != gates.max(0)).any()  # decisions differ by image
