@@ -128,7 +128,7 @@ def write_imported(imported: Imported, out: str | os.PathLike, sources: list[Pat
         "preprocess": imported.preprocess,
         "source": {
             "format": imported.source_format,
-            "files": [str(p) for p in sources],
+            "files": [p.name for p in sources],  # names only: the card is served to every client
             "sha256": sha256_of(sources),
             "converted": imported.converted,
             "notes": imported.notes,

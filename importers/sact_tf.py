@@ -32,10 +32,17 @@ import torch
 import models
 
 from .classes import names_for
-from .common import ImportFailed, Imported, basic_depth, bottleneck_depth, check_depth, load_converted, parse_model_name
-from .tf_bundle import read_bundle, resolve_prefix
+from models.resnet import IMAGENET_LAYOUTS
 
-SCOPES = {"resnet_residual": "cifar", "resnet_v2": "imagenet"}
+from .common import FAMILY_OF_PREFIX, ImportFailed, Imported, basic_depth, bottleneck_depth, check_depth, load_converted, parse_model_name
+from .tf_bundle import list_variables, read_bundle, resolve_prefix, shard_files
+
+# Their names, per network: top scope, stem conv, head BN, block scope, a unit's residual scope.
+NAMING = {
+    "cifar": {"scope": "resnet_residual", "stem": "Conv", "head_bn": "BatchNorm", "block": "block_{}", "body": "residual"},
+    "imagenet": {"scope": "resnet_v2", "stem": "conv1", "head_bn": "postnorm", "block": "block{}", "body": "bottleneck_v2"},
+}
+SCOPES = {naming["scope"]: kind for kind, naming in NAMING.items()}
 # Variables a training run writes beside the model's own: never part of the network.
 TRAINING_STATE = re.compile(r"(^|/)(global_step|Momentum|ExponentialMovingAverage|RMSProp(_1)?|Adam(_1)?|beta[12]_power|learning_rate)(/|$)")
 BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
@@ -59,18 +66,17 @@ def _kernel(value: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(value.transpose(3, 2, 0, 1)))
 
 
-def _matrix(value: np.ndarray) -> torch.Tensor:
+def _matrix(name: str, value: np.ndarray) -> torch.Tensor:
     """A 1x1 conv's [1, 1, Cin, Cout] kernel -> a linear layer's [Cout, Cin] weight."""
     if value.ndim != 4 or value.shape[:2] != (1, 1):
-        raise ImportFailed(f"expected a 1x1 kernel [1, 1, Cin, Cout], got shape {list(value.shape)}")
+        raise ImportFailed(f"variable {name!r} has shape {list(value.shape)}, expected a 1x1 kernel [1, 1, Cin, Cout]")
     return torch.from_numpy(np.ascontiguousarray(value[0, 0].T))
 
 
 def _unit_target(kind: str, rest: str) -> str | None:
     """Our name (relative to the unit) for a unit's variable, or None if it has none."""
     parts = rest.split("/")
-    body = {"cifar": "residual", "imagenet": "bottleneck_v2"}[kind]
-    if parts[0] != body or len(parts) < 3:
+    if parts[0] != NAMING[kind]["body"] or len(parts) < 3:
         return None
     layer, leaf = parts[1], parts[-1]
     if layer == "preact" and len(parts) == 3 and leaf in BN:
@@ -128,40 +134,38 @@ def convert(tensors: dict[str, np.ndarray], kind: str, scope: str, units_per_blo
     state: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
     ignored: list[str] = []
-    head_bn = "BatchNorm" if kind == "cifar" else "postnorm"
-    stem = "Conv" if kind == "cifar" else "conv1"
+    naming = NAMING[kind]
     for name, value in tensors.items():
-        if TRAINING_STATE.search(name):
-            ignored.append(name)
-            continue
-        if not name.startswith(scope + "/"):  # not the network's (e.g. a training run's counters)
+        if is_ignored(name, scope):
             ignored.append(name)
             continue
         rest = name[len(scope) + 1:]
         parts = rest.split("/")
         target = None
-        if parts[0] == stem and len(parts) == 2 and parts[1] in ("weights", "biases"):
+        if parts[0] == naming["stem"] and len(parts) == 2 and parts[1] in ("weights", "biases"):
             target = "stem.weight" if parts[1] == "weights" else "stem.bias"
-        elif parts[0] == head_bn and len(parts) == 2 and parts[1] in BN:
+        elif parts[0] == naming["head_bn"] and len(parts) == 2 and parts[1] in BN:
             target = f"final_bn.{BN[parts[1]]}"
         elif parts[0] == "logits" and len(parts) == 2 and parts[1] in ("weights", "biases"):
             target = "classifier.weight" if parts[1] == "weights" else "classifier.bias"
         else:
             match = UNIT.match(rest)
-            if match:
+            if match and int(match["block"]) >= 1 and int(match["unit"]) >= 1:
                 block, unit = int(match["block"]) - 1, int(match["unit"]) - 1
                 inner = _unit_target(kind, match["rest"])
                 if inner is not None:
                     target = f"blocks.{block}.units.{unit}.{inner}"
-                elif family != "dense" and unit < units_per_block[block] - 1:
+                elif family != "dense" and block < len(units_per_block) and unit < units_per_block[block] - 1:
                     branch = _halting_target(family, match["rest"])
                     target = f"blocks.{block}.halting.{unit}.{branch}" if branch else None
         if target is None:
             raise ImportFailed(f"unexpected variable {name!r} (shape {list(value.shape)}): not part of a {family} {kind} ResNet of the authors' code")
         if target in state:
             raise ImportFailed(f"variable {name!r} maps onto {target}, which {source[target]!r} already filled")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ImportFailed(f"variable {name!r} holds {value.dtype} values; the network's variables are floats")
         if target == "classifier.weight" or target.endswith(("global_linear.weight", ".linear.weight")):
-            tensor = _matrix(value)
+            tensor = _matrix(name, value)
         elif value.ndim == 4:
             tensor = _kernel(value)
         else:
@@ -171,24 +175,40 @@ def convert(tensors: dict[str, np.ndarray], kind: str, scope: str, units_per_blo
     return state, source, sorted(ignored)
 
 
+def is_ignored(name: str, scope: str) -> bool:
+    """Training state, or a variable outside the network's top scope."""
+    return bool(TRAINING_STATE.search(name)) or not name.startswith(scope + "/")
+
+
+def _as_stored(shape, key: str) -> list[int]:
+    """Our tensor shape written as theirs (OIHW -> HWIO; a linear [out, in] -> [1, 1, in, out])."""
+    shape = list(shape)
+    if len(shape) == 4:
+        return [shape[2], shape[3], shape[1], shape[0]]
+    if len(shape) == 2:
+        return [1, 1, shape[1], shape[0]]
+    return shape
+
+
 def their_name(key: str, kind: str, scope: str) -> str:
     """The authors' variable name for one of our state-dict keys (the inverse of `convert`), to
     name a variable the checkpoint lacks."""
     bn = {ours: theirs for theirs, ours in BN.items()}
+    naming = NAMING[kind]
     param = key.rsplit(".", 1)[-1]
     conv_leaf = "weights" if param == "weight" else "biases"
     if key.startswith("stem."):
-        return f"{scope}/{'Conv' if kind == 'cifar' else 'conv1'}/{conv_leaf}"
+        return f"{scope}/{naming['stem']}/{conv_leaf}"
     if key.startswith("final_bn."):
-        return f"{scope}/{'BatchNorm' if kind == 'cifar' else 'postnorm'}/{bn.get(param, param)}"
+        return f"{scope}/{naming['head_bn']}/{bn.get(param, param)}"
     if key.startswith("classifier."):
         return f"{scope}/logits/{conv_leaf}"
     parts = key.split(".")  # blocks.B.units.U.layer.param or blocks.B.halting.U.layer.param
-    block = f"block_{int(parts[1]) + 1}" if kind == "cifar" else f"block{int(parts[1]) + 1}"
+    block = naming["block"].format(int(parts[1]) + 1)
     unit = f"{scope}/{block}/unit_{int(parts[3]) + 1}"
     layer = parts[4]
     if parts[2] == "units":
-        body = "residual" if kind == "cifar" else "bottleneck_v2"
+        body = naming["body"]
         bn_of = {"bn1": "preact", "bn2": "conv1/BatchNorm", "bn3": "conv2/BatchNorm"}
         if layer in bn_of:
             return f"{unit}/{body}/{bn_of[layer]}/{bn.get(param, param)}"
@@ -198,71 +218,86 @@ def their_name(key: str, kind: str, scope: str) -> str:
     return f"{unit}/halting_proba/{theirs}/{leaf}"
 
 
+def _build(family: str, kind: str, depth: int, units_per_block: list[int], widths: list[int], num_classes: int):
+    """Our model of the authors' network: the registered fixed-depth name (sact_resnet32,
+    sact_resnet101) when the layout is that name's own, else the family's generic builder with
+    the layout spelled out (unequal blocks, narrow test networks)."""
+    prefix = {v: k for k, v in FAMILY_OF_PREFIX.items()}[family] or ""
+    style = "sact_tf_cifar" if kind == "cifar" else "sact_tf_imagenet"
+    kwargs = {"num_classes": num_classes, "style": style}
+    fixed = f"{prefix}resnet{depth}"
+    if kind == "cifar":
+        standard = fixed in models.list_models() and len(set(units_per_block)) == 1
+        kwargs["widths"] = widths
+        if not standard:
+            kwargs.update(depth=depth, units_per_block=units_per_block)
+    else:
+        standard = fixed in models.list_models() and units_per_block == IMAGENET_LAYOUTS.get(depth) and widths[0] == 64
+        if not standard:
+            kwargs.update(depth=depth, stem="imagenet", units_per_block=units_per_block, widths=widths)
+    name = fixed if standard else f"{prefix}resnet"
+    try:
+        return models.create_model(name, **kwargs)
+    except (ValueError, TypeError) as error:
+        raise ImportFailed(f"cannot build {name} for this checkpoint: {error}") from None
+
+
 def read(source: Path, name: str, num_classes: int | None) -> tuple[Imported, list[Path]]:
     wanted = parse_model_name(name, ("dense", "act", "sact"))
     prefix = resolve_prefix(source)
-    tensors = read_bundle(prefix)
-    files = [Path(str(prefix) + ".index")] + sorted(prefix.parent.glob(prefix.name + ".data-*"))
-    scopes = {n.split("/")[0] for n in tensors} & set(SCOPES)
+    names = list(list_variables(prefix))
+    scopes = {n.split("/")[0] for n in names} & set(SCOPES)
     if len(scopes) != 1:
-        raise ImportFailed(f"{prefix}: expected the variables of one of the authors' networks under 'resnet_residual/' (CIFAR) or 'resnet_v2/' (ImageNet); found top scopes {sorted({n.split('/')[0] for n in tensors})[:8]}")
+        found = sorted({n.split("/")[0] for n in names})[:8]
+        raise ImportFailed(f"{prefix}: expected the variables of one of the authors' networks under 'resnet_residual/' (CIFAR) or 'resnet_v2/' (ImageNet); found top scopes {found}")
     scope = scopes.pop()
-    kind, units_per_block, family = _layout(list(tensors), scope)
+    kind = SCOPES[scope]
+    naming = NAMING[kind]
+    _, units_per_block, family = _layout(names, scope)
     if family != wanted.family:
-        raise ImportFailed(f"the checkpoint holds a {family} network ({'halting_proba/local_conv' if family == 'sact' else 'halting_proba/global_conv' if family == 'act' else 'no halting branches'}), not the {wanted.family} network {name!r} asks for")
+        what = {"sact": "halting_proba/local_conv", "act": "halting_proba/global_conv"}.get(family, "no halting branches")
+        raise ImportFailed(f"the checkpoint holds a {family} network ({what}), not the {wanted.family} network {name!r} asks for")
     depth = (basic_depth if kind == "cifar" else bottleneck_depth)(units_per_block)
     check_depth(wanted, units_per_block, depth)
+    tensors = read_bundle(prefix, wanted=lambda n: not is_ignored(n, scope))  # training state is not read
 
+    stem = tensors.get(f"{scope}/{naming['stem']}/weights")
     logits = tensors.get(f"{scope}/logits/weights")
-    stem = tensors.get(f"{scope}/{'Conv' if kind == 'cifar' else 'conv1'}/weights")
     first = tensors.get(f"{scope}/block1/unit_1/bottleneck_v2/conv1/weights") if kind == "imagenet" else stem
-    for what, value in (("logits/weights", logits), ("the stem's weights", stem), ("block 1 unit 1's conv1/weights", first)):
-        if value is None or value.ndim != 4:
-            raise ImportFailed(f"missing variable {scope}/{what}" if value is None else f"{what} has shape {list(value.shape)}, expected a 4-D HWIO kernel")
+    for variable, value in ((naming["stem"], stem), ("logits", logits), ("block1/unit_1/bottleneck_v2/conv1", first)):
+        if value is None:
+            raise ImportFailed(f"missing variable '{scope}/{variable}/weights'")
+        if value.ndim != 4:
+            raise ImportFailed(f"variable '{scope}/{variable}/weights' has shape {list(value.shape)}, expected a 4-D HWIO kernel")
+    if stem.shape[2] != 3:
+        raise ImportFailed(f"variable '{scope}/{naming['stem']}/weights' has shape {list(stem.shape)}: the authors' networks read RGB images (3 input channels)")
     classes_in_file = int(logits.shape[-1])
+    if classes_in_file < 1:
+        raise ImportFailed(f"variable '{scope}/logits/weights' has shape {list(logits.shape)}: no classes")
     if num_classes is not None and num_classes != classes_in_file:
         raise ImportFailed(f"--num-classes {num_classes} does not match the checkpoint's logits ({classes_in_file} classes, {scope}/logits/weights {list(logits.shape)})")
     base = int(first.shape[-1])
-    widths = [base, 2 * base, 4 * base] if kind == "cifar" else [base, 2 * base, 4 * base, 8 * base]
-    style = "sact_tf_cifar" if kind == "cifar" else "sact_tf_imagenet"
-    kwargs = {"num_classes": classes_in_file, "in_channels": int(stem.shape[2]), "style": style}
-    # The registered fixed-depth name (sact_resnet32, sact_resnet101) when the layout is its own,
-    # else the family's generic builder with the layout spelled out (e.g. a tiny test network).
-    prefix_name = {"dense": "", "act": "act_", "sact": "sact_"}[family]
-    if kind == "cifar":
-        registered = f"{prefix_name}resnet{depth}" in models.list_models()
-        model_name = f"{prefix_name}resnet{depth}" if registered else f"{prefix_name}resnet"
-        kwargs["widths"] = widths
-        if not registered:
-            kwargs["depth"] = depth
-    else:
-        registered = f"{prefix_name}resnet{depth}" in models.list_models() and units_per_block == models.resnet.IMAGENET_LAYOUTS.get(depth) and base == 64
-        model_name = f"{prefix_name}resnet{depth}" if registered else f"{prefix_name}resnet"
-        if not registered:
-            kwargs.update(depth=depth, stem="imagenet", units_per_block=units_per_block, widths=widths)
-    try:
-        model = models.create_model(model_name, **kwargs)
-    except (ValueError, TypeError) as error:
-        raise ImportFailed(f"cannot build {model_name} for this checkpoint: {error}") from None
+    widths = [base * 2**i for i in range(len(units_per_block))]
+    model = _build(family, kind, depth, units_per_block, widths, classes_in_file)
 
     state, source_names, ignored = convert(tensors, kind, scope, units_per_block, family)
-    # Batch-norm step counters are ours alone (TF keeps none): fill them.
-    for key in model.state_dict():
-        if key.endswith("num_batches_tracked"):
+    ignored = sorted(set(ignored) | {n for n in names if is_ignored(n, scope)})
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked"):  # batch-norm step counters are ours alone (TF keeps none)
             state.setdefault(key, torch.tensor(0, dtype=torch.long))
-    for key in model.state_dict():
         source_names.setdefault(key, their_name(key, kind, scope))
+        if key in state and tuple(state[key].shape) != tuple(value.shape):  # said in their layout
+            raise ImportFailed(f"variable {source_names[key]!r} has shape {list(tensors[source_names[key]].shape)}; the {name} of this checkpoint needs {_as_stored(value.shape, key)}")
     load_converted(model, state, source_names)
-    dataset = "cifar-10" if kind == "cifar" else "imagenet"
-    if kind == "imagenet" and classes_in_file not in (1000, 1001):
-        dataset = "imagenet-like"
+    dataset = {"cifar": {10: "cifar-10", 100: "cifar-100"}, "imagenet": {1000: "imagenet", 1001: "imagenet"}}[kind].get(classes_in_file, f"{kind}-like ({classes_in_file} classes)")
     converted = {
         "scope": scope,
-        "network": f"{name} as in the authors' {'cifar_model.py' if kind == 'cifar' else 'imagenet_model.py'} (style {style})",
+        "network": f"{name} as in the authors' {'cifar_model.py' if kind == 'cifar' else 'imagenet_model.py'} (style {model.style_name})",
         "units_per_block": units_per_block,
         "widths": widths,
         "num_classes": classes_in_file,
-        "tensors_read": len(state) - sum(1 for k in state if k.endswith("num_batches_tracked")),
+        "tensors_converted": len(source_names) - sum(1 for k in expected if k.endswith("num_batches_tracked")),
         "ignored": ignored[:50] + ([f"... {len(ignored) - 50} more"] if len(ignored) > 50 else []),
         "layout": "kernels HWIO -> OIHW; 1x1 logits / halting kernels -> linear [out, in]; BN gamma/beta/moving_mean/moving_variance -> weight/bias/running_mean/running_var",
     }
@@ -274,8 +309,8 @@ def read(source: Path, name: str, num_classes: int | None) -> tuple[Imported, li
         source_format="sact-tf",
         converted=converted,
         preprocess=dict(PREPROCESS[kind]),
-        classes=names_for("imagenet" if kind == "imagenet" else "cifar-10", classes_in_file),
+        classes=names_for(dataset, classes_in_file),
         dataset=dataset,
         notes=notes,
     )
-    return imported, files
+    return imported, shard_files(prefix)

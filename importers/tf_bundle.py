@@ -19,7 +19,8 @@ under binary keys starting with b"\\x00"). The tensor's bytes are `size` bytes a
 
 The index blocks' checksums are verified (they are small). The tensors' crc32c is not: a pure
 Python crc32c over a ~170 MB checkpoint takes minutes; every offset, size and shape is checked
-instead, so corrupt input fails with `ImportFailed`, never with an over-sized read.
+instead (ranges inside their shard, never overlapping), so corrupt input fails with `ImportFailed`,
+never with a read larger than the data files.
 """
 from __future__ import annotations
 
@@ -230,15 +231,19 @@ def list_variables(prefix: str | os.PathLike) -> dict[str, tuple[str, tuple[int,
     return {name: _dtype_and_shape(name, entry)[1:] for name, entry in entries.items()}
 
 
-def read_bundle(prefix: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_bundle(prefix: str | os.PathLike, wanted=None) -> dict[str, np.ndarray]:
     """Every numeric variable as a numpy array (floats as float32); string and other non-numeric
-    tensors are skipped; a partitioned variable raises ImportFailed."""
+    tensors are skipped; a partitioned variable raises ImportFailed. `wanted(name)`, if given,
+    picks the variables whose data is read (the others are still checked).
+
+    Memory stays within the data files' size: every tensor's byte range must lie inside its shard
+    and no two may overlap (a hostile index pointing many names at the same bytes is refused)."""
     prefix = resolve_prefix(prefix)
     num_shards, entries = _entries(prefix)
     if not 1 <= num_shards <= 100000:
         raise ImportFailed(f"{prefix}.index: impossible shard count {num_shards}")
     shards: dict[int, tuple[Path, int]] = {}
-    out = {}
+    layout = []  # (shard, offset, size, name, stored dtype, dtype name, shape)
     try:
         for name, entry in entries.items():
             code, dtype_name, shape = _dtype_and_shape(name, entry)
@@ -261,12 +266,25 @@ def read_bundle(prefix: str | os.PathLike) -> dict[str, np.ndarray]:
                 raise ImportFailed(f"variable {name!r}: {size} bytes do not hold a {dtype_name} tensor of shape {list(shape)}")
             if offset + size > file_size:
                 raise ImportFailed(f"variable {name!r}: bytes {offset}..{offset + size} lie past the end of {path} ({file_size} bytes; truncated?)")
+            layout.append((shard, offset, size, name, stored, dtype_name, shape))
+        layout.sort()
+        for before, after in zip(layout, layout[1:]):
+            if before[0] == after[0] and before[1] + before[2] > after[1]:
+                raise ImportFailed(f"variables {before[3]!r} and {after[3]!r} claim the same bytes of shard {before[0]}: a corrupt index")
+        out = {}
+        for shard, offset, size, name, stored, dtype_name, shape in layout:
+            if wanted is not None and not wanted(name):
+                continue
+            path = shards[shard][0]
             data = bytearray(size)
             with open(path, "rb") as f:
                 f.seek(offset)
                 if f.readinto(data) != size:
                     raise ImportFailed(f"variable {name!r}: short read from {path}")
-            array = np.frombuffer(data, dtype=stored).reshape(shape)
+            try:
+                array = np.frombuffer(data, dtype=stored).reshape(shape)
+            except ValueError as err:  # e.g. a zero-size tensor with absurd other dimensions
+                raise ImportFailed(f"variable {name!r} has an impossible shape {list(shape)} ({err})") from None
             if dtype_name == "bfloat16":
                 array = (array.astype(np.uint32) << 16).view(np.float32)
             elif dtype_name in ("float64", "float16"):
@@ -275,3 +293,10 @@ def read_bundle(prefix: str | os.PathLike) -> dict[str, np.ndarray]:
     except OSError as err:
         raise ImportFailed(f"cannot read the data of {prefix}: {err.strerror or err}") from None
     return out
+
+
+def shard_files(prefix: str | os.PathLike) -> list[Path]:
+    """The index and the data shards its header names (what an import reads)."""
+    prefix = resolve_prefix(prefix)
+    num_shards, _ = _entries(prefix)
+    return [Path(f"{prefix}.index")] + [Path(f"{prefix}.data-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]

@@ -303,7 +303,7 @@ def _register(depth: int, builder):
 
 
 # The ImageNet networks of the paper (bottleneck blocks, 7x7 stem + max-pool), as in the authors' code.
-IMAGENET_LAYOUTS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+from .resnet import IMAGENET_LAYOUTS  # noqa: E402  (one table of the standard ImageNet layouts)
 IMAGENET_WIDTHS = [64, 128, 256, 512]
 CIFAR_DEPTHS = (20, 32, 56, 110)
 

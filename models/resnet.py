@@ -66,10 +66,10 @@ class Style:
     halting_activation: bool = False  # the activation also follows the halting branches' BNs
     head: str = "pool_last"  # "pool_last": mean(act(bn(x))); "bn_after_pool": act(bn(mean(x)))
 
-    def act(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    def act(self, x: torch.Tensor) -> torch.Tensor:
         if self.negative_slope == 0.0:
-            return F.relu(x, inplace=inplace)
-        return F.leaky_relu(x, self.negative_slope, inplace=inplace)
+            return F.relu(x)
+        return F.leaky_relu(x, self.negative_slope)
 
     def inner_act(self, x: torch.Tensor) -> torch.Tensor:
         if self.inner_negative_slope == 0.0:
@@ -635,11 +635,20 @@ def _cifar_depth(depth: int) -> int:
     return (depth - 2) // 6
 
 
-def cifar_resnet(depth: int = 20, halting: str = "none", widths=(16, 32, 64), stem: str = "cifar", **kwargs) -> ResNet:
+def cifar_resnet(depth: int = 20, halting: str = "none", widths=(16, 32, 64), stem: str = "cifar",
+                 units_per_block=None, **kwargs) -> ResNet:
+    """Basic-unit ResNet with the 3x3 stem, 6n+2 layers (n units per block), or `units_per_block`
+    for unequal blocks (2 x units + 2 = depth). stem="imagenet": see `imagenet_resnet`."""
     if stem == "imagenet":  # the family's generic name also builds ImageNet-style networks
-        return imagenet_resnet(depth, halting, widths=widths if len(widths) == 4 else (64, 128, 256, 512), **kwargs)
-    n = _cifar_depth(depth)
-    return ResNet("basic", [n, n, n], list(widths), stem="cifar", halting=halting, **kwargs)
+        widths = widths if len(widths) == 4 else (64, 128, 256, 512)
+        return imagenet_resnet(depth, halting, units_per_block=units_per_block, widths=widths, **kwargs)
+    if units_per_block is None:
+        n = _cifar_depth(depth)
+        units_per_block = [n] * len(widths)
+    units_per_block = [int(n) for n in units_per_block]
+    if len(units_per_block) != len(widths) or min(units_per_block) < 1 or 2 * sum(units_per_block) + 2 != depth:
+        raise ValueError(f"units_per_block {units_per_block} does not make a basic ResNet-{depth} with {len(widths)} blocks (2 x units + 2 layers)")
+    return ResNet("basic", units_per_block, list(widths), stem="cifar", halting=halting, **kwargs)
 
 
 IMAGENET_LAYOUTS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}

@@ -80,8 +80,9 @@ def prepare(image: Image.Image, preprocess: dict, resolution: str = "train", inv
     image = image.convert("L" if channels == 1 else "RGB")
     if invert:
         image = ImageOps.invert(image)
+    array = None  # the pixels in 0..1 when a resize computed them as floats
     if resolution == "train":
-        image = _resize_for_training(image, preprocess)
+        image, array = _resize_for_training(image, preprocess)
     elif resolution == "native":
         width, height = image.size
         scale = min(1.0, int(preprocess.get("native_max_side", MAX_NATIVE_SIDE)) / max(width, height))
@@ -94,31 +95,57 @@ def prepare(image: Image.Image, preprocess: dict, resolution: str = "train", inv
             image = image.resize(tuple(size), Image.BILINEAR)
     else:
         raise ImageError(f"resolution must be 'train' or 'native', not {resolution!r}")
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array.copy())
+    if array is None:
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
     tensor = tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1)
     return normalize(tensor, preprocess).unsqueeze(0), image
 
 
-def _resize_for_training(image: Image.Image, preprocess: dict) -> Image.Image:
+def _resize_for_training(image: Image.Image, preprocess: dict) -> tuple[Image.Image, np.ndarray | None]:
+    """-> (the image the model sees, its pixels in 0..1 if computed as floats, else None)."""
     height, width = preprocess["input_size"]
     how = preprocess.get("resize", "stretch")
     if how == "center_crop_fraction":
+        # TF-Slim's inception eval: tf.image.central_crop, then TF1's resize_bilinear on floats
         fraction = float(preprocess.get("crop_fraction", 0.875))
         w, h = image.size
         top, left = int((h - h * fraction) / 2), int((w - w * fraction) / 2)
-        image = image.crop((left, top, w - left, h - top))
-    elif how == "shorter_then_center_crop":
+        crop = np.asarray(image.crop((left, top, w - left, h - top)), dtype=np.float32) / 255.0
+        array = tf_resize_bilinear(crop if crop.ndim == 3 else crop[:, :, None], height, width)
+        array = array if image.mode != "L" else array[:, :, 0]
+        return Image.fromarray(np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8), image.mode), array
+    if how == "shorter_then_center_crop":
+        # torchvision's Scale(n) / Resize(n) and CenterCrop, with their rounding
         shorter = int(preprocess.get("resize_shorter", max(height, width)))
         w, h = image.size
-        scale = shorter / min(w, h)
-        image = image.resize((max(width, round(w * scale)), max(height, round(h * scale))), Image.BILINEAR)
+        if not ((w <= h and w == shorter) or (h <= w and h == shorter)):
+            size = (shorter, int(shorter * h / w)) if w < h else (int(shorter * w / h), shorter)
+            image = image.resize(size, Image.BILINEAR)
         w, h = image.size
-        left, top = (w - width) // 2, (h - height) // 2
-        return image.crop((left, top, left + width, top + height))
-    elif how != "stretch":
+        left, top = int(round((w - width) / 2.0)), int(round((h - height) / 2.0))
+        return image.crop((left, top, left + width, top + height)), None
+    if how != "stretch":
         raise ValueError(f"unknown preprocess.resize {how!r}")
-    return image.resize((width, height), Image.BILINEAR)
+    return image.resize((width, height), Image.BILINEAR), None
+
+
+def tf_resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """TF1's tf.image.resize_bilinear (align_corners=False, no half-pixel centres) of [H, W, C]
+    floats: output pixel y reads input row y * in/out, interpolated between its two neighbours;
+    no antialiasing (Pillow's bilinear filters over the whole footprint when shrinking)."""
+    in_h, in_w = array.shape[:2]
+
+    def axis(n_out: int, n_in: int):
+        where = np.arange(n_out, dtype=np.float32) * np.float32(n_in / n_out)
+        low = np.floor(where).astype(np.int64)
+        return low, np.minimum(low + 1, n_in - 1), (where - low).astype(np.float32)
+
+    y0, y1, dy = axis(height, in_h)
+    x0, x1, dx = axis(width, in_w)
+    top = array[y0][:, x0] + (array[y0][:, x1] - array[y0][:, x0]) * dx[None, :, None]
+    bottom = array[y1][:, x0] + (array[y1][:, x1] - array[y1][:, x0]) * dx[None, :, None]
+    return (top + (bottom - top) * dy[:, None, None]).astype(np.float32)
 
 
 def normalize(tensor: torch.Tensor, preprocess: dict) -> torch.Tensor:

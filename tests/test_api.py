@@ -297,3 +297,22 @@ def test_page_and_assets_offline(client):
     assert set(body) == {"application/json", "multipart/form-data"}
     assert {"image", "sample", "resolution", "invert"} <= set(body["application/json"]["schema"]["properties"])
     assert set(body["multipart/form-data"]["schema"]["properties"]) == {"file", "resolution", "invert"}
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000, b'{"sample": ' + b"9" * 5000 + b"}", b"\xff\xfe", b"x" * (70 * 1024)])
+def test_hostile_json_bodies_get_a_message(client, body):
+    model_id = next(m["id"] for m in client.get("/api/models").json() if m["kind"] == "image")
+    response = client.post(f"/api/models/{model_id}/image", content=body, headers={"content-type": "application/json"})
+    assert response.status_code in (413, 422), response.text
+    assert response.json()["detail"]
+
+
+def test_chunked_json_body_is_bounded(client):
+    model_id = next(m["id"] for m in client.get("/api/models").json() if m["kind"] == "image")
+
+    def chunks():
+        for _ in range(100):
+            yield b" " * 8192  # 800 KB of whitespace, no Content-Length
+
+    response = client.post(f"/api/models/{model_id}/image", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "JSON body" in response.json()["detail"]

@@ -146,27 +146,31 @@ def random_variables(manifest: dict, seed: int, halting_bias: float) -> dict:
     return out
 
 
-@pytest.mark.parametrize("kind,family,model_name,size,halting_bias", [
-    ("imagenet", "sact", "sact_resnet101", (1, 64, 80, 3), 0.0),
-    ("cifar", "sact", "sact_resnet32", (2, 32, 32, 3), -1.0),
-    ("cifar", "act", "act_resnet110", (2, 32, 32, 3), -2.0),
+def import_manifest(monkeypatch, variables: dict, model_name: str):
+    """importers.read on a checkpoint that holds `variables` (the file layer stubbed out: it is
+    tested on real TF files above)."""
+    import importers.sact_tf as sact_tf
+
+    monkeypatch.setattr(sact_tf, "resolve_prefix", lambda source: Path(source))
+    monkeypatch.setattr(sact_tf, "shard_files", lambda prefix: [])
+    monkeypatch.setattr(sact_tf, "list_variables", lambda prefix: {n: ("float32", v.shape) for n, v in variables.items()})
+    monkeypatch.setattr(sact_tf, "read_bundle", lambda prefix, wanted=None: {n: v for n, v in variables.items() if wanted is None or wanted(n)})
+    imported, _ = read_source("sact-tf", "in-memory", model_name)
+    return imported
+
+
+@pytest.mark.parametrize("kind,family,model_name,size,halting_bias,registered", [
+    ("imagenet", "sact", "sact_resnet101", (1, 64, 80, 3), 0.0, "sact_resnet101"),
+    ("cifar", "sact", "sact_resnet32", (2, 32, 32, 3), -1.0, "sact_resnet32"),
+    ("cifar", "act", "act_resnet110", (2, 32, 32, 3), -2.0, "act_resnet110"),
 ])
-def test_full_size_random_checkpoint(kind, family, model_name, size, halting_bias):
+def test_full_size_random_checkpoint(monkeypatch, kind, family, model_name, size, halting_bias, registered):
     manifest = json.loads((FIXTURES / "manifests.json").read_text())[f"{kind}_{family}_{model_name.split('resnet')[1]}"]
     variables = random_variables(manifest, seed=1, halting_bias=halting_bias)
-    from importers.sact_tf import _layout, convert
-
-    scope = KINDS[kind]
-    _, units_per_block, found_family = _layout(list(variables), scope)
-    assert found_family == family
-    state, _, _ = convert(variables, kind, scope, units_per_block, family)
-    kwargs = {"num_classes": 1001 if kind == "imagenet" else 10, "style": f"sact_tf_{kind}"}
-    model = models.create_model(model_name, **kwargs)
-    for key in model.state_dict():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(0)
-    model.load_state_dict(state, strict=True)
-    model.eval()
+    imported = import_manifest(monkeypatch, variables, model_name)
+    model = imported.model
+    assert model.registry_name == registered and model.style_name == f"sact_tf_{kind}"
+    assert len(imported.classes) == (1001 if kind == "imagenet" else 10)
     images = np.random.default_rng(2).uniform(-1, 1, size).astype(np.float32)
     expected = Graph(variables, kind, family)(images)
     with torch.no_grad():
@@ -181,6 +185,23 @@ def test_full_size_random_checkpoint(kind, family, model_name, size, halting_bia
         depths |= set(np.unique(results["num_units"].numpy()).tolist())
     # the halting biases make units halt at several depths (and, for SACT, unevenly over positions)
     assert len(depths) >= 2 and (varied >= 1 or family == "act"), (depths, varied)
+
+
+def test_unequal_blocks(monkeypatch):
+    """Their --model 4_5_3 (units per block): their names of ResNet-32 with units removed."""
+    manifest = json.loads((FIXTURES / "manifests.json").read_text())["cifar_sact_32"]
+    drop = ("block_1/unit_5/", "block_1/unit_4/halting_proba", "block_3/unit_5/", "block_3/unit_4/", "block_3/unit_3/halting_proba")
+    manifest = {n: shape for n, shape in manifest.items() if not any(d in n for d in drop)}
+    variables = random_variables(manifest, seed=3, halting_bias=-1.0)
+    model = import_manifest(monkeypatch, variables, "sact_resnet26").model
+    assert [len(b.units) for b in model.blocks] == [4, 5, 3] and model.registry_name == "sact_resnet"
+    images = np.random.default_rng(4).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    expected = Graph(variables, "cifar", "sact")(images)
+    with torch.no_grad():
+        trace = model.trace(nchw(images))
+    np.testing.assert_allclose(trace.logits.numpy(), expected["logits"].numpy(), rtol=1e-3, atol=1e-3 * float(expected["logits"].abs().max()))
+    for block, results in zip(trace.blocks, expected["blocks"].values()):
+        np.testing.assert_array_equal(block.units.numpy(), results["num_units"].numpy())
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +285,10 @@ def _write_bundle_copy(tmp_path: Path, edit) -> Path:
 @pytest.mark.parametrize("edit,message", [
     (lambda t: t.pop("resnet_residual/block_2/unit_1/residual/conv2/biases"), "missing variable 'resnet_residual/block_2/unit_1/residual/conv2/biases'"),
     (lambda t: t.__setitem__("resnet_residual/block_2/unit_1/residual/extra/weights", np.zeros((1, 1, 8, 8), np.float32)), "unexpected variable 'resnet_residual/block_2/unit_1/residual/extra/weights'"),
-    (lambda t: t.__setitem__("resnet_residual/block_1/unit_1/residual/conv1/weights", np.zeros((3, 3, 4, 5), np.float32)), "resnet_residual/block_1/unit_1/residual/conv1/weights' .* has shape"),
+    (lambda t: t.__setitem__("resnet_residual/block_1/unit_1/residual/conv1/weights", np.zeros((3, 3, 4, 5), np.float32)), r"'resnet_residual/block_1/unit_1/residual/conv1/weights' has shape \[3, 3, 4, 5\]; the sact_resnet14 of this checkpoint needs \[3, 3, 4, 4\]"),
+    (lambda t: t.__setitem__("resnet_residual/block_1/unit_1/residual/conv1/weights", np.zeros((3, 3, 4, 4), np.int32)), "'resnet_residual/block_1/unit_1/residual/conv1/weights' holds int32"),
+    (lambda t: t.__setitem__("resnet_residual/Conv/weights", np.zeros((3, 3, 1, 4), np.float32)), "'resnet_residual/Conv/weights' has shape \\[3, 3, 1, 4\\]: the authors' networks read RGB"),
+    (lambda t: t.__setitem__("resnet_residual/block_1/unit_1/halting_proba/global_conv/weights", np.zeros((1, 1, 4, 1, 1), np.float32)), "'resnet_residual/block_1/unit_1/halting_proba/global_conv/weights' has shape \\[1, 1, 4, 1, 1\\], expected a 1x1 kernel"),
 ])
 def test_bad_variables_are_named(tmp_path, edit, message):
     source = _write_bundle_copy(tmp_path, edit)

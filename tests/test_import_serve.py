@@ -43,10 +43,7 @@ def test_minus_one_to_one_and_inception_crop():
     x, shown = prepare(image, preprocess, "train")
     assert shown.size == (224, 224) and x.shape == (1, 3, 224, 224)
     assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
-    # the crop keeps the central 87.5% (tf.image.central_crop): 350x262 of 400x300, then resized
-    crop = image.crop((25, 18, 375, 282)).resize((224, 224), Image.BILINEAR)
-    expected = (np.asarray(crop, dtype=np.float32) / 255.0 - 0.5) * 2.0
-    np.testing.assert_allclose(x[0].numpy().transpose(1, 2, 0), expected, atol=1e-6)
+    # the values: test_preparation_equals_the_authors_tf_pipelines
     # native: the whole image (their ponder-map script), long side capped
     x, shown = prepare(image, preprocess, "native")
     assert shown.size == (400, 300)
@@ -127,3 +124,30 @@ def listed_names():
     from importers.classes import imagenet_classes
 
     return set(imagenet_classes(1001))
+
+
+def test_preparation_equals_the_authors_tf_pipelines():
+    """tests/fixtures/sact_tf/preprocessing.npz: their inception_preprocessing.preprocess_for_eval
+    and cifar per_image_standardization, run under TF (make_preprocessing.py)."""
+    reference = np.load(FIXTURES / "preprocessing.npz")
+    image = Image.fromarray(reference["photo"], "RGB")
+    preprocess = {"input_size": [56, 56], "channels": 3, "normalize": "minus_one_to_one", "resize": "center_crop_fraction", "crop_fraction": 0.875}
+    x, shown = prepare(image, preprocess, "train")
+    np.testing.assert_allclose(x[0].numpy().transpose(1, 2, 0), reference["inception_eval"], atol=2e-6)
+    assert shown.size == (56, 56)
+    crop = Image.fromarray(reference["photo"][:32, :32], "RGB")
+    x, _ = prepare(crop, {"input_size": [32, 32], "channels": 3, "normalize": "per_image_standardization"}, "train")
+    np.testing.assert_allclose(x[0].numpy().transpose(1, 2, 0), reference["cifar_standardized"], atol=1e-5)
+
+
+def test_torchvision_scale_and_center_crop_rounding():
+    """Their train_img.py: Scale(256) keeps int(256 * long / short), CenterCrop rounds the offset."""
+    preprocess = {"input_size": [224, 224], "channels": 3, "normalize": "mean_std", "mean": [0, 0, 0], "std": [1, 1, 1],
+                  "resize": "shorter_then_center_crop", "resize_shorter": 256}
+    image = photo(640, 427)
+    x, shown = prepare(image, preprocess, "train")
+    scaled = image.resize((int(256 * 640 / 427), 256), Image.BILINEAR)  # 383 wide, as int() truncates
+    assert scaled.size == (383, 256)
+    left, top = int(round((383 - 224) / 2.0)), int(round((256 - 224) / 2.0))
+    expected = np.asarray(scaled.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
+    np.testing.assert_allclose(x[0].numpy().transpose(1, 2, 0), expected, atol=1e-6)

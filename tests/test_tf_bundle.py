@@ -218,6 +218,8 @@ def test_hand_made_bundle_reads(tmp_path):
     ("wrong wire type", [header(), (b"w", field(1, b"float") + entry()[2:])], "'w'.*wire type"),
     ("group wire type", [header(), (b"w", entry() + b"\x0b")], "'w'.*wire type"),
     ("truncated message", [header(), (b"w", entry() + field(9, b"abc")[:-1])], "'w'.*truncated"),
+    ("names sharing bytes", [header()] + [(f"w{i:03d}".encode(), entry()) for i in range(200)], "claim the same bytes"),
+    ("empty but absurd", [header(), (b"w", entry(dims=(0, 2**39, 2**39), size=0))], "'w'.*impossible shape"),
 ])
 def test_hostile_entries(tmp_path, name, entries, message):
     prefix = write_bundle(tmp_path / "bad", entries, VALUES.tobytes())

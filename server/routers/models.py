@@ -44,6 +44,7 @@ def _test_example(store: ModelStore, entry: LoadedModel, index: int):
 
 
 FORM_FIELDS = ("file", "resolution", "invert")
+MAX_JSON_BYTES = 64 * 1024
 
 
 @dataclass
@@ -73,10 +74,14 @@ async def image_input(request: Request) -> ImageInput:
             return ImageInput(_validated(options), await read_upload(file))
         finally:
             await form.close()
-    body = await request.body()
+    body = bytearray()
+    async for chunk in request.stream():  # bounded, also without a Content-Length
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise HTTPException(413, f"the JSON body is over {MAX_JSON_BYTES // 1024} KB; it only names an image or a sample")
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, an absurd number
         raise HTTPException(
             422,
             "the body must be JSON ({\"image\": hash} or {\"sample\": index}) or a multipart form with the image in 'file'",
