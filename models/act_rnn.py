@@ -7,7 +7,7 @@ At input step t the cell runs n = 1..N(t) times ("inner steps"):
     p^n, N, R from the ACT rule (models/halting.py), step cap M (max_steps)
     s_t   = sum_n p^n s^n                        (an LSTM averages its cell state too)
     y_t   = W_y s_t + b_y                         (= sum_n p^n y^n, since y is linear in s)
-    rho_t = N(t) + R(t);  loss = task loss + tau * sum_t rho_t
+    rho_t = N(t) + R(t);  loss = task loss + tau * sum_t rho_t (here both per step: mean over t)
 
 Rows of the batch that have halted take no further part: `execution="sparse"` (the default at
 inference) runs the cell only on the rows still going and stops when none is; `"masked"` runs
@@ -190,11 +190,18 @@ class ACTRecurrentNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trace(x).logits
 
+    # The ponder term in the paper's units: Graves adds tau x sum_t rho_t to a task loss that is
+    # also a sum over the steps t, so tau is a penalty per input step. Our task losses are means
+    # over the steps (and the batch), so the ponder term is the mean too: the same ratio. Until
+    # 2026-11 it was the sum over a sequence's steps: a tau of those cards is T (the sequence
+    # length, 100 for the byte LMs, 1 for parity) times the paper's.
+    TAU_UNITS = "per input step, as in Graves 2016 (tau x mean_t rho_t beside a task loss averaged over steps)"
+
     def adaptive_loss(self, trace: Trace, tau: float = 1e-3) -> torch.Tensor:
-        """tau x sum over input steps of rho_t, averaged over the batch (0 without ACT)."""
+        """tau x rho_t averaged over input steps and the batch (0 without ACT)."""
         if not self.act:
             return trace.logits.new_zeros(())
-        return tau * trace.ponder.sum(1).mean()
+        return tau * trace.ponder.mean()
 
 
 def _make(cell: str, act: bool):

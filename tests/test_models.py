@@ -855,10 +855,16 @@ def test_plain_rnn_is_one_step_everywhere(cell):
 
 
 def test_act_rnn_adaptive_loss():
+    """The paper's units: tau per input step. Graves: L = sum_t task_t + tau sum_t rho_t; our task
+    losses are means over steps and batch, so the ponder term is tau x the mean of rho_t."""
     model = mixed_halting(tiny_rnn("act_rnn", max_steps=4))
     trace = model.trace(torch.randn(3, 5, 3))
     loss = model.adaptive_loss(trace, tau=0.01)
-    torch.testing.assert_close(loss, 0.01 * trace.ponder.sum(1).mean())
+    by_hand = sum(float(trace.ponder[b, t]) for b in range(3) for t in range(5)) / (3 * 5)
+    assert loss.item() == pytest.approx(0.01 * by_hand, rel=1e-6)
+    # one input step (parity): the same as the sum over steps, so parity's tau is unchanged
+    one_step = model.trace(torch.randn(3, 1, 3))
+    torch.testing.assert_close(model.adaptive_loss(one_step, tau=0.01), 0.01 * one_step.ponder.sum(1).mean())
     loss.backward()
     assert model.halting_unit.bias.grad is not None and model.halting_unit.bias.grad.item() < 0
 

@@ -286,6 +286,8 @@ def train(config: dict, out_dir: str, device: str = "auto", resume: bool = False
         "torch_version": torch.__version__,
         "config": config,
     }
+    if "tau" in config["adaptive"] and hasattr(model, "TAU_UNITS"):
+        card["tau_units"] = model.TAU_UNITS  # what the config's tau means for this model
     save_checkpoint(model, out, card)
     if state_dir.exists():
         for f in state_dir.iterdir():
