@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from models.trace import Trace
+from training.workloads import CHAR_CLASS_LABELS, CHAR_CLASSES, char_class
 
 
 def _grid(tensor: torch.Tensor, digits: int = 4) -> list[list[float]]:
@@ -89,7 +90,10 @@ def analyze_image(entry, store, x: torch.Tensor) -> dict:
 
 def analyze_text(entry, store, text: str) -> dict:
     """Per Unicode character: the mean ponder and steps over its UTF-8 bytes (the model reads
-    bytes), and its surprisal in bits = the sum over its bytes of -log2 p(byte | preceding)."""
+    bytes), its surprisal in bits = the sum over its bytes of -log2 p(byte | preceding), and its
+    class (space, punctuation, word start, letter, digit, markup / other: the first byte's, as in
+    the held-out statistics). Per class: count and mean N, N + R. `measure`: the quantity that
+    varies over this text (steps N if it does, else ponder N + R), which the page colours by."""
     data = text.encode("utf-8")
     x = torch.tensor([list(data)], dtype=torch.long)
     trace, ms = _timed_trace(entry, store, x)
@@ -104,15 +108,26 @@ def analyze_text(entry, store, text: str) -> dict:
         bits = [byte_bits[i] for i in span]
         chars.append({
             "char": char,
+            "bytes": width,
+            "class": char_class(data[position], data[position - 1] if position else None),
             "ponder": round(sum(ponder[i] for i in span) / width, 4),
             "steps": round(sum(steps[i] for i in span) / width, 3),
             "bits": None if bits[0] is None else round(sum(bits), 4),
         })
         position += width
     known = [c["bits"] for c in chars if c["bits"] is not None]
+    classes = {}
+    for name in CHAR_CLASSES:
+        members = [c for c in chars if c["class"] == name]
+        if members:
+            classes[name] = {"label": CHAR_CLASS_LABELS[name], "count": len(members),
+                             "steps": sum(c["steps"] for c in members) / len(members),
+                             "ponder": sum(c["ponder"] for c in members) / len(members)}
     return {
         "model": entry.id,
         "chars": chars,
+        "classes": classes,
+        "measure": "steps" if len({c["steps"] for c in chars}) > 1 else "ponder",
         "mean_ponder": sum(ponder) / len(ponder),
         "mean_steps": sum(steps) / len(steps),
         "bits_per_char": sum(known) / len(known) if known else None,

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from training.workloads import CHAR_CLASS_LABELS
+
 from .imaging import png_data_url, tensor_to_image
 
 log = logging.getLogger("ponderscope")
@@ -28,6 +30,9 @@ def _histogram(values: torch.Tensor, bins: int = 20) -> dict:
     return {"edges": [round(float(e), 5) for e in edges], "counts": [int(c) for c in counts]}
 
 
+CORPUS_BYTES = 20_000  # held-out bytes a text model's corpus panel is measured on, without card metrics
+
+
 class DatasetJobs:
     def __init__(self, store, cache_dir: Path):
         self.store = store
@@ -35,6 +40,26 @@ class DatasetJobs:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, dict] = {}
         self.lock = threading.Lock()
+
+    def _compute_corpus(self, entry, job: dict) -> dict:
+        """A byte LM over its held-out text: per character class the mean and spread of N and
+        N + R, how often N leaves its most common value, ponder vs surprisal. From the card when
+        `ponderscope eval` wrote them (the whole held-out text), else measured here on its start."""
+        test = (entry.card.get("metrics") or {}).get("test") or {}
+        if "steps_histogram" in test and "per_char_class" in test:
+            stats, source = test, f"card metrics.test: all {test.get('bytes')} held-out bytes (ponderscope eval)"
+        else:
+            job["message"] = f"running the model on {CORPUS_BYTES} held-out bytes"
+            workload = self.store.workload(entry)
+            with self.store.inference, torch.no_grad():
+                stats = workload.evaluate(entry.model, limit=CORPUS_BYTES)
+            source = f"the first {stats['bytes']} held-out bytes (measured by the server)"
+        keys = ("bytes", "bits_per_byte", "mean_steps", "mean_ponder", "per_char_class", "steps_histogram", "steps_mode",
+                "steps_off_mode_fraction", "steps_at_cap_fraction", "max_steps", "corr_ponder_surprisal", "corr_steps_surprisal")
+        result = {"model": entry.id, "kind": "text", "dataset": entry.card.get("dataset"), "source": source,
+                  **{k: stats.get(k) for k in keys}}
+        result["class_labels"] = {name: CHAR_CLASS_LABELS.get(name, name) for name in result["per_char_class"] or {}}
+        return result
 
     def _cache_path(self, entry) -> Path:
         return self.cache_dir / f"dataset-{entry.id}-{entry.weights_sha256[:16]}.json"
@@ -68,8 +93,10 @@ class DatasetJobs:
             job.update(status="error", message=f"{type(error).__name__}: {error}", retry=True)
 
     def _compute(self, entry, job: dict) -> dict:
+        if entry.kind == "text":
+            return self._compute_corpus(entry, job)
         if entry.kind != "image":
-            raise ValueError("the dataset view is for image models; use the text or parity view")
+            raise ValueError("the dataset view is for image and text models; use the parity view")
         workload = self.store.workload(entry)
         images, labels = workload.test_x, workload.test_y
         n = len(labels)

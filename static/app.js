@@ -45,14 +45,14 @@
     map: 'ponder', // image maps: 'ponder' (N+R) or 'units' (N)
     invert: false,
     box: true,
-    measure: 'steps', // text: 'steps' (N) or 'ponder' (N+R)
+    measure: 'auto', // text: 'auto' (what varies in the text shown), 'steps' (N) or 'ponder' (N+R)
     text: '',
     vector: null, // parity: array of -1/0/1
     samplesOffset: 0,
   };
   // The last answers, for redraws and exports.
-  const results = { image: null, imageRequest: null, compare: null, dataset: null, text: null, parity: null, parityHistory: [] };
-  const tokens = { image: 0, compare: 0, dataset: 0, text: 0, parity: 0, samples: 0, upload: 0 };
+  const results = { image: null, imageRequest: null, compare: null, dataset: null, text: null, corpus: null, parity: null, parityHistory: [] };
+  const tokens = { image: 0, compare: 0, dataset: 0, text: 0, parity: 0, samples: 0, upload: 0, corpus: 0 };
 
   const $ = (id) => document.getElementById(id);
 
@@ -415,7 +415,7 @@
     if (['ponder', 'units'].includes(q.get('map'))) state.map = q.get('map');
     state.invert = q.get('invert') === '1';
     if (q.get('box') === '0') state.box = false;
-    if (['steps', 'ponder'].includes(q.get('measure'))) state.measure = q.get('measure');
+    if (['auto', 'steps', 'ponder'].includes(q.get('measure'))) state.measure = q.get('measure');
     if (q.get('text') !== null) state.text = q.get('text');
     if (q.get('vec')) state.vector = [...q.get('vec')].map((c) => (c === '+' ? 1 : c === '-' ? -1 : 0));
   }
@@ -468,7 +468,7 @@
     if (view === 'image') { loadSamples(); if (state.image && !resultMatches()) runImage(); }
     else if (view === 'compare') { renderCompareChecks(); runCompare(); }
     else if (view === 'dataset') runDataset();
-    else if (view === 'text') { if (!results.text || results.text.text !== state.text || results.text.model !== state.model.text) runText(); }
+    else if (view === 'text') { if (!results.text || results.text.text !== state.text || results.text.model !== state.model.text) runText(); runCorpus(); }
     else if (view === 'parity') { renderParityVector(); if (!results.parity) runParity(); }
     else if (view === 'models') renderModelCards();
   }
@@ -1170,8 +1170,11 @@
   const visibleChar = (c) => (c === ' ' ? '␣' : c === '\n' ? '↵' : c === '\t' ? '⇥' : c);
   function charTitle(c, i) {
     const code = c.char.codePointAt(0).toString(16).toUpperCase().padStart(4, '0');
-    return `#${i} '${visibleChar(c.char)}' (U+${code})\nsteps N = ${c.steps}\nponder N+R = ${fmt(c.ponder, 3)}\nbits = ${c.bits === null || c.bits === undefined ? '– (first character)' : fmt(c.bits, 2)}`;
+    const bytes = c.bytes > 1 ? `\n(${c.bytes} UTF-8 bytes: N and N+R are the mean over them, bits their sum)` : '';
+    return `#${i} '${visibleChar(c.char)}' (U+${code}), ${c.class ? c.class.replace('_', ' ') : ''}\nsteps N = ${c.steps}\nponder N+R = ${fmt(c.ponder, 3)}\nbits = ${c.bits === null || c.bits === undefined ? '– (first character)' : fmt(c.bits, 2)}${bytes}`;
   }
+  // The quantity the characters are coloured by: the user's choice, or what the server found varying.
+  const textMeasure = (t) => (state.measure === 'auto' ? (t.measure || 'ponder') : state.measure);
 
   function renderText() {
     const out = $('text-output');
@@ -1180,10 +1183,11 @@
       out.replaceChildren(el('span', { class: 'muted', text: state.text ? '' : 'Type above: each character is coloured by how long the network pondered on it.' }));
       $('text-stats').replaceChildren();
       $('text-legend').replaceChildren();
+      $('text-classes').replaceChildren();
       purge($('text-chart'));
       return;
     }
-    const key = state.measure === 'ponder' ? 'ponder' : 'steps';
+    const key = textMeasure(t);
     const values = t.chars.map((c) => c[key]);
     const lo = Math.min(...values), hi = Math.max(...values);
     const span = hi > lo ? hi - lo : 0;
@@ -1207,7 +1211,61 @@
       stat('bits/char', fmt(t.bits_per_char, 3)),
       stat('time', `${fmt(t.time_ms, 1)} ms`),
     );
+    $('text-classes').replaceChildren(...Object.entries(t.classes || {}).map(([name, c]) => el('span', {
+      class: `class-chip${name === 'space' || name === 'punctuation' ? ' boundary' : ''}`, 'data-class': name,
+      title: `${c.count} character(s) of class ${c.label} in this text`,
+    }, el('b', { text: c.label }), ` N ${fmt(c.steps, 2)} · N+R ${fmt(c.ponder, 2)} `, el('span', { class: 'muted', text: `(${c.count})` }))));
     renderTextChart(t, key);
+  }
+
+  // ---- corpus panel: the model's held-out statistics per character class (cached by the server)
+  let corpusTimer = null;
+  async function runCorpus() {
+    clearTimeout(corpusTimer);
+    const id = state.model.text;
+    const token = ++tokens.corpus;
+    if (!id) return;
+    if (results.corpus && results.corpus.model === id) { renderCorpus(); return; }
+    try {
+      const status = await api('GET', `/api/models/${encodeURIComponent(id)}/dataset`, { channel: 'corpus', label: `Held-out statistics for ${id}` });
+      if (token !== tokens.corpus) return;
+      if (status.status === 'running') {
+        $('corpus-source').textContent = `measuring: ${status.message || ''}`;
+        if (state.view === 'text') corpusTimer = setTimeout(() => { if (token === tokens.corpus) runCorpus(); }, 1000);
+        return;
+      }
+      if (status.status === 'error') { showError('corpus', `Held-out statistics for ${id} failed: ${status.message}`); return; }
+      results.corpus = { model: id, ...status.result };
+      renderCorpus();
+    } catch (_) { /* shown in the banner */ }
+  }
+  function renderCorpus() {
+    const c = results.corpus;
+    if (!c || !c.per_char_class) { purge($('corpus-chart')); $('corpus-stats').replaceChildren(); $('corpus-source').textContent = ''; return; }
+    const names = Object.keys(c.per_char_class);
+    const labels = names.map((n) => (c.class_labels && c.class_labels[n]) || n);
+    const get = (key) => names.map((n) => c.per_char_class[n][key]);
+    const hover = (what) => `%{x}: ${what} %{y:.3f} ± %{error_y.array:.3f}<br>%{customdata} bytes<extra></extra>`;
+    plot($('corpus-chart'), [
+      { type: 'bar', name: 'steps N', x: labels, y: get('steps'), error_y: { type: 'data', array: get('steps_std'), visible: true }, customdata: get('count'),
+        marker: { color: '#2f6fdf' }, hovertemplate: hover('N') },
+      { type: 'bar', name: 'ponder cost N+R', x: labels, y: get('ponder'), error_y: { type: 'data', array: get('ponder_std'), visible: true }, customdata: get('count'),
+        marker: { color: '#e0a030' }, hovertemplate: hover('N+R') },
+    ], {
+      title: { text: `${c.model}: mean N and N+R by the class of the byte read` },
+      barmode: 'group', yaxis: { title: { text: 'steps N / ponder N+R' }, rangemode: 'tozero' },
+      legend: { orientation: 'h', y: 1.12, x: 1, xanchor: 'right' }, margin: { l: 60, r: 20, t: 60, b: 40 },
+    }, `corpus-${safeName(c.model)}`);
+    $('corpus-stats').replaceChildren(
+      stat('bytes', String(c.bytes)),
+      stat('bits/byte', fmt(c.bits_per_byte, 3)),
+      stat('mean N', fmt(c.mean_steps, 3)),
+      c.steps_off_mode_fraction !== null && c.steps_off_mode_fraction !== undefined ? stat('N ≠ its mode', pct(c.steps_off_mode_fraction, 1), `N differs from its most common value (${c.steps_mode}) on this share of bytes`) : null,
+      c.steps_at_cap_fraction !== null && c.steps_at_cap_fraction !== undefined ? stat('N at cap', pct(c.steps_at_cap_fraction, 1), `N = M = ${c.max_steps} on this share of bytes`) : null,
+      c.corr_ponder_surprisal !== null && c.corr_ponder_surprisal !== undefined ? stat('corr(N+R, bits)', fmt(c.corr_ponder_surprisal, 3), 'Pearson correlation over held-out bytes between the ponder while reading a byte and the loss of predicting the next') : null,
+      c.corr_steps_surprisal !== null && c.corr_steps_surprisal !== undefined ? stat('corr(N, bits)', fmt(c.corr_steps_surprisal, 3), 'the same for the step count N') : null,
+    );
+    $('corpus-source').textContent = `From ${c.source}.`;
   }
 
   function renderTextChart(t, key) {
@@ -1250,6 +1308,7 @@
     renderCardSummary('text-card', state.model.text);
     syncUrl();
     runText();
+    runCorpus();
   });
   function textExport(format) {
     const t = results.text;

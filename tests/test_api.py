@@ -316,3 +316,39 @@ def test_chunked_json_body_is_bounded(client):
 
     response = client.post(f"/api/models/{model_id}/image", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413 and "JSON body" in response.json()["detail"]
+
+
+def test_text_classes_and_measure(client):
+    model_id = next(m["id"] for m in client.get("/api/models").json() if m["kind"] == "text" and m["family"] == "rnn" and m["name"].startswith("act_"))
+    text = "Ok, 7 é."
+    body = client.post(f"/api/models/{model_id}/text", json={"text": text}).json()
+    assert [c["class"] for c in body["chars"]] == ["word_start", "letter", "punctuation", "space", "digit", "space", "other", "punctuation"]
+    assert [c["bytes"] for c in body["chars"]] == [1, 1, 1, 1, 1, 1, 2, 1]
+    for name, summary in body["classes"].items():
+        members = [c for c in body["chars"] if c["class"] == name]
+        assert summary["count"] == len(members)
+        assert abs(summary["steps"] - sum(c["steps"] for c in members) / len(members)) < 1e-9
+        assert abs(summary["ponder"] - sum(c["ponder"] for c in members) / len(members)) < 1e-9
+    assert body["measure"] == ("steps" if len({c["steps"] for c in body["chars"]}) > 1 else "ponder")
+
+
+def test_text_model_corpus_statistics(client):
+    """The Text view's corpus panel: per class mean and spread of N and N + R over held-out text."""
+    import time
+
+    model_id = next(m["id"] for m in client.get("/api/models").json() if m["kind"] == "text" and m["name"].startswith("act_"))
+    deadline = time.time() + 120
+    while True:
+        status = client.get(f"/api/models/{model_id}/dataset").json()
+        if status["status"] != "running" or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert status["status"] == "done", status
+    result = status["result"]
+    classes = result["per_char_class"]
+    assert {"space", "word_start", "letter"} <= set(classes)
+    assert sum(c["count"] for c in classes.values()) == result["bytes"] >= 20000
+    for c in classes.values():
+        assert 1.0 <= c["steps"] <= result["max_steps"] and c["steps_std"] >= 0 and c["ponder"] >= c["steps"]
+    assert 0.0 <= result["steps_off_mode_fraction"] <= 1.0 and -1.0 <= result["corr_ponder_surprisal"] <= 1.0
+    assert client.get("/api/models/parity16_act_rnn/dataset").status_code == 400

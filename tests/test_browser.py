@@ -418,12 +418,24 @@ def test_text_view_colours_each_character(page):
     # typing 26 characters in a burst is debounced into few requests
     posts = page.js("return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/text')).length")
     assert 1 <= posts <= 4, f"{posts} text requests for one burst of typing"
-    # default measure N; switch to N+R, which varies from character to character
-    assert Select(page.d.find_element(By.ID, "ponder-measure")).first_selected_option.get_attribute("value") == "steps"
+    # default: colour by what varies in this text (the server says which); the colours follow it
+    response = page.js("return window.ponderscope.results.text")
+    assert Select(page.d.find_element(By.ID, "ponder-measure")).first_selected_option.get_attribute("value") == "auto"
+    varies = len({c["steps"] for c in response["chars"]}) > 1
+    assert response["measure"] == ("steps" if varies else "ponder")
+    assert page.plot_data("text-chart")[0]["y"] == [c[response["measure"]] for c in response["chars"]]
+    # one line per character class present, with the server's numbers
+    chips = page.js("return [...document.querySelectorAll('#text-classes .class-chip')].map(c => [c.dataset.class, c.innerText])")
+    from training.workloads import CHAR_CLASSES
+
+    assert [name for name, _ in chips] == [n for n in CHAR_CLASSES if n in response["classes"]]
+    assert {"space", "punctuation", "digit"} <= set(response["classes"])
+    space = response["classes"]["space"]
+    assert f"N {space['steps']:.2f}" in chips[[n for n, _ in chips].index("space")][1]
+    # switch to N+R, which varies from character to character
     Select(page.d.find_element(By.ID, "ponder-measure")).select_by_value("ponder")
     colours = page.js("return [...document.querySelectorAll('#text-output .ch')].map(s => getComputedStyle(s).backgroundColor)")
     assert len(set(colours)) > 1, "all characters have the same colour"
-    response = page.js("return window.ponderscope.results.text")
     assert len(response["chars"]) == len(text) and response["chars"][0]["bits"] is None
     chart = page.wait_plot("text-chart")
     assert len(chart[0]["x"]) == len(text)
@@ -436,6 +448,14 @@ def test_text_view_colours_each_character(page):
     rows = list(csv.reader(io.StringIO(page.wait_download(f"ponderscope-text-{page.ids['text']}.csv").read_text(encoding="utf-8"))))
     assert rows[0] == ["index", "char", "codepoint", "steps", "ponder", "bits"] and len(rows) == 1 + len(text)
     assert "".join(r[1] for r in rows[1:]) == text and float(rows[3][4]) == pytest.approx(response["chars"][2]["ponder"], abs=1e-6)
+    # the corpus panel: the model's held-out statistics per class, as the server measured them
+    corpus = page.wait_plot("corpus-chart", what="the corpus panel")
+    stats = page.wait("const c = window.ponderscope.results.corpus; return c && c.per_char_class ? c : null", what="corpus statistics")
+    names = [n for n in CHAR_CLASSES if n in stats["per_char_class"]]
+    assert corpus[0]["y"] == [stats["per_char_class"][n]["steps"] for n in names]
+    assert corpus[1]["y"] == [stats["per_char_class"][n]["ponder"] for n in names]
+    assert corpus[0]["error_y"]["array"] == [stats["per_char_class"][n]["steps_std"] for n in names]
+    assert "corr(N+R, bits)" in page.d.find_element(By.ID, "corpus-stats").text
     page.no_error()
     page.screenshot("text")
 

@@ -134,3 +134,44 @@ def test_addition_sizes_and_determinism():
     assert all(torch.equal(a, b) for a, b in zip((x, y, mask), again))
     with pytest.raises(ValueError):
         T.addition_batch(8, gen(4), max_length=0)
+
+
+# --- the byte LM's held-out statistics (Text view corpus panel, cards) ---------------------------
+
+
+def test_char_classes_of_graves_analysis():
+    from training.workloads import char_class
+
+    text = b'(Hi 42), <b>x'
+    classes = [char_class(b, text[i - 1] if i else None) for i, b in enumerate(text)]
+    assert classes == ["punctuation", "word_start", "letter", "space", "digit", "digit", "punctuation", "punctuation", "space",
+                       "other", "word_start", "other", "word_start"]
+    assert char_class(0xC3, ord("a")) == "other"  # a non-ASCII lead byte is markup / other
+    assert char_class(ord("\n"), None) == "other"
+
+
+def test_ponder_statistics_by_hand():
+    import math
+
+    import torch
+
+    from training.workloads import ponder_statistics
+
+    steps = torch.tensor([1.0, 2.0, 1.0, 3.0, 1.0, 1.0])
+    ponders = torch.tensor([2.0, 2.5, 2.0, 3.5, 2.0, 2.0])
+    losses = torch.tensor([1.0, 2.0, 1.0, 4.0, 1.0, 0.5]) * math.log(2)  # nats: 1, 2, 1, 4, 1, 0.5 bits
+    classes = ["letter", "space", "letter", "space", "word_start", "letter"]
+    stats = ponder_statistics(steps, ponders, losses, classes, max_steps=3)
+    space = stats["per_char_class"]["space"]
+    assert space["count"] == 2 and space["steps"] == 2.5 and space["steps_std"] == 0.5
+    assert space["ponder"] == 3.0 and space["ponder_std"] == 0.5 and abs(space["bits"] - 3.0) < 1e-6
+    assert stats["per_char_class"]["letter"]["steps_std"] == 0.0 and list(stats["per_char_class"]) == ["space", "word_start", "letter"]
+    assert stats["steps_mode"] == 1 and abs(stats["steps_off_mode_fraction"] - 2 / 6) < 1e-12
+    assert abs(stats["steps_at_cap_fraction"] - 1 / 6) < 1e-12 and stats["steps_histogram"] == {"1": 4, "2": 1, "3": 1}
+    # Pearson by hand
+    x, y = [2.0, 2.5, 2.0, 3.5, 2.0, 2.0], [1.0, 2.0, 1.0, 4.0, 1.0, 0.5]
+    mx, my = sum(x) / 6, sum(y) / 6
+    r = sum((a - mx) * (b - my) for a, b in zip(x, y)) / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+    assert abs(stats["corr_ponder_surprisal"] - r) < 1e-9
+    flat = ponder_statistics(torch.ones(4), torch.full((4,), 2.0), torch.rand(4), ["letter"] * 4, None)
+    assert flat["corr_ponder_surprisal"] is None and "steps_at_cap_fraction" not in flat

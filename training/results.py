@@ -13,7 +13,7 @@ def _fmt(value, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-CHAR_CLASS_LABELS = {"space": "space", "punctuation": "punct.", "letter_after_space": "word start", "letter": "letter", "digit": "digit"}
+CHAR_CLASS_LABELS = {"space": "space", "punctuation": "punct.", "word_start": "word start", "letter_after_space": "word start", "letter": "letter", "digit": "digit"}
 # The settings that the experiments vary, shown beside their results.
 VARIED = (("adaptive", "tau"), ("model_kwargs", "max_steps"), ("model_kwargs", "halting_bias"), ("steps",), ("schedule",), ("tau_warmup_steps",), ("seed",))
 

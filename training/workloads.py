@@ -267,18 +267,60 @@ class Parity:
         }
 
 
+# The character classes of Graves's Wikipedia analysis (section 3.5), in display order.
+CHAR_CLASSES = ("space", "punctuation", "word_start", "letter", "digit", "other")
+CHAR_CLASS_LABELS = {"space": "space", "punctuation": "punctuation", "word_start": "word start", "letter": "letter",
+                     "digit": "digit", "other": "markup / other"}
+PUNCTUATION = set(".,;:!?'\"()[]{}-/")
+
+
 def char_class(byte: int, previous: Optional[int]) -> str:
-    """The character classes of the paper's Wikipedia analysis, for ASCII bytes."""
+    """The class of an input byte: space, punctuation, the first letter of a word (a letter not
+    after a letter), any other letter, digit, or markup / other (newlines, <>&*=#_..., non-ASCII)."""
     c = chr(byte)
     if c == " ":
         return "space"
-    if c.isdigit():
+    if byte < 128 and c.isdigit():
         return "digit"
-    if c.isalpha():
-        return "letter_after_space" if previous is not None and chr(previous) in " \n\t" else "letter"
-    if c in ".,;:!?'\"()[]{}<>-/":
+    if byte < 128 and c.isalpha():
+        after_letter = previous is not None and previous < 128 and chr(previous).isalpha()
+        return "letter" if after_letter else "word_start"
+    if c in PUNCTUATION:
         return "punctuation"
     return "other"
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    denominator = float(a.norm() * b.norm())
+    return float((a * b).sum()) / denominator if denominator > 0 else None
+
+
+def ponder_statistics(steps: torch.Tensor, ponders: torch.Tensor, losses: torch.Tensor, classes: list[str],
+                      max_steps: Optional[int]) -> dict:
+    """Per-byte N, N + R and loss (nats) -> what the text view's corpus panel and the card show:
+    per class the mean and spread (std over the class's bytes) of N and N + R and the bits; how
+    often N takes its most common value and the cap; ponder vs surprisal correlations."""
+    per_class = {}
+    for name in CHAR_CLASSES:
+        index = torch.tensor([c == name for c in classes], dtype=torch.bool)
+        if bool(index.any()):
+            n, r = steps[index].double(), ponders[index].double()
+            per_class[name] = {"count": int(index.sum()), "steps": float(n.mean()), "steps_std": float(n.std(unbiased=False)),
+                               "ponder": float(r.mean()), "ponder_std": float(r.std(unbiased=False)), "bits": _mean(losses[index]) / math.log(2)}
+    values, counts = steps.round().long().unique(return_counts=True)
+    out = {
+        "per_char_class": per_class,
+        "steps_histogram": {str(int(v)): int(c) for v, c in zip(values, counts)},
+        "steps_mode": int(values[counts.argmax()]),
+        "steps_off_mode_fraction": 1.0 - float(counts.max()) / len(steps),
+        "corr_ponder_surprisal": _pearson(ponders, losses),
+        "corr_steps_surprisal": _pearson(steps, losses),
+    }
+    if max_steps is not None:
+        out["max_steps"] = int(max_steps)
+        out["steps_at_cap_fraction"] = float((steps >= max_steps).double().mean())
+    return out
 
 
 class BytesLM:
@@ -336,15 +378,11 @@ class BytesLM:
         losses, ponders, steps = torch.cat(losses), torch.cat(ponders), torch.cat(steps)
         flat_inputs = inputs.reshape(-1).tolist()
         classes = [char_class(b, flat_inputs[i - 1] if i % self.seq_len else None) for i, b in enumerate(flat_inputs)]
-        per_class = {}
-        for name in ("space", "punctuation", "letter_after_space", "letter", "digit", "other"):
-            index = torch.tensor([c == name for c in classes])
-            if bool(index.any()):
-                per_class[name] = {"count": int(index.sum()), "steps": _mean(steps[index]), "ponder": _mean(ponders[index]), "bits": _mean(losses[index]) / math.log(2)}
+        # The class of the byte being read at step t; its loss is that of predicting byte t + 1.
         return {
             "bytes": len(losses),
             "bits_per_byte": _mean(losses) / math.log(2),
             "mean_ponder": _mean(ponders),
             "mean_steps": _mean(steps),
-            "per_char_class": per_class,
+            **ponder_statistics(steps, ponders, losses, classes, getattr(model, "max_steps", None) if getattr(model, "act", False) else None),
         }

@@ -188,8 +188,11 @@ def sample_png(index: int, entry: LoadedModel = Depends(get_model), store: Model
     return Response(buffer.getvalue(), media_type="image/png")
 
 
-@router.get("/{model_id}/dataset", summary="Statistics over the model's test set (computed once, cached)")
+@router.get("/{model_id}/dataset", summary="Statistics over the model's test set or held-out text (computed once, cached)")
 def dataset(request: Request, entry: LoadedModel = Depends(get_model)) -> dict:
-    """`status` is "running" (poll again; `progress` 0..1), "done" (with `result`) or "error"."""
-    require_kind(entry, "image")
+    """`status` is "running" (poll again; `progress` 0..1), "done" (with `result`) or "error".
+    Image models: accuracy, FLOPs and ponder per class, gate rates. Byte LMs (the Text view's corpus
+    panel): mean and spread of N and N + R per character class, ponder vs surprisal."""
+    if entry.kind not in ("image", "text"):
+        raise HTTPException(400, f"model {entry.id!r} is a {entry.kind} model; the dataset statistics are for image and text models")
     return request.app.state.dataset_jobs.status(entry)
