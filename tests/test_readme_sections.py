@@ -70,3 +70,22 @@ def test_results_tables_from_cards(tmp_path):
     assert "mean steps N 1.500" in bundled_row and "space 1.75 / 2.25" in bundled_row
     assert "tau=0.123 max_steps=6 halting_bias=1.0 steps=2500 schedule=cosine seed=0" in tried_row
     assert tried_row.count(" | ") == bundled_row.count(" | ") + 1  # the settings column
+
+
+def test_results_per_class_tables(tmp_path):
+    """docs/results.md carries, per ACT byte LM, the per-class mean +- std of N and N + R."""
+    from training.results import write_results
+
+    card = json.loads((ROOT / "checkpoints" / "jargon_act_lstm" / "card.json").read_text(encoding="utf-8"))
+    test = card["metrics"]["test"]
+    test.update(mean_steps=1.4, bits_per_byte=2.5, steps_mode=1, steps_off_mode_fraction=0.25, max_steps=6, steps_at_cap_fraction=0.01,
+                corr_ponder_surprisal=0.125, corr_steps_surprisal=0.25, bytes=1000)
+    test["per_char_class"] = {"space": {"count": 200, "steps": 1.9, "steps_std": 0.3, "ponder": 2.1, "ponder_std": 0.2, "bits": 3.0},
+                              "letter": {"count": 800, "steps": 1.05, "steps_std": 0.1, "ponder": 2.0, "ponder_std": 0.05, "bits": 2.0}}
+    (tmp_path / "ckpt" / "lm").mkdir(parents=True)
+    (tmp_path / "ckpt" / "lm" / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    text = write_results([str(tmp_path / "ckpt")], str(tmp_path / "results.md"), experiments=None)
+    assert "| space | 200 | 1.900 ± 0.300 | 2.100 ± 0.200 | 3.000 |" in text
+    assert "| letter | 800 | 1.050 ± 0.100 | 2.000 ± 0.050 | 2.000 |" in text
+    assert "N differs from its most common value (1) on 25.0% of bytes" in text and "N at the cap M = 6 on 1.0%" in text
+    assert "correlation of N+R with the next byte's loss 0.125 (of N: 0.250)" in text

@@ -77,17 +77,50 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLED, RESULTS, EXPERIMENTS = ROOT / "checkpoints", ROOT / "docs" / "results.md", ROOT / "docs" / "experiments"
 
 
+def _char_class_tables(named_cards: list[tuple[str, dict]]) -> list[str]:
+    """Per byte LM with ACT: the held-out per-class table (mean +- std of N and N + R, bits) and
+    the shares and correlations the issue of the Text view asks for."""
+    from .workloads import CHAR_CLASS_LABELS as LABELS, CHAR_CLASSES
+
+    lines = []
+    for name, card in named_cards:
+        test = card.get("metrics", {}).get("test", {})
+        classes = test.get("per_char_class")
+        if not classes or test.get("mean_steps") == 1.0 or "steps_std" not in next(iter(classes.values())):
+            continue
+        lines += [f"### `{name}` on {test.get('bytes')} held-out bytes of {card.get('dataset')}", ""]
+        facts = [f"bits per byte {test['bits_per_byte']:.3f}", f"mean N {test['mean_steps']:.3f}"]
+        if test.get("steps_off_mode_fraction") is not None:
+            facts.append(f"N differs from its most common value ({test['steps_mode']}) on {100 * test['steps_off_mode_fraction']:.1f}% of bytes")
+        if test.get("steps_at_cap_fraction") is not None:
+            facts.append(f"N at the cap M = {test['max_steps']} on {100 * test['steps_at_cap_fraction']:.1f}%")
+        if test.get("corr_ponder_surprisal") is not None:
+            facts.append(f"correlation of N+R with the next byte's loss {test['corr_ponder_surprisal']:.3f} (of N: {test['corr_steps_surprisal']:.3f})")
+        lines += ["; ".join(facts) + ".", "",
+                  "| class of the byte read | bytes | N mean ± std | N+R mean ± std | bits of the next byte |", "|---|---|---|---|---|"]
+        for key in [k for k in CHAR_CLASSES if k in classes]:
+            c = classes[key]
+            lines.append(f"| {LABELS[key]} | {c['count']} | {c['steps']:.3f} ± {c['steps_std']:.3f} | {c['ponder']:.3f} ± {c['ponder_std']:.3f} | {c['bits']:.3f} |")
+        lines.append("")
+    return (["## Byte language models: where they ponder", "",
+             "Per class of the byte being read (Graves 2016's Wikipedia analysis): space, punctuation, the",
+             "first letter of a word, other letters, digits, markup / other. ± is the standard deviation over",
+             "the held-out bytes of the class.", "", *lines] if lines else [])
+
+
 def write_results(checkpoint_dirs: list[str] | None = None, out: str | None = None, experiments: Path | None = EXPERIMENTS) -> str:
     """Write the table of `checkpoint_dirs` (default: the bundled ones) and of the experiment cards
     to `out` (default: docs/results.md); README's copy is updated only when it is the bundled
     checkpoints' table written to docs/results.md."""
     checkpoint_dirs = checkpoint_dirs or [BUNDLED]
     out = out or RESULTS
-    rows = []
+    rows, lm_tables = [], []
     for root in checkpoint_dirs:
         root = Path(root)
         paths = [root] if (root / CARD_FILE).is_file() else sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
-        rows += [_row(p.name, read_card(p)) for p in paths]
+        named = [(p.name, read_card(p)) for p in paths]
+        rows += [_row(name, card) for name, card in named]
+        lm_tables += _char_class_tables(named)
     tried = _experiment_rows(Path(experiments)) if experiments and Path(experiments).is_dir() else []
     shown = Path(experiments).relative_to(ROOT) if experiments and Path(experiments).is_relative_to(ROOT) else experiments
     text = "\n".join([
@@ -102,6 +135,7 @@ def write_results(checkpoint_dirs: list[str] | None = None, out: str | None = No
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
+        *lm_tables,
         *([
             "## Tried and not bundled",
             "",
