@@ -22,10 +22,14 @@ def _train(args) -> None:
 
 
 def _eval(args) -> None:
-    from training.evaluate import evaluate_model
+    from models import CheckpointError
+    from training.evaluate import NothingToEvaluate, evaluate_model
 
     for path in args.checkpoints:
-        metrics = evaluate_model(path, device=args.device, write=not args.no_write)
+        try:
+            metrics = evaluate_model(path, device=args.device, write=not args.no_write)
+        except (CheckpointError, NothingToEvaluate) as error:
+            raise SystemExit(f"ponderscope eval: {error}") from None
         print(path)
         print(json.dumps(metrics, indent=2)[:4000])
 

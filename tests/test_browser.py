@@ -671,9 +671,13 @@ def test_bundled_models_open_without_errors(page):
             if model["family"] == "aig":
                 page.wait_plot("gates-chart")
         elif model["kind"] == "text":
-            page.open(f"?view=text&measure=steps&tmodel={model['id']}&text=" + "The%20Jargon%20File%2C%20version%204.4.7%3A%20a%20hacker%27s%20dictionary.")
+            page.open(f"?view=text&tmodel={model['id']}&text=" + "The%20Jargon%20File%2C%20version%204.4.7%3A%20a%20hacker%27s%20dictionary%20(1983)."
+                      "%20Hackers%20say%20%22foo%22%20and%20%22bar%22%2C%20not%20%22baz%22.")
             page.wait("const t = window.ponderscope.results.text; return t && t.model === arguments[0]", model["id"], what=f"{model['id']} on text")
             page.wait_plot("text-chart")
+            page.wait("const c = window.ponderscope.results.corpus; return c && c.model === arguments[0]", model["id"], timeout=120,
+                      what=f"{model['id']}'s corpus panel")
+            page.wait_plot("corpus-chart")
         elif model["kind"] == "parity":
             page.open(f"?view=parity&pmodel={model['id']}")
             page.wait("const p = window.ponderscope.results.parity; return p && p.model === arguments[0]", model["id"], what=f"{model['id']} on a vector")

@@ -151,3 +151,13 @@ def test_torchvision_scale_and_center_crop_rounding():
     left, top = int(round((383 - 224) / 2.0)), int(round((256 - 224) / 2.0))
     expected = np.asarray(scaled.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
     np.testing.assert_allclose(x[0].numpy().transpose(1, 2, 0), expected, atol=1e-6)
+
+
+def test_eval_of_an_imported_model_says_why_not(imported):
+    from ponderscope.cli import main
+
+    root, _ = imported
+    with pytest.raises(SystemExit) as error:
+        main(["eval", str(root / "cifar_sact"), "--device", "cpu"])
+    message = str(error.value)
+    assert message.startswith("ponderscope eval: ") and "no test set of 'cifar-10'" in message and "\n" not in message
