@@ -91,8 +91,8 @@ def analyze_image(entry, store, x: torch.Tensor) -> dict:
 def analyze_text(entry, store, text: str) -> dict:
     """Per Unicode character: the mean ponder and steps over its UTF-8 bytes (the model reads
     bytes), its surprisal in bits = the sum over its bytes of -log2 p(byte | preceding), and its
-    class (space, punctuation, word start, letter, digit, markup / other: the first byte's, as in
-    the held-out statistics). Per class: count and mean N, N + R. `measure`: the quantity that
+    class (training.workloads.char_class: of the character, so "é" is a letter here while the held-
+    out statistics, per byte, count its two bytes as markup / other). Per class: count and mean N, N + R. `measure`: the quantity that
     varies over this text (steps N if it does, else ponder N + R), which the page colours by."""
     data = text.encode("utf-8")
     x = torch.tensor([list(data)], dtype=torch.long)
@@ -101,7 +101,7 @@ def analyze_text(entry, store, text: str) -> dict:
     log_probs = F.log_softmax(logits, -1)
     byte_bits = [None] + [float(-log_probs[t - 1, data[t]]) / math.log(2) for t in range(1, len(data))]
     ponder, steps = trace.ponder[0].cpu().tolist(), trace.steps[0].cpu().tolist()
-    chars, position = [], 0
+    chars, position, previous = [], 0, None
     for char in text:
         width = len(char.encode("utf-8"))
         span = range(position, position + width)
@@ -109,12 +109,12 @@ def analyze_text(entry, store, text: str) -> dict:
         chars.append({
             "char": char,
             "bytes": width,
-            "class": char_class(data[position], data[position - 1] if position else None),
+            "class": char_class(char, previous),
             "ponder": round(sum(ponder[i] for i in span) / width, 4),
             "steps": round(sum(steps[i] for i in span) / width, 3),
             "bits": None if bits[0] is None else round(sum(bits), 4),
         })
-        position += width
+        position, previous = position + width, char
     known = [c["bits"] for c in chars if c["bits"] is not None]
     classes = {}
     for name in CHAR_CLASSES:

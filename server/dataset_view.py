@@ -3,6 +3,7 @@ thread, cached on disk under a key that includes the weights' hash (so a retrain
 is recomputed), with progress that the page polls."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ def _histogram(values: torch.Tensor, bins: int = 20) -> dict:
 
 
 CORPUS_BYTES = 20_000  # held-out bytes a text model's corpus panel is measured on, without card metrics
+CORPUS_SCHEMA = 2  # bump when the corpus statistics change (cached answers then are recomputed)
 
 
 class DatasetJobs:
@@ -62,7 +64,11 @@ class DatasetJobs:
         return result
 
     def _cache_path(self, entry) -> Path:
-        return self.cache_dir / f"dataset-{entry.id}-{entry.weights_sha256[:16]}.json"
+        key = entry.weights_sha256[:16]
+        if entry.kind == "text":  # the corpus panel also reads the card's metrics: a re-evaluated card is new
+            metrics = json.dumps((entry.card.get("metrics") or {}).get("test"), sort_keys=True)
+            key += "-" + hashlib.sha256(f"{CORPUS_SCHEMA}:{metrics}".encode()).hexdigest()[:12]
+        return self.cache_dir / f"dataset-{entry.id}-{key}.json"
 
     def status(self, entry) -> dict:
         if not entry.has_test_set:

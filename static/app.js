@@ -1171,7 +1171,8 @@
   function charTitle(c, i) {
     const code = c.char.codePointAt(0).toString(16).toUpperCase().padStart(4, '0');
     const bytes = c.bytes > 1 ? `\n(${c.bytes} UTF-8 bytes: N and N+R are the mean over them, bits their sum)` : '';
-    return `#${i} '${visibleChar(c.char)}' (U+${code}), ${c.class ? c.class.replace('_', ' ') : ''}\nsteps N = ${c.steps}\nponder N+R = ${fmt(c.ponder, 3)}\nbits = ${c.bits === null || c.bits === undefined ? '– (first character)' : fmt(c.bits, 2)}${bytes}`;
+    const label = (results.text && results.text.classes && results.text.classes[c.class] && results.text.classes[c.class].label) || c.class || '';
+    return `#${i} '${visibleChar(c.char)}' (U+${code}), ${label}\nsteps N = ${c.steps}\nponder N+R = ${fmt(c.ponder, 3)}\nbits = ${c.bits === null || c.bits === undefined ? '– (first character)' : fmt(c.bits, 2)}${bytes}`;
   }
   // The quantity the characters are coloured by: the user's choice, or what the server found varying.
   const textMeasure = (t) => (state.measure === 'auto' ? (t.measure || 'ponder') : state.measure);
@@ -1226,6 +1227,7 @@
     const token = ++tokens.corpus;
     if (!id) return;
     if (results.corpus && results.corpus.model === id) { renderCorpus(); return; }
+    if (results.corpus) { results.corpus = null; renderCorpus(); } // not the previous model's numbers meanwhile
     try {
       const status = await api('GET', `/api/models/${encodeURIComponent(id)}/dataset`, { channel: 'corpus', label: `Held-out statistics for ${id}` });
       if (token !== tokens.corpus) return;
@@ -1262,7 +1264,7 @@
       stat('mean N', fmt(c.mean_steps, 3)),
       c.steps_off_mode_fraction !== null && c.steps_off_mode_fraction !== undefined ? stat('N ≠ its mode', pct(c.steps_off_mode_fraction, 1), `N differs from its most common value (${c.steps_mode}) on this share of bytes`) : null,
       c.steps_at_cap_fraction !== null && c.steps_at_cap_fraction !== undefined ? stat('N at cap', pct(c.steps_at_cap_fraction, 1), `N = M = ${c.max_steps} on this share of bytes`) : null,
-      c.corr_ponder_surprisal !== null && c.corr_ponder_surprisal !== undefined ? stat('corr(N+R, bits)', fmt(c.corr_ponder_surprisal, 3), 'Pearson correlation over held-out bytes between the ponder while reading a byte and the loss of predicting the next') : null,
+      c.corr_ponder_surprisal !== null && c.corr_ponder_surprisal !== undefined ? stat('corr(N+R, bits)', fmt(c.corr_ponder_surprisal, 3), 'Pearson correlation over held-out bytes between the ponder while reading a byte and the loss of predicting the next one (the chart above pairs a character with its own surprisal)') : null,
       c.corr_steps_surprisal !== null && c.corr_steps_surprisal !== undefined ? stat('corr(N, bits)', fmt(c.corr_steps_surprisal, 3), 'the same for the step count N') : null,
     );
     $('corpus-source').textContent = `From ${c.source}.`;

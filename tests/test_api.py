@@ -322,7 +322,7 @@ def test_text_classes_and_measure(client):
     model_id = next(m["id"] for m in client.get("/api/models").json() if m["kind"] == "text" and m["family"] == "rnn" and m["name"].startswith("act_"))
     text = "Ok, 7 é."
     body = client.post(f"/api/models/{model_id}/text", json={"text": text}).json()
-    assert [c["class"] for c in body["chars"]] == ["word_start", "letter", "punctuation", "space", "digit", "space", "other", "punctuation"]
+    assert [c["class"] for c in body["chars"]] == ["word_start", "letter", "punctuation", "space", "digit", "space", "word_start", "punctuation"]
     assert [c["bytes"] for c in body["chars"]] == [1, 1, 1, 1, 1, 1, 2, 1]
     for name, summary in body["classes"].items():
         members = [c for c in body["chars"] if c["class"] == name]
@@ -330,6 +330,15 @@ def test_text_classes_and_measure(client):
         assert abs(summary["steps"] - sum(c["steps"] for c in members) / len(members)) < 1e-9
         assert abs(summary["ponder"] - sum(c["ponder"] for c in members) / len(members)) < 1e-9
     assert body["measure"] == ("steps" if len({c["steps"] for c in body["chars"]}) > 1 else "ponder")
+
+
+def test_text_measure_is_what_varies(client):
+    """The bundled ACT-LSTM takes 2 steps at spaces and 1 inside words: colour by N; the plain
+    LSTM always takes 1 step: colour by N + R."""
+    act = client.post("/api/models/jargon_act_lstm/text", json={"text": "The cat sat on the mat."}).json()
+    assert act["measure"] == "steps" and {c["steps"] for c in act["chars"]} >= {1.0, 2.0}
+    plain = client.post("/api/models/jargon_lstm/text", json={"text": "The cat sat on the mat."}).json()
+    assert plain["measure"] == "ponder" and {c["steps"] for c in plain["chars"]} == {1.0}
 
 
 def test_text_model_corpus_statistics(client):
@@ -352,3 +361,34 @@ def test_text_model_corpus_statistics(client):
         assert 1.0 <= c["steps"] <= result["max_steps"] and c["steps_std"] >= 0 and c["ponder"] >= c["steps"]
     assert 0.0 <= result["steps_off_mode_fraction"] <= 1.0 and -1.0 <= result["corr_ponder_surprisal"] <= 1.0
     assert client.get("/api/models/parity16_act_rnn/dataset").status_code == 400
+
+
+def test_corpus_measured_by_the_server_without_card_metrics(tmp_path):
+    """A byte LM whose card has no held-out statistics: the server measures 20,000 bytes once,
+    caches the answer, and a re-evaluated card is a new cache entry."""
+    import shutil
+    import time
+
+    from models.checkpoint import read_card, write_card
+
+    shutil.copytree(CHECKPOINTS / "jargon_act_lstm", tmp_path / "ckpts" / "lm")
+    card = read_card(tmp_path / "ckpts" / "lm")
+    reference = card.pop("metrics")["test"]
+    write_card(tmp_path / "ckpts" / "lm", card)
+    app = create_app([tmp_path / "ckpts"], device="cpu", cache_dir=tmp_path / "cache")
+    with TestClient(app) as c:
+        deadline = time.time() + 120
+        while (status := c.get("/api/models/lm/dataset").json())["status"] == "running" and time.time() < deadline:
+            time.sleep(0.5)
+        result = status["result"]
+        assert status["status"] == "done" and result["bytes"] == 20000 and "measured by the server" in result["source"]
+        # the first 20,000 held-out bytes against the whole held-out text: the same model, near numbers
+        assert abs(result["per_char_class"]["space"]["steps"] - reference["per_char_class"]["space"]["steps"]) < 0.1
+        assert sum(c["count"] for c in result["per_char_class"].values()) == 20000
+    assert len(list((tmp_path / "cache").glob("dataset-lm-*.json"))) == 1
+
+
+def test_text_with_a_lone_surrogate_is_refused(client):
+    body = b'{"text": "ab\\ud800cd"}'  # JSON may escape a lone surrogate; Python's str holds it, UTF-8 cannot
+    response = client.post("/api/models/jargon_act_lstm/text", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "surrogate" in response.json()["detail"]

@@ -88,4 +88,8 @@ def test_results_per_class_tables(tmp_path):
     assert "| space | 200 | 1.900 ± 0.300 | 2.100 ± 0.200 | 3.000 |" in text
     assert "| letter | 800 | 1.050 ± 0.100 | 2.000 ± 0.050 | 2.000 |" in text
     assert "N differs from its most common value (1) on 25.0% of bytes" in text and "N at the cap M = 6 on 1.0%" in text
-    assert "correlation of N+R with the next byte's loss 0.125 (of N: 0.250)" in text
+    assert "correlation with the next byte's loss: of N+R 0.125, of N 0.250" in text
+    # N pinned (no correlation for N): a dash, not a crash
+    test.update(corr_steps_surprisal=None)
+    (tmp_path / "ckpt" / "lm" / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    assert "of N+R 0.125, of N –" in write_results([str(tmp_path / "ckpt")], str(tmp_path / "results.md"), experiments=None)

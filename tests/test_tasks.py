@@ -140,14 +140,16 @@ def test_addition_sizes_and_determinism():
 
 
 def test_char_classes_of_graves_analysis():
-    from training.workloads import char_class
+    from training.workloads import byte_class, char_class
 
-    text = b'(Hi 42), <b>x'
-    classes = [char_class(b, text[i - 1] if i else None) for i, b in enumerate(text)]
+    text = '(Hi 42), <b>x\nnaïve'
+    classes = [char_class(c, text[i - 1] if i else None) for i, c in enumerate(text)]
     assert classes == ["punctuation", "word_start", "letter", "space", "digit", "digit", "punctuation", "punctuation", "space",
-                       "other", "word_start", "other", "word_start"]
-    assert char_class(0xC3, ord("a")) == "other"  # a non-ASCII lead byte is markup / other
-    assert char_class(ord("\n"), None) == "other"
+                       "other", "word_start", "other", "word_start", "newline", "word_start", "letter", "letter", "letter", "letter"]
+    # the LM reads bytes: ASCII bytes are their characters, a multi-byte character's bytes are "other"
+    data = text.encode("utf-8")
+    by_byte = [byte_class(b, data[i - 1] if i else None) for i, b in enumerate(data)]
+    assert by_byte[:15] == classes[:15] and by_byte[15:] == ["letter", "other", "other", "word_start", "letter"]
 
 
 def test_ponder_statistics_by_hand():

@@ -168,3 +168,28 @@ def test_a_card_is_a_config():
     card = json.loads((root / "checkpoints" / "parity16_rnn" / "card.json").read_text())
     config = load_config(str(root / "checkpoints" / "parity16_rnn" / "card.json"), ["steps=7"])
     assert config == {**card["config"], "steps": 7}
+
+
+def test_old_card_reruns_with_its_tau_in_the_current_units():
+    """A card from before tau was per step (ponder summed over a 100-byte window) re-runs with the
+    same penalty: its tau times 100, per byte."""
+    from training.train import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    old = root / "docs" / "experiments" / "jargon_act_lstm_ramp1e3.card.json"
+    card = json.loads(old.read_text(encoding="utf-8"))
+    assert card["config"]["adaptive"]["tau"] == 0.001 and card["tau_units"].startswith("sum over the 100 bytes")
+    assert load_config(str(old), [])["adaptive"]["tau"] == pytest.approx(0.1)
+    new = root / "checkpoints" / "jargon_act_lstm" / "card.json"
+    assert load_config(str(new), [])["adaptive"]["tau"] == json.loads(new.read_text(encoding="utf-8"))["config"]["adaptive"]["tau"]
+    parity = root / "checkpoints" / "parity16_act_rnn" / "card.json"  # one step: unchanged
+    assert load_config(str(parity), [])["adaptive"]["tau"] == json.loads(parity.read_text(encoding="utf-8"))["config"]["adaptive"]["tau"]
+
+
+def test_training_card_says_what_tau_means(tmp_path):
+    overrides = ['model="act_rnn"', 'task={"name": "parity", "bits": 4}', 'dataset="parity"', "steps=2", "batch_size=4",
+                 'model_kwargs={"hidden_size": 4, "max_steps": 3}', 'adaptive={"tau": 0.01}', 'optimizer="adam"', "lr=0.001",
+                 'schedule="constant"', "log_every=1"]
+    out = train(load_config(None, overrides), tmp_path / "ckpt", device="cpu", command="test", progress=False)
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
+    assert card["tau_units"].startswith("per input step")

@@ -13,7 +13,8 @@ def _fmt(value, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-CHAR_CLASS_LABELS = {"space": "space", "punctuation": "punct.", "word_start": "word start", "letter_after_space": "word start", "letter": "letter", "digit": "digit"}
+CHAR_CLASS_LABELS = {"space": "space", "punctuation": "punct.", "word_start": "word start", "letter_after_space": "word start", "letter": "letter",
+                     "digit": "digit", "newline": "line break", "other": "other"}
 # The settings that the experiments vary, shown beside their results.
 VARIED = (("adaptive", "tau"), ("model_kwargs", "max_steps"), ("model_kwargs", "halting_bias"), ("steps",), ("schedule",), ("tau_warmup_steps",), ("seed",))
 
@@ -94,8 +95,9 @@ def _char_class_tables(named_cards: list[tuple[str, dict]]) -> list[str]:
             facts.append(f"N differs from its most common value ({test['steps_mode']}) on {100 * test['steps_off_mode_fraction']:.1f}% of bytes")
         if test.get("steps_at_cap_fraction") is not None:
             facts.append(f"N at the cap M = {test['max_steps']} on {100 * test['steps_at_cap_fraction']:.1f}%")
-        if test.get("corr_ponder_surprisal") is not None:
-            facts.append(f"correlation of N+R with the next byte's loss {test['corr_ponder_surprisal']:.3f} (of N: {test['corr_steps_surprisal']:.3f})")
+        if test.get("corr_ponder_surprisal") is not None or test.get("corr_steps_surprisal") is not None:
+            facts.append(f"correlation with the next byte's loss: of N+R {_fmt(test.get('corr_ponder_surprisal'), '.3f')}, "
+                         f"of N {_fmt(test.get('corr_steps_surprisal'), '.3f')}")
         lines += ["; ".join(facts) + ".", "",
                   "| class of the byte read | bytes | N mean ± std | N+R mean ± std | bits of the next byte |", "|---|---|---|---|---|"]
         for key in [k for k in CHAR_CLASSES if k in classes]:

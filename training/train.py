@@ -52,6 +52,18 @@ class ConfigError(ValueError):
     """A config that cannot be run as written: the user's to fix (the CLI prints one line)."""
 
 
+def _in_current_units(card: dict) -> dict:
+    """A card's config, its tau restated per input step where the card was trained with the ponder
+    term summed over a sequence (cards from before 2026-11 say so in `tau_units`)."""
+    config = json.loads(json.dumps(card["config"]))
+    tau = (config.get("adaptive") or {}).get("tau")
+    if tau is not None and str(card.get("tau_units", "")).startswith("sum over the") and card.get("task", {}).get("name") == "bytes-lm":
+        steps = int((config.get("data_options") or {}).get("seq_len", 100))
+        config["adaptive"]["tau"] = tau * steps
+        print(f"{card.get('model')}: tau {tau:g} summed over {steps}-byte windows = {tau * steps:g} per byte (the units now)", file=sys.stderr)
+    return config
+
+
 def load_config(path: str | None, overrides: list[str]) -> dict:
     config = json.loads(json.dumps(DEFAULTS))
     if path:
@@ -71,7 +83,7 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config is a mapping of settings")
         if isinstance(loaded.get("config"), dict) and "train_command" in loaded:
-            loaded = loaded["config"]  # a checkpoint's card.json: re-run it with the settings it records
+            loaded = _in_current_units(loaded)  # a checkpoint's card.json: re-run it with the settings it records
         config.update(loaded)
     for item in overrides:
         key, _, value = item.partition("=")

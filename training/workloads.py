@@ -267,27 +267,36 @@ class Parity:
         }
 
 
-# The character classes of Graves's Wikipedia analysis (section 3.5), in display order.
-CHAR_CLASSES = ("space", "punctuation", "word_start", "letter", "digit", "other")
+# The character classes of Graves's Wikipedia analysis (section 3.5), in display order; line
+# breaks and tabs are kept apart from markup, which they would otherwise dominate.
+CHAR_CLASSES = ("space", "punctuation", "word_start", "letter", "digit", "newline", "other")
 CHAR_CLASS_LABELS = {"space": "space", "punctuation": "punctuation", "word_start": "word start", "letter": "letter",
-                     "digit": "digit", "other": "markup / other"}
+                     "digit": "digit", "newline": "line break / tab", "other": "markup / other"}
 PUNCTUATION = set(".,;:!?'\"()[]{}-/")
 
 
-def char_class(byte: int, previous: Optional[int]) -> str:
-    """The class of an input byte: space, punctuation, the first letter of a word (a letter not
-    after a letter), any other letter, digit, or markup / other (newlines, <>&*=#_..., non-ASCII)."""
-    c = chr(byte)
-    if c == " ":
+def char_class(char: str, previous: Optional[str]) -> str:
+    """The class of a character: space, punctuation, the first letter of a word (a letter not
+    after a letter), any other letter, digit, line break / tab, or markup / other (<>&*=#_...)."""
+    if char == " ":
         return "space"
-    if byte < 128 and c.isdigit():
+    if char in "\n\r\t":
+        return "newline"
+    if char.isdigit():
         return "digit"
-    if byte < 128 and c.isalpha():
-        after_letter = previous is not None and previous < 128 and chr(previous).isalpha()
-        return "letter" if after_letter else "word_start"
-    if c in PUNCTUATION:
+    if char.isalpha():
+        return "letter" if previous is not None and previous.isalpha() else "word_start"
+    if char in PUNCTUATION:
         return "punctuation"
     return "other"
+
+
+def byte_class(byte: int, previous: Optional[int]) -> str:
+    """`char_class` of a byte the LM reads: ASCII bytes are characters; a byte of a multi-byte
+    UTF-8 character (>= 128) counts as markup / other (the byte alone is no letter)."""
+    if byte >= 128:
+        return "other"
+    return char_class(chr(byte), None if previous is None or previous >= 128 else chr(previous))
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
@@ -368,16 +377,17 @@ class BytesLM:
         inputs = torch.stack([stream[i * self.seq_len : (i + 1) * self.seq_len] for i in range(n_windows)])
         targets = torch.stack([stream[i * self.seq_len + 1 : (i + 1) * self.seq_len + 1] for i in range(n_windows)])
         losses, ponders, steps = [], [], []
+        device = next(model.parameters()).device  # the model's, wherever the text was loaded
         for start in range(0, n_windows, batch_size):
-            x = inputs[start : start + batch_size].to(self.device)
-            y = targets[start : start + batch_size].to(self.device)
+            x = inputs[start : start + batch_size].to(device)
+            y = targets[start : start + batch_size].to(device)
             trace = model.trace(x)
             losses.append(F.cross_entropy(trace.logits.reshape(-1, 256), y.reshape(-1), reduction="none").cpu())
             ponders.append(trace.ponder.reshape(-1).cpu())
             steps.append(trace.steps.reshape(-1).float().cpu())
         losses, ponders, steps = torch.cat(losses), torch.cat(ponders), torch.cat(steps)
         flat_inputs = inputs.reshape(-1).tolist()
-        classes = [char_class(b, flat_inputs[i - 1] if i % self.seq_len else None) for i, b in enumerate(flat_inputs)]
+        classes = [byte_class(b, flat_inputs[i - 1] if i % self.seq_len else None) for i, b in enumerate(flat_inputs)]
         # The class of the byte being read at step t; its loss is that of predicting byte t + 1.
         return {
             "bytes": len(losses),

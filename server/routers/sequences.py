@@ -14,13 +14,18 @@ router = APIRouter(prefix="/api/models", tags=["sequences"])
 @router.post("/{model_id}/text", summary="Ponder time and surprisal per character")
 def text_analysis(body: TextRequest, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> dict:
     """Returns `chars`: one entry per Unicode character with `ponder` (N + R), `steps` (N), both
-    averaged over the character's UTF-8 bytes, and `bits` (its surprisal given the text before
-    it; null for the first character)."""
+    averaged over the character's UTF-8 bytes, `bits` (its surprisal given the text before it;
+    null for the first character) and `class`; `classes`: per class in this text, count and mean
+    N and N + R; `measure`: "steps" if N varies over this text, else "ponder"."""
     require_kind(entry, "text")
     if not body.text:
         raise HTTPException(422, "the text is empty: type at least one character")
     if len(body.text) > MAX_TEXT_CHARS:
         raise HTTPException(413, f"the text has {len(body.text)} characters; the limit is {MAX_TEXT_CHARS}")
+    try:
+        body.text.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate (e.g. "\ud800") is no character
+        raise HTTPException(422, f"the text holds an unpaired surrogate at character {error.start}; send valid Unicode") from None
     return analyze_text(entry, store, body.text)
 
 
