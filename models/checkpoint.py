@@ -39,7 +39,32 @@ def read_card(path: str | os.PathLike) -> dict:
     missing = [f for f in REQUIRED_CARD_FIELDS if f not in card]
     if missing:
         raise CheckpointError(f"{card_path}: missing field(s) {', '.join(missing)}")
+    _check_task(card_path, card)
     return card
+
+
+TASKS = ("classify", "parity", "bytes-lm")
+
+
+def _check_task(card_path: Path, card: dict) -> None:
+    """The card fields the server reads at request time, checked when the checkpoint loads (a bad
+    card is one load error, never a failing request later)."""
+    task = card["task"]
+    if not isinstance(task, dict) or task.get("name") not in TASKS:
+        raise CheckpointError(f"{card_path}: task must be an object whose name is one of {', '.join(TASKS)}, not {task!r}")
+    if task["name"] == "parity":
+        bits = task.get("bits", 16)
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 4096:
+            raise CheckpointError(f"{card_path}: task.bits must be a whole number 1..4096, not {bits!r}")
+    if task["name"] == "classify":
+        preprocess = card.get("preprocess")
+        size = preprocess.get("input_size") if isinstance(preprocess, dict) else None
+        if (not isinstance(preprocess, dict) or preprocess.get("channels") not in (1, 3) or not isinstance(size, list)
+                or len(size) != 2 or not all(isinstance(v, int) and 1 <= v <= 4096 for v in size)):
+            raise CheckpointError(f"{card_path}: an image classifier's card needs preprocess with channels 1 or 3 and input_size [H, W]")
+    classes = card.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{card_path}: classes must be a list of names")
 
 
 def write_card(path: str | os.PathLike, card: dict) -> None:

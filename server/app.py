@@ -15,6 +15,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from training.data import DataSourceMissing
+
 from .dataset_view import DatasetJobs
 from .image_store import ImageStore
 from .imaging import MAX_UPLOAD_BYTES, ImageError
@@ -51,6 +53,11 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     @app.exception_handler(NoTestSet)
     async def no_test_set(request: Request, error: NoTestSet):
         return JSONResponse({"detail": str(error)}, status_code=404)
+
+    @app.exception_handler(DataSourceMissing)
+    async def data_missing(request: Request, error: DataSourceMissing):
+        # e.g. after a plain `pip install` without scripts/setup.sh: say what installs it
+        return JSONResponse({"detail": f"{error} (the whole set-up: bash scripts/setup.sh); uploads still work"}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):

@@ -392,3 +392,26 @@ def test_text_with_a_lone_surrogate_is_refused(client):
     body = b'{"text": "ab\\ud800cd"}'  # JSON may escape a lone surrogate; Python's str holds it, UTF-8 cannot
     response = client.post("/api/models/jargon_act_lstm/text", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422 and "surrogate" in response.json()["detail"]
+
+
+def test_missing_data_set_is_a_503_with_the_install_command(tmp_path, monkeypatch):
+    """Fashion-MNIST not installed (a plain pip install): samples answer 503 saying what installs
+    it, and an upload to the same model still works."""
+    import io
+
+    from PIL import Image
+
+    monkeypatch.setenv("PONDERSCOPE_FASHION_MNIST", str(tmp_path / "nothing-here"))
+    app = create_app([CHECKPOINTS / "fmnist_sact_resnet32"], device="cpu", cache_dir=tmp_path / "cache")
+    with TestClient(app) as c:
+        for method, path, body in (("GET", "/api/models/fmnist_sact_resnet32/samples", None),
+                                   ("GET", "/api/models/fmnist_sact_resnet32/samples/0.png", None),
+                                   ("POST", "/api/models/fmnist_sact_resnet32/image", {"sample": 0})):
+            response = c.request(method, path, json=body)
+            assert response.status_code == 503, (path, response.text)
+            detail = response.json()["detail"]
+            assert "apt-get install dataset-fashion-mnist" in detail and "bash scripts/setup.sh" in detail
+        buffer = io.BytesIO()
+        Image.new("L", (28, 28), 128).save(buffer, format="PNG")
+        upload = c.post("/api/models/fmnist_sact_resnet32/image", files={"file": ("grey.png", buffer.getvalue(), "image/png")})
+        assert upload.status_code == 200 and upload.json()["ponder"]["total"]

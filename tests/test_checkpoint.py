@@ -45,7 +45,7 @@ def trained_looking(name, kwargs, seed=0):
 @pytest.mark.parametrize("name,kwargs,shape", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_round_trip_is_bit_exact(tmp_path, name, kwargs, shape):
     model = trained_looking(name, kwargs)
-    card = {"task": "fashion-mnist", "metrics": {"test_accuracy": 0.9182, "epochs": 5}, "notes": "tau 0.01, ünïcode"}
+    card = {"task": {"name": "parity"}, "metrics": {"test_accuracy": 0.9182, "epochs": 5}, "notes": "tau 0.01, ünïcode"}
     save_checkpoint(model, tmp_path / "ckpt", card)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["card.json", "model.safetensors"]
     torch.manual_seed(99)  # a different fresh init inside load_checkpoint
@@ -74,7 +74,7 @@ def test_round_trip_is_bit_exact(tmp_path, name, kwargs, shape):
 
 
 def test_write_card_round_trip_and_no_leftovers(tmp_path):
-    card = {"model": "resnet", "model_kwargs": {"depth": 8}, "task": "mnist", "history": [1, 2, 3]}
+    card = {"model": "resnet", "model_kwargs": {"depth": 8}, "task": {"name": "parity"}, "history": [1, 2, 3]}
     write_card(tmp_path, card)
     assert read_card(tmp_path) == card
     assert [p.name for p in tmp_path.iterdir()] == ["card.json"]
@@ -84,7 +84,7 @@ def saved(tmp_path, name="resnet", **kwargs):
     kwargs = kwargs or dict(depth=8, widths=(4, 8, 16), in_channels=1, num_classes=10)
     model = create_model(name, **kwargs)
     path = tmp_path / f"ckpt_{name}"
-    save_checkpoint(model, path, {"task": "fashion-mnist"})
+    save_checkpoint(model, path, {"task": {"name": "parity"}})
     return path
 
 
@@ -120,7 +120,7 @@ def test_pickle_disguised_as_safetensors_is_refused_without_running(tmp_path):
 
 def test_unknown_model_is_refused_with_its_name(tmp_path):
     path = saved(tmp_path)
-    write_card(path, {"model": "evil_net_9000", "model_kwargs": {}, "task": "x"})
+    write_card(path, {"model": "evil_net_9000", "model_kwargs": {}, "task": {"name": "parity"}})
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert "evil_net_9000" in str(info.value)
@@ -130,7 +130,7 @@ def test_unknown_model_refused_before_weights_are_read(tmp_path):
     path = saved(tmp_path)
     marker = tmp_path / "marker"
     (path / "model.safetensors").write_bytes(pickle.dumps(_Exploit(marker)))
-    write_card(path, {"model": "os.system", "model_kwargs": {}, "task": "x"})
+    write_card(path, {"model": "os.system", "model_kwargs": {}, "task": {"name": "parity"}})
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert "os.system" in str(info.value)
@@ -149,19 +149,19 @@ def test_garbage_card_is_refused(tmp_path, content):
 
 def test_card_missing_fields_is_refused(tmp_path):
     path = saved(tmp_path)
-    for card in ({"model_kwargs": {}, "task": "x"}, {"model": "resnet", "task": "x"}, {"model": "resnet", "model_kwargs": {}}):
+    for card in ({"model_kwargs": {}, "task": {"name": "parity"}}, {"model": "resnet", "task": {"name": "parity"}}, {"model": "resnet", "model_kwargs": {}}):
         write_card(path, card)
         with pytest.raises(CheckpointError) as info:
             load_checkpoint(path)
         assert "missing" in str(info.value)
-    write_card(path, {"model": "resnet", "model_kwargs": [8], "task": "x"})
+    write_card(path, {"model": "resnet", "model_kwargs": [8], "task": {"name": "parity"}})
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
 
 
 def test_bad_model_kwargs_are_refused(tmp_path):
     path = saved(tmp_path)
-    write_card(path, {"model": "resnet", "model_kwargs": {"depth": 8, "no_such_option": 1}, "task": "x"})
+    write_card(path, {"model": "resnet", "model_kwargs": {"depth": 8, "no_such_option": 1}, "task": {"name": "parity"}})
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
     for name, kwargs in [
@@ -170,7 +170,7 @@ def test_bad_model_kwargs_are_refused(tmp_path):
         ("act_lstm", {"hidden_size": -1}),  # RuntimeError from torch
         ("act_lstm", {"input_kind": "pixels"}),  # ValueError
     ]:
-        write_card(path, {"model": name, "model_kwargs": kwargs, "task": "x"})
+        write_card(path, {"model": name, "model_kwargs": kwargs, "task": {"name": "parity"}})
         with pytest.raises(CheckpointError) as info:
             load_checkpoint(path)
         assert name in str(info.value)
@@ -232,3 +232,25 @@ def test_mismatching_weights_are_refused(tmp_path):
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
     assert models.CheckpointError is CheckpointError
+
+
+@pytest.mark.parametrize("task,extra,message", [
+    ({}, {}, "task must be an object"),
+    ("parity", {}, "task must be an object"),
+    ({"name": "parity", "bits": "sixteen"}, {}, "task.bits"),
+    ({"name": "classify"}, {"preprocess": None}, "preprocess"),
+    ({"name": "classify"}, {"preprocess": {"channels": 3, "input_size": [32, 32]}, "classes": "cat"}, "classes"),
+])
+def test_cards_the_server_cannot_use_are_load_errors(tmp_path, task, extra, message):
+    """One bad card is listed in load_errors; the server starts and serves the others."""
+    from server.app import create_app
+
+    good = trained_looking("aig_resnet", dict(depth=8, widths=(4, 8, 16), in_channels=1, num_classes=10))
+    good_card = {"task": {"name": "classify"}, "dataset": "fashion-mnist", "preprocess": {"input_size": [8, 8], "channels": 1, "mean": [0.5], "std": [0.5]}}
+    save_checkpoint(good, tmp_path / "ckpts" / "good", good_card)
+    save_checkpoint(good, tmp_path / "ckpts" / "bad", {**good_card, "task": task, **extra})
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "ckpts" / "bad")
+    app = create_app([tmp_path / "ckpts"], device="cpu", cache_dir=tmp_path / "cache")
+    store = app.state.store
+    assert list(store.models) == ["good"] and len(store.errors) == 1 and message.split()[0] in store.errors[0]
