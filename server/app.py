@@ -26,6 +26,18 @@ from .store import BUNDLED_CHECKPOINTS, ModelStore, NoTestSet
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("ponderscope")
 
+# Every response: only the page's own scripts run (no inline script, no eval; the models' JSON is a
+# non-executed <script type="application/json">); styles may be inline (Plotly writes its own);
+# images may be data: URLs (uploads, ponder-map backgrounds) or blob: (downloads); no framing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+                               "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
 
 def plotly_js_path() -> Path:
     import plotly
@@ -72,6 +84,13 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
         # Last resort: the page shows a message, and the log has the traceback.
         log.exception("unexpected error on %s", request.url.path)
         return JSONResponse({"detail": f"internal error ({type(error).__name__}); see the server log"}, status_code=500)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
     @app.middleware("http")
     async def refuse_oversized_bodies(request: Request, call_next):

@@ -194,6 +194,7 @@ def make_driver(download_dir: str, user_data_dir: str, width: int = 1400, height
         "download.directory_upgrade": True,
         "safebrowsing.enabled": False,
     })
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console: CSP violations are checked
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": download_dir})
     driver.set_script_timeout(30)

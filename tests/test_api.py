@@ -415,3 +415,13 @@ def test_missing_data_set_is_a_503_with_the_install_command(tmp_path, monkeypatc
         Image.new("L", (28, 28), 128).save(buffer, format="PNG")
         upload = c.post("/api/models/fmnist_sact_resnet32/image", files={"file": ("grey.png", buffer.getvalue(), "image/png")})
         assert upload.status_code == 200 and upload.json()["ponder"]["total"]
+
+
+def test_security_headers_on_every_kind_of_response(client):
+    from server.app import SECURITY_HEADERS
+
+    for path in ("/", "/api/models", "/static/app.js", "/static/vendor/plotly.min.js", "/api/models/no_such_model"):
+        response = client.get(path)
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers.get(name) == value, (path, name)
+    assert "script-src 'self';" in SECURITY_HEADERS["Content-Security-Policy"]  # no inline script, no eval

@@ -134,6 +134,9 @@ class Page:
         if FMNIST_MISSING is not None:  # the sample grid cannot load; that error is expected
             text = "\n".join(line for line in text.splitlines() if "/samples" not in line and line.strip() != "Error")
         assert text == "", f"unexpected error banner: {text}"
+        # the server's Content-Security-Policy blocked nothing the page needs
+        blocked = [e["message"] for e in self.d.get_log("browser") if "Content Security Policy" in e["message"]]
+        assert not blocked, f"blocked by the Content-Security-Policy: {blocked[:3]}"
 
     def query(self) -> dict:
         return {k: v[0] for k, v in parse_qs(urlparse(self.d.current_url).query).items()}
