@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
 
-MAX_TEXT_CHARS = 10_000
+MAX_TEXT_BYTES = 10_000  # the model reads UTF-8 bytes: the cost is in bytes, not characters
 
 
 class ImageRequest(BaseModel):
@@ -16,7 +16,7 @@ class ImageRequest(BaseModel):
 
 
 class TextRequest(BaseModel):
-    text: str = Field(..., description=f"any Unicode text, 1..{MAX_TEXT_CHARS} characters")
+    text: str = Field(..., description=f"any Unicode text, 1..{MAX_TEXT_BYTES} UTF-8 bytes")
 
 
 class ParityRequest(BaseModel):

@@ -208,6 +208,9 @@ def test_request_errors(client):
     assert r.status_code == 422
     r = client.post("/api/models/jargon_act_lstm/text", json={"text": "x" * 10_001})
     assert r.status_code == 413 and "10000" in r.json()["detail"]
+    r = client.post("/api/models/jargon_act_lstm/text", json={"text": "😀" * 2_501})  # 2,501 characters, 10,004 bytes
+    assert r.status_code == 413 and "10004 UTF-8 bytes" in r.json()["detail"]
+    assert client.post("/api/models/jargon_act_lstm/text", json={"text": "😀" * 2_500}).status_code == 200
     r = client.post("/api/models/jargon_act_lstm/text", json={"text": ""})
     assert r.status_code == 422
     r = client.post(f"/api/models/{SACT}/text", json={"text": "hi"})

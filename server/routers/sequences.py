@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from ..analysis import analyze_parity, analyze_text
 from ..deps import get_model, get_store, require_kind
-from ..schemas import MAX_TEXT_CHARS, ParityRequest, TextRequest
+from ..schemas import MAX_TEXT_BYTES, ParityRequest, TextRequest
 from ..store import LoadedModel, ModelStore
 
 router = APIRouter(prefix="/api/models", tags=["sequences"])
@@ -20,12 +20,12 @@ def text_analysis(body: TextRequest, entry: LoadedModel = Depends(get_model), st
     require_kind(entry, "text")
     if not body.text:
         raise HTTPException(422, "the text is empty: type at least one character")
-    if len(body.text) > MAX_TEXT_CHARS:
-        raise HTTPException(413, f"the text has {len(body.text)} characters; the limit is {MAX_TEXT_CHARS}")
     try:
-        body.text.encode("utf-8")
+        size = len(body.text.encode("utf-8"))
     except UnicodeEncodeError as error:  # a lone surrogate (e.g. "\ud800") is no character
         raise HTTPException(422, f"the text holds an unpaired surrogate at character {error.start}; send valid Unicode") from None
+    if size > MAX_TEXT_BYTES:  # the model reads bytes: 10,000 emoji are 40,000 steps
+        raise HTTPException(413, f"the text is {size} UTF-8 bytes ({len(body.text)} characters); the limit is {MAX_TEXT_BYTES} bytes")
     return analyze_text(entry, store, body.text)
 
 
