@@ -45,9 +45,10 @@ def plotly_js_path() -> Path:
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "auto", cache_dir: str | Path | None = None) -> FastAPI:
+def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "auto", cache_dir: str | Path | None = None,
+               data_roots: list[str | Path] | None = None) -> FastAPI:
     cache = Path(cache_dir or os.environ.get("PONDERSCOPE_CACHE") or Path(tempfile.gettempdir()) / "ponderscope-cache")
-    store = ModelStore(checkpoint_dirs or [BUNDLED_CHECKPOINTS], device=device)
+    store = ModelStore(checkpoint_dirs or [BUNDLED_CHECKPOINTS], device=device, data_roots=data_roots)
     app = FastAPI(
         title="ponderscope",
         description="Where adaptive-computation networks spend their effort: ponder maps (ACT/SACT), gate decisions (ConvNet-AIG), per-character ponder time (ACT-RNN).",
@@ -122,10 +123,11 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     return app
 
 
-def run(host: str = "127.0.0.1", port: int = 8000, device: str = "auto", checkpoint_dirs: list[str] | None = None, cache_dir: str | None = None) -> None:
+def run(host: str = "127.0.0.1", port: int = 8000, device: str = "auto", checkpoint_dirs: list[str] | None = None, cache_dir: str | None = None,
+        data_roots: list[str] | None = None) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir)
+    app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir, data_roots=data_roots)
     log.info("serving %d models on %s at http://%s:%d", len(app.state.store.models), app.state.store.device, host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -87,10 +87,14 @@ def _sha256(path: Path) -> str:
 
 
 class ModelStore:
-    def __init__(self, checkpoint_dirs: list[str | Path], device: str = "auto", max_concurrent: int = 2):
+    def __init__(self, checkpoint_dirs: list[str | Path], device: str = "auto", max_concurrent: int = 2,
+                 data_roots: list[str | Path] | None = None):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
+        # Folders a card's "imagefolder:PATH" data source may lie in (serve --data-root): a card
+        # cannot make the server show images from anywhere else.
+        self.data_roots = [Path(root).resolve() for root in data_roots or []]
         self.models: dict[str, LoadedModel] = {}
         self.errors: list[str] = []
         self.inference = threading.Semaphore(max_concurrent)
@@ -123,15 +127,29 @@ class ModelStore:
                 family=family_of(model),
                 kind=kind_of(model.card),
                 weights_sha256=_sha256(path / WEIGHTS_FILE),
-                has_test_set=has_test_set(model.card),
+                has_test_set=has_test_set(model.card) and self.refused_data_source(model.card) is None,
             )
             log.info("loaded %s (%s) in %.2fs", model_id, model.card["model"], time.time() - started)
+
+    def refused_data_source(self, card: dict) -> Optional[str]:
+        """Why the card's "imagefolder:PATH" test set may not be read (None if it may)."""
+        dataset = str(card.get("dataset") or "")
+        if not dataset.startswith("imagefolder:"):
+            return None
+        folder = Path(dataset.split(":", 1)[1]).resolve()
+        if any(folder == root or root in folder.parents for root in self.data_roots):
+            return None
+        allowed = ", ".join(str(root) for root in self.data_roots) or "none given"
+        return f"its test images are in {folder}, outside the folders this server may read (serve --data-root DIR; given: {allowed})"
 
     def get(self, model_id: str) -> Optional[LoadedModel]:
         return self.models.get(model_id)
 
     def workload(self, entry: LoadedModel):
         """The model's test data (for samples and the dataset view), loaded once."""
+        refused = self.refused_data_source(entry.card)
+        if refused:
+            raise NoTestSet(f"model {entry.id!r}: {refused}")
         if not entry.has_test_set:
             source = (entry.card.get("source") or {}).get("format")
             origin = f", imported from {source}" if source else ""

@@ -428,3 +428,30 @@ def test_security_headers_on_every_kind_of_response(client):
         for name, value in SECURITY_HEADERS.items():
             assert response.headers.get(name) == value, (path, name)
     assert "script-src 'self';" in SECURITY_HEADERS["Content-Security-Policy"]  # no inline script, no eval
+
+
+def test_image_folder_cards_are_read_only_inside_a_data_root(tmp_path):
+    """A card naming dataset "imagefolder:PATH" cannot make the server show any folder's images:
+    PATH must lie inside a folder given with serve --data-root."""
+    from PIL import Image
+
+    from models import create_model, save_checkpoint
+
+    data = tmp_path / "data" / "shapes"
+    for label, shade in (("dark", 40), ("light", 220)):
+        (data / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), shade + i).save(data / label / f"{i}.png")
+    model = create_model("sact_resnet", depth=8, widths=(4, 8, 16), in_channels=1, num_classes=2)
+    card = {"task": {"name": "classify"}, "dataset": f"imagefolder:{data}", "classes": ["dark", "light"],
+            "preprocess": {"input_size": [8, 8], "channels": 1, "mean": [0.5], "std": [0.5]}, "config": {"data_options": {"channels": 1}}}
+    save_checkpoint(model, tmp_path / "ckpts" / "folder_model", card)
+    outside = TestClient(create_app([tmp_path / "ckpts"], device="cpu", cache_dir=tmp_path / "c1"))
+    listed = outside.get("/api/models").json()[0]
+    assert listed["test_set"] is False
+    response = outside.get("/api/models/folder_model/samples")
+    assert response.status_code == 404 and "outside the folders this server may read" in response.json()["detail"]
+    inside = TestClient(create_app([tmp_path / "ckpts"], device="cpu", cache_dir=tmp_path / "c2", data_roots=[tmp_path / "data"]))
+    assert inside.get("/api/models").json()[0]["test_set"] is True
+    samples = inside.get("/api/models/folder_model/samples").json()
+    assert len(samples) >= 1 and {s["class"] for s in samples} <= {"dark", "light"}
