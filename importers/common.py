@@ -50,15 +50,6 @@ def parse_model_name(name: str, families: tuple[str, ...]) -> ModelName:
     return ModelName(name, family, int(match.group("depth")))
 
 
-def basic_depth(units_per_block: list[int]) -> int:
-    """Layers of a ResNet with 2-conv units: stem + 2 per unit + classifier."""
-    return 2 * sum(units_per_block) + 2
-
-
-def bottleneck_depth(units_per_block: list[int]) -> int:
-    return 3 * sum(units_per_block) + 2
-
-
 def check_depth(name: ModelName, units_per_block: list[int], depth: int) -> None:
     if depth != name.depth:
         raise ImportFailed(

@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 
 from models import create_model, list_models
-from models.aig import CIFAR_DEPTHS, IMAGENET_LAYOUTS, IMAGENET_WIDTHS, convert_official_state_dict, official_to_ours, ours_to_official
+from models.aig import convert_official_state_dict, official_to_ours, ours_to_official
+from models.resnet import CIFAR_DEPTHS, IMAGENET_LAYOUTS, IMAGENET_WIDTHS, layout_depth
 
-from .common import Imported, ImportFailed, basic_depth, bottleneck_depth, check_depth, load_converted, parse_model_name
+from .common import Imported, ImportFailed, check_depth, load_converted, parse_model_name
 
 FORMAT = "convnet-aig"
 
@@ -82,7 +83,7 @@ class Layout:
 
     @property
     def depth(self) -> int:
-        return (bottleneck_depth if self.bottleneck else basic_depth)(self.blocks_per_stage)
+        return layout_depth(self.blocks_per_stage, self.bottleneck)
 
 
 def read(source: Path, name: str, num_classes: int | None) -> tuple[Imported, list[Path]]:
@@ -259,7 +260,7 @@ def _registered(layout: Layout) -> tuple[str, dict]:
             return f"aig_resnet{depth}", kwargs
         return "aig_resnet", {"depth": depth, **kwargs}
     if (layout.stem == "imagenet" and layout.bottleneck and IMAGENET_LAYOUTS.get(depth) == blocks
-            and layout.widths == IMAGENET_WIDTHS):
+            and layout.widths == list(IMAGENET_WIDTHS)):
         return f"aig_resnet{depth}", {"num_classes": layout.num_classes}
     return "aig_resnet", {
         "blocks_per_stage": blocks,

@@ -30,11 +30,10 @@ import numpy as np
 import torch
 
 import models
+from models.resnet import IMAGENET_LAYOUTS, layout_depth
 
 from .classes import names_for
-from models.resnet import IMAGENET_LAYOUTS
-
-from .common import FAMILY_OF_PREFIX, ImportFailed, Imported, basic_depth, bottleneck_depth, check_depth, load_converted, parse_model_name
+from .common import FAMILY_OF_PREFIX, ImportFailed, Imported, check_depth, load_converted, parse_model_name
 from .tf_bundle import list_variables, read_bundle, resolve_prefix, shard_files
 
 # Their names, per network: top scope, stem conv, head BN, block scope, a unit's residual scope.
@@ -257,7 +256,7 @@ def read(source: Path, name: str, num_classes: int | None) -> tuple[Imported, li
     if family != wanted.family:
         what = {"sact": "halting_proba/local_conv", "act": "halting_proba/global_conv"}.get(family, "no halting branches")
         raise ImportFailed(f"the checkpoint holds a {family} network ({what}), not the {wanted.family} network {name!r} asks for")
-    depth = (basic_depth if kind == "cifar" else bottleneck_depth)(units_per_block)
+    depth = layout_depth(units_per_block, bottleneck=kind == "imagenet")
     check_depth(wanted, units_per_block, depth)
     tensors = read_bundle(prefix, wanted=lambda n: not is_ignored(n, scope))  # training state is not read
 

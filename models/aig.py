@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from . import sparse as sparse_ops
 from .flops import conv_flops, linear_flops
 from .registry import register_model
+from .resnet import CIFAR_DEPTHS, IMAGENET_LAYOUTS, IMAGENET_WIDTHS, cifar_units, layout_depth
 from .trace import Trace
 
 GATE_HIDDEN = 16
@@ -280,16 +281,14 @@ def aig_resnet(depth: int | None = None, widths=(16, 32, 64), blocks_per_stage=N
         depth = 20 if depth is None else depth
         if bottleneck or stem != "cifar":
             raise ValueError("a depth alone describes a CIFAR-style basic-block network; give blocks_per_stage for other layouts")
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"CIFAR-style ResNet depth must be 6n+2 with n >= 1, got {depth}")
-        n = (depth - 2) // 6
+        n = cifar_units(depth)
         return AIGResNet([n, n, n], list(widths), bottleneck=False, stem="cifar", **kwargs)
     blocks_per_stage = [int(n) for n in blocks_per_stage]
     if not blocks_per_stage or min(blocks_per_stage) < 1 or len(widths) != len(blocks_per_stage):
         raise ValueError(f"blocks_per_stage {blocks_per_stage} needs at least one block per stage and one width per stage (widths {list(widths)})")
-    layout_depth = (3 if bottleneck else 2) * sum(blocks_per_stage) + 2
-    if depth is not None and depth != layout_depth:
-        raise ValueError(f"blocks_per_stage {blocks_per_stage} makes a ResNet-{layout_depth}, not depth {depth}")
+    depth_of_layout = layout_depth(blocks_per_stage, bottleneck)
+    if depth is not None and depth != depth_of_layout:
+        raise ValueError(f"blocks_per_stage {blocks_per_stage} makes a ResNet-{depth_of_layout}, not depth {depth}")
     return AIGResNet(blocks_per_stage, list(widths), bottleneck=bottleneck, stem=stem, **kwargs)
 
 
@@ -303,14 +302,9 @@ def _register(depth: int, builder):
 
 
 # The ImageNet networks of the paper (bottleneck blocks, 7x7 stem + max-pool), as in the authors' code.
-from .resnet import IMAGENET_LAYOUTS  # noqa: E402  (one table of the standard ImageNet layouts)
-IMAGENET_WIDTHS = [64, 128, 256, 512]
-CIFAR_DEPTHS = (20, 32, 56, 110)
-
-
 def _imagenet_aig(depth: int, **kwargs) -> AIGResNet:
     kwargs.setdefault("num_classes", 1000)
-    return AIGResNet(IMAGENET_LAYOUTS[depth], IMAGENET_WIDTHS, bottleneck=True, stem="imagenet", **kwargs)
+    return AIGResNet(IMAGENET_LAYOUTS[depth], list(IMAGENET_WIDTHS), bottleneck=True, stem="imagenet", **kwargs)
 
 
 for _depth in CIFAR_DEPTHS:

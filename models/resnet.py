@@ -67,14 +67,15 @@ class Style:
     head: str = "pool_last"  # "pool_last": mean(act(bn(x))); "bn_after_pool": act(bn(mean(x)))
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
-        if self.negative_slope == 0.0:
-            return F.relu(x)
-        return F.leaky_relu(x, self.negative_slope)
+        return activation(x, self.negative_slope)
 
     def inner_act(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inner_negative_slope == 0.0:
-            return F.relu(x)
-        return F.leaky_relu(x, self.inner_negative_slope)
+        return activation(x, self.inner_negative_slope)
+
+
+def activation(x: torch.Tensor, slope: float) -> torch.Tensor:
+    """ReLU (slope 0) or leaky ReLU; models/sparse.py's `activate_` is the in-place twin."""
+    return F.relu(x) if slope == 0.0 else F.leaky_relu(x, slope)
 
 
 STYLES = {
@@ -629,7 +630,19 @@ class ResNet(nn.Module):
         return tau * sum(block.ponder_cost.mean() for block in trace.blocks)
 
 
-def _cifar_depth(depth: int) -> int:
+# The standard depths: CIFAR-style (basic units, 3 blocks of n) and ImageNet (bottleneck units).
+CIFAR_DEPTHS = (20, 32, 56, 110)
+IMAGENET_LAYOUTS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+
+
+def layout_depth(units_per_block, bottleneck: bool) -> int:
+    """Weighted layers of a ResNet: the stem, 2 (basic) or 3 (bottleneck) per unit, the classifier."""
+    return (3 if bottleneck else 2) * sum(units_per_block) + 2
+
+
+def cifar_units(depth: int) -> int:
+    """Units per block of a CIFAR-style ResNet of `depth` = 6n + 2 layers (3 blocks of n)."""
     if (depth - 2) % 6 != 0 or depth < 8:
         raise ValueError(f"CIFAR-style ResNet depth must be 6n+2 with n >= 1, got {depth}")
     return (depth - 2) // 6
@@ -640,21 +653,18 @@ def cifar_resnet(depth: int = 20, halting: str = "none", widths=(16, 32, 64), st
     """Basic-unit ResNet with the 3x3 stem, 6n+2 layers (n units per block), or `units_per_block`
     for unequal blocks (2 x units + 2 = depth). stem="imagenet": see `imagenet_resnet`."""
     if stem == "imagenet":  # the family's generic name also builds ImageNet-style networks
-        widths = widths if len(widths) == 4 else (64, 128, 256, 512)
+        widths = widths if len(widths) == 4 else IMAGENET_WIDTHS
         return imagenet_resnet(depth, halting, units_per_block=units_per_block, widths=widths, **kwargs)
     if units_per_block is None:
-        n = _cifar_depth(depth)
+        n = cifar_units(depth)
         units_per_block = [n] * len(widths)
     units_per_block = [int(n) for n in units_per_block]
-    if len(units_per_block) != len(widths) or min(units_per_block) < 1 or 2 * sum(units_per_block) + 2 != depth:
+    if len(units_per_block) != len(widths) or min(units_per_block) < 1 or layout_depth(units_per_block, False) != depth:
         raise ValueError(f"units_per_block {units_per_block} does not make a basic ResNet-{depth} with {len(widths)} blocks (2 x units + 2 layers)")
     return ResNet("basic", units_per_block, list(widths), stem="cifar", halting=halting, **kwargs)
 
 
-IMAGENET_LAYOUTS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
-
-
-def imagenet_resnet(depth: int = 50, halting: str = "none", units_per_block=None, widths=(64, 128, 256, 512),
+def imagenet_resnet(depth: int = 50, halting: str = "none", units_per_block=None, widths=IMAGENET_WIDTHS,
                     **kwargs) -> ResNet:
     """Bottleneck ResNet with the 7x7 stem; `units_per_block` for a layout other than the standard
     depths' (e.g. a tiny test network), which must add up to `depth` = 3 x units + 2."""
@@ -664,7 +674,7 @@ def imagenet_resnet(depth: int = 50, halting: str = "none", units_per_block=None
             raise ValueError(f"ImageNet-style ResNet depth must be one of {sorted(IMAGENET_LAYOUTS)} or come with units_per_block, got {depth}")
         units_per_block = IMAGENET_LAYOUTS[depth]
     units_per_block = [int(n) for n in units_per_block]
-    if len(units_per_block) != 4 or min(units_per_block) < 1 or 3 * sum(units_per_block) + 2 != depth:
+    if len(units_per_block) != 4 or min(units_per_block) < 1 or layout_depth(units_per_block, True) != depth:
         raise ValueError(f"units_per_block {units_per_block} does not make a bottleneck ResNet-{depth} (4 blocks, 3 x units + 2 layers)")
     return ResNet("bottleneck", units_per_block, list(widths), stem="imagenet", halting=halting, **kwargs)
 
@@ -694,9 +704,9 @@ def _register_fixed(prefix: str, depth: int, halting: str, builder):
     register_model(make)
 
 
-for _depth in (20, 32, 56, 110):
+for _depth in CIFAR_DEPTHS:
     for _prefix, _halting in (("", "none"), ("act_", "act"), ("sact_", "sact")):
         _register_fixed(_prefix, _depth, _halting, cifar_resnet)
-for _depth in (50, 101, 152):
+for _depth in IMAGENET_LAYOUTS:
     for _prefix, _halting in (("", "none"), ("act_", "act"), ("sact_", "sact")):
         _register_fixed(_prefix, _depth, _halting, imagenet_resnet)
