@@ -71,8 +71,7 @@ class DatasetJobs:
         return self.cache_dir / f"dataset-{entry.id}-{key}.json"
 
     def status(self, entry) -> dict:
-        if not entry.has_test_set:
-            self.store.workload(entry)  # raises NoTestSet (a 404 with its message), starts no job
+        self.store.require_test_set(entry)  # a 404 with the reason; starts no job
         path = self._cache_path(entry)
         with self.lock:
             job = self.jobs.get(entry.id)

@@ -18,7 +18,7 @@ import torch
 
 import models
 from models.checkpoint import CARD_FILE, WEIGHTS_FILE, CheckpointError
-from training.workloads import has_test_set
+from training.workloads import no_test_set
 
 log = logging.getLogger("ponderscope")
 
@@ -56,8 +56,12 @@ class LoadedModel:
     kind: str
     weights_sha256: str
     workload: object = None  # test data, loaded on first use
-    has_test_set: bool = True
+    no_test_set: Optional[str] = None  # why samples and the dataset view are not available, if they are not
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def has_test_set(self) -> bool:
+        return self.no_test_set is None
 
     def summary(self, device: str) -> dict:
         card = self.card
@@ -127,7 +131,7 @@ class ModelStore:
                 family=family_of(model),
                 kind=kind_of(model.card),
                 weights_sha256=_sha256(path / WEIGHTS_FILE),
-                has_test_set=has_test_set(model.card) and self.refused_data_source(model.card) is None,
+                no_test_set=no_test_set(model.card) or self.refused_data_source(model.card),
             )
             log.info("loaded %s (%s) in %.2fs", model_id, model.card["model"], time.time() - started)
 
@@ -145,15 +149,15 @@ class ModelStore:
     def get(self, model_id: str) -> Optional[LoadedModel]:
         return self.models.get(model_id)
 
+    @staticmethod
+    def require_test_set(entry: LoadedModel) -> None:
+        """Raise NoTestSet (a 404 with the reason) for a model that comes without a test set here."""
+        if entry.no_test_set:
+            raise NoTestSet(f"model {entry.id!r} comes without a test set here ({entry.no_test_set}): analyse your own images (upload one)")
+
     def workload(self, entry: LoadedModel):
         """The model's test data (for samples and the dataset view), loaded once."""
-        refused = self.refused_data_source(entry.card)
-        if refused:
-            raise NoTestSet(f"model {entry.id!r}: {refused}")
-        if not entry.has_test_set:
-            source = (entry.card.get("source") or {}).get("format")
-            origin = f", imported from {source}" if source else ""
-            raise NoTestSet(f"model {entry.id!r} ({entry.card.get('dataset')}{origin}) comes without a test set here: analyse your own images (upload one)")
+        self.require_test_set(entry)
         with entry.lock:
             if entry.workload is None:
                 from training.workloads import make_workload

@@ -10,7 +10,7 @@ import torch
 import models
 from models.checkpoint import read_card, write_card
 
-from .workloads import EVAL_SLICE, has_test_set, make_workload
+from .workloads import EVAL_SLICE, make_workload, no_test_set
 
 
 class NothingToEvaluate(ValueError):
@@ -22,10 +22,9 @@ def evaluate_model(path: str, device: str = "cpu", workload=None, write: bool = 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = models.load_checkpoint(path, device=device)
     card = model.card
-    if workload is None and not has_test_set(card):
-        source = (card.get("source") or {}).get("format")
-        raise NothingToEvaluate(f"{path}: no test set of {card.get('dataset')!r} here{f' (imported from {source})' if source else ''}; "
-                                "open it with ponderscope serve to analyse your own images")
+    missing = no_test_set(card) if workload is None else None
+    if missing:
+        raise NothingToEvaluate(f"{path}: {missing}; open it with ponderscope serve to analyse your own images")
     if workload is None:
         workload = make_workload(card["task"], card["dataset"], torch.device(device), card.get("config", {}).get("data_options"))
     started = time.time()

@@ -34,12 +34,15 @@ def make_workload(task: dict, dataset: str, device: torch.device, options: Optio
 IMAGE_TEST_SETS = ("fashion-mnist", "mnist", "cluttered-mnist")
 
 
-def has_test_set(card: dict) -> bool:
+def no_test_set(card: dict) -> Optional[str]:
+    """Why the card's model has no test set the project can load (None if it has one): an image
+    model of a data set other than the project's, e.g. imported from the authors' checkpoints."""
     task = card.get("task") if isinstance(card.get("task"), dict) else {}
-    if task.get("name") != "classify":
-        return True
     dataset = str(card.get("dataset") or "")
-    return dataset in IMAGE_TEST_SETS or dataset.startswith("imagefolder:")
+    if task.get("name") != "classify" or dataset in IMAGE_TEST_SETS or dataset.startswith("imagefolder:"):
+        return None
+    source = (card.get("source") or {}).get("format")
+    return f"no test set of {dataset!r} here{f' (imported from {source})' if source else ''}"
 
 
 def _mean(values: torch.Tensor) -> float:
