@@ -37,7 +37,8 @@ def _eval(args) -> None:
 def _serve(args) -> None:
     from server.app import run
 
-    run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=args.checkpoints, cache_dir=args.cache, data_roots=args.data_root)
+    run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=args.checkpoints, cache_dir=args.cache, data_roots=args.data_root,
+        image_store_bytes=args.image_store_mb * 1024 * 1024)
 
 
 def _import(args) -> None:
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoints", action="append", help="directory of checkpoint directories (repeatable); default: the bundled ones")
     p.add_argument("--cache", default=None, help="where dataset-view results are cached")
     p.add_argument("--data-root", action="append", metavar="DIR", help="a folder whose image folders cards may name as their test set (dataset imagefolder:PATH; repeatable)")
+    p.add_argument("--image-store-mb", type=int, default=256, help="disk kept for uploaded images (least recently used dropped first; default 256)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("import", help="convert the authors' checkpoints (SACT TF, ConvNet-AIG PyTorch) into a checkpoint directory")

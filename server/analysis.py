@@ -16,7 +16,7 @@ def _grid(tensor: torch.Tensor, digits: int = 4) -> list[list[float]]:
 
 
 def _timed_trace(entry, store, x: torch.Tensor) -> tuple[Trace, float]:
-    with store.inference, torch.no_grad():
+    with store.inference.interactive(), torch.no_grad():
         started = time.perf_counter()
         trace = entry.model.trace(x.to(store.device))
         if store.device.startswith("cuda"):

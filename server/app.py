@@ -18,8 +18,9 @@ from fastapi.templating import Jinja2Templates
 from training.data import DataSourceMissing
 
 from .dataset_view import DatasetJobs
-from .image_store import ImageStore
-from .imaging import MAX_UPLOAD_BYTES, ImageError
+from .image_store import DEFAULT_DISK_BYTES, ImageStore
+from .imaging import ImageError
+from .limits import BodyLimit
 from .routers import images, models, sequences
 from .store import BUNDLED_CHECKPOINTS, ModelStore, NoTestSet
 
@@ -46,7 +47,7 @@ def plotly_js_path() -> Path:
 
 
 def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "auto", cache_dir: str | Path | None = None,
-               data_roots: list[str | Path] | None = None) -> FastAPI:
+               data_roots: list[str | Path] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES) -> FastAPI:
     cache = Path(cache_dir or os.environ.get("PONDERSCOPE_CACHE") or Path(tempfile.gettempdir()) / "ponderscope-cache")
     store = ModelStore(checkpoint_dirs or [BUNDLED_CHECKPOINTS], device=device, data_roots=data_roots)
     app = FastAPI(
@@ -55,7 +56,7 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
         version="0.1.0",
     )
     app.state.store = store
-    app.state.images = ImageStore(cache / "images")
+    app.state.images = ImageStore(cache / "images", max_disk_bytes=image_store_bytes, max_memory_bytes=min(image_store_bytes, 64 << 20))
     app.state.dataset_jobs = DatasetJobs(store, cache)
     templates = Jinja2Templates(directory=str(ROOT / "templates"))
 
@@ -93,13 +94,7 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
             response.headers.setdefault(name, value)
         return response
 
-    @app.middleware("http")
-    async def refuse_oversized_bodies(request: Request, call_next):
-        # Refuse an oversized upload from its declared length, before reading it.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 64 * 1024:
-            return JSONResponse({"detail": f"the upload is {int(length) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES // (1024 * 1024)} MB"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit)
 
     app.include_router(models.router)
     app.include_router(images.router)
@@ -117,17 +112,17 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
         return templates.TemplateResponse(request, "index.html", {"models": summaries, "version": app.version, "load_errors": store.errors})
 
     @app.get("/api/health", tags=["meta"])
-    def health() -> dict:
+    async def health() -> dict:  # on the event loop: answers even while every worker thread is busy
         return {"status": "ok", "models": len(store.models), "device": store.device, "load_errors": store.errors}
 
     return app
 
 
 def run(host: str = "127.0.0.1", port: int = 8000, device: str = "auto", checkpoint_dirs: list[str] | None = None, cache_dir: str | None = None,
-        data_roots: list[str] | None = None) -> None:
+        data_roots: list[str] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir, data_roots=data_roots)
+    app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir, data_roots=data_roots, image_store_bytes=image_store_bytes)
     log.info("serving %d models on %s at http://%s:%d", len(app.state.store.models), app.state.store.device, host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")

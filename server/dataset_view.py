@@ -53,7 +53,7 @@ class DatasetJobs:
         else:
             job["message"] = f"running the model on {CORPUS_BYTES} held-out bytes"
             workload = self.store.workload(entry)
-            with self.store.inference, torch.no_grad():
+            with self.store.inference.background(), torch.no_grad():
                 stats = workload.evaluate(entry.model, limit=CORPUS_BYTES)
             source = f"the first {stats['bytes']} held-out bytes (measured by the server)"
         keys = ("bytes", "bits_per_byte", "mean_steps", "mean_ponder", "per_char_class", "steps_histogram", "steps_mode",
@@ -110,7 +110,7 @@ class DatasetJobs:
         dense = None
         for start in range(0, n, BATCH):
             x = workload.normalize(images[start : start + BATCH])
-            with self.store.inference, torch.no_grad():
+            with self.store.inference.background(), torch.no_grad():
                 trace = entry.model.trace(x.to(self.store.device))
             dense = trace.dense_flops
             correct.append((trace.logits.argmax(-1).cpu() == labels[start : start + BATCH]))

@@ -1,12 +1,18 @@
 """Decoding uploads with Pillow and preparing them as the model's card says.
 
 Any format Pillow reads; the first frame of animations; EXIF orientation applied; 16-bit,
-palette, CMYK and alpha images converted. Limits protect the server: uploads over 20 MB and
-images over 50 megapixels are refused before their pixels are decoded.
+palette, CMYK and alpha images converted. What an image may cost is decided from its header,
+before its pixels are decoded: uploads over 20 MB are refused, JPEGs are decoded at a reduced
+scale (1/2, 1/4 or 1/8, by the DCT) down to MAX_DECODED_PIXELS, and any other image over that
+is refused with a 413. Work on full-size pixels (decode, store, prepare) runs inside
+PIXEL_WORK, at most two requests at once, in worker threads, never on the event loop: one
+upload costs at most a few times MAX_DECODED_PIXELS x 4 bytes (Pillow keeps RGB in 4 bytes a
+pixel), whatever the number of clients; bench/memory.py measures the peak (< 300 MB).
 """
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -14,8 +20,14 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_PIXELS = 50_000_000
+MAX_PIXELS = 50_000_000  # in the header, for any format (beyond it, not even a JPEG is reduced)
+MAX_DECODED_PIXELS = 16_000_000  # 4928 x 3264, a 16 MP camera; far more than a model reads
 MAX_NATIVE_SIDE = 512  # "native" resolution runs at the upload's size, capped on the long side
+PIXEL_WORK = threading.BoundedSemaphore(2)  # requests decoding / preparing full-size images at once, server-wide
+
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
 class ImageError(ValueError):
@@ -25,7 +37,7 @@ class ImageError(ValueError):
 
 
 def decode(data: bytes) -> Image.Image:
-    """Bytes -> a loaded, upright Pillow image in mode L or RGB."""
+    """Bytes -> a loaded, upright Pillow image in mode L or RGB, of at most MAX_DECODED_PIXELS."""
     if not data:
         raise ImageError("the upload is empty: choose an image file (PNG, JPEG, GIF, WebP, BMP or TIFF)", 400)
     if len(data) > MAX_UPLOAD_BYTES:
@@ -34,36 +46,80 @@ def decode(data: bytes) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is {MAX_PIXELS / 1e6:.0f}", 413)
+            _reduce_while_decoding(image)
             image.seek(0)  # first frame of a GIF / WebP animation / multi-page TIFF
+            orientation = image.getexif().get(0x0112)
             image.load()
+            image = _to_l_or_rgb(image)  # before turning it upright: the copy is then of 1 or 3 channels
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"not an image Pillow can read ({type(error).__name__}); upload a PNG, JPEG, GIF, WebP, BMP or TIFF file") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise ImageError(f"the image file is corrupt or truncated ({error})") from None
-    image = ImageOps.exif_transpose(image)
-    return _to_l_or_rgb(image)
+    if orientation in _UPRIGHT:
+        image = image.transpose(_UPRIGHT[orientation])
+    return image
+
+
+def _reduce_while_decoding(image: Image.Image) -> None:
+    """Refuse, or (JPEG) reduce, an image from its header, before any pixel is decoded."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is {MAX_PIXELS / 1e6:.0f}", 413)
+    if width * height <= MAX_DECODED_PIXELS:
+        return
+    if image.format == "JPEG":
+        # The DCT decodes at 1/k of the size for k in 1, 2, 4, 8: the smallest k that fits.
+        k = next(k for k in (2, 4, 8) if -(-width // k) * -(-height // k) <= MAX_DECODED_PIXELS)
+        image.draft(image.mode if image.mode in ("L", "RGB") else None, (width // k, height // k))
+        return
+    raise ImageError(
+        f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; images other than JPEG may have at most "
+        f"{MAX_DECODED_PIXELS / 1e6:.0f} megapixels (the models read far fewer): resize it before uploading", 413)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """What the image store keeps: the decoded pixels, losslessly, without anything the upload
+    carried besides them (trailing bytes, metadata, other frames)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _to_l_or_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # High bit depth: scale the full range of the type to 0..255 instead of clipping.
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        # Transparent pixels become black: the bundled datasets draw light objects on black.
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
+        return Image.fromarray(_scaled_to_uint8(np.asarray(image), image.mode.startswith("I;16")), "L")
+    if image.mode == "P" and "transparency" not in image.info:
+        image = image.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "P"):
+        # Transparent pixels become black (the bundled datasets draw light objects on black),
+        # composited a strip of rows at a time, so no second full-size RGBA copy is made.
+        flat = Image.new("L" if image.mode == "LA" else "RGB", image.size, 0)
+        for top in range(0, image.height, 256):
+            box = (0, top, image.width, min(image.height, top + 256))
+            strip = image.crop(box)
+            strip = strip.convert("LA" if image.mode == "LA" else "RGBA")
+            flat.paste(strip.convert(flat.mode), box, mask=strip.getchannel("A"))
+        return flat
     if image.mode in ("L", "RGB"):
         return image
     return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, 1-bit
+
+
+def _scaled_to_uint8(array: np.ndarray, sixteen_bit: bool, rows: int = 256) -> np.ndarray:
+    """High-bit-depth pixels -> 0..255: the full range of the type (16 bits for I;16 or where a
+    value is over 255, else 8 bits) mapped to 0..255, rounding down; in float32 slices of `rows`
+    rows, so no full-size float copy is made."""
+    if sixteen_bit:
+        return (array // 257).astype(np.uint8)  # floor(v * 255 / 65535), exactly: 65535 = 255 * 257
+    top = 65535.0 if float(array.max()) > 255 else 255.0
+    out = np.empty(array.shape, dtype=np.uint8)
+    for start in range(0, array.shape[0], rows):
+        part = array[start : start + rows].astype(np.float32) * np.float32(255.0 / top)
+        out[start : start + rows] = np.clip(part, 0, 255)
+    return out
 
 
 def prepare(image: Image.Image, preprocess: dict, resolution: str = "train", invert: bool = False) -> tuple[torch.Tensor, Image.Image]:
@@ -77,7 +133,8 @@ def prepare(image: Image.Image, preprocess: dict, resolution: str = "train", inv
     `size_multiple`: "native" sizes are rounded to it (networks that need even maps);
     `native_max_side`: the cap on the long side at "native" resolution (default 512)."""
     channels = int(preprocess["channels"])
-    image = image.convert("L" if channels == 1 else "RGB")
+    if image.mode != ("L" if channels == 1 else "RGB"):
+        image = image.convert("L" if channels == 1 else "RGB")
     if invert:
         image = ImageOps.invert(image)
     array = None  # the pixels in 0..1 when a resize computed them as floats
@@ -111,8 +168,8 @@ def _resize_for_training(image: Image.Image, preprocess: dict) -> tuple[Image.Im
         fraction = float(preprocess.get("crop_fraction", 0.875))
         w, h = image.size
         top, left = int((h - h * fraction) / 2), int((w - w * fraction) / 2)
-        crop = np.asarray(image.crop((left, top, w - left, h - top)), dtype=np.float32) / 255.0
-        array = tf_resize_bilinear(crop if crop.ndim == 3 else crop[:, :, None], height, width)
+        crop = np.asarray(image.crop((left, top, w - left, h - top)))  # uint8: the resize reads floats of a few rows
+        array = tf_resize_bilinear(crop if crop.ndim == 3 else crop[:, :, None], height, width, divide_by=255.0)
         array = array if image.mode != "L" else array[:, :, 0]
         return Image.fromarray(np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8), image.mode), array
     if how == "shorter_then_center_crop":
@@ -130,10 +187,11 @@ def _resize_for_training(image: Image.Image, preprocess: dict) -> tuple[Image.Im
     return image.resize((width, height), Image.BILINEAR), None
 
 
-def tf_resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
+def tf_resize_bilinear(array: np.ndarray, height: int, width: int, divide_by: float = 1.0) -> np.ndarray:
     """TF1's tf.image.resize_bilinear (align_corners=False, no half-pixel centres) of [H, W, C]
-    floats: output pixel y reads input row y * in/out, interpolated between its two neighbours;
-    no antialiasing (Pillow's bilinear filters over the whole footprint when shrinking)."""
+    pixels / divide_by, as float32: output pixel y reads input row y * in/out, interpolated
+    between its two neighbours; no antialiasing (Pillow's bilinear filters over the whole
+    footprint when shrinking). Only the rows and columns read are converted to floats."""
     in_h, in_w = array.shape[:2]
 
     def axis(n_out: int, n_in: int):
@@ -143,8 +201,12 @@ def tf_resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray
 
     y0, y1, dy = axis(height, in_h)
     x0, x1, dx = axis(width, in_w)
-    top = array[y0][:, x0] + (array[y0][:, x1] - array[y0][:, x0]) * dx[None, :, None]
-    bottom = array[y1][:, x0] + (array[y1][:, x1] - array[y1][:, x0]) * dx[None, :, None]
+
+    def read(rows, columns):
+        return array[rows][:, columns].astype(np.float32) / np.float32(divide_by)
+
+    top = read(y0, x0) + (read(y0, x1) - read(y0, x0)) * dx[None, :, None]
+    bottom = read(y1, x0) + (read(y1, x1) - read(y1, x0)) * dx[None, :, None]
     return (top + (bottom - top) * dy[:, None, None]).astype(np.float32)
 
 

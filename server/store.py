@@ -1,8 +1,9 @@
 """The loaded checkpoints, shared by every request (a FastAPI dependency).
 
 Models are loaded once at start-up, in eval mode, on one device. Inference runs in FastAPI's
-thread pool; a semaphore bounds how many forward passes run at once, so a burst of requests
-queues instead of oversubscribing the CPU cores.
+thread pool; `inference` (limits.InferenceSlots) bounds how many forward passes run at once, so
+a burst of requests queues instead of oversubscribing the CPU cores, and keeps a slot free of
+the dataset view's background jobs for interactive requests.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import torch
 import models
 from models.checkpoint import CARD_FILE, WEIGHTS_FILE, CheckpointError
 from training.workloads import no_test_set
+
+from .limits import InferenceSlots
 
 log = logging.getLogger("ponderscope")
 
@@ -101,7 +104,7 @@ class ModelStore:
         self.data_roots = [Path(root).resolve() for root in data_roots or []]
         self.models: dict[str, LoadedModel] = {}
         self.errors: list[str] = []
-        self.inference = threading.Semaphore(max_concurrent)
+        self.inference = InferenceSlots(max_concurrent, background=1)
         for root in checkpoint_dirs:
             self._scan(Path(root))
 

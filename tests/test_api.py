@@ -10,6 +10,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -230,12 +231,14 @@ def analyse(client, model_id, data: bytes, name="shirt.png", content_type="image
 
 def test_image_analysis_in_one_multipart_request(client):
     data = png(shirt_like().convert("RGB"))
-    digest = hashlib.sha256(data).hexdigest()
     response = analyse(client, SACT, data)
     assert response.status_code == 200, response.text
     one_step = response.json()
-    assert one_step["input"]["hash"] == digest and one_step["input"]["resolution"] == "train"
-    assert client.get(f"/api/images/{digest}").content == data  # stored: the hash works again
+    digest = one_step["input"]["hash"]
+    assert one_step["input"]["resolution"] == "train"
+    stored = client.get(f"/api/images/{digest}").content  # stored: the hash works again
+    assert hashlib.sha256(stored).hexdigest() == digest  # the hash names what is stored: the decoded pixels as PNG
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored))), np.asarray(Image.open(io.BytesIO(data))))
     two_steps = client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()
     assert one_step["prediction"] == two_steps["prediction"] and one_step["ponder"] == two_steps["ponder"]
 
@@ -391,10 +394,18 @@ def test_corpus_measured_by_the_server_without_card_metrics(tmp_path):
     assert len(list((tmp_path / "cache").glob("dataset-lm-*.json"))) == 1
 
 
-def test_text_with_a_lone_surrogate_is_refused(client):
-    body = b'{"text": "ab\\ud800cd"}'  # JSON may escape a lone surrogate; Python's str holds it, UTF-8 cannot
+@pytest.mark.parametrize("escaped, expected, replaced", [
+    ("ab\\ud800cd", "ab\ufffdcd", 1),  # lone high surrogate
+    ("\\udc00\\ud800x", "\ufffd\ufffdx", 2),  # reversed pair
+    ("\\ud83d\\ude00!", "\U0001F600!", 0),  # a real pair is one character, 4 bytes
+])
+def test_text_with_lone_surrogates_gets_an_answer(client, escaped, expected, replaced):
+    body = ('{"text": "%s"}' % escaped).encode()  # JSON may escape a lone surrogate; Python's str holds it, UTF-8 cannot
     response = client.post("/api/models/jargon_act_lstm/text", content=body, headers={"content-type": "application/json"})
-    assert response.status_code == 422 and "surrogate" in response.json()["detail"]
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert "".join(c["char"] for c in result["chars"]) == expected and result["replaced_surrogates"] == replaced
+    assert sum(c["bytes"] for c in result["chars"]) == len(expected.encode("utf-8"))
 
 
 def test_missing_data_set_is_a_503_with_the_install_command(tmp_path, monkeypatch):

@@ -1,29 +1,41 @@
-"""Uploaded images: POST stores by content hash, GET returns the stored bytes."""
+"""Uploaded images: POST decodes and stores by content hash, GET returns the stored PNG."""
 from __future__ import annotations
 
 from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 from fastapi.responses import Response
+from PIL import Image
 
-from ..imaging import MAX_UPLOAD_BYTES, ImageError, decode
+from ..image_store import ImageStore
+from ..imaging import MAX_UPLOAD_BYTES, PIXEL_WORK, ImageError, decode, encode_png
 
 router = APIRouter(prefix="/api/images", tags=["images"])
 
 
-async def read_upload(file: UploadFile) -> bytes:
-    """Read at most the limit + 1 byte, so an oversized upload is refused without being held."""
-    data = await file.read(MAX_UPLOAD_BYTES + 1)
+def read_upload(file: UploadFile) -> bytes:
+    """Read at most the limit + 1 byte, so an oversized upload is refused without being held.
+    (The form parser has already spooled the file, to disk beyond 1 MB; this reads it in a
+    worker thread, as every route here that touches pixels runs.)"""
+    data = file.file.read(MAX_UPLOAD_BYTES + 1)
     if len(data) > MAX_UPLOAD_BYTES:
         raise ImageError(f"the upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB; the limit is {MAX_UPLOAD_BYTES // (1024 * 1024)} MB", 413)
     return data
 
 
-@router.post("", summary="Store an uploaded image")
-async def upload_image(request: Request, file: UploadFile = File(..., description="any image Pillow reads")) -> dict:
-    """Returns `{hash, width, height, format, mode}`; the image is checked (decoded) first, so
-    only readable images are stored."""
-    data = await read_upload(file)
+def store_upload(images: ImageStore, data: bytes) -> tuple[str, Image.Image]:
+    """Decode an upload (refusing what is not an image, or would cost too much) and keep its
+    pixels as PNG -> (the hash that names it from now on, the decoded image). The caller holds
+    PIXEL_WORK while it has the full-size image."""
     image = decode(data)
-    digest = request.app.state.images.put(data)
+    return images.put(encode_png(image)), image
+
+
+@router.post("", summary="Store an uploaded image")
+def upload_image(request: Request, file: UploadFile = File(..., description="any image Pillow reads")) -> dict:
+    """Returns `{hash, width, height, mode, filename}`; the image is decoded first, so only
+    readable images are stored, and what is stored is its pixels as PNG."""
+    data = read_upload(file)
+    with PIXEL_WORK:
+        digest, image = store_upload(request.app.state.images, data)
     return {"hash": digest, "width": image.width, "height": image.height, "mode": image.mode, "filename": file.filename}
 
 
@@ -32,4 +44,4 @@ def get_image(digest: str, request: Request) -> Response:
     data = request.app.state.images.get(digest)
     if data is None:
         raise HTTPException(404, f"no stored image with hash {digest!r}; upload it again")
-    return Response(content=data, media_type="application/octet-stream")
+    return Response(content=data, media_type="image/png")

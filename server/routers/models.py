@@ -9,16 +9,18 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from ..analysis import analyze_image
+from ..limits import BodyTooLarge
 from ..deps import get_model, get_store, require_kind
-from ..imaging import ImageError, decode, png_data_url, prepare, tensor_to_image
+from ..imaging import PIXEL_WORK, decode, png_data_url, prepare, tensor_to_image
 from ..schemas import ImageRequest
 from ..store import LoadedModel, ModelStore
-from .images import read_upload
+from .images import read_upload, store_upload
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
@@ -60,6 +62,8 @@ async def image_input(request: Request) -> ImageInput:
     if content_type == "multipart/form-data":
         try:
             form = await request.form(max_files=1, max_fields=len(FORM_FIELDS))
+        except BodyTooLarge:
+            raise
         except (MultiPartException, StarletteHTTPException) as error:  # Starlette reports a malformed form as a 400
             detail = getattr(error, "detail", None) or getattr(error, "message", str(error))
             raise HTTPException(400, f"the multipart form could not be read ({detail}); send the image as the field 'file'") from None
@@ -71,7 +75,7 @@ async def image_input(request: Request) -> ImageInput:
             if not isinstance(file, UploadFile):
                 raise HTTPException(422, "the form needs the image as a file field 'file' (curl -F file=@image.jpg)")
             options = {k: form[k] for k in ("resolution", "invert") if k in form}
-            return ImageInput(_validated(options), await read_upload(file))
+            return ImageInput(_validated(options), await run_in_threadpool(read_upload, file))
         finally:
             await form.close()
     body = bytearray()
@@ -127,21 +131,23 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
     upload is stored, and `input.hash` names it for later requests."""
     require_kind(entry, "image")
     body, label, box = payload.options, None, None
-    if payload.upload is not None:
-        image = decode(payload.upload)  # checked before it is stored, as POST /api/images does
-        body.image = request.app.state.images.put(payload.upload)
-    elif (body.image is None) == (body.sample is None):
+    if payload.upload is None and (body.image is None) == (body.sample is None):
         raise HTTPException(422, "give exactly one of 'image' (a hash from POST /api/images) or 'sample' (a test-set index)")
-    elif body.image is not None:
-        data = request.app.state.images.get(body.image)
-        if data is None:
-            raise HTTPException(404, f"no stored image with hash {body.image!r}; upload it again with POST /api/images")
-        image = decode(data)
-    else:
+    if body.sample is not None and payload.upload is None:
         pixels, label, box = _test_example(store, entry, body.sample)
-        image = tensor_to_image(pixels)
-    original_size = image.size
-    x, shown = prepare(image, entry.card["preprocess"], body.resolution, body.invert)
+    with PIXEL_WORK:  # the full-size image lives only in here; the model then reads x
+        if payload.upload is not None:
+            body.image, image = store_upload(request.app.state.images, payload.upload)  # as POST /api/images does
+        elif body.image is not None:
+            data = request.app.state.images.get(body.image)
+            if data is None:
+                raise HTTPException(404, f"no stored image with hash {body.image!r}; upload it again with POST /api/images")
+            image = decode(data)
+        else:
+            image = tensor_to_image(pixels)
+        original_size = image.size
+        x, shown = prepare(image, entry.card["preprocess"], body.resolution, body.invert)
+        del image
     if box is not None and shown.size != original_size:  # boxes are in test-image pixels
         sy, sx = shown.size[1] / original_size[1], shown.size[0] / original_size[0]
         box = [round(box[0] * sy), round(box[1] * sx), round(box[2] * sy), round(box[3] * sx)]

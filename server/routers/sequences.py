@@ -20,13 +20,24 @@ def text_analysis(body: TextRequest, entry: LoadedModel = Depends(get_model), st
     require_kind(entry, "text")
     if not body.text:
         raise HTTPException(422, "the text is empty: type at least one character")
-    try:
-        size = len(body.text.encode("utf-8"))
-    except UnicodeEncodeError as error:  # a lone surrogate (e.g. "\ud800") is no character
-        raise HTTPException(422, f"the text holds an unpaired surrogate at character {error.start}; send valid Unicode") from None
+    text, replaced = valid_unicode(body.text)
+    size = len(text.encode("utf-8"))
     if size > MAX_TEXT_BYTES:  # the model reads bytes: 10,000 emoji are 40,000 steps
-        raise HTTPException(413, f"the text is {size} UTF-8 bytes ({len(body.text)} characters); the limit is {MAX_TEXT_BYTES} bytes")
-    return analyze_text(entry, store, body.text)
+        raise HTTPException(413, f"the text is {size} UTF-8 bytes ({len(text)} characters); the limit is {MAX_TEXT_BYTES} bytes")
+    result = analyze_text(entry, store, text)
+    result["replaced_surrogates"] = replaced
+    return result
+
+
+def valid_unicode(text: str) -> tuple[str, int]:
+    """JSON can carry lone or reversed surrogates ("\\ud800"), which are no characters and have no
+    UTF-8: each becomes U+FFFD, the replacement character -> (the text, how many were replaced)."""
+    try:
+        text.encode("utf-8")
+        return text, 0
+    except UnicodeEncodeError:
+        fixed = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return fixed, fixed.count("\ufffd") - text.count("\ufffd")
 
 
 @router.post("/{model_id}/parity", summary="Run a parity model on one input vector")
