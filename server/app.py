@@ -40,6 +40,27 @@ SECURITY_HEADERS = {
 }
 
 
+class SecurityHeaders:
+    """ASGI middleware adding SECURITY_HEADERS to every response (pure ASGI: it leaves the request
+    body to the app, so the body limit's 413 is raised, and answered, inside the app)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.headers = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []), *(h for h in self.headers if h[0] not in present)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def plotly_js_path() -> Path:
     import plotly
 
@@ -87,14 +108,8 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
         log.exception("unexpected error on %s", request.url.path)
         return JSONResponse({"detail": f"internal error ({type(error).__name__}); see the server log"}, status_code=500)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
-
     app.add_middleware(BodyLimit)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so the 413s have the headers too
 
     app.include_router(models.router)
     app.include_router(images.router)

@@ -80,6 +80,7 @@ class LoadedModel:
             "metrics": card.get("metrics", {}),
             "test_set": self.has_test_set,
             "source": card.get("source"),
+            "path": str(self.path),
             "card": card,
             "device": device,
         }
@@ -115,6 +116,7 @@ class ModelStore:
         # A directory is itself a checkpoint, or holds checkpoint directories.
         candidates = [root] if (root / CARD_FILE).is_file() else sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
         for path in candidates:
+            name, path = path.name, path.resolve()  # a symlinked folder is listed (and read) where it really is
             started = time.time()
             try:
                 model = models.load_checkpoint(path, device=self.device)
@@ -122,10 +124,10 @@ class ModelStore:
                 self.errors.append(str(error))
                 log.warning("skipping %s", error)
                 continue
-            model_id = path.name
+            model_id = name  # the name it was given (a link's own), its real path listed beside it
             suffix = 2
             while model_id in self.models:
-                model_id, suffix = f"{path.name}-{suffix}", suffix + 1
+                model_id, suffix = f"{name}-{suffix}", suffix + 1
             self.models[model_id] = LoadedModel(
                 id=model_id,
                 path=path,
@@ -136,7 +138,7 @@ class ModelStore:
                 weights_sha256=_sha256(path / WEIGHTS_FILE),
                 no_test_set=no_test_set(model.card) or self.refused_data_source(model.card),
             )
-            log.info("loaded %s (%s) in %.2fs", model_id, model.card["model"], time.time() - started)
+            log.info("loaded %s (%s) from %s in %.2fs", model_id, model.card["model"], path, time.time() - started)
 
     def refused_data_source(self, card: dict) -> Optional[str]:
         """Why the card's "imagefolder:PATH" test set may not be read (None if it may)."""

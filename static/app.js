@@ -368,7 +368,7 @@
     if (t.mean_ponder !== undefined) chips.push(el('span', { class: 'chip', title: 'mean ponder cost N+R (summed over blocks for ResNets)' }, 'ponder ', el('b', { text: fmt(t.mean_ponder, 2) })));
     if (t.mean_steps !== undefined) chips.push(el('span', { class: 'chip', title: 'mean steps N' }, 'steps N ', el('b', { text: fmt(t.mean_steps, 2) })));
     if (!Object.keys(t).length) chips.push(el('span', { class: 'chip muted', text: 'no metrics in card' }));
-    if (m.device) chips.push(el('span', { class: 'chip muted', title: 'device the server runs it on' }, `on ${m.device}`));
+    if (m.device) chips.push(el('span', { class: 'chip muted', title: `device the server runs it on; checkpoint folder ${m.path || '?'}` }, `on ${m.device}`));
     return chips;
   }
   function sourceFile(source) {

@@ -15,7 +15,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from ..analysis import analyze_image
-from ..limits import BodyTooLarge
 from ..deps import get_model, get_store, require_kind
 from ..imaging import PIXEL_WORK, decode, png_data_url, prepare, tensor_to_image
 from ..schemas import ImageRequest
@@ -62,9 +61,9 @@ async def image_input(request: Request) -> ImageInput:
     if content_type == "multipart/form-data":
         try:
             form = await request.form(max_files=1, max_fields=len(FORM_FIELDS))
-        except BodyTooLarge:
-            raise
         except (MultiPartException, StarletteHTTPException) as error:  # Starlette reports a malformed form as a 400
+            if getattr(error, "status_code", None) == 413:  # limits.BodyLimit: past the limit
+                raise
             detail = getattr(error, "detail", None) or getattr(error, "message", str(error))
             raise HTTPException(400, f"the multipart form could not be read ({detail}); send the image as the field 'file'") from None
         try:
