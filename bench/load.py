@@ -13,6 +13,7 @@ http.client, one keep-alive connection per thread), the same mix in every run:
   * multipart_analysis: POST /api/models/{id}/image with the PNG as the multipart field `file`;
   * text: POST /api/models/{id}/text, English sentences of 20-300 characters;
   * parity: POST /api/models/{id}/parity, a random -1/0/1 vector of the model's task.bits;
+  * large_upload: a 12-megapixel JPEG (accepted); bomb_upload: a 50 KB PNG of 50 megapixels (413);
   * bad_*: requests that must be refused with a 4xx (unknown model 404, empty text 422,
     a non-image upload 4xx, an unknown image hash 404, a parity vector of the wrong length 422).
 
@@ -72,11 +73,26 @@ SENTENCES = [
 assert all(20 <= len(s) <= 300 for s in SENTENCES), [len(s) for s in SENTENCES if not 20 <= len(s) <= 300]
 
 # kind -> weight in the mix (kinds without a model to run on are dropped)
+RESULTS = Path(__file__).resolve().parent / "load_results.md"
 WEIGHTS = {
     "health": 6, "models": 4, "samples": 6, "sample_analysis": 14, "upload": 10, "image_by_hash": 12,
     "multipart_analysis": 10, "text": 12, "parity": 12,
     "bad_model": 2, "bad_text": 2, "bad_upload": 2, "bad_hash": 1, "bad_parity": 1,
+    "large_upload": 1, "bomb_upload": 1,
 }
+
+
+def large_images() -> tuple[bytes, bytes]:
+    """(a 12-megapixel photo-sized JPEG, accepted; a ~50 KB PNG of 7071x7071 = 50 megapixels,
+    refused from its header with a 413): what a hostile or careless client sends."""
+    from PIL import Image, ImageDraw
+
+    photo = Image.radial_gradient("L").resize((4000, 3000)).convert("RGB")
+    ImageDraw.Draw(photo).ellipse((800, 600, 3200, 2400), fill=(200, 120, 40))
+    jpeg, bomb = io.BytesIO(), io.BytesIO()
+    photo.save(jpeg, "JPEG", quality=85)
+    Image.new("L", (7071, 7071)).save(bomb, "PNG")
+    return jpeg.getvalue(), bomb.getvalue()
 
 
 # ------------------------------------------------------------------------------------ server
@@ -204,6 +220,7 @@ def build_mix(models: list[dict], n: int, seed: int, known: list[bytes], known_h
     """n requests drawn with `seed`: dicts with kind, method, path, body, headers, expected statuses.
     known_hashes: the hashes the server gave the `known` images (what it hashes is its business)."""
     rng = random.Random(seed)
+    large = large_images()
     image = [m for m in models if m["kind"] == "image"]
     with_test = [m for m in image if m.get("test_set")]
     text = [m for m in models if m["kind"] == "text"]
@@ -245,6 +262,12 @@ def build_mix(models: list[dict], n: int, seed: int, known: list[bytes], known_h
             model = rng.choice(parity)
             path = f"/api/models/{model['id']}/parity"
             body, headers = json_body({"vector": [rng.choice((-1, 0, 1)) for _ in range(int(model["task"]["bits"]))]})
+        elif kind == "large_upload":
+            path = "/api/images"
+            body, headers = multipart(large[0], "photo.jpg")
+        elif kind == "bomb_upload":
+            path, expected = "/api/images", (413,)
+            body, headers = multipart(large[1], "bomb.png")
         elif kind == "bad_model":
             path, expected = "/api/models/no-such-model/text", (404,)
             body, headers = json_body({"text": rng.choice(SENTENCES)})
@@ -377,6 +400,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="the server's --device")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--server-log", metavar="PATH", help="keep the server's log here (default: a temporary file)")
+    parser.add_argument("--write", action="store_true", help="write the tables to bench/load_results.md and README's reliability section")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.requests < 1 or args.clients < 1:
         parser.error("--runs, --requests and --clients must be >= 1")
@@ -439,6 +463,11 @@ def main(argv=None) -> int:
     print(report(result), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.write:
+        from ponderscope.readme import replace_section
+
+        RESULTS.write_text(report(result) + "\n", encoding="utf-8")
+        replace_section("reliability", report(result).split("\n", 1)[1])
     return 0 if result["ok"] else 1
 
 

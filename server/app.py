@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import asynccontextmanager
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from training.data import DataSourceMissing
 
@@ -21,6 +23,7 @@ from .dataset_view import DatasetJobs
 from .image_store import DEFAULT_DISK_BYTES, ImageStore
 from .imaging import ImageError
 from .limits import BodyLimit
+from .schemas import Health
 from .routers import images, models, sequences
 from .store import BUNDLED_CHECKPOINTS, ModelStore, NoTestSet
 
@@ -61,6 +64,27 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def document_loaded_models(schema: dict, store: ModelStore) -> dict:
+    """The OpenAPI document lists, for each route taking a model_id, the ids of the loaded models
+    it serves (deps.for_kinds), so that a request valid by the document names a model that is there."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            kinds, needs_test_set = operation.pop("x-model-kinds", None), operation.pop("x-needs-test-set", False)
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] != "model_id":
+                    continue
+                ids = sorted(entry.id for entry in store.models.values()
+                             if (kinds is None or entry.kind in kinds) and (entry.has_test_set or not needs_test_set))
+                parameter["description"] = "a loaded model's id (GET /api/models)" + (f"; here one of a {' or '.join(kinds)} model" if kinds else "")
+                if ids:
+                    parameter["schema"] = {**parameter["schema"], "enum": ids}
+    bits = {int(entry.card["task"]["bits"]) for entry in store.models.values() if entry.kind == "parity"}
+    if len(bits) == 1:  # every parity model here reads the same length: the document can say it
+        vector = schema["components"]["schemas"]["ParityRequest"]["properties"]["vector"]
+        vector["minItems"] = vector["maxItems"] = bits.pop()
+    return schema
+
+
 def plotly_js_path() -> Path:
     import plotly
 
@@ -71,7 +95,13 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
                data_roots: list[str | Path] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES) -> FastAPI:
     cache = Path(cache_dir or os.environ.get("PONDERSCOPE_CACHE") or Path(tempfile.gettempdir()) / "ponderscope-cache")
     store = ModelStore(checkpoint_dirs or [BUNDLED_CHECKPOINTS], device=device, data_roots=data_roots)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await run_in_threadpool(app.state.dataset_jobs.close)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="ponderscope",
         description="Where adaptive-computation networks spend their effort: ponder maps (ACT/SACT), gate decisions (ConvNet-AIG), per-character ponder time (ACT-RNN).",
         version="0.1.0",
@@ -111,6 +141,7 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     app.add_middleware(BodyLimit)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so the 413s have the headers too
 
+    app.openapi = lambda: app.openapi_schema or document_loaded_models(FastAPI.openapi(app), store)
     app.include_router(models.router)
     app.include_router(images.router)
     app.include_router(sequences.router)
@@ -126,7 +157,7 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
         summaries = [entry.summary(store.device) for entry in store.models.values()]
         return templates.TemplateResponse(request, "index.html", {"models": summaries, "version": app.version, "load_errors": store.errors})
 
-    @app.get("/api/health", tags=["meta"])
+    @app.get("/api/health", tags=["meta"], response_model=Health)
     async def health() -> dict:  # on the event loop: answers even while every worker thread is busy
         return {"status": "ok", "models": len(store.models), "device": store.device, "load_errors": store.errors}
 

@@ -42,6 +42,15 @@ class DatasetJobs:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, dict] = {}
         self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.stopping = threading.Event()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the running jobs at their next batch and wait for them (the server is stopping: a
+        thread still inside torch when the interpreter exits aborts the process)."""
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout)
 
     def _compute_corpus(self, entry, job: dict) -> dict:
         """A byte LM over its held-out text: per character class the mean and spread of N and
@@ -83,7 +92,9 @@ class DatasetJobs:
                         path.unlink(missing_ok=True)  # a broken cache file is recomputed
                 job = {"status": "running", "progress": 0.0, "message": "loading the test set", "result": None}
                 self.jobs[entry.id] = job
-                threading.Thread(target=self._run, args=(entry, job, path), daemon=True).start()
+                thread = threading.Thread(target=self._run, args=(entry, job, path), daemon=True)
+                self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+                thread.start()
             return dict(job)
 
     def _run(self, entry, job: dict, path: Path) -> None:
@@ -109,6 +120,8 @@ class DatasetJobs:
         correct, flops, ponder, executed = [], [], [], []
         dense = None
         for start in range(0, n, BATCH):
+            if self.stopping.is_set():
+                raise RuntimeError("stopped: the server is shutting down")
             x = workload.normalize(images[start : start + BATCH])
             with self.store.inference.background(), torch.no_grad():
                 trace = entry.model.trace(x.to(self.store.device))

@@ -18,6 +18,12 @@ def get_model(model_id: str, store: ModelStore = Depends(get_store)) -> LoadedMo
     return entry
 
 
+def for_kinds(*kinds: str, test_set: bool = False) -> dict:
+    """`openapi_extra` of a route taking a model_id: which loaded models it serves, so the OpenAPI
+    document lists exactly those ids (server.app.document_loaded_models)."""
+    return {"x-model-kinds": list(kinds), "x-needs-test-set": test_set}
+
+
 def require_kind(entry: LoadedModel, kind: str) -> None:
     if entry.kind != kind:
         raise HTTPException(400, f"model {entry.id!r} is a {entry.kind} model ({entry.card['task']['name']}); this endpoint needs a {kind} model")

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections import OrderedDict
 from pathlib import Path
 from threading import Lock
@@ -34,11 +35,12 @@ class ImageStore:
         self.memory_bytes = 0
         self.on_disk: OrderedDict[str, int] = OrderedDict()  # digest -> size, least recently used first
         self.disk_bytes = 0
+        self.clock = 0
         found = []
         for path in self.directory.iterdir():
             if HASH.match(path.name) and path.is_file():
                 stat = path.stat()
-                found.append((stat.st_mtime, path.name, stat.st_size))
+                found.append((stat.st_mtime_ns, path.name, stat.st_size))
             elif path.name.endswith(".tmp"):
                 path.unlink(missing_ok=True)  # a write that a stopped server left half done
         for _, digest, size in sorted(found):  # the last use is kept as the file's mtime
@@ -97,8 +99,9 @@ class ImageStore:
 
     def _touch(self, digest: str, path: Path) -> None:
         self.on_disk.move_to_end(digest)
+        self.clock = max(self.clock + 1, time.time_ns())  # strictly increasing, whatever the clock's grain
         try:
-            os.utime(path)  # so the order survives a restart
+            os.utime(path, ns=(self.clock, self.clock))  # so the order survives a restart
         except OSError:
             pass
 

@@ -1,11 +1,15 @@
 """Uploaded images: POST decodes and stores by content hash, GET returns the stored PNG."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, File, HTTPException, Request, UploadFile
+from fastapi import Path as FastAPIPath
 from fastapi.responses import Response
 from PIL import Image
 
 from ..image_store import ImageStore
+from ..schemas import HASH_PATTERN, StoredImage, errors
 from ..imaging import MAX_UPLOAD_BYTES, PIXEL_WORK, ImageError, decode, encode_png
 
 router = APIRouter(prefix="/api/images", tags=["images"])
@@ -29,7 +33,7 @@ def store_upload(images: ImageStore, data: bytes) -> tuple[str, Image.Image]:
     return images.put(encode_png(image)), image
 
 
-@router.post("", summary="Store an uploaded image")
+@router.post("", summary="Store an uploaded image", response_model=StoredImage, responses=errors(400, 413, 422))
 def upload_image(request: Request, file: UploadFile = File(..., description="any image Pillow reads")) -> dict:
     """Returns `{hash, width, height, mode, filename}`; the image is decoded first, so only
     readable images are stored, and what is stored is its pixels as PNG."""
@@ -39,8 +43,9 @@ def upload_image(request: Request, file: UploadFile = File(..., description="any
     return {"hash": digest, "width": image.width, "height": image.height, "mode": image.mode, "filename": file.filename}
 
 
-@router.get("/{digest}", summary="An uploaded image by its sha256")
-def get_image(digest: str, request: Request) -> Response:
+@router.get("/{digest}", summary="An uploaded image by its sha256", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "the stored PNG"}, **errors(404, 422)})
+def get_image(digest: Annotated[str, FastAPIPath(pattern=HASH_PATTERN)], request: Request) -> Response:
     data = request.app.state.images.get(digest)
     if data is None:
         raise HTTPException(404, f"no stored image with hash {digest!r}; upload it again")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
+from typing import Annotated, Optional
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -15,21 +15,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from ..analysis import analyze_image
-from ..deps import get_model, get_store, require_kind
+from ..deps import for_kinds, get_model, get_store, require_kind
 from ..imaging import PIXEL_WORK, decode, png_data_url, prepare, tensor_to_image
-from ..schemas import ImageRequest
+from ..schemas import DatasetStatus, ImageAnalysis, ImageRequest, ModelSummary, Sample, errors
 from ..store import LoadedModel, ModelStore
 from .images import read_upload, store_upload
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
 
-@router.get("", summary="All loaded models with their cards")
+@router.get("", summary="All loaded models with their cards", response_model=list[ModelSummary])
 def list_models(store: ModelStore = Depends(get_store)) -> list[dict]:
     return [entry.summary(store.device) for entry in store.models.values()]
 
 
-@router.get("/{model_id}", summary="One model with its card")
+@router.get("/{model_id}", summary="One model with its card", response_model=ModelSummary, responses=errors(404))
 def model_detail(entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> dict:
     return entry.summary(store.device)
 
@@ -106,6 +106,7 @@ _IMAGE_FORM = {
         **{k: v for k, v in ImageRequest.model_json_schema()["properties"].items() if k in ("resolution", "invert")},
     },
     "required": ["file"],
+    "additionalProperties": False,
 }
 _IMAGE_BODY = {
     "requestBody": {
@@ -118,7 +119,8 @@ _IMAGE_BODY = {
 }
 
 
-@router.post("/{model_id}/image", summary="Run an image model on an uploaded image or a test sample", openapi_extra=_IMAGE_BODY)
+@router.post("/{model_id}/image", summary="Run an image model on an uploaded image or a test sample", openapi_extra={**_IMAGE_BODY, **for_kinds("image")},
+             response_model=ImageAnalysis, responses=errors(400, 404, 413, 422, 503))
 def image_analysis(request: Request, payload: ImageInput = Depends(image_input), entry: LoadedModel = Depends(get_model),
                    store: ModelStore = Depends(get_store)) -> dict:
     """Returns the top-5 prediction, FLOPs executed vs dense, the request's time, and for
@@ -166,11 +168,9 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
     return result
 
 
-@router.get("/{model_id}/samples", summary="Test-set images to pick from")
-def samples(count: int = 24, offset: int = 0, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> list[dict]:
+@router.get("/{model_id}/samples", summary="Test-set images to pick from", response_model=list[Sample], openapi_extra=for_kinds("image", test_set=True), responses=errors(400, 404, 422, 503))
+def samples(count: Annotated[int, Query(ge=1, le=200)] = 24, offset: Annotated[int, Query(ge=0)] = 0, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> list[dict]:
     require_kind(entry, "image")
-    if not 1 <= count <= 200 or offset < 0:
-        raise HTTPException(422, "count must be 1..200 and offset >= 0")
     workload = store.workload(entry)
     classes = entry.card.get("classes") or workload.classes
     end = min(len(workload.test_y), offset + count)
@@ -180,11 +180,10 @@ def samples(count: int = 24, offset: int = 0, entry: LoadedModel = Depends(get_m
     ]
 
 
-@router.get("/{model_id}/samples/{index}.png", summary="One test-set image as PNG")
-def sample_png(index: int, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> Response:
+@router.get("/{model_id}/samples/{index}.png", summary="One test-set image as PNG", response_class=Response, openapi_extra=for_kinds("image", test_set=True),
+            responses={200: {"content": {"image/png": {}}, "description": "the image"}, **errors(400, 404, 422, 503)})
+def sample_png(index: Annotated[int, Path(ge=0)], entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> Response:
     require_kind(entry, "image")
-    if index < 0:
-        raise HTTPException(422, "index must be >= 0")
     pixels, _, _ = _test_example(store, entry, index)
     import io
 
@@ -193,7 +192,8 @@ def sample_png(index: int, entry: LoadedModel = Depends(get_model), store: Model
     return Response(buffer.getvalue(), media_type="image/png")
 
 
-@router.get("/{model_id}/dataset", summary="Statistics over the model's test set or held-out text (computed once, cached)")
+@router.get("/{model_id}/dataset", summary="Statistics over the model's test set or held-out text (computed once, cached)",
+            response_model=DatasetStatus, responses=errors(400, 404, 503), openapi_extra=for_kinds("image", "text", test_set=True))
 def dataset(request: Request, entry: LoadedModel = Depends(get_model)) -> dict:
     """`status` is "running" (poll again; `progress` 0..1), "done" (with `result`) or "error".
     Image models: accuracy, FLOPs and ponder per class, gate rates. Byte LMs (the Text view's corpus

@@ -4,14 +4,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException
 
 from ..analysis import analyze_parity, analyze_text
-from ..deps import get_model, get_store, require_kind
-from ..schemas import MAX_TEXT_BYTES, ParityRequest, TextRequest
+from ..deps import for_kinds, get_model, get_store, require_kind
+from ..schemas import MAX_TEXT_BYTES, ParityAnalysis, ParityRequest, TextAnalysis, TextRequest, errors
 from ..store import LoadedModel, ModelStore
 
 router = APIRouter(prefix="/api/models", tags=["sequences"])
 
 
-@router.post("/{model_id}/text", summary="Ponder time and surprisal per character")
+@router.post("/{model_id}/text", summary="Ponder time and surprisal per character", response_model=TextAnalysis, responses=errors(400, 404, 413, 422),
+             openapi_extra=for_kinds("text"))
 def text_analysis(body: TextRequest, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> dict:
     """Returns `chars`: one entry per Unicode character with `ponder` (N + R), `steps` (N), both
     averaged over the character's UTF-8 bytes, `bits` (its surprisal given the text before it;
@@ -40,12 +41,11 @@ def valid_unicode(text: str) -> tuple[str, int]:
         return fixed, fixed.count("\ufffd") - text.count("\ufffd")
 
 
-@router.post("/{model_id}/parity", summary="Run a parity model on one input vector")
+@router.post("/{model_id}/parity", summary="Run a parity model on one input vector", response_model=ParityAnalysis, responses=errors(400, 404, 422),
+             openapi_extra=for_kinds("parity"))
 def parity(body: ParityRequest, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> dict:
     require_kind(entry, "parity")
     bits = int(entry.card["task"]["bits"])
     if len(body.vector) != bits:
         raise HTTPException(422, f"the vector has {len(body.vector)} entries; this model takes exactly {bits}")
-    if any(v not in (-1, 0, 1) for v in body.vector):
-        raise HTTPException(422, "every entry must be -1, 0 or 1")
     return analyze_parity(entry, store, body.vector)
