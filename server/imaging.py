@@ -178,6 +178,9 @@ def _resize_for_training(image: Image.Image, preprocess: dict) -> tuple[Image.Im
         w, h = image.size
         if not ((w <= h and w == shorter) or (h <= w and h == shorter)):
             size = (shorter, int(shorter * h / w)) if w < h else (int(shorter * w / h), shorter)
+            if size[0] * size[1] > MAX_DECODED_PIXELS:  # a sliver (e.g. 16,000,000 x 1) would grow without bound
+                raise ImageError(f"the image is {w}x{h}: with its shorter side resized to {shorter}, as this model's card says, it would be "
+                                 f"{size[0]}x{size[1]}; crop it to a less elongated shape", 413)
             image = image.resize(size, Image.BILINEAR)
         w, h = image.size
         left, top = int(round((w - width) / 2.0)), int(round((h - height) / 2.0))

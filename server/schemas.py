@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from models.checkpoint import MAX_PARITY_BITS  # a card's task.bits is checked against the same bound
+
 MAX_TEXT_BYTES = 10_000  # the model reads UTF-8 bytes: the cost is in bytes, not characters
-MAX_PARITY_BITS = 1024
 HASH_PATTERN = r"^[0-9a-f]{64}$"
 
 

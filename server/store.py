@@ -19,6 +19,7 @@ import torch
 
 import models
 from models.checkpoint import CARD_FILE, WEIGHTS_FILE, CheckpointError
+from training.data import DataSourceMissing
 from training.workloads import no_test_set
 
 from .limits import InferenceSlots
@@ -117,6 +118,11 @@ class ModelStore:
         candidates = [root] if (root / CARD_FILE).is_file() else sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
         for path in candidates:
             name, path = path.name, path.resolve()  # a symlinked folder is listed (and read) where it really is
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes in the folder's name: it could not be a model id
+                self.errors.append(f"{str(path).encode('utf-8', 'backslashreplace').decode()}: the folder's name is not UTF-8; rename it")
+                continue
             started = time.time()
             try:
                 model = models.load_checkpoint(path, device=self.device)
@@ -170,5 +176,16 @@ class ModelStore:
                 card = entry.card
                 options = dict(card.get("config", {}).get("data_options") or {})
                 options["preprocess"] = card.get("preprocess")
-                entry.workload = make_workload(card["task"], card["dataset"], torch.device("cpu"), options)
+                try:
+                    workload = make_workload(card["task"], card["dataset"], torch.device("cpu"), options)
+                except DataSourceMissing:
+                    raise  # a 503 saying what installs it
+                except (OSError, ValueError) as error:  # an image folder that is gone, empty, or mixed
+                    raise NoTestSet(f"model {entry.id!r}: its test set could not be read ({error})") from None
+                names = card.get("classes")
+                found = getattr(workload, "classes", None) or []
+                if names and len(found) > len(names):  # a label would name no class of the model
+                    raise NoTestSet(f"model {entry.id!r}: its test set has {len(found)} classes ({', '.join(map(str, found[:5]))}, ...); "
+                                    f"the model has {len(names)}")
+                entry.workload = workload
             return entry.workload

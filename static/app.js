@@ -693,7 +693,16 @@
         onclick: () => { tokens.upload++; state.image = { sample: s.index }; syncUrl(); markSelectedSample(); runImage(); },
       }, el('img', { src: s.image, alt: '' }), el('span', { class: 'caption', text: s.class }))));
       markSelectedSample();
-    } catch (_) { /* shown in the banner */ }
+    } catch (err) {
+      // 503: the test set is not installed on the server. Not a failure of the page: say what
+      // installs it where the samples would be; uploads still work.
+      if (err.status === 503 && token === tokens.samples) {
+        clearError('samples');
+        grid.dataset.key = '';
+        $('samples-more').hidden = true;
+        grid.replaceChildren(el('p', { class: 'empty notice', text: err.detail }));
+      }  // anything else is shown in the banner
+    }
   }
   function markSelectedSample() {
     const sel = state.image && state.image.sample !== undefined ? String(state.image.sample) : null;

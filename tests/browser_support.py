@@ -140,10 +140,10 @@ uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
 class ServerProcess:
     """The real app (server.app.create_app) under uvicorn in a child process."""
 
-    def __init__(self, checkpoint_dirs: list[str], cache_dir: str, log_path: str):
+    def __init__(self, checkpoint_dirs: list[str], cache_dir: str, log_path: str, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
         script = SERVER_SCRIPT.format(root=str(ROOT), dirs=[str(d) for d in checkpoint_dirs], cache=str(cache_dir), port=self.port)
         self.log_path = log_path
         self.log = open(log_path, "wb")

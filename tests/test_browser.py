@@ -192,11 +192,25 @@ window.fetch = async (input, init) => {
 LATE_ANSWERS_HANDLED = "return window.__slow.done === arguments[0] && document.body.getAttribute('aria-busy') !== 'true'"
 
 
+def stored_hash(upload: Path | str) -> str:
+    """The hash the server names an upload by (a file, or its bytes in base64): of its decoded
+    pixels as PNG (server.image_store), computed here with the server's decode and encode."""
+    from server.imaging import decode, encode_png
+
+    data = upload.read_bytes() if isinstance(upload, Path) else base64.b64decode(upload)
+    return hashlib.sha256(encode_png(decode(data))).hexdigest()
+
+
+def drop_or_paste(page, how: str, shade: int) -> str:
+    """Drop or paste a PNG made in the page -> the hash the server will name it by."""
+    return stored_hash(page.js("return (async () => {" + DROP_AND_PASTE + "})()", how, shade))
+
+
 # ---------------------------------------------------------------------------------- tests
 def test_upload_draws_ponder_map_over_the_image(page, tmp_path):
     sact = page.ids["sact"]
     png = make_test_png(tmp_path / "shape.png", size=40)
-    digest = hashlib.sha256(png.read_bytes()).hexdigest()
+    digest = stored_hash(png)
     page.open(f"?view=image&model={sact}")
     page.d.find_element(By.ID, "file-input").send_keys(str(png))
     page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", digest, what="the upload's analysis")
@@ -264,7 +278,7 @@ ctx.fillStyle = '#000'; ctx.fillRect(0, 0, 32, 24);
 ctx.fillStyle = `rgb(${shade},${shade},${shade})`; ctx.fillRect(8, 4, 16, 16);
 const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
 const buffer = await blob.arrayBuffer();
-const digest = [...new Uint8Array(await crypto.subtle.digest('SHA-256', buffer))].map((b) => b.toString(16).padStart(2, '0')).join('');
+const bytes = btoa(String.fromCharCode(...new Uint8Array(buffer)));  // the file, for the hash the server will give it
 const data = new DataTransfer();
 data.items.add(new File([blob], `made-${shade}.png`, { type: 'image/png' }));
 if (how === 'drop') {
@@ -274,16 +288,16 @@ if (how === 'drop') {
 } else {
   document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
 }
-return digest;
+return bytes;
 """
 
 
 def test_drop_and_paste_upload(page):
     page.open(f"?view=image&model={page.ids['sact']}")
-    dropped = page.js("return (async () => {" + DROP_AND_PASTE + "})()", "drop", 200)
+    dropped = drop_or_paste(page, "drop", 200)
     page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", dropped, what="the dropped image")
     assert page.query()["image"] == dropped
-    pasted = page.js("return (async () => {" + DROP_AND_PASTE + "})()", "paste", 120)
+    pasted = drop_or_paste(page, "paste", 120)
     assert pasted != dropped
     page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", pasted, what="the pasted image")
     assert page.query()["image"] == pasted
@@ -294,8 +308,8 @@ def test_drop_and_paste_upload(page):
 def test_a_late_upload_does_not_replace_a_newer_one(page):
     page.open(f"?view=image&model={page.ids['sact']}")
     page.js(SLOW_FETCH, r"/api/images$", 1, 2000, None)
-    dropped = page.js("return (async () => {" + DROP_AND_PASTE + "})()", "drop", 200)  # its upload answers 2 s late
-    pasted = page.js("return (async () => {" + DROP_AND_PASTE + "})()", "paste", 120)
+    dropped = drop_or_paste(page, "drop", 200)  # its upload answers 2 s late
+    pasted = drop_or_paste(page, "paste", 120)
     page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", pasted, what="the pasted image")
     page.wait(LATE_ANSWERS_HANDLED, 1, what="the dropped image's late upload")
     assert page.js("return window.ponderscope.results.imageRequest.body.image") == pasted != dropped
@@ -549,7 +563,7 @@ def test_download_json_and_csv(page):
 def test_link_reopens_the_same_view(page, tmp_path):
     act = page.ids["act"]
     png = make_test_png(tmp_path / "shape.png", size=40)
-    digest = hashlib.sha256(png.read_bytes()).hexdigest()
+    digest = stored_hash(png)
     page.open("?view=image")
     Select(page.d.find_element(By.ID, "image-model")).select_by_value(act)
     Select(page.d.find_element(By.ID, "resolution")).select_by_value("native")
@@ -705,3 +719,27 @@ def test_bundled_models_open_without_errors(page):
         assert len(scales) == 1
         page.no_error()
         page.screenshot("compare-bundled")
+
+
+def test_missing_data_set_is_said_where_the_samples_would_be_and_uploads_work(page, tmp_path):
+    """Fashion-MNIST not installed (a plain pip install): the first page opens without an error
+    banner, says in the sample grid what installs the data, and analyses an upload."""
+    if not (BUNDLED / "fmnist_sact_resnet32").is_dir():
+        pytest.skip("the bundled checkpoints are not here")
+    server = ServerProcess([str(BUNDLED / "fmnist_sact_resnet32")], str(tmp_path / "cache"), str(tmp_path / "server.log"),
+                           env={"PONDERSCOPE_FASHION_MNIST": str(tmp_path / "no-data-here")})
+    try:
+        server.wait_ready(timeout=90)
+        page.d.get(f"{server.url}/?view=image&model=fmnist_sact_resnet32")
+        page.wait("return document.getElementById('samples').innerText.includes('bash scripts/setup.sh')", what="the install message")
+        assert "dataset-fashion-mnist" in page.js("return document.getElementById('samples').innerText")
+        assert page.error_text() == ""
+        png = make_test_png(tmp_path / "shape.png", size=40)
+        page.d.find_element(By.ID, "file-input").send_keys(str(png))
+        page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", stored_hash(png),
+                  what="the upload's analysis")
+        z = page.wait_plot("heatmap")[0]["z"]
+        assert len(z) == 28 and z == page.js("return window.ponderscope.results.image")["ponder"]["total"]
+        assert page.error_text() == ""
+    finally:
+        server.stop()

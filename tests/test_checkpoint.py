@@ -12,14 +12,16 @@ import models
 from models import CheckpointError, create_model, load_checkpoint, read_card, save_checkpoint, write_card
 from tests.conftest import randomize_batchnorm
 
+# A card's task must fit its network (load_checkpoint runs it once on the input the task gives).
+IMAGES = {"task": {"name": "classify"}, "preprocess": {"input_size": [8, 8], "channels": 1, "mean": [0.5], "std": [0.5]}}
 FAMILIES = [
-    ("resnet", dict(depth=8, widths=(4, 8, 16), in_channels=1, num_classes=10), (2, 1, 8, 8)),
-    ("sact_resnet", dict(depth=14, widths=(4, 8, 16), in_channels=1, num_classes=10), (2, 1, 8, 8)),
-    ("act_resnet", dict(depth=14, widths=(4, 8, 16), in_channels=1, num_classes=10), (2, 1, 8, 8)),
-    ("aig_resnet", dict(depth=8, widths=(4, 8, 16), in_channels=1, num_classes=10), (2, 1, 8, 8)),
+    ("resnet", dict(depth=8, widths=(4, 8, 16), in_channels=1, num_classes=10), (2, 1, 8, 8), IMAGES),
+    ("sact_resnet", dict(depth=14, widths=(4, 8, 16), in_channels=1, num_classes=10), (2, 1, 8, 8), IMAGES),
+    ("act_resnet", dict(depth=14, widths=(4, 8, 16), in_channels=1, num_classes=10), (2, 1, 8, 8), IMAGES),
+    ("aig_resnet", dict(depth=8, widths=(4, 8, 16), in_channels=1, num_classes=10), (2, 1, 8, 8), IMAGES),
     ("act_lstm", dict(input_kind="bytes", input_size=8, hidden_size=8, output_size=256, output="sequence",
-                      max_steps=4), None),
-    ("gru", dict(input_kind="features", input_size=3, hidden_size=8, output_size=2), (2, 5, 3)),
+                      max_steps=4), None, {"task": {"name": "bytes-lm"}}),
+    ("gru", dict(input_kind="features", input_size=3, hidden_size=8, output_size=2), (2, 5, 3), {"task": {"name": "parity", "bits": 3}}),
 ]
 
 
@@ -42,10 +44,10 @@ def trained_looking(name, kwargs, seed=0):
     return model.eval()
 
 
-@pytest.mark.parametrize("name,kwargs,shape", FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_round_trip_is_bit_exact(tmp_path, name, kwargs, shape):
+@pytest.mark.parametrize("name,kwargs,shape,task", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_round_trip_is_bit_exact(tmp_path, name, kwargs, shape, task):
     model = trained_looking(name, kwargs)
-    card = {"task": {"name": "parity"}, "metrics": {"test_accuracy": 0.9182, "epochs": 5}, "notes": "tau 0.01, ünïcode"}
+    card = {**task, "metrics": {"test_accuracy": 0.9182, "epochs": 5}, "notes": "tau 0.01, ünïcode"}
     save_checkpoint(model, tmp_path / "ckpt", card)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["card.json", "model.safetensors"]
     torch.manual_seed(99)  # a different fresh init inside load_checkpoint

@@ -285,3 +285,55 @@ def test_checkpoint_folders_are_listed_by_their_real_path(tmp_path):
         listed = client.get("/api/models").json()
     assert [(m["id"], m["path"]) for m in listed] == [("linked", str((CHECKPOINTS / SACT).resolve()))]
     assert hashlib.sha256((CHECKPOINTS / SACT / "model.safetensors").read_bytes()).hexdigest() == app.state.store.models["linked"].weights_sha256
+
+
+def test_an_elongated_image_cannot_grow_without_bound_when_resized():
+    from server.imaging import prepare
+
+    sliver = Image.new("RGB", (200_000, 2))
+    card = {"channels": 3, "input_size": [224, 224], "resize": "shorter_then_center_crop", "resize_shorter": 256,
+            "mean": [0.5] * 3, "std": [0.25] * 3}
+    with pytest.raises(ImageError) as refused:
+        prepare(sliver, card)
+    assert refused.value.status == 413 and "200000x2" in str(refused.value)
+    x, shown = prepare(Image.new("RGB", (600, 300)), card)
+    assert tuple(x.shape) == (1, 3, 224, 224) and shown.size == (224, 224)
+
+
+def test_card_metrics_with_nan_are_served_as_null(tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "ckpt" / "nan_card"
+    shutil.copytree(CHECKPOINTS / SACT, folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["metrics"]["test"]["accuracy"] = float("nan")
+    (folder / "card.json").write_text(json.dumps(card))  # Python writes NaN
+    app = create_app([tmp_path / "ckpt"], device="cpu", cache_dir=tmp_path / "cache")
+    with TestClient(app) as client:
+        listed = client.get("/api/models")
+        assert listed.status_code == 200 and listed.json()[0]["metrics"]["test"]["accuracy"] is None
+        page = client.get("/")
+        assert page.status_code == 200 and "NaN" not in page.text
+
+
+def test_an_image_folder_that_is_gone_is_a_404_with_the_reason(tmp_path):
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    folder = tmp_path / "ckpt" / "folder_model"
+    shutil.copytree(CHECKPOINTS / SACT, folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["dataset"] = f"imagefolder:{data / 'gone'}"
+    (folder / "card.json").write_text(json.dumps(card))
+    app = create_app([tmp_path / "ckpt"], device="cpu", cache_dir=tmp_path / "cache", data_roots=[data])
+    with TestClient(app) as client:
+        for path in ("/api/models/folder_model/samples", "/api/models/folder_model/samples/0.png"):
+            response = client.get(path)
+            assert response.status_code == 404 and "could not be read" in response.json()["detail"], (path, response.text)
+        assert client.post("/api/models/folder_model/image", json={"sample": 0}).status_code == 404
+        deadline = time.time() + 30  # the dataset view reads it in its background job, and reports why it stopped
+        while (job := client.get("/api/models/folder_model/dataset").json())["status"] == "running" and time.time() < deadline:
+            time.sleep(0.1)
+        assert job["status"] == "error" and "could not be read" in job["message"]

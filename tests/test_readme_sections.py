@@ -93,3 +93,10 @@ def test_results_per_class_tables(tmp_path):
     test.update(corr_steps_surprisal=None)
     (tmp_path / "ckpt" / "lm" / "card.json").write_text(json.dumps(card), encoding="utf-8")
     assert "of N+R 0.125, of N –" in write_results([str(tmp_path / "ckpt")], str(tmp_path / "results.md"), experiments=None)
+
+
+def test_readme_reliability_tables_are_the_last_load_test():
+    results = (ROOT / "bench" / "load_results.md").read_text(encoding="utf-8")
+    assert results.startswith("# Load test")
+    assert section("reliability") == results.split("\n", 1)[1].strip()
+    assert "| health |" in section("reliability") and "Result: ok" in section("reliability")

@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from models.checkpoint import has_image_test_set
+
 from . import data, tasks
 
 EVAL_SLICE = 500  # every card also records the metrics on the first 500 evaluation examples
@@ -29,18 +31,12 @@ def make_workload(task: dict, dataset: str, device: torch.device, options: Optio
     raise ValueError(f"unknown task {name!r} (known: classify, parity, bytes-lm)")
 
 
-# Image data sets whose test split the project can load (for samples and the dataset view); an
-# imported model (its card names cifar-10 or imagenet) comes without one.
-IMAGE_TEST_SETS = ("fashion-mnist", "mnist", "cluttered-mnist")
-
-
 def no_test_set(card: dict) -> Optional[str]:
     """Why the card's model has no test set the project can load (None if it has one): an image
     model of a data set other than the project's, e.g. imported from the authors' checkpoints."""
-    task = card.get("task") if isinstance(card.get("task"), dict) else {}
-    dataset = str(card.get("dataset") or "")
-    if task.get("name") != "classify" or dataset in IMAGE_TEST_SETS or dataset.startswith("imagefolder:"):
+    if card["task"]["name"] != "classify" or has_image_test_set(card):  # (cards are checked when they load)
         return None
+    dataset = card.get("dataset")
     source = (card.get("source") or {}).get("format")
     return f"no test set of {dataset!r} here{f' (imported from {source})' if source else ''}"
 

@@ -37,9 +37,8 @@ def store_upload(images: ImageStore, data: bytes) -> tuple[str, Image.Image]:
 def upload_image(request: Request, file: UploadFile = File(..., description="any image Pillow reads")) -> dict:
     """Returns `{hash, width, height, mode, filename}`; the image is decoded first, so only
     readable images are stored, and what is stored is its pixels as PNG."""
-    data = read_upload(file)
-    with PIXEL_WORK:
-        digest, image = store_upload(request.app.state.images, data)
+    with PIXEL_WORK:  # the upload is read from its spool only in its turn
+        digest, image = store_upload(request.app.state.images, read_upload(file))
     return {"hash": digest, "width": image.width, "height": image.height, "mode": image.mode, "filename": file.filename}
 
 

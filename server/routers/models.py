@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
@@ -51,12 +51,14 @@ MAX_JSON_BYTES = 64 * 1024
 @dataclass
 class ImageInput:
     options: ImageRequest
-    upload: Optional[bytes] = None  # the file of a multipart request, not yet decoded
+    upload: Optional[UploadFile] = None  # the file of a multipart request, spooled, not yet read
 
 
-async def image_input(request: Request) -> ImageInput:
+async def image_input(request: Request) -> AsyncIterator[ImageInput]:
     """The body of POST /{model_id}/image: JSON (`ImageRequest`), or a multipart form with the
-    image itself in `file` and the same options as form fields (`curl -F file=@cat.jpg`)."""
+    image itself in `file` and the same options as form fields (`curl -F file=@cat.jpg`). The
+    file stays in the form's spool (on disk past 1 MB) until the route reads it in its turn at
+    PIXEL_WORK, so waiting requests do not hold their uploads in memory."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         try:
@@ -74,9 +76,10 @@ async def image_input(request: Request) -> ImageInput:
             if not isinstance(file, UploadFile):
                 raise HTTPException(422, "the form needs the image as a file field 'file' (curl -F file=@image.jpg)")
             options = {k: form[k] for k in ("resolution", "invert") if k in form}
-            return ImageInput(_validated(options), await run_in_threadpool(read_upload, file))
+            yield ImageInput(_validated(options), file)
         finally:
             await form.close()
+        return
     body = bytearray()
     async for chunk in request.stream():  # bounded, also without a Content-Length
         body += chunk
@@ -89,7 +92,7 @@ async def image_input(request: Request) -> ImageInput:
             422,
             "the body must be JSON ({\"image\": hash} or {\"sample\": index}) or a multipart form with the image in 'file'",
         ) from None
-    return ImageInput(_validated(payload))
+    yield ImageInput(_validated(payload))
 
 
 def _validated(payload) -> ImageRequest:
@@ -138,7 +141,7 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
         pixels, label, box = _test_example(store, entry, body.sample)
     with PIXEL_WORK:  # the full-size image lives only in here; the model then reads x
         if payload.upload is not None:
-            body.image, image = store_upload(request.app.state.images, payload.upload)  # as POST /api/images does
+            body.image, image = store_upload(request.app.state.images, read_upload(payload.upload))  # as POST /api/images does
         elif body.image is not None:
             data = request.app.state.images.get(body.image)
             if data is None:
