@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .halting import DEFAULT_EPS, StepwiseHalting
-from .registry import register_model
+from .registry import SEQUENCE_TASKS, register_model
 from .sparse import check_execution
 from .trace import Trace
 
@@ -210,7 +210,7 @@ def _make(cell: str, act: bool):
 
     make.__name__ = f"{'act_' if act else ''}{cell}"
     make.__doc__ = f"{'ACT ' if act else 'plain '}{cell.upper()} (Graves 2016)"
-    return register_model(make)
+    return register_model(make, family="act-rnn" if act else "rnn", tasks=SEQUENCE_TASKS)
 
 
 for _cell in ("rnn", "gru", "lstm"):

@@ -268,7 +268,7 @@ def convert_official_state_dict(state_dict: dict) -> dict:
     return converted
 
 
-@register_model
+@register_model(family="aig")
 def aig_resnet(depth: int | None = None, widths=(16, 32, 64), blocks_per_stage=None, bottleneck: bool = False,
                stem: str = "cifar", **kwargs) -> AIGResNet:
     """ConvNet-AIG of any layout.
@@ -298,7 +298,7 @@ def _register(depth: int, builder):
 
     make.__name__ = f"aig_resnet{depth}"
     make.__doc__ = f"ConvNet-AIG ResNet-{depth}"
-    register_model(make)
+    register_model(make, family="aig")
 
 
 # The ImageNet networks of the paper (bottleneck blocks, 7x7 stem + max-pool), as in the authors' code.

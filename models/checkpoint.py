@@ -22,7 +22,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .registry import UnknownModelError, create_model
+from .registry import UnknownModelError, create_model, list_models, model_info
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -136,6 +136,8 @@ def _check_card(card_path: Path, card: dict) -> None:
     task = card["task"]
     if not isinstance(task, dict) or task.get("name") not in TASKS:
         raise CheckpointError(f"{card_path}: task must be an object whose name is one of {', '.join(TASKS)}, not {_shown(task)}")
+    if card["model"] in list_models() and task["name"] not in model_info(card["model"]).tasks:
+        _refuse(card_path, "task.name", f"one of {', '.join(model_info(card['model']).tasks)} (what {card['model']} was registered for)", task["name"])
     if task["name"] == "parity" and "bits" in task:
         _check_int(card_path, "task.bits", task["bits"], 1, MAX_PARITY_BITS)
     classes = card.get("classes")

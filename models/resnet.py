@@ -679,18 +679,18 @@ def imagenet_resnet(depth: int = 50, halting: str = "none", units_per_block=None
     return ResNet("bottleneck", units_per_block, list(widths), stem="imagenet", halting=halting, **kwargs)
 
 
-@register_model
+@register_model(family="dense")
 def resnet(depth: int = 20, **kwargs) -> ResNet:
     """Dense pre-activation ResNet: CIFAR-style of any depth 6n+2, or stem="imagenet"."""
     return cifar_resnet(depth, "none", **kwargs)
 
 
-@register_model
+@register_model(family="act")
 def act_resnet(depth: int = 20, **kwargs) -> ResNet:
     return cifar_resnet(depth, "act", **kwargs)
 
 
-@register_model
+@register_model(family="sact")
 def sact_resnet(depth: int = 20, **kwargs) -> ResNet:
     return cifar_resnet(depth, "sact", **kwargs)
 
@@ -701,7 +701,7 @@ def _register_fixed(prefix: str, depth: int, halting: str, builder):
 
     make.__name__ = f"{prefix}resnet{depth}"
     make.__doc__ = f"{halting} pre-activation ResNet-{depth}"
-    register_model(make)
+    register_model(make, family={"none": "dense", "act": "act", "sact": "sact"}[halting])
 
 
 for _depth in CIFAR_DEPTHS:

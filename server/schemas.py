@@ -86,7 +86,8 @@ class Health(Open):
 class ModelSummary(Open):
     id: str
     name: str = Field(description="architecture, e.g. sact_resnet32")
-    family: Literal["sact", "act", "aig", "rnn", "dense"]
+    family: Literal["dense", "act", "sact", "aig", "rnn", "act-rnn"] = Field(description="as the model registered it (models.model_info)")
+    family_label: str
     kind: Literal["image", "text", "parity", "other"]
     dataset: Optional[str] = None
     task: dict[str, Any]

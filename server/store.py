@@ -33,19 +33,6 @@ class NoTestSet(LookupError):
     """The model's card names no test set the project can load (e.g. an imported model)."""
 
 
-def family_of(model: torch.nn.Module) -> str:
-    name = model.card["model"]
-    if name.startswith("aig_"):
-        return "aig"
-    if name.startswith("sact_"):
-        return "sact"
-    if name.startswith("act_resnet"):
-        return "act"
-    if name.startswith("act_") or name in ("rnn", "gru", "lstm"):
-        return "rnn"
-    return "dense"
-
-
 def kind_of(card: dict) -> str:
     return {"classify": "image", "bytes-lm": "text", "parity": "parity"}.get(card["task"]["name"], "other")
 
@@ -73,6 +60,7 @@ class LoadedModel:
             "id": self.id,
             "name": card["model"],
             "family": self.family,
+            "family_label": models.FAMILIES[self.family],
             "kind": self.kind,
             "dataset": card.get("dataset"),
             "task": card["task"],
@@ -139,7 +127,7 @@ class ModelStore:
                 path=path,
                 model=model,
                 card=model.card,
-                family=family_of(model),
+                family=models.model_info(model.card["model"]).family,  # as registered
                 kind=kind_of(model.card),
                 weights_sha256=_sha256(path / WEIGHTS_FILE),
                 no_test_set=no_test_set(model.card) or self.refused_data_source(model.card),

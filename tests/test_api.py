@@ -325,7 +325,7 @@ def test_chunked_json_body_is_bounded(client):
 
 
 def test_text_classes_and_measure(client):
-    model_id = next(m["id"] for m in client.get("/api/models").json() if m["kind"] == "text" and m["family"] == "rnn" and m["name"].startswith("act_"))
+    model_id = next(m["id"] for m in client.get("/api/models").json() if m["kind"] == "text" and m["family"] == "act-rnn")
     text = "Ok, 7 é."
     body = client.post(f"/api/models/{model_id}/text", json={"text": text}).json()
     assert [c["class"] for c in body["chars"]] == ["word_start", "letter", "punctuation", "space", "digit", "space", "word_start", "punctuation"]

@@ -76,7 +76,7 @@ def test_round_trip_is_bit_exact(tmp_path, name, kwargs, shape, task):
 
 
 def test_write_card_round_trip_and_no_leftovers(tmp_path):
-    card = {"model": "resnet", "model_kwargs": {"depth": 8}, "task": {"name": "parity"}, "history": [1, 2, 3]}
+    card = {"model": "act_rnn", "model_kwargs": {"hidden_size": 8}, "task": {"name": "parity", "bits": 4}, "history": [1, 2, 3]}
     write_card(tmp_path, card)
     assert read_card(tmp_path) == card
     assert [p.name for p in tmp_path.iterdir()] == ["card.json"]
@@ -86,7 +86,7 @@ def saved(tmp_path, name="resnet", **kwargs):
     kwargs = kwargs or dict(depth=8, widths=(4, 8, 16), in_channels=1, num_classes=10)
     model = create_model(name, **kwargs)
     path = tmp_path / f"ckpt_{name}"
-    save_checkpoint(model, path, {"task": {"name": "parity"}})
+    save_checkpoint(model, path, {"task": {"name": "classify"}, "preprocess": {"channels": 1, "input_size": [8, 8], "mean": [0.5], "std": [0.5]}})
     return path
 
 
@@ -239,7 +239,7 @@ def test_checkpoint_error_is_a_value_error():
 @pytest.mark.parametrize("task,extra,message", [
     ({}, {}, "task must be an object"),
     ("parity", {}, "task must be an object"),
-    ({"name": "parity", "bits": "sixteen"}, {}, "task.bits"),
+    ({"name": "parity", "bits": "sixteen"}, {}, "task.name"),  # an image model: no parity (bits: tests/test_card_validation.py)
     ({"name": "classify"}, {"preprocess": None}, "preprocess"),
     ({"name": "classify"}, {"preprocess": {"channels": 3, "input_size": [32, 32]}, "classes": "cat"}, "classes"),
 ])

@@ -882,3 +882,17 @@ def test_registry():
     assert model.registry_kwargs == {"depth": 8, "widths": (4, 8, 16), "in_channels": 1, "num_classes": 10}
     assert sum(len(b.units) for b in model.blocks) == 3
     assert len(create_model("resnet32").blocks[0].units) == 5
+
+
+def test_every_registered_model_declares_its_family_and_task():
+    """The server and the page read a model's family from the registry, not from its name."""
+    for name in models.list_models():
+        info = models.model_info(name)
+        assert info.family in models.FAMILIES and info.tasks and info.task in ("classify", "sequence"), name
+    assert models.model_info("sact_resnet50").family == "sact" and models.model_info("resnet110").family == "dense"
+    assert models.model_info("act_lstm").family == "act-rnn" and models.model_info("gru").family == "rnn"
+    assert models.model_info("aig_resnet50").tasks == ("classify",) and models.model_info("act_rnn").task == "sequence"
+    with pytest.raises(models.UnknownModelError):
+        models.model_info("transformer")
+    with pytest.raises(ValueError):
+        models.registry.register_model(lambda: None, family="mixture-of-experts")
