@@ -627,7 +627,7 @@ class ResNet(nn.Module):
         """tau x sum over blocks of the ponder cost averaged over batch and positions."""
         if not trace.blocks:
             return trace.logits.new_zeros(())
-        return tau * sum(block.ponder_cost.mean() for block in trace.blocks)
+        return tau * trace.mean_ponder().mean()
 
 
 # The standard depths: CIFAR-style (basic units, 3 blocks of n) and ImageNet (bottleneck units).

@@ -34,16 +34,24 @@ class Trace:
     steps: Optional[torch.Tensor] = None  # [B, T] recurrent: N per input step
     extras: dict = field(default_factory=dict)
 
-    @property
-    def total_ponder(self) -> Optional[torch.Tensor]:
-        """[B, H0, W0] sum over blocks of the ponder cost, nearest-upsampled to the first
-        block's resolution (the paper's ponder map, before resizing to the image)."""
+    # The one computation of ponder totals (API, dataset view, evaluation, box ratio, loss).
+    def ponder_map(self, size: Optional[tuple[int, int]] = None, measure: str = "ponder") -> Optional[torch.Tensor]:
+        """[B, H, W] the SACT paper's ponder map: the sum over blocks of each position's ponder
+        cost N + R (measure "ponder") or units executed N ("units"), each block's map
+        nearest-resized to `size` (default: the first block's resolution). None without blocks."""
         if not self.blocks:
             return None
-        size = self.blocks[0].ponder_cost.shape[-2:]
-        total = 0
-        for block in self.blocks:
-            total = total + torch.nn.functional.interpolate(
-                block.ponder_cost.unsqueeze(1).float(), size=size, mode="nearest"
-            ).squeeze(1)
-        return total
+        maps = [block.ponder_cost if measure == "ponder" else block.units for block in self.blocks]
+        size = tuple(size) if size is not None else tuple(maps[0].shape[-2:])
+        return sum(torch.nn.functional.interpolate(m.unsqueeze(1).float(), size=size, mode="nearest").squeeze(1) for m in maps)
+
+    def block_means(self, measure: str = "ponder") -> Optional[torch.Tensor]:
+        """[B, blocks] each block's ponder cost N + R (or units N) averaged over its positions."""
+        if not self.blocks:
+            return None
+        return torch.stack([(b.ponder_cost if measure == "ponder" else b.units).float().mean(dim=(1, 2)) for b in self.blocks], 1)
+
+    def mean_ponder(self) -> Optional[torch.Tensor]:
+        """[B] an image's ponder: the sum over blocks of the block's mean N + R (keeps autograd)."""
+        means = self.block_means()
+        return None if means is None else means.sum(1)

@@ -34,13 +34,10 @@ def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
     input (the SACT paper's ponder map), both in ponder cost N + R and in units executed N."""
     if not trace.blocks:
         return None
-    total = torch.zeros(size)
-    units_total = torch.zeros(size)
+    total, units_total = trace.ponder_map(size)[0].cpu(), trace.ponder_map(size, "units")[0].cpu()
     blocks = []
     for index, block in enumerate(trace.blocks):
         cost, units = block.ponder_cost[0].float().cpu(), block.units[0].float().cpu()
-        total += F.interpolate(cost[None, None], size=size, mode="nearest")[0, 0]
-        units_total += F.interpolate(units[None, None], size=size, mode="nearest")[0, 0]
         blocks.append({
             "index": index,
             "ponder_cost": _grid(cost),
@@ -57,7 +54,7 @@ def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
         "blocks": blocks,
         "min": float(total.min()),
         "max": float(total.max()),
-        "mean": float(total.mean()),
+        "mean": float(trace.mean_ponder()[0]),  # the image's ponder, as the dataset view and evaluation count it
     }
 
 

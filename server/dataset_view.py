@@ -129,7 +129,7 @@ class DatasetJobs:
             correct.append((trace.logits.argmax(-1).cpu() == labels[start : start + BATCH]))
             flops.append(trace.flops.cpu() / dense)
             if trace.blocks:
-                ponder.append(sum(b.ponder_cost.float().mean(dim=(1, 2)) for b in trace.blocks).cpu())
+                ponder.append(trace.mean_ponder().cpu())
             if trace.executed is not None:
                 executed.append(trace.executed.float().cpu())
             job["progress"] = min(1.0, (start + BATCH) / n)

@@ -75,7 +75,7 @@ def test_image_analysis_matches_the_model(client):
     ponder = result["ponder"]
     assert len(ponder["total"]) == 28 and len(ponder["total"][0]) == 28
     assert [b["height"] for b in ponder["blocks"]] == [28, 14, 7]
-    expected_total = trace.total_ponder[0]  # block maps summed at the first block's resolution (= input)
+    expected_total = trace.ponder_map()[0]  # block maps summed at the first block's resolution (= input)
     assert torch.tensor(ponder["total"]) == pytest.approx(expected_total, abs=1e-3)
     assert ponder["blocks"][1]["mean_ponder"] == pytest.approx(float(trace.blocks[1].ponder_cost.mean()), abs=1e-5)
     assert result["flops"]["ratio"] == pytest.approx(float(trace.flops[0] / trace.dense_flops), rel=1e-6)

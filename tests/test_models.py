@@ -108,7 +108,7 @@ def test_resnet_trace_shapes(name):
     assert isinstance(trace.dense_flops, float) and trace.dense_flops > 0
     assert trace.gates is None and trace.executed is None and trace.ponder is None and trace.steps is None
     if name == "resnet":
-        assert trace.blocks is None and trace.total_ponder is None
+        assert trace.blocks is None and trace.ponder_map() is None
         assert torch.equal(trace.flops, torch.full((2,), trace.dense_flops))
         return
     assert len(trace.blocks) == 3
@@ -130,7 +130,7 @@ def test_resnet_trace_shapes(name):
         assert torch.equal(redo.steps, block_trace.units)
         torch.testing.assert_close(redo.weights.movedim(-1, 1), block_trace.halting)
         torch.testing.assert_close(redo.ponder_cost, block_trace.ponder_cost)
-    assert trace.total_ponder.shape == (2, 16, 16)
+    assert trace.ponder_map().shape == (2, 16, 16)
 
 
 def test_default_halting_bias_is_minus_3():
@@ -155,9 +155,15 @@ def test_sact_fully_convolutional(height, width):
     expected = sum(
         b.ponder_cost.repeat_interleave(f, -2).repeat_interleave(f, -1) for b, f in zip(trace.blocks, (1, 2, 4))
     )
-    assert trace.total_ponder.shape == (2, height, width)
-    torch.testing.assert_close(trace.total_ponder, expected)
-    assert trace.total_ponder.min() >= 3 * 2.0 - 1e-5  # every block costs at least N + R >= 1 + R > 1
+    assert trace.ponder_map().shape == (2, height, width)
+    torch.testing.assert_close(trace.ponder_map(), expected)
+    assert trace.ponder_map().min() >= 3 * 2.0 - 1e-5  # every block costs at least N + R >= 1 + R > 1
+    if (height, width) == (16, 16):  # the other measure, another size, and the per-image mean, by hand
+        units = sum(b.units.float().repeat_interleave(f, -2).repeat_interleave(f, -1) for b, f in zip(trace.blocks, (2, 4, 8)))
+        torch.testing.assert_close(trace.ponder_map((32, 32), "units"), units)
+        by_hand = [sum(float(b.ponder_cost[i].sum()) / b.ponder_cost[i].numel() for b in trace.blocks) for i in range(2)]
+        torch.testing.assert_close(trace.mean_ponder(), torch.tensor(by_hand))
+        torch.testing.assert_close(trace.block_means().sum(1), trace.mean_ponder())
 
 
 def test_act_ponder_constant_over_positions():
@@ -417,7 +423,7 @@ def test_imagenet_sact_resnet50_small_input():
     assert [b.halting.shape[1] for b in trace.blocks] == [3, 4, 6, 3]
     for block_trace, n in zip(trace.blocks, (3, 4, 6, 3)):
         assert ((block_trace.units >= 1) & (block_trace.units <= n)).all()
-    assert trace.total_ponder.shape == (1, 16, 16)
+    assert trace.ponder_map().shape == (1, 16, 16)
     assert model.blocks[-1].out_channels == 2048
 
 
@@ -479,7 +485,7 @@ def test_aig_trace_shapes():
     assert torch.equal(trace.logits, logits) and logits.shape == (3, 10)
     assert trace.gates.shape == trace.executed.shape == trace.gate_values.shape == (3, 3)
     assert trace.executed.dtype == torch.bool
-    assert trace.blocks is None and trace.ponder is None and trace.total_ponder is None
+    assert trace.blocks is None and trace.ponder is None and trace.ponder_map() is None
     assert trace.flops.shape == (3,)
     # Initial gates: softmax([0.1, 2]) ~ 0.87 open with tiny fc2 weights.
     torch.testing.assert_close(trace.gates, torch.full((3, 3), 0.8699), atol=2e-3, rtol=0)

@@ -139,7 +139,7 @@ class ImageClassification:
             "flops": trace.flops.mean() / trace.dense_flops,
         }
         if trace.blocks:
-            stats["ponder"] = sum(b.ponder_cost.detach().mean() for b in trace.blocks)
+            stats["ponder"] = trace.mean_ponder().detach().mean()
         return task_loss + adaptive, stats
 
     @torch.no_grad()
@@ -157,8 +157,8 @@ class ImageClassification:
             flops.append(trace.flops)
             labels_all.append(labels)
             if trace.blocks:
-                ponder.append(torch.stack([b.ponder_cost.mean(dim=(1, 2)) for b in trace.blocks], 1))
-                units.append(torch.stack([b.units.float().mean(dim=(1, 2)) for b in trace.blocks], 1))
+                ponder.append(trace.block_means("ponder"))
+                units.append(trace.block_means("units"))
                 if self.test_boxes is not None:
                     box_in, box_out = self._ponder_in_box(trace, self.test_boxes[start : start + len(images)], images.shape[-2:])
                     inside.append(box_in)
@@ -203,9 +203,7 @@ class ImageClassification:
     def _ponder_in_box(trace, boxes: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean total ponder (summed over blocks, nearest-resized to the input) inside vs outside
         each example's digit box: the SACT paper's check of ponder maps against where the object is."""
-        total = 0
-        for block in trace.blocks:
-            total = total + F.interpolate(block.ponder_cost.unsqueeze(1).float(), size=tuple(size), mode="nearest").squeeze(1)
+        total = trace.ponder_map(size)
         h, w = size
         ys = torch.arange(h, device=total.device)[None, :, None]
         xs = torch.arange(w, device=total.device)[None, None, :]
