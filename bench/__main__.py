@@ -244,10 +244,10 @@ def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0
 # ------------------------------------------------------------------------------------ bundled
 
 
-def bundled_images(card: dict, n: int) -> torch.Tensor:
-    from training.workloads import make_workload
+def bundled_images(card, n: int) -> torch.Tensor:
+    from training.workloads import checkpoint_test_data
 
-    workload = make_workload(card["task"], card["dataset"], torch.device("cpu"), {"preprocess": card["preprocess"]})
+    workload = checkpoint_test_data(card)
     return workload.normalize(workload.test_x[:n])
 
 

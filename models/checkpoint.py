@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -310,6 +312,70 @@ def _check_fits_model(card_path: Path, card: dict, model: nn.Module) -> None:
                 shown=f"{dataset!r} of {TEST_SET_CLASSES[dataset]} classes")
 
 
+@dataclass(frozen=True)
+class Task:
+    name: str  # one of TASKS
+    bits: Optional[int] = None  # parity: the vector's length
+
+
+@dataclass(frozen=True)
+class Card:
+    """A loaded checkpoint's card (`model.card`), checked once by read_card: what the server,
+    evaluation and the benches read, as attributes. `data` is the JSON as stored (served to
+    clients as it is, and what a new card is made from: `write_card(path, {**card.data, ...})`)."""
+    data: dict
+
+    @property
+    def model(self) -> str:
+        return self.data["model"]
+
+    @property
+    def model_kwargs(self) -> dict:
+        return self.data["model_kwargs"]
+
+    @property
+    def task(self) -> Task:
+        task = self.data["task"]
+        return Task(task["name"], task.get("bits"))
+
+    @property
+    def kind(self) -> str:
+        """What the page shows it as: "image", "text" or "parity"."""
+        return {"classify": "image", "bytes-lm": "text", "parity": "parity"}[self.task.name]
+
+    @property
+    def dataset(self) -> Optional[str]:
+        return self.data.get("dataset")
+
+    @property
+    def classes(self) -> Optional[list[str]]:
+        return self.data.get("classes")
+
+    @property
+    def preprocess(self) -> Optional[dict]:
+        return self.data.get("preprocess")
+
+    @property
+    def metrics(self) -> dict:
+        return self.data.get("metrics") or {}
+
+    @property
+    def test_metrics(self) -> dict:
+        return self.metrics.get("test") or {}
+
+    @property
+    def source(self) -> Optional[dict]:
+        return self.data.get("source")
+
+    @property
+    def config(self) -> dict:
+        return self.data.get("config") or {}
+
+    @property
+    def data_options(self) -> dict:
+        return dict(self.config.get("data_options") or {})
+
+
 def write_card(path: str | os.PathLike, card: dict) -> None:
     """Write atomically, so a crash never leaves half a card."""
     target = Path(path) / CARD_FILE
@@ -357,6 +423,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{weights}: weights do not match {card['model']!r}: {_one_line(error)}") from None
     model.eval()
     _check_fits_model(path / CARD_FILE, card, model)
-    model.card = card
+    model.card = Card(card)
     model.checkpoint_path = str(path)
     return model.to(device).eval()

@@ -73,7 +73,7 @@ def analyze_image(entry, store, x: torch.Tensor) -> dict:
     trace, ms = _timed_trace(entry, store, x)
     probabilities = F.softmax(trace.logits[0].float(), -1).cpu()
     top = torch.topk(probabilities, min(5, len(probabilities)))
-    classes = entry.card.get("classes") or [str(i) for i in range(len(probabilities))]
+    classes = entry.card.classes or [str(i) for i in range(len(probabilities))]
     return {
         "model": entry.id,
         "prediction": [{"index": int(i), "class": classes[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],

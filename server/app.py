@@ -78,7 +78,7 @@ def document_loaded_models(schema: dict, store: ModelStore) -> dict:
                 parameter["description"] = "a loaded model's id (GET /api/models)" + (f"; here one of a {' or '.join(kinds)} model" if kinds else "")
                 if ids:
                     parameter["schema"] = {**parameter["schema"], "enum": ids}
-    bits = {int(entry.card["task"]["bits"]) for entry in store.models.values() if entry.kind == "parity"}
+    bits = {entry.card.task.bits for entry in store.models.values() if entry.kind == "parity"}
     if len(bits) == 1:  # every parity model here reads the same length: the document can say it
         vector = schema["components"]["schemas"]["ParityRequest"]["properties"]["vector"]
         vector["minItems"] = vector["maxItems"] = bits.pop()

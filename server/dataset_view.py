@@ -56,7 +56,7 @@ class DatasetJobs:
         """A byte LM over its held-out text: per character class the mean and spread of N and
         N + R, how often N leaves its most common value, ponder vs surprisal. From the card when
         `ponderscope eval` wrote them (the whole held-out text), else measured here on its start."""
-        test = (entry.card.get("metrics") or {}).get("test") or {}
+        test = entry.card.test_metrics
         if "steps_histogram" in test and "per_char_class" in test:
             stats, source = test, f"card metrics.test: all {test.get('bytes')} held-out bytes (ponderscope eval)"
         else:
@@ -67,7 +67,7 @@ class DatasetJobs:
             source = f"the first {stats['bytes']} held-out bytes (measured by the server)"
         keys = ("bytes", "bits_per_byte", "mean_steps", "mean_ponder", "per_char_class", "steps_histogram", "steps_mode",
                 "steps_off_mode_fraction", "steps_at_cap_fraction", "max_steps", "corr_ponder_surprisal", "corr_steps_surprisal")
-        result = {"model": entry.id, "kind": "text", "dataset": entry.card.get("dataset"), "source": source,
+        result = {"model": entry.id, "kind": "text", "dataset": entry.card.dataset, "source": source,
                   **{k: stats.get(k) for k in keys}}
         result["class_labels"] = {name: CHAR_CLASS_LABELS.get(name, name) for name in result["per_char_class"] or {}}
         return result
@@ -75,7 +75,7 @@ class DatasetJobs:
     def _cache_path(self, entry) -> Path:
         key = entry.weights_sha256[:16]
         if entry.kind == "text":  # the corpus panel also reads the card's metrics: a re-evaluated card is new
-            metrics = json.dumps((entry.card.get("metrics") or {}).get("test"), sort_keys=True)
+            metrics = json.dumps(entry.card.test_metrics, sort_keys=True)
             key += "-" + hashlib.sha256(f"{CORPUS_SCHEMA}:{metrics}".encode()).hexdigest()[:12]
         return self.cache_dir / f"dataset-{entry.id}-{key}.json"
 
@@ -116,7 +116,7 @@ class DatasetJobs:
         workload = self.store.workload(entry)
         images, labels = workload.test_x, workload.test_y
         n = len(labels)
-        classes = entry.card.get("classes") or workload.classes
+        classes = entry.card.classes or workload.classes
         correct, flops, ponder, executed = [], [], [], []
         dense = None
         for start in range(0, n, BATCH):

@@ -26,4 +26,4 @@ def for_kinds(*kinds: str, test_set: bool = False) -> dict:
 
 def require_kind(entry: LoadedModel, kind: str) -> None:
     if entry.kind != kind:
-        raise HTTPException(400, f"model {entry.id!r} is a {entry.kind} model ({entry.card['task']['name']}); this endpoint needs a {kind} model")
+        raise HTTPException(400, f"model {entry.id!r} is a {entry.kind} model ({entry.card.task.name}); this endpoint needs a {kind} model")

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 import models
-from models.checkpoint import CARD_FILE, WEIGHTS_FILE, CheckpointError
+from models.checkpoint import CARD_FILE, WEIGHTS_FILE, Card, CheckpointError
 from training.data import DataSourceMissing
 from training.workloads import no_test_set
 
@@ -33,16 +33,12 @@ class NoTestSet(LookupError):
     """The model's card names no test set the project can load (e.g. an imported model)."""
 
 
-def kind_of(card: dict) -> str:
-    return {"classify": "image", "bytes-lm": "text", "parity": "parity"}.get(card["task"]["name"], "other")
-
-
 @dataclass
 class LoadedModel:
     id: str
     path: Path
     model: torch.nn.Module
-    card: dict
+    card: Card
     family: str
     kind: str
     weights_sha256: str
@@ -58,19 +54,19 @@ class LoadedModel:
         card = self.card
         return {
             "id": self.id,
-            "name": card["model"],
+            "name": card.model,
             "family": self.family,
             "family_label": models.FAMILIES[self.family],
             "kind": self.kind,
-            "dataset": card.get("dataset"),
-            "task": card["task"],
-            "classes": card.get("classes"),
-            "preprocess": card.get("preprocess"),
-            "metrics": card.get("metrics", {}),
+            "dataset": card.dataset,
+            "task": card.data["task"],
+            "classes": card.classes,
+            "preprocess": card.preprocess,
+            "metrics": card.metrics,
             "test_set": self.has_test_set,
-            "source": card.get("source"),
+            "source": card.source,
             "path": str(self.path),
-            "card": card,
+            "card": card.data,
             "device": device,
         }
 
@@ -127,16 +123,16 @@ class ModelStore:
                 path=path,
                 model=model,
                 card=model.card,
-                family=models.model_info(model.card["model"]).family,  # as registered
-                kind=kind_of(model.card),
+                family=models.model_info(model.card.model).family,  # as registered
+                kind=model.card.kind,
                 weights_sha256=_sha256(path / WEIGHTS_FILE),
-                no_test_set=no_test_set(model.card) or self.refused_data_source(model.card),
+                no_test_set=no_test_set(model.card.data) or self.refused_data_source(model.card),
             )
-            log.info("loaded %s (%s) from %s in %.2fs", model_id, model.card["model"], path, time.time() - started)
+            log.info("loaded %s (%s) from %s in %.2fs", model_id, model.card.model, path, time.time() - started)
 
-    def refused_data_source(self, card: dict) -> Optional[str]:
+    def refused_data_source(self, card: Card) -> Optional[str]:
         """Why the card's "imagefolder:PATH" test set may not be read (None if it may)."""
-        dataset = str(card.get("dataset") or "")
+        dataset = card.dataset or ""
         if not dataset.startswith("imagefolder:"):
             return None
         folder = Path(dataset.split(":", 1)[1]).resolve()
@@ -159,18 +155,16 @@ class ModelStore:
         self.require_test_set(entry)
         with entry.lock:
             if entry.workload is None:
-                from training.workloads import make_workload
+                from training.workloads import checkpoint_test_data
 
                 card = entry.card
-                options = dict(card.get("config", {}).get("data_options") or {})
-                options["preprocess"] = card.get("preprocess")
                 try:
-                    workload = make_workload(card["task"], card["dataset"], torch.device("cpu"), options)
+                    workload = checkpoint_test_data(card)
                 except DataSourceMissing:
                     raise  # a 503 saying what installs it
                 except (OSError, ValueError) as error:  # an image folder that is gone, empty, or mixed
                     raise NoTestSet(f"model {entry.id!r}: its test set could not be read ({error})") from None
-                names = card.get("classes")
+                names = card.classes
                 found = getattr(workload, "classes", None) or []
                 if names and len(found) > len(names):  # a label would name no class of the model
                     raise NoTestSet(f"model {entry.id!r}: its test set has {len(found)} classes ({', '.join(map(str, found[:5]))}, ...); "

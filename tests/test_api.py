@@ -65,7 +65,7 @@ def test_image_analysis_matches_the_model(client):
     result = client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()
     # Recompute directly through the library: the API must report exactly the model's numbers.
     model = models.load_checkpoint(CHECKPOINTS / SACT)
-    x, _ = prepare(shirt_like(), model.card["preprocess"], "train")
+    x, _ = prepare(shirt_like(), model.card.preprocess, "train")
     with torch.no_grad():
         trace = model.trace(x)
     probabilities = torch.softmax(trace.logits[0], -1)

@@ -66,8 +66,8 @@ def test_round_trip_is_bit_exact(tmp_path, name, kwargs, shape, task):
     assert torch.equal(a.flops, b.flops)
     # The card keeps every field given, plus what rebuilds the model (JSON turns tuples into lists).
     expected_kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
-    assert loaded.card == {"model": name, "model_kwargs": expected_kwargs, **card}
-    assert read_card(tmp_path / "ckpt") == loaded.card
+    assert loaded.card.data == {"model": name, "model_kwargs": expected_kwargs, **card}
+    assert read_card(tmp_path / "ckpt") == loaded.card.data
     assert loaded.registry_name == name
     assert loaded.checkpoint_path == str(tmp_path / "ckpt")
     # Saving the loaded model again gives the same bytes.

@@ -216,7 +216,7 @@ def test_cifar_checkpoint_matches_their_network(tmp_path, tiny_cifar, writer):
     model = models.load_checkpoint(out)
     compare_with_reference(model, tiny_cifar, TINY_CIFAR, images(12, 32, 1))
 
-    card = model.card
+    card = model.card.data
     assert card["model"] == "aig_resnet" and card["model_kwargs"] == {"depth": 8, "num_classes": 10, "widths": [16, 32, 64]}
     assert card["dataset"] == "cifar-10" and card["classes"][:2] == ["airplane", "automobile"] and len(card["classes"]) == 10
     assert card["preprocess"] == CIFAR_PREPROCESS
@@ -257,7 +257,7 @@ def test_imagenet_checkpoint_matches_their_network(tmp_path):
     out = import_checkpoint("convnet-aig", source, tmp_path / "out", "aig_resnet14", num_classes=1000)
     model = models.load_checkpoint(out)
     compare_with_reference(model, state, TINY_IMAGENET, images(8, 224, 4))
-    card = model.card
+    card = model.card.data
     assert card["model"] == "aig_resnet"
     assert card["model_kwargs"] == {"blocks_per_stage": [1, 1, 1, 1], "widths": [64, 128, 256, 512], "bottleneck": True, "stem": "imagenet", "num_classes": 1000}
     assert card["dataset"] == "imagenet" and len(card["classes"]) == 1000
@@ -271,8 +271,8 @@ def test_resnet110_gets_its_registered_name(tmp_path):
     save_torch_legacy({"epoch": 1, "state_dict": state, "best_prec1": 10.0}, source)  # train.py: no optimizer
     out = import_checkpoint("convnet-aig", source, tmp_path / "out", "aig_resnet110")
     model = models.load_checkpoint(out)
-    assert model.card["model"] == "aig_resnet110" and model.card["model_kwargs"] == {"num_classes": 10, "widths": [16, 32, 64]}
-    assert model.card["source"]["converted"]["dropped"] == []
+    assert model.card.model == "aig_resnet110" and model.card.model_kwargs == {"num_classes": 10, "widths": [16, 32, 64]}
+    assert model.card.source["converted"]["dropped"] == []
     with torch.no_grad():
         ref_logits, ref_runs, _ = reference(state, images(4, 32, 6), "cifar", net["blocks"], False)
         trace = model.trace(images(4, 32, 6))

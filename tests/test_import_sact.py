@@ -341,7 +341,7 @@ def test_cli_import_one_line_error(tmp_path, capsys):
     assert str(error.value).startswith("ponderscope import: ") and "\n" not in str(error.value)
     main(["import", "sact-tf", str(prefix), "--out", str(tmp_path / "ok"), "--model", "sact_resnet20"])
     assert "wrote" in capsys.readouterr().out
-    assert models.load_checkpoint(tmp_path / "ok").card["import_command"].startswith("ponderscope import sact-tf")
+    assert models.load_checkpoint(tmp_path / "ok").card.data["import_command"].startswith("ponderscope import sact-tf")
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_NAMES))

@@ -338,23 +338,23 @@ def test_bundled_act_lstm_single_sequence_path_equals_batched():
 
 def bundled_inputs(model, n):
     from training.data import DataSourceMissing
-    from training.workloads import make_workload
+    from training.workloads import checkpoint_test_data
 
     card = model.card
-    if card["task"]["name"] == "classify":
+    if card.task.name == "classify":
         try:
-            workload = make_workload(card["task"], card["dataset"], torch.device("cpu"), {"preprocess": card["preprocess"]})
+            workload = checkpoint_test_data(card)
         except DataSourceMissing as error:
             pytest.skip(str(error))
         return workload.normalize(workload.test_x[:n])
-    if card["task"]["name"] == "parity":
+    if card.task.name == "parity":
         from training.tasks import parity_batch
 
-        return parity_batch(n, int(card["task"]["bits"]), torch.Generator().manual_seed(0))[0]
+        return parity_batch(n, card.task.bits, torch.Generator().manual_seed(0))[0]
     from training import data
 
     try:
-        _, held_out = data.split_text(data.load_text_corpus(card["dataset"]))
+        _, held_out = data.split_text(data.load_text_corpus(card.dataset))
     except data.DataSourceMissing as error:
         pytest.skip(str(error))
     return torch.tensor(list(held_out[: n * 50]), dtype=torch.long).view(n, 50)

@@ -42,7 +42,7 @@ def _config(**changes):
 def test_train_writes_checkpoint_and_card(tmp_path):
     out = train(_config(), str(tmp_path / "ck"), device="cpu", command="ponderscope train test", progress=False)
     model = models.load_checkpoint(out)
-    card = model.card
+    card = model.card.data
     assert card["model"] == "act_rnn" and card["seed"] == 3
     assert card["task"] == {"name": "parity", "bits": 4}
     assert card["train_command"] == "ponderscope train test"

@@ -10,7 +10,7 @@ import torch
 import models
 from models.checkpoint import read_card, write_card
 
-from .workloads import EVAL_SLICE, make_workload, no_test_set
+from .workloads import EVAL_SLICE, checkpoint_test_data, no_test_set
 
 
 class NothingToEvaluate(ValueError):
@@ -21,12 +21,11 @@ def evaluate_model(path: str, device: str = "cpu", workload=None, write: bool = 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = models.load_checkpoint(path, device=device)
-    card = model.card
-    missing = no_test_set(card) if workload is None else None
+    missing = no_test_set(model.card.data) if workload is None else None
     if missing:
         raise NothingToEvaluate(f"{path}: {missing}; open it with ponderscope serve to analyse your own images")
     if workload is None:
-        workload = make_workload(card["task"], card["dataset"], torch.device(device), card.get("config", {}).get("data_options"))
+        workload = checkpoint_test_data(model.card, device)
     started = time.time()
     metrics = {"slice": workload.evaluate(model, limit=EVAL_SLICE)}
     if not slice_only:

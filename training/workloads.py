@@ -12,23 +12,32 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import has_image_test_set
+from models.checkpoint import Card, has_image_test_set
 
 from . import data, tasks
 
 EVAL_SLICE = 500  # every card also records the metrics on the first 500 evaluation examples
 
 
-def make_workload(task: dict, dataset: str, device: torch.device, options: Optional[dict] = None):
+def make_workload(task: dict, dataset: str, device: torch.device, options: Optional[dict] = None, test_only: bool = False):
+    """The data of a task. test_only: the test split alone, normalised with options["preprocess"]
+    (a trained model's card), without building the training split."""
     options = options or {}
     name = task["name"]
     if name == "classify":
-        return ImageClassification(dataset, device, options)
+        return ImageClassification(dataset, device, options, test_only)
     if name == "parity":
         return Parity(int(task.get("bits", 16)), device)
     if name == "bytes-lm":
         return BytesLM(dataset, device, int(options.get("seq_len", 100)))
     raise ValueError(f"unknown task {name!r} (known: classify, parity, bytes-lm)")
+
+
+def checkpoint_test_data(card: Card, device: str | torch.device = "cpu"):
+    """A trained model's test data, as its card says (data set, data options, normalisation):
+    the one way the server, `ponderscope eval` and the benches get it."""
+    options = {**card.data_options, "preprocess": card.preprocess}
+    return make_workload(card.data["task"], card.dataset, torch.device(device), options, test_only=True)
 
 
 def no_test_set(card: dict) -> Optional[str]:
@@ -48,13 +57,11 @@ def _mean(values: torch.Tensor) -> float:
 class ImageClassification:
     """Fashion-MNIST, MNIST digits, cluttered MNIST, or a user's image folder."""
 
-    def __init__(self, dataset: str, device: torch.device, options: dict):
+    def __init__(self, dataset: str, device: torch.device, options: dict, test_only: bool = False):
         self.dataset, self.device = dataset, device
         self.flip = bool(options.get("flip", dataset == "fashion-mnist"))
         self.pad = int(options.get("pad", 2))
         self.test_boxes = None
-        # The dashboard only needs the test split, with the card's normalisation.
-        test_only = options.get("preprocess") is not None
         if dataset == "fashion-mnist":
             test_x, test_y = data.load_fashion_mnist("test")
             train_x, train_y = (test_x[:0], test_y[:0]) if test_only else data.load_fashion_mnist("train")

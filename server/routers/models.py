@@ -150,13 +150,13 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
         else:
             image = tensor_to_image(pixels)
         original_size = image.size
-        x, shown = prepare(image, entry.card["preprocess"], body.resolution, body.invert)
+        x, shown = prepare(image, entry.card.preprocess, body.resolution, body.invert)
         del image
     if box is not None and shown.size != original_size:  # boxes are in test-image pixels
         sy, sx = shown.size[1] / original_size[1], shown.size[0] / original_size[0]
         box = [round(box[0] * sy), round(box[1] * sx), round(box[2] * sy), round(box[3] * sx)]
     result = analyze_image(entry, store, x)
-    classes = entry.card.get("classes") or []
+    classes = entry.card.classes or []
     result["input"] = {
         "image": png_data_url(shown),
         "width": shown.width,
@@ -175,7 +175,7 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
 def samples(count: Annotated[int, Query(ge=1, le=200)] = 24, offset: Annotated[int, Query(ge=0)] = 0, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> list[dict]:
     require_kind(entry, "image")
     workload = store.workload(entry)
-    classes = entry.card.get("classes") or workload.classes
+    classes = entry.card.classes or workload.classes
     end = min(len(workload.test_y), offset + count)
     return [
         {"index": i, "label": int(workload.test_y[i]), "class": classes[int(workload.test_y[i])], "image": png_data_url(tensor_to_image(workload.test_x[i]))}

@@ -45,7 +45,7 @@ def valid_unicode(text: str) -> tuple[str, int]:
              openapi_extra=for_kinds("parity"))
 def parity(body: ParityRequest, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> dict:
     require_kind(entry, "parity")
-    bits = int(entry.card["task"]["bits"])
+    bits = entry.card.task.bits
     if len(body.vector) != bits:
         raise HTTPException(422, f"the vector has {len(body.vector)} entries; this model takes exactly {bits}")
     return analyze_parity(entry, store, body.vector)
