@@ -1,8 +1,9 @@
-"""`ponderscope train | eval | serve | import | results` — the one command line for the project."""
+"""`ponderscope train | eval | serve | import | results | render` — the one command line for the project."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 
@@ -58,6 +59,71 @@ def _results(args) -> None:
     print(write_results(args.checkpoints or None, args.out))
 
 
+def _render(args) -> None:
+    """One figure of the dashboard into a file: the model's figure for an image (its ponder map,
+    its gates, or the input), for a text (--text), or for a parity vector."""
+    from training.data import DataSourceMissing
+
+    from . import figures, notebook
+
+    out = args.out.lower().rsplit(".", 1)[-1]
+    if out not in ("html", "json", "png", "svg"):
+        raise SystemExit(f"ponderscope render: --out must end in .html, .json, .png or .svg, not {args.out!r}")
+    try:
+        model = notebook.load(args.model, device=args.device)
+        figure, fallback = _render_figure(model, args, figures, notebook)
+        if out == "html":
+            data = figures.to_html(figure).encode("utf-8")
+        elif out == "json":
+            data = figure.to_json().encode("utf-8")
+        else:
+            try:
+                data = figures.to_image(figure, out, args.width, args.height, args.scale)
+            except figures.StaticExportUnavailable as error:
+                if fallback is None:
+                    raise SystemExit(f"ponderscope render: no {out.upper()} here: {error}; write .html or .json instead") from None
+                print(f"ponderscope render: {error}; drawing the map with Pillow instead", file=sys.stderr)
+                data = fallback(out)
+    except (OSError, ValueError, IndexError, DataSourceMissing) as error:
+        raise SystemExit(f"ponderscope render: {error}") from None
+    with open(args.out, "wb") as f:
+        f.write(data)
+    print(f"wrote {args.out}")
+
+
+def _render_figure(model, args, figures, notebook):
+    """-> (the figure, None or a function drawing it as PNG/SVG bytes without a browser)."""
+    if model.kind == "text":
+        if args.text is None:
+            raise ValueError(f"{model.id} is a text model: give the text with --text \"...\"")
+        return figures.text_figure(notebook.analyze_text(model, args.text), args.measure, args.colormap), None
+    if args.input is None or args.text is not None:
+        wanted = "an image model: give an image file or a test-sample index" if model.kind == "image" else "a parity model: give the vector"
+        raise ValueError(f"{model.id} is {wanted}" + (", not --text" if args.text is not None else ""))
+    if model.kind == "parity":  # "+0-0..." or "1,0,-1,..."
+        text = args.input.strip()
+        vector = [float(v) for v in text.split(",")] if "," in text else [{"+": 1.0, "-": -1.0, "0": 0.0}[c] for c in text if c in "+-0"]
+        return notebook.parity_figure(model, [vector]), None
+    if args.block not in (None, "all") and not args.block.isdigit():
+        raise ValueError(f"--block is a block's index (0, 1, ...) or 'all', not {args.block!r}")
+    image = int(args.input) if args.input.isdigit() and not os.path.exists(args.input) else args.input
+    analysis = notebook.analyze_image(model, image, args.resolution, args.invert)
+    measure = args.measure or "ponder"
+    if args.block == "all":
+        return figures.block_maps_figure(analysis, measure, args.colormap, args.opacity), None
+    block = None if args.block is None else int(args.block)
+    options = dict(block=block, measure=measure, colorscale=args.colormap, opacity=args.opacity)
+    figure = figures.image_figure(analysis, **options)
+    if not analysis.get("ponder"):
+        return figure, None
+
+    def fallback(fmt: str) -> bytes:
+        draw = figures.map_png if fmt == "png" else lambda *a, **k: figures.map_svg(*a, **k).encode("utf-8")
+        return draw(analysis, **options, width=round(args.width * args.scale), height=round(args.height * args.scale))
+
+    return figure, fallback
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ponderscope", description="Look inside adaptive-computation networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +166,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("checkpoints", nargs="*", help="checkpoint directories, or folders of them (default: the bundled ones)")
     p.add_argument("--out", help="default: docs/results.md; README's copy is updated only for the default run")
     p.set_defaults(func=_results)
+
+    p = sub.add_parser("render", help="draw a model's figure for an image, a test sample, a text or a parity vector into HTML, JSON, PNG or SVG")
+    p.add_argument("model", help="a bundled checkpoint id (checkpoints/) or a checkpoint folder")
+    p.add_argument("input", nargs="?", help="image models: an image file or a test-sample index; parity: the vector, e.g. +0-0+... or 1,0,-1,...")
+    p.add_argument("--text", help="text models: the text to read (instead of INPUT)")
+    p.add_argument("--out", required=True, help="FILE.html (self-contained, works offline), .json (plotly JSON), .png or .svg")
+    p.add_argument("--block", help="SACT/ACT: one block's map (0-based index) or 'all' (every block); default: the total over blocks")
+    p.add_argument("--measure", choices=["ponder", "units", "steps"], help="maps: ponder (N+R, default) or units (N); text: steps (N) or ponder (N+R), default what varies")
+    p.add_argument("--colormap", default="Viridis", help="Viridis (default), Cividis, Inferno, Hot, YlOrRd, Blues, Greys or Jet")
+    p.add_argument("--opacity", type=float, default=0.6, help="of the map over the image (default 0.6)")
+    p.add_argument("--resolution", choices=["train", "native"], default="train", help="run at the training size (default) or the image's own")
+    p.add_argument("--invert", action="store_true", help="invert grey levels first (dark-on-light photos for light-on-dark datasets)")
+    p.add_argument("--width", type=int, default=700, help="PNG/SVG width in pixels (default 700)")
+    p.add_argument("--height", type=int, default=560, help="PNG/SVG height in pixels (default 560)")
+    p.add_argument("--scale", type=float, default=1.0, help="PNG/SVG pixel scale (default 1)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_render)
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in cards as the command

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from models.trace import Trace
+from server.imaging import png_data_url
 from training.workloads import CHAR_CLASS_LABELS, CHAR_CLASSES, char_class
 
 
@@ -66,6 +67,27 @@ def gates_json(entry, trace: Trace) -> dict | None:
         "probability": [round(float(v), 4) for v in trace.gates[0]],
         "executed": [bool(v) for v in trace.executed[0]],
         "layers": names,
+    }
+
+
+def input_json(entry, shown, original_size: tuple[int, int], resolution: str, image_hash: str | None = None,
+               sample: int | None = None, label: int | None = None, box: list[int] | None = None) -> dict:
+    """The `input` block of an image analysis: the image as the model saw it (`shown`, a PIL
+    image), and for a test image its label and digit box, scaled from `original_size` to it."""
+    if box is not None and shown.size != tuple(original_size):  # boxes are in test-image pixels
+        sy, sx = shown.size[1] / original_size[1], shown.size[0] / original_size[0]
+        box = [round(box[0] * sy), round(box[1] * sx), round(box[2] * sy), round(box[3] * sx)]
+    classes = entry.card.classes or []
+    return {
+        "image": png_data_url(shown),
+        "width": shown.width,
+        "height": shown.height,
+        "hash": image_hash,
+        "sample": sample,
+        "label": label,
+        "label_class": classes[label] if label is not None and label < len(classes) else None,
+        "box": box,
+        "resolution": resolution,
     }
 
 

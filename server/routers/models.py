@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from ..analysis import analyze_image
+from ..analysis import analyze_image, input_json
 from ..deps import for_kinds, get_model, get_store, require_kind
 from ..imaging import PIXEL_WORK, decode, png_data_url, prepare, tensor_to_image
 from ..schemas import DatasetStatus, ImageAnalysis, ImageRequest, ModelSummary, Sample, errors
@@ -152,22 +152,8 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
         original_size = image.size
         x, shown = prepare(image, entry.card.preprocess, body.resolution, body.invert)
         del image
-    if box is not None and shown.size != original_size:  # boxes are in test-image pixels
-        sy, sx = shown.size[1] / original_size[1], shown.size[0] / original_size[0]
-        box = [round(box[0] * sy), round(box[1] * sx), round(box[2] * sy), round(box[3] * sx)]
     result = analyze_image(entry, store, x)
-    classes = entry.card.classes or []
-    result["input"] = {
-        "image": png_data_url(shown),
-        "width": shown.width,
-        "height": shown.height,
-        "hash": body.image,
-        "sample": body.sample,
-        "label": label,
-        "label_class": classes[label] if label is not None and label < len(classes) else None,
-        "box": box,
-        "resolution": body.resolution,
-    }
+    result["input"] = input_json(entry, shown, original_size, body.resolution, body.image, body.sample, label, box)
     return result
 
 

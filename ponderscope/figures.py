@@ -1,0 +1,489 @@
+"""The dashboard's figures as plotly Figures, for notebooks, scripts and `ponderscope render`.
+
+Each function takes the JSON the API returns (server/analysis.py, server/dataset_view.py) and
+draws what static/app.js draws from it: the numbers are taken from the dict as they are, never
+recomputed from a model. Figures render offline: HTML written here, and figures shown in Jupyter
+after `import ponderscope`, carry plotly.js inline (no CDN).
+
+    ponder_map_figure(analysis)   SACT/ACT: ponder map over the input image (or one block's map)
+    block_maps_figure(analysis)   SACT/ACT: every block's map, one colour scale
+    gates_figure(analysis)        ConvNet-AIG: gate probability per layer, executed or skipped
+    input_figure(analysis)        the input as the network saw it (dense models)
+    image_figure(analysis)        whichever of the three above fits the analysis
+    compare_figure(analyses)      several models on one image, one colour scale over all
+    dataset_figures(result)       GET /dataset result -> {name: Figure}
+    text_figure(analysis)         byte LM: per-character ponder with surprisal
+    parity_figure(analyses)       parity: ponder against nonzero entries
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import sys
+from pathlib import Path
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
+
+# Low -> high, as static/app.js has them (the page and these figures use the very same colours).
+COLORSCALES = {
+    "Viridis": ["#440154", "#48186a", "#472d7b", "#424086", "#3b528b", "#33638d", "#2c728e", "#26828e", "#21918c",
+                "#1fa088", "#28ae80", "#3fbc73", "#5ec962", "#84d44b", "#addc30", "#d8e219", "#fde725"],
+    "Cividis": ["#00204c", "#002a66", "#00346e", "#273f6c", "#3c4a6b", "#4c556b", "#5b5f6d", "#686a70", "#757575",
+                "#838178", "#928c78", "#a19876", "#b0a572", "#c0b16d", "#d1bf66", "#e1cc5c", "#f3db4f", "#ffe945"],
+    "Inferno": ["#000004", "#160b39", "#420a68", "#6a176e", "#932667", "#bc3754", "#dd513a", "#f37819", "#fca50a", "#f6d746", "#fcffa4"],
+    "Hot": [[0, "#000000"], [0.3, "#e60000"], [0.6, "#ffd200"], [1, "#ffffff"]],
+    "YlOrRd": ["#ffffcc", "#ffeda0", "#fed976", "#feb24c", "#fd8d3c", "#fc4e2a", "#e31a1c", "#bd0026", "#800026"],
+    "Blues": ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b"],
+    "Greys": ["#000000", "#ffffff"],
+    "Jet": [[0, "#000083"], [0.125, "#003caa"], [0.375, "#05ffff"], [0.625, "#ffff00"], [0.875, "#fa0000"], [1, "#800000"]],
+}
+COLORS = {"executed": "#1f5fbf", "skipped": "#c7ccd4", "skipped_line": "#8a929e", "flops": "#e0892b", "accuracy": "#1f5fbf",
+          "ponder": "#3b528b", "steps": "#2f6fdf", "ponder_bar": "#e0a030", "surprisal": "#c0392b", "other": "#1b1f24",
+          "curve": "#8a929e", "current": "#e0892b", "box": "#ff3b30", "guide": "#5b6470"}
+DEFAULT_COLORSCALE, DEFAULT_OPACITY = "Viridis", 0.6
+# Map measures: analysis["ponder"] key of the total map, of a block's map, and the unit.
+MEASURES = {"ponder": ("total", "ponder_cost", "ponder cost N+R"), "units": ("units_total", "units", "units executed N")}
+TEXT_UNITS = {"steps": "steps N", "ponder": "ponder cost N+R"}
+BASE_LAYOUT = {"margin": {"l": 50, "r": 20, "t": 70, "b": 40}, "paper_bgcolor": "#fff", "plot_bgcolor": "#fff",
+               "font": {"size": 12, "color": "#1b1f24"}}
+TITLE = {"font": {"size": 14}, "x": 0.01, "xref": "container", "xanchor": "left", "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 12}}
+LEGEND_ON_TOP = {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"}  # under the title, above the plot
+# As the page: nothing leaves the machine (no "Share chart" upload to Plotly Cloud).
+CONFIG = {"displaylogo": False, "responsive": True, "showSendToCloud": False,
+          "modeBarButtonsToRemove": ["sendChartToCloud", "lasso2d", "select2d"]}
+
+
+# ------------------------------------------------------------------ colour scales
+def plotly_scale(name: str) -> list[list]:
+    """A COLORSCALES entry as plotly stops [[t, colour], ...]."""
+    if name not in COLORSCALES:
+        raise ValueError(f"unknown colour scale {name!r}; one of {', '.join(COLORSCALES)}")
+    raw = COLORSCALES[name]
+    return [list(stop) for stop in raw] if isinstance(raw[0], list) else [[i / (len(raw) - 1), c] for i, c in enumerate(raw)]
+
+
+def color_at(name: str, t: float) -> tuple[int, int, int]:
+    """The colour at t in 0..1 of a scale (linear between stops, as the page's colorAt)."""
+    stops = plotly_scale(name)
+    t = min(1.0, max(0.0, t if math.isfinite(t) else 0.0))
+    rgb = lambda c: tuple(int(c[i : i + 2], 16) for i in (1, 3, 5))  # noqa: E731
+    for (t0, c0), (t1, c1) in zip(stops, stops[1:]):
+        if t <= t1:
+            f = (t - t0) / (t1 - t0) if t1 > t0 else 0.0
+            return tuple(round(a + f * (b - a)) for a, b in zip(rgb(c0), rgb(c1)))
+    return rgb(stops[-1][1])
+
+
+def _css(rgb) -> str:
+    return f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})"
+
+
+def _range(grids: list) -> tuple[float, float]:
+    values = [v for z in grids for row in z for v in row]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    return lo, hi if hi > lo else lo + 1e-6
+
+
+def _figure(data, layout: dict) -> go.Figure:
+    """Titles sit left-aligned at the top, clear of the mode bar, as on the page."""
+    margin = {**BASE_LAYOUT["margin"], **layout.get("margin", {})}
+    return go.Figure(data=data, layout={**BASE_LAYOUT, **layout, "title": {**TITLE, **layout.get("title", {})},
+                                        "margin": {**margin, "t": max(margin["t"], 70)}})
+
+
+# ------------------------------------------------------------------ image models
+def map_grid(analysis: dict, block: int | None = None, measure: str = "ponder") -> list[list[float]]:
+    """The grid a map figure draws, exactly as in the analysis: ponder.total / units_total, or a block's ponder_cost / units."""
+    if not analysis.get("ponder"):
+        raise ValueError(f"model {analysis.get('model')!r} has no ponder map (it is {'ConvNet-AIG: see gates_figure' if analysis.get('gates') else 'dense'})")
+    if measure not in MEASURES:
+        raise ValueError(f"a map's measure is 'ponder' (N+R) or 'units' (N), not {measure!r}")
+    total, per_block, _ = MEASURES[measure]
+    return analysis["ponder"][total] if block is None else analysis["ponder"]["blocks"][block][per_block]
+
+
+def map_range(analysis: dict, block: int | None = None, measure: str = "ponder") -> tuple[float, float]:
+    """The page's colour range: ponder.min/max for the total ponder map; for a block, the range over all blocks."""
+    ponder = analysis["ponder"]
+    if block is None:
+        if measure == "ponder" and ponder["max"] > ponder["min"]:
+            return ponder["min"], ponder["max"]
+        return _range([map_grid(analysis, None, measure)])
+    return _range([b[MEASURES[measure][1]] for b in ponder["blocks"]])
+
+
+def _heatmap(z, size: tuple[int, int], unit: str, opacity: float, **color) -> go.Heatmap:
+    """Cells over the input's pixels (a block's coarser grid covers several pixels each)."""
+    cw, ch = size[0] / max(1, len(z[0])), size[1] / max(1, len(z))
+    return go.Heatmap(z=z, x0=cw / 2, dx=cw, y0=ch / 2, dy=ch, opacity=opacity, colorbar={"title": {"text": unit, "side": "right"}, "thickness": 12, "len": 0.9},
+                      hovertemplate=f"x %{{x:.0f}}, y %{{y:.0f}}<br>{unit}: %{{z:.3f}}<extra></extra>", **color)
+
+
+def _place_image(fig: go.Figure, analysis: dict, axis: str = "", box: bool = True) -> None:
+    """The input image under axes x{axis}/y{axis} (pixel coordinates, y down), and the test set's box."""
+    source = analysis["input"]
+    width, height = source["width"], source["height"]
+    fig.add_layout_image(source=source["image"], xref=f"x{axis}", yref=f"y{axis}", x=0, y=0, sizex=width, sizey=height,
+                         xanchor="left", yanchor="top", sizing="stretch", layer="below")
+    fig.update_layout({f"xaxis{axis}": {"range": [0, width], "showgrid": False, "zeroline": False, "constrain": "domain", "ticks": "outside"},
+                       f"yaxis{axis}": {"range": [height, 0], "showgrid": False, "zeroline": False, "scaleanchor": f"x{axis}",
+                                        "constrain": "domain", "ticks": "outside"}})
+    if box and source.get("box"):
+        y0, x0, y1, x1 = source["box"]
+        fig.add_shape(type="rect", xref=f"x{axis}", yref=f"y{axis}", x0=x0, y0=y0, x1=x1, y1=y1, line={"color": COLORS["box"], "width": 2})
+
+
+def _map_title(analysis: dict, block: int | None, measure: str, sep: str = ": ") -> str:
+    ponder, unit = analysis["ponder"], MEASURES[measure][2]
+    if block is None:
+        return f"{analysis.get('model', '')}: {unit}, summed over {len(ponder['blocks'])} blocks"
+    b = ponder["blocks"][block]
+    return f"block {b['index'] + 1} ({b['width']}×{b['height']}){sep}N+R {b['mean_ponder']:.2f}, N {b['mean_units']:.2f}/{b['n_units']}"
+
+
+def ponder_map_figure(analysis: dict, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
+                      opacity: float = DEFAULT_OPACITY, zmin: float | None = None, zmax: float | None = None, box: bool = True) -> go.Figure:
+    """SACT/ACT: the ponder map (ponder.total, or units_total with measure="units"; a block's own
+    grid with block=i) as a heatmap over the input image. The colour range is the page's unless given."""
+    z = map_grid(analysis, block, measure)
+    lo, hi = map_range(analysis, block, measure)
+    source = analysis["input"]
+    fig = _figure([_heatmap(z, (source["width"], source["height"]), MEASURES[measure][2], opacity, zmin=lo if zmin is None else zmin,
+                            zmax=hi if zmax is None else zmax, zauto=False, colorscale=plotly_scale(colorscale))],
+                  {"title": {"text": _map_title(analysis, block, measure)}})
+    _place_image(fig, analysis, box=box)
+    return fig
+
+
+def input_figure(analysis: dict, title: str | None = None, box: bool = True) -> go.Figure:
+    """The input image as the network saw it, without a map (dense and ConvNet-AIG models)."""
+    fig = _figure([], {"title": {"text": title or f"{analysis.get('model', '')}: input"}})
+    _place_image(fig, analysis, box=box)
+    return fig
+
+
+def gates_figure(analysis: dict) -> go.Figure:
+    """ConvNet-AIG: the gate probability p(run) of each gated block, executed ones in blue."""
+    gates = analysis["gates"]
+    if not gates:
+        raise ValueError(f"model {analysis.get('model')!r} has no gates (only ConvNet-AIG models do)")
+    layers, p, executed = gates["layers"], gates["probability"], gates["executed"]
+
+    def bars(name, run, marker):
+        index = [i for i, e in enumerate(executed) if e == run]
+        return go.Bar(name=name, x=[layers[i] for i in index], y=[p[i] for i in index], marker=marker,
+                      hovertemplate=f"%{{x}}: p(run) = %{{y:.3f}}<extra>{name}</extra>")
+
+    return _figure([bars("executed", True, {"color": COLORS["executed"]}),
+                    bars("skipped", False, {"color": COLORS["skipped"], "line": {"color": COLORS["skipped_line"], "width": 1}})], {
+        "title": {"text": f"Gate probability per layer: {sum(executed)} of {len(layers)} gated blocks executed"},
+        "barmode": "overlay",
+        "xaxis": {"categoryorder": "array", "categoryarray": layers, "tickangle": -45, "title": {"text": "gated residual block"}},
+        "yaxis": {"range": [0, 1], "title": {"text": "p(run)"}},
+        "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 0.5, "y1": 0.5, "line": {"dash": "dot", "color": COLORS["guide"], "width": 1}}],
+        "legend": LEGEND_ON_TOP, "margin": {"l": 50, "r": 20, "t": 90, "b": 80},
+    })
+
+
+def image_figure(analysis: dict, **options) -> go.Figure:
+    """The main figure of an image analysis: the ponder map (SACT/ACT; options as ponder_map_figure),
+    the gates (ConvNet-AIG), or the input alone (dense)."""
+    if analysis.get("ponder"):
+        return ponder_map_figure(analysis, **options)
+    if analysis.get("gates"):
+        return gates_figure(analysis)
+    return input_figure(analysis, f"{analysis.get('model', '')}: input (dense model: every unit runs everywhere, no ponder map)",
+                        box=options.get("box", True))
+
+
+def _map_grid_figure(panels: list[tuple[str, dict, list | None]], zmin: float, zmax: float, unit: str, colorscale: str,
+                     opacity: float, title: str, columns: int) -> go.Figure:
+    """Maps side by side on one colour axis: panels of (title, analysis, grid or None for the image alone)."""
+    rows = -(-len(panels) // columns)
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=[p[0] for p in panels], horizontal_spacing=0.06, vertical_spacing=0.12)
+    for k, (_, analysis, z) in enumerate(panels):
+        axis, source = ("" if k == 0 else str(k + 1)), analysis["input"]
+        if z is not None:
+            fig.add_trace(_heatmap(z, (source["width"], source["height"]), unit, opacity, coloraxis="coloraxis"), row=k // columns + 1, col=k % columns + 1)
+        _place_image(fig, analysis, axis)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(**BASE_LAYOUT, title={**TITLE, "text": title},
+                      coloraxis={"colorscale": plotly_scale(colorscale), "cmin": zmin, "cmax": zmax,
+                                 "colorbar": {"title": {"text": unit, "side": "right"}, "thickness": 12}})
+    return fig
+
+
+def block_maps_figure(analysis: dict, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
+                      columns: int = 4) -> go.Figure:
+    """SACT/ACT: one map per block (ponder.blocks[i]), one colour scale across blocks."""
+    map_grid(analysis)  # a model without maps: say so
+    panels = [(_map_title(analysis, i, measure, "<br>"), analysis, map_grid(analysis, i, measure)) for i in range(len(analysis["ponder"]["blocks"]))]
+    zmin, zmax = map_range(analysis, 0, measure)  # a block's range is the range over all blocks
+    return _map_grid_figure(panels, zmin, zmax, MEASURES[measure][2], colorscale, opacity,
+                            f"{analysis.get('model', '')}: {MEASURES[measure][2]} per block", min(columns, len(panels)))
+
+
+def compare_figure(analyses: list[dict], measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
+                   columns: int = 3) -> go.Figure:
+    """Several models' analyses of one image, side by side, their maps on one colour scale (the
+    range over every map); models without a map show the input alone."""
+    grids = [map_grid(a, None, measure) if a.get("ponder") else None for a in analyses]
+    zmin, zmax = _range([z for z in grids if z is not None])
+
+    def panel_title(a, z):
+        if z is not None:
+            return f"{a.get('model', '')}<br>mean N+R {a['ponder']['mean']:.3f}"
+        if a.get("gates"):
+            return f"{a.get('model', '')}<br>no spatial map: {sum(a['gates']['executed'])}/{len(a['gates']['executed'])} gated blocks run"
+        return f"{a.get('model', '')}<br>dense: no ponder map"
+
+    panels = [(panel_title(a, z), a, z) for a, z in zip(analyses, grids)]
+    return _map_grid_figure(panels, zmin, zmax, MEASURES[measure][2], colorscale, opacity,
+                            f"{MEASURES[measure][2]} (shared scale)", min(columns, len(panels)))
+
+
+# ------------------------------------------------------------------ dataset view
+def _histogram_bars(h: dict, name: str, color: str, unit: str = "images") -> go.Bar:
+    edges = h["edges"]
+    return go.Bar(x=[(a + b) / 2 for a, b in zip(edges, edges[1:])], y=h["counts"], width=[b - a for a, b in zip(edges, edges[1:])], name=name,
+                  marker={"color": color, "line": {"color": "#fff", "width": 0.5}}, hovertemplate=f"{name} %{{x:.3f}}: %{{y}} {unit}<extra></extra>")
+
+
+def dataset_figures(result: dict, colorscale: str = DEFAULT_COLORSCALE) -> dict[str, go.Figure]:
+    """GET /api/models/{id}/dataset's `result` -> the figures the Dataset view draws, by name:
+    image models: "class" (FLOPs and accuracy per class), "flops_histogram", and where the
+    model has them "ponder" (mean ponder per class), "ponder_histogram", "layers_histogram",
+    "class_layer" (ConvNet-AIG execution rate per class and layer); byte LMs: "corpus"."""
+    if result.get("kind") == "text":
+        return {"corpus": corpus_figure(result)}
+    per_class = result["per_class"]
+    classes = [c["class"] for c in per_class]
+    figures = {"class": _figure([
+        go.Bar(name="mean FLOPs / dense", x=classes, y=[c["mean_flops_ratio"] for c in per_class], marker={"color": COLORS["flops"]},
+               hovertemplate="%{x}: %{y:.1%} of dense FLOPs<extra></extra>"),
+        go.Scatter(mode="markers+lines", name="accuracy", x=classes, y=[c["accuracy"] for c in per_class], yaxis="y2",
+                   marker={"color": COLORS["accuracy"], "size": 8}, line={"dash": "dot"}, hovertemplate="%{x}: accuracy %{y:.1%}<extra></extra>"),
+    ], {"title": {"text": f"{result.get('model', '')}: mean FLOPs and accuracy per class"},
+        "yaxis": {"title": {"text": "FLOPs executed / dense"}, "tickformat": ".0%", "rangemode": "tozero"},
+        "yaxis2": {"title": {"text": "accuracy"}, "overlaying": "y", "side": "right", "tickformat": ".0%", "range": [0, 1.05], "dtick": 0.2, "showgrid": False},
+        "legend": {"orientation": "h", "y": -0.25}, "margin": {"l": 60, "r": 60, "t": 40, "b": 90}})}
+    if any(c.get("mean_ponder") is not None for c in per_class):
+        figures["ponder"] = _figure([go.Bar(x=classes, y=[c["mean_ponder"] for c in per_class], marker={"color": COLORS["ponder"]},
+                                            hovertemplate="%{x}: mean ponder %{y:.3f}<extra></extra>")],
+                                    {"title": {"text": "Mean ponder cost N+R per class (summed over blocks)"}, "yaxis": {"title": {"text": "ponder cost N+R"}}})
+    figures["flops_histogram"] = _figure([_histogram_bars(result["flops_histogram"], "FLOPs ratio", COLORS["flops"])], {
+        "title": {"text": "FLOPs executed / dense, per image"}, "xaxis": {"title": {"text": "FLOPs ratio"}, "tickformat": ".0%"},
+        "yaxis": {"title": {"text": "images"}}, "bargap": 0})
+    if result.get("ponder_histogram"):
+        figures["ponder_histogram"] = _figure([_histogram_bars(result["ponder_histogram"], "ponder", COLORS["ponder"])], {
+            "title": {"text": "Ponder cost per image (mean over positions, summed over blocks)"}, "xaxis": {"title": {"text": "ponder cost N+R"}},
+            "yaxis": {"title": {"text": "images"}}, "bargap": 0})
+    if result.get("executed_layers_histogram"):
+        h = result["executed_layers_histogram"]
+        figures["layers_histogram"] = _figure([go.Bar(x=h["edges"][: len(h["counts"])], y=h["counts"], marker={"color": COLORS["executed"]},
+                                                      hovertemplate="%{x} layers: %{y} images<extra></extra>")],
+                                              {"title": {"text": "Executed gated layers per image"}, "xaxis": {"title": {"text": "layers executed"}, "dtick": 1},
+                                               "yaxis": {"title": {"text": "images"}}})
+    if result.get("class_layer_rates"):
+        rates = result["class_layer_rates"]
+        figures["class_layer"] = _figure([go.Heatmap(
+            z=rates, x=result.get("layers") or [f"layer {i}" for i in range(len(rates[0]))], y=classes, zmin=0, zmax=1,
+            colorscale=plotly_scale(colorscale), colorbar={"title": {"text": "execution rate", "side": "right"}, "tickformat": ".0%"},
+            hovertemplate="%{y}, %{x}: runs %{z:.1%}<extra></extra>")],
+            {"title": {"text": "Execution rate per class and gated layer (ConvNet-AIG)"}, "xaxis": {"tickangle": -45},
+             "yaxis": {"autorange": "reversed"}, "margin": {"l": 100, "r": 20, "t": 40, "b": 80}})
+    return figures
+
+
+def corpus_figure(result: dict) -> go.Figure:
+    """A byte LM's held-out statistics (the Text view's corpus panel): mean N and N+R per class of the byte read, ± std."""
+    per_class, labels = result["per_char_class"], result.get("class_labels") or {}
+    names = list(per_class)
+    x = [labels.get(n, n) for n in names]
+
+    def bars(key, std, name, color, what):
+        return go.Bar(name=name, x=x, y=[per_class[n][key] for n in names], marker={"color": color}, customdata=[per_class[n].get("count") for n in names],
+                      error_y={"type": "data", "array": [per_class[n].get(std) for n in names], "visible": True},
+                      hovertemplate=f"%{{x}}: {what} %{{y:.3f}} ± %{{error_y.array:.3f}}<br>%{{customdata}} bytes<extra></extra>")
+
+    return _figure([bars("steps", "steps_std", "steps N", COLORS["steps"], "N"), bars("ponder", "ponder_std", "ponder cost N+R", COLORS["ponder_bar"], "N+R")], {
+        "title": {"text": f"{result.get('model', '')}: mean N and N+R by the class of the byte read"}, "barmode": "group",
+        "yaxis": {"title": {"text": "steps N / ponder N+R"}, "rangemode": "tozero"},
+        "legend": LEGEND_ON_TOP, "margin": {"l": 60, "r": 20, "t": 90, "b": 40}})
+
+
+# ------------------------------------------------------------------ sequence models
+def visible_char(c: str) -> str:
+    return {" ": "␣", "\n": "↵", "\t": "⇥"}.get(c, c)
+
+
+def text_figure(analysis: dict, measure: str | None = None, colorscale: str = DEFAULT_COLORSCALE) -> go.Figure:
+    """Byte LM (POST /text): per character, bars of `measure` ("steps" N or "ponder" N+R; default
+    the analysis' own `measure`, what varies in this text) coloured by the colour scale, a dotted
+    line of the other, and the surprisal in bits on the right axis."""
+    chars = analysis["chars"]
+    key = measure or analysis.get("measure") or "ponder"
+    if key not in TEXT_UNITS:
+        raise ValueError(f"a text's measure is 'steps' (N) or 'ponder' (N+R), not {key!r}")
+    other = "steps" if key == "ponder" else "ponder"
+    x, labels = list(range(len(chars))), [visible_char(c["char"]) for c in chars]
+    values = [c[key] for c in chars]
+    lo, hi = min(values), max(values)
+    colors = [_css(color_at(colorscale, (v - lo) / (hi - lo) if hi > lo else 0.5)) for v in values]
+    ticks = x[:: max(1, math.ceil(len(chars) / 120))]
+    return _figure([
+        go.Bar(name=TEXT_UNITS[key], x=x, y=values, customdata=labels, marker={"color": colors, "line": {"color": "#444", "width": 0.3}},
+               hovertemplate=f"'%{{customdata}}' #%{{x}}: {TEXT_UNITS[key]} %{{y:.3f}}<extra></extra>"),
+        go.Scatter(mode="lines", name=TEXT_UNITS[other], x=x, y=[c[other] for c in chars], customdata=labels, line={"color": COLORS["other"], "width": 1, "dash": "dot"},
+                   hovertemplate=f"'%{{customdata}}' #%{{x}}: {TEXT_UNITS[other]} %{{y:.3f}}<extra></extra>"),
+        go.Scatter(mode="lines+markers", name="surprisal (bits)", x=x, y=[c["bits"] for c in chars], yaxis="y2", customdata=labels, connectgaps=False,
+                   line={"color": COLORS["surprisal"], "width": 1.2}, marker={"size": 4}, hovertemplate="'%{customdata}' #%{x}: %{y:.2f} bits<extra></extra>"),
+    ], {"title": {"text": f"{analysis.get('model', '')}: ponder per character ({TEXT_UNITS[key]} as bars) and surprisal"},
+        "xaxis": {"tickmode": "array", "tickvals": ticks, "ticktext": [labels[i] for i in ticks], "tickangle": 0, "range": [-0.5, len(chars) - 0.5],
+                  "title": {"text": "character"}},
+        "yaxis": {"title": {"text": "steps N / ponder N+R"}, "rangemode": "tozero"},
+        "yaxis2": {"title": {"text": "bits"}, "overlaying": "y", "side": "right", "rangemode": "tozero", "showgrid": False},
+        "legend": LEGEND_ON_TOP, "bargap": 0.1, "margin": {"l": 60, "r": 60, "t": 90, "b": 50}})
+
+
+def parity_figure(analyses: dict | list[dict], curve: dict | None = None, bits: int | None = None) -> go.Figure:
+    """Parity (POST /parity): ponder N+R against the number of nonzero entries (Graves 2016, fig. 4):
+    the test-set mean per count (`curve`: the card's metrics.test.ponder_by_nonzero), every
+    analysis given as a point, the last one as the current star. An analysis may carry its
+    `vector` (the page adds it), shown on hover."""
+    analyses = [analyses] if isinstance(analyses, dict) else list(analyses)
+    data = []
+    if curve:
+        ks = sorted(curve, key=int)
+        data.append(go.Scatter(mode="lines", name="test-set mean ponder", x=[int(k) for k in ks], y=[curve[k] for k in ks], line={"color": COLORS["curve"]}))
+
+    def label(a):
+        vector = "".join("+" if v > 0 else "-" if v < 0 else "0" for v in a["vector"]) + ": " if a.get("vector") else ""
+        return f"{vector}{a['answer']}, N={a['steps']}"
+
+    data.append(go.Scatter(mode="markers", name="your vectors", x=[a["nonzero"] for a in analyses], y=[a["ponder"] for a in analyses],
+                           text=[label(a) for a in analyses], marker={"color": COLORS["executed"], "size": 7, "opacity": 0.6},
+                           hovertemplate="%{text}<br>nonzero %{x}, ponder %{y:.3f}<extra></extra>"))
+    current = analyses[-1]
+    data.append(go.Scatter(mode="markers", name="current", x=[current["nonzero"]], y=[current["ponder"]], marker={"color": COLORS["current"], "size": 14, "symbol": "star"},
+                           hovertemplate="current: nonzero %{x}, ponder %{y:.3f}<extra></extra>"))
+    bits = bits or len(current.get("vector") or []) or max([a["nonzero"] for a in analyses] + [int(k) for k in (curve or {})])
+    return _figure(data, {
+        "title": {"text": "Ponder cost N+R against the number of nonzero entries (Graves 2016, fig. 4)"},
+        "xaxis": {"title": {"text": "nonzero entries"}, "range": [-0.5, bits + 0.5], "dtick": max(1, math.ceil(bits / 16))},
+        "yaxis": {"title": {"text": "ponder cost N+R"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2}})
+
+
+# ------------------------------------------------------------------ offline output
+def to_html(fig: go.Figure, full_html: bool = True) -> str:
+    """The figure as HTML that works offline: plotly.js inline, no MathJax, no CDN."""
+    return pio.to_html(fig, include_plotlyjs=True, include_mathjax=False, full_html=full_html, config=CONFIG)
+
+
+class OfflineRenderer(pio.base_renderers.MimetypeRenderer):
+    """Jupyter display with plotly.js inline in every figure's HTML (about 4.8 MB each), so a
+    notebook shows, and keeps showing once saved, without a network; JupyterLab's plotly
+    extension, where present, draws the plotly JSON beside it (also offline)."""
+
+    def to_mimebundle(self, fig_dict: dict) -> dict:
+        return {"application/vnd.plotly.v1+json": {"data": fig_dict.get("data", []), "layout": fig_dict.get("layout", {}), "config": CONFIG},
+                "text/html": to_html(fig_dict, full_html=False)}
+
+
+def use_offline_renderer(force: bool = False) -> None:
+    """Make fig.show() and Jupyter's display use OfflineRenderer, when running in a Jupyter
+    kernel (or with force) and PLOTLY_RENDERER does not name another renderer."""
+    pio.renderers["ponderscope"] = OfflineRenderer()
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if force or (not os.environ.get("PLOTLY_RENDERER") and type(shell).__name__ == "ZMQInteractiveShell"):
+        pio.renderers.default = "ponderscope"
+
+
+use_offline_renderer()
+
+
+class StaticExportUnavailable(RuntimeError):
+    """PNG/SVG export through kaleido and a Chromium is not possible here (the message says why)."""
+
+
+def to_image(fig: go.Figure, format: str = "png", width: int = 700, height: int = 560, scale: float = 1.0) -> bytes:
+    """PNG or SVG bytes through kaleido (v1: drives a Chromium, e.g. Debian's /usr/bin/chromium;
+    BROWSER_PATH or PONDERSCOPE_CHROMIUM names another) with the local plotly.js and no MathJax:
+    nothing is fetched from the network."""
+    try:
+        import kaleido
+    except ImportError:
+        raise StaticExportUnavailable("kaleido is not installed (pip install kaleido==1.5.0)") from None
+    if os.environ.get("PONDERSCOPE_CHROMIUM") and not os.environ.get("BROWSER_PATH"):
+        os.environ["BROWSER_PATH"] = os.environ["PONDERSCOPE_CHROMIUM"]
+    plotlyjs = Path(pio.__file__).resolve().parents[1] / "package_data" / "plotly.min.js"
+    try:
+        return kaleido.calc_fig_sync(fig.to_dict(), opts={"format": format, "width": width, "height": height, "scale": scale},
+                                     kopts={"mathjax": False, "plotlyjs": str(plotlyjs), "timeout": 60})
+    except Exception as error:  # no Chromium, or one that cannot start here: say so, the caller may fall back
+        reason = str(error.args[0] if error.args else error).strip()[:300]
+        raise StaticExportUnavailable(f"kaleido could not run a Chromium ({type(error).__name__}: {reason})") from None
+
+
+# ------------------------------------------------------------------ maps without a browser
+def _map_cells(analysis: dict, block, measure, colorscale):
+    z = map_grid(analysis, block, measure)
+    lo, hi = map_range(analysis, block, measure)
+    rgb = [[color_at(colorscale, (v - lo) / (hi - lo)) for v in row] for row in z]
+    return z, rgb, lo, hi
+
+
+def map_png(analysis: dict, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
+            opacity: float = DEFAULT_OPACITY, width: int = 700, height: int = 560) -> bytes:
+    """The ponder map drawn with Pillow, for where kaleido cannot run: the input image, the
+    map's cells in the colour scale blended over it at `opacity`, a colour bar with its range."""
+    from PIL import Image, ImageDraw
+
+    z, rgb, lo, hi = _map_cells(analysis, block, measure, colorscale)
+    source = Image.open(io.BytesIO(base64.b64decode(analysis["input"]["image"].split(",", 1)[1]))).convert("RGB")
+    side = min(width - 90, height - 20)
+    fit = min(side / source.width, side / source.height)
+    size = (max(1, round(source.width * fit)), max(1, round(source.height * fit)))
+    cells = Image.new("RGB", (len(z[0]), len(z)))
+    cells.putdata([c for row in rgb for c in row])
+    shown = Image.blend(source.resize(size, Image.NEAREST), cells.resize(size, Image.NEAREST), opacity)
+    canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(shown, (10, 10))
+    draw, bar_x, bar_h = ImageDraw.Draw(canvas), 20 + size[0], size[1]
+    for y in range(bar_h):
+        draw.line([(bar_x, 10 + y), (bar_x + 14, 10 + y)], fill=color_at(colorscale, 1 - y / max(1, bar_h - 1)))
+    draw.text((bar_x + 18, 10), f"{hi:.3g}", fill="black")
+    draw.text((bar_x + 18, 10 + bar_h - 12), f"{lo:.3g}", fill="black")
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def map_svg(analysis: dict, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
+            opacity: float = DEFAULT_OPACITY, width: int = 700, height: int = 560) -> str:
+    """The same map as SVG, written directly: the input as an <image>, one <rect> per cell, a colour bar."""
+    from xml.sax.saxutils import quoteattr
+
+    z, rgb, lo, hi = _map_cells(analysis, block, measure, colorscale)
+    source = analysis["input"]
+    side = min(width - 90, height - 20)
+    fit = min(side / source["width"], side / source["height"])
+    w, h = source["width"] * fit, source["height"] * fit
+    cw, ch = w / len(z[0]), h / len(z)
+    rects = "".join(f'<rect x="{10 + j * cw:.2f}" y="{10 + i * ch:.2f}" width="{cw + 0.05:.2f}" height="{ch + 0.05:.2f}" fill="{_css(c)}"/>'
+                    for i, row in enumerate(rgb) for j, c in enumerate(row))
+    stops = "".join(f'<stop offset="{t:.3f}" stop-color="{c}"/>' for t, c in plotly_scale(colorscale))
+    unit = MEASURES[measure][2]
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}"><title>{unit}</title><rect width="100%" height="100%" fill="white"/>'
+            f'<defs><linearGradient id="scale" x1="0" y1="1" x2="0" y2="0">{stops}</linearGradient></defs>'
+            f'<image x="10" y="10" width="{w:.2f}" height="{h:.2f}" preserveAspectRatio="none" style="image-rendering:pixelated" '
+            f'xlink:href={quoteattr(source["image"])}/><g opacity="{opacity}" shape-rendering="crispEdges">{rects}</g>'
+            f'<rect x="{20 + w:.2f}" y="10" width="14" height="{h:.2f}" fill="url(#scale)"/>'
+            f'<text x="{38 + w:.2f}" y="20" font-size="11" font-family="sans-serif">{hi:.3g}</text>'
+            f'<text x="{38 + w:.2f}" y="{10 + h:.2f}" font-size="11" font-family="sans-serif">{lo:.3g}</text></svg>')
