@@ -743,3 +743,48 @@ def test_missing_data_set_is_said_where_the_samples_would_be_and_uploads_work(pa
         assert page.error_text() == ""
     finally:
         server.stop()
+
+
+@needs_fmnist
+def test_first_screen_shows_the_default_models_first_sample(page):
+    """Opening the dashboard with no URL state draws a result at once: the default image model
+    (the first one with a test set) on test sample 0, and a link that reproduces it."""
+    page.open("")
+    page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.sample === 0", what="sample 0 of the default model")
+    default = page.js("return window.ponderscope.state.model.image")
+    models = {m["id"]: m for m in page.js("return JSON.parse(document.getElementById('models-data').textContent)")}
+    assert models[default]["kind"] == "image" and models[default].get("test_set") is not False
+    assert models[default]["family"] in ("sact", "act")  # the first in the picker's order
+    assert page.js("return window.ponderscope.results.imageRequest.model") == default
+    data = page.wait_plot("heatmap", what="the first screen's ponder map")
+    assert data[0]["type"] == "heatmap"
+    assert data[0]["z"] == page.js("return window.ponderscope.results.image")["ponder"]["total"]
+    assert not page.d.find_element(By.ID, "view-image").get_attribute("hidden")
+    assert page.d.find_element(By.ID, "image-empty").get_attribute("hidden") is not None
+    page.wait("const b = document.querySelector('#samples .thumb[data-index=\"0\"]'); return b && b.getAttribute('aria-pressed') === 'true'",
+              what="sample 0 marked in the grid")
+    # the link names what is shown, and only that (settings at their defaults are left out)
+    assert page.query() == {"view": "image", "model": default, "sample": "0"}
+    page.no_error()
+
+
+def test_first_screen_without_the_data_set_says_so_without_an_error(page, tmp_path):
+    """No URL state and Fashion-MNIST not installed: no sample to show first; the sample grid and
+    the result panel say so, uploads are offered, and there is no error banner."""
+    if not (BUNDLED / "fmnist_sact_resnet32").is_dir():
+        pytest.skip("the bundled checkpoints are not here")
+    server = ServerProcess([str(BUNDLED / "fmnist_sact_resnet32")], str(tmp_path / "cache"), str(tmp_path / "server.log"),
+                           env={"PONDERSCOPE_FASHION_MNIST": str(tmp_path / "no-data-here")})
+    try:
+        server.wait_ready(timeout=90)
+        page.d.get(f"{server.url}/")
+        page.wait("return document.getElementById('samples').innerText.includes('bash scripts/setup.sh')", what="the install message")
+        page.wait("return document.body.getAttribute('aria-busy') !== 'true'", what="nothing in flight")
+        assert page.error_text() == ""
+        empty = page.d.find_element(By.ID, "image-empty")
+        assert empty.is_displayed() and "upload" in empty.text.lower() and "Test samples" in empty.text
+        assert page.d.find_element(By.ID, "drop-zone").is_displayed()
+        assert page.js("return window.ponderscope.results.image") is None
+        assert page.query() == {"view": "image", "model": "fmnist_sact_resnet32"}
+    finally:
+        server.stop()

@@ -1,0 +1,85 @@
+/* Model cards as the page shows them: labels, the summary chips beside each model picker,
+ * the pickers themselves, and which model a view shows by default. */
+import { $, el, fmt, pct } from './dom.js';
+import { MODELS, MODEL_BY_ID } from './state.js';
+
+const FAMILY_LABEL = { dense: 'dense ResNet', act: 'ACT ResNet', sact: 'SACT ResNet', aig: 'ConvNet-AIG', rnn: 'ACT RNN' };
+const FAMILY_ORDER = { sact: 0, act: 1, aig: 2, rnn: 3, dense: 4 };
+
+export const testMetrics = (m) => (m && m.metrics ? (m.metrics.test || m.metrics) : {}) || {};
+/** An image model whose test set the server can show (imported ones come without). */
+export const hasTestSet = (m) => !!m && m.test_set !== false;
+
+export function familyLabel(m) {
+  if (m.family === 'rnn') { // act_lstm -> "ACT LSTM"; lstm (the baseline) -> "plain LSTM (no ACT)"
+    const name = String(m.name || '');
+    const cell = name.replace(/^act_/, '').toUpperCase() || 'RNN';
+    return name.startsWith('act_') ? `ACT ${cell}` : `plain ${cell} (no ACT)`;
+  }
+  if (m.family === 'dense') return 'dense ResNet (no halting)';
+  return FAMILY_LABEL[m.family] || m.family || 'model';
+}
+
+export function taskLabel(m) {
+  const task = m.task || (m.card && m.card.task) || {};
+  const name = typeof task === 'string' ? task : task.name;
+  if (name === 'parity') return `parity (${task.bits} bits)`;
+  if (name === 'bytes-lm') return 'next-byte prediction';
+  if (name === 'classify') return `classify (${(m.classes || []).length || '?'} classes)`;
+  return name || '?';
+}
+
+function sourceFile(source) {
+  const first = (source.files || [])[0] || '';
+  return first.split('/').pop();
+}
+
+export function summaryChips(m) {
+  if (!m) return [el('span', { class: 'muted', text: 'no model' })];
+  const t = testMetrics(m);
+  const chip = (title, label, value) => el('span', { class: 'chip', title }, `${label} `, el('b', { text: value }));
+  const chips = [
+    el('span', { class: 'chip family', title: `family: ${m.family}; architecture: ${m.name}` }, familyLabel(m), ' ', el('b', { text: m.name })),
+    chip('dataset the model was trained and evaluated on', 'dataset', m.dataset || '?'),
+    chip('task', 'task', taskLabel(m)),
+  ];
+  if (m.source) chips.push(el('span', { class: 'chip imported', title: `imported from ${m.source.format}: ${(m.source.files || []).join(', ')}` }, 'imported from ', el('b', { text: `${m.source.format} ${sourceFile(m.source)}` })));
+  if (m.preprocess && m.preprocess.input_size) chips.push(chip('training input size (H×W) and channels', 'input', `${m.preprocess.input_size.join('×')}×${m.preprocess.channels}`));
+  if (t.accuracy !== undefined) chips.push(chip(`test accuracy${t.examples ? ` on ${t.examples} examples` : ''}`, 'accuracy', pct(t.accuracy, 2)));
+  if (t.bits_per_byte !== undefined) chips.push(chip('held-out bits per byte', 'bits/byte', fmt(t.bits_per_byte, 3)));
+  if (t.flops_ratio !== undefined) chips.push(chip('mean FLOPs executed / dense FLOPs on the test set', 'FLOPs', pct(t.flops_ratio)));
+  if (t.mean_ponder !== undefined) chips.push(chip('mean ponder cost N+R (summed over blocks for ResNets)', 'ponder', fmt(t.mean_ponder, 2)));
+  if (t.mean_steps !== undefined) chips.push(chip('mean steps N', 'steps N', fmt(t.mean_steps, 2)));
+  if (!Object.keys(t).length) chips.push(el('span', { class: 'chip muted', text: 'no metrics in card' }));
+  if (m.device) chips.push(el('span', { class: 'chip muted', title: `device the server runs it on; checkpoint folder ${m.path || '?'}` }, `on ${m.device}`));
+  return chips;
+}
+
+/** The chips of model `id` in the element #`target`. */
+export function renderCardSummary(target, id) {
+  $(target).replaceChildren(...summaryChips(MODEL_BY_ID.get(id)));
+}
+
+export function modelsOfKind(kind) {
+  return MODELS.filter((m) => m.kind === kind).sort((a, b) => (FAMILY_ORDER[a.family] ?? 9) - (FAMILY_ORDER[b.family] ?? 9) || a.name.localeCompare(b.name));
+}
+
+/** Fill a <select> with the models of `kind` that `keep` accepts, `selected` selected. */
+export function fillPicker(select, kind, selected, keep = () => true) {
+  const list = modelsOfKind(kind).filter(keep);
+  select.replaceChildren(...list.map((m) => el('option', { value: m.id, selected: m.id === selected }, `${m.id} — ${familyLabel(m)}, ${m.dataset}`)));
+  if (!list.length) {
+    select.append(el('option', { value: '', text: `no ${kind} models loaded` }));
+    select.disabled = true;
+  }
+  if (selected) select.value = selected;
+}
+
+/** `current` when it is a model of `kind` that `keep` accepts; else the first such model that
+ * `prefer` accepts, else the first such model; null when there is none. */
+export function defaultModel(kind, current, { keep = () => true, prefer = () => true } = {}) {
+  const list = modelsOfKind(kind).filter(keep);
+  if (current && list.some((m) => m.id === current)) return current;
+  const best = list.find(prefer) || list[0];
+  return best ? best.id : null;
+}

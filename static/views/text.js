@@ -1,0 +1,240 @@
+/* Text view: a character-level ACT model on the text typed: each character coloured by how
+ * long the network pondered on it, the per-character chart with the surprisal, the mean per
+ * character class, and the model's held-out corpus statistics (a polled server job). */
+import { $, debounce, el, fill, fmt, pct, stat } from '../core/dom.js';
+import { api, jobPoller } from '../core/api.js';
+import { colorAt, gradientCss, inkFor, rgbCss } from '../core/colors.js';
+import { plot, purge } from '../core/plots.js';
+import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
+import { defaultModel, fillPicker, renderCardSummary } from '../core/cards.js';
+import { results, state, syncUrl } from '../core/state.js';
+
+const TEXT_URL_LIMIT = 500;
+const TEXT_DEBOUNCE_MS = 300;
+const MEASURES = ['auto', 'steps', 'ponder'];
+
+let textToken = 0;
+let textAbort = null;
+const corpusJob = jobPoller();
+
+async function runText() {
+  const id = state.model.text;
+  const text = state.text;
+  if (!id) return;
+  if (!text) { results.text = null; render(); return; }
+  if (textAbort) textAbort.abort();
+  textAbort = new AbortController();
+  const token = ++textToken;
+  $('text-output').classList.add('busy');
+  try {
+    const response = await api('POST', `/api/models/${encodeURIComponent(id)}/text`, { body: { text }, channel: 'text', label: `Running ${id}`, signal: textAbort.signal });
+    if (token !== textToken) return;
+    results.text = { model: id, text, ...response };
+    render();
+  } catch (err) {
+    if (err.name !== 'AbortError' && token === textToken) { results.text = null; render(); }
+  } finally {
+    if (token === textToken) $('text-output').classList.remove('busy');
+  }
+}
+const runTextSoon = debounce(runText, TEXT_DEBOUNCE_MS);
+
+const visibleChar = (c) => (c === ' ' ? '␣' : c === '\n' ? '↵' : c === '\t' ? '⇥' : c);
+function charTitle(t, c, i) {
+  const code = c.char.codePointAt(0).toString(16).toUpperCase().padStart(4, '0');
+  const bytes = c.bytes > 1 ? `\n(${c.bytes} UTF-8 bytes: N and N+R are the mean over them, bits their sum)` : '';
+  const label = (t.classes && t.classes[c.class] && t.classes[c.class].label) || c.class || '';
+  return `#${i} '${visibleChar(c.char)}' (U+${code}), ${label}\nsteps N = ${c.steps}\nponder N+R = ${fmt(c.ponder, 3)}\nbits = ${c.bits === null || c.bits === undefined ? '– (first character)' : fmt(c.bits, 2)}${bytes}`;
+}
+// The quantity the characters are coloured by: the user's choice, or what the server found varying.
+const textMeasure = (t) => (state.measure === 'auto' ? (t.measure || 'ponder') : state.measure);
+
+/** Draw an answer of POST /api/models/{id}/text (the last one by default). */
+function render(t = results.text) {
+  const out = $('text-output');
+  if (!t || !t.chars) {
+    out.replaceChildren(el('span', { class: 'muted', text: state.text ? '' : 'Type above: each character is coloured by how long the network pondered on it.' }));
+    $('text-stats').replaceChildren();
+    $('text-legend').replaceChildren();
+    $('text-classes').replaceChildren();
+    purge($('text-chart'));
+    return;
+  }
+  const key = textMeasure(t);
+  const values = t.chars.map((c) => c[key]);
+  const lo = Math.min(...values), hi = Math.max(...values);
+  const span = hi > lo ? hi - lo : 0;
+  const frag = document.createDocumentFragment();
+  t.chars.forEach((c, i) => {
+    const rgb = colorAt(state.colormap, span ? (c[key] - lo) / span : 0.5);
+    const node = el('span', { class: c.char === '\n' ? 'ch newline' : 'ch', title: charTitle(t, c, i), 'data-i': i, 'data-steps': c.steps, 'data-ponder': c.ponder });
+    node.style.backgroundColor = rgbCss(rgb);
+    node.style.color = inkFor(rgb);
+    node.textContent = c.char === '\n' ? '↵\n' : c.char;
+    frag.append(node);
+  });
+  out.replaceChildren(frag);
+  const unit = key === 'ponder' ? 'ponder cost N+R' : 'steps N';
+  const digits = key === 'ponder' ? 3 : 0;
+  fill($('text-legend'), el('span', { text: `${unit}: ${fmt(lo, digits)}` }), el('span', { class: 'ramp', style: `background:${gradientCss(state.colormap)}` }), el('span', { text: fmt(hi, digits) }),
+    span ? null : el('span', { text: '(all characters equal)' }));
+  $('text-stats').replaceChildren(
+    stat('chars', String(t.chars.length)),
+    stat('mean N', fmt(t.mean_steps, 3)),
+    stat('mean N+R', fmt(t.mean_ponder, 3)),
+    stat('bits/char', fmt(t.bits_per_char, 3)),
+    stat('time', `${fmt(t.time_ms, 1)} ms`),
+  );
+  $('text-classes').replaceChildren(...Object.entries(t.classes || {}).map(([name, c]) => el('span', {
+    class: `class-chip${name === 'space' || name === 'punctuation' ? ' boundary' : ''}`, 'data-class': name,
+    title: `${c.count} character(s) of class ${c.label} in this text`,
+  }, el('b', { text: c.label }), ` N ${fmt(c.steps, 2)} · N+R ${fmt(c.ponder, 2)} `, el('span', { class: 'muted', text: `(${c.count})` }))));
+  renderChart(t, key);
+}
+
+function renderChart(t, key) {
+  const n = t.chars.length;
+  const x = t.chars.map((_, i) => i);
+  const labels = t.chars.map((c) => visibleChar(c.char));
+  const every = Math.max(1, Math.ceil(n / 120));
+  const tickvals = x.filter((i) => i % every === 0);
+  const other = key === 'ponder' ? 'steps' : 'ponder';
+  const name = { steps: 'steps N', ponder: 'ponder cost N+R' };
+  const values = t.chars.map((c) => c[key]);
+  const lo = Math.min(...values), hi = Math.max(...values);
+  plot($('text-chart'), [
+    { type: 'bar', name: name[key], x, y: values, customdata: labels, marker: { color: values.map((v) => rgbCss(colorAt(state.colormap, hi > lo ? (v - lo) / (hi - lo) : 0.5))), line: { color: '#444', width: 0.3 } },
+      hovertemplate: `'%{customdata}' #%{x}: ${name[key]} %{y:.3f}<extra></extra>` },
+    { type: 'scatter', mode: 'lines', name: name[other], x, y: t.chars.map((c) => c[other]), line: { color: '#1b1f24', width: 1, dash: 'dot' }, customdata: labels,
+      hovertemplate: `'%{customdata}' #%{x}: ${name[other]} %{y:.3f}<extra></extra>` },
+    { type: 'scatter', mode: 'lines+markers', name: 'surprisal (bits)', x, y: t.chars.map((c) => c.bits), yaxis: 'y2', line: { color: '#c0392b', width: 1.2 }, marker: { size: 4 }, customdata: labels,
+      connectgaps: false, hovertemplate: `'%{customdata}' #%{x}: %{y:.2f} bits<extra></extra>` },
+  ], {
+    title: { text: `Ponder per character (${name[key]} as bars) and surprisal` },
+    xaxis: { tickmode: 'array', tickvals, ticktext: tickvals.map((i) => labels[i]), tickangle: 0, range: [-0.5, n - 0.5], title: { text: 'character' } },
+    yaxis: { title: { text: 'steps N / ponder N+R' }, rangemode: 'tozero' },
+    yaxis2: { title: { text: 'bits' }, overlaying: 'y', side: 'right', rangemode: 'tozero', showgrid: false },
+    legend: { orientation: 'h', y: 1.14, x: 1, xanchor: 'right' },
+    bargap: 0.1,
+    margin: { l: 60, r: 60, t: 60, b: 50 },
+  }, `text-${safeName(t.model)}`);
+}
+
+// ------------------------------------------------------------------ corpus panel
+// The model's held-out statistics per character class (a job the server runs once and caches).
+async function runCorpus() {
+  const id = state.model.text;
+  corpusJob.cancel();
+  if (!id) return;
+  if (results.corpus && results.corpus.model === id) { renderCorpus(); return; }
+  if (results.corpus) { results.corpus = null; renderCorpus(); } // not the previous model's numbers meanwhile
+  try {
+    const outcome = await corpusJob.run(`/api/models/${encodeURIComponent(id)}/dataset`, {
+      channel: 'corpus',
+      label: `Held-out statistics for ${id}`,
+      keepPolling: () => state.view === 'text',
+      onStatus: (status) => { if (status.status === 'running') $('corpus-source').textContent = `measuring: ${status.message || ''}`; },
+    });
+    if (!outcome || outcome.failed) return;
+    results.corpus = { model: id, ...outcome.result };
+    renderCorpus();
+  } catch (_) { /* shown in the banner */ }
+}
+
+function renderCorpus(c = results.corpus) {
+  if (!c || !c.per_char_class) { purge($('corpus-chart')); $('corpus-stats').replaceChildren(); $('corpus-source').textContent = ''; return; }
+  const names = Object.keys(c.per_char_class);
+  const labels = names.map((n) => (c.class_labels && c.class_labels[n]) || n);
+  const get = (key) => names.map((n) => c.per_char_class[n][key]);
+  const hover = (what) => `%{x}: ${what} %{y:.3f} ± %{error_y.array:.3f}<br>%{customdata} bytes<extra></extra>`;
+  plot($('corpus-chart'), [
+    { type: 'bar', name: 'steps N', x: labels, y: get('steps'), error_y: { type: 'data', array: get('steps_std'), visible: true }, customdata: get('count'),
+      marker: { color: '#2f6fdf' }, hovertemplate: hover('N') },
+    { type: 'bar', name: 'ponder cost N+R', x: labels, y: get('ponder'), error_y: { type: 'data', array: get('ponder_std'), visible: true }, customdata: get('count'),
+      marker: { color: '#e0a030' }, hovertemplate: hover('N+R') },
+  ], {
+    title: { text: `${c.model}: mean N and N+R by the class of the byte read` },
+    barmode: 'group', yaxis: { title: { text: 'steps N / ponder N+R' }, rangemode: 'tozero' },
+    legend: { orientation: 'h', y: 1.12, x: 1, xanchor: 'right' }, margin: { l: 60, r: 20, t: 60, b: 40 },
+  }, `corpus-${safeName(c.model)}`);
+  const given = (v) => v !== null && v !== undefined;
+  fill($('corpus-stats'),
+    stat('bytes', String(c.bytes)),
+    stat('bits/byte', fmt(c.bits_per_byte, 3)),
+    stat('mean N', fmt(c.mean_steps, 3)),
+    given(c.steps_off_mode_fraction) ? stat('N ≠ its mode', pct(c.steps_off_mode_fraction, 1), `N differs from its most common value (${c.steps_mode}) on this share of bytes`) : null,
+    given(c.steps_at_cap_fraction) ? stat('N at cap', pct(c.steps_at_cap_fraction, 1), `N = M = ${c.max_steps} on this share of bytes`) : null,
+    given(c.corr_ponder_surprisal) ? stat('corr(N+R, bits)', fmt(c.corr_ponder_surprisal, 3), 'Pearson correlation over held-out bytes between the ponder while reading a byte and the loss of predicting the next one (the chart above pairs a character with its own surprisal)') : null,
+    given(c.corr_steps_surprisal) ? stat('corr(N, bits)', fmt(c.corr_steps_surprisal, 3), 'the same for the step count N') : null,
+  );
+  $('corpus-source').textContent = `From ${c.source}.`;
+}
+
+// ------------------------------------------------------------------ the view
+function exportText(format) {
+  const t = results.text;
+  if (!t) return false;
+  const name = `text-${safeName(t.model)}`;
+  if (format === 'json') return downloadJson(name, t);
+  return downloadCsv(name, ['index', 'char', 'codepoint', 'steps', 'ponder', 'bits'], t.chars.map((c, i) => [i, c.char, c.char.codePointAt(0), c.steps, c.ponder, c.bits]));
+}
+
+function selectModel(id) {
+  state.model.text = id;
+  $('text-model').value = id;
+  renderCardSummary('text-card', id);
+}
+
+export const view = {
+  name: 'text',
+  title: 'Text',
+  kind: 'text',
+  settings: ['colormap'],
+
+  init(s, q) {
+    results.text = null;
+    results.corpus = null;
+    s.model.text = defaultModel('text', q.get('tmodel'));
+    s.measure = MEASURES.includes(q.get('measure')) ? q.get('measure') : 'auto'; // 'steps' (N), 'ponder' (N+R) or what varies
+    s.text = q.get('text') || '';
+    fillPicker($('text-model'), 'text', s.model.text);
+    renderCardSummary('text-card', s.model.text);
+    $('ponder-measure').value = s.measure;
+    $('text-input').value = s.text;
+    render();
+    $('text-input').addEventListener('input', (e) => {
+      state.text = e.target.value;
+      syncUrl();
+      if (!state.text) { if (textAbort) textAbort.abort(); textToken++; results.text = null; render(); return; }
+      runTextSoon();
+    });
+    $('ponder-measure').addEventListener('change', (e) => { state.measure = e.target.value; render(); syncUrl(); });
+    $('text-model').addEventListener('change', (e) => {
+      selectModel(e.target.value);
+      syncUrl();
+      runText();
+      runCorpus();
+    });
+    bindExports('text', exportText);
+  },
+
+  writeUrl(q, s) {
+    if (s.model.text && (s.view === 'text' || s.model.text !== defaultModel('text', null))) q.set('tmodel', s.model.text);
+    if (s.measure !== 'auto') q.set('measure', s.measure);
+    if (s.text && s.text.length <= TEXT_URL_LIMIT) q.set('text', s.text);
+  },
+
+  activate() {
+    const t = results.text;
+    if (!t || t.text !== state.text || t.model !== state.model.text) runText();
+    runCorpus();
+  },
+
+  render,
+
+  restyle(change) {
+    if ('colormap' in change) render();
+  },
+
+  selectModel,
+};
