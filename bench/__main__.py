@@ -128,6 +128,8 @@ def runner(model, batches, execution: str | None = None):
         with torch.no_grad():
             for x in batches:
                 model.trace(x)
+        if batches[0].is_cuda:  # the time of the work, not of queueing it
+            torch.cuda.synchronize()
     return go
 
 
@@ -171,7 +173,7 @@ class Report:
 # ------------------------------------------------------------------------------------ ImageNet
 
 
-def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0.7), batches=(1, 32)):
+def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0.7), batches=(1, 32), device: str = "cpu"):
     """Batch 1: four images, one at a time (a single image's halting pattern is a lottery);
     SACT: one halting bias fitted so that their mean FLOPs ratio is the target; AIG: the four
     images of the 32-image calibration batch nearest the target. Batch 32: one batch."""
@@ -179,12 +181,12 @@ def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0
     slack = {"sact": 0.15, "aig": 0.10}[family]
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    dense = models.create_model("resnet50").eval()
-    report.add(f"\n### {name}, 224x224, random weights (dense reference: resnet50)\n")
+    dense = models.create_model("resnet50").eval().to(device)
+    report.add(f"\n### {name}, 224x224, random weights (dense reference: resnet50){' on ' + device if device != 'cpu' else ''}\n")
     report.add(row(["batch", "target FLOPs", "FLOPs ratio", "sparse time ratio", "masked time ratio",
                     "dense ms NCHW / CL", "sparse ms", "masked ms", f"goal: sparse <= FLOPs + {slack:.2f}"]))
     report.add(row(["---"] * 9))
-    images = {1: smooth_images(4, 224, generator), 32: smooth_images(32, 224, generator)}
+    images = {1: smooth_images(4, 224, generator).to(device), 32: smooth_images(32, 224, generator).to(device)}
 
     def line(batch, label, ratio, t, goal):
         report.add(row(["4 x 1" if batch == 1 else batch, label, f"{ratio:.3f}", f"**{t['sparse ratio']:.3f}**",
@@ -192,7 +194,7 @@ def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0
 
     def fresh_model():
         torch.manual_seed(0)  # the same random weights for every row
-        return models.create_model(name).eval()
+        return models.create_model(name).eval().to(device)
 
     def timed(model, x, batch):
         """Batch 1: the images one at a time; otherwise one batch. The adaptive model runs channels-last."""
@@ -211,7 +213,7 @@ def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0
                     ratio = calibrate_sact(model, x, target)  # per-image FLOPs do not depend on the batch
                 else:
                     for block in model.gated_blocks:
-                        block.gate.fc2.weight.normal_(0.0, AIG_GATE_WEIGHT_STD, generator=generator)
+                        block.gate.fc2.weight.copy_(torch.empty_like(block.gate.fc2.weight, device="cpu").normal_(0.0, AIG_GATE_WEIGHT_STD, generator=generator))
                     calibrate_aig(model, images[32], target)
                     x = images[32]
                     if batch == 1:
@@ -326,8 +328,12 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,32", help="ImageNet-shape batch sizes")
     parser.add_argument("--no-heap-setting", action="store_true", help="leave glibc malloc at its defaults")
     parser.add_argument("--out", default=str(RESULTS), help="where to write the tables (\"-\": nowhere)")
+    parser.add_argument("--device", default="cpu", help="cuda: the ImageNet-shape sections on the GPU (TF32 off; the tables are printed, not written)")
     args = parser.parse_args(argv)
     note = setup_cpu(1, keep_heap=not args.no_heap_setting)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32, as on CPU
+        note += f", {torch.cuda.get_device_name(args.device)} (TF32 off)"
     repeats = {1: 3, 32: 1, "rnn": 3} if args.quick else {1: 25, 32: 5, "rnn": 9}
     report = Report()
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -342,15 +348,15 @@ def main(argv=None):
     start = time.time()
     only = args.only.split(",")
     if "sact" in only:
-        imagenet_section(report, "sact", repeats, batches=[int(b) for b in args.batches.split(",")])
+        imagenet_section(report, "sact", repeats, batches=[int(b) for b in args.batches.split(",")], device=args.device)
     if "aig" in only:
-        imagenet_section(report, "aig", repeats, batches=[int(b) for b in args.batches.split(",")])
+        imagenet_section(report, "aig", repeats, batches=[int(b) for b in args.batches.split(",")], device=args.device)
     if "bundled" in only:
         bundled_section(report, repeats)
     if "rnn" in only:
         rnn_section(report, repeats)
     report.add(f"\n(total {time.time() - start:.0f} s)")
-    if not args.quick and args.out != "-":
+    if not args.quick and args.out != "-" and args.device == "cpu":
         Path(args.out).write_text("\n".join(report.lines) + "\n", encoding="utf-8")
         if args.only == ALL_SECTIONS and args.batches == "1,32" and not args.no_heap_setting and Path(args.out).resolve() == RESULTS:
             # the README's copy is bench/results.md of a full default run, never of a partial one

@@ -1,6 +1,7 @@
 """Shared helpers for the model tests (kept small: the tests themselves say what they check)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,13 @@ if str(ROOT) not in sys.path:
 # The tensors here are tiny and the machine's cores are shared with training runs: one thread
 # avoids OpenMP workers spinning against a busy core (which made the suite several times slower).
 torch.set_num_threads(1)
+
+# PONDERSCOPE_TEST_DEVICE=cuda runs the tests that take a device (sparse vs masked execution, the
+# API's server) on the GPU. TF32 is off there: these tests compare two executions to 1e-4.
+TEST_DEVICE = os.environ.get("PONDERSCOPE_TEST_DEVICE", "cpu")
+if TEST_DEVICE.startswith("cuda"):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

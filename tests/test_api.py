@@ -19,6 +19,7 @@ from PIL import Image
 import models
 from server.app import create_app
 from server.imaging import MAX_UPLOAD_BYTES, prepare
+from tests.conftest import TEST_DEVICE
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SACT = "fmnist_sact_resnet32"
@@ -26,7 +27,7 @@ SACT = "fmnist_sact_resnet32"
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    app = create_app([CHECKPOINTS], device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
+    app = create_app([CHECKPOINTS], device=TEST_DEVICE, cache_dir=tmp_path_factory.mktemp("cache"))
     with TestClient(app) as c:
         yield c
 

@@ -15,13 +15,16 @@ import torch
 import models
 from models import create_model, load_checkpoint
 from models import sparse as sparse_ops
-from tests.conftest import randomize_batchnorm
+from tests.conftest import TEST_DEVICE, randomize_batchnorm
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 LOGIT_ATOL = 1e-4
 
 
 def traces(model, x):
+    """(masked, sparse) traces of x, on TEST_DEVICE (the model and x are moved there)."""
+    model.to(TEST_DEVICE)
+    x = x.to(TEST_DEVICE)
     with torch.no_grad():
         model.execution = "masked"
         masked = model.trace(x)
