@@ -9,10 +9,11 @@ set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 if [ -d .gpu/whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 1
+  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
 [ -d .gpu/fmnist ] && export PONDERSCOPE_FASHION_MNIST=$PWD/.gpu/fmnist
+[ -d .gpu/text ] && export PONDERSCOPE_TEXT=$PWD/.gpu/text
 export PONDERSCOPE_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 { nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"; } 2>&1 | tee "$OUT/gpu.txt"
 timeout 300 python3 -m pytest -q -p no:cacheprovider --no-header -rs tests/test_sparse.py tests/test_models.py tests/test_halting.py tests/test_api.py \
