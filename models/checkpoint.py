@@ -406,8 +406,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{path}: model_kwargs must be an object")
     try:
         model = create_model(card["model"], **kwargs)
-    except UnknownModelError as error:
-        raise CheckpointError(f"{path}: {error}") from None
+    except UnknownModelError as error:  # a plugin's model, its plugin not loaded
+        raise CheckpointError(f"{path}: {error}; if a plugin defines {card['model']!r}, load the plugin that defines it "
+                              f"(--plugin FILE.py, or install its package)") from None
     except Exception as error:  # e.g. an unknown option, depth 7, width -1 (TypeError, ValueError, RuntimeError, ...)
         raise CheckpointError(f"{path}: model_kwargs do not fit {card['model']!r}: {_one_line(error)}") from None
     weights = path / WEIGHTS_FILE

@@ -21,6 +21,15 @@ FAMILIES = {
     "rnn": "plain RNN (no ACT)",
     "act-rnn": "ACT RNN",
 }
+
+
+def register_family(key: str, label: str) -> None:
+    """A new family (a plugin's), with the name the page shows for it."""
+    if key in FAMILIES and FAMILIES[key] != label:
+        raise ValueError(f"family {key!r} is already registered as {FAMILIES[key]!r}")
+    FAMILIES[key] = label
+
+
 # What a model can be trained and served for (a card's task.name)
 IMAGE_TASKS = ("classify",)
 SEQUENCE_TASKS = ("parity", "bytes-lm")

@@ -124,6 +124,24 @@ def _render_figure(model, args, figures, notebook):
     return figure, fallback
 
 
+def plugin_option(parser) -> None:
+    parser.add_argument("--plugin", action="append", metavar="FILE.py",
+                        help="a Python file registering your own model families (repeatable; it is run: only load code you trust). "
+                             "Installed packages with a 'ponderscope.models' entry point are loaded too")
+
+
+def _load_plugins(args) -> None:
+    """--plugin files and installed entry points, before the command builds any model."""
+    if not hasattr(args, "plugin"):
+        return
+    from .plugins import PluginError, load_plugins
+
+    try:
+        load_plugins(args.plugin or [])
+    except PluginError as error:
+        raise SystemExit(f"ponderscope {args.command}: plugin {error}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ponderscope", description="Look inside adaptive-computation networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,12 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state if present")
     p.add_argument("--no-progress", action="store_true", help="log JSON lines instead of a progress bar")
     p.set_defaults(func=_train)
+    plugin_option(p)
 
     p = sub.add_parser("eval", help="measure checkpoints and write the metrics into their cards")
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-write", action="store_true", help="print only, leave the card alone")
     p.set_defaults(func=_eval)
+    plugin_option(p)
 
     p = sub.add_parser("serve", help="start the dashboard")
     p.add_argument("--host", default="127.0.0.1")
@@ -153,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-root", action="append", metavar="DIR", help="a folder whose image folders cards may name as their test set (dataset imagefolder:PATH; repeatable)")
     p.add_argument("--image-store-mb", type=int, default=256, help="disk kept for uploaded images (least recently used dropped first; default 256)")
     p.set_defaults(func=_serve)
+    plugin_option(p)
 
     p = sub.add_parser("import", help="convert the authors' checkpoints (SACT TF, ConvNet-AIG PyTorch) into a checkpoint directory")
     p.add_argument("format", choices=["sact-tf", "convnet-aig"], help="sact-tf: a TF checkpoint prefix; convnet-aig: a .pth.tar of the authors' train.py")
@@ -183,9 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="PNG/SVG pixel scale (default 1)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_render)
+    plugin_option(p)
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in cards as the command
+    _load_plugins(args)
     args.func(args)
 
 

@@ -47,10 +47,15 @@ def bundled() -> list[str]:
     return sorted(p.name for p in BUNDLED.iterdir() if (p / "card.json").is_file()) if BUNDLED.is_dir() else []
 
 
-def load(name_or_path: str | Path, device: str = "cpu") -> Model:
-    """A bundled checkpoint by id (see bundled()) or a checkpoint folder (card.json + model.safetensors)."""
+def load(name_or_path: str | Path, device: str = "cpu", plugins: list[str | Path] | None = None) -> Model:
+    """A bundled checkpoint by id (see bundled()) or a checkpoint folder (card.json + model.safetensors).
+    plugins: Python files that register your own model families (docs/own-models.md); installed
+    `ponderscope.models` entry points are loaded too."""
     from server.store import ModelStore
 
+    from .plugins import load_plugins
+
+    load_plugins(plugins or [])
     folder = Path(name_or_path).expanduser()
     if not (folder / "card.json").is_file() and (BUNDLED / str(name_or_path) / "card.json").is_file():
         folder = BUNDLED / str(name_or_path)

@@ -157,6 +157,21 @@ def analyze_text(entry, store, text: str) -> dict:
     }
 
 
+# Trace.extras the page draws (docs/own-models.md); any other key is named in `unshown_signals`.
+SHOWN_EXTRAS = ("halting_distribution",)
+NOT_SIGNALS = ("step_logits",)  # training-only extras (PonderNet's answers at every step)
+
+
+def extras_json(trace: Trace, index: int = 0) -> dict:
+    """What a model's trace carries beyond the fields every view reads: the halting distribution
+    p(n) over steps (PonderNet-style models), and the names of signals the page does not draw."""
+    out = {"unshown_signals": sorted(k for k in trace.extras if k not in SHOWN_EXTRAS + NOT_SIGNALS)}
+    distribution = trace.extras.get("halting_distribution")
+    if distribution is not None:  # [B, T, N]: for one input step (parity), the distribution itself
+        out["halting_distribution"] = [round(float(v), 5) for v in distribution[index, 0]]
+    return out
+
+
 def analyze_parity(entry, store, vector: list[float]) -> dict:
     x = torch.tensor([vector], dtype=torch.float32)
     trace, ms = _timed_trace(entry, store, x)
@@ -168,6 +183,7 @@ def analyze_parity(entry, store, vector: list[float]) -> dict:
         "probability": float(probabilities[answer]),
         "steps": int(trace.steps[0, 0]),
         "ponder": float(trace.ponder[0, 0]),
+        **extras_json(trace),
         "nonzero": int(sum(1 for v in vector if v != 0)),
         "ones": int(sum(1 for v in vector if v == 1)),
         "flops": flops_json(trace),

@@ -86,7 +86,7 @@ class Health(Open):
 class ModelSummary(Open):
     id: str
     name: str = Field(description="architecture, e.g. sact_resnet32")
-    family: Literal["dense", "act", "sact", "aig", "rnn", "act-rnn"] = Field(description="as the model registered it (models.model_info)")
+    family: str = Field(description="as the model registered it (models.model_info): dense, act, sact, aig, rnn, act-rnn, or a plugin's")
     family_label: str
     kind: Literal["image", "text", "parity", "other"]
     dataset: Optional[str] = None
@@ -209,6 +209,8 @@ class TextAnalysis(Open):
 
 
 class ParityAnalysis(Open):
+    halting_distribution: Optional[list[float]] = Field(None, description="p(n): the probability of halting at step n = 1..N (PonderNet-style models)")
+    unshown_signals: list[str] = Field(default_factory=list, description="Trace.extras keys the page does not draw")
     model: str
     answer: Literal["even", "odd"]
     probability: float

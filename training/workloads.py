@@ -33,6 +33,14 @@ def make_workload(task: dict, dataset: str, device: torch.device, options: Optio
     raise ValueError(f"unknown task {name!r} (known: classify, parity, bytes-lm)")
 
 
+def task_loss_of(model, trace, targets: torch.Tensor) -> torch.Tensor:
+    """The task loss: the model's own `task_loss(trace, targets)` where it defines one (PonderNet's
+    expected loss over halting steps, say), else the cross-entropy of trace.logits."""
+    if hasattr(model, "task_loss"):
+        return model.task_loss(trace, targets)
+    return F.cross_entropy(trace.logits, targets)
+
+
 def checkpoint_test_data(card: Card, device: str | torch.device = "cpu"):
     """A trained model's test data, as its card says (data set, data options, normalisation):
     the one way the server, `ponderscope eval` and the benches get it."""
@@ -138,7 +146,7 @@ class ImageClassification:
     def loss(self, model, batch, hp: dict):
         images, labels = batch
         trace = model.trace(images)
-        task_loss = F.cross_entropy(trace.logits, labels)
+        task_loss = task_loss_of(model, trace, labels)
         adaptive = model.adaptive_loss(trace, **hp) if hasattr(model, "adaptive_loss") else task_loss.new_zeros(())
         stats = {
             "loss": task_loss.detach(),
@@ -245,7 +253,7 @@ class Parity:
     def loss(self, model, batch, hp: dict):
         x, y = batch
         trace = model.trace(x)
-        task_loss = F.cross_entropy(trace.logits, y)
+        task_loss = task_loss_of(model, trace, y)
         stats = {"loss": task_loss.detach(), "acc": (trace.logits.argmax(-1) == y).float().mean(), "ponder": trace.ponder.detach().mean()}
         return task_loss + model.adaptive_loss(trace, **hp), stats
 
