@@ -157,6 +157,12 @@ class AIGResNet(nn.Module):
     def gated_blocks(self) -> list[GatedBlock]:
         return [block for stage in range(1, self.n_stages + 1) for block in getattr(self, f"layer{stage}")]
 
+    @property
+    def gate_names(self) -> list[str]:
+        """One name per gated layer, in Trace.gates order (the optional contract attribute the
+        gate chart and the class x layer view label their layers with: docs/own-models.md)."""
+        return [f"layer{stage}.{b}" for stage in range(1, self.n_stages + 1) for b in range(len(getattr(self, f"layer{stage}")))]
+
     def trace(self, x: torch.Tensor) -> Trace:
         sparse = not self.training and sparse_ops.check_execution(self.execution) == "sparse"
         if sparse:  # channels-last maps: sub-batches of images stay contiguous (see sparse.select_images)

@@ -59,10 +59,16 @@ def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
     }
 
 
+def gate_names(model, layers: int) -> list[str]:
+    """The model's names for its gated layers (`gate_names`, optional in the contract), else numbers."""
+    names = list(getattr(model, "gate_names", None) or [])
+    return names if len(names) == layers else [f"layer {i}" for i in range(layers)]
+
+
 def gates_json(entry, trace: Trace) -> dict | None:
     if trace.gates is None:
         return None
-    names = [f"layer{s}.{b}" for s in range(1, entry.model.n_stages + 1) for b in range(len(getattr(entry.model, f"layer{s}")))]
+    names = gate_names(entry.model, trace.gates.shape[1])
     return {
         "probability": [round(float(v), 4) for v in trace.gates[0]],
         "executed": [bool(v) for v in trace.executed[0]],

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from training.workloads import CHAR_CLASS_LABELS
 
+from .analysis import gate_names
 from .imaging import png_data_url, tensor_to_image
 
 log = logging.getLogger("ponderscope")
@@ -185,6 +186,6 @@ class DatasetJobs:
                 "counts": [int((counts == k).sum()) for k in range(n_layers + 1)],
             }
             result["class_layer_rates"] = [[float(v) for v in executed[labels == c].mean(0)] for c in range(len(classes))]
-            result["layers"] = [f"layer{s}.{b}" for s in range(1, entry.model.n_stages + 1) for b in range(len(getattr(entry.model, f"layer{s}")))]
+            result["layers"] = gate_names(entry.model, n_layers)
             result["layer_rates"] = [float(v) for v in executed.mean(0)]
         return result
