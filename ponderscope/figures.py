@@ -1,8 +1,9 @@
 """The dashboard's figures as plotly Figures, for notebooks, scripts and `ponderscope render`.
 
 Each function takes the JSON the API returns (server/analysis.py, server/dataset_view.py) and
-draws what static/app.js draws from it: the numbers are taken from the dict as they are, never
-recomputed from a model. Figures render offline: HTML written here, and figures shown in Jupyter
+draws it: the numbers are taken from the dict as they are, never recomputed from a model. The API
+sends these very figures beside the numbers (an answer's `figures`, server.analysis.answer_figures),
+and the page draws them (restyling only colour scale, opacity, measure and box on the client). Figures render offline: HTML written here, and figures shown in Jupyter
 after `import ponderscope`, carry plotly.js inline (no CDN).
 
     ponder_map_figure(analysis)   SACT/ACT: ponder map over the input image (or one block's map)
@@ -28,7 +29,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-# Low -> high, as static/app.js has them (the page and these figures use the very same colours).
+# Low -> high, as static/core/colors.js has them (the page restyles with the very same colours).
 COLORSCALES = {
     "Viridis": ["#440154", "#48186a", "#472d7b", "#424086", "#3b528b", "#33638d", "#2c728e", "#26828e", "#21918c",
                 "#1fa088", "#28ae80", "#3fbc73", "#5ec962", "#84d44b", "#addc30", "#d8e219", "#fde725"],

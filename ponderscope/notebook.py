@@ -122,9 +122,7 @@ def analyze_image(model: Model | str, image, resolution: str = "train", invert: 
     with PIXEL_WORK:
         original = image.size
         x, shown = prepare(image, model.card["preprocess"], resolution, invert)
-    result = analyze(model.entry, model.store, x)
-    result["input"] = input_json(model.entry, shown, original, resolution, digest, sample, label, box)
-    return result
+    return analyze(model.entry, model.store, x, input_json(model.entry, shown, original, resolution, digest, sample, label, box))
 
 
 def analyze_text(model: Model | str, text: str) -> dict:

@@ -1,6 +1,7 @@
 """Trace -> JSON: the one place where a model's Trace becomes the numbers the page draws."""
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -36,6 +37,7 @@ def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
     if not trace.blocks:
         return None
     total, units_total = trace.ponder_map(size)[0].cpu(), trace.ponder_map(size, "units")[0].cpu()
+    total_grid, units_grid = _grid(total), _grid(units_total, 0)
     blocks = []
     for index, block in enumerate(trace.blocks):
         cost, units = block.ponder_cost[0].float().cpu(), block.units[0].float().cpu()
@@ -50,12 +52,16 @@ def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
             "mean_units": float(units.mean()),
         })
     return {
-        "total": _grid(total),
-        "units_total": _grid(units_total, 0),
+        "total": total_grid,
+        "units_total": units_grid,
         "blocks": blocks,
-        "min": float(total.min()),
-        "max": float(total.max()),
+        # the range of the maps as sent (rounded): a map's colour scale ends at its drawn values
+        "min": min(map(min, total_grid)),
+        "max": max(map(max, total_grid)),
+        "units_min": min(map(min, units_grid)),
+        "units_max": max(map(max, units_grid)),
         "mean": float(trace.mean_ponder()[0]),  # the image's ponder, as the dataset view and evaluation count it
+        "mean_units": float(trace.block_means("units")[0].sum()),  # the same in units executed N
     }
 
 
@@ -97,12 +103,13 @@ def input_json(entry, shown, original_size: tuple[int, int], resolution: str, im
     }
 
 
-def analyze_image(entry, store, x: torch.Tensor) -> dict:
+def analyze_image(entry, store, x: torch.Tensor, input: dict) -> dict:
+    """The answer of POST /{id}/image for the prepared input x; `input`: its input_json."""
     trace, ms = _timed_trace(entry, store, x)
     probabilities = F.softmax(trace.logits[0].float(), -1).cpu()
     top = torch.topk(probabilities, min(5, len(probabilities)))
     classes = entry.card.classes or [str(i) for i in range(len(probabilities))]
-    return {
+    result = {
         "model": entry.id,
         "prediction": [{"index": int(i), "class": classes[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
         "flops": flops_json(trace),
@@ -110,7 +117,9 @@ def analyze_image(entry, store, x: torch.Tensor) -> dict:
         "execution": getattr(entry.model, "execution", "masked"),
         "ponder": ponder_json(trace, tuple(x.shape[-2:])),
         "gates": gates_json(entry, trace),
+        "input": input,
     }
+    return with_figures("image", result)
 
 
 def analyze_text(entry, store, text: str) -> dict:
@@ -148,7 +157,7 @@ def analyze_text(entry, store, text: str) -> dict:
             classes[name] = {"label": CHAR_CLASS_LABELS[name], "count": len(members),
                              "steps": sum(c["steps"] for c in members) / len(members),
                              "ponder": sum(c["ponder"] for c in members) / len(members)}
-    return {
+    return with_figures("text", {
         "model": entry.id,
         "chars": chars,
         "classes": classes,
@@ -160,7 +169,7 @@ def analyze_text(entry, store, text: str) -> dict:
         "flops": flops_json(trace),
         "time_ms": round(ms, 2),
         "execution": getattr(entry.model, "execution", "masked"),
-    }
+    })
 
 
 # Trace.extras the page draws (docs/own-models.md); any other key is named in `unshown_signals`.
@@ -183,7 +192,7 @@ def analyze_parity(entry, store, vector: list[float]) -> dict:
     trace, ms = _timed_trace(entry, store, x)
     probabilities = F.softmax(trace.logits[0].float(), -1).cpu()
     answer = int(probabilities.argmax())
-    return {
+    result = {
         "model": entry.id,
         "answer": ["even", "odd"][answer],
         "probability": float(probabilities[answer]),
@@ -195,3 +204,56 @@ def analyze_parity(entry, store, vector: list[float]) -> dict:
         "flops": flops_json(trace),
         "time_ms": round(ms, 2),
     }
+    # the figure marks this vector; the card's test-set curve under it
+    curve = entry.card.test_metrics.get("ponder_by_nonzero")
+    return with_figures("parity", result, vector=vector, curve=curve, bits=len(vector))
+
+
+# ------------------------------------------------------------------ figures
+# plotly.py's default theme ("plotly", about 7 KB in every figure's layout.template) is left out of
+# the answers: the page draws the rest of each figure as it is, with plotly.js's own defaults.
+SEND_TEMPLATE = False
+
+
+def figure_json(fig) -> dict:
+    """A plotly Figure as JSON-safe {data, layout} (what Plotly.react takes)."""
+    out = json.loads(fig.to_json())
+    if not SEND_TEMPLATE:
+        out.get("layout", {}).pop("template", None)
+    return out
+
+
+def answer_figures(kind: str, answer: dict, vector: list | None = None, curve: dict | None = None, bits: int | None = None) -> dict:
+    """The figures of an answer, by name, drawn by ponderscope.figures (the notebook's and
+    `ponderscope render`'s code) with its default settings; the page draws them as they are and
+    restyles only display settings (colour scale, opacity, measure, box) from the answer's numbers.
+
+        image    "map": the ponder map over the input (or the input alone: ConvNet-AIG, dense),
+                 "blocks": every block's map on one scale (ACT/SACT), "gates" (ConvNet-AIG)
+        text     "text": per-character ponder and surprisal
+        parity   "parity": ponder against nonzero entries, this vector over the test-set curve
+        dataset  dataset_figures(result): "class", "flops_histogram", ... (image), "corpus" (text)
+    """
+    from ponderscope import figures
+
+    if kind == "image":
+        out = {"map": figures.ponder_map_figure(answer) if answer.get("ponder") else figures.input_figure(answer)}
+        if answer.get("ponder"):
+            out["blocks"] = figures.block_maps_figure(answer)
+        if answer.get("gates"):
+            out["gates"] = figures.gates_figure(answer)
+    elif kind == "text":
+        out = {"text": figures.text_figure(answer)}
+    elif kind == "parity":
+        out = {"parity": figures.parity_figure({**answer, "vector": vector} if vector is not None else answer, curve, bits)}
+    elif kind == "dataset":
+        out = figures.dataset_figures(answer)
+    else:
+        raise ValueError(f"no figures for answers of kind {kind!r}")
+    return {name: figure_json(fig) for name, fig in out.items()}
+
+
+def with_figures(kind: str, answer: dict, **context) -> dict:
+    """The answer with its `figures` (answer_figures) beside its numbers."""
+    answer["figures"] = answer_figures(kind, answer, **context)
+    return answer

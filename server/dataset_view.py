@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from training.workloads import CHAR_CLASS_LABELS
 
-from .analysis import gate_names
+from .analysis import gate_names, with_figures
 from .imaging import png_data_url, tensor_to_image
 
 log = logging.getLogger("ponderscope")
@@ -34,6 +34,7 @@ def _histogram(values: torch.Tensor, bins: int = 20) -> dict:
 
 CORPUS_BYTES = 20_000  # held-out bytes a text model's corpus panel is measured on, without card metrics
 CORPUS_SCHEMA = 2  # bump when the corpus statistics change (cached answers then are recomputed)
+IMAGE_SCHEMA = 2  # the same for image models (2: the overall mean_ponder)
 
 
 class DatasetJobs:
@@ -75,6 +76,8 @@ class DatasetJobs:
 
     def _cache_path(self, entry) -> Path:
         key = entry.weights_sha256[:16]
+        if entry.kind == "image":
+            key += f"-v{IMAGE_SCHEMA}"
         if entry.kind == "text":  # the corpus panel also reads the card's metrics: a re-evaluated card is new
             metrics = json.dumps(entry.card.test_metrics, sort_keys=True)
             key += "-" + hashlib.sha256(f"{CORPUS_SCHEMA}:{metrics}".encode()).hexdigest()[:12]
@@ -88,9 +91,13 @@ class DatasetJobs:
             if job is None or job["status"] == "error" and job.get("retry"):
                 if path.is_file():
                     try:
-                        return {"status": "done", "progress": 1.0, "message": "cached", "result": json.loads(path.read_text())}
+                        result = json.loads(path.read_text())
                     except (OSError, json.JSONDecodeError):
                         path.unlink(missing_ok=True)  # a broken cache file is recomputed
+                    else:  # kept, with its figures, for the next requests
+                        job = {"status": "done", "progress": 1.0, "message": "cached", "result": with_figures("dataset", result)}
+                        self.jobs[entry.id] = job
+                        return dict(job)
                 job = {"status": "running", "progress": 0.0, "message": "loading the test set", "result": None}
                 self.jobs[entry.id] = job
                 thread = threading.Thread(target=self._run, args=(entry, job, path), daemon=True)
@@ -102,9 +109,9 @@ class DatasetJobs:
         try:
             result = self._compute(entry, job)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(result))
+            tmp.write_text(json.dumps(result))  # the numbers; the figures are drawn from them when served
             os.replace(tmp, path)
-            job.update(status="done", progress=1.0, message="done", result=result)
+            job.update(status="done", progress=1.0, message="done", result=with_figures("dataset", result))
         except Exception as error:  # reported to the page; the next request retries
             log.exception("dataset view for %s failed", entry.id)
             job.update(status="error", message=f"{type(error).__name__}: {error}", retry=True)
@@ -168,6 +175,7 @@ class DatasetJobs:
             "examples": n,
             "accuracy": float(correct.float().mean()),
             "flops_ratio": float(flops.mean()),
+            "mean_ponder": float(ponder.mean()) if ponder is not None else None,
             "dense_flops": dense,
             "per_class": per_class,
             "ponder_histogram": _histogram(ponder) if ponder is not None else None,

@@ -71,6 +71,10 @@ class ParityRequest(BaseModel):
 
 # --- responses -----------------------------------------------------------------------------------
 
+FIGURES_DOC = ("the answer's figures by name, each plotly JSON {data, layout} (Plotly.react(div, data, layout)) drawn "
+               "by ponderscope.figures with the default display settings")
+
+
 class Open(BaseModel):
     """A response object: the fields listed are always there; cards and results may carry more."""
     model_config = ConfigDict(extra="allow", populate_by_name=True)
@@ -136,9 +140,12 @@ class PonderMaps(Open):
     total: list[list[float]] = Field(description="ponder cost summed over blocks, at input resolution")
     units_total: list[list[float]]
     blocks: list[PonderBlock]
-    min: float
+    min: float = Field(description="the range of `total` (as sent)")
     max: float
-    mean: float
+    units_min: float = Field(description="the range of `units_total`")
+    units_max: float
+    mean: float = Field(description="the image's ponder: each block's mean N + R over its positions, summed over blocks")
+    mean_units: float = Field(description="the same in units executed N")
 
 
 class Gates(Open):
@@ -168,6 +175,8 @@ class ImageAnalysis(Open):
     ponder: Optional[PonderMaps] = Field(None, description="ACT / SACT ResNets")
     gates: Optional[Gates] = Field(None, description="ConvNet-AIG")
     input: ImageShown
+    figures: dict[str, Any] = Field(description=FIGURES_DOC + ': "map" (the ponder map over the input, or the input alone), '
+                                    '"blocks" (every block\'s map: ACT, SACT), "gates" (ConvNet-AIG)')
 
 
 class Sample(Open):
@@ -181,7 +190,8 @@ class DatasetStatus(Open):
     status: Literal["running", "done", "error"]
     progress: float = Field(ge=0, le=1)
     message: str
-    result: Optional[dict[str, Any]] = Field(None, description="when done: per-class accuracy, FLOPs and ponder, histograms, extremes, gate rates (image); per character class N and N + R (text)")
+    result: Optional[dict[str, Any]] = Field(None, description="when done: per-class accuracy, FLOPs and ponder, histograms, extremes, gate rates (image); "
+                                             "per character class N and N + R (text); and `figures`, by name, as plotly JSON (ponderscope.figures.dataset_figures)")
 
 
 class CharPonder(Open):
@@ -206,6 +216,7 @@ class TextAnalysis(Open):
     time_ms: float
     execution: str
     replaced_surrogates: int = Field(description="lone surrogates replaced by U+FFFD before the model read the text")
+    figures: dict[str, Any] = Field(description=FIGURES_DOC + ': "text" (per character: the measure as bars, the other as a line, surprisal)')
 
 
 class ParityAnalysis(Open):
@@ -220,3 +231,4 @@ class ParityAnalysis(Open):
     ones: int
     flops: Flops
     time_ms: float
+    figures: dict[str, Any] = Field(description=FIGURES_DOC + ': "parity" (ponder against nonzero entries over the test-set curve)')

@@ -57,7 +57,7 @@ class LoadedModel:
             "id": self.id,
             "name": card.model,
             "family": self.family,
-            "family_label": models.FAMILIES[self.family],
+            "family_label": models.FAMILIES.get(self.family, self.family),  # the registry's name; else the key
             "kind": self.kind,
             "dataset": card.dataset,
             "task": card.data["task"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -467,3 +468,100 @@ def test_image_folder_cards_are_read_only_inside_a_data_root(tmp_path):
     assert inside.get("/api/models").json()[0]["test_set"] is True
     samples = inside.get("/api/models/folder_model/samples").json()
     assert len(samples) >= 1 and {s["class"] for s in samples} <= {"dark", "light"}
+
+
+# ------------------------------------------------------------------ figures beside the numbers
+def flat(z):
+    return [v for row in z for v in row]
+
+
+def test_image_answers_carry_their_figures(client):
+    """The page draws these as they are (ponderscope.figures, the notebook's code): the ponder map
+    over the input, every block's map, the gates; their numbers are the answer's own."""
+    digest = upload(client, png(shirt_like())).json()["hash"]
+    result = client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()
+    ponder, figures = result["ponder"], result["figures"]
+    assert set(figures) == {"map", "blocks"}
+    heat = figures["map"]["data"][0]
+    assert heat["type"] == "heatmap" and heat["z"] == ponder["total"]
+    assert (heat["zmin"], heat["zmax"]) == (ponder["min"], ponder["max"]) == (min(flat(ponder["total"])), max(flat(ponder["total"])))
+    image = figures["map"]["layout"]["images"][0]
+    assert image["source"] == result["input"]["image"] and (image["sizex"], image["sizey"]) == (28, 28) and image["layer"] == "below"
+    assert "template" not in figures["map"]["layout"]  # plotly.py's theme stays out of the answers
+    blocks = figures["blocks"]
+    assert [t["z"] for t in blocks["data"]] == [b["ponder_cost"] for b in ponder["blocks"]]
+    assert len(blocks["layout"]["images"]) == len(ponder["blocks"])
+    # the numbers the page's units map and its stats read (it computes none)
+    assert (ponder["units_min"], ponder["units_max"]) == (min(flat(ponder["units_total"])), max(flat(ponder["units_total"])))
+    assert ponder["mean"] == pytest.approx(sum(b["mean_ponder"] for b in ponder["blocks"]), abs=1e-4)
+    assert ponder["mean_units"] == pytest.approx(sum(b["mean_units"] for b in ponder["blocks"]), abs=1e-4)
+
+    aig = client.post("/api/models/fmnist_aig_resnet32/image", json={"image": digest}).json()
+    assert set(aig["figures"]) == {"map", "gates"}
+    assert aig["figures"]["map"]["data"] == [] and aig["figures"]["map"]["layout"]["images"][0]["source"] == aig["input"]["image"]
+    bars = {t["name"]: t for t in aig["figures"]["gates"]["data"]}
+    gates = aig["gates"]
+    assert bars["executed"]["x"] == [l for l, e in zip(gates["layers"], gates["executed"]) if e]
+    assert bars["executed"]["y"] == [p for p, e in zip(gates["probability"], gates["executed"]) if e]
+    dense = client.post("/api/models/fmnist_resnet32/image", json={"image": digest}).json()
+    assert set(dense["figures"]) == {"map"} and dense["figures"]["map"]["data"] == []
+
+
+def test_text_and_parity_answers_carry_their_figures(client):
+    text = "Hello, world. Ünïcode 123\n"
+    result = client.post("/api/models/jargon_act_lstm/text", json={"text": text}).json()
+    chars, key = result["chars"], result["measure"]
+    other = "ponder" if key == "steps" else "steps"
+    bars, line, bits = result["figures"]["text"]["data"]
+    assert bars["type"] == "bar" and bars["x"] == list(range(len(chars))) and bars["y"] == [c[key] for c in chars]
+    assert bars["customdata"] == [{" ": "␣", "\n": "↵"}.get(c["char"], c["char"]) for c in chars]
+    assert len(bars["marker"]["color"]) == len(chars)
+    assert line["y"] == [c[other] for c in chars]
+    assert bits["yaxis"] == "y2" and bits["y"] == [c["bits"] for c in chars] and bits["y"][0] is None
+
+    vector = [1, -1, 0, 1] + [0] * 12
+    parity = client.post("/api/models/parity16_act_rnn/parity", json={"vector": vector}).json()
+    traces = {t["name"]: t for t in parity["figures"]["parity"]["data"]}
+    assert traces["current"]["x"] == [parity["nonzero"]] and traces["current"]["y"] == [parity["ponder"]]
+    assert traces["your vectors"]["text"] == [f"+-0+{'0' * 12}: {parity['answer']}, N={parity['steps']}"]
+    curve = models.read_card(CHECKPOINTS / "parity16_act_rnn")["metrics"]["test"].get("ponder_by_nonzero")
+    if curve:
+        assert traces["test-set mean ponder"]["y"] == [curve[k] for k in sorted(curve, key=int)]
+
+
+def wait_for_dataset(client, model_id: str, timeout: float = 300) -> dict:
+    import time
+
+    deadline = time.time() + timeout
+    while (status := client.get(f"/api/models/{model_id}/dataset").json())["status"] == "running" and time.time() < deadline:
+        time.sleep(0.5)
+    assert status["status"] == "done", status
+    return status["result"]
+
+
+def test_dataset_results_carry_their_figures(tmp_path):
+    """Computed (a tiny SACT model over the Fashion-MNIST test set) and served again from the
+    cache: the figures come with the numbers both times; the corpus panel's too."""
+    from tests.browser_support import fashion_mnist_missing_reason, make_tiny_checkpoints
+
+    missing = fashion_mnist_missing_reason()
+    if missing:
+        pytest.skip(missing)
+    ids = make_tiny_checkpoints(tmp_path / "ckpts")
+    folders = [tmp_path / "ckpts" / ids["sact"], CHECKPOINTS / "jargon_act_lstm"]
+    for attempt in ("computed", "cached"):
+        app = create_app(folders, device="cpu", cache_dir=tmp_path / "cache")
+        with TestClient(app) as c:
+            result = wait_for_dataset(c, ids["sact"])
+            figures = result["figures"]
+            assert set(figures) == {"class", "ponder", "flops_histogram", "ponder_histogram"}, attempt
+            assert figures["class"]["data"][0]["y"] == [k["mean_flops_ratio"] for k in result["per_class"]]
+            assert figures["ponder"]["data"][0]["y"] == [k["mean_ponder"] for k in result["per_class"]]
+            assert figures["ponder_histogram"]["data"][0]["y"] == result["ponder_histogram"]["counts"]
+            assert sum(figures["flops_histogram"]["data"][0]["y"]) == result["examples"] == 10000
+            assert result["mean_ponder"] == pytest.approx(sum(k["mean_ponder"] * k["count"] for k in result["per_class"]) / 10000, rel=1e-5)
+            corpus = wait_for_dataset(c, "jargon_act_lstm")
+            steps = corpus["figures"]["corpus"]["data"][0]
+            assert steps["y"] == [k["steps"] for k in corpus["per_char_class"].values()]
+        cached = list((tmp_path / "cache").glob(f"dataset-{ids['sact']}-*.json"))
+        assert len(cached) == 1 and "figures" not in json.loads(cached[0].read_text())  # drawn from the numbers when served

@@ -229,12 +229,9 @@ def test_upload_draws_ponder_map_over_the_image(page, tmp_path):
     assert data[0]["zmin"] == pytest.approx(response["ponder"]["min"]) and data[0]["zmax"] == pytest.approx(response["ponder"]["max"])
     layout_image = page.js("return document.getElementById('heatmap').layout.images[0]")
     assert layout_image["source"].startswith("data:image/png;base64,") and layout_image["sizex"] == 28 and layout_image["layer"] == "below"
-    # small multiples: one map per block at the block's own resolution
-    sizes = []
-    for i in range(3):
-        block = page.wait_plot(f"block-map-{i}")[0]["z"]
-        sizes.append((len(block), len(block[0])))
-    assert sizes == [(28, 28), (14, 14), (7, 7)]
+    # small multiples: one map per block at the block's own resolution (one figure, one colour axis)
+    blocks = page.wait_plot("block-maps")
+    assert [(len(t["z"]), len(t["z"][0])) for t in blocks] == [(28, 28), (14, 14), (7, 7)]
     # top-5 prediction, FLOPs, URL state
     assert len(page.d.find_elements(By.CSS_SELECTOR, "#prediction li")) == 5
     assert "MFLOPs" in page.d.find_element(By.ID, "flops").text
@@ -335,7 +332,7 @@ def test_a_late_sample_list_does_not_replace_the_current_one(page):
 def test_opacity_colormap_and_measure_restyle_the_maps(page):
     page.open(f"?view=image&model={page.ids['sact']}&sample=0")
     before = page.wait_plot("heatmap")[0]
-    page.wait_plot("block-map-2")
+    page.wait_plot("block-maps")
     assert before["opacity"] == pytest.approx(0.6)
     slider = page.d.find_element(By.ID, "opacity")
     page.js("arguments[0].focus()", slider)
@@ -345,14 +342,14 @@ def test_opacity_colormap_and_measure_restyle_the_maps(page):
     assert value == pytest.approx(0.4)
     after = page.plot_data("heatmap")[0]
     assert after["opacity"] == pytest.approx(value)
-    assert page.plot_data("block-map-2")[0]["opacity"] == pytest.approx(value)
+    assert page.plot_data("block-maps")[2]["opacity"] == pytest.approx(value)
     assert page.d.find_element(By.ID, "opacity-value").text == f"{value:.2f}"
 
     Select(page.d.find_element(By.ID, "colormap")).select_by_value("Hot")
     hot = page.plot_data("heatmap")[0]["colorscale"]
     assert hot != before["colorscale"]
     assert hot[0] == [0, "#000000"] and hot[-1] == [1, "#ffffff"]
-    assert page.plot_data("block-map-0")[0]["colorscale"] == hot
+    assert page.js("return document.getElementById('block-maps').layout.coloraxis.colorscale") == hot
 
     # N instead of N+R: whole numbers, colour bar in "units executed"
     Select(page.d.find_element(By.ID, "map-measure")).select_by_value("units")
@@ -788,3 +785,40 @@ def test_first_screen_without_the_data_set_says_so_without_an_error(page, tmp_pa
         assert page.query() == {"view": "image", "model": "fmnist_sact_resnet32"}
     finally:
         server.stop()
+
+
+def test_the_page_draws_the_servers_figures(page, tmp_path):
+    """One figure code: what the page draws is the figure the server sent beside the numbers
+    (ponderscope.figures), restyled on the page only for the display settings; family names
+    come from the server's registry."""
+    sact = page.ids["sact"]
+    png = make_test_png(tmp_path / "shape.png", size=40)
+    page.open(f"?view=image&model={sact}")
+    page.d.find_element(By.ID, "file-input").send_keys(str(png))
+    page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", stored_hash(png), what="the upload's analysis")
+    drawn = page.wait_plot("heatmap")
+    served = page.js("return window.ponderscope.results.image.figures")
+    assert drawn[0]["z"] == served["map"]["data"][0]["z"] == page.js("return document.getElementById('heatmap').data[0].z")
+    assert (drawn[0]["zmin"], drawn[0]["zmax"]) == (served["map"]["data"][0]["zmin"], served["map"]["data"][0]["zmax"])
+    layout = page.js("return document.getElementById('heatmap').layout")
+    assert layout["title"]["text"] == served["map"]["layout"]["title"]["text"]
+    assert layout["images"][0]["source"] == served["map"]["layout"]["images"][0]["source"]
+    assert [t["z"] for t in page.wait_plot("block-maps")] == [t["z"] for t in served["blocks"]["data"]]
+    # the stats are the server's numbers
+    mean = page.js("return window.ponderscope.results.image.ponder.mean")
+    assert f"mean N+R {mean:.3f}" in page.d.find_element(By.ID, "image-stats").text
+    # the family's name as the registry gives it
+    models = {m["id"]: m for m in page.js("return JSON.parse(document.getElementById('models-data').textContent)")}
+    assert models[sact]["family_label"] == "SACT ResNet"
+    assert page.js("return document.querySelector('#image-card .chip.family').innerText").startswith("SACT ResNet")
+
+    page.open(f"?view=text&tmodel={page.ids['text']}&text=" + "Hello%2C%20world.")
+    page.wait("const t = window.ponderscope.results.text; return t && t.chars && t.chars.length === 13", what="the text answer")
+    drawn = page.wait_plot("text-chart")
+    served = page.js("return window.ponderscope.results.text.figures.text")
+    for mine, theirs in zip(drawn, served["data"]):  # auto measure, default colours: the server's figure as it is
+        assert mine["y"] == theirs["y"] and mine.get("marker", {}).get("color") == theirs.get("marker", {}).get("color")
+    assert page.js("return document.getElementById('text-chart').layout.title.text") == served["layout"]["title"]["text"]
+    text_card = page.js("return document.querySelector('#text-card .chip.family').innerText")
+    assert text_card.startswith(models[page.ids["text"]]["family_label"]) and models[page.ids["text"]]["family_label"] == "ACT RNN"
+    page.no_error()

@@ -152,9 +152,7 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
         original_size = image.size
         x, shown = prepare(image, entry.card.preprocess, body.resolution, body.invert)
         del image
-    result = analyze_image(entry, store, x)
-    result["input"] = input_json(entry, shown, original_size, body.resolution, body.image, body.sample, label, box)
-    return result
+    return analyze_image(entry, store, x, input_json(entry, shown, original_size, body.resolution, body.image, body.sample, label, box))
 
 
 @router.get("/{model_id}/samples", summary="Test-set images to pick from", response_model=list[Sample], openapi_extra=for_kinds("image", test_set=True), responses=errors(400, 404, 422, 503))

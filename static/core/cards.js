@@ -3,21 +3,16 @@
 import { $, el, fmt, pct } from './dom.js';
 import { MODELS, MODEL_BY_ID } from './state.js';
 
-const FAMILY_LABEL = { dense: 'dense ResNet', act: 'ACT ResNet', sact: 'SACT ResNet', aig: 'ConvNet-AIG', rnn: 'ACT RNN' };
-const FAMILY_ORDER = { sact: 0, act: 1, aig: 2, rnn: 3, dense: 4 };
+// Model families in the pickers' order (keys as the server's registry names them); others after.
+const FAMILY_ORDER = { sact: 0, act: 1, aig: 2, 'act-rnn': 3, rnn: 4, dense: 5 };
 
 export const testMetrics = (m) => (m && m.metrics ? (m.metrics.test || m.metrics) : {}) || {};
 /** An image model whose test set the server can show (imported ones come without). */
 export const hasTestSet = (m) => !!m && m.test_set !== false;
 
+/** The family's name as the server's registry gives it (`family_label`), else its key. */
 export function familyLabel(m) {
-  if (m.family === 'rnn') { // act_lstm -> "ACT LSTM"; lstm (the baseline) -> "plain LSTM (no ACT)"
-    const name = String(m.name || '');
-    const cell = name.replace(/^act_/, '').toUpperCase() || 'RNN';
-    return name.startsWith('act_') ? `ACT ${cell}` : `plain ${cell} (no ACT)`;
-  }
-  if (m.family === 'dense') return 'dense ResNet (no halting)';
-  return FAMILY_LABEL[m.family] || m.family || 'model';
+  return m.family_label || m.family || 'model';
 }
 
 export function taskLabel(m) {

@@ -47,17 +47,3 @@ export function debounce(fn, ms) {
   let timer = null;
   return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
 }
-
-/** [min, max] of a 2-D array ([0, 1] when empty). */
-export function minMax(rows) {
-  let lo = Infinity, hi = -Infinity;
-  for (const row of rows) for (const v of row) { if (v < lo) lo = v; if (v > hi) hi = v; }
-  if (!Number.isFinite(lo)) return [0, 1];
-  return [lo, hi];
-}
-
-export function mean2d(z) {
-  let s = 0, n = 0;
-  for (const row of z) for (const v of row) { s += v; n++; }
-  return n ? s / n : NaN;
-}

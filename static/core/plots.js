@@ -1,13 +1,14 @@
 /* Plotly (a classic script, window.Plotly, served from /static/vendor/) behind a few helpers:
- * one config for every plot (local export buttons only), resizing, purging, restyling. */
+ * one config for every plot (local export buttons only), drawing a figure, recolouring one,
+ * resizing, purging. The figures themselves come from the server (answers' `figures`). */
+import { plotlyScale } from './colors.js';
 
 // Nothing leaves the machine: plotly.js 4's "Share chart" (upload to Plotly Cloud) is removed.
 const REMOVED_BUTTONS = ['sendChartToCloud', 'lasso2d', 'select2d'];
-const COMPACT_REMOVED = [...REMOVED_BUTTONS, 'zoomIn2d', 'zoomOut2d', 'autoScale2d', 'pan2d', 'toggleSpikelines', 'hoverClosestCartesian', 'hoverCompareCartesian'];
 
 const Plotly = () => window.Plotly;
 
-function plotConfig(filename, compact = false) {
+function plotConfig(filename) {
   const P = Plotly();
   const icon = (P && P.Icons && (P.Icons.disk || P.Icons.camera)) || undefined;
   return {
@@ -15,7 +16,7 @@ function plotConfig(filename, compact = false) {
     responsive: true,
     toImageButtonOptions: { format: 'png', filename, scale: 2 },
     showSendToCloud: false,
-    modeBarButtonsToRemove: compact ? COMPACT_REMOVED : REMOVED_BUTTONS,
+    modeBarButtonsToRemove: REMOVED_BUTTONS,
     modeBarButtonsToAdd: [{
       name: 'SVG',
       title: 'Download plot as SVG',
@@ -36,17 +37,23 @@ const resizeObserver = window.ResizeObserver ? new ResizeObserver((entries) => {
   });
 }) : null;
 
-/** Draw (or redraw in place) `data` with `layout` in `div`; `filename` names its exports. */
-export function plot(div, data, layout, filename, { compact = false } = {}) {
+/** Draw (or redraw in place) a figure {data, layout} in `div`: the server's figures (ponderscope.figures,
+ * the notebook's code) as they come, or as a view restyled them; `filename` names its exports.
+ * Plotly.react only redraws what changed: a restyled copy that keeps the answer's arrays is cheap.
+ * Plotly writes into what it draws (trace uids, axis ranges): it gets copies, the answer stays as sent. */
+export function plot(div, fig, filename) {
   if (resizeObserver && !div.dataset.observed) { resizeObserver.observe(div); div.dataset.observed = '1'; }
-  const base = { margin: { l: 50, r: 20, t: 60, b: 40 }, paper_bgcolor: '#fff', plot_bgcolor: '#fff', font: { size: 12, color: '#1b1f24' } };
-  const full = { ...base, ...layout };
-  // Titles sit left-aligned, clear of the mode bar at the top right.
-  if (full.title && full.title.x === undefined) {
-    full.title = { font: { size: 14 }, x: 0.01, xref: 'container', xanchor: 'left', y: 1, yref: 'container', yanchor: 'top', pad: { t: 28 }, ...full.title };
-    full.margin = { ...full.margin, t: Math.max(full.margin.t || 0, 70) };
-  }
-  return Plotly().react(div, data, full, plotConfig(filename || div.id, compact));
+  return Plotly().react(div, fig.data.map((t) => ({ ...t })), structuredClone(fig.layout), plotConfig(filename || div.id));
+}
+
+/** `fig` with the colour scale `colormap` on its heatmaps (or on the colour axis they share), and
+ * `opacity` on them when given; the data arrays are the figure's own, not copied. */
+export function recolored(fig, colormap, opacity) {
+  const colorscale = plotlyScale(colormap);
+  const data = fig.data.map((t) => (t.type !== 'heatmap' ? t
+    : { ...t, ...(t.coloraxis ? {} : { colorscale }), ...(opacity === undefined ? {} : { opacity }) }));
+  const axis = fig.layout.coloraxis;
+  return { data, layout: axis ? { ...fig.layout, coloraxis: { ...axis, colorscale } } : fig.layout };
 }
 
 export function purge(div) {
@@ -62,12 +69,4 @@ export function purgeAll(root) {
 export function resizePlots(root) {
   if (!Plotly() || !root) return;
   root.querySelectorAll('.js-plotly-plot').forEach((gd) => { try { Plotly().Plots.resize(gd); } catch (_) { /* hidden */ } });
-}
-
-/** Plotly.restyle(update) on the first trace of each div whose first trace is a heatmap. */
-export function restyleHeatmaps(divs, update) {
-  if (!Plotly()) return;
-  for (const gd of divs) {
-    if (gd && gd.data && gd.data.length && gd.data[0].type === 'heatmap') Plotly().restyle(gd, update, [0]);
-  }
 }

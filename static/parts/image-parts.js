@@ -1,46 +1,50 @@
-/* Pieces the image views (Image, Compare) share: a ponder map over its input image as a
- * Plotly figure, the top-k prediction list, and the FLOPs meter. */
+/* Pieces the image views (Image, Compare) share: an answer's map figures as the display settings
+ * show them, the top-k prediction list, and the FLOPs meter. */
 import { el, fill, flopsText, fmt, pct } from '../core/dom.js';
-import { plotlyScale } from '../core/colors.js';
+import { recolored } from '../core/plots.js';
 import { state } from '../core/state.js';
 
-export const mapUnit = (measure) => (measure === 'units' ? 'units executed N' : 'ponder cost N+R');
+// The unit each map measure is labelled with (as ponderscope.figures.MEASURES).
+export const MAP_UNITS = { ponder: 'ponder cost N+R', units: 'units executed N' };
+export const mapUnit = (measure) => MAP_UNITS[measure] || MAP_UNITS.ponder;
+const relabel = (s) => (typeof s === 'string' ? s.split(MAP_UNITS.ponder).join(MAP_UNITS.units) : s);
 
-/** A ponder map drawn over the input image: the image is a layout image under a heatmap whose
- * cells cover the input pixels (a block's coarser grid covers several pixels each). */
-export function mapFigure({ z, image, width, height, zmin, zmax, title, unit, box, showscale = true, compact = false }) {
-  const rows = z.length, cols = rows ? z[0].length : 0;
-  const cw = width / Math.max(1, cols), ch = height / Math.max(1, rows);
-  const trace = {
-    type: 'heatmap', z, x0: cw / 2, dx: cw, y0: ch / 2, dy: ch, zmin, zmax,
-    zauto: false,
-    colorscale: plotlyScale(state.colormap),
-    opacity: state.opacity,
-    showscale,
-    colorbar: { title: { text: unit, side: 'right' }, thickness: 12, len: 0.9 },
-    hovertemplate: `x %{x:.0f}, y %{y:.0f}<br>${unit}: %{z:.3f}<extra></extra>`,
-  };
-  const shapes = [];
-  if (box && state.box) {
-    const [y0, x0, y1, x1] = box;
-    shapes.push({ type: 'rect', xref: 'x', yref: 'y', x0, y0, x1, y1, line: { color: '#ff3b30', width: 2 }, fillcolor: 'rgba(0,0,0,0)' });
+/** The units executed N instead of the ponder cost N+R, from the answer: ponder.units_total on
+ * its range units_min..units_max ("map"), each block's `units` on their shared colour axis
+ * ("blocks", which plotly.js then scales to them: the server sends no range over the blocks). */
+function unitsFigure(r, name, { data, layout }) {
+  const p = r.ponder;
+  let block = 0;
+  data = data.map((t) => {
+    if (t.type !== 'heatmap') return t;
+    const z = name === 'map' ? p.units_total : p.blocks[block++].units;
+    const colorbar = t.colorbar && { ...t.colorbar, title: { ...t.colorbar.title, text: relabel(t.colorbar.title && t.colorbar.title.text) } };
+    const range = t.coloraxis ? {} : { zmin: p.units_min, zmax: p.units_max > p.units_min ? p.units_max : p.units_min + 1e-6 };
+    return { ...t, z, ...range, colorbar, hovertemplate: relabel(t.hovertemplate) };
+  });
+  layout = { ...layout, title: { ...layout.title, text: relabel(layout.title && layout.title.text) } };
+  if (layout.coloraxis) {
+    const axis = { ...layout.coloraxis };
+    delete axis.cmin;
+    delete axis.cmax;
+    const bar = axis.colorbar || {};
+    layout.coloraxis = { ...axis, cauto: true, colorbar: { ...bar, title: { ...bar.title, text: relabel(bar.title && bar.title.text) } } };
   }
-  const layout = {
-    title: { text: title, font: { size: compact ? 11 : 14 }, x: 0, xref: 'paper', xanchor: 'left', y: 1, yref: 'paper', yanchor: 'bottom', pad: { b: 6 } },
-    margin: compact ? { l: 28, r: 8, t: 52, b: 24 } : { l: 36, r: 10, t: 60, b: 30 },
-    xaxis: { range: [0, width], showgrid: false, zeroline: false, constrain: 'domain', ticks: 'outside' },
-    yaxis: { range: [height, 0], showgrid: false, zeroline: false, scaleanchor: 'x', constrain: 'domain', ticks: 'outside' },
-    images: image ? [{ source: image, xref: 'x', yref: 'y', x: 0, y: 0, sizex: width, sizey: height, xanchor: 'left', yanchor: 'top', sizing: 'stretch', layer: 'below' }] : [],
-    shapes,
-  };
-  return { data: z ? [trace] : [], layout };
+  return { data, layout };
 }
 
-/** The input image alone (dense and ConvNet-AIG models have no spatial map). */
-export function imageOnlyFigure({ image, width, height, title, box }) {
-  const fig = mapFigure({ z: [[0]], image, width, height, zmin: 0, zmax: 1, title, unit: '', box });
-  fig.data = [];
-  return fig;
+/** Figure `name` of image answer `r` ("map": the ponder map over the input, or the input alone;
+ * "blocks": every block's map) as the display settings show it: the server's figure, with the
+ * measure's maps (state.map), the test set's box or none, the colour scale and the opacity.
+ * `range` [zmin, zmax] puts the map on another colour range (Compare: one over all models). */
+export function mapFigure(r, name, { range, title } = {}) {
+  let fig = r.figures[name];
+  if (state.map === 'units' && r.ponder) fig = unitsFigure(r, name, fig);
+  let { data, layout } = fig;
+  if (range) data = data.map((t) => (t.type === 'heatmap' ? { ...t, zmin: range[0], zmax: range[1] } : t));
+  if (title) layout = { ...layout, title: { ...layout.title, text: title } };
+  if (!state.box) layout = { ...layout, shapes: [] }; // the only shapes on a map are the test set's box
+  return recolored({ data, layout }, state.colormap, state.opacity);
 }
 
 /** The top-k classes as an <ol> with probability bars; the true class (`label`) marked. */

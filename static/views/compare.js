@@ -1,13 +1,14 @@
 /* Compare view: two or more image models on the same image, their maps on one colour scale
- * (the same zmin and zmax), so equal colours mean equal computation. */
-import { $, el, fmt, mean2d, minMax, shortHash, stat } from '../core/dom.js';
+ * (the same zmin and zmax), so equal colours mean equal computation. Each panel draws its
+ * model's answer's map figure (the server's); the page sets the shared range, from the answers'
+ * own ranges (ponder.min/max, units_min/max). */
+import { $, el, fmt, shortHash, stat } from '../core/dom.js';
 import { api, busyEnd, busyStart, errorMessage, errors, showError } from '../core/api.js';
-import { plotlyScale } from '../core/colors.js';
-import { plot, purgeAll, restyleHeatmaps } from '../core/plots.js';
+import { plot, purgeAll } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
 import { familyLabel, modelsOfKind, summaryChips } from '../core/cards.js';
 import { MODEL_BY_ID, results, state, syncUrl } from '../core/state.js';
-import { imageOnlyFigure, mapFigure, mapUnit, renderFlops, renderPrediction } from '../parts/image-parts.js';
+import { mapFigure, mapUnit, renderFlops, renderPrediction } from '../parts/image-parts.js';
 import { bindFileInput } from '../parts/image-input.js';
 
 let compareToken = 0;
@@ -106,17 +107,28 @@ async function runCompare() {
   }
 }
 
+/** [zmin, zmax] over the maps of the answers that have one: the lowest of their minima and the
+ * highest of their maxima, as the server sent them; null when no answer has a map. */
 function sharedScale(entries) {
-  let lo = Infinity, hi = -Infinity;
-  for (const e of entries) {
-    const p = e.response && e.response.ponder;
-    if (!p) continue;
-    const [a, b] = minMax(state.map === 'units' ? p.units_total : p.total);
-    lo = Math.min(lo, a); hi = Math.max(hi, b);
-  }
-  if (!Number.isFinite(lo)) return null;
-  if (!(hi > lo)) hi = lo + 1e-6;
-  return [lo, hi];
+  const [low, high] = state.map === 'units' ? ['units_min', 'units_max'] : ['min', 'max'];
+  const maps = entries.map((e) => e.response && e.response.ponder).filter(Boolean);
+  if (!maps.length) return null;
+  const lo = Math.min(...maps.map((p) => p[low]));
+  const hi = Math.max(...maps.map((p) => p[high]));
+  return [lo, hi > lo ? hi : lo + 1e-6];
+}
+
+/** Each panel's map: the answer's own figure, on the shared scale. */
+function drawMaps(c = results.compare) {
+  const scale = sharedScale(c.entries);
+  c.scale = scale;
+  c.entries.forEach((entry, i) => {
+    const r = entry.response;
+    const div = $(`compare-plot-${i}`);
+    if (!r || !div) return;
+    const title = r.ponder ? `${mapUnit(state.map)} (shared scale)` : r.gates ? 'no spatial map (per-image gates)' : 'dense: no ponder map';
+    plot(div, mapFigure(r, 'map', { range: r.ponder ? scale : null, title }), `compare-${safeName(entry.model)}`);
+  });
 }
 
 /** Draw {request, entries: [{model, response, error}]} (the last comparison by default). */
@@ -125,38 +137,25 @@ function render(c = results.compare) {
   purgeAll(grid);
   grid.replaceChildren();
   if (!c) return;
-  const scale = sharedScale(c.entries);
-  c.scale = scale;
   // Build every panel before plotting: Plotly sizes a plot from its container at draw
   // time, and the grid's columns change as panels are added.
-  const pending = [];
   c.entries.forEach((entry, i) => {
     const panel = el('article', { class: 'panel', 'data-model': entry.model });
     grid.append(panel);
     panel.append(el('h3', { text: entry.model }), el('div', { class: 'card-summary' }, summaryChips(MODEL_BY_ID.get(entry.model))));
     if (!entry.response) { panel.append(el('p', { class: 'note', text: entry.error || 'failed' })); return; }
     const r = entry.response;
-    const div = el('div', { id: `compare-plot-${i}`, class: 'plot map-plot' });
     const stats = el('div', { class: 'stats' });
     const pred = el('ol', { class: 'prediction' });
     const flops = el('div', { class: 'flops' });
-    panel.append(stats, div, pred, flops);
-    const input = r.input || {};
-    let fig;
-    if (r.ponder && scale) {
-      fig = mapFigure({ z: state.map === 'units' ? r.ponder.units_total : r.ponder.total, image: input.image, width: input.width, height: input.height,
-        zmin: scale[0], zmax: scale[1], title: `${mapUnit(state.map)} (shared scale)`, unit: mapUnit(state.map), box: input.box });
-      stats.append(stat('mean N+R', fmt(mean2d(r.ponder.total), 3)), stat('mean N', r.ponder.units_total ? fmt(mean2d(r.ponder.units_total), 3) : '–'));
-    } else {
-      fig = imageOnlyFigure({ image: input.image, width: input.width, height: input.height, title: r.gates ? 'no spatial map (per-image gates)' : 'dense: no ponder map', box: input.box });
-      if (r.gates) stats.append(stat('gated blocks run', `${r.gates.executed.filter(Boolean).length}/${r.gates.executed.length}`));
-    }
+    panel.append(stats, el('div', { id: `compare-plot-${i}`, class: 'plot map-plot' }), pred, flops);
+    if (r.ponder) stats.append(stat('mean N+R', fmt(r.ponder.mean, 3)), stat('mean N', fmt(r.ponder.mean_units, 3)));
+    else if (r.gates) stats.append(stat('gated blocks run', `${r.gates.executed.filter(Boolean).length}/${r.gates.executed.length}`));
     stats.append(stat('time', `${fmt(r.time_ms, 1)} ms`));
-    renderPrediction(pred, (r.prediction || []).slice(0, 3), input.label);
+    renderPrediction(pred, (r.prediction || []).slice(0, 3), (r.input || {}).label);
     renderFlops(flops, r.flops);
-    pending.push([div, fig, `compare-${safeName(entry.model)}`]);
   });
-  for (const [div, fig, name] of pending) plot(div, fig.data, fig.layout, name);
+  drawMaps(c);
 }
 
 function exportCompare(format) {
@@ -171,9 +170,8 @@ function exportCompare(format) {
       if (!r) return [e.model, m.name, m.family, m.dataset, null, null, null, null, null, null, null, null, null, null, e.error];
       const top = (r.prediction || [])[0] || {};
       const p = r.ponder;
-      const [lo, hi] = p ? minMax(p.total) : [null, null];
       return [e.model, m.name, m.family, m.dataset, top.class, top.probability, r.flops && r.flops.executed, r.flops && r.flops.dense, r.flops && r.flops.ratio,
-        p ? mean2d(p.total) : null, lo, hi, p && p.units_total ? mean2d(p.units_total) : null, r.time_ms, null];
+        p ? p.mean : null, p ? p.min : null, p ? p.max : null, p ? p.mean_units : null, r.time_ms, null];
     }));
 }
 
@@ -205,10 +203,8 @@ export const view = {
 
   render,
 
-  restyle(change) {
-    const maps = () => $('compare-grid').querySelectorAll('.map-plot');
-    if ('opacity' in change) restyleHeatmaps(maps(), { opacity: change.opacity });
-    if ('colormap' in change) restyleHeatmaps(maps(), { colorscale: [plotlyScale(change.colormap)] });
-    if (('map' in change || 'box' in change) && results.compare) render();
+  // Every display setting here restyles the maps from the answers on hand (no request).
+  restyle() {
+    if (results.compare) drawMaps();
   },
 };

@@ -3,8 +3,7 @@
  * with the least and the most computation (a click opens one in the Image view). */
 import { $, el, fill, flopsText, fmt, pct, stat } from '../core/dom.js';
 import { jobPoller } from '../core/api.js';
-import { plotlyScale } from '../core/colors.js';
-import { plot, purge, restyleHeatmaps } from '../core/plots.js';
+import { plot, purge, recolored } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
 import { defaultModel, fillPicker, hasTestSet, renderCardSummary } from '../core/cards.js';
 import { results, state, syncUrl, viewNamed } from '../core/state.js';
@@ -41,29 +40,24 @@ async function runDataset() {
   }
 }
 
-function histogramTrace(h, name, color) {
-  const centres = [], widths = [];
-  for (let i = 0; i < h.counts.length; i++) {
-    centres.push((h.edges[i] + h.edges[i + 1]) / 2);
-    widths.push(h.edges[i + 1] - h.edges[i]);
+// The result's figures (ponderscope.figures.dataset_figures, drawn by the server) -> their plots.
+const CHARTS = { class: 'dataset-class-chart', ponder: 'dataset-ponder-chart', flops_histogram: 'dataset-flops-hist',
+  ponder_histogram: 'dataset-ponder-hist', layers_histogram: 'dataset-layers-hist', class_layer: 'dataset-class-layer' };
+
+/** Each of the result's figures in its plot (the execution rates in the colour scale chosen);
+ * a plot whose figure this model has not (e.g. gate rates of a SACT model) is hidden. */
+function drawCharts(d = results.dataset) {
+  const figures = d.figures || {};
+  for (const [name, id] of Object.entries(CHARTS)) {
+    const div = $(id);
+    const fig = figures[name];
+    div.hidden = !fig;
+    if (fig) plot(div, name === 'class_layer' ? recolored(fig, state.colormap) : fig, `${id.replace('-chart', '')}-${safeName(d.model)}`);
+    else purge(div);
   }
-  return { type: 'bar', x: centres, y: h.counts, width: widths, name, marker: { color, line: { color: '#fff', width: 0.5 } }, hovertemplate: `${name} %{x:.3f}: %{y} images<extra></extra>` };
 }
 
-function weightedMean(perClass, key) {
-  let s = 0, n = 0;
-  for (const c of perClass) if (c[key] !== null && c[key] !== undefined) { s += c[key] * c.count; n += c.count; }
-  return n ? s / n : null;
-}
-
-/** Plot into `div` when `data` is given; otherwise hide and purge it. */
-function optionalPlot(div, data, layout, name) {
-  div.hidden = !data;
-  if (data) plot(div, data, layout, name);
-  else purge(div);
-}
-
-/** Draw a finished job's result {model, per_class, histograms, least, most, ...}. */
+/** Draw a finished job's result {model, per_class, histograms, least, most, figures, ...}. */
 function render(d = results.dataset) {
   if (!d || d.model !== state.model.dataset) return;
   $('dataset-result').hidden = false;
@@ -72,40 +66,9 @@ function render(d = results.dataset) {
     stat('accuracy', pct(d.accuracy, 2)),
     stat('mean FLOPs', pct(d.flops_ratio), 'of the dense network'),
     d.dense_flops ? stat('dense', flopsText(d.dense_flops)) : null,
-    d.ponder_histogram ? stat('mean ponder', fmt(weightedMean(d.per_class, 'mean_ponder'), 3)) : null,
+    d.mean_ponder !== null && d.mean_ponder !== undefined ? stat('mean ponder', fmt(d.mean_ponder, 3), 'ponder cost N+R per image, over the test set') : null,
   );
-  const classes = d.per_class.map((c) => c.class);
-  const tag = safeName(d.model);
-  plot($('dataset-class-chart'), [
-    { type: 'bar', name: 'mean FLOPs / dense', x: classes, y: d.per_class.map((c) => c.mean_flops_ratio), marker: { color: '#e0892b' }, hovertemplate: '%{x}: %{y:.1%} of dense FLOPs<extra></extra>' },
-    { type: 'scatter', mode: 'markers+lines', name: 'accuracy', x: classes, y: d.per_class.map((c) => c.accuracy), yaxis: 'y2', marker: { color: '#1f5fbf', size: 8 }, line: { dash: 'dot' }, hovertemplate: '%{x}: accuracy %{y:.1%}<extra></extra>' },
-  ], {
-    title: { text: `${d.model}: mean FLOPs and accuracy per class` },
-    yaxis: { title: { text: 'FLOPs executed / dense' }, tickformat: '.0%', rangemode: 'tozero' },
-    yaxis2: { title: { text: 'accuracy' }, overlaying: 'y', side: 'right', tickformat: '.0%', range: [0, 1.05], dtick: 0.2, showgrid: false },
-    legend: { orientation: 'h', y: -0.25 },
-    margin: { l: 60, r: 60, t: 40, b: 90 },
-  }, `dataset-class-${tag}`);
-
-  const hasPonder = d.per_class.some((c) => c.mean_ponder !== null && c.mean_ponder !== undefined);
-  optionalPlot($('dataset-ponder-chart'), hasPonder && [{ type: 'bar', x: classes, y: d.per_class.map((c) => c.mean_ponder), marker: { color: '#3b528b' }, hovertemplate: '%{x}: mean ponder %{y:.3f}<extra></extra>' }],
-    { title: { text: 'Mean ponder cost N+R per class (summed over blocks)' }, yaxis: { title: { text: 'ponder cost N+R' } }, margin: { l: 60, r: 20, t: 40, b: 90 } }, `dataset-ponder-${tag}`);
-
-  plot($('dataset-flops-hist'), [histogramTrace(d.flops_histogram, 'FLOPs ratio', '#e0892b')],
-    { title: { text: 'FLOPs executed / dense, per image' }, xaxis: { title: { text: 'FLOPs ratio' }, tickformat: '.0%' }, yaxis: { title: { text: 'images' } }, bargap: 0 }, `dataset-flops-hist-${tag}`);
-
-  optionalPlot($('dataset-ponder-hist'), d.ponder_histogram && [histogramTrace(d.ponder_histogram, 'ponder', '#3b528b')],
-    { title: { text: 'Ponder cost per image (mean over positions, summed over blocks)' }, xaxis: { title: { text: 'ponder cost N+R' } }, yaxis: { title: { text: 'images' } }, bargap: 0 }, `dataset-ponder-hist-${tag}`);
-
-  const h = d.executed_layers_histogram;
-  optionalPlot($('dataset-layers-hist'), h && [{ type: 'bar', x: h.counts.map((_, k) => h.edges[k]), y: h.counts, marker: { color: '#1f5fbf' }, hovertemplate: '%{x} layers: %{y} images<extra></extra>' }],
-    { title: { text: 'Executed gated layers per image' }, xaxis: { title: { text: 'layers executed' }, dtick: 1 }, yaxis: { title: { text: 'images' } } }, `dataset-layers-hist-${tag}`);
-
-  const rates = d.class_layer_rates;
-  const layers = rates && (d.layers || rates[0].map((_, i) => `layer ${i}`));
-  optionalPlot($('dataset-class-layer'), rates && [{ type: 'heatmap', z: rates, x: layers, y: classes, zmin: 0, zmax: 1, colorscale: plotlyScale(state.colormap),
-    colorbar: { title: { text: 'execution rate', side: 'right' }, tickformat: '.0%' }, hovertemplate: '%{y}, %{x}: runs %{z:.1%}<extra></extra>' }],
-  { title: { text: 'Execution rate per class and gated layer (ConvNet-AIG)' }, xaxis: { tickangle: -45 }, yaxis: { autorange: 'reversed' }, margin: { l: 100, r: 20, t: 40, b: 80 } }, `dataset-class-layer-${tag}`);
+  drawCharts(d);
 
   const thumbs = (list) => list.map((e) => el('button', {
     type: 'button', class: 'thumb', 'data-index': e.index,
@@ -173,7 +136,8 @@ export const view = {
   render,
 
   restyle(change) {
-    if ('colormap' in change) restyleHeatmaps([$('dataset-class-layer')], { colorscale: [plotlyScale(change.colormap)] });
+    const d = results.dataset;
+    if ('colormap' in change && d && d.model === state.model.dataset) drawCharts(d);
   },
 
   selectModel,

@@ -1,14 +1,13 @@
 /* Image view: one model on one image (an upload or a test sample): the ponder map over the
  * image, one map per block, ConvNet-AIG's gates, the prediction and the FLOPs. With no image in
  * the link, the first screen shows the model's first test sample. */
-import { $, el, fill, fmt, mean2d, minMax, shortHash, stat } from '../core/dom.js';
+import { $, el, fill, fmt, shortHash, stat } from '../core/dom.js';
 import { api } from '../core/api.js';
-import { plotlyScale } from '../core/colors.js';
-import { plot, purge, purgeAll, restyleHeatmaps } from '../core/plots.js';
+import { plot, purge } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
 import { defaultModel, fillPicker, hasTestSet, renderCardSummary } from '../core/cards.js';
 import { MODEL_BY_ID, results, state, syncUrl } from '../core/state.js';
-import { imageOnlyFigure, mapFigure, mapUnit, renderFlops, renderPrediction } from '../parts/image-parts.js';
+import { mapFigure, renderFlops, renderPrediction } from '../parts/image-parts.js';
 import { bindDropAndPaste, bindFileInput, cancelUpload } from '../parts/image-input.js';
 
 export const SAMPLE_COUNT = 24;
@@ -99,79 +98,34 @@ function render(r = results.image) {
     stat('source', describeSource(input)),
     stat('time', `${fmt(r.time_ms, 1)} ms`, 'server time for this request'),
   ];
-  if (r.ponder) stats.push(stat('mean map', fmt(mean2d(r.ponder.total), 3), 'mean ponder cost N+R over positions, summed over blocks'));
+  if (r.ponder) stats.push(stat('mean N+R', fmt(r.ponder.mean, 3), "the image's ponder cost: each block's mean N+R over its positions, summed over blocks"));
   if (typeof r.execution === 'string') stats.push(stat('execution', r.execution, r.execution === 'masked' ? 'masked: skipped work is computed and multiplied by zero (as in the official code); FLOPs are counted from the masks' : 'how skipped work is handled'));
   fill($('image-stats'), stats);
   renderPrediction($('prediction'), r.prediction, input.label);
   renderFlops($('flops'), r.flops, r.time_ms);
 
-  // the main map
   const note = $('no-ponder');
-  if (r.ponder) {
-    note.hidden = true;
-    const z = state.map === 'units' ? r.ponder.units_total : r.ponder.total;
-    let [zmin, zmax] = minMax(z);
-    if (state.map !== 'units' && Number.isFinite(r.ponder.min) && Number.isFinite(r.ponder.max)) { zmin = r.ponder.min; zmax = r.ponder.max; }
-    if (zmax <= zmin) zmax = zmin + 1e-6;
-    const fig = mapFigure({ z, image: input.image, width: input.width, height: input.height, zmin, zmax,
-      title: `${model}: ${mapUnit(state.map)}, summed over ${r.ponder.blocks.length} blocks`, unit: mapUnit(state.map), box: input.box });
-    plot($('heatmap'), fig.data, fig.layout, `ponder-map-${safeName(model)}`);
-  } else {
-    const fig = imageOnlyFigure({ image: input.image, width: input.width, height: input.height, title: `${model}: input`, box: input.box });
-    plot($('heatmap'), fig.data, fig.layout, `input-${safeName(model)}`);
-    note.hidden = false;
+  note.hidden = !!r.ponder;
+  if (!r.ponder) {
     note.textContent = r.gates
       ? 'ConvNet-AIG decides per image, not per position: each gate runs or skips a whole residual block. See the gate chart below.'
       : 'This model is dense: every unit runs at every position, so there is no ponder map.';
   }
-  renderGates(r.gates, model);
-  renderBlocks(r, model);
+  const gates = $('gates-chart');
+  gates.hidden = !r.figures.gates;
+  if (r.figures.gates) plot(gates, r.figures.gates, `gates-${safeName(model)}`);
+  else purge(gates);
+  drawMaps(r, model);
 }
 
-function renderGates(g, model) {
-  const div = $('gates-chart');
-  div.hidden = !g;
-  if (!g) { purge(div); return; }
-  const idx = g.probability.map((_, i) => i);
-  const executed = idx.filter((i) => g.executed[i]);
-  const skipped = idx.filter((i) => !g.executed[i]);
-  const n = g.executed.filter(Boolean).length;
-  plot(div, [
-    { type: 'bar', name: 'executed', x: executed.map((i) => g.layers[i]), y: executed.map((i) => g.probability[i]), marker: { color: '#1f5fbf' }, hovertemplate: '%{x}: p(run) = %{y:.3f}<extra>executed</extra>' },
-    { type: 'bar', name: 'skipped', x: skipped.map((i) => g.layers[i]), y: skipped.map((i) => g.probability[i]), marker: { color: '#c7ccd4', line: { color: '#8a929e', width: 1 } }, hovertemplate: '%{x}: p(run) = %{y:.3f}<extra>skipped</extra>' },
-  ], {
-    title: { text: `Gate probability per layer: ${n} of ${g.layers.length} gated blocks executed` },
-    barmode: 'overlay',
-    xaxis: { categoryorder: 'array', categoryarray: g.layers, tickangle: -45, title: { text: 'gated residual block' } },
-    yaxis: { range: [0, 1], title: { text: 'p(run)' } },
-    shapes: [{ type: 'line', xref: 'paper', x0: 0, x1: 1, y0: 0.5, y1: 0.5, line: { dash: 'dot', color: '#5b6470', width: 1 } }],
-    legend: { orientation: 'h', y: 1.12, x: 1, xanchor: 'right' },
-    margin: { l: 50, r: 20, t: 50, b: 80 },
-  }, `gates-${safeName(model)}`);
-}
-
-/** Small multiples: one map per block, one shared scale across blocks. */
-function renderBlocks(r, model) {
-  const multiples = $('block-maps');
-  purgeAll(multiples);
-  multiples.replaceChildren();
-  $('blocks-title').hidden = !r.ponder;
-  if (!r.ponder) return;
-  const input = r.input || {};
-  const key = state.map === 'units' ? 'units' : 'ponder_cost';
-  let lo = Infinity, hi = -Infinity;
-  for (const b of r.ponder.blocks) { const [a, c] = minMax(b[key]); lo = Math.min(lo, a); hi = Math.max(hi, c); }
-  if (!(hi > lo)) hi = lo + 1e-6;
-  const divs = r.ponder.blocks.map((b, i) => el('div', { id: `block-map-${i}`, class: 'plot', 'aria-label': `block ${b.index + 1} map` }));
-  multiples.append(...divs);
-  r.ponder.blocks.forEach((b, i) => {
-    const fig = mapFigure({
-      z: b[key], image: input.image, width: input.width, height: input.height, zmin: lo, zmax: hi,
-      title: `block ${b.index + 1} (${b.width}×${b.height}): N+R ${fmt(b.mean_ponder, 2)}, N ${fmt(b.mean_units, 2)}/${b.n_units}`,
-      unit: mapUnit(state.map), box: input.box, showscale: i === r.ponder.blocks.length - 1, compact: true,
-    });
-    plot(divs[i], fig.data, fig.layout, `block-${b.index}-${safeName(model)}`, { compact: true });
-  });
+/** The server's map figures ("map"; "blocks": one map per block on one scale) under the display settings. */
+function drawMaps(r = results.image, model = results.imageRequest.model) {
+  plot($('heatmap'), mapFigure(r, 'map'), `${r.ponder ? 'ponder-map' : 'input'}-${safeName(model)}`);
+  const blocks = $('block-maps');
+  blocks.hidden = !r.figures.blocks;
+  $('blocks-title').hidden = blocks.hidden;
+  if (r.figures.blocks) plot(blocks, mapFigure(r, 'blocks'), `blocks-${safeName(model)}`);
+  else purge(blocks);
 }
 
 // ------------------------------------------------------------------ test samples
@@ -317,11 +271,9 @@ export const view = {
 
   render,
 
-  restyle(change) {
-    const maps = () => [$('heatmap'), ...$('block-maps').querySelectorAll('.js-plotly-plot')];
-    if ('opacity' in change) restyleHeatmaps(maps(), { opacity: change.opacity });
-    if ('colormap' in change) restyleHeatmaps(maps(), { colorscale: [plotlyScale(change.colormap)] });
-    if (('map' in change || 'box' in change) && results.image) render();
+  // Every display setting here restyles the maps from the answer on hand (no request).
+  restyle() {
+    if (results.image) drawMaps();
   },
 
   selectModel,

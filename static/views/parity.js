@@ -1,13 +1,17 @@
 /* Parity view: Graves' parity task on a vector the user edits (0, +1, −1 per entry): the answer,
- * the steps N and ponder N+R, and every vector tried against the test-set curve. */
+ * the steps N and ponder N+R, and every vector tried against the test-set curve. The chart is the
+ * last answer's figure (the server's: the curve, this vector as "current"), its "your vectors"
+ * points gathered from every answer of this model so far (each answer's own point). */
 import { $, debounce, el, fmt, stat } from '../core/dom.js';
 import { api } from '../core/api.js';
 import { plot } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
-import { defaultModel, fillPicker, renderCardSummary, testMetrics } from '../core/cards.js';
+import { defaultModel, fillPicker, renderCardSummary } from '../core/cards.js';
 import { MODEL_BY_ID, results, state, syncUrl } from '../core/state.js';
 
 let parityToken = 0;
+const points = new WeakMap(); // history entry -> its answer's "your vectors" trace (one point)
+const POINTS = 'your vectors';
 const vectorText = (vector) => vector.map((v) => (v > 0 ? '+' : v < 0 ? '-' : '0')).join('');
 
 function parityBits() {
@@ -47,7 +51,10 @@ async function runParity() {
     const response = await api('POST', `/api/models/${encodeURIComponent(id)}/parity`, { body: { vector }, channel: 'parity', label: `Running ${id}` });
     if (token !== parityToken) return;
     results.parity = { model: id, vector, ...response };
-    results.parityHistory.push({ model: id, vector: vectorText(vector), ...response });
+    const { figures, ...numbers } = response;
+    const entry = { model: id, vector: vectorText(vector), ...numbers };
+    points.set(entry, figures.parity.data.find((trace) => trace.name === POINTS));
+    results.parityHistory.push(entry);
     if (results.parityHistory.length > 500) results.parityHistory.shift();
     render();
   } catch (_) { /* banner */ }
@@ -57,7 +64,7 @@ const runParitySoon = debounce(runParity, 150);
 /** Draw an answer of POST /api/models/{id}/parity (the last one by default) and the history. */
 function render(p = results.parity) {
   if (!p) return;
-  const ones = p.vector.filter((v) => v === 1).length;
+  const ones = p.ones;
   const expected = ones % 2 ? 'odd' : 'even';
   const right = expected === p.answer;
   $('parity-result').replaceChildren(
@@ -68,21 +75,11 @@ function render(p = results.parity) {
     stat('ponder N+R', fmt(p.ponder, 3)),
     stat('nonzero entries', String(p.nonzero)),
   );
-  const curve = testMetrics(MODEL_BY_ID.get(p.model)).ponder_by_nonzero;
-  const data = [];
-  if (curve) {
-    const ks = Object.keys(curve).map(Number).sort((a, b) => a - b);
-    data.push({ type: 'scatter', mode: 'lines', name: 'test-set mean ponder', x: ks, y: ks.map((k) => curve[String(k)]), line: { color: '#8a929e' } });
-  }
-  const hist = results.parityHistory.filter((h) => h.model === p.model);
-  data.push({ type: 'scatter', mode: 'markers', name: 'your vectors', x: hist.map((h) => h.nonzero), y: hist.map((h) => h.ponder), text: hist.map((h) => `${h.vector}: ${h.answer}, N=${h.steps}`), marker: { color: '#1f5fbf', size: 7, opacity: 0.6 }, hovertemplate: '%{text}<br>nonzero %{x}, ponder %{y:.3f}<extra></extra>' });
-  data.push({ type: 'scatter', mode: 'markers', name: 'current', x: [p.nonzero], y: [p.ponder], marker: { color: '#e0892b', size: 14, symbol: 'star' }, hovertemplate: 'current: nonzero %{x}, ponder %{y:.3f}<extra></extra>' });
-  plot($('parity-chart'), data, {
-    title: { text: 'Ponder cost N+R against the number of nonzero entries (Graves 2016, fig. 4)' },
-    xaxis: { title: { text: 'nonzero entries' }, range: [-0.5, parityBits() + 0.5], dtick: Math.max(1, Math.ceil(parityBits() / 16)) },
-    yaxis: { title: { text: 'ponder cost N+R' }, rangemode: 'tozero' },
-    legend: { orientation: 'h', y: -0.2 },
-  }, `parity-${safeName(p.model)}`);
+  const fig = p.figures.parity;
+  const mine = results.parityHistory.filter((h) => h.model === p.model).map((h) => points.get(h)).filter(Boolean);
+  const gather = (key) => mine.flatMap((trace) => trace[key] || []);
+  const data = fig.data.map((trace) => (trace.name === POINTS ? { ...trace, x: gather('x'), y: gather('y'), text: gather('text') } : trace));
+  plot($('parity-chart'), { data, layout: fig.layout }, `parity-${safeName(p.model)}`);
 }
 
 function exportParity(format) {

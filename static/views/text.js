@@ -7,7 +7,7 @@ import { colorAt, gradientCss, inkFor, rgbCss } from '../core/colors.js';
 import { plot, purge } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
 import { defaultModel, fillPicker, renderCardSummary } from '../core/cards.js';
-import { results, state, syncUrl } from '../core/state.js';
+import { SETTING_DEFAULTS, results, state, syncUrl } from '../core/state.js';
 
 const TEXT_URL_LIMIT = 500;
 const TEXT_DEBOUNCE_MS = 300;
@@ -65,8 +65,9 @@ function render(t = results.text) {
   const lo = Math.min(...values), hi = Math.max(...values);
   const span = hi > lo ? hi - lo : 0;
   const frag = document.createDocumentFragment();
+  const colors = t.chars.map((c) => colorAt(state.colormap, span ? (c[key] - lo) / span : 0.5));
   t.chars.forEach((c, i) => {
-    const rgb = colorAt(state.colormap, span ? (c[key] - lo) / span : 0.5);
+    const rgb = colors[i];
     const node = el('span', { class: c.char === '\n' ? 'ch newline' : 'ch', title: charTitle(t, c, i), 'data-i': i, 'data-steps': c.steps, 'data-ponder': c.ponder });
     node.style.backgroundColor = rgbCss(rgb);
     node.style.color = inkFor(rgb);
@@ -89,35 +90,30 @@ function render(t = results.text) {
     class: `class-chip${name === 'space' || name === 'punctuation' ? ' boundary' : ''}`, 'data-class': name,
     title: `${c.count} character(s) of class ${c.label} in this text`,
   }, el('b', { text: c.label }), ` N ${fmt(c.steps, 2)} · N+R ${fmt(c.ponder, 2)} `, el('span', { class: 'muted', text: `(${c.count})` }))));
-  renderChart(t, key);
+  plot($('text-chart'), textFigure(t, key, colors), `text-${safeName(t.model)}`);
 }
 
-function renderChart(t, key) {
-  const n = t.chars.length;
-  const x = t.chars.map((_, i) => i);
-  const labels = t.chars.map((c) => visibleChar(c.char));
-  const every = Math.max(1, Math.ceil(n / 120));
-  const tickvals = x.filter((i) => i % every === 0);
+const TEXT_UNITS = { steps: 'steps N', ponder: 'ponder cost N+R' };
+
+/** The server's per-character figure (ponderscope.figures.text_figure), drawn for the answer's own
+ * measure in the default colour scale. Another measure `key` swaps the bars and the dotted line
+ * (y from the answer's chars, labels swapped); another scale colours the bars as the characters
+ * above (`colors`, [r, g, b] each). */
+function textFigure(t, key, colors) {
+  const fig = t.figures.text;
+  if (key === t.measure && state.colormap === SETTING_DEFAULTS.colormap) return fig;
   const other = key === 'ponder' ? 'steps' : 'ponder';
-  const name = { steps: 'steps N', ponder: 'ponder cost N+R' };
-  const values = t.chars.map((c) => c[key]);
-  const lo = Math.min(...values), hi = Math.max(...values);
-  plot($('text-chart'), [
-    { type: 'bar', name: name[key], x, y: values, customdata: labels, marker: { color: values.map((v) => rgbCss(colorAt(state.colormap, hi > lo ? (v - lo) / (hi - lo) : 0.5))), line: { color: '#444', width: 0.3 } },
-      hovertemplate: `'%{customdata}' #%{x}: ${name[key]} %{y:.3f}<extra></extra>` },
-    { type: 'scatter', mode: 'lines', name: name[other], x, y: t.chars.map((c) => c[other]), line: { color: '#1b1f24', width: 1, dash: 'dot' }, customdata: labels,
-      hovertemplate: `'%{customdata}' #%{x}: ${name[other]} %{y:.3f}<extra></extra>` },
-    { type: 'scatter', mode: 'lines+markers', name: 'surprisal (bits)', x, y: t.chars.map((c) => c.bits), yaxis: 'y2', line: { color: '#c0392b', width: 1.2 }, marker: { size: 4 }, customdata: labels,
-      connectgaps: false, hovertemplate: `'%{customdata}' #%{x}: %{y:.2f} bits<extra></extra>` },
-  ], {
-    title: { text: `Ponder per character (${name[key]} as bars) and surprisal` },
-    xaxis: { tickmode: 'array', tickvals, ticktext: tickvals.map((i) => labels[i]), tickangle: 0, range: [-0.5, n - 0.5], title: { text: 'character' } },
-    yaxis: { title: { text: 'steps N / ponder N+R' }, rangemode: 'tozero' },
-    yaxis2: { title: { text: 'bits' }, overlaying: 'y', side: 'right', rangemode: 'tozero', showgrid: false },
-    legend: { orientation: 'h', y: 1.14, x: 1, xanchor: 'right' },
-    bargap: 0.1,
-    margin: { l: 60, r: 60, t: 60, b: 50 },
-  }, `text-${safeName(t.model)}`);
+  const swap = (text) => (key === t.measure || typeof text !== 'string' ? text
+    : text.replace(/steps N|ponder cost N\+R/g, (unit) => (unit === TEXT_UNITS.steps ? TEXT_UNITS.ponder : TEXT_UNITS.steps)));
+  const [bars, line, ...rest] = fig.data;
+  return {
+    data: [
+      { ...bars, name: swap(bars.name), hovertemplate: swap(bars.hovertemplate), y: t.chars.map((c) => c[key]), marker: { ...bars.marker, color: colors.map(rgbCss) } },
+      { ...line, name: swap(line.name), hovertemplate: swap(line.hovertemplate), y: t.chars.map((c) => c[other]) },
+      ...rest,
+    ],
+    layout: { ...fig.layout, title: { ...fig.layout.title, text: swap(fig.layout.title.text) } },
+  };
 }
 
 // ------------------------------------------------------------------ corpus panel
@@ -143,20 +139,7 @@ async function runCorpus() {
 
 function renderCorpus(c = results.corpus) {
   if (!c || !c.per_char_class) { purge($('corpus-chart')); $('corpus-stats').replaceChildren(); $('corpus-source').textContent = ''; return; }
-  const names = Object.keys(c.per_char_class);
-  const labels = names.map((n) => (c.class_labels && c.class_labels[n]) || n);
-  const get = (key) => names.map((n) => c.per_char_class[n][key]);
-  const hover = (what) => `%{x}: ${what} %{y:.3f} ± %{error_y.array:.3f}<br>%{customdata} bytes<extra></extra>`;
-  plot($('corpus-chart'), [
-    { type: 'bar', name: 'steps N', x: labels, y: get('steps'), error_y: { type: 'data', array: get('steps_std'), visible: true }, customdata: get('count'),
-      marker: { color: '#2f6fdf' }, hovertemplate: hover('N') },
-    { type: 'bar', name: 'ponder cost N+R', x: labels, y: get('ponder'), error_y: { type: 'data', array: get('ponder_std'), visible: true }, customdata: get('count'),
-      marker: { color: '#e0a030' }, hovertemplate: hover('N+R') },
-  ], {
-    title: { text: `${c.model}: mean N and N+R by the class of the byte read` },
-    barmode: 'group', yaxis: { title: { text: 'steps N / ponder N+R' }, rangemode: 'tozero' },
-    legend: { orientation: 'h', y: 1.12, x: 1, xanchor: 'right' }, margin: { l: 60, r: 20, t: 60, b: 40 },
-  }, `corpus-${safeName(c.model)}`);
+  plot($('corpus-chart'), c.figures.corpus, `corpus-${safeName(c.model)}`);
   const given = (v) => v !== null && v !== undefined;
   fill($('corpus-stats'),
     stat('bytes', String(c.bytes)),
