@@ -379,6 +379,17 @@ def parity_figure(analyses: dict | list[dict], curve: dict | None = None, bits: 
         "yaxis": {"title": {"text": "ponder cost N+R"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2}})
 
 
+def halting_figure(analysis: dict) -> go.Figure:
+    """PonderNet-style models: the halting distribution p(n) of this input over steps n = 1..N
+    (`halting_distribution` of a parity answer), the answer's step N marked."""
+    p = analysis["halting_distribution"]
+    steps = list(range(1, len(p) + 1))
+    colors = [COLORS["current"] if n == analysis["steps"] else COLORS["ponder"] for n in steps]
+    return _figure([go.Bar(x=steps, y=p, marker={"color": colors}, name="p(n)", hovertemplate="step %{x}: p %{y:.3f}<extra></extra>")], {
+        "title": {"text": f"Halting distribution p(n): answered at step {analysis['steps']} (the median), expected steps {analysis['ponder']:.2f}"},
+        "xaxis": {"title": {"text": "step n"}, "dtick": 1}, "yaxis": {"title": {"text": "p(n)"}, "rangemode": "tozero"}, "showlegend": False})
+
+
 # ------------------------------------------------------------------ offline output
 def to_html(fig: go.Figure, full_html: bool = True) -> str:
     """The figure as HTML that works offline: plotly.js inline, no MathJax, no CDN."""

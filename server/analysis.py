@@ -231,7 +231,8 @@ def answer_figures(kind: str, answer: dict, vector: list | None = None, curve: d
         image    "map": the ponder map over the input (or the input alone: ConvNet-AIG, dense),
                  "blocks": every block's map on one scale (ACT/SACT), "gates" (ConvNet-AIG)
         text     "text": per-character ponder and surprisal
-        parity   "parity": ponder against nonzero entries, this vector over the test-set curve
+        parity   "parity": ponder against nonzero entries, this vector over the test-set curve;
+                 "halting": p(n) over steps (PonderNet-style models)
         dataset  dataset_figures(result): "class", "flops_histogram", ... (image), "corpus" (text)
     """
     from ponderscope import figures
@@ -246,6 +247,8 @@ def answer_figures(kind: str, answer: dict, vector: list | None = None, curve: d
         out = {"text": figures.text_figure(answer)}
     elif kind == "parity":
         out = {"parity": figures.parity_figure({**answer, "vector": vector} if vector is not None else answer, curve, bits)}
+        if answer.get("halting_distribution"):
+            out["halting"] = figures.halting_figure(answer)
     elif kind == "dataset":
         out = figures.dataset_figures(answer)
     else:

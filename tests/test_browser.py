@@ -822,3 +822,30 @@ def test_the_page_draws_the_servers_figures(page, tmp_path):
     text_card = page.js("return document.querySelector('#text-card .chip.family').innerText")
     assert text_card.startswith(models[page.ids["text"]]["family_label"]) and models[page.ids["text"]]["family_label"] == "ACT RNN"
     page.no_error()
+
+
+def test_a_plugin_family_is_served_and_drawn_with_its_halting_distribution(page, tmp_path):
+    """The worked example of docs/own-models.md: PonderNet, a family the project does not ship,
+    loaded as a plugin, drawn in the Parity view with its p(n) over steps."""
+    example = ROOT / "docs" / "examples" / "pondernet"
+    server = ServerProcess([str(example)], str(tmp_path / "cache"), str(tmp_path / "server.log"), plugins=[str(example / "pondernet.py")])
+    try:
+        server.wait_ready(timeout=90)
+        page.d.get(f"{server.url}/?view=parity&pmodel=parity8_pondernet")
+        page.wait("return document.querySelectorAll('#parity-vector button, #parity-vector [role=button]').length > 0 || "
+                  "document.getElementById('parity-vector').children.length > 0", what="the vector editor")
+        page.d.find_element(By.ID, "parity-random").click()
+        page.wait("const p = window.ponderscope.results.parity; return p && p.halting_distribution && "
+                  "!document.getElementById('parity-halting').hidden", what="the halting distribution")
+        answer = page.js("return window.ponderscope.results.parity")
+        bars = page.wait_plot("parity-halting")
+        assert bars[0]["type"] == "bar" and bars[0]["y"] == answer["halting_distribution"] == answer["figures"]["halting"]["data"][0]["y"]
+        assert len(bars[0]["y"]) == 12 and abs(sum(bars[0]["y"]) - 1) < 1e-3
+        assert page.wait_plot("parity-chart")
+        chips = page.js("return document.getElementById('parity-card').innerText")
+        assert "PonderNet" in chips  # the family's label, as the plugin registered it
+        assert page.js("return document.getElementById('parity-unshown').hidden") is True
+        page.no_error()
+    finally:
+        server.stop()
+

@@ -125,4 +125,6 @@ def test_pondernet_example_is_served_with_its_halting_distribution(tmp_path):
         answer = client.post("/api/models/parity8_pondernet/parity", json={"vector": [1, 0, -1, 1, 0, 0, 1, -1]}).json()
         distribution = answer["halting_distribution"]
         assert len(distribution) == 12 and sum(distribution) == pytest.approx(1.0, abs=1e-4)
+        assert answer["figures"]["halting"]["data"][0]["y"] == distribution  # drawn by the Parity view
+        assert answer["unshown_signals"] == []
         assert answer["answer"] == "odd" and 1 <= answer["steps"] <= 12  # three entries are +1: odd

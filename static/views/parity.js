@@ -80,6 +80,12 @@ function render(p = results.parity) {
   const gather = (key) => mine.flatMap((trace) => trace[key] || []);
   const data = fig.data.map((trace) => (trace.name === POINTS ? { ...trace, x: gather('x'), y: gather('y'), text: gather('text') } : trace));
   plot($('parity-chart'), { data, layout: fig.layout }, `parity-${safeName(p.model)}`);
+  // What only some families report: p(n) over steps (PonderNet-style), and signals not drawn here
+  $('parity-halting').hidden = !p.figures.halting;
+  if (p.figures.halting) plot($('parity-halting'), p.figures.halting, `parity-halting-${safeName(p.model)}`);
+  const unshown = p.unshown_signals || [];
+  $('parity-unshown').hidden = !unshown.length;
+  $('parity-unshown').textContent = unshown.length ? `This model also reports ${unshown.join(', ')}, which this view does not draw (GET the answer as JSON to see it).` : '';
 }
 
 function exportParity(format) {
