@@ -115,6 +115,7 @@ def analyze_image(entry, store, x: torch.Tensor, input: dict) -> dict:
         "flops": flops_json(trace),
         "time_ms": round(ms, 2),
         "execution": getattr(entry.model, "execution", "masked"),
+        "unshown_signals": extras_json(trace)["unshown_signals"],
         "ponder": ponder_json(trace, tuple(x.shape[-2:])),
         "gates": gates_json(entry, trace),
         "input": input,
@@ -169,6 +170,7 @@ def analyze_text(entry, store, text: str) -> dict:
         "flops": flops_json(trace),
         "time_ms": round(ms, 2),
         "execution": getattr(entry.model, "execution", "masked"),
+        "unshown_signals": extras_json(trace)["unshown_signals"],
     })
 
 

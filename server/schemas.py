@@ -166,8 +166,12 @@ class ImageShown(Open):
     resolution: Literal["train", "native"]
 
 
+UNSHOWN = Field(default_factory=list, description="Trace.extras keys of this model that no view draws (docs/own-models.md)")
+
+
 class ImageAnalysis(Open):
     model: str
+    unshown_signals: list[str] = UNSHOWN
     prediction: list[Prediction] = Field(description="top 5")
     flops: Flops
     time_ms: float
@@ -205,6 +209,7 @@ class CharPonder(Open):
 
 class TextAnalysis(Open):
     model: str
+    unshown_signals: list[str] = UNSHOWN
     chars: list[CharPonder]
     classes: dict[str, dict[str, Any]]
     measure: Literal["steps", "ponder"]
@@ -221,7 +226,7 @@ class TextAnalysis(Open):
 
 class ParityAnalysis(Open):
     halting_distribution: Optional[list[float]] = Field(None, description="p(n): the probability of halting at step n = 1..N (PonderNet-style models)")
-    unshown_signals: list[str] = Field(default_factory=list, description="Trace.extras keys the page does not draw")
+    unshown_signals: list[str] = UNSHOWN
     model: str
     answer: Literal["even", "odd"]
     probability: float

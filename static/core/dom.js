@@ -27,6 +27,12 @@ export function fill(node, ...children) {
 }
 
 /** One "label value" entry of a stats line. */
+/** A note for signals a model reports that no view draws (answer.unshown_signals), or nothing. */
+export function unshownNote(answer) {
+  const keys = (answer && answer.unshown_signals) || [];
+  return keys.length ? el('span', { class: 'muted small unshown', text: `This model also reports ${keys.join(', ')}, not drawn here (see the answer's JSON).` }) : null;
+}
+
 export function stat(label, value, title) {
   return el('span', { class: 'stat', title }, `${label} `, el('b', { text: value }));
 }

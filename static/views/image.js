@@ -1,7 +1,7 @@
 /* Image view: one model on one image (an upload or a test sample): the ponder map over the
  * image, one map per block, ConvNet-AIG's gates, the prediction and the FLOPs. With no image in
  * the link, the first screen shows the model's first test sample. */
-import { $, el, fill, fmt, shortHash, stat } from '../core/dom.js';
+import { $, el, fill, fmt, shortHash, stat, unshownNote } from '../core/dom.js';
 import { api } from '../core/api.js';
 import { plot, purge } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
@@ -90,7 +90,7 @@ function render(r = results.image) {
   const input = r.input || {};
   $('image-empty').hidden = true;
   $('image-result').hidden = false;
-  $('image-source').textContent = `Showing ${describeSource(input)}`;
+  fill($('image-source'), `Showing ${describeSource(input)}`, unshownNote(r));
   $('result-title').textContent = r.ponder ? 'Ponder map' : r.gates ? 'Gate decisions' : 'Input (dense model)';
   const stats = [
     stat('input', `${input.width}×${input.height}`, 'the image as the network saw it'),

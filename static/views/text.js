@@ -1,7 +1,7 @@
 /* Text view: a character-level ACT model on the text typed: each character coloured by how
  * long the network pondered on it, the per-character chart with the surprisal, the mean per
  * character class, and the model's held-out corpus statistics (a polled server job). */
-import { $, debounce, el, fill, fmt, pct, stat } from '../core/dom.js';
+import { $, debounce, el, fill, fmt, pct, stat, unshownNote } from '../core/dom.js';
 import { api, jobPoller } from '../core/api.js';
 import { colorAt, gradientCss, inkFor, rgbCss } from '../core/colors.js';
 import { plot, purge } from '../core/plots.js';
@@ -85,6 +85,7 @@ function render(t = results.text) {
     stat('mean N+R', fmt(t.mean_ponder, 3)),
     stat('bits/char', fmt(t.bits_per_char, 3)),
     stat('time', `${fmt(t.time_ms, 1)} ms`),
+    ...[unshownNote(t)].filter(Boolean),
   );
   $('text-classes').replaceChildren(...Object.entries(t.classes || {}).map(([name, c]) => el('span', {
     class: `class-chip${name === 'space' || name === 'punctuation' ? ' boundary' : ''}`, 'data-class': name,
