@@ -12,14 +12,15 @@ from typing import Callable
 
 import torch.nn as nn
 
-# Every family a registered model belongs to, and how the page names it.
+# Every family a registered model belongs to, and how the page names it, in the order the page
+# lists models (adaptive ones first, their dense baselines last; a plugin's families after these).
 FAMILIES = {
-    "dense": "dense ResNet (no halting)",
-    "act": "ACT ResNet",
     "sact": "SACT ResNet",
+    "act": "ACT ResNet",
     "aig": "ConvNet-AIG",
-    "rnn": "plain RNN (no ACT)",
     "act-rnn": "ACT RNN",
+    "rnn": "plain RNN (no ACT)",
+    "dense": "dense ResNet (no halting)",
 }
 
 

@@ -92,6 +92,7 @@ class ModelSummary(Open):
     name: str = Field(description="architecture, e.g. sact_resnet32")
     family: str = Field(description="as the model registered it (models.model_info): dense, act, sact, aig, rnn, act-rnn, or a plugin's")
     family_label: str
+    family_rank: int = Field(description="where the family comes in the registry's order (the page lists models by it)")
     kind: Literal["image", "text", "parity", "other"]
     dataset: Optional[str] = None
     task: dict[str, Any]

@@ -58,6 +58,7 @@ class LoadedModel:
             "name": card.model,
             "family": self.family,
             "family_label": models.FAMILIES.get(self.family, self.family),  # the registry's name; else the key
+            "family_rank": list(models.FAMILIES).index(self.family) if self.family in models.FAMILIES else len(models.FAMILIES),
             "kind": self.kind,
             "dataset": card.dataset,
             "task": card.data["task"],

@@ -4,7 +4,6 @@ import { $, el, fmt, pct } from './dom.js';
 import { MODELS, MODEL_BY_ID } from './state.js';
 
 // Model families in the pickers' order (keys as the server's registry names them); others after.
-const FAMILY_ORDER = { sact: 0, act: 1, aig: 2, 'act-rnn': 3, rnn: 4, dense: 5 };
 
 export const testMetrics = (m) => (m && m.metrics ? (m.metrics.test || m.metrics) : {}) || {};
 /** An image model whose test set the server can show (imported ones come without). */
@@ -56,7 +55,7 @@ export function renderCardSummary(target, id) {
 }
 
 export function modelsOfKind(kind) {
-  return MODELS.filter((m) => m.kind === kind).sort((a, b) => (FAMILY_ORDER[a.family] ?? 9) - (FAMILY_ORDER[b.family] ?? 9) || a.name.localeCompare(b.name));
+  return MODELS.filter((m) => m.kind === kind).sort((a, b) => a.family_rank - b.family_rank || a.name.localeCompare(b.name));  // the registry's order
 }
 
 /** Fill a <select> with the models of `kind` that `keep` accepts, `selected` selected. */
