@@ -718,15 +718,25 @@ def test_bundled_models_open_without_errors(page):
         page.screenshot("compare-bundled")
 
 
-def test_missing_data_set_is_said_where_the_samples_would_be_and_uploads_work(page, tmp_path):
-    """Fashion-MNIST not installed (a plain pip install): the first page opens without an error
-    banner, says in the sample grid what installs the data, and analyses an upload."""
+def server_without_fashion_mnist(tmp_path) -> ServerProcess:
+    """The bundled SACT model served as after a plain `pip install`: Fashion-MNIST not installed."""
     if not (BUNDLED / "fmnist_sact_resnet32").is_dir():
         pytest.skip("the bundled checkpoints are not here")
     server = ServerProcess([str(BUNDLED / "fmnist_sact_resnet32")], str(tmp_path / "cache"), str(tmp_path / "server.log"),
                            env={"PONDERSCOPE_FASHION_MNIST": str(tmp_path / "no-data-here")})
     try:
         server.wait_ready(timeout=90)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+def test_missing_data_set_is_said_where_the_samples_would_be_and_uploads_work(page, tmp_path):
+    """Fashion-MNIST not installed (a plain pip install): the first page opens without an error
+    banner, says in the sample grid what installs the data, and analyses an upload."""
+    server = server_without_fashion_mnist(tmp_path)
+    try:
         page.d.get(f"{server.url}/?view=image&model=fmnist_sact_resnet32")
         page.wait("return document.getElementById('samples').innerText.includes('bash scripts/setup.sh')", what="the install message")
         assert "dataset-fashion-mnist" in page.js("return document.getElementById('samples').innerText")
@@ -768,12 +778,8 @@ def test_first_screen_shows_the_default_models_first_sample(page):
 def test_first_screen_without_the_data_set_says_so_without_an_error(page, tmp_path):
     """No URL state and Fashion-MNIST not installed: no sample to show first; the sample grid and
     the result panel say so, uploads are offered, and there is no error banner."""
-    if not (BUNDLED / "fmnist_sact_resnet32").is_dir():
-        pytest.skip("the bundled checkpoints are not here")
-    server = ServerProcess([str(BUNDLED / "fmnist_sact_resnet32")], str(tmp_path / "cache"), str(tmp_path / "server.log"),
-                           env={"PONDERSCOPE_FASHION_MNIST": str(tmp_path / "no-data-here")})
+    server = server_without_fashion_mnist(tmp_path)
     try:
-        server.wait_ready(timeout=90)
         page.d.get(f"{server.url}/")
         page.wait("return document.getElementById('samples').innerText.includes('bash scripts/setup.sh')", what="the install message")
         page.wait("return document.body.getAttribute('aria-busy') !== 'true'", what="nothing in flight")
