@@ -128,3 +128,19 @@ def test_pondernet_example_is_served_with_its_halting_distribution(tmp_path):
         assert answer["figures"]["halting"]["data"][0]["y"] == distribution  # drawn by the Parity view
         assert answer["unshown_signals"] == []
         assert answer["answer"] == "odd" and 1 <= answer["steps"] <= 12  # three entries are +1: odd
+
+
+def test_an_installed_package_is_loaded_through_its_entry_point(tmp_path, monkeypatch):
+    """A package that declares a `ponderscope.models` entry point (here installed as a bare
+    dist-info on sys.path, as pip would lay it out) is loaded without --plugin."""
+    _, family, name = toy_plugin(tmp_path)
+    module = f"toy_package_{name}"
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / f"{module}.py").write_text(TOY.format(family=family, name=name))
+    info = tmp_path / "site" / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[ponderscope.models]\ntoy = {module}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    loaded = load_plugins([])
+    assert any(module in item for item in loaded) and models.model_info(name).family == family
