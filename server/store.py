@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -87,14 +86,6 @@ class ModelStore:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
-        if device.startswith("cuda"):
-            # The same image gives the same numbers, request after request (a copied URL reproduces
-            # the screen): deterministic kernels (sparse execution's row updates would otherwise
-            # use atomics) and cuBLAS's fixed workspace, in fp32 (no TF32).
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         # Folders a card's "imagefolder:PATH" data source may lie in (serve --data-root): a card
         # cannot make the server show images from anywhere else.
         self.data_roots = [Path(root).resolve() for root in data_roots or []]
