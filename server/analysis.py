@@ -38,6 +38,7 @@ def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
         return None
     total, units_total = trace.ponder_map(size)[0].cpu(), trace.ponder_map(size, "units")[0].cpu()
     total_grid, units_grid = _grid(total), _grid(units_total, 0)
+    means, units_means = trace.block_means()[0].tolist(), trace.block_means("units")[0].tolist()
     blocks = []
     for index, block in enumerate(trace.blocks):
         cost, units = block.ponder_cost[0].float().cpu(), block.units[0].float().cpu()
@@ -48,8 +49,8 @@ def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
             "n_units": int(block.halting.shape[1]),
             "height": int(cost.shape[0]),
             "width": int(cost.shape[1]),
-            "mean_ponder": float(cost.mean()),
-            "mean_units": float(units.mean()),
+            "mean_ponder": means[index],
+            "mean_units": units_means[index],
         })
     return {
         "total": total_grid,
@@ -60,8 +61,8 @@ def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
         "max": max(map(max, total_grid)),
         "units_min": min(map(min, units_grid)),
         "units_max": max(map(max, units_grid)),
-        "mean": float(trace.mean_ponder()[0]),  # the image's ponder, as the dataset view and evaluation count it
-        "mean_units": float(trace.block_means("units")[0].sum()),  # the same in units executed N
+        "mean": sum(means),  # the image's ponder (Trace.mean_ponder), as the dataset view and evaluation count it
+        "mean_units": sum(units_means),  # the same in units executed N
     }
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import asynccontextmanager
 import tempfile
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import torch
@@ -106,9 +106,10 @@ def plotly_js_path() -> Path:
 def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "auto", cache_dir: str | Path | None = None,
                data_roots: list[str | Path] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES) -> FastAPI:
     cache = Path(cache_dir or os.environ.get("PONDERSCOPE_CACHE") or Path(tempfile.gettempdir()) / "ponderscope-cache")
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        deterministic_cuda()
     store = ModelStore(checkpoint_dirs or [BUNDLED_CHECKPOINTS], device=device, data_roots=data_roots)
+    if store.device.startswith("cuda"):  # before the first request: cuBLAS reads its workspace setting then
+        deterministic_cuda()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
