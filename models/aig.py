@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import sparse as sparse_ops
+from .batch_stats import batch_mean
 from .flops import conv_flops, linear_flops
 from .registry import register_model
 from .resnet import CIFAR_DEPTHS, IMAGENET_LAYOUTS, IMAGENET_WIDTHS, cifar_units, layout_depth
@@ -240,7 +241,7 @@ class AIGResNet(nn.Module):
 
     def adaptive_loss(self, trace: Trace, target_rate=0.6, lam: float = 2.0) -> torch.Tensor:
         """lambda x mean over gated layers of (t_l - batch-mean gate_l)^2; t may be per layer."""
-        rates = trace.gate_values.mean(0)
+        rates = batch_mean(trace.gate_values)  # the global batch's rate under DDP (the loss squares it)
         target = torch.as_tensor(target_rate, dtype=rates.dtype, device=rates.device)
         return lam * ((target - rates) ** 2).mean()
 

@@ -14,12 +14,14 @@ def _train(args) -> None:
     command = "ponderscope " + shlex.join(sys.argv[1:])
     try:  # a bad config is the user's to fix: one line, not a traceback
         config = load_config(args.config, (args.set or []) + ([f"steps={args.steps}"] if args.steps is not None else []))
-        out = train(config, args.out, device=args.device, resume=args.resume, command=command, progress=not args.no_progress)
-    except (OSError, ConfigError) as error:
+        out = train(config, args.out, device=args.device, resume=args.resume, command=command, progress=not args.no_progress,
+                    stop_after=args.stop_after)
+    except (OSError, ValueError, ConfigError) as error:
         raise SystemExit(f"ponderscope train: {error}") from None
     from models.checkpoint import read_card
 
-    print(json.dumps(read_card(out)["metrics"]["test"], indent=2)[:4000])
+    if int(os.environ.get("RANK", "0")) == 0 and (out / "card.json").is_file() and not (out / "train_state").exists():
+        print(json.dumps(read_card(out)["metrics"]["test"], indent=2)[:4000])
 
 
 def _eval(args) -> None:
@@ -146,13 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ponderscope", description="Look inside adaptive-computation networks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model and write a checkpoint directory")
+    p = sub.add_parser("train", help="train a model and write a checkpoint directory (several processes: torchrun --nproc_per_node N -m ponderscope train ...)")
     p.add_argument("--config", help="JSON or YAML config (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config entry (JSON value), e.g. --set adaptive.tau=0.01")
     p.add_argument("--steps", type=int)
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state if present")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state if present (under torchrun: OUT must be seen by every node)")
+    p.add_argument("--stop-after", type=int, metavar="STEP", help="save the training state after STEP steps and stop (continue with --resume)")
     p.add_argument("--no-progress", action="store_true", help="log JSON lines instead of a progress bar")
     p.set_defaults(func=_train)
     plugin_option(p)

@@ -267,40 +267,6 @@ def test_split_text_is_deterministic_and_disjoint():
 
 # ------------------------------------------------------------------------- image folder ----
 
-def test_image_folder(tmp_path):
-    from PIL import Image
-    for cls, value in (("cats", 10), ("ants", 200)):
-        (tmp_path / cls).mkdir()
-        for k in range(3):
-            Image.new("RGB", (8, 6), (value, value + k, 0)).save(tmp_path / cls / f"{k}.png")
-    (tmp_path / "ants" / "notes.txt").write_text("not an image")
-
-    images, labels, classes = D.load_image_folder(tmp_path, channels=3)
-    assert classes == ["ants", "cats"]
-    assert images.shape == (6, 3, 6, 8) and images.dtype == torch.uint8
-    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert images[0, 0, 0, 0] == 200 and images[3, 0, 0, 0] == 10
-
-    grey, _, _ = D.load_image_folder(tmp_path, size=4, channels=1)
-    assert grey.shape == (6, 1, 4, 4)
-
-    Image.new("L", (5, 5)).save(tmp_path / "cats" / "odd.png")
-    with pytest.raises(ValueError, match="size="):
-        D.load_image_folder(tmp_path)
-
-
-def test_image_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        D.load_image_folder(tmp_path / "missing")
-    with pytest.raises(ValueError, match="no class subfolders"):
-        D.load_image_folder(tmp_path)
-    (tmp_path / "empty_class").mkdir()
-    with pytest.raises(ValueError, match="empty_class"):
-        D.load_image_folder(tmp_path)
-    with pytest.raises(ValueError):
-        D.load_image_folder(tmp_path, channels=2)
-
-
 # ---------------------------------------------------------------- real data, when present ----
 
 def real_or_skip(loader, *args):

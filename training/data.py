@@ -5,7 +5,8 @@
     canvas, labels, boxes = make_cluttered_mnist(images, labels, n=1000, seed=0)
     text = load_text_corpus("jargon")                   # Debian: jargon-text
     train_bytes, heldout_bytes = split_text(text)
-    images, labels, classes = load_image_folder("path/to/folder", size=32, channels=3)
+
+A user's image folder (`imagefolder:PATH`) is read lazily, a batch at a time: training/imagefolder.py.
 
 Every loader returns torch tensors (images uint8, labels int64). A source that is not installed
 raises DataSourceMissing, whose message is the command that installs it.
@@ -346,56 +347,3 @@ def split_text(data: bytes, held_out_fraction: float = 0.05) -> tuple[bytes, byt
     if cut <= 0:
         raise ValueError(f"text of {len(data)} bytes is too short to split")
     return data[:cut], data[cut:]
-
-
-# --------------------------------------------------------------------------------------------
-# A user's own images, torchvision ImageFolder layout: root/<class>/<image>
-# --------------------------------------------------------------------------------------------
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
-
-
-def load_image_folder(root: str | os.PathLike, size: int | tuple[int, int] | None = None,
-                      channels: int = 1) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Images of an ImageFolder tree: uint8 [N,C,H,W], int64 labels [N], class names.
-
-    Classes are the subfolder names, sorted (label = index in that list), as torchvision does.
-    size: resize every image to size x size (or (height, width)) with bilinear filtering; None
-    keeps the files' size, which must then be the same for all. channels: 1 (grey) or 3 (RGB).
-    """
-    from PIL import Image, UnidentifiedImageError  # only this loader needs Pillow
-
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, not {channels}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise ValueError(f"{root} has no class subfolders; expected {root}/<class name>/<image files>")
-    files = {c: sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-             for c in classes}
-    empty = [c for c in classes if not files[c]]
-    if empty:
-        raise ValueError(f"class folder(s) {empty} in {root} hold no images ({', '.join(IMAGE_EXTENSIONS)})")
-
-    target = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
-    arrays, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in files[cls]:
-            try:
-                with Image.open(path) as img:
-                    img = img.convert("L" if channels == 1 else "RGB")
-                    if target is not None:
-                        img = img.resize((target[1], target[0]), Image.BILINEAR)  # PIL wants (w, h)
-                    arr = np.asarray(img, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as err:
-                raise ValueError(f"cannot read image {path}: {err}") from None
-            if arrays and arr.shape != arrays[0].shape:
-                raise ValueError(f"{path} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
-                                 f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; pass size= to resize")
-            arrays.append(arr)
-            labels.append(label)
-    images = np.stack(arrays)
-    images = images[:, None] if channels == 1 else images.transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(labels, dtype=torch.int64), classes

@@ -23,8 +23,11 @@ import models
 from models.checkpoint import save_checkpoint
 from models.registry import UnknownModelError
 
+from models.batch_stats import use_global_batch_norm
+
+from .distributed import DistributedModel, Processes, autocast, print_main
 from .evaluate import evaluate_model
-from .workloads import make_workload
+from .workloads import make_workload, train_batches
 
 DEFAULTS = {
     "model": "sact_resnet20",
@@ -45,6 +48,8 @@ DEFAULTS = {
     "seed": 0,
     "log_every": 50,
     "save_every": 500,
+    "precision": None,  # "bf16": autocast the forward to bfloat16 (meant for CUDA; runs on CPU too)
+    "sync_bn": True,  # under torchrun: batch norm over the global batch, as one process would see it
 }
 
 
@@ -124,6 +129,10 @@ def check_config(config: dict) -> None:
     for key in ("lr", "weight_decay", "warmup_fraction") + (("grad_clip",) if config["grad_clip"] is not None else ()):
         if isinstance(config[key], bool) or not isinstance(config[key], (int, float)) or config[key] < 0:
             raise ConfigError(f"{key} must be a number >= 0, got {config[key]!r}")
+    if config["precision"] not in (None, "bf16"):
+        raise ConfigError(f"precision must be null or \"bf16\", got {config['precision']!r}")
+    if not isinstance(config["sync_bn"], bool):
+        raise ConfigError(f"sync_bn must be true or false, got {config['sync_bn']!r}")
     for key in ("model_kwargs", "task", "data_options", "adaptive"):
         if not isinstance(config[key], dict):
             raise ConfigError(f"{key} must be a mapping, got {config[key]!r}")
@@ -139,7 +148,8 @@ def check_config(config: dict) -> None:
 # The keys each section may hold: anything else would be read by nothing.
 TASK_KEYS = {"classify": {"name"}, "parity": {"name", "bits"}, "bytes-lm": {"name"}}
 DATA_OPTIONS = {
-    "classify": {"flip", "pad", "preprocess", "cluttered_train_size", "channels"},
+    "classify": {"flip", "pad", "preprocess", "cluttered_train_size", "channels",
+                 "input_size", "crop_scale", "val_fraction", "workers"},  # (the last four: image folders)
     "parity": set(),
     "bytes-lm": {"seq_len"},
 }
@@ -175,12 +185,6 @@ def learning_rate(config: dict, step: int) -> float:
         return base * (0.1 + 0.9 * step / max(1, warmup))
     progress = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _optimizer(config: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -228,10 +232,24 @@ def _load_state(path: Path, model, optimizer, device) -> tuple[int, float]:
     return meta["step"], meta["elapsed"]
 
 
-def train(config: dict, out_dir: str, device: str = "auto", resume: bool = False, command: str | None = None, progress: bool = True) -> Path:
-    device = pick_device(device)
-    torch.manual_seed(config["seed"])
-    out = Path(out_dir)
+def train(config: dict, out_dir: str, device: str = "auto", resume: bool = False, command: str | None = None, progress: bool = True,
+          stop_after: int | None = None) -> Path:
+    """Train as `config` says and write the checkpoint to out_dir. Under torchrun every process
+    runs this: each computes its share of every step's batch, DDP averages the gradients, and
+    rank 0 alone logs, saves the training state and writes the checkpoint and its card.
+
+    stop_after: save the training state after that many steps and stop, without a checkpoint
+    (a job with a time limit); `resume` continues it."""
+    processes = Processes.start(device)
+    try:
+        return _train(config, Path(out_dir), processes, resume, command, progress, stop_after)
+    finally:
+        processes.close()
+
+
+def _train(config: dict, out: Path, processes: Processes, resume: bool, command: str | None, progress: bool, stop_after: int | None) -> Path:
+    device = processes.device
+    torch.manual_seed(config["seed"])  # the same initial weights on every rank
     workload = make_workload(config["task"], config["dataset"], device, config.get("data_options"))
     model_kwargs = {**workload.model_kwargs(), **config["model_kwargs"]}
     try:
@@ -239,30 +257,35 @@ def train(config: dict, out_dir: str, device: str = "auto", resume: bool = False
     except (UnknownModelError, TypeError) as error:  # a misspelt model or keyword argument
         raise ConfigError(f"model {config['model']!r}: {error}") from None
     _check_adaptive(model, config["adaptive"])
+    if config["batch_size"] % processes.world:
+        raise ConfigError(f"batch_size {config['batch_size']} must be a multiple of the number of processes ({processes.world})")
+    if processes.world > 1 and config["sync_bn"]:
+        use_global_batch_norm(model)
     optimizer = _optimizer(config, model)
     state_dir = out / "train_state"
     start, elapsed = 0, 0.0
-    if resume and (state_dir / "state.json").is_file():
+    if resume and (state_dir / "state.json").is_file():  # every rank reads it: --out is shared by all nodes
         start, elapsed = _load_state(state_dir, model, optimizer, device)
-        print(f"resumed from step {start}", file=sys.stderr)
+        print_main(processes, f"resumed from step {start}")
+    trained = DistributedModel(model, processes) if processes.world > 1 else model
     adaptive = dict(config["adaptive"])
     started = time.time() - elapsed
     bar = None
-    if progress:
+    if progress and processes.main:
         from tqdm import tqdm
 
         bar = tqdm(total=config["steps"], initial=start, desc=config["model"], dynamic_ncols=True, mininterval=1.0)
     model.train()
     running: dict[str, torch.Tensor] = {}
-    for step in range(start, config["steps"]):
+    batches = train_batches(workload, config, start, processes.rank, processes.world)
+    for step, batch in zip(range(start, config["steps"]), batches):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         hp = dict(adaptive)
         if "tau" in hp and config["tau_warmup_steps"]:
             hp["tau"] = hp["tau"] * min(1.0, step / config["tau_warmup_steps"])
-        generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + step)
-        batch = workload.train_batch(generator, config["batch_size"])
-        loss, stats = workload.loss(model, batch, hp)
+        with autocast(device, config["precision"]):
+            loss, stats = workload.loss(trained, batch, hp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config["grad_clip"]:
@@ -270,31 +293,46 @@ def train(config: dict, out_dir: str, device: str = "auto", resume: bool = False
         optimizer.step()
         # Statistics stay on the device between log lines: reading them each step would force
         # a device sync per step.
+        stats = {"loss_total": loss.detach(), **stats}
         for key, value in stats.items():  # exponential moving average for the progress bar
             value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
             running[key] = value if key not in running else 0.95 * running[key] + 0.05 * value
         if step % config["log_every"] == 0 or step + 1 == config["steps"]:
-            if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"loss became {float(loss.detach())} at step {step}; lower the learning rate")
-            shown = {k: round(float(v), 4) for k, v in running.items()}
+            shown = {k: round(v, 4) for k, v in processes.mean(running).items()}  # over the ranks
+            if not math.isfinite(shown["loss_total"]):
+                raise FloatingPointError(f"loss became {shown['loss_total']} at step {step}; lower the learning rate")
+            shown.pop("loss_total")
             if bar is not None:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
-            else:
+            elif processes.main:
                 print(json.dumps({"step": step, **shown}), flush=True)
         if bar is not None:
             bar.update(1)
-        if (step + 1) % config["save_every"] == 0 and step + 1 < config["steps"]:
+        stopping = stop_after is not None and step + 1 == stop_after and step + 1 < config["steps"]
+        if ((step + 1) % config["save_every"] == 0 or stopping) and step + 1 < config["steps"] and processes.main:
             _save_state(state_dir, model, optimizer, step + 1, time.time() - started)
+        if stopping:
+            break
     if bar is not None:
         bar.close()
+    if stop_after is not None and stop_after < config["steps"]:
+        processes.barrier()
+        print_main(processes, f"stopped after step {stop_after}: the state is in {state_dir}; continue with --resume")
+        return out
     training_time = time.time() - started
     model.eval()
+    devices = processes.devices()
+    if not processes.main:
+        processes.barrier()  # rank 0 writes and evaluates the checkpoint
+        return out
     card = {
         **workload.card_fields,
-        "train_command": command or "",
+        "train_command": processes.launch_command(command or ""),
         "seed": config["seed"],
         "training_time_s": round(training_time, 1),
-        "trained_on": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "trained_on": devices[0] if processes.world == 1 else f"{processes.world} processes: " + ", ".join(devices),
+        "world_size": processes.world,
+        "devices": devices,
         "torch_version": torch.__version__,
         "config": config,
     }
@@ -306,4 +344,5 @@ def train(config: dict, out_dir: str, device: str = "auto", resume: bool = False
             f.unlink()
         state_dir.rmdir()
     evaluate_model(out, device=str(device), workload=workload)
+    processes.barrier()
     return out

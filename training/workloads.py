@@ -7,6 +7,7 @@ numbers in a card are reproducible from the bundled weights.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -24,6 +25,8 @@ def make_workload(task: dict, dataset: str, device: torch.device, options: Optio
     (a trained model's card), without building the training split."""
     options = options or {}
     name = task["name"]
+    if name == "classify" and dataset.startswith("imagefolder:"):
+        return FolderClassification(dataset, device, options, test_only)
     if name == "classify":
         return ImageClassification(dataset, device, options, test_only)
     if name == "parity":
@@ -62,8 +65,27 @@ def _mean(values: torch.Tensor) -> float:
     return float(values.float().mean()) if values.numel() else float("nan")
 
 
+def train_batches(workload, config: dict, start: int, rank: int = 0, world: int = 1):
+    """The batches of steps start..steps-1, this rank's share of each: `world` processes together
+    see exactly the global batch of `config["batch_size"]` a single process would.
+
+    A workload with its own stream (an image folder, decoded by DataLoader workers) yields them;
+    the others make the global batch of step s from a generator seeded by (seed, s) alone, so a
+    resumed run sees the same data as an uninterrupted one, and every rank keeps its slice."""
+    if hasattr(workload, "train_batches"):
+        yield from workload.train_batches(config, start, rank, world)
+        return
+    batch_size = config["batch_size"]
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the number of processes ({world})")
+    share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+    for step in range(start, config["steps"]):
+        generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + step)
+        yield tuple(part[share] for part in workload.train_batch(generator, batch_size))
+
+
 class ImageClassification:
-    """Fashion-MNIST, MNIST digits, cluttered MNIST, or a user's image folder."""
+    """Fashion-MNIST, MNIST digits or cluttered MNIST, held in memory as uint8 tensors."""
 
     def __init__(self, dataset: str, device: torch.device, options: dict, test_only: bool = False):
         self.dataset, self.device = dataset, device
@@ -88,13 +110,6 @@ class ImageClassification:
                 n_train = int(options.get("cluttered_train_size", 48000))
                 train_x, train_y, _ = data.make_cluttered_mnist(digits_train, labels_train, n_train, seed=1)
             self.classes = [str(d) for d in range(10)]
-        elif dataset.startswith("imagefolder:"):
-            root = dataset.split(":", 1)[1]
-            images, labels, self.classes = data.load_image_folder(root, channels=int(options.get("channels", 1)))
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-            n_test = max(1, len(labels) // 10)
-            test_x, test_y = images[order[:n_test]], labels[order[:n_test]]
-            train_x, train_y = images[order[n_test:]], labels[order[n_test:]]
         else:
             raise ValueError(f"unknown image dataset {dataset!r}")
         if test_x.dim() == 3:  # grayscale [N, H, W] -> [N, 1, H, W]
@@ -124,6 +139,28 @@ class ImageClassification:
 
     def model_kwargs(self) -> dict:
         return {"num_classes": len(self.classes), "in_channels": int(self.test_x.shape[1])}
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test_y)
+
+    def sample_image(self, index: int):
+        """Test image `index` as a Pillow image, as stored (what an analysis prepares)."""
+        from server.imaging import tensor_to_image
+
+        return tensor_to_image(self.test_x[index])
+
+    thumbnail = sample_image  # the image at the model's input size: the same thing here
+
+    def test_label(self, index: int) -> int:
+        return int(self.test_y[index])
+
+    def test_batches(self, batch_size: int, limit: Optional[int] = None, workers: Optional[int] = None):
+        """(indices, normalised images, labels) over the first `limit` test images (all: None)."""
+        n = self.n_test if limit is None else min(limit, self.n_test)
+        for start in range(0, n, batch_size):
+            end = min(n, start + batch_size)
+            yield torch.arange(start, end), self.normalize(self.test_x[start:end]), self.test_y[start:end]
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=images_uint8.device)[None, :, None, None]
@@ -159,13 +196,13 @@ class ImageClassification:
 
     @torch.no_grad()
     def evaluate(self, model, limit: Optional[int] = None, batch_size: int = 250) -> dict:
-        n = len(self.test_y) if limit is None else min(limit, len(self.test_y))
+        n = self.n_test if limit is None else min(limit, self.n_test)
         correct, flops, ponder, units, gates, executed, labels_all = [], [], [], [], [], [], []
         inside, outside = [], []
         dense = None
-        for start in range(0, n, batch_size):
-            images = self.normalize(self.test_x[start : min(n, start + batch_size)])
-            labels = self.test_y[start : start + len(images)]
+        device = next(model.parameters()).device
+        for indices, images, labels in self.test_batches(batch_size, limit):
+            images, labels = images.to(device), labels.to(device)
             trace = model.trace(images)
             dense = trace.dense_flops
             correct.append(trace.logits.argmax(-1) == labels)
@@ -175,7 +212,7 @@ class ImageClassification:
                 ponder.append(trace.block_means("ponder"))
                 units.append(trace.block_means("units"))
                 if self.test_boxes is not None:
-                    box_in, box_out = self._ponder_in_box(trace, self.test_boxes[start : start + len(images)], images.shape[-2:])
+                    box_in, box_out = self._ponder_in_box(trace, self.test_boxes[indices.to(self.test_boxes.device)], images.shape[-2:])
                     inside.append(box_in)
                     outside.append(box_out)
             if trace.gates is not None:
@@ -227,6 +264,82 @@ class ImageClassification:
         inside = (total * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
         outside = (total * ~mask).sum((1, 2)) / (~mask).sum((1, 2)).clamp(min=1)
         return inside, outside
+
+
+class FolderClassification(ImageClassification):
+    """A user's image folder (`imagefolder:PATH`, training/imagefolder.py), read a batch at a time
+    by DataLoader workers: no split is ever held in memory.
+
+    data_options: channels (1 or 3; default 1), input_size (default: the first image's size),
+    crop_scale ([0.08, 1]: the random-resized crop's area range), flip (default true),
+    val_fraction (test share of a folder without train/ and val/, default 0.1), workers
+    (decoding processes per rank; default min(4, CPUs))."""
+
+    def __init__(self, dataset: str, device: torch.device, options: dict, test_only: bool = False):
+        from .imagefolder import ImageFolder, estimate_mean_std, eval_preprocess
+
+        self.dataset, self.device = dataset, device
+        self.folder = ImageFolder.open(dataset.split(":", 1)[1], float(options.get("val_fraction", 0.1)))
+        self.classes = self.folder.classes
+        self.test_boxes = None
+        self.flip = bool(options.get("flip", True))
+        self.crop_scale = tuple(options.get("crop_scale", (0.08, 1.0)))
+        self.workers = int(options.get("workers", min(4, os.cpu_count() or 1)))
+        if test_only:  # a trained model: its card's preprocessing, whatever it is
+            self.preprocess = dict(options["preprocess"])
+        else:
+            channels = int(options.get("channels", 1))
+            size = options.get("input_size") or self.folder.input_size()
+            size = [int(size), int(size)] if isinstance(size, (int, float)) else [int(v) for v in size]
+            mean, std = estimate_mean_std(self.folder.train, size, channels)
+            self.preprocess = eval_preprocess(size, channels, mean, std)
+        self.mean, self.std = list(self.preprocess.get("mean", [])), list(self.preprocess.get("std", []))
+        self.channels = int(self.preprocess["channels"])
+
+    @property
+    def card_fields(self) -> dict:
+        return {"task": {"name": "classify"}, "dataset": self.dataset, "classes": self.classes, "preprocess": self.preprocess,
+                "data_layout": {"layout": self.folder.layout, "train_images": len(self.folder.train), "test_images": len(self.folder.test)}}
+
+    def model_kwargs(self) -> dict:
+        return {"num_classes": len(self.classes), "in_channels": self.channels}
+
+    @property
+    def n_test(self) -> int:
+        return len(self.folder.test)
+
+    def _eval_images(self):
+        from .imagefolder import EvalImages
+
+        return EvalImages(self.folder.test, self.preprocess)
+
+    def sample_image(self, index: int):
+        from .imagefolder import read_image
+
+        return read_image(self.folder.test[index][0], self.channels)
+
+    def thumbnail(self, index: int):
+        return self._eval_images().shown(index)[0]
+
+    def test_label(self, index: int) -> int:
+        return self.folder.test[index][1]
+
+    def test_batches(self, batch_size: int, limit: Optional[int] = None, workers: Optional[int] = None, indices=None):
+        from .imagefolder import loader
+
+        if indices is None:
+            indices = range(self.n_test if limit is None else min(limit, self.n_test))
+        workers = self.workers if workers is None else workers
+        for index, images, labels in loader(self._eval_images(), batch_size=batch_size, workers=workers, indices=indices):
+            yield index, images, labels
+
+    def train_batches(self, config: dict, start: int, rank: int = 0, world: int = 1):
+        from .imagefolder import StepBatches, TrainImages, loader
+
+        images = TrainImages(self.folder.train, self.preprocess, config["seed"], self.crop_scale, self.flip)
+        batches = StepBatches(len(self.folder.train), config["batch_size"], start, config["steps"], config["seed"], rank, world)
+        for x, labels in loader(images, batch_sampler=batches, workers=self.workers):
+            yield x.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
 class Parity:

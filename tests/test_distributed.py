@@ -1,0 +1,137 @@
+"""Training under torchrun (DDP, gloo on CPU) computes what one process does with the same global
+batch, and a run stopped and resumed under torchrun ends where an uninterrupted one does."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+TRAIN = ["-m", "ponderscope", "train", "--no-progress", "--device", "cpu"]
+
+
+def make_folder(root: Path, per_class: int = 16, size: int = 20) -> Path:
+    """Three classes of noisy JPEGs, each with one strong colour channel; train/ and val/."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", max(2, per_class // 4))):
+        for c in range(3):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                pixels = (rng.random((size, size, 3)) * 80).astype(np.uint8)
+                pixels[..., c] += 120
+                Image.fromarray(pixels).save(folder / f"{k}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("folder"))
+
+
+def write_config(path: Path, folder: Path, **changes) -> Path:
+    config = {"model": "sact_resnet", "model_kwargs": {"depth": 8, "widths": [4, 8, 16]}, "task": {"name": "classify"},
+              "dataset": f"imagefolder:{folder}", "data_options": {"channels": 3, "input_size": 16, "workers": 0},
+              "steps": 6, "batch_size": 8, "lr": 0.05, "adaptive": {"tau": 0.01}, "log_every": 1, "save_every": 100, "seed": 3}
+    config.update(changes)
+    path.write_text(json.dumps(config))
+    return path
+
+
+def run(args, torchrun: bool) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = (TORCHRUN if torchrun else [sys.executable]) + TRAIN + args
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def weights(path: Path) -> dict:
+    return load_file(str(path / "model.safetensors"))
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def test_two_processes_match_one_with_the_same_global_batch_and_resume(folder, tmp_path):
+    config = write_config(tmp_path / "sact.json", folder)
+    run(["--config", str(config), "--out", str(tmp_path / "one")], torchrun=False)
+    run(["--config", str(config), "--out", str(tmp_path / "two")], torchrun=True)
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert max_difference(one, two) < 1e-5
+    # the weights moved (the comparison is not of two untouched initialisations)
+    from models import create_model
+
+    torch.manual_seed(3)
+    fresh = create_model("sact_resnet", depth=8, widths=(4, 8, 16), in_channels=3, num_classes=3).state_dict()
+    assert max(float((fresh[k].double() - one[k].double()).abs().max()) for k in one if k in fresh and fresh[k].is_floating_point()) > 1e-3
+
+    card = json.loads((tmp_path / "two" / "card.json").read_text())
+    assert card["world_size"] == 2 and len(card["devices"]) == 2
+    assert card["train_command"].startswith("torchrun") and "--nproc_per_node 2" in card["train_command"]
+    assert card["data_layout"] == {"layout": "train/val", "train_images": 48, "test_images": 12}
+
+    # stopped after 3 steps and resumed under torchrun: the uninterrupted result
+    stopped = run(["--config", str(config), "--out", str(tmp_path / "resumed"), "--stop-after", "3"], torchrun=True)
+    assert (tmp_path / "resumed" / "train_state" / "state.json").is_file() and not (tmp_path / "resumed" / "model.safetensors").exists()
+    assert "continue with --resume" in stopped.stderr
+    resumed = run(["--config", str(config), "--out", str(tmp_path / "resumed"), "--resume"], torchrun=True)
+    assert "resumed from step 3" in resumed.stderr
+    assert max_difference(weights(tmp_path / "resumed"), two) < 1e-6
+    assert not (tmp_path / "resumed" / "train_state").exists()
+
+
+def test_without_global_batch_norm_the_ranks_normalise_their_own_halves(folder, tmp_path):
+    """The check above can fail: with per-rank batch norm (sync_bn false) the weights differ."""
+    config = write_config(tmp_path / "local_bn.json", folder, sync_bn=False, steps=3)
+    run(["--config", str(config), "--out", str(tmp_path / "one")], torchrun=False)
+    run(["--config", str(config), "--out", str(tmp_path / "two")], torchrun=True)
+    assert max_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) > 1e-4
+
+
+def test_aig_trains_under_torchrun_with_its_global_rate_loss(folder, tmp_path):
+    """AIG's gates skip blocks per example; training runs every block masked, so DDP finds no
+    unused parameter, and the target-rate loss reads the rate of the whole global batch."""
+    config = write_config(tmp_path / "aig.json", folder, model="aig_resnet", model_kwargs={"depth": 8, "widths": [4, 8, 16]},
+                          adaptive={"target_rate": 0.5, "lam": 2.0}, steps=4)
+    run(["--config", str(config), "--out", str(tmp_path / "aig")], torchrun=True)
+    card = json.loads((tmp_path / "aig" / "card.json").read_text())
+    test = card["metrics"]["test"]
+    assert card["world_size"] == 2 and len(test["layer_execution_rate"]) == 3
+    assert all(0.0 <= rate <= 1.0 for rate in test["layer_execution_rate"]) and 0.0 < test["flops_ratio"] < 1.01  # (+ the gates' own cost)
+
+
+def test_global_rate_and_batch_norm_equal_the_single_batch_statistics():
+    """batch_mean and GlobalBatchNorm in one process are the plain statistics (the DDP path is
+    checked end to end above)."""
+    from models.batch_stats import batch_mean, use_global_batch_norm
+
+    x = torch.randn(6, 4)
+    assert torch.equal(batch_mean(x), x.mean(0))
+    bn = torch.nn.BatchNorm2d(3)
+    plain = torch.nn.BatchNorm2d(3)
+    assert use_global_batch_norm(torch.nn.Sequential(bn)) == 1 and isinstance(bn, torch.nn.BatchNorm2d)
+    images = torch.randn(4, 3, 5, 5)
+    assert torch.allclose(bn(images), plain(images)) and torch.allclose(bn.running_var, plain.running_var)
+
+
+def test_parity_under_torchrun_matches_one_process(tmp_path):
+    """In-memory workloads (here parity, generated per step) give each rank its slice of the
+    global batch of step s."""
+    config = tmp_path / "parity.json"
+    config.write_text(json.dumps({"model": "act_rnn", "model_kwargs": {"hidden_size": 16}, "task": {"name": "parity", "bits": 4},
+                                  "dataset": "parity", "steps": 5, "batch_size": 16, "optimizer": "adam", "lr": 0.01,
+                                  "adaptive": {"tau": 0.01}, "log_every": 1, "seed": 1}))
+    run(["--config", str(config), "--out", str(tmp_path / "one")], torchrun=False)
+    run(["--config", str(config), "--out", str(tmp_path / "two")], torchrun=True)
+    assert max_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < 1e-5
