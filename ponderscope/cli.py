@@ -1,4 +1,4 @@
-"""`ponderscope train | eval | serve | import | results | render` — the one command line for the project."""
+"""`ponderscope train | eval | serve | analyze | import | results | render` — the one command line for the project."""
 from __future__ import annotations
 
 import argparse
@@ -41,7 +41,7 @@ def _serve(args) -> None:
     from server.app import run
 
     run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=args.checkpoints, cache_dir=args.cache, data_roots=args.data_root,
-        image_store_bytes=args.image_store_mb * 1024 * 1024)
+        image_store_bytes=args.image_store_mb * 1024 * 1024, analyses=args.analysis)
 
 
 def _import(args) -> None:
@@ -53,6 +53,24 @@ def _import(args) -> None:
     except (OSError, ImportFailed) as error:
         raise SystemExit(f"ponderscope import: {error}") from None
     print(f"wrote {out}/model.safetensors and {out}/card.json")
+
+
+def _analyze(args) -> None:
+    from training.data import DataSourceMissing
+
+    from .dataset import AnalysisError, analyze
+
+    try:
+        path = analyze(args.checkpoint, args.out, data=args.data, split=args.split, device=args.device, batch_size=args.batch_size,
+                       workers=args.workers, shard_size=args.shard_size, limit=args.limit, progress=not args.no_progress,
+                       command="ponderscope " + shlex.join(args.argv))
+    except (OSError, AnalysisError, DataSourceMissing) as error:
+        raise SystemExit(f"ponderscope analyze: {error}") from None
+    if path is not None:
+        result = json.loads(path.read_text())
+        ponder = f", mean ponder {result['mean_ponder']:.3f}" if result.get("mean_ponder") is not None else ""
+        print(f"{result['examples']} images: accuracy {result['accuracy']:.2%}, FLOPs {result['flops_ratio']:.1%} of dense{ponder}")
+        print(f"wrote {path} (open it with: ponderscope serve --analysis {path.parent})")
 
 
 def _results(args) -> None:
@@ -174,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoints", action="append", help="directory of checkpoint directories (repeatable); default: the bundled ones")
     p.add_argument("--cache", default=None, help="where dataset-view results are cached")
     p.add_argument("--data-root", action="append", metavar="DIR", help="a folder whose image folders cards may name as their test set (dataset imagefolder:PATH; repeatable)")
+    p.add_argument("--analysis", action="append", metavar="DIR", help="a `ponderscope analyze` folder to show in the Dataset view (repeatable; "
+                   "those inside a checkpoint's own folder are found without it)")
     p.add_argument("--image-store-mb", type=int, default=256, help="disk kept for uploaded images (least recently used dropped first; default 256)")
     p.set_defaults(func=_serve)
     plugin_option(p)
@@ -185,6 +205,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, help="family and depth: sact_resnet32, sact_resnet101, act_resnet101, resnet101, aig_resnet110, aig_resnet50 ...")
     p.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint")
     p.set_defaults(func=_import)
+
+    p = sub.add_parser("analyze", help="the Dataset view's statistics over an image folder of any size, streaming and resumable "
+                                       "(several processes: torchrun --nproc_per_node N -m ponderscope analyze ...)")
+    p.add_argument("checkpoint", help="a bundled checkpoint id or a checkpoint folder")
+    p.add_argument("--data", default="test", help="imagefolder:PATH (PATH/val, or PATH's held-out 10%%), or 'test': the model's own test set (default)")
+    p.add_argument("--split", choices=["val", "train"], default="val", help="which split of an image folder (default val)")
+    p.add_argument("--out", required=True, help="folder for shards and results; run again to continue a stopped analysis")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present; cuda:LOCAL_RANK under torchrun), cpu, cuda")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes per rank (default min(4, CPUs))")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per shard: the unit of work kept when a run stops (default 1000)")
+    p.add_argument("--limit", type=int, help="only the first LIMIT images")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_analyze)
+    plugin_option(p)
 
     p = sub.add_parser("results", help="write the results table from the checkpoints' cards")
     p.add_argument("checkpoints", nargs="*", help="checkpoint directories, or folders of them (default: the bundled ones)")

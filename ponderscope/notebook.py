@@ -96,13 +96,7 @@ def _decoded(image):
 
 def _test_sample(model: Model, index: int):
     """Test image `index` -> (image, label, box) as the route's _test_example reads it."""
-    from server.imaging import tensor_to_image
-
-    workload = model.store.workload(model.entry)
-    if not 0 <= index < len(workload.test_y):
-        raise IndexError(f"sample {index} is out of range: the test set has {len(workload.test_y)} images (0..{len(workload.test_y) - 1})")
-    box = None if workload.test_boxes is None else [int(v) for v in workload.test_boxes[index]]
-    return tensor_to_image(workload.test_x[index]), int(workload.test_y[index]), box
+    return model.store.workload(model.entry).test_example(index)
 
 
 def analyze_image(model: Model | str, image, resolution: str = "train", invert: bool = False) -> dict:

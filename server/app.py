@@ -104,9 +104,14 @@ def plotly_js_path() -> Path:
 
 
 def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "auto", cache_dir: str | Path | None = None,
-               data_roots: list[str | Path] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES) -> FastAPI:
+               data_roots: list[str | Path] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES,
+               analyses: list[str | Path] | None = None) -> FastAPI:
+    """analyses: `ponderscope analyze` folders to show in the Dataset view (beside those found in
+    the checkpoints' own folders), each with the loaded model whose weights it analysed."""
     cache = Path(cache_dir or os.environ.get("PONDERSCOPE_CACHE") or Path(tempfile.gettempdir()) / "ponderscope-cache")
     store = ModelStore(checkpoint_dirs or [BUNDLED_CHECKPOINTS], device=device, data_roots=data_roots)
+    for folder in analyses or []:
+        store.add_analysis(folder)
     if store.device.startswith("cuda"):  # before the first request: cuBLAS reads its workspace setting then
         deterministic_cuda()
 
@@ -180,10 +185,10 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
 
 
 def run(host: str = "127.0.0.1", port: int = 8000, device: str = "auto", checkpoint_dirs: list[str] | None = None, cache_dir: str | None = None,
-        data_roots: list[str] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES) -> None:
+        data_roots: list[str] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES, analyses: list[str] | None = None) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir, data_roots=data_roots, image_store_bytes=image_store_bytes)
+    app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir, data_roots=data_roots, image_store_bytes=image_store_bytes, analyses=analyses)
     log.info("serving %d models on %s at http://%s:%d", len(app.state.store.models), app.state.store.device, host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -11,30 +11,21 @@ import threading
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from training.workloads import CHAR_CLASS_LABELS
 
+from ponderscope.dataset import image_records, read_analysis, summarize
+
 from .analysis import gate_names, with_figures
-from .imaging import png_data_url, tensor_to_image
+from .store import NoTestSet
 
 log = logging.getLogger("ponderscope")
 BATCH = 250
-EXTREMES = 8
-
-
-def _histogram(values: torch.Tensor, bins: int = 20) -> dict:
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        high = low + 1e-6
-    counts = torch.histc(values.float(), bins=bins, min=low, max=high)
-    edges = torch.linspace(low, high, bins + 1)
-    return {"edges": [round(float(e), 5) for e in edges], "counts": [int(c) for c in counts]}
 
 
 CORPUS_BYTES = 20_000  # held-out bytes a text model's corpus panel is measured on, without card metrics
 CORPUS_SCHEMA = 2  # bump when the corpus statistics change (cached answers then are recomputed)
-IMAGE_SCHEMA = 2  # the same for image models (2: the overall mean_ponder)
+IMAGE_SCHEMA = 3  # the same for image models (2: the overall mean_ponder; 3: ponderscope.dataset.summarize)
 
 
 class DatasetJobs:
@@ -122,78 +113,40 @@ class DatasetJobs:
         if entry.kind != "image":
             raise ValueError("the dataset view is for image and text models; use the parity view")
         workload = self.store.workload(entry)
-        images, labels = workload.test_x, workload.test_y
-        n = len(labels)
+        n, done = workload.n_test, 0
+
+        def forward(x):
+            with self.store.inference.background():
+                return entry.model.trace(x.to(self.store.device))
+
+        def progress(count: int) -> None:
+            nonlocal done
+            done += count
+            job["progress"] = min(1.0, done / n)
+            job["message"] = f"{done} / {n} test images"
+
+        # (in this thread: no DataLoader worker processes forked from the server)
+        records = image_records(forward, workload.test_batches(BATCH, workers=0), progress, self.stopping.is_set)
         classes = entry.card.classes or workload.classes
-        correct, flops, ponder, executed = [], [], [], []
-        dense = None
-        for start in range(0, n, BATCH):
-            if self.stopping.is_set():
-                raise RuntimeError("stopped: the server is shutting down")
-            x = workload.normalize(images[start : start + BATCH])
-            with self.store.inference.background(), torch.no_grad():
-                trace = entry.model.trace(x.to(self.store.device))
-            dense = trace.dense_flops
-            correct.append((trace.logits.argmax(-1).cpu() == labels[start : start + BATCH]))
-            flops.append(trace.flops.cpu() / dense)
-            if trace.blocks:
-                ponder.append(trace.mean_ponder().cpu())
-            if trace.executed is not None:
-                executed.append(trace.executed.float().cpu())
-            job["progress"] = min(1.0, (start + BATCH) / n)
-            job["message"] = f"{min(n, start + BATCH)} / {n} test images"
-        correct, flops = torch.cat(correct), torch.cat(flops)
-        ponder = torch.cat(ponder) if ponder else None
-        executed = torch.cat(executed) if executed else None
-        per_class = []
-        for c, name in enumerate(classes):
-            index = labels == c
-            per_class.append({
-                "class": name,
-                "count": int(index.sum()),
-                "accuracy": float(correct[index].float().mean()) if index.any() else None,
-                "mean_flops_ratio": float(flops[index].mean()) if index.any() else None,
-                "mean_ponder": float(ponder[index].mean()) if ponder is not None and index.any() else None,
-            })
-        # "Computation" ranks images by ponder where there is one, else by FLOPs.
-        score = ponder if ponder is not None else flops
-        order = torch.argsort(score, stable=True)
+        return summarize(records, classes, workload.thumbnail, lambda layers: gate_names(entry.model, layers), entry.id)
 
-        def describe(i: int) -> dict:
-            return {
-                "index": i,
-                "label": int(labels[i]),
-                "class": classes[int(labels[i])],
-                "flops_ratio": float(flops[i]),
-                "ponder": float(ponder[i]) if ponder is not None else None,
-                "image": png_data_url(tensor_to_image(images[i])),
-            }
-
-        result = {
-            "model": entry.id,
-            "classes": list(classes),
-            "examples": n,
-            "accuracy": float(correct.float().mean()),
-            "flops_ratio": float(flops.mean()),
-            "mean_ponder": float(ponder.mean()) if ponder is not None else None,
-            "dense_flops": dense,
-            "per_class": per_class,
-            "ponder_histogram": _histogram(ponder) if ponder is not None else None,
-            "flops_histogram": _histogram(flops),
-            "least": [describe(int(i)) for i in order[:EXTREMES]],
-            "most": [describe(int(i)) for i in order.flip(0)[:EXTREMES]],
-            "executed_layers_histogram": None,
-            "class_layer_rates": None,
-            "layers": None,
-        }
-        if executed is not None:
-            counts = executed.sum(1)
-            n_layers = executed.shape[1]
-            result["executed_layers_histogram"] = {
-                "edges": list(range(n_layers + 2)),
-                "counts": [int((counts == k).sum()) for k in range(n_layers + 1)],
-            }
-            result["class_layer_rates"] = [[float(v) for v in executed[labels == c].mean(0)] for c in range(len(classes))]
-            result["layers"] = gate_names(entry.model, n_layers)
-            result["layer_rates"] = [float(v) for v in executed.mean(0)]
-        return result
+    def analysis(self, entry, name: str) -> dict:
+        """A `ponderscope analyze` result of the model (entry.analyses), as a finished job."""
+        about = entry.analyses.get(name)
+        if about is None:
+            known = ", ".join(entry.analyses) or "none"
+            raise NoTestSet(f"model {entry.id!r} has no analysis {name!r} (known: {known}; ponderscope analyze writes them)")
+        key = ("analysis", entry.id, name)
+        with self.lock:
+            job = self.jobs.get(key)
+        if job is None:
+            try:
+                _, result = read_analysis(about["folder"])
+            except ValueError as error:
+                raise NoTestSet(f"model {entry.id!r}: analysis {name!r} cannot be read now ({error})") from None
+            source = result.get("source") or {}
+            message = f"ponderscope analyze: {source.get('data', '')}, {source.get('world_size', 1)} process(es) on {', '.join(source.get('devices') or [])}"
+            job = {"status": "done", "progress": 1.0, "message": message, "result": with_figures("dataset", result)}
+            with self.lock:
+                self.jobs[key] = job
+        return dict(job)

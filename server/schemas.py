@@ -100,6 +100,8 @@ class ModelSummary(Open):
     preprocess: Optional[dict[str, Any]] = None
     metrics: dict[str, Any]
     test_set: bool = Field(description="whether samples and the dataset view are available")
+    analyses: list[dict[str, Any]] = Field([], description="finished `ponderscope analyze` results of this model (name, data, examples, accuracy): "
+                                           "GET /dataset?source=NAME shows one")
     source: Optional[dict[str, Any]] = Field(None, description="for imported checkpoints: the authors' format, files, hashes")
     path: str = Field(description="the checkpoint folder's real path on the server")
     card: dict[str, Any]

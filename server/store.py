@@ -44,6 +44,7 @@ class LoadedModel:
     weights_sha256: str
     workload: object = None  # test data, loaded on first use
     no_test_set: Optional[str] = None  # why samples and the dataset view are not available, if they are not
+    analyses: dict[str, dict] = field(default_factory=dict)  # name -> a `ponderscope analyze` folder of these weights, summarised
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -65,6 +66,7 @@ class LoadedModel:
             "preprocess": card.preprocess,
             "metrics": card.metrics,
             "test_set": self.has_test_set,
+            "analyses": [{"name": name, **about} for name, about in self.analyses.items()],
             "source": card.source,
             "path": str(self.path),
             "card": card.data,
@@ -94,6 +96,36 @@ class ModelStore:
         self.inference = InferenceSlots(max_concurrent, background=1)
         for root in checkpoint_dirs:
             self._scan(Path(root))
+        for entry in self.models.values():  # analyses kept next to a checkpoint: CHECKPOINT/<name>/analysis.json
+            for folder in sorted(p for p in entry.path.iterdir() if (p / "analysis.json").is_file()):
+                self.add_analysis(folder)
+
+    def add_analysis(self, folder: str | Path) -> Optional[str]:
+        """Attach a `ponderscope analyze` folder to the loaded model with its weights (by hash);
+        -> its name, or None (the reason is in `errors`)."""
+        from ponderscope.dataset import read_analysis
+
+        folder = Path(folder).resolve()
+        try:
+            manifest, result = read_analysis(folder)
+        except ValueError as error:
+            self.errors.append(str(error))
+            return None
+        owners = [e for e in self.models.values() if e.weights_sha256 == manifest["weights_sha256"]]
+        if not owners:
+            self.errors.append(f"{folder}: an analysis of {manifest.get('checkpoint')} ({manifest.get('model')}), whose weights no loaded model has")
+            return None
+        name = folder.name
+        about = {"folder": str(folder), "data": (result.get("source") or {}).get("data", manifest.get("data")),
+                 "examples": result.get("examples"), "accuracy": result.get("accuracy")}
+        for entry in owners:
+            if any(known["folder"] == about["folder"] for known in entry.analyses.values()):
+                continue
+            unique, suffix = name, 2
+            while unique in entry.analyses:
+                unique, suffix = f"{name}-{suffix}", suffix + 1
+            entry.analyses[unique] = about
+        return name
 
     def _scan(self, root: Path) -> None:
         if not root.is_dir():

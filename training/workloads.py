@@ -155,11 +155,20 @@ class ImageClassification:
     def test_label(self, index: int) -> int:
         return int(self.test_y[index])
 
-    def test_batches(self, batch_size: int, limit: Optional[int] = None, workers: Optional[int] = None):
-        """(indices, normalised images, labels) over the first `limit` test images (all: None)."""
-        n = self.n_test if limit is None else min(limit, self.n_test)
-        for start in range(0, n, batch_size):
-            end = min(n, start + batch_size)
+    def test_example(self, index: int):
+        """Test image `index` -> (Pillow image, label, digit box or None); IndexError out of range."""
+        if not 0 <= index < self.n_test:
+            raise IndexError(f"sample {index} is out of range: the test set has {self.n_test} images (0..{self.n_test - 1})")
+        box = None if self.test_boxes is None else [int(v) for v in self.test_boxes[index]]
+        return self.sample_image(index), self.test_label(index), box
+
+    def test_batches(self, batch_size: int, limit: Optional[int] = None, workers: Optional[int] = None, indices=None):
+        """(indices, normalised images, labels) over the first `limit` test images (all: None),
+        or over `indices` (a range)."""
+        if indices is None:
+            indices = range(self.n_test if limit is None else min(limit, self.n_test))
+        for start in range(indices.start, indices.stop, batch_size):
+            end = min(indices.stop, start + batch_size)
             yield torch.arange(start, end), self.normalize(self.test_x[start:end]), self.test_y[start:end]
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:

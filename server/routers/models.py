@@ -16,7 +16,7 @@ from starlette.formparsers import MultiPartException
 
 from ..analysis import analyze_image, input_json
 from ..deps import for_kinds, get_model, get_store, require_kind
-from ..imaging import PIXEL_WORK, decode, png_data_url, prepare, tensor_to_image
+from ..imaging import PIXEL_WORK, decode, png_data_url, prepare
 from ..schemas import DatasetStatus, ImageAnalysis, ImageRequest, ModelSummary, Sample, errors
 from ..store import LoadedModel, ModelStore
 from .images import read_upload, store_upload
@@ -35,13 +35,11 @@ def model_detail(entry: LoadedModel = Depends(get_model), store: ModelStore = De
 
 
 def _test_example(store: ModelStore, entry: LoadedModel, index: int):
-    workload = store.workload(entry)
-    if index >= len(workload.test_y):
-        raise HTTPException(404, f"sample {index} is out of range: the test set has {len(workload.test_y)} images (0..{len(workload.test_y) - 1})")
-    box = None
-    if workload.test_boxes is not None:
-        box = [int(v) for v in workload.test_boxes[index]]
-    return workload.test_x[index], int(workload.test_y[index]), box
+    """-> (Pillow image, label, box or None); a 404 when `index` is past the test set."""
+    try:
+        return store.workload(entry).test_example(index)
+    except IndexError as error:
+        raise HTTPException(404, str(error)) from None
 
 
 FORM_FIELDS = ("file", "resolution", "invert")
@@ -138,7 +136,7 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
     if payload.upload is None and (body.image is None) == (body.sample is None):
         raise HTTPException(422, "give exactly one of 'image' (a hash from POST /api/images) or 'sample' (a test-set index)")
     if body.sample is not None and payload.upload is None:
-        pixels, label, box = _test_example(store, entry, body.sample)
+        sample_image, label, box = _test_example(store, entry, body.sample)
     with PIXEL_WORK:  # the full-size image lives only in here; the model then reads x
         if payload.upload is not None:
             body.image, image = store_upload(request.app.state.images, read_upload(payload.upload))  # as POST /api/images does
@@ -148,7 +146,7 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
                 raise HTTPException(404, f"no stored image with hash {body.image!r}; upload it again with POST /api/images")
             image = decode(data)
         else:
-            image = tensor_to_image(pixels)
+            image = sample_image
         original_size = image.size
         x, shown = prepare(image, entry.card.preprocess, body.resolution, body.invert)
         del image
@@ -160,31 +158,33 @@ def samples(count: Annotated[int, Query(ge=1, le=200)] = 24, offset: Annotated[i
     require_kind(entry, "image")
     workload = store.workload(entry)
     classes = entry.card.classes or workload.classes
-    end = min(len(workload.test_y), offset + count)
-    return [
-        {"index": i, "label": int(workload.test_y[i]), "class": classes[int(workload.test_y[i])], "image": png_data_url(tensor_to_image(workload.test_x[i]))}
-        for i in range(offset, end)
-    ]
+    end = min(workload.n_test, offset + count)
+    with PIXEL_WORK:  # an image folder's samples are decoded from their files
+        return [{"index": i, "label": workload.test_label(i), "class": classes[workload.test_label(i)], "image": png_data_url(workload.thumbnail(i))}
+                for i in range(offset, end)]
 
 
 @router.get("/{model_id}/samples/{index}.png", summary="One test-set image as PNG", response_class=Response, openapi_extra=for_kinds("image", test_set=True),
             responses={200: {"content": {"image/png": {}}, "description": "the image"}, **errors(400, 404, 422, 503)})
 def sample_png(index: Annotated[int, Path(ge=0)], entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> Response:
     require_kind(entry, "image")
-    pixels, _, _ = _test_example(store, entry, index)
+    image, _, _ = _test_example(store, entry, index)
     import io
 
     buffer = io.BytesIO()
-    tensor_to_image(pixels).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return Response(buffer.getvalue(), media_type="image/png")
 
 
 @router.get("/{model_id}/dataset", summary="Statistics over the model's test set or held-out text (computed once, cached)",
             response_model=DatasetStatus, responses=errors(400, 404, 503), openapi_extra=for_kinds("image", "text", test_set=True))
-def dataset(request: Request, entry: LoadedModel = Depends(get_model)) -> dict:
+def dataset(request: Request, entry: LoadedModel = Depends(get_model),
+            source: Annotated[Optional[str], Query(max_length=200, description="an analysis's name (the model's `analyses`); default: the test set")] = None) -> dict:
     """`status` is "running" (poll again; `progress` 0..1), "done" (with `result`) or "error".
     Image models: accuracy, FLOPs and ponder per class, gate rates. Byte LMs (the Text view's corpus
     panel): mean and spread of N and N + R per character class, ponder vs surprisal."""
     if entry.kind not in ("image", "text"):
         raise HTTPException(400, f"model {entry.id!r} is a {entry.kind} model; the dataset statistics are for image and text models")
+    if source is not None:
+        return request.app.state.dataset_jobs.analysis(entry, source)
     return request.app.state.dataset_jobs.status(entry)
