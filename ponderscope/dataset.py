@@ -103,7 +103,7 @@ def summarize(records: dict[str, torch.Tensor], classes: list[str], thumbnail: C
         per_class.append({
             "class": name,
             "count": int(index.sum()),
-            "accuracy": float(correct[index].float().mean()) if some else None,
+            "accuracy": float(correct[index].double().mean()) if some else None,
             "mean_flops_ratio": float(flops[index].mean()) if some else None,
             "mean_ponder": float(ponder[index].mean()) if ponder is not None and some else None,
         })
@@ -120,7 +120,7 @@ def summarize(records: dict[str, torch.Tensor], classes: list[str], thumbnail: C
         "model": model_id,
         "classes": list(classes),
         "examples": int(len(labels)),
-        "accuracy": float(correct.float().mean()),
+        "accuracy": float(correct.double().mean()),
         "flops_ratio": float(flops.mean()),
         "mean_ponder": float(ponder.mean()) if ponder is not None else None,
         "dense_flops": float(records["dense_flops"][0]),

@@ -135,3 +135,22 @@ def test_parity_under_torchrun_matches_one_process(tmp_path):
     run(["--config", str(config), "--out", str(tmp_path / "one")], torchrun=False)
     run(["--config", str(config), "--out", str(tmp_path / "two")], torchrun=True)
     assert max_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < 1e-5
+
+
+def test_analyze_under_torchrun_splits_the_shards_and_merges_on_rank_0(folder, tmp_path):
+    """Two ranks (each decoding in a DataLoader worker process) compute every other shard; rank
+    0's merged result is the single process's, number for number."""
+    config = write_config(tmp_path / "sact.json", folder, steps=2)
+    run(["--config", str(config), "--out", str(tmp_path / "model")], torchrun=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    results = {}
+    for name, prefix in (("one", [sys.executable]), ("two", TORCHRUN)):
+        command = prefix + ["-m", "ponderscope", "analyze", str(tmp_path / "model"), "--data", f"imagefolder:{folder}", "--out",
+                            str(tmp_path / name), "--device", "cpu", "--workers", "1", "--shard-size", "5", "--no-progress"]
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "analysis.json").read_text())
+    one, two = results["one"], results["two"]
+    assert two.pop("source")["world_size"] == 2 and one.pop("source")["world_size"] == 1
+    assert one == two and one["examples"] == 12
+    assert (tmp_path / "one" / "images.csv").read_text() == (tmp_path / "two" / "images.csv").read_text()
