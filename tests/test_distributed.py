@@ -154,3 +154,17 @@ def test_analyze_under_torchrun_splits_the_shards_and_merges_on_rank_0(folder, t
     assert two.pop("source")["world_size"] == 2 and one.pop("source")["world_size"] == 1
     assert one == two and one["examples"] == 12
     assert (tmp_path / "one" / "images.csv").read_text() == (tmp_path / "two" / "images.csv").read_text()
+
+
+def test_bf16_autocast_trains_with_float32_weights(folder, tmp_path):
+    """precision "bf16" runs the forward under bfloat16 autocast (meant for CUDA; CPU autocast
+    takes the same path here); the weights and the checkpoint stay float32, and the result
+    differs from the float32 run (the flag does something) while staying close to it."""
+    config = write_config(tmp_path / "bf16.json", folder, steps=2, precision="bf16")
+    run(["--config", str(config), "--out", str(tmp_path / "bf16")], torchrun=False)
+    config32 = write_config(tmp_path / "fp32.json", folder, steps=2)
+    run(["--config", str(config32), "--out", str(tmp_path / "fp32")], torchrun=False)
+    low, full = weights(tmp_path / "bf16"), weights(tmp_path / "fp32")
+    assert all(v.dtype in (torch.float32, torch.int64) for v in low.values())
+    assert 1e-6 < max_difference(low, full) < 0.05
+    assert json.loads((tmp_path / "bf16" / "card.json").read_text())["config"]["precision"] == "bf16"
