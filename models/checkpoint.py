@@ -211,6 +211,10 @@ def _check_data_options(card_path: Path, card: dict) -> None:
         _check_int(card_path, field + "cluttered_train_size", options["cluttered_train_size"], 1, 10**9)
     if "seq_len" in options:
         _check_int(card_path, field + "seq_len", options["seq_len"], 1, MAX_SEQ_LEN)
+    if "val_fraction" in options and not (_is_number(options["val_fraction"]) and 0 < options["val_fraction"] < 1):
+        _refuse(card_path, field + "val_fraction", "a number in (0, 1)", options["val_fraction"])
+    if "workers" in options:
+        _check_int(card_path, field + "workers", options["workers"], 0, 64)
     if "channels" in options:
         channels = options["channels"]  # the channels an image folder's test images are read with
         preprocess = card.get("preprocess") if str(card.get("dataset")).startswith("imagefolder:") else None

@@ -109,6 +109,8 @@ CASES = [
     ("config-null", IMAGE, edit(config=None), "config"),
     ("data_options-list", IMAGE, edit(config__data_options=[["pad", 2]]), "config.data_options"),
     ("data_options-pad-string", IMAGE, edit(config__data_options={"pad": "2"}), "config.data_options.pad"),
+    ("data_options-val_fraction", IMAGE, edit(dataset="imagefolder:/nowhere", config__data_options={"val_fraction": 1.5}), "config.data_options.val_fraction"),
+    ("data_options-workers", IMAGE, edit(dataset="imagefolder:/nowhere", config__data_options={"workers": -1}), "config.data_options.workers"),
     ("data_options-channels", IMAGE, edit(dataset="imagefolder:/nowhere", config__data_options={"channels": 3}), "config.data_options.channels"),
     ("nested-too-deep", IMAGE, edit(notes=nested(40)), "notes"),
     ("nested-beyond-the-parser", IMAGE, literal("notes", "[" * 50_000 + "]" * 50_000), "nested"),
