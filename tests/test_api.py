@@ -565,3 +565,110 @@ def test_dataset_results_carry_their_figures(tmp_path):
             assert steps["y"] == [k["steps"] for k in corpus["per_char_class"].values()]
         cached = list((tmp_path / "cache").glob(f"dataset-{ids['sact']}-*.json"))
         assert len(cached) == 1 and "figures" not in json.loads(cached[0].read_text())  # drawn from the numbers when served
+
+
+# ------------------------------------------------------------------ `ponderscope analyze` results
+def _shapes_folder(root: Path) -> Path:
+    """An image folder with train/ and val/, two classes of small PNGs that differ in content."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 2), ("val", 5)):
+        for label, base in (("dark", 30), ("light", 170)):
+            (root / split / label).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(base + rng.normal(0, 60, (10, 12)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels, "L").save(root / split / label / f"{i}.png")
+    return root
+
+
+def _tiny_checkpoint(path: Path, data: Path, seed: int, shift: float = 0.0) -> dict:
+    """An untrained 2-class SACT model; `shift` lowers the "light" logit (with seed 0, -0.075
+    puts its threshold among the val images: some right, some wrong, both classes predicted)."""
+    from models import create_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    model = create_model("sact_resnet", depth=8, widths=(4, 8, 16), in_channels=1, num_classes=2)
+    with torch.no_grad():  # running statistics away from the defaults, so the logits vary between images
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.normal_(0, 0.3)
+                module.running_var.uniform_(0.5, 1.5)
+        model.classifier.bias[1] += shift
+    card = {"task": {"name": "classify"}, "dataset": f"imagefolder:{data}", "classes": ["dark", "light"],
+            "preprocess": {"input_size": [8, 8], "channels": 1, "mean": [0.5], "std": [0.25]}, "config": {"data_options": {"channels": 1}}}
+    save_checkpoint(model.eval(), path, card)
+    return card
+
+
+def test_analyses_of_an_image_folder_are_attached_to_the_model_with_their_weights(tmp_path):
+    """`ponderscope analyze` over an image folder -> listed with the model whose weights it
+    analysed (given with analyses=, or kept in the checkpoint's own folder), served by
+    GET /dataset?source=NAME with the numbers a plain loop over the files gives; an analysis of
+    other weights is a load error, attached to no model."""
+    import csv
+    import shutil
+
+    from ponderscope.dataset import analyze
+
+    folder = _shapes_folder(tmp_path / "shapes")
+    ckpt = tmp_path / "ckpts" / "tiny"
+    card = _tiny_checkpoint(ckpt, folder, seed=0, shift=-0.075)
+    out = tmp_path / "runs" / "shapes-val"
+    analyze(str(ckpt), str(out), data=f"imagefolder:{folder}", device="cpu", workers=0, progress=False)
+    written = json.loads((out / "analysis.json").read_text())
+    assert written["examples"] == 10 and written["source"]["images"] == 10
+
+    # an independent computation: the model over each val file, as the server prepares an upload
+    model = models.load_checkpoint(ckpt, device="cpu")
+    classes = sorted(p.name for p in (folder / "val").iterdir())
+    predicted, right = {}, 0
+    for label, name in enumerate(classes):
+        for file in sorted((folder / "val" / name).iterdir()):
+            with Image.open(file) as image:
+                x, _ = prepare(image, card["preprocess"])
+            with torch.no_grad():
+                pred = int(model.trace(x).logits.argmax(-1)[0])
+            predicted[file.resolve()] = pred
+            right += pred == label
+    assert len(predicted) == 10 and set(predicted.values()) == {0, 1} and 0 < right < 10  # a check that can fail
+    rows = list(csv.DictReader((out / "images.csv").open()))
+    assert {Path(r["path"]).resolve(): classes.index(r["prediction"]) for r in rows} == predicted
+
+    other = tmp_path / "other" / "tiny-other"
+    _tiny_checkpoint(other, folder, seed=1)
+    foreign = tmp_path / "runs" / "other-val"
+    analyze(str(other), str(foreign), data=f"imagefolder:{folder}", device="cpu", workers=0, progress=False)
+
+    app = create_app([tmp_path / "ckpts"], device="cpu", cache_dir=tmp_path / "cache", analyses=[out, foreign])
+    with TestClient(app) as client:
+        listed = client.get("/api/models").json()
+        assert [m["id"] for m in listed] == ["tiny"]
+        assert listed[0]["analyses"] == [{"name": "shapes-val", "folder": str(out.resolve()), "data": written["source"]["data"],
+                                          "examples": 10, "accuracy": written["accuracy"]}]
+        assert client.get("/api/models/tiny").json()["analyses"] == listed[0]["analyses"]
+        answer = client.get("/api/models/tiny/dataset", params={"source": "shapes-val"})
+        assert answer.status_code == 200
+        status = answer.json()
+        assert status["status"] == "done" and status["progress"] == 1
+        assert status["message"].startswith(f"ponderscope analyze: {written['source']['data']}, 1 process(es) on ")
+        result = status["result"]
+        assert result["examples"] == written["examples"] == 10
+        assert result["accuracy"] == written["accuracy"] == pytest.approx(right / 10)
+        assert result["source"] == written["source"] and result["per_class"] == written["per_class"]
+        assert [c["count"] for c in result["per_class"]] == [5, 5]
+        assert set(result["figures"]) >= {"class", "flops_histogram"}
+        missing = client.get("/api/models/tiny/dataset", params={"source": "no-such-analysis"})
+        assert missing.status_code == 404 and "no analysis 'no-such-analysis'" in missing.json()["detail"]
+        assert "shapes-val" in missing.json()["detail"]  # the known ones are named
+        # the analysis of other weights: said, and attached to nothing
+        errors = client.get("/api/health").json()["load_errors"]
+        assert any(str(foreign.resolve()) in e and "whose weights no loaded model has" in e for e in errors), errors
+        assert client.get("/api/models/tiny/dataset", params={"source": "other-val"}).status_code == 404
+
+    # kept inside the checkpoint's own folder: found without analyses=
+    shutil.copytree(out, ckpt / "kept-here")
+    with TestClient(create_app([tmp_path / "ckpts"], device="cpu", cache_dir=tmp_path / "cache2")) as client:
+        found = client.get("/api/models").json()[0]["analyses"]
+        assert [(a["name"], a["folder"], a["examples"]) for a in found] == [("kept-here", str((ckpt / "kept-here").resolve()), 10)]
+        again = client.get("/api/models/tiny/dataset", params={"source": "kept-here"}).json()
+        assert again["status"] == "done" and again["result"]["accuracy"] == written["accuracy"]
+        assert client.get("/api/health").json()["load_errors"] == []

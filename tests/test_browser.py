@@ -855,3 +855,104 @@ def test_a_plugin_family_is_served_and_drawn_with_its_halting_distribution(page,
     finally:
         server.stop()
 
+
+
+def test_dataset_view_shows_an_analysis_picked_in_statistics_over_and_keeps_it_in_the_link(page, tmp_path):
+    """A model with `ponderscope analyze` results kept in its checkpoint folder: the Dataset view's
+    "Statistics over" lists its test set and each analysis; the analysis picked there is drawn
+    with its own numbers and a line saying how it was computed, and a reload shows it again."""
+    import shutil
+
+    from PIL import Image
+
+    from ponderscope.dataset import analyze
+
+    folder = tmp_path / "shapes"
+    for split, count in (("train", 5), ("val", 3)):
+        for label, shade in (("bright", 200), ("dim", 60)):
+            (folder / split / label).mkdir(parents=True)
+            for i in range(count):
+                image = Image.new("L", (28, 28), 0)
+                image.paste(shade, (4 + i, 3, 22, 25 - i))
+                image.save(folder / split / label / f"{i}.png")
+    model = "shapes-aig"
+    ckpt = tmp_path / "checkpoints" / model
+    shutil.copytree(page.site["work"] / "checkpoints" / page.ids["aig"], ckpt)
+    shutil.copytree(page.site["work"] / "checkpoints" / page.ids["dense"], tmp_path / "checkpoints" / "plain-dense")  # no analyses
+    command = f"ponderscope analyze {ckpt} --data imagefolder:{folder} --split train --out {ckpt / 'shapes-train'}"
+    for split in ("val", "train"):
+        analyze(str(ckpt), str(ckpt / f"shapes-{split}"), data=f"imagefolder:{folder}", split=split, device="cpu", workers=0,
+                progress=False, command=command if split == "train" else "")
+    written = json.loads((ckpt / "shapes-train" / "analysis.json").read_text())
+    assert written["examples"] == 10
+
+    server = ServerProcess([str(tmp_path / "checkpoints")], str(tmp_path / "cache"), str(tmp_path / "server.log"))
+    try:
+        server.wait_ready(timeout=90)
+        page.d.get(f"{server.url}/?view=dataset&dmodel={model}")
+        page.wait("return document.readyState === 'complete' && !!window.ponderscope", what="the page to start")
+        picker = page.d.find_element(By.ID, "dataset-source")
+        assert page.d.find_element(By.ID, "dataset-source-picker").is_displayed()
+        assert page.d.find_element(By.ID, "dataset-source-picker").text.startswith("Statistics over")
+        options = [(o.get_attribute("value"), o.text) for o in Select(picker).options]
+        data = {split: json.loads((ckpt / f"shapes-{split}" / "analysis.json").read_text())["source"]["data"] for split in ("val", "train")}
+        assert options == [("", "test set (fashion-mnist)"), ("shapes-train", f"shapes-train: {data['train']}, 10 images"),
+                           ("shapes-val", f"shapes-val: {data['val']}, 6 images")]
+        assert picker.get_attribute("value") == ""  # the test set first
+
+        # as a person would: open the list, click the analysis
+        picker.click()
+        Select(picker).select_by_visible_text(f"shapes-train: {data['train']}, 10 images")
+        page.wait("const d = window.ponderscope.results.dataset; return d && d.analysis === 'shapes-train' && "
+                  "!document.getElementById('dataset-result').hidden", what="the analysis's statistics")
+
+        def shown() -> None:
+            stats = page.d.find_element(By.ID, "dataset-stats").text
+            assert "images 10" in stats and f"accuracy {100 * written['accuracy']:.2f}%" in stats and "test images" not in stats
+            line = page.d.find_element(By.ID, "dataset-source-line")
+            assert line.is_displayed()
+            assert line.text == (f"ponderscope analyze over {data['train']}: 10 images, 1 process on cpu, {written['source']['seconds']:.1f} s "
+                                 f"(command: {command})")
+            assert page.js("return document.querySelector('#dataset-source-line code').textContent") == command
+            assert page.js("return window.ponderscope.results.dataset.examples") == 10
+            assert page.js("return window.ponderscope.results.dataset.per_class.map((c) => c.count)")[:2] == [5, 5]
+            # the analysis's images are shown, not offered as test-set samples of the Image view
+            thumbs = page.d.find_elements(By.CSS_SELECTOR, "#dataset-least .thumb")
+            assert thumbs and all(t.tag_name == "div" for t in thumbs)
+            assert not page.d.find_element(By.ID, "dataset-click-note").is_displayed()
+            assert page.wait_plot("dataset-class-layer")
+
+        shown()
+        assert page.query() == {"view": "dataset", "dmodel": model, "source": "shapes-train"}
+        link = page.d.current_url
+        page.no_error()
+
+        page.d.get("about:blank")
+        page.d.get(link)
+        page.wait("const d = window.ponderscope && window.ponderscope.results.dataset; return d && d.analysis === 'shapes-train' && "
+                  "!document.getElementById('dataset-result').hidden", what="the analysis after a reload")
+        assert page.d.find_element(By.ID, "dataset-source").get_attribute("value") == "shapes-train"
+        shown()
+        page.no_error()
+
+        # back to the test set: its own statistics, no source line, and no `source` in the link
+        Select(page.d.find_element(By.ID, "dataset-source")).select_by_value("")
+        assert "source" not in page.query()
+        # a model without analyses has no "Statistics over"; back to this one: its test set again
+        models = Select(page.d.find_element(By.ID, "dataset-model"))
+        assert sorted(o.get_attribute("value") for o in models.options) == ["plain-dense", model]
+        models.select_by_value("plain-dense")
+        assert not page.d.find_element(By.ID, "dataset-source-picker").is_displayed()
+        assert page.query() == {"view": "dataset", "dmodel": "plain-dense"}
+        models.select_by_value(model)
+        assert page.d.find_element(By.ID, "dataset-source-picker").is_displayed()
+        assert page.d.find_element(By.ID, "dataset-source").get_attribute("value") == "" and "source" not in page.query()
+        if FMNIST_MISSING is not None:
+            return
+        page.wait("const d = window.ponderscope.results.dataset; return !!d && d.model === arguments[0] && d.analysis === null && "
+                  "!document.getElementById('dataset-result').hidden", model, timeout=90, what="the test set's statistics")
+        assert page.js("return window.ponderscope.results.dataset.examples") == 10000
+        assert not page.d.find_element(By.ID, "dataset-source-line").is_displayed()
+        assert "test images 10000" in page.d.find_element(By.ID, "dataset-stats").text
+    finally:
+        server.stop()
