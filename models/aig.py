@@ -31,6 +31,7 @@ from .flops import conv_flops, linear_flops
 from .registry import register_model
 from .resnet import CIFAR_DEPTHS, IMAGENET_LAYOUTS, IMAGENET_WIDTHS, cifar_units, layout_depth
 from .trace import Trace
+from .whatif import current as current_whatif
 
 GATE_HIDDEN = 16
 
@@ -176,12 +177,19 @@ class AIGResNet(nn.Module):
         flops = torch.full((x.shape[0],), dense, device=x.device)
         gates, executed, gate_values = [], [], []
         sample = self.training or self.gate_mode == "sample"
-        for block in self.gated_blocks:
+        whatif = current_whatif()  # models/whatif.py: a gate bias or removed blocks, or None
+        theta = 0.0 if whatif is None or whatif.gate_bias is None else float(whatif.gate_bias)
+        removed = set(whatif.lesion) if whatif is not None else set()
+        for name, block in zip(self.gate_names if removed else [None] * len(self.gated_blocks), self.gated_blocks):
             logits = block.gate.logits(out)
-            if sample:
+            if name in removed:  # forced closed: the block is its shortcut
+                g = torch.zeros_like(logits[:, 0])
+            elif sample:
                 g = gumbel_straight_through(logits)
-            else:
+            elif theta == 0.0:  # the trained rule: the argmax
                 g = (logits[:, 1] > logits[:, 0]).to(out.dtype)
+            else:  # run iff logit_run - logit_skip > theta
+                g = (logits[:, 1] - logits[:, 0] > theta).to(out.dtype)
             shortcut = block.shortcut(out)
             positions = shortcut.shape[-2] * shortcut.shape[-1]
             if sparse:

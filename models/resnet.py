@@ -43,6 +43,7 @@ from .flops import conv_flops, linear_flops
 from .halting import StepwiseHalting
 from .registry import register_model
 from .trace import BlockTrace, Trace
+from .whatif import current as current_whatif
 
 HALTING_BIAS_INIT = -3.0
 
@@ -147,16 +148,20 @@ class PreActBasicUnit(nn.Module):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.style.inner_act(self.bn2(self._conv1(self.style.act(self.bn1(x))))))
 
+    def shortcut_path(self, x: torch.Tensor, pre: torch.Tensor | None = None) -> torch.Tensor:
+        """What the unit adds its residual branch to (all that is left of a removed unit)."""
+        if self.shortcut is not None:
+            return self.shortcut(self.style.act(self.bn1(x)) if pre is None else pre)
+        if self.pool_pad:
+            return pool_pad_shortcut(x, self.stride, self.out_channels)
+        if self.preact_shortcut:
+            return self.style.act(self.bn1(x)) if pre is None else pre
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.style.act(self.bn1(x))
-        if self.shortcut is not None:
-            shortcut = self.shortcut(pre)
-        elif self.pool_pad:
-            shortcut = pool_pad_shortcut(x, self.stride, self.out_channels)
-        else:
-            shortcut = pre if self.preact_shortcut else x
         out = self.conv2(self.style.inner_act(self.bn2(self._conv1(pre))))
-        return out + shortcut
+        return out + self.shortcut_path(x, pre)
 
 
 class PreActBottleneckUnit(nn.Module):
@@ -187,10 +192,15 @@ class PreActBottleneckUnit(nn.Module):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.residual_from_preact(self.style.act(self.bn1(x)))
 
+    def shortcut_path(self, x: torch.Tensor, pre: torch.Tensor | None = None) -> torch.Tensor:
+        """What the unit adds its residual branch to (all that is left of a removed unit)."""
+        if self.shortcut is None:
+            return x
+        return self.shortcut(self.style.act(self.bn1(x)) if pre is None else pre)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.style.act(self.bn1(x))
-        shortcut = self.shortcut(pre) if self.shortcut is not None else x
-        return self.residual_from_preact(pre) + shortcut
+        return self.residual_from_preact(pre) + self.shortcut_path(x, pre)
 
     def residual_from_preact(self, pre: torch.Tensor) -> torch.Tensor:
         act = self.style.inner_act
@@ -345,10 +355,11 @@ class Block(nn.Module):
     """One stage of residual units, optionally with ACT / SACT halting over its units."""
 
     def __init__(self, unit_cls, in_channels: int, width: int, n_units: int, stride: int, halting: str, eps: float,
-                 style: Style = OURS, first_block: bool = False):
+                 style: Style = OURS, first_block: bool = False, index: int = 0):
         super().__init__()
         self.halting_kind = halting
         self.eps = eps
+        self.unit_names = [f"block{index + 1}.unit{u + 1}" for u in range(n_units)]  # models/whatif.py's names
         units = [unit_cls(in_channels, width, stride, style, first=first_block)]
         channels = units[0].out_channels
         units += [unit_cls(channels, width, 1, style) for _ in range(n_units - 1)]
@@ -367,19 +378,30 @@ class Block(nn.Module):
         Sparse without autograd updates the first unit's output in place (a forward hook on
         units[0] that keeps its output sees it overwritten: clone it)."""
         batch, in_positions = x.shape[0], float(x.shape[-2] * x.shape[-1])
-        x = self.units[0](x)
+        whatif = current_whatif()  # models/whatif.py: a threshold, cap or removed units, or None
+        removed = {u for u, name in enumerate(self.unit_names) if name in whatif.lesion} if whatif and whatif.lesion else set()
+        if 0 in removed:  # the first unit without its residual branch: its shortcut only
+            x = self.units[0].shortcut_path(x)
+            first = conv_flops(self.units[0].shortcut, x.shape[-2] * x.shape[-1]) if self.units[0].shortcut is not None else 0.0
+        else:
+            x = self.units[0](x)
         height, width = x.shape[-2:]
         positions = float(height * width)
-        flops = torch.full((batch,), float(unit_flops(self.units[0], positions, positions, in_positions)), device=x.device)
+        if 0 not in removed:
+            first = unit_flops(self.units[0], positions, positions, in_positions)
+        flops = torch.full((batch,), float(first), device=x.device)
         if self.halting is None:
-            for unit in self.units[1:]:
-                x = x + unit.residual(x)
-                flops = flops + unit_flops(unit, positions, positions)
+            for index, unit in enumerate(self.units[1:], start=1):
+                if index not in removed:
+                    x = x + unit.residual(x)
+                    flops = flops + unit_flops(unit, positions, positions)
             return x, None, flops
 
         spatial = self.halting_kind == "sact"
         state_shape = (batch, height, width) if spatial else (batch,)
-        state = StepwiseHalting(state_shape, device=x.device, dtype=x.dtype, eps=self.eps)
+        eps = self.eps if whatif is None or whatif.threshold is None else 1.0 - whatif.threshold
+        last = len(self.units) - 1 if whatif is None or whatif.cap is None else min(len(self.units), whatif.cap) - 1
+        state = StepwiseHalting(state_shape, device=x.device, dtype=x.dtype, eps=eps)
         grid = pooled = None
         if sparse and spatial:
             # One row per position (NHWC), so that a set of positions is a set of rows.
@@ -400,7 +422,10 @@ class Block(nn.Module):
                 dilated = dilate(mask) if spatial else mask
                 active_counts.append(mask.flatten(1).sum(1, dtype=x.dtype))
                 dilated_counts.append(dilated.flatten(1).sum(1, dtype=x.dtype) if spatial else active_counts[-1])
-                if not sparse:
+                if index in removed:  # no residual branch: x_l = x_{l-1} (the halting branch still runs)
+                    if sparse and spatial and not bool(mask.all()):
+                        rows, near = grid.rows(mask), grid.rows(dilated)
+                elif not sparse:
                     x = x + mask.unsqueeze(1).to(x.dtype) * unit.residual(x)
                 else:
                     # After the last unit x is not read again (no halting branch follows; the
@@ -430,7 +455,7 @@ class Block(nn.Module):
             else:
                 h = self.halting[index](x)
                 h = h if index == 0 else torch.where(active, h, torch.zeros_like(h))
-            p = state.update(h, force_halt=index == n_units - 1)
+            p = state.update(h, force_halt=index >= last)
             weight = p if spatial else p[:, None, None]
             if not sparse:
                 output = output + weight.unsqueeze(1) * x
@@ -440,7 +465,7 @@ class Block(nn.Module):
             # device sync per unit, and the remaining units would get zero weight anyway.
             if not self.training and not state.any_running():
                 break
-        flops = flops + self._loop_flops(active_counts, dilated_counts, positions, batch, x)
+        flops = flops + self._loop_flops(active_counts, dilated_counts, positions, batch, x, removed)
         if grid is not None:
             output = grid.as_nchw(output)  # a channels-last view
         # Units never reached by any element ran nowhere: weight 0, probability 0.
@@ -457,9 +482,10 @@ class Block(nn.Module):
         )
         return output, trace, flops
 
-    def _loop_flops(self, active_counts, dilated_counts, positions: float, batch: int, like: torch.Tensor):
+    def _loop_flops(self, active_counts, dilated_counts, positions: float, batch: int, like: torch.Tensor, removed=frozenset()):
         """FLOPs of units 2.. and of the halting branches that ran, per image, from the number of
-        positions each ran at (one product per kind, rather than a few small ops per unit)."""
+        positions each ran at (one product per kind, rather than a few small ops per unit);
+        `removed` units (models/whatif.py) spent nothing on their residual branch."""
         coefficients = self.__dict__.get("_flops_coefficients")
         if coefficients is None:  # per unit / branch: FLOPs per position (per image), by what sets
             coefficients = self.__dict__["_flops_coefficients"] = (
@@ -469,6 +495,9 @@ class Block(nn.Module):
                 [branch.flops_coefficients()[1] for branch in self.halting],  # per image running
             )
         on_dilated, on_active, per_position, per_image = coefficients
+        if removed:
+            on_dilated = [0.0 if u + 1 in removed else c for u, c in enumerate(on_dilated)]
+            on_active = [0.0 if u + 1 in removed else c for u, c in enumerate(on_active)]
         # Branch l ran after unit l+1 wherever unit l+1 ran: everywhere for l = 0.
         flops = torch.zeros(batch, dtype=like.dtype, device=like.device)
         n_branches = min(len(active_counts) + 1, len(self.halting))
@@ -577,7 +606,7 @@ class ResNet(nn.Module):
         blocks = []
         for index, (n_units, width) in enumerate(zip(units_per_block, widths)):
             stride = 1 if index == 0 else 2
-            block = Block(unit_cls, channels, width, n_units, stride, halting, eps, self.style, first_block=index == 0)
+            block = Block(unit_cls, channels, width, n_units, stride, halting, eps, self.style, first_block=index == 0, index=index)
             blocks.append(block)
             channels = block.out_channels
         self.blocks = nn.ModuleList(blocks)

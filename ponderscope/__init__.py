@@ -5,6 +5,8 @@ In a notebook (see ponderscope.notebook and ponderscope.figures):
     import ponderscope as ps
     model = ps.load("fmnist_sact_resnet32")
     ps.image_figure(model, "shirt.png")
+    points = ps.sweep(model, limit=500)    # accuracy vs FLOPs as the halting threshold moves
+    study = ps.lesion(model, limit=500)    # accuracy after removing each residual unit
 
 Everything is imported on first use (torch only by load), so `import ponderscope` and the
 command line start fast.
@@ -14,12 +16,15 @@ from __future__ import annotations
 import importlib
 
 _NOTEBOOK = ("load", "bundled", "Model", "analyze_image", "analyze_text", "analyze_parity", "image_figure", "text_figure", "parity_figure")
-__all__ = [*_NOTEBOOK, "figures", "notebook"]
+_STUDIES = ("sweep", "lesion")  # what-if studies: ponderscope.studies
+__all__ = [*_NOTEBOOK, *_STUDIES, "figures", "notebook", "studies"]
 
 
 def __getattr__(name: str):
-    if name in ("figures", "notebook"):
+    if name in ("figures", "notebook", "studies"):
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _STUDIES:
+        return getattr(importlib.import_module(f"{__name__}.studies"), name)
     if name in _NOTEBOOK:
         return getattr(importlib.import_module(f"{__name__}.notebook"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

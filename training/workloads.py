@@ -204,7 +204,9 @@ class ImageClassification:
         return task_loss + adaptive, stats
 
     @torch.no_grad()
-    def evaluate(self, model, limit: Optional[int] = None, batch_size: int = 250) -> dict:
+    def evaluate(self, model, limit: Optional[int] = None, batch_size: int = 250, per_class_accuracy: bool = False) -> dict:
+        """The card's metrics of `model` on the first `limit` test images (all: None);
+        per_class_accuracy adds the accuracy of each class (what-if studies: which classes break)."""
         n = self.n_test if limit is None else min(limit, self.n_test)
         correct, flops, ponder, units, gates, executed, labels_all = [], [], [], [], [], [], []
         inside, outside = [], []
@@ -237,6 +239,8 @@ class ImageClassification:
         }
         per_class_flops = [(_mean(flops[labels_all == c]) / dense) for c in range(len(self.classes))]
         metrics["per_class_flops_ratio"] = per_class_flops
+        if per_class_accuracy:
+            metrics["per_class_accuracy"] = [_mean(correct[labels_all == c]) for c in range(len(self.classes))]
         if ponder:
             ponder, units = torch.cat(ponder), torch.cat(units)
             metrics["mean_ponder"] = float(ponder.sum(1).mean())  # sum over blocks, mean over images

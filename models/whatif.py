@@ -1,0 +1,116 @@
+"""Ask a trained model "what if": the same weights with one documented change, at inference.
+
+    with applied(model, WhatIf(threshold=0.9)):        # ACT/SACT: halt once the sum of h >= 0.9
+        trace = model.trace(x)
+    WhatIf(cap=2)                                        # ACT/SACT: at most 2 units per block
+    WhatIf(gate_bias=1.0)                                # AIG: run a block iff logit_run - logit_skip > 1
+    WhatIf(lesion=("block2.unit1", "layer3.4"))          # remove units / gated blocks
+
+The changes, each exactly one:
+- threshold: the halting threshold 1 - eps of every block (models/halting.py); trained: 1 - eps.
+- cap: the last unit a block may run is unit `cap` (it halts there with its remainder, as the
+  last unit of the block always does). Trained: no cap.
+- gate_bias: ConvNet-AIG's deterministic gate runs a block iff logit_run - logit_skip > theta;
+  trained: theta = 0 (the argmax).
+- lesion: a removed residual unit of a ResNet (dense, ACT or SACT) adds no residual branch: x_l =
+  x_{l-1}; a block's first unit, which may stride or widen, keeps its shortcut (the projection
+  or the pooling) and drops its residual branch. The halting branch after a removed unit still
+  runs (halting is not removed). A removed ConvNet-AIG block has its gate forced closed
+  (its projection shortcut, where it has one, still runs).
+FLOPs count what then runs. The setting lives in a context variable, not on the module: the
+server runs requests with different settings on one model at the same time.
+"""
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch.nn as nn
+
+
+class WhatIfError(ValueError):
+    """A change that does not apply to the model (the message says which do)."""
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    threshold: Optional[float] = None
+    cap: Optional[int] = None
+    gate_bias: Optional[float] = None
+    lesion: tuple[str, ...] = field(default=())
+
+    def is_trained(self) -> bool:
+        return self.threshold is None and self.cap is None and self.gate_bias is None and not self.lesion
+
+    def as_dict(self) -> dict:
+        return {"threshold": self.threshold, "cap": self.cap, "gate_bias": self.gate_bias, "lesion": list(self.lesion)}
+
+
+_CURRENT: ContextVar[Optional[WhatIf]] = ContextVar("ponderscope_whatif", default=None)
+
+
+def current() -> Optional[WhatIf]:
+    """The change in force in this thread / task (None: the trained model)."""
+    return _CURRENT.get()
+
+
+def knobs(model: nn.Module) -> dict:
+    """What can be changed on `model`, with the trained values: {"threshold": 0.99, "cap":
+    max units per block, "units": [...]} for ACT/SACT, {"gate_bias": 0.0, "units": [...]} for AIG,
+    {"units": [...]} for a dense ResNet; {} for a model without these (an RNN, a plugin's)."""
+    blocks = getattr(model, "blocks", None)
+    if getattr(model, "halting", None) in ("act", "sact") and blocks is not None:
+        eps = {float(block.eps) for block in blocks}
+        return {"threshold": 1.0 - max(eps), "cap": max(len(b.units) for b in blocks), "units": unit_names(model)}
+    if getattr(model, "halting", None) == "none" and blocks is not None:
+        return {"units": unit_names(model)}
+    if hasattr(model, "gated_blocks"):
+        return {"gate_bias": 0.0, "units": unit_names(model)}
+    return {}
+
+
+def unit_names(model: nn.Module) -> list[str]:
+    """The removable units, in order: ResNets "block{b}.unit{u}" (1-based), AIG its gate names."""
+    if hasattr(model, "gated_blocks"):
+        return list(model.gate_names)
+    return [f"block{b + 1}.unit{u + 1}" for b, block in enumerate(model.blocks) for u in range(len(block.units))]
+
+
+def downsampling_units(model: nn.Module) -> list[str]:
+    """The units that change resolution or width (they keep their shortcut when removed)."""
+    if hasattr(model, "gated_blocks"):
+        return [name for name, block in zip(model.gate_names, model.gated_blocks) if len(block.shortcut)]
+    return [f"block{b + 1}.unit1" for b, block in enumerate(model.blocks)
+            if block.units[0].stride != 1 or block.units[0].shortcut is not None or getattr(block.units[0], "pool_pad", False)]
+
+
+def check(model: nn.Module, whatif: WhatIf) -> None:
+    allowed = knobs(model)
+    for name in ("threshold", "cap", "gate_bias"):
+        if getattr(whatif, name) is not None and name not in allowed:
+            what = ", ".join(k for k in allowed if k != "units") or "only lesions" if allowed else "nothing"
+            raise WhatIfError(f"{name} does not apply to {type(model).__name__} (it takes {what})")
+    if whatif.threshold is not None and not 0.0 < whatif.threshold <= 1.0:
+        raise WhatIfError(f"threshold must be in (0, 1], not {whatif.threshold}")
+    if whatif.cap is not None and not 1 <= whatif.cap:
+        raise WhatIfError(f"cap must be a whole number >= 1, not {whatif.cap}")
+    unknown = sorted(set(whatif.lesion) - set(allowed.get("units", ())))
+    if unknown:
+        known = allowed.get("units") or []
+        raise WhatIfError(f"no unit {', '.join(unknown)} in this model" + (f" (units: {known[0]} .. {known[-1]})" if known else ""))
+
+
+@contextlib.contextmanager
+def applied(model: nn.Module, whatif: Optional[WhatIf]) -> Iterator[None]:
+    """Run the code inside with `whatif` in force (checked against the model first)."""
+    if whatif is None or whatif.is_trained():
+        yield
+        return
+    check(model, whatif)
+    token = _CURRENT.set(whatif)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)

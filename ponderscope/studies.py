@@ -1,0 +1,128 @@
+"""What-if studies of a trained model over its test set (models/whatif.py makes each change):
+
+    points = ponderscope.sweep(model)     # accuracy and FLOPs as the threshold / cap / gate bias moves
+    study = ponderscope.lesion(model)     # accuracy after removing each unit, and k random units
+
+Every number is the test metric `ponderscope eval` writes into the card (the workload's own
+`evaluate`, same batches, same reductions), measured with one change in force, so the point at
+the trained setting is the card's own accuracy and FLOPs (metrics.test for limit=None,
+metrics.slice for limit=500).
+"""
+from __future__ import annotations
+
+import random
+import statistics
+from typing import Callable, Optional
+
+from models.whatif import WhatIf, applied, downsampling_units, knobs
+
+THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.995, 0.999, 1.0)  # with the trained 1 - eps
+GATE_BIASES = (-4.0, -2.0, -1.0, -0.5, -0.25, 0.25, 0.5, 1.0, 2.0, 4.0)  # with the trained 0
+RANDOM_KS = (1, 2, 3, 4, 6, 8, 10)
+DRAWS = 3
+
+
+def _module(model):
+    return getattr(model, "module", model)
+
+
+def _workload(model):
+    """The model's test data, as the server and `ponderscope eval` read it."""
+    if hasattr(model, "store"):
+        return model.store.workload(model.entry)
+    raise TypeError("pass what ponderscope.load returns")
+
+
+def measure(model, whatif: Optional[WhatIf] = None, limit: Optional[int] = None, per_class: bool = False, workload=None) -> dict:
+    """The card's test metrics of `model` on its first `limit` test examples with `whatif` in force."""
+    workload = workload or _workload(model)
+    with applied(_module(model), whatif):
+        return workload.evaluate(_module(model), limit, per_class_accuracy=per_class)
+
+
+def _point(parameter: Optional[str], setting, trained: bool, metrics: dict) -> dict:
+    return {"parameter": parameter, "setting": setting, "trained": trained, "accuracy": metrics["accuracy"],
+            "flops_ratio": metrics["flops_ratio"], "mean_ponder": metrics.get("mean_ponder"), "examples": metrics["examples"],
+            "mean_executed_layers": metrics.get("mean_executed_layers")}
+
+
+def sweep_plan(model) -> list[tuple[Optional[str], object, Optional[WhatIf]]]:
+    """(parameter, setting, change) of every point of the sweep; None: the trained model."""
+    can = knobs(_module(model))
+    plan: list = [(None, None, None)]
+    if "threshold" in can:
+        trained = round(can["threshold"], 10)
+        plan += [("threshold", t, None if t == trained else WhatIf(threshold=t)) for t in sorted(set(THRESHOLDS) | {trained})]
+        plan += [("cap", c, None if c == can["cap"] else WhatIf(cap=c)) for c in range(1, can["cap"] + 1)]
+    if "gate_bias" in can:
+        plan += [("gate_bias", b, None if b == 0.0 else WhatIf(gate_bias=b)) for b in sorted(set(GATE_BIASES) | {0.0})]
+    return plan
+
+
+def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float, str], None]] = None) -> list[dict]:
+    """Accuracy and FLOPs (executed / dense) over the first `limit` test examples (all: None) as
+    the model's inference settings move, without retraining: ACT/SACT the halting threshold
+    1 - eps and a per-block cap on units, AIG the gate bias theta. Each point: parameter,
+    setting, trained (the model's own setting: measured once, the card's numbers), accuracy,
+    flops_ratio, mean_ponder, examples. A dense ResNet has its trained point only."""
+    plan = sweep_plan(model)
+    workload = _workload(model)
+    trained = measure(model, None, limit, workload=workload)
+    points = []
+    for done, (parameter, setting, change) in enumerate(plan):
+        if progress:
+            progress(done / len(plan), f"{parameter or 'trained'} {setting if setting is not None else ''}".strip())
+        metrics = trained if change is None else measure(model, change, limit, workload=workload)
+        if parameter is None and len(plan) > 1:
+            continue  # the trained point appears at its place in each parameter's curve
+        points.append(_point(parameter, setting, change is None, metrics))
+    return points
+
+
+def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS, seed: int = 0,
+           progress: Optional[Callable[[float, str], None]] = None) -> dict:
+    """Remove one unit at a time (models/whatif.py: a ResNet unit's residual branch, an AIG
+    block's gate forced closed; downsampling units keep their shortcut) and measure the test
+    accuracy and FLOPs over the first `limit` examples, with the accuracy of every class; then k
+    units drawn at random (from the units that do not downsample, as Veit et al. 2016), `draws`
+    times each (seeded). -> {"trained", "single": [{name, downsampling, accuracy, flops_ratio,
+    per_class_accuracy}], "random": [{k, mean, std, min, max, accuracies}], "classes", "units"}."""
+    module = _module(model)
+    can = knobs(module)
+    if "units" not in can:
+        raise ValueError(f"{type(module).__name__} has no removable residual units")
+    names, downsampling = can["units"], set(downsampling_units(module))
+    workload = _workload(model)
+    removable = [n for n in names if n not in downsampling]
+    rng = random.Random(seed)
+    random_sets = [(k, tuple(sorted(rng.sample(removable, k)))) for k in ks if k <= len(removable) for _ in range(draws)]
+    total = 1 + len(names) + len(random_sets)
+    step = 0
+
+    def tick(what: str) -> None:
+        nonlocal step
+        if progress:
+            progress(step / total, what)
+        step += 1
+
+    tick("trained")
+    trained = measure(model, None, limit, per_class=True, workload=workload)
+    single = []
+    for name in names:
+        tick(f"without {name}")
+        metrics = measure(model, WhatIf(lesion=(name,)), limit, per_class=True, workload=workload)
+        single.append({"name": name, "downsampling": name in downsampling, "accuracy": metrics["accuracy"],
+                       "flops_ratio": metrics["flops_ratio"], "per_class_accuracy": metrics["per_class_accuracy"]})
+    by_k: dict[int, list[float]] = {}
+    for k, chosen in random_sets:
+        tick(f"without {k} random units")
+        by_k.setdefault(k, []).append(measure(model, WhatIf(lesion=chosen), limit, workload=workload)["accuracy"])
+    random_points = [{"k": k, "mean": statistics.fmean(a), "std": statistics.pstdev(a), "min": min(a), "max": max(a), "accuracies": a}
+                     for k, a in sorted(by_k.items())]
+    if progress:
+        progress(1.0, "done")
+    return {"trained": {**_point(None, None, True, trained), "per_class_accuracy": trained["per_class_accuracy"]},
+            "single": single, "random": [{"k": 0, "mean": trained["accuracy"], "std": 0.0, "min": trained["accuracy"],
+                                          "max": trained["accuracy"], "accuracies": [trained["accuracy"]]}] + random_points,
+            "classes": list(model.entry.card.classes or workload.classes), "units": names, "examples": trained["examples"],
+            "draws": draws, "seed": seed, "layer_rates": trained.get("layer_execution_rate")}
