@@ -431,7 +431,7 @@ class Block(nn.Module):
                     # After the last unit x is not read again (no halting branch follows; the
                     # block returns `output`), so only `output` is updated there. Without autograd
                     # x is updated in place: only the rows a unit changes are written.
-                    update_x = "no" if index == n_units - 1 else "in place" if not torch.is_grad_enabled() else "copy"
+                    update_x = "no" if index >= last else "in place" if not torch.is_grad_enabled() else "copy"
                     rest = 1.0 - state.cumulative
                     if spatial:
                         if not bool(mask.all()):
@@ -442,8 +442,8 @@ class Block(nn.Module):
             # The halting probability h of this unit, where it ran (0 where it did not: the rule
             # reads h only where a position / image still runs, and sparse execution computes the
             # branch only there, like the FLOP count).
-            if index == n_units - 1:
-                h = active.to(x.dtype)  # the last unit halts everything: h = 1
+            if index >= last:
+                h = active.to(x.dtype)  # the last unit (or the what-if cap) halts everything: h = 1
             elif grid is not None:
                 if rows is not None and pooled is None:
                     # the branch's global term needs the mean of x over the map, kept up to date
@@ -465,7 +465,7 @@ class Block(nn.Module):
             # device sync per unit, and the remaining units would get zero weight anyway.
             if not self.training and not state.any_running():
                 break
-        flops = flops + self._loop_flops(active_counts, dilated_counts, positions, batch, x, removed)
+        flops = flops + self._loop_flops(active_counts, dilated_counts, positions, batch, x, removed, last)
         if grid is not None:
             output = grid.as_nchw(output)  # a channels-last view
         # Units never reached by any element ran nowhere: weight 0, probability 0.
@@ -482,10 +482,12 @@ class Block(nn.Module):
         )
         return output, trace, flops
 
-    def _loop_flops(self, active_counts, dilated_counts, positions: float, batch: int, like: torch.Tensor, removed=frozenset()):
+    def _loop_flops(self, active_counts, dilated_counts, positions: float, batch: int, like: torch.Tensor, removed=frozenset(),
+                    last: int | None = None):
         """FLOPs of units 2.. and of the halting branches that ran, per image, from the number of
         positions each ran at (one product per kind, rather than a few small ops per unit);
-        `removed` units (models/whatif.py) spent nothing on their residual branch."""
+        `removed` units (models/whatif.py) spent nothing on their residual branch, and no branch
+        runs after unit `last` (the what-if cap: it halts everything, like the last unit)."""
         coefficients = self.__dict__.get("_flops_coefficients")
         if coefficients is None:  # per unit / branch: FLOPs per position (per image), by what sets
             coefficients = self.__dict__["_flops_coefficients"] = (
@@ -500,7 +502,7 @@ class Block(nn.Module):
             on_active = [0.0 if u + 1 in removed else c for u, c in enumerate(on_active)]
         # Branch l ran after unit l+1 wherever unit l+1 ran: everywhere for l = 0.
         flops = torch.zeros(batch, dtype=like.dtype, device=like.device)
-        n_branches = min(len(active_counts) + 1, len(self.halting))
+        n_branches = min(len(active_counts) + 1, len(self.halting), len(self.halting) if last is None else last)
         if n_branches:
             ran = [torch.full((batch,), positions, dtype=like.dtype, device=like.device)] + active_counts[: n_branches - 1]
             ran = torch.stack(ran, 1)

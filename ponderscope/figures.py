@@ -15,6 +15,10 @@ after `import ponderscope`, carry plotly.js inline (no CDN).
     dataset_figures(result)       GET /dataset result -> {name: Figure}
     text_figure(analysis)         byte LM: per-character ponder with surprisal
     parity_figure(analyses)       parity: ponder against nonzero entries
+    sweep_figure(results)         what-if: accuracy vs FLOPs as threshold / cap / gate bias move
+    lesion_figure(studies)        what-if: accuracy after removing each unit, models side by side
+    random_lesion_figure(studies) what-if: accuracy as k random units are removed
+    class_lesion_figure(study)    what-if: accuracy drop per class and removed unit
 """
 from __future__ import annotations
 
@@ -336,6 +340,97 @@ def corpus_figure(result: dict) -> go.Figure:
         "title": {"text": f"{result.get('model', '')}: mean N and N+R by the class of the byte read"}, "barmode": "group",
         "yaxis": {"title": {"text": "steps N / ponder N+R"}, "rangemode": "tozero"},
         "legend": LEGEND_ON_TOP, "margin": {"l": 60, "r": 20, "t": 90, "b": 40}})
+
+
+# ------------------------------------------------------------------ what-if studies
+STUDY_COLORS = ["#1f5fbf", "#e0892b", "#2ca02c", "#9467bd", "#c0392b", "#17becf", "#8c564b"]
+PARAMETER_LABELS = {"threshold": "halting threshold 1 - eps", "cap": "units per block, at most", "gate_bias": "gate bias theta"}
+
+
+def sweep_figure(results: dict[str, list[dict]], reference: dict | None = None) -> go.Figure:
+    """ponderscope.sweep points of several models -> accuracy against FLOPs (executed / dense):
+    one curve per model and parameter, the trained setting as a star, and `reference` (a dense
+    twin's {"label", "accuracy", "flops_ratio"}) as a diamond."""
+    data = []
+    for index, (label, points) in enumerate(results.items()):
+        color = STUDY_COLORS[index % len(STUDY_COLORS)]
+        for dash, parameter in zip(("solid", "dot", "dash"), dict.fromkeys(p["parameter"] for p in points if p["parameter"])):
+            curve = sorted((p for p in points if p["parameter"] == parameter), key=lambda p: p["flops_ratio"])
+            data.append(go.Scatter(mode="lines+markers", name=f"{label}: {PARAMETER_LABELS.get(parameter, parameter)}",
+                                   x=[p["flops_ratio"] for p in curve], y=[p["accuracy"] for p in curve],
+                                   customdata=[[p["setting"]] for p in curve], line={"color": color, "dash": dash}, marker={"size": 6},
+                                   hovertemplate=f"{parameter} %{{customdata[0]}}: accuracy %{{y:.2%}} at %{{x:.1%}} of dense FLOPs<extra>{label}</extra>"))
+        trained = next((p for p in points if p["trained"]), None)
+        if trained is not None:
+            data.append(go.Scatter(mode="markers", name=f"{label}: trained", x=[trained["flops_ratio"]], y=[trained["accuracy"]],
+                                   marker={"symbol": "star", "size": 15, "color": color, "line": {"color": "#1b1f24", "width": 1}},
+                                   hovertemplate=f"trained: accuracy %{{y:.2%}} at %{{x:.1%}} of dense FLOPs<extra>{label}</extra>"))
+    if reference is not None:
+        data.append(go.Scatter(mode="markers", name=f"{reference['label']} (dense)", x=[reference["flops_ratio"]], y=[reference["accuracy"]],
+                               marker={"symbol": "diamond", "size": 13, "color": COLORS["other"]},
+                               hovertemplate=f"dense: accuracy %{{y:.2%}}<extra>{reference['label']}</extra>"))
+    return _figure(data, {"title": {"text": "Accuracy against computation as the inference settings move (no retraining)"},
+                          "xaxis": {"title": {"text": "FLOPs executed / dense"}, "tickformat": ".0%", "rangemode": "tozero"},
+                          "yaxis": {"title": {"text": "test accuracy"}, "tickformat": ".0%"},
+                          "legend": {"orientation": "h", "y": -0.3}, "margin": {"b": 120}})
+
+
+def lesion_figure(studies: dict[str, dict]) -> go.Figure:
+    """ponderscope.lesion of several models side by side: the test accuracy after removing each
+    unit alone (x: the unit's place in the network; downsampling units as crosses), each model's
+    intact accuracy dotted, and where a model has gates (ConvNet-AIG) its execution rate per
+    layer on the right axis: do the layers it skips hurt least when removed?"""
+    data = []
+    for index, (label, study) in enumerate(studies.items()):
+        color = STUDY_COLORS[index % len(STUDY_COLORS)]
+        single = study["single"]
+        places = list(range(1, len(single) + 1))
+        data.append(go.Scatter(mode="lines+markers", name=f"{label}: without the unit", x=places, y=[u["accuracy"] for u in single],
+                               customdata=[[u["name"], "downsampling" if u["downsampling"] else ""] for u in single], line={"color": color},
+                               marker={"size": [11 if u["downsampling"] else 7 for u in single], "symbol": ["x" if u["downsampling"] else "circle" for u in single]},
+                               hovertemplate="without %{customdata[0]} %{customdata[1]}: accuracy %{y:.2%}<extra>" + label + "</extra>"))
+        data.append(go.Scatter(mode="lines", name=f"{label}: intact", x=[places[0], places[-1]], y=[study["trained"]["accuracy"]] * 2,
+                               line={"color": color, "dash": "dot", "width": 1}, hovertemplate="intact: %{y:.2%}<extra>" + label + "</extra>"))
+        if study.get("layer_rates"):
+            data.append(go.Bar(name=f"{label}: execution rate", x=places, y=study["layer_rates"], yaxis="y2", opacity=0.25,
+                               marker={"color": color}, customdata=[[u["name"]] for u in single],
+                               hovertemplate="%{customdata[0]} runs for %{y:.1%} of the images<extra>" + label + "</extra>"))
+    return _figure(data, {"title": {"text": "Remove one unit at test time: accuracy (crosses: units that downsample, keeping their shortcut)"},
+                          "xaxis": {"title": {"text": "residual unit / gated block, input to output"}, "dtick": 1},
+                          "yaxis": {"title": {"text": "test accuracy"}, "tickformat": ".0%"},
+                          "yaxis2": {"title": {"text": "execution rate (gated models)"}, "overlaying": "y", "side": "right", "range": [0, 1.05],
+                                     "tickformat": ".0%", "showgrid": False},
+                          "barmode": "overlay", "legend": {"orientation": "h", "y": -0.3}, "margin": {"b": 130, "r": 70}})
+
+
+def random_lesion_figure(studies: dict[str, dict]) -> go.Figure:
+    """Accuracy as k random units are removed (Veit et al. 2016, fig. 5): mean over the draws,
+    bars from the lowest to the highest draw."""
+    data = []
+    for index, (label, study) in enumerate(studies.items()):
+        points = study["random"]
+        data.append(go.Scatter(mode="lines+markers", name=label, x=[p["k"] for p in points], y=[p["mean"] for p in points],
+                               error_y={"type": "data", "symmetric": False, "array": [p["max"] - p["mean"] for p in points],
+                                        "arrayminus": [p["mean"] - p["min"] for p in points]},
+                               line={"color": STUDY_COLORS[index % len(STUDY_COLORS)]},
+                               hovertemplate="%{x} removed: mean accuracy %{y:.2%}<extra>" + label + "</extra>"))
+    draws = next(iter(studies.values()), {}).get("draws", "")
+    return _figure(data, {"title": {"text": f"Remove k random units (not downsampling ones): mean of {draws} draws, min to max"},
+                          "xaxis": {"title": {"text": "units removed"}, "dtick": 1},
+                          "yaxis": {"title": {"text": "test accuracy"}, "tickformat": ".0%"}, "legend": {"orientation": "h", "y": -0.25}})
+
+
+def class_lesion_figure(study: dict, label: str = "") -> go.Figure:
+    """Which classes break when a unit is removed: accuracy drop per class (rows) and removed
+    unit (columns), in points of accuracy."""
+    trained = study["trained"]["per_class_accuracy"]
+    units = [u["name"] for u in study["single"]]
+    drop = [[None if t != t or u["per_class_accuracy"][c] != u["per_class_accuracy"][c] else 100.0 * (t - u["per_class_accuracy"][c])
+             for u in study["single"]] for c, t in enumerate(trained)]
+    return _figure([go.Heatmap(z=drop, x=units, y=study["classes"], colorscale=COLORSCALES["YlOrRd"], zmin=0, colorbar={"title": {"text": "points"}},
+                               hovertemplate="without %{x}: %{y} accuracy down %{z:.1f} points<extra></extra>")],
+                   {"title": {"text": f"{label}: accuracy drop per class when one unit is removed".strip(": ")},
+                    "xaxis": {"tickangle": -45}, "margin": {"b": 90, "l": 100}})
 
 
 # ------------------------------------------------------------------ sequence models

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional
 
 from models.whatif import WhatIf, applied, downsampling_units, knobs
 
@@ -33,11 +33,31 @@ def _workload(model):
     raise TypeError("pass what ponderscope.load returns")
 
 
-def measure(model, whatif: Optional[WhatIf] = None, limit: Optional[int] = None, per_class: bool = False, workload=None) -> dict:
+class _Guarded:
+    """The module as `evaluate` reads it, each forward pass inside `guard()` (the server's
+    background inference slot, which also stops a job when the server stops)."""
+
+    def __init__(self, module, guard: Callable[[], ContextManager]):
+        self.module, self.guard = module, guard
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def trace(self, x):
+        with self.guard():
+            return self.module.trace(x)
+
+    def __getattr__(self, name: str):
+        return getattr(self.module, name)
+
+
+def measure(model, whatif: Optional[WhatIf] = None, limit: Optional[int] = None, per_class: bool = False, workload=None,
+            guard: Optional[Callable[[], ContextManager]] = None) -> dict:
     """The card's test metrics of `model` on its first `limit` test examples with `whatif` in force."""
     workload = workload or _workload(model)
-    with applied(_module(model), whatif):
-        return workload.evaluate(_module(model), limit, per_class_accuracy=per_class)
+    module = _module(model)
+    with applied(module, whatif):
+        return workload.evaluate(module if guard is None else _Guarded(module, guard), limit, per_class_accuracy=per_class)
 
 
 def _point(parameter: Optional[str], setting, trained: bool, metrics: dict) -> dict:
@@ -59,7 +79,8 @@ def sweep_plan(model) -> list[tuple[Optional[str], object, Optional[WhatIf]]]:
     return plan
 
 
-def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float, str], None]] = None) -> list[dict]:
+def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float, str], None]] = None,
+          guard: Optional[Callable[[], ContextManager]] = None) -> list[dict]:
     """Accuracy and FLOPs (executed / dense) over the first `limit` test examples (all: None) as
     the model's inference settings move, without retraining: ACT/SACT the halting threshold
     1 - eps and a per-block cap on units, AIG the gate bias theta. Each point: parameter,
@@ -67,12 +88,12 @@ def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float
     flops_ratio, mean_ponder, examples. A dense ResNet has its trained point only."""
     plan = sweep_plan(model)
     workload = _workload(model)
-    trained = measure(model, None, limit, workload=workload)
+    trained = measure(model, None, limit, workload=workload, guard=guard)
     points = []
     for done, (parameter, setting, change) in enumerate(plan):
         if progress:
             progress(done / len(plan), f"{parameter or 'trained'} {setting if setting is not None else ''}".strip())
-        metrics = trained if change is None else measure(model, change, limit, workload=workload)
+        metrics = trained if change is None else measure(model, change, limit, workload=workload, guard=guard)
         if parameter is None and len(plan) > 1:
             continue  # the trained point appears at its place in each parameter's curve
         points.append(_point(parameter, setting, change is None, metrics))
@@ -80,7 +101,7 @@ def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float
 
 
 def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS, seed: int = 0,
-           progress: Optional[Callable[[float, str], None]] = None) -> dict:
+           progress: Optional[Callable[[float, str], None]] = None, guard: Optional[Callable[[], ContextManager]] = None) -> dict:
     """Remove one unit at a time (models/whatif.py: a ResNet unit's residual branch, an AIG
     block's gate forced closed; downsampling units keep their shortcut) and measure the test
     accuracy and FLOPs over the first `limit` examples, with the accuracy of every class; then k
@@ -106,17 +127,17 @@ def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS,
         step += 1
 
     tick("trained")
-    trained = measure(model, None, limit, per_class=True, workload=workload)
+    trained = measure(model, None, limit, per_class=True, workload=workload, guard=guard)
     single = []
     for name in names:
         tick(f"without {name}")
-        metrics = measure(model, WhatIf(lesion=(name,)), limit, per_class=True, workload=workload)
+        metrics = measure(model, WhatIf(lesion=(name,)), limit, per_class=True, workload=workload, guard=guard)
         single.append({"name": name, "downsampling": name in downsampling, "accuracy": metrics["accuracy"],
                        "flops_ratio": metrics["flops_ratio"], "per_class_accuracy": metrics["per_class_accuracy"]})
     by_k: dict[int, list[float]] = {}
     for k, chosen in random_sets:
         tick(f"without {k} random units")
-        by_k.setdefault(k, []).append(measure(model, WhatIf(lesion=chosen), limit, workload=workload)["accuracy"])
+        by_k.setdefault(k, []).append(measure(model, WhatIf(lesion=chosen), limit, workload=workload, guard=guard)["accuracy"])
     random_points = [{"k": k, "mean": statistics.fmean(a), "std": statistics.pstdev(a), "min": min(a), "max": max(a), "accuracies": a}
                      for k, a in sorted(by_k.items())]
     if progress:

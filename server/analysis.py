@@ -237,6 +237,8 @@ def answer_figures(kind: str, answer: dict, vector: list | None = None, curve: d
         parity   "parity": ponder against nonzero entries, this vector over the test-set curve;
                  "halting": p(n) over steps (PonderNet-style models)
         dataset  dataset_figures(result): "class", "flops_histogram", ... (image), "corpus" (text)
+        sweep    "sweep": accuracy vs FLOPs of every model asked for, the dense twin as reference
+        lesion   "single", "random", and "classes:<model>" per model
     """
     from ponderscope import figures
 
@@ -248,6 +250,12 @@ def answer_figures(kind: str, answer: dict, vector: list | None = None, curve: d
             out["gates"] = figures.gates_figure(answer)
     elif kind == "text":
         out = {"text": figures.text_figure(answer)}
+    elif kind == "sweep":  # {"results": {label: points}, "reference": dense point or None}
+        out = {"sweep": figures.sweep_figure(answer["results"], answer.get("reference"))}
+    elif kind == "lesion":  # {"results": {label: study}}
+        studies = answer["results"]
+        out = {"single": figures.lesion_figure(studies), "random": figures.random_lesion_figure(studies),
+               **{f"classes:{label}": figures.class_lesion_figure(study, label) for label, study in studies.items()}}
     elif kind == "parity":
         out = {"parity": figures.parity_figure({**answer, "vector": vector} if vector is not None else answer, curve, bits)}
         if answer.get("halting_distribution"):

@@ -25,7 +25,7 @@ from .image_store import DEFAULT_DISK_BYTES, ImageStore
 from .imaging import ImageError
 from .limits import BodyLimit
 from .schemas import Health
-from .routers import images, models, sequences
+from .routers import images, models, sequences, studies
 from .store import BUNDLED_CHECKPOINTS, ModelStore, NoTestSet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +165,7 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     app.include_router(models.router)
     app.include_router(images.router)
     app.include_router(sequences.router)
+    app.include_router(studies.router)
 
     @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
     def plotly_js():

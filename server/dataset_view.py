@@ -3,12 +3,14 @@ thread, cached on disk under a key that includes the weights' hash (so a retrain
 is recomputed), with progress that the page polls."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import threading
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -25,6 +27,7 @@ BATCH = 250
 
 CORPUS_BYTES = 20_000  # held-out bytes a text model's corpus panel is measured on, without card metrics
 CORPUS_SCHEMA = 2  # bump when the corpus statistics change (cached answers then are recomputed)
+STUDY_SCHEMA = 1  # the same for what-if studies
 IMAGE_SCHEMA = 3  # the same for image models (2: the overall mean_ponder; 3: ponderscope.dataset.summarize)
 
 
@@ -76,9 +79,43 @@ class DatasetJobs:
 
     def status(self, entry) -> dict:
         self.store.require_test_set(entry)  # a 404 with the reason; starts no job
-        path = self._cache_path(entry)
+        return self._job(entry.id, self._cache_path(entry), lambda job: self._compute(entry, job), "dataset", f"dataset view for {entry.id}")
+
+    def study(self, entry, kind: str, limit: int) -> dict:
+        """A what-if study of the model (ponderscope.studies.sweep or .lesion) over its first
+        `limit` test images: a job like the dataset view's, cached under the weights' hash. Its
+        result is the study's numbers alone; the figures are drawn over several models
+        (server.routers.studies)."""
+        from ponderscope import studies
+        from ponderscope.notebook import Model
+
+        self.store.require_test_set(entry)
+        limit = min(limit, self.store.workload(entry).n_test)
+        path = self.cache_dir / f"{kind}-{entry.id}-{entry.weights_sha256[:16]}-n{limit}-v{STUDY_SCHEMA}.json"
+
+        def compute(job: dict) -> dict:
+            def progress(fraction: float, what: str) -> None:
+                job["progress"], job["message"] = fraction, what
+
+            run = studies.sweep if kind == "sweep" else studies.lesion
+            result = run(Model(self.store, entry), limit=limit, progress=progress, guard=self._background_slot)
+            return {"model": entry.id, "kind": kind, "limit": limit, "result": result}
+
+        return self._job((kind, entry.id, limit), path, compute, None, f"{kind} of {entry.id}")
+
+    @contextlib.contextmanager
+    def _background_slot(self):
+        """Around each batch of a study: stop when the server stops; leave a slot to the page's requests."""
+        if self.stopping.is_set():
+            raise RuntimeError("stopped: the server is shutting down")
+        with self.store.inference.background():
+            yield
+
+    def _job(self, key, path: Path, compute, figures: Optional[str], what: str) -> dict:
+        """The job `key`: its result from the cache file `path`, or running `compute(job)` in a
+        thread (its result written to `path`); with_figures(figures, result) when figures is set."""
         with self.lock:
-            job = self.jobs.get(entry.id)
+            job = self.jobs.get(key)
             if job is None or job["status"] == "error" and job.get("retry"):
                 if path.is_file():
                     try:
@@ -86,25 +123,25 @@ class DatasetJobs:
                     except (OSError, json.JSONDecodeError):
                         path.unlink(missing_ok=True)  # a broken cache file is recomputed
                     else:  # kept, with its figures, for the next requests
-                        job = {"status": "done", "progress": 1.0, "message": "cached", "result": with_figures("dataset", result)}
-                        self.jobs[entry.id] = job
+                        job = {"status": "done", "progress": 1.0, "message": "cached", "result": with_figures(figures, result) if figures else result}
+                        self.jobs[key] = job
                         return dict(job)
                 job = {"status": "running", "progress": 0.0, "message": "loading the test set", "result": None}
-                self.jobs[entry.id] = job
-                thread = threading.Thread(target=self._run, args=(entry, job, path), daemon=True)
+                self.jobs[key] = job
+                thread = threading.Thread(target=self._run, args=(job, path, compute, figures, what), daemon=True)
                 self.threads = [t for t in self.threads if t.is_alive()] + [thread]
                 thread.start()
             return dict(job)
 
-    def _run(self, entry, job: dict, path: Path) -> None:
+    def _run(self, job: dict, path: Path, compute, figures: Optional[str], what: str) -> None:
         try:
-            result = self._compute(entry, job)
+            result = compute(job)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(result))  # the numbers; the figures are drawn from them when served
             os.replace(tmp, path)
-            job.update(status="done", progress=1.0, message="done", result=with_figures("dataset", result))
+            job.update(status="done", progress=1.0, message="done", result=with_figures(figures, result) if figures else result)
         except Exception as error:  # reported to the page; the next request retries
-            log.exception("dataset view for %s failed", entry.id)
+            log.exception("%s failed", what)
             job.update(status="error", message=f"{type(error).__name__}: {error}", retry=True)
 
     def _compute(self, entry, job: dict) -> dict:

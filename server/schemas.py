@@ -201,6 +201,16 @@ class DatasetStatus(Open):
                                              "per character class N and N + R (text); and `figures`, by name, as plotly JSON (ponderscope.figures.dataset_figures)")
 
 
+class StudyStatus(Open):
+    status: Literal["running", "done", "error"]
+    progress: float = Field(ge=0, le=1)
+    message: str
+    models: dict[str, dict[str, Any]] = Field(description="each model's job: status, progress, message")
+    results: Optional[dict[str, Any]] = Field(None, description="when done, by model: the sweep's points or the lesion study (ponderscope.studies)")
+    reference: Optional[dict[str, Any]] = Field(None, description="sweep: the dense twin's accuracy at 100% of the FLOPs")
+    figures: Optional[dict[str, Any]] = Field(None, description="when done: plotly JSON by name (sweep; single, random, classes:<model>)")
+
+
 class CharPonder(Open):
     char: str
     bytes: int

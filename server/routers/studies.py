@@ -1,0 +1,76 @@
+"""What-if studies over the test set, several models on one figure: threshold / cap / gate-bias
+sweeps (accuracy against FLOPs) and lesion studies (ponderscope.studies, run as cached background
+jobs like the dataset view, server/dataset_view.py)."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+
+from models.whatif import knobs
+
+from ..analysis import with_figures
+from ..deps import get_store
+from ..schemas import StudyStatus, errors
+from ..store import ModelStore
+
+router = APIRouter(prefix="/api/studies", tags=["studies"])
+MAX_MODELS = 6
+DEFAULT_LIMIT = 1000
+
+
+def dense_twin(store: ModelStore, dataset: Optional[str], exclude: set[str]):
+    """A loaded dense model of the same data set: the sweep's reference point."""
+    for entry in store.models.values():
+        if entry.family == "dense" and entry.kind == "image" and entry.card.dataset == dataset and entry.has_test_set and entry.id not in exclude:
+            return entry
+    return None
+
+
+@router.get("/{kind}", summary="A what-if study of one or more image models over their test sets (a background job; poll until done)",
+            response_model=StudyStatus, responses=errors(400, 404, 422, 503))
+def study(request: Request, kind: Annotated[Literal["sweep", "lesion"], Path(description="sweep: accuracy vs FLOPs as the halting threshold, "
+                                                                               "the cap on units or the gate bias moves; lesion: remove units")],
+          models: Annotated[list[str], Query(min_length=1, max_length=MAX_MODELS, description="model ids, side by side")],
+          limit: Annotated[int, Query(ge=1, le=1_000_000, description="the first LIMIT test images of each model")] = DEFAULT_LIMIT,
+          store: ModelStore = Depends(get_store)) -> dict:
+    """`status` is "running" (poll again; `progress` 0..1, per model in `models`), "done" (with
+    `results` by model and `figures`) or "error". A sweep adds a loaded dense model of the same
+    data set as `reference` (its accuracy at 100% of the FLOPs), unless one is asked for."""
+    entries = []
+    for model_id in dict.fromkeys(models):
+        entry = store.get(model_id)
+        if entry is None:
+            raise HTTPException(404, f"no model {model_id!r}; loaded: {', '.join(store.models)}")
+        if entry.kind != "image":
+            raise HTTPException(400, f"model {model_id!r} is a {entry.kind} model; the what-if studies are for image classifiers")
+        store.require_test_set(entry)
+        if not knobs(entry.model):
+            raise HTTPException(400, f"model {model_id!r} ({entry.card.model}) has no threshold, gate or residual units to change")
+        entries.append(entry)
+    jobs = request.app.state.dataset_jobs
+    reference = None
+    if kind == "sweep":
+        dense = [e for e in entries if e.family == "dense"]
+        twin = dense[0] if dense else dense_twin(store, entries[0].card.dataset, {e.id for e in entries})
+        entries = [e for e in entries if e.family != "dense"] or entries
+        reference = twin if twin not in entries else None
+    statuses = {e.id: jobs.study(e, kind, limit) for e in entries + ([reference] if reference else [])}
+    states = {s["status"] for s in statuses.values()}
+    overall = "error" if "error" in states else "running" if "running" in states else "done"
+    answer = {
+        "status": overall,
+        "progress": sum(s["progress"] for s in statuses.values()) / len(statuses),
+        "message": "; ".join(f"{m}: {s['message']}" for m, s in statuses.items() if s["status"] != "done") or "done",
+        "models": {m: {k: s[k] for k in ("status", "progress", "message")} for m, s in statuses.items()},
+        "results": None,
+        "reference": None,
+    }
+    if overall != "done":
+        return answer
+    results = {e.id: statuses[e.id]["result"]["result"] for e in entries}
+    answer["results"] = results
+    if reference is not None:
+        point = statuses[reference.id]["result"]["result"][0]
+        answer["reference"] = {"label": reference.id, "accuracy": point["accuracy"], "flops_ratio": point["flops_ratio"], "examples": point["examples"]}
+    return with_figures(kind, answer)
