@@ -99,9 +99,11 @@ def _test_sample(model: Model, index: int):
     return model.store.workload(model.entry).test_example(index)
 
 
-def analyze_image(model: Model | str, image, resolution: str = "train", invert: bool = False) -> dict:
+def analyze_image(model: Model | str, image, resolution: str = "train", invert: bool = False, whatif=None) -> dict:
     """The dict POST /api/models/{id}/image returns, `input` block included. image: a file path, the
-    file's bytes, a PIL image, or an int: that image of the model's test set (with its label)."""
+    file's bytes, a PIL image, or an int: that image of the model's test set (with its label).
+    whatif: one change to the trained model for this answer, a models.whatif.WhatIf or a dict
+    like {"threshold": 0.9}, {"cap": 2}, {"gate_bias": 1.0}, {"lesion": ["block2.unit3"]}."""
     from server.analysis import analyze_image as analyze
     from server.analysis import input_json
     from server.imaging import PIXEL_WORK, prepare
@@ -116,7 +118,11 @@ def analyze_image(model: Model | str, image, resolution: str = "train", invert: 
     with PIXEL_WORK:
         original = image.size
         x, shown = prepare(image, model.card["preprocess"], resolution, invert)
-    return analyze(model.entry, model.store, x, input_json(model.entry, shown, original, resolution, digest, sample, label, box))
+    if isinstance(whatif, dict):
+        from models.whatif import WhatIf
+
+        whatif = WhatIf(**{**whatif, "lesion": tuple(whatif.get("lesion", ()))})
+    return analyze(model.entry, model.store, x, input_json(model.entry, shown, original, resolution, digest, sample, label, box), whatif)
 
 
 def analyze_text(model: Model | str, text: str) -> dict:

@@ -104,9 +104,13 @@ def input_json(entry, shown, original_size: tuple[int, int], resolution: str, im
     }
 
 
-def analyze_image(entry, store, x: torch.Tensor, input: dict) -> dict:
-    """The answer of POST /{id}/image for the prepared input x; `input`: its input_json."""
-    trace, ms = _timed_trace(entry, store, x)
+def analyze_image(entry, store, x: torch.Tensor, input: dict, whatif=None) -> dict:
+    """The answer of POST /{id}/image for the prepared input x; `input`: its input_json;
+    `whatif`: a models.whatif.WhatIf in force for this answer only (None: the trained model)."""
+    from models.whatif import applied
+
+    with applied(entry.model, whatif):
+        trace, ms = _timed_trace(entry, store, x)
     probabilities = F.softmax(trace.logits[0].float(), -1).cpu()
     top = torch.topk(probabilities, min(5, len(probabilities)))
     classes = entry.card.classes or [str(i) for i in range(len(probabilities))]
@@ -120,6 +124,7 @@ def analyze_image(entry, store, x: torch.Tensor, input: dict) -> dict:
         "ponder": ponder_json(trace, tuple(x.shape[-2:])),
         "gates": gates_json(entry, trace),
         "input": input,
+        "whatif": None if whatif is None or whatif.is_trained() else whatif.as_dict(),
     }
     return with_figures("image", result)
 

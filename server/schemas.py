@@ -39,6 +39,17 @@ def errors(*codes: int) -> dict:
 
 # --- requests ------------------------------------------------------------------------------------
 
+class WhatIfRequest(BaseModel):
+    """One documented change to the trained model for this answer (models/whatif.py); the model's
+    `whatif` (GET /api/models) says which apply and their trained values."""
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: Optional[float] = Field(None, gt=0, le=1, description="ACT/SACT: halt once the sum of h reaches this (trained: 1 - eps)")
+    cap: Optional[int] = Field(None, ge=1, le=10_000, description="ACT/SACT: at most this many units per block")
+    gate_bias: Optional[float] = Field(None, ge=-100, le=100, description="ConvNet-AIG: run a block iff logit_run - logit_skip > gate_bias (trained: 0)")
+    lesion: list[str] = Field([], max_length=1000, description="units / gated blocks to remove (names from the model's whatif.units)")
+
+
 class ImageRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["sample"]}]})
 
@@ -46,6 +57,7 @@ class ImageRequest(BaseModel):
     sample: Optional[int] = Field(None, ge=0, description="index into the model's test set (give this or `image`); 404 past its end")
     resolution: Literal["train", "native"] = Field("train", description="resize to the training size, or run at the image's own size (long side capped at 512, or at the card's preprocess.native_max_side)")
     invert: bool = Field(False, description="invert grey levels (dark-on-light photos for light-on-dark datasets)")
+    whatif: Optional[WhatIfRequest] = Field(None, description="the same model with one change: threshold, cap, gate bias or removed units (JSON bodies only)")
 
 
 class TextRequest(BaseModel):
@@ -100,6 +112,8 @@ class ModelSummary(Open):
     preprocess: Optional[dict[str, Any]] = None
     metrics: dict[str, Any]
     test_set: bool = Field(description="whether samples and the dataset view are available")
+    whatif: Optional[dict[str, Any]] = Field(None, description="what can be changed at inference (models/whatif.py): threshold and cap (ACT/SACT), "
+                                             "gate_bias (AIG) with their trained values, removable units and the downsampling ones; null: nothing")
     analyses: list[dict[str, Any]] = Field([], description="finished `ponderscope analyze` results of this model (name, data, examples, accuracy): "
                                            "GET /dataset?source=NAME shows one")
     source: Optional[dict[str, Any]] = Field(None, description="for imported checkpoints: the authors' format, files, hashes")
@@ -182,6 +196,7 @@ class ImageAnalysis(Open):
     ponder: Optional[PonderMaps] = Field(None, description="ACT / SACT ResNets")
     gates: Optional[Gates] = Field(None, description="ConvNet-AIG")
     input: ImageShown
+    whatif: Optional[dict[str, Any]] = Field(None, description="the change in force for this answer (None: the trained model)")
     figures: dict[str, Any] = Field(description=FIGURES_DOC + ': "map" (the ponder map over the input, or the input alone), '
                                     '"blocks" (every block\'s map: ACT, SACT), "gates" (ConvNet-AIG)')
 

@@ -48,6 +48,14 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
+    def whatif(self) -> Optional[dict]:
+        """What models/whatif.py can change on this model, or None."""
+        from models.whatif import downsampling_units, knobs
+
+        can = knobs(self.model)
+        return {**can, "downsampling": downsampling_units(self.model)} if can else None
+
+    @property
     def has_test_set(self) -> bool:
         return self.no_test_set is None
 
@@ -67,6 +75,7 @@ class LoadedModel:
             "metrics": card.metrics,
             "test_set": self.has_test_set,
             "analyses": [{"name": name, **about} for name, about in self.analyses.items()],
+            "whatif": self.whatif,
             "source": card.source,
             "path": str(self.path),
             "card": card.data,

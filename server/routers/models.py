@@ -150,7 +150,16 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
         original_size = image.size
         x, shown = prepare(image, entry.card.preprocess, body.resolution, body.invert)
         del image
-    return analyze_image(entry, store, x, input_json(entry, shown, original_size, body.resolution, body.image, body.sample, label, box))
+    whatif = None
+    if body.whatif is not None:
+        from models.whatif import WhatIf, WhatIfError, check
+
+        whatif = WhatIf(**{**body.whatif.model_dump(), "lesion": tuple(body.whatif.lesion)})
+        try:
+            check(entry.model, whatif)
+        except WhatIfError as error:
+            raise HTTPException(400, f"model {entry.id!r}: {error}") from None
+    return analyze_image(entry, store, x, input_json(entry, shown, original_size, body.resolution, body.image, body.sample, label, box), whatif)
 
 
 @router.get("/{model_id}/samples", summary="Test-set images to pick from", response_model=list[Sample], openapi_extra=for_kinds("image", test_set=True), responses=errors(400, 404, 422, 503))
