@@ -1,4 +1,4 @@
-"""`ponderscope train | eval | serve | analyze | import | results | render` — the one command line for the project."""
+"""`ponderscope train | eval | serve | analyze | study | import | results | render` — the one command line for the project."""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +71,48 @@ def _analyze(args) -> None:
         ponder = f", mean ponder {result['mean_ponder']:.3f}" if result.get("mean_ponder") is not None else ""
         print(f"{result['examples']} images: accuracy {result['accuracy']:.2%}, FLOPs {result['flops_ratio']:.1%} of dense{ponder}")
         print(f"wrote {path} (open it with: ponderscope serve --analysis {path.parent})")
+
+
+def _study(args) -> None:
+    """A what-if study of one or more models into a figure file (and its numbers as JSON)."""
+    from training.data import DataSourceMissing
+
+    from . import figures, notebook, studies
+
+    fmt = args.out.lower().rsplit(".", 1)[-1]
+    if fmt not in ("html", "json", "png", "svg"):
+        raise SystemExit(f"ponderscope study: --out must end in .html, .json, .png or .svg, not {args.out!r}")
+    try:
+        loaded = [notebook.load(name, device=args.device) for name in args.models]
+        results, reference = {}, None
+        for model in loaded:
+            print(f"{args.kind} of {model.id} over {args.limit or 'all'} test images ...", file=sys.stderr, flush=True)
+            if args.kind == "sweep":
+                points = studies.sweep(model, limit=args.limit)
+                if model.family == "dense" and len(loaded) > 1:
+                    reference = {"label": model.id, "accuracy": points[0]["accuracy"], "flops_ratio": points[0]["flops_ratio"]}
+                else:
+                    results[model.id] = points
+            else:
+                results[model.id] = studies.lesion(model, limit=args.limit)
+    except (OSError, ValueError, DataSourceMissing) as error:
+        raise SystemExit(f"ponderscope study: {error}") from None
+    if args.kind == "sweep":
+        figure = figures.sweep_figure(results, reference)
+    else:
+        figure = {"single": figures.lesion_figure, "random": figures.random_lesion_figure}[args.figure](results)
+    if fmt == "json":
+        data = json.dumps({"results": results, "reference": reference, "figure": json.loads(figure.to_json())}).encode("utf-8")
+    elif fmt == "html":
+        data = figures.to_html(figure).encode("utf-8")
+    else:
+        try:
+            data = figures.to_image(figure, fmt, args.width, args.height, 1.0)
+        except figures.StaticExportUnavailable as error:
+            raise SystemExit(f"ponderscope study: no {fmt.upper()} here: {error}; write .html or .json instead") from None
+    with open(args.out, "wb") as f:
+        f.write(data)
+    print(f"wrote {args.out}")
 
 
 def _results(args) -> None:
@@ -219,6 +261,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, help="only the first LIMIT images")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_analyze)
+    plugin_option(p)
+
+    p = sub.add_parser("study", help="what if: accuracy vs FLOPs as the halting threshold / cap / gate bias moves (sweep), or "
+                                     "with residual units removed (lesion), for one or more models, into a figure file")
+    p.add_argument("kind", choices=["sweep", "lesion"])
+    p.add_argument("models", nargs="+", help="bundled checkpoint ids or checkpoint folders (a dense one is the sweep's reference point)")
+    p.add_argument("--limit", type=int, help="the first LIMIT test images (default: all)")
+    p.add_argument("--figure", choices=["single", "random"], default="single", help="lesion: one unit at a time (default) or k random units")
+    p.add_argument("--out", required=True, help="FILE.html (offline), .json (numbers and plotly figure), .png or .svg")
+    p.add_argument("--width", type=int, default=900)
+    p.add_argument("--height", type=int, default=560)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_study)
     plugin_option(p)
 
     p = sub.add_parser("results", help="write the results table from the checkpoints' cards")
