@@ -79,6 +79,10 @@ def _study(args) -> None:
 
     from . import figures, notebook, studies
 
+    if args.kind == "report":
+        return _study_report(args, studies)
+    if not args.models or not args.out:
+        raise SystemExit(f"ponderscope study {args.kind}: give one or more models and --out FILE")
     fmt = args.out.lower().rsplit(".", 1)[-1]
     if fmt not in ("html", "json", "png", "svg"):
         raise SystemExit(f"ponderscope study: --out must end in .html, .json, .png or .svg, not {args.out!r}")
@@ -113,6 +117,21 @@ def _study(args) -> None:
     with open(args.out, "wb") as f:
         f.write(data)
     print(f"wrote {args.out}")
+
+
+def _study_report(args, studies) -> None:
+    """The bundled Fashion-MNIST models' what-if report: docs/whatif.md (+ .json) and the README's section."""
+    from pathlib import Path
+
+    from .readme import replace_section
+
+    results = studies.report(args.limit, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    text = studies.report_markdown(results, args.limit)
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    (docs / "whatif.json").write_text(json.dumps(results))
+    (docs / "whatif.md").write_text("# What if: sweeps and lesions of the bundled Fashion-MNIST models\n\n" + text)
+    replace_section("whatif", text)
+    print(text)
 
 
 def _results(args) -> None:
@@ -265,11 +284,12 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("study", help="what if: accuracy vs FLOPs as the halting threshold / cap / gate bias moves (sweep), or "
                                      "with residual units removed (lesion), for one or more models, into a figure file")
-    p.add_argument("kind", choices=["sweep", "lesion"])
-    p.add_argument("models", nargs="+", help="bundled checkpoint ids or checkpoint folders (a dense one is the sweep's reference point)")
+    p.add_argument("kind", choices=["sweep", "lesion", "report"], help="report: the bundled Fashion-MNIST models' sweeps and lesions "
+                   "into docs/whatif.md and the README")
+    p.add_argument("models", nargs="*", help="bundled checkpoint ids or checkpoint folders (a dense one is the sweep's reference point)")
     p.add_argument("--limit", type=int, help="the first LIMIT test images (default: all)")
     p.add_argument("--figure", choices=["single", "random"], default="single", help="lesion: one unit at a time (default) or k random units")
-    p.add_argument("--out", required=True, help="FILE.html (offline), .json (numbers and plotly figure), .png or .svg")
+    p.add_argument("--out", help="FILE.html (offline), .json (numbers and plotly figure), .png or .svg")
     p.add_argument("--width", type=int, default=900)
     p.add_argument("--height", type=int, default=560)
     p.add_argument("--device", default="cpu")

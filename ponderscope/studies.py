@@ -147,3 +147,90 @@ def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS,
                                           "max": trained["accuracy"], "accuracies": [trained["accuracy"]]}] + random_points,
             "classes": list(model.entry.card.classes or workload.classes), "units": names, "examples": trained["examples"],
             "draws": draws, "seed": seed, "layer_rates": trained.get("layer_execution_rate")}
+
+
+REPORT_MODELS = ("fmnist_sact_resnet32", "fmnist_act_resnet32", "fmnist_aig_resnet32", "fmnist_resnet32")
+
+
+def report(limit: Optional[int] = 2000, names=REPORT_MODELS, progress=print) -> dict:
+    """The bundled Fashion-MNIST models' sweeps, and the lesion studies of the dense ResNet-32,
+    ConvNet-AIG and SACT (what docs/whatif.md shows)."""
+    from .notebook import load
+
+    out = {}
+    for name in names:
+        model = load(name)
+        out[name] = {"family": model.family, "sweep": sweep(model, limit=limit)}
+        progress(f"{name}: sweep done")
+        if model.family in ("dense", "aig", "sact"):
+            out[name]["lesion"] = lesion(model, limit=limit)
+            progress(f"{name}: lesion done")
+    return out
+
+
+def report_markdown(results: dict, limit: Optional[int]) -> str:
+    """The report's tables: per model the accuracy-vs-FLOPs points, then the single-unit lesion
+    table of the dense ResNet-32 beside ConvNet-AIG's execution rates and lesions."""
+    over = f"the first {limit} Fashion-MNIST test images" if limit else "the 10,000 Fashion-MNIST test images"
+    lines = [f"Measured by `ponderscope study report --limit {limit}` over {over}.", ""]
+    for name, result in results.items():
+        points = result["sweep"]
+        if result["family"] == "dense":
+            p = points[0]
+            lines += [f"**{name}** (dense reference): accuracy {p['accuracy']:.2%} at 100% of the FLOPs.", ""]
+            continue
+        lines += [f"**{name}**", "", "| parameter | setting | accuracy | FLOPs / dense |", "|---|---|---|---|"]
+        for p in points:
+            mark = " (trained)" if p["trained"] else ""
+            lines.append(f"| {p['parameter']} | {p['setting']}{mark} | {p['accuracy']:.2%} | {p['flops_ratio']:.1%} |")
+        lines.append("")
+    dense = next((r for r in results.values() if r["family"] == "dense" and "lesion" in r), None)
+    aig = next((r for r in results.values() if r["family"] == "aig" and "lesion" in r), None)
+    sact = next((r for r in results.values() if r["family"] == "sact" and "lesion" in r), None)
+    if dense and aig:
+        d, a = dense["lesion"], aig["lesion"]
+        rows = ["Single-unit lesions (accuracy with the unit removed; ConvNet-AIG: its gate forced closed) beside ConvNet-AIG's "
+                "execution rate of the same layer:", "",
+                "| place | dense ResNet-32 unit | dense: accuracy without it | AIG layer | AIG execution rate | AIG: accuracy without it |"
+                + (" SACT: accuracy without it |" if sact else ""),
+                "|---|---|---|---|---|---|" + ("---|" if sact else "")]
+        rates = a.get("layer_rates") or [None] * len(a["single"])
+        for i, (du, au, rate) in enumerate(zip(d["single"], a["single"], rates)):
+            marker = " (downsampling)" if du["downsampling"] else ""
+            sact_cell = f" {sact['lesion']['single'][i]['accuracy']:.2%} |" if sact and i < len(sact["lesion"]["single"]) else (" |" if sact else "")
+            rows.append(f"| {i + 1} | {du['name']}{marker} | {du['accuracy']:.2%} | {au['name']} | "
+                        f"{'' if rate is None else f'{rate:.1%}'} | {au['accuracy']:.2%} |" + sact_cell)
+        rows += ["", f"Intact: dense {d['trained']['accuracy']:.2%}, AIG {a['trained']['accuracy']:.2%}"
+                 + (f", SACT {sact['lesion']['trained']['accuracy']:.2%}" if sact else "") + "."]
+        lines += rows + [""]
+        drops = [d["trained"]["accuracy"] - u["accuracy"] for u in d["single"] if not u["downsampling"]]
+        down = [d["trained"]["accuracy"] - u["accuracy"] for u in d["single"] if u["downsampling"]]
+        lines += [f"Dense ResNet-32: removing one non-downsampling unit costs {min(drops):.2%} to {max(drops):.2%} of accuracy "
+                  f"(mean {statistics.fmean(drops):.2%}); removing a downsampling unit's branch costs "
+                  f"{', '.join(f'{v:.2%}' for v in down)}.", ""]
+        if rates[0] is not None:
+            pairs = [(r, d["trained"]["accuracy"] - du["accuracy"]) for du, r in zip(d["single"], rates) if not du["downsampling"]]
+            lines += [f"Rank correlation between AIG's execution rate and the dense lesion's cost (non-downsampling places): "
+                      f"{_spearman([p[0] for p in pairs], [p[1] for p in pairs]):+.2f}.", ""]
+        lines += ["Random lesions (mean accuracy over the draws, non-downsampling units):", "",
+                  "| k removed | " + " | ".join(n for n, r in results.items() if "lesion" in r) + " |",
+                  "|---|" + "---|" * sum("lesion" in r for r in results.values())]
+        studies_ = [r["lesion"] for r in results.values() if "lesion" in r]
+        for i, point in enumerate(studies_[0]["random"]):
+            lines.append(f"| {point['k']} | " + " | ".join(f"{s['random'][i]['mean']:.2%}" for s in studies_ if i < len(s["random"])) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    def ranks(values):
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        for rank, i in enumerate(order):
+            out[i] = float(rank)
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    den = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return num / den if den else float("nan")
