@@ -23,13 +23,14 @@ import { bindSettings, buildTabs, showView } from './core/nav.js';
 import { view as image } from './views/image.js';
 import { view as compare } from './views/compare.js';
 import { view as dataset } from './views/dataset.js';
+import { view as whatif } from './views/whatif.js';
 import { view as text } from './views/text.js';
 import { view as parity } from './views/parity.js';
 import { view as models } from './views/models.js';
 
 // The tabs, in this order. Image comes first: it is the first screen, and Compare's and
 // Dataset's default models start from its model.
-const VIEWS = [image, compare, dataset, text, parity, models];
+const VIEWS = [image, compare, dataset, whatif, text, parity, models];
 
 function init() {
   if (!window.Plotly) showError('plotly', 'plotly.js did not load (/static/vendor/plotly.min.js): charts cannot be drawn.');

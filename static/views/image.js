@@ -9,6 +9,7 @@ import { defaultModel, fillPicker, hasTestSet, renderCardSummary } from '../core
 import { MODEL_BY_ID, results, state, syncUrl } from '../core/state.js';
 import { mapFigure, renderFlops, renderPrediction } from '../parts/image-parts.js';
 import { bindDropAndPaste, bindFileInput, cancelUpload } from '../parts/image-input.js';
+import { bindWhatifPanel, readWhatif, renderWhatifOutcome, showWhatifPanel, trainedWhatif, whatifBody, writeWhatif } from '../parts/whatif-panel.js';
 
 export const SAMPLE_COUNT = 24;
 const HINT = 'Upload, drop or paste an image, or click a test sample.';
@@ -26,7 +27,14 @@ function requestBody() {
   if (state.image.hash) body.image = state.image.hash;
   else body.sample = state.image.sample;
   if (state.invert) body.invert = true;
+  const whatif = whatifBody();
+  if (whatif) body.whatif = whatif;
   return body;
+}
+/** What names the trained answer for a request: the model and the body without its what-if. */
+function trainedKey(model, body) {
+  const { whatif, ...plain } = body;
+  return JSON.stringify([model, plain]);
 }
 function resultMatches() {
   const r = results.imageRequest;
@@ -45,10 +53,20 @@ async function runImage() {
   }
   const token = ++imageToken;
   const body = requestBody();
+  // Under a what-if, the trained answer for the same image is shown beside it: asked for too
+  // unless it is the one on hand (the page showed it before the control moved).
+  const { whatif, ...plain } = body;
+  const key = trainedKey(id, body);
+  const known = results.imageTrained && results.imageTrained.key === key;
+  const url = `/api/models/${encodeURIComponent(id)}/image`;
   $('image-result').classList.add('busy');
   try {
-    const response = await api('POST', `/api/models/${encodeURIComponent(id)}/image`, { body, channel: 'image', label: `Running ${id}` });
+    const [response, trained] = await Promise.all([
+      api('POST', url, { body, channel: 'image', label: `Running ${id}` }),
+      whatif && !known ? api('POST', url, { body: plain, channel: 'image', label: `Running ${id} as trained` }) : null,
+    ]);
     if (token !== imageToken) return;
+    if (!whatif || trained) results.imageTrained = { key, answer: whatif ? trained : response };
     results.image = response;
     results.imageRequest = { model: id, body };
     render(response);
@@ -71,6 +89,7 @@ function renderEmpty(message) {
   $('prediction').replaceChildren();
   $('flops').replaceChildren();
   $('image-source').textContent = '';
+  renderWhatifOutcome(null);
 }
 
 function describeSource(input) {
@@ -103,6 +122,8 @@ function render(r = results.image) {
   fill($('image-stats'), stats);
   renderPrediction($('prediction'), r.prediction, input.label);
   renderFlops($('flops'), r.flops, r.time_ms);
+  const trained = results.imageTrained;
+  renderWhatifOutcome(r, trained && trained.key === trainedKey(model, results.imageRequest.body) ? trained.answer : null);
 
   const note = $('no-ponder');
   note.hidden = !!r.ponder;
@@ -227,10 +248,18 @@ function exportImage(format) {
 
 // ------------------------------------------------------------------ the view
 function selectModel(id) {
+  if (id !== state.model.image) state.whatif = trainedWhatif(); // another model: other units, other knobs
   state.model.image = id;
   state.samplesOffset = 0;
   $('image-model').value = id;
   renderCardSummary('image-card', id);
+  showWhatifPanel(id);
+}
+
+/** A what-if control moved: the image again under the new settings (when it is not on screen). */
+function rerunWhatif() {
+  syncUrl();
+  if (state.view === 'image' && state.image && !resultMatches()) runImage();
 }
 
 export const view = {
@@ -243,11 +272,15 @@ export const view = {
   init(s, q) {
     results.image = null;
     results.imageRequest = null;
+    results.imageTrained = null;
     s.model.image = defaultModel('image', q.get('model'), { prefer: hasTestSet });
+    s.whatif = readWhatif(q, s.model.image);
     s.samplesOffset = s.image && s.image.sample !== undefined ? Math.floor(s.image.sample / SAMPLE_COUNT) * SAMPLE_COUNT : 0;
     firstScreen = !q.has('view') && !s.image;
     fillPicker($('image-model'), 'image', s.model.image);
     renderCardSummary('image-card', s.model.image);
+    showWhatifPanel(s.model.image);
+    bindWhatifPanel(rerunWhatif);
     $('image-model').addEventListener('change', (e) => {
       selectModel(e.target.value);
       syncUrl();
@@ -262,6 +295,7 @@ export const view = {
 
   writeUrl(q, s) {
     if (s.model.image && (s.view === 'image' || s.model.image !== preferred())) q.set('model', s.model.image);
+    writeWhatif(q, s.whatif);
   },
 
   activate() {
