@@ -956,3 +956,152 @@ def test_dataset_view_shows_an_analysis_picked_in_statistics_over_and_keeps_it_i
         assert "test images 10000" in page.d.find_element(By.ID, "dataset-stats").text
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------- what if
+# Move a range input as a person's drag ends: its value, then the input and change events.
+MOVE_RANGE = """
+const input = document.getElementById(arguments[0]);
+input.value = arguments[1];
+input.dispatchEvent(new Event('input', { bubbles: true }));
+input.dispatchEvent(new Event('change', { bubbles: true }));
+"""
+
+
+def require_bundled(*names: str) -> None:
+    missing = [n for n in names if not (BUNDLED / n / "card.json").is_file()]
+    if missing:
+        pytest.skip(f"the bundled checkpoints {missing} are not here")
+
+
+def post_image(page, model: str, body: dict) -> dict:
+    """POST /api/models/{model}/image from the test, as the page asks it (training resolution)."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{page.url}/api/models/{model}/image", data=json.dumps({"resolution": "train", **body}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def shown_flops_percent(page) -> str:
+    """The FLOPs percentage the Compute panel shows ("31.1" of "31.1% of the dense network")."""
+    import re
+
+    match = re.search(r"([\d.]+)% of the dense network", page.d.find_element(By.ID, "flops").text)
+    assert match, page.d.find_element(By.ID, "flops").text
+    return match.group(1)
+
+
+@needs_fmnist
+def test_image_view_what_if_threshold_lesion_and_reset(page):
+    """The What-if panel of the Image view: a lower halting threshold for the image on screen
+    shows fewer FLOPs, the server's number for that change; a removed unit changes them again;
+    the badge says what is in force, and reset shows the trained model's numbers."""
+    require_bundled("fmnist_sact_resnet32")
+    model = "fmnist_sact_resnet32"
+    # the answer on screen is for this what-if (None: the trained model), and nothing is in flight
+    settled = ("const r = window.ponderscope.results; const sorted = (o) => o && JSON.stringify(Object.keys(o).sort().map((k) => [k, o[k]]));"
+               "return !!r.image && r.imageRequest.model === arguments[0] && sorted(r.image.whatif) === sorted(arguments[1]) && "
+               "document.body.getAttribute('aria-busy') !== 'true'")
+    page.open(f"?view=image&model={model}&sample=0")
+    page.wait(settled, model, None, what="the trained model on sample 0")
+    trained = post_image(page, model, {"sample": 0})
+    trained_shown = shown_flops_percent(page)
+    assert trained_shown == f"{100 * trained['flops']['ratio']:.1f}"
+    assert page.d.find_element(By.ID, "whatif-panel").is_displayed()
+    assert not page.d.find_element(By.ID, "whatif-badge").is_displayed()
+    slider = page.d.find_element(By.ID, "wi-threshold")
+    assert float(slider.get_attribute("value")) == pytest.approx(0.99)  # starts at the trained 1 - eps
+    assert not page.d.find_element(By.ID, "wi-bias-row").is_displayed()  # no gates on a SACT model
+    cap_options = [o.get_attribute("value") for o in Select(page.d.find_element(By.ID, "wi-cap")).options]
+    assert cap_options == ["", "1", "2", "3", "4"]
+
+    # a lower threshold: blocks halt sooner, fewer FLOPs, exactly the server's answer for it
+    page.js(MOVE_RANGE, "wi-threshold", "0.8")
+    page.wait(settled, model, {"threshold": 0.8, "cap": None, "gate_bias": None, "lesion": []}, what="the image under threshold 0.8")
+    lower = post_image(page, model, {"sample": 0, "whatif": {"threshold": 0.8}})
+    lower_shown = shown_flops_percent(page)
+    assert lower_shown == f"{100 * lower['flops']['ratio']:.1f}"
+    assert float(lower_shown) < float(trained_shown)
+    assert page.d.find_element(By.ID, "wi-threshold-value").text == "0.80"
+    badge = page.d.find_element(By.ID, "whatif-badge")
+    assert badge.is_displayed() and badge.text == "what-if: threshold 0.80"
+    rows = {r.find_element(By.TAG_NAME, "th").text: [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+            for r in page.d.find_elements(By.CSS_SELECTOR, "#wi-compare-table tbody tr")}
+    assert rows["FLOPs"] == [f"{trained_shown}%", f"{lower_shown}%"]  # the trained numbers beside the new ones
+    assert page.query()["threshold"] == "0.8"
+    page.wait_plot("heatmap")
+    assert page.plot_data("heatmap")[0]["z"] == lower["ponder"]["total"]  # the map redrawn for the change
+
+    # remove a unit as well: the badge says so, and the numbers change again
+    Select(page.d.find_element(By.ID, "wi-lesion")).select_by_value("block2.unit1")
+    page.wait(settled, model, {"threshold": 0.8, "cap": None, "gate_bias": None, "lesion": ["block2.unit1"]}, what="the image without block2.unit1")
+    lesioned = post_image(page, model, {"sample": 0, "whatif": {"threshold": 0.8, "lesion": ["block2.unit1"]}})
+    assert lesioned["flops"]["ratio"] != lower["flops"]["ratio"]
+    assert shown_flops_percent(page) == f"{100 * lesioned['flops']['ratio']:.1f}" != lower_shown
+    assert page.d.find_element(By.ID, "whatif-badge").text == "what-if: threshold 0.80, without block2.unit1"
+    top = page.d.find_elements(By.CSS_SELECTOR, "#prediction li .name")[0].text
+    assert top == lesioned["prediction"][0]["class"]
+    assert page.query()["lesion"] == "block2.unit1"
+    page.no_error()
+    page.screenshot("image-whatif")
+
+    # reset to trained: the trained numbers, no badge, the controls back, nothing in the link
+    page.d.find_element(By.ID, "wi-reset").click()
+    page.wait(settled, model, None, what="the trained model again")
+    assert shown_flops_percent(page) == trained_shown
+    assert not page.d.find_element(By.ID, "whatif-badge").is_displayed()
+    assert float(slider.get_attribute("value")) == pytest.approx(0.99)
+    assert page.d.find_element(By.ID, "wi-lesion").get_attribute("value") == ""
+    assert not {"threshold", "lesion", "cap", "bias"} & set(page.query())
+    page.no_error()
+
+
+@needs_fmnist
+def test_what_if_view_sweep_marks_the_trained_point_at_the_cards_accuracy(page):
+    """The What-if view: a threshold sweep of the bundled SACT ResNet-32 with the dense one over
+    the first 500 test images; the star (the trained setting) is the card's own metrics.slice."""
+    require_bundled("fmnist_sact_resnet32", "fmnist_resnet32")
+    wanted = {"fmnist_sact_resnet32", "fmnist_resnet32"}
+    page.open("?view=whatif")
+    for box in page.d.find_elements(By.CSS_SELECTOR, "#whatif-models input[type=checkbox]"):
+        if box.is_selected() != (box.get_attribute("value") in wanted):
+            box.click()
+    Select(page.d.find_element(By.ID, "whatif-limit")).select_by_value("500")
+    page.d.find_element(By.ID, "whatif-run-sweep").click()
+    # progress while the job runs (or the figure at once, when the server had it cached)
+    page.wait("const s = document.getElementById('whatif-sweep-status'); const g = document.getElementById('whatif-sweep-chart');"
+              "return (!s.hidden && document.getElementById('whatif-sweep-message').textContent.includes('fmnist_sact_resnet32')) || !!(g.data && g.data.length)",
+              what="the sweep's progress")
+    data = page.wait("const g = document.getElementById('whatif-sweep-chart'); return g.data && g.data.length && g._fullLayout ? JSON.parse(JSON.stringify(g.data)) : null",
+                     timeout=300, what="the sweep figure")
+    card = json.loads((BUNDLED / "fmnist_sact_resnet32" / "card.json").read_text())["metrics"]["slice"]
+
+    def check(data):
+        stars = [t for t in data if (t.get("marker") or {}).get("symbol") == "star"]
+        assert [t["name"] for t in stars] == ["fmnist_sact_resnet32: trained"]
+        assert stars[0]["y"][0] == pytest.approx(card["accuracy"], abs=1e-9)
+        assert stars[0]["x"][0] == pytest.approx(card["flops_ratio"], rel=1e-6)
+        diamonds = [t for t in data if (t.get("marker") or {}).get("symbol") == "diamond"]
+        assert [t["name"] for t in diamonds] == ["fmnist_resnet32 (dense)"] and diamonds[0]["x"][0] == pytest.approx(1.0, abs=1e-6)
+        threshold = next(t for t in data if "threshold" in t["name"])
+        assert min(threshold["x"]) < card["flops_ratio"] < 1.0  # lower thresholds spend less
+        assert "fmnist_sact_resnet32 trained: " in page.d.find_element(By.ID, "whatif-sweep-check").text
+        assert "= card metrics.slice" in page.d.find_element(By.ID, "whatif-sweep-check").text
+
+    check(data)
+    assert page.d.find_element(By.ID, "whatif-sweep-status").get_attribute("hidden") is not None
+    q = page.query()
+    assert set(q["wmodels"].split(",")) == wanted and q["wlimit"] == "500" and q["wrun"] == "sweep"
+    page.no_error()
+    page.screenshot("whatif-sweep")
+
+    # the link again: the same figure, from the server's cache
+    link = page.d.current_url
+    page.d.get("about:blank")
+    page.d.get(link)
+    check(page.wait("const g = document.getElementById('whatif-sweep-chart'); return g && g.data && g.data.length ? JSON.parse(JSON.stringify(g.data)) : null",
+                    timeout=60, what="the sweep after a reload"))
+    assert page.d.find_element(By.ID, "whatif-lesion-empty").is_displayed()  # the lesion study was not asked for
+    page.no_error()
