@@ -92,14 +92,14 @@ def _study(args) -> None:
         for model in loaded:
             print(f"{args.kind} of {model.id} over {args.limit or 'all'} test images ...", file=sys.stderr, flush=True)
             if args.kind == "sweep":
-                points = studies.sweep(model, limit=args.limit)
+                points = studies.sweep(model, limit=args.limit, data=args.data)
                 if model.family == "dense" and len(loaded) > 1:
                     reference = {"label": model.id, "accuracy": points[0]["accuracy"], "flops_ratio": points[0]["flops_ratio"]}
                 else:
                     results[model.id] = points
             else:
-                results[model.id] = studies.lesion(model, limit=args.limit)
-    except (OSError, ValueError, DataSourceMissing) as error:
+                results[model.id] = studies.lesion(model, limit=args.limit, data=args.data)
+    except (OSError, ValueError, DataSourceMissing) as error:  # (AnalysisError is a ValueError)
         raise SystemExit(f"ponderscope study: {error}") from None
     if args.kind == "sweep":
         figure = figures.sweep_figure(results, reference)
@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                    "into docs/whatif.md and the README")
     p.add_argument("models", nargs="*", help="bundled checkpoint ids or checkpoint folders (a dense one is the sweep's reference point)")
     p.add_argument("--limit", type=int, help="the first LIMIT test images (default: all)")
+    p.add_argument("--data", help="imagefolder:PATH: study over that folder's val images instead of the model's test set")
     p.add_argument("--figure", choices=["single", "random"], default="single", help="lesion: one unit at a time (default) or k random units")
     p.add_argument("--out", help="FILE.html (offline), .json (numbers and plotly figure), .png or .svg")
     p.add_argument("--width", type=int, default=900)

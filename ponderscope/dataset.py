@@ -157,7 +157,7 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _image_set(model, data: Optional[str], split: str, workers: int):
+def image_set(model, data: Optional[str], split: str = "val", workers: int = 2):
     """-> (workload with test_batches/thumbnail/n_test, file paths or None, data description)."""
     from training.workloads import FolderClassification, checkpoint_test_data, no_test_set
 
@@ -200,7 +200,7 @@ def analyze(checkpoint: str, out: str, data: Optional[str] = None, split: str = 
         model = load(checkpoint, device=str(processes.device))
         if model.kind != "image":
             raise AnalysisError(f"{model.id} is a {model.kind} model; analyze is for image classifiers")
-        workload, paths, described = _image_set(model, data, split, workers)
+        workload, paths, described = image_set(model, data, split, workers)
         n = workload.n_test if limit is None else min(limit, workload.n_test)
         out_dir = Path(out)
         shards = out_dir / "shards"

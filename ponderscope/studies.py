@@ -26,11 +26,16 @@ def _module(model):
     return getattr(model, "module", model)
 
 
-def _workload(model):
-    """The model's test data, as the server and `ponderscope eval` read it."""
-    if hasattr(model, "store"):
+def _workload(model, data: Optional[str] = None):
+    """The model's test data, as the server and `ponderscope eval` read it; or data =
+    "imagefolder:PATH": that folder's val split (or held-out part), prepared as the card says."""
+    if not hasattr(model, "store"):
+        raise TypeError("pass what ponderscope.load returns")
+    if data is None:
         return model.store.workload(model.entry)
-    raise TypeError("pass what ponderscope.load returns")
+    from .dataset import image_set
+
+    return image_set(model, data, "val", workers=2)[0]
 
 
 class _Guarded:
@@ -80,14 +85,15 @@ def sweep_plan(model) -> list[tuple[Optional[str], object, Optional[WhatIf]]]:
 
 
 def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float, str], None]] = None,
-          guard: Optional[Callable[[], ContextManager]] = None) -> list[dict]:
+          guard: Optional[Callable[[], ContextManager]] = None, data: Optional[str] = None) -> list[dict]:
     """Accuracy and FLOPs (executed / dense) over the first `limit` test examples (all: None) as
     the model's inference settings move, without retraining: ACT/SACT the halting threshold
     1 - eps and a per-block cap on units, AIG the gate bias theta. Each point: parameter,
     setting, trained (the model's own setting: measured once, the card's numbers), accuracy,
-    flops_ratio, mean_ponder, examples. A dense ResNet has its trained point only."""
+    flops_ratio, mean_ponder, examples. A dense ResNet has its trained point only. data:
+    "imagefolder:PATH" to sweep over an image folder instead of the test set."""
     plan = sweep_plan(model)
-    workload = _workload(model)
+    workload = _workload(model, data)
     trained = measure(model, None, limit, workload=workload, guard=guard)
     points = []
     for done, (parameter, setting, change) in enumerate(plan):
@@ -101,7 +107,8 @@ def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float
 
 
 def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS, seed: int = 0,
-           progress: Optional[Callable[[float, str], None]] = None, guard: Optional[Callable[[], ContextManager]] = None) -> dict:
+           progress: Optional[Callable[[float, str], None]] = None, guard: Optional[Callable[[], ContextManager]] = None,
+           data: Optional[str] = None) -> dict:
     """Remove one unit at a time (models/whatif.py: a ResNet unit's residual branch, an AIG
     block's gate forced closed; downsampling units keep their shortcut) and measure the test
     accuracy and FLOPs over the first `limit` examples, with the accuracy of every class; then k
@@ -113,7 +120,7 @@ def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS,
     if "units" not in can:
         raise ValueError(f"{type(module).__name__} has no removable residual units")
     names, downsampling = can["units"], set(downsampling_units(module))
-    workload = _workload(model)
+    workload = _workload(model, data)
     removable = [n for n in names if n not in downsampling]
     rng = random.Random(seed)
     random_sets = [(k, tuple(sorted(rng.sample(removable, k)))) for k in ks if k <= len(removable) for _ in range(draws)]

@@ -179,3 +179,19 @@ def test_a_killed_analysis_continues_where_it_stopped(tmp_path):
     expected = plain_loop(checkpoint, folder)
     assert result["examples"] == 120 and result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
     assert result["mean_ponder"] == pytest.approx(expected["mean_ponder"], rel=1e-5)
+
+
+def test_a_sweep_and_a_lesion_over_an_image_folder(tmp_path):
+    """ponderscope.sweep / lesion over a folder's val images (data="imagefolder:PATH"): the
+    trained point is the plain loop's accuracy over those files."""
+    import ponderscope as ps
+
+    folder = make_folder(tmp_path / "data", 5, size=(20, 20))
+    model = ps.load(tiny_checkpoint(tmp_path / "ckpt", PREPROCESS))
+    points = ps.sweep(model, data=f"imagefolder:{folder}")
+    expected = plain_loop(tmp_path / "ckpt", folder)
+    trained = [p for p in points if p["trained"]]
+    assert trained and all(p["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6) and p["examples"] == 15 for p in trained)
+    assert {p["parameter"] for p in points} == {"threshold", "cap"}
+    study = ps.lesion(model, data=f"imagefolder:{folder}", draws=1, ks=(1,))
+    assert len(study["single"]) == 3 and study["examples"] == 15 and study["classes"] == ["apple", "bee", "cat"]
