@@ -19,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .halting import DEFAULT_EPS, StepwiseHalting
 from .registry import SEQUENCE_TASKS, register_model
