@@ -206,6 +206,8 @@ class ModelStore:
                     raise  # a 503 saying what installs it
                 except (OSError, ValueError) as error:  # an image folder that is gone, empty, or mixed
                     raise NoTestSet(f"model {entry.id!r}: its test set could not be read ({error})") from None
+                if hasattr(workload, "workers"):  # an image folder: decoded in the server's own threads, no
+                    workload.workers = 0          # DataLoader processes forked from a threaded server
                 names = card.classes
                 found = getattr(workload, "classes", None) or []
                 if names and len(found) > len(names):  # a label would name no class of the model
