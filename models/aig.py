@@ -184,8 +184,8 @@ class AIGResNet(nn.Module):
             logits = block.gate.logits(out)
             if name in removed:  # forced closed: the block is its shortcut
                 g = torch.zeros_like(logits[:, 0])
-            elif sample:
-                g = gumbel_straight_through(logits)
+            elif sample:  # (a what-if gate bias shifts the run logit before sampling)
+                g = gumbel_straight_through(logits if theta == 0.0 else logits - logits.new_tensor([0.0, theta]))
             elif theta == 0.0:  # the trained rule: the argmax
                 g = (logits[:, 1] > logits[:, 0]).to(out.dtype)
             else:  # run iff logit_run - logit_skip > theta

@@ -49,12 +49,14 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not self.training or world_size() == 1:
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
-        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
-        local = torch.cat([x.float().sum(dims), (x.float() ** 2).sum(dims), count])
+        # sums in float64: E[x^2] - E[x]^2 loses digits in float32 when the mean is large
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float64)
+        local = torch.cat([x.double().sum(dims), (x.double() ** 2).sum(dims), count])
         total = global_sum(local)
         n = total[-1]
         mean = total[: x.shape[1]] / n
         var = (total[x.shape[1]: -1] / n - mean ** 2).clamp(min=0)
+        mean, var = mean.float(), var.float()
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1

@@ -16,7 +16,7 @@ The changes, each exactly one:
   x_{l-1}; a block's first unit, which may stride or widen, keeps its shortcut (the projection
   or the pooling) and drops its residual branch. The halting branch after a removed unit still
   runs (halting is not removed). A removed ConvNet-AIG block has its gate forced closed
-  (its projection shortcut, where it has one, still runs).
+  (its projection shortcut, where it has one, still runs, and so does the gate: its FLOPs count).
 FLOPs count what then runs. The setting lives in a context variable, not on the module: the
 server runs requests with different settings on one model at the same time.
 """

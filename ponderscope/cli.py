@@ -58,13 +58,13 @@ def _import(args) -> None:
 def _analyze(args) -> None:
     from training.data import DataSourceMissing
 
-    from .dataset import AnalysisError, analyze
+    from .dataset import analyze
 
     try:
         path = analyze(args.checkpoint, args.out, data=args.data, split=args.split, device=args.device, batch_size=args.batch_size,
                        workers=args.workers, shard_size=args.shard_size, limit=args.limit, progress=not args.no_progress,
                        command="ponderscope " + shlex.join(args.argv))
-    except (OSError, AnalysisError, DataSourceMissing) as error:
+    except (OSError, ValueError, DataSourceMissing) as error:  # AnalysisError, and an unreadable image, are ValueErrors
         raise SystemExit(f"ponderscope analyze: {error}") from None
     if path is not None:
         result = json.loads(path.read_text())
@@ -205,6 +205,13 @@ def _render_figure(model, args, figures, notebook):
     return figure, fallback
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text}")
+    return value
+
+
 def plugin_option(parser) -> None:
     parser.add_argument("--plugin", action="append", metavar="FILE.py",
                         help="a Python file registering your own model families (repeatable; it is run: only load code you trust). "
@@ -271,13 +278,14 @@ def main(argv: list[str] | None = None) -> None:
                                        "(several processes: torchrun --nproc_per_node N -m ponderscope analyze ...)")
     p.add_argument("checkpoint", help="a bundled checkpoint id or a checkpoint folder")
     p.add_argument("--data", default="test", help="imagefolder:PATH (PATH/val, or PATH's held-out 10%%), or 'test': the model's own test set (default)")
-    p.add_argument("--split", choices=["val", "train"], default="val", help="which split of an image folder (default val)")
+    p.add_argument("--split", choices=["val", "train", "all"], default="val",
+                   help="which split of an image folder (default val; all: every image, for a folder that is one split already)")
     p.add_argument("--out", required=True, help="folder for shards and results; run again to continue a stopped analysis")
     p.add_argument("--device", default="auto", help="auto (CUDA when present; cuda:LOCAL_RANK under torchrun), cpu, cuda")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes per rank (default min(4, CPUs))")
-    p.add_argument("--shard-size", type=int, default=1000, help="images per shard: the unit of work kept when a run stops (default 1000)")
-    p.add_argument("--limit", type=int, help="only the first LIMIT images")
+    p.add_argument("--batch-size", type=positive, default=64)
+    p.add_argument("--workers", type=int, choices=range(0, 65), metavar="N", default=min(4, os.cpu_count() or 1), help="decoding processes per rank (default min(4, CPUs))")
+    p.add_argument("--shard-size", type=positive, default=1000, help="images per shard: the unit of work kept when a run stops (default 1000)")
+    p.add_argument("--limit", type=positive, help="only the first LIMIT images")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_analyze)
     plugin_option(p)

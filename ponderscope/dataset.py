@@ -172,15 +172,16 @@ def image_set(model, data: Optional[str], split: str = "val", workers: int = 2):
     if card.data["task"]["name"] != "classify":
         raise AnalysisError(f"{card.model} is not an image classifier")
     try:
-        workload = FolderClassification(data, torch.device("cpu"), {"preprocess": card.preprocess, "workers": workers}, test_only=True)
+        workload = FolderClassification(data, torch.device("cpu"), {"preprocess": card.preprocess, "workers": workers, "classes": card.classes},
+                                        test_only=True)
     except (OSError, ValueError) as error:
         raise AnalysisError(str(error)) from None
     if split == "train":
         workload.folder.test = workload.folder.train  # the analysed split is the one read as "test"
+    elif split == "all":  # a folder of class folders with no train/val split: every image
+        workload.folder.test = sorted(workload.folder.train + workload.folder.test)
     elif split != "val":
-        raise AnalysisError(f"--split must be val or train, not {split!r}")
-    if card.classes and len(workload.classes) > len(card.classes):
-        raise AnalysisError(f"the folder has {len(workload.classes)} classes; the model has {len(card.classes)}")
+        raise AnalysisError(f"--split must be val, train or all, not {split!r}")
     return workload, [path for path, _ in workload.folder.test], f"{data} ({workload.folder.layout}, {split})"
 
 

@@ -195,3 +195,21 @@ def test_a_sweep_and_a_lesion_over_an_image_folder(tmp_path):
     assert {p["parameter"] for p in points} == {"threshold", "cap"}
     study = ps.lesion(model, data=f"imagefolder:{folder}", draws=1, ks=(1,))
     assert len(study["single"]) == 3 and study["examples"] == 15 and study["classes"] == ["apple", "bee", "cat"]
+
+
+def test_folders_named_after_the_models_classes_get_their_labels(tmp_path):
+    """A folder holding some of the model's classes, in another order, is scored against the
+    right outputs; folders named otherwise keep their sorted positions only for as many classes."""
+    root = make_folder(tmp_path / "sub", 2)  # apple, bee, cat
+    folder = ImageFolder.open(root)
+    folder.use_class_names(["zebra", "cat", "apple", "bee"])
+    assert folder.classes == ["zebra", "cat", "apple", "bee"]
+    assert sorted({label for _, label in folder.test}) == [1, 2, 3]
+    assert all(label == 2 for path, label in folder.test if "/apple/" in path)
+    synsets = ImageFolder.open(root)
+    synsets.use_class_names(["first", "second", "third"])  # no name matches: sorted order, same count
+    assert [label for _, label in synsets.test] == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="none of the model's classes"):
+        ImageFolder.open(root).use_class_names(["apple", "bee", "dog"])
+    with pytest.raises(ValueError, match="sorted order cannot be"):
+        ImageFolder.open(root).use_class_names(["one", "two"])

@@ -36,6 +36,8 @@ class Processes:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         resolved = torch.device(device)
+        if resolved.type == "cuda" and resolved.index is not None and world > 1:
+            raise ValueError(f"--device {device} under torchrun would put every rank on one GPU; give --device cuda (rank r uses cuda:LOCAL_RANK)")
         if resolved.type == "cuda" and resolved.index is None:
             resolved = torch.device("cuda", local_rank if world > 1 else 0)
         if resolved.type == "cuda":

@@ -85,12 +85,35 @@ class ImageFolder:
                    f"split {val_fraction:g}")
 
     def input_size(self) -> list[int]:
-        """[H, W] of the first training (else test) image: the default input size of a model
-        trained on this folder."""
+        """The default input size of a model trained on this folder: the first training (else
+        test) image's [H, W] for small images, else 224 x 224 (timm's and the ImageNet reference's
+        default, for folders of photos of any size)."""
         from PIL import Image
 
         with Image.open((self.train or self.test)[0][0]) as image:
-            return [image.height, image.width]
+            return [image.height, image.width] if max(image.size) <= 224 else [224, 224]
+
+    def use_class_names(self, names: Optional[list[str]]) -> None:
+        """Label the images with the positions of their folders' names in `names` (a model's
+        classes), when the folders are named after them: a folder with a subset of the classes,
+        or in another order, is then scored against the right outputs. Folders named otherwise
+        (ImageNet synsets against a card's readable names) keep their sorted positions, which
+        must then cover the same number of classes. Refuses a partial match."""
+        if not names:
+            return
+        known = {name: i for i, name in enumerate(names)}
+        matched = [c for c in self.classes if c in known]
+        if len(matched) == len(self.classes):
+            order = [known[c] for c in self.classes]
+            self.train = [(path, order[label]) for path, label in self.train]
+            self.test = [(path, order[label]) for path, label in self.test]
+            self.classes = list(names)
+        elif matched:
+            missing = [c for c in self.classes if c not in known]
+            raise ValueError(f"{self.root}: class folder(s) {missing[:5]} are none of the model's classes ({', '.join(map(str, names[:5]))}, ...)")
+        elif len(self.classes) != len(names):
+            raise ValueError(f"{self.root} has {len(self.classes)} class folders, named unlike the model's {len(names)} classes: "
+                             f"their sorted order cannot be its labels")
 
 
 def read_image(path: str, channels: int):

@@ -201,8 +201,10 @@ def _optimizer(config: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def _save_state(path: Path, model, optimizer, step: int, elapsed: float) -> None:
     """Resumable state without pickle: tensors in safetensors, the rest in JSON."""
+    # Written under new names, then renamed (state.json last): a kill while saving leaves the
+    # previous state whole, or the new one.
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path / "model.safetensors.tmp"))
     opt = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, state in opt["state"].items():
@@ -211,10 +213,12 @@ def _save_state(path: Path, model, optimizer, step: int, elapsed: float) -> None
                 tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
             else:
                 scalars[f"{index}.{key}"] = value
-    save_file(tensors or {"empty": torch.zeros(1)}, str(path / "optimizer.safetensors"))
+    save_file(tensors or {"empty": torch.zeros(1)}, str(path / "optimizer.safetensors.tmp"))
     groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
     tmp = path / "state.json.tmp"
     tmp.write_text(json.dumps({"step": step, "elapsed": elapsed, "param_groups": groups, "scalars": scalars}))
+    os.replace(path / "model.safetensors.tmp", path / "model.safetensors")
+    os.replace(path / "optimizer.safetensors.tmp", path / "optimizer.safetensors")
     os.replace(tmp, path / "state.json")
 
 
@@ -261,6 +265,8 @@ def _train(config: dict, out: Path, processes: Processes, resume: bool, command:
         raise ConfigError(f"batch_size {config['batch_size']} must be a multiple of the number of processes ({processes.world})")
     if processes.world > 1 and config["sync_bn"]:
         use_global_batch_norm(model)
+    if processes.world > 1:  # the same initial weights, but each rank its own random draws (AIG's Gumbel noise)
+        torch.manual_seed(config["seed"] * 1_000_003 + 7919 * processes.rank + 1)
     optimizer = _optimizer(config, model)
     state_dir = out / "train_state"
     start, elapsed = 0, 0.0
@@ -277,6 +283,9 @@ def _train(config: dict, out: Path, processes: Processes, resume: bool, command:
         bar = tqdm(total=config["steps"], initial=start, desc=config["model"], dynamic_ncols=True, mininterval=1.0)
     model.train()
     running: dict[str, torch.Tensor] = {}
+    stopped = False
+    if stop_after is not None and stop_after <= start:
+        raise ConfigError(f"--stop-after {stop_after}: the run is already at step {start}")
     batches = train_batches(workload, config, start, processes.rank, processes.world)
     for step, batch in zip(range(start, config["steps"]), batches):
         for group in optimizer.param_groups:
@@ -308,22 +317,21 @@ def _train(config: dict, out: Path, processes: Processes, resume: bool, command:
                 print(json.dumps({"step": step, **shown}), flush=True)
         if bar is not None:
             bar.update(1)
-        stopping = stop_after is not None and step + 1 == stop_after and step + 1 < config["steps"]
-        if ((step + 1) % config["save_every"] == 0 or stopping) and step + 1 < config["steps"] and processes.main:
+        stopped = stop_after is not None and step + 1 == stop_after and step + 1 < config["steps"]
+        if ((step + 1) % config["save_every"] == 0 or stopped) and step + 1 < config["steps"] and processes.main:
             _save_state(state_dir, model, optimizer, step + 1, time.time() - started)
-        if stopping:
+        if stopped:
             break
     if bar is not None:
         bar.close()
-    if stop_after is not None and stop_after < config["steps"]:
-        processes.barrier()
+    if stopped:
+        processes.barrier()  # the state is written before any rank leaves
         print_main(processes, f"stopped after step {stop_after}: the state is in {state_dir}; continue with --resume")
         return out
     training_time = time.time() - started
     model.eval()
     devices = processes.devices()
-    if not processes.main:
-        processes.barrier()  # rank 0 writes and evaluates the checkpoint
+    if not processes.main:  # rank 0 writes and evaluates the checkpoint; the others are done
         return out
     card = {
         **workload.card_fields,
@@ -344,5 +352,4 @@ def _train(config: dict, out: Path, processes: Processes, resume: bool, command:
             f.unlink()
         state_dir.rmdir()
     evaluate_model(out, device=str(device), workload=workload)
-    processes.barrier()
     return out

@@ -47,7 +47,7 @@ def task_loss_of(model, trace, targets: torch.Tensor) -> torch.Tensor:
 def checkpoint_test_data(card: Card, device: str | torch.device = "cpu"):
     """A trained model's test data, as its card says (data set, data options, normalisation):
     the one way the server, `ponderscope eval` and the benches get it."""
-    options = {**card.data_options, "preprocess": card.preprocess}
+    options = {**card.data_options, "preprocess": card.preprocess, "classes": card.classes}
     return make_workload(card.data["task"], card.dataset, torch.device(device), options, test_only=True)
 
 
@@ -293,6 +293,8 @@ class FolderClassification(ImageClassification):
 
         self.dataset, self.device = dataset, device
         self.folder = ImageFolder.open(dataset.split(":", 1)[1], float(options.get("val_fraction", 0.1)))
+        if test_only:  # a trained model's folder: labels are its classes' positions
+            self.folder.use_class_names(options.get("classes"))
         self.classes = self.folder.classes
         self.test_boxes = None
         self.flip = bool(options.get("flip", True))

@@ -17,6 +17,7 @@ from ..store import ModelStore
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 MAX_MODELS = 6
 DEFAULT_LIMIT = 1000
+LIMITS = (100, 500, 1000, 2000, 5000, 10000, 1_000_000)
 
 
 def dense_twin(store: ModelStore, dataset: Optional[str], exclude: set[str]):
@@ -32,11 +33,14 @@ def dense_twin(store: ModelStore, dataset: Optional[str], exclude: set[str]):
 def study(request: Request, kind: Annotated[Literal["sweep", "lesion"], Path(description="sweep: accuracy vs FLOPs as the halting threshold, "
                                                                                "the cap on units or the gate bias moves; lesion: remove units")],
           models: Annotated[list[str], Query(min_length=1, max_length=MAX_MODELS, description="model ids, side by side")],
-          limit: Annotated[int, Query(ge=1, le=1_000_000, description="the first LIMIT test images of each model")] = DEFAULT_LIMIT,
+          limit: Annotated[int, Query(description="the first LIMIT test images of each model (1000000: all); one of a few sizes, "
+                                               "so that the jobs and their caches are bounded", json_schema_extra={"enum": list(LIMITS)})] = DEFAULT_LIMIT,
           store: ModelStore = Depends(get_store)) -> dict:
     """`status` is "running" (poll again; `progress` 0..1, per model in `models`), "done" (with
     `results` by model and `figures`) or "error". A sweep adds a loaded dense model of the same
     data set as `reference` (its accuracy at 100% of the FLOPs), unless one is asked for."""
+    if limit not in LIMITS:
+        raise HTTPException(422, f"limit must be one of {', '.join(map(str, LIMITS))}, not {limit}")
     entries = []
     for model_id in dict.fromkeys(models):
         entry = store.get(model_id)
