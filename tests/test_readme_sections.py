@@ -100,3 +100,23 @@ def test_readme_reliability_tables_are_the_last_load_test():
     assert results.startswith("# Load test")
     assert section("reliability") == results.split("\n", 1)[1].strip()
     assert "| health |" in section("reliability") and "Result: ok" in section("reliability")
+
+
+def test_readme_scale_section_is_the_last_analyze_bench():
+    results = (ROOT / "bench" / "analyze_results.md").read_text(encoding="utf-8")
+    assert section("scale") == results.split("\n", 1)[1].strip()
+    assert "target: within 20%: met" in section("scale")
+
+
+def test_readme_whatif_section_is_the_report_drawn_from_its_numbers():
+    """docs/whatif.md is what report_markdown makes of docs/whatif.json (the numbers `ponderscope
+    study report` measured), and the README's section is its body."""
+    from ponderscope.studies import report_markdown
+
+    results = json.loads((ROOT / "docs" / "whatif.json").read_text(encoding="utf-8"))
+    docs = (ROOT / "docs" / "whatif.md").read_text(encoding="utf-8")
+    assert docs.split("\n", 2)[2] == report_markdown(results, 2000)
+    assert section("whatif") == docs.split("\n", 2)[2].strip()
+    sact = results["fmnist_sact_resnet32"]["sweep"]
+    card = json.loads((ROOT / "checkpoints" / "fmnist_sact_resnet32" / "card.json").read_text(encoding="utf-8"))
+    assert all(p["examples"] == 2000 for p in sact) and card["metrics"]["test"]["examples"] == 10000
