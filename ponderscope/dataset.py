@@ -191,74 +191,76 @@ def analyze(checkpoint: str, out: str, data: Optional[str] = None, split: str = 
     """Compute the Dataset view of `checkpoint` over `data` into `out` (see the module's doc).
     Under torchrun, shard k is computed by rank k mod world and rank 0 merges; -> the
     analysis.json path on rank 0, None on the other ranks."""
-    from server.analysis import gate_names
     from training.distributed import Processes
+
+    processes = Processes.start(device)
+    return processes.run(lambda: _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard_size, limit, progress, command))
+
+
+def _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard_size, limit, progress, command):
+    from server.analysis import gate_names
 
     from .notebook import load
 
-    processes = Processes.start(device)
-    try:
-        model = load(checkpoint, device=str(processes.device))
-        if model.kind != "image":
-            raise AnalysisError(f"{model.id} is a {model.kind} model; analyze is for image classifiers")
-        workload, paths, described = image_set(model, data, split, workers)
-        n = workload.n_test if limit is None else min(limit, workload.n_test)
-        out_dir = Path(out)
-        shards = out_dir / "shards"
-        command = processes.launch_command(command)
-        manifest = {"schema": SCHEMA, "checkpoint": str(model.path), "model": model.card["model"],
-                    "weights_sha256": model.entry.weights_sha256, "data": data or "test", "split": split,
-                    "described": described, "images": n, "shard_size": shard_size}
-        if processes.main:
-            shards.mkdir(parents=True, exist_ok=True)
-            path = out_dir / "manifest.json"
-            if path.is_file():
-                old = json.loads(path.read_text())
-                if {k: old.get(k) for k in manifest} != manifest:
-                    changed = [k for k in manifest if old.get(k) != manifest[k]]
-                    raise AnalysisError(f"{out_dir} holds an analysis of other settings ({', '.join(changed)} differ); choose another --out")
-            else:
-                _write_json(path, manifest)
-        processes.barrier()
+    model = load(checkpoint, device=str(processes.device))
+    if model.kind != "image":
+        raise AnalysisError(f"{model.id} is a {model.kind} model; analyze is for image classifiers")
+    workload, paths, described = image_set(model, data, split, workers)
+    n = workload.n_test if limit is None else min(limit, workload.n_test)
+    out_dir = Path(out)
+    shards = out_dir / "shards"
+    command = processes.launch_command(command)
+    manifest = {"schema": SCHEMA, "checkpoint": str(model.path), "model": model.card["model"],
+                "weights_sha256": model.entry.weights_sha256, "data": data or "test", "split": split,
+                "described": described, "images": n, "shard_size": shard_size}
+    if processes.main:
+        shards.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "manifest.json"
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if {k: old.get(k) for k in manifest} != manifest:
+                changed = [k for k in manifest if old.get(k) != manifest[k]]
+                raise AnalysisError(f"{out_dir} holds an analysis of other settings ({', '.join(changed)} differ); choose another --out")
+        else:
+            _write_json(path, manifest)
+    processes.barrier()
 
-        mine = [k for k in range((n + shard_size - 1) // shard_size) if k % processes.world == processes.rank]
-        todo = [k for k in mine if not (shards / f"{k:06d}.safetensors").is_file()]
-        images_todo = sum(min(n, (k + 1) * shard_size) - k * shard_size for k in todo)
-        bar = None
-        if progress and processes.main:
-            from tqdm import tqdm
+    mine = [k for k in range((n + shard_size - 1) // shard_size) if k % processes.world == processes.rank]
+    todo = [k for k in mine if not (shards / f"{k:06d}.safetensors").is_file()]
+    images_todo = sum(min(n, (k + 1) * shard_size) - k * shard_size for k in todo)
+    bar = None
+    if progress and processes.main:
+        from tqdm import tqdm
 
-            label = f"{model.id}" + (f" (rank 0 of {processes.world})" if processes.world > 1 else "")
-            bar = tqdm(total=images_todo, desc=label, unit="img", dynamic_ncols=True, mininterval=1.0)
-            if len(todo) < len(mine):
-                bar.write(f"{len(mine) - len(todo)} of this rank's {len(mine)} shards were already done; computing the rest")
-        started = time.time()
-        device = processes.device
-        for k in todo:
-            indices = range(k * shard_size, min(n, (k + 1) * shard_size))
-            records = image_records(lambda x: model.module.trace(x.to(device)), workload.test_batches(batch_size, indices=indices),
-                                    on_batch=bar.update if bar is not None else None)
-            tmp = shards / f".{k:06d}.{os.getpid()}.tmp"
-            save_file({key: value.contiguous() for key, value in records.items()}, str(tmp))
-            os.replace(tmp, shards / f"{k:06d}.safetensors")  # a shard is there whole, or not at all
-        if bar is not None:
-            bar.close()
-        elapsed = time.time() - started
-        devices = processes.devices()
-        processes.barrier()  # every shard is written
-        if not processes.main:
-            return None
-        parts = [load_file(str(shards / f"{k:06d}.safetensors")) for k in range((n + shard_size - 1) // shard_size)]
-        records = merge_records(parts)
-        classes = model.entry.card.classes or workload.classes
-        result = summarize(records, classes, workload.thumbnail, lambda layers: gate_names(model.module, layers), model.id)
-        result["source"] = {"data": described, "images": n, "world_size": processes.world, "devices": devices,
-                            "seconds": round(elapsed, 1), "command": command, "computed_by": "ponderscope analyze"}
-        _write_json(out_dir / ANALYSIS_FILE, result)
-        _write_images_csv(out_dir / "images.csv", records, classes, paths)
-        return out_dir / ANALYSIS_FILE
-    finally:
-        processes.close()
+        label = f"{model.id}" + (f" (rank 0 of {processes.world})" if processes.world > 1 else "")
+        bar = tqdm(total=images_todo, desc=label, unit="img", dynamic_ncols=True, mininterval=1.0)
+        if len(todo) < len(mine):
+            bar.write(f"{len(mine) - len(todo)} of this rank's {len(mine)} shards were already done; computing the rest")
+    started = time.time()
+    device = processes.device
+    for k in todo:
+        indices = range(k * shard_size, min(n, (k + 1) * shard_size))
+        records = image_records(lambda x: model.module.trace(x.to(device)), workload.test_batches(batch_size, indices=indices),
+                                on_batch=bar.update if bar is not None else None)
+        tmp = shards / f".{k:06d}.{os.getpid()}.tmp"
+        save_file({key: value.contiguous() for key, value in records.items()}, str(tmp))
+        os.replace(tmp, shards / f"{k:06d}.safetensors")  # a shard is there whole, or not at all
+    if bar is not None:
+        bar.close()
+    elapsed = time.time() - started
+    devices = processes.devices()
+    processes.barrier()  # every shard is written
+    if not processes.main:
+        return None
+    parts = [load_file(str(shards / f"{k:06d}.safetensors")) for k in range((n + shard_size - 1) // shard_size)]
+    records = merge_records(parts)
+    classes = model.entry.card.classes or workload.classes
+    result = summarize(records, classes, workload.thumbnail, lambda layers: gate_names(model.module, layers), model.id)
+    result["source"] = {"data": described, "images": n, "world_size": processes.world, "devices": devices,
+                        "seconds": round(elapsed, 1), "command": command, "computed_by": "ponderscope analyze"}
+    _write_json(out_dir / ANALYSIS_FILE, result)
+    _write_images_csv(out_dir / "images.csv", records, classes, paths)
+    return out_dir / ANALYSIS_FILE
 
 
 def _write_images_csv(path: Path, records: dict, classes: list[str], paths: Optional[list[str]]) -> None:

@@ -30,7 +30,7 @@ class Processes:
         return self.rank == 0
 
     @classmethod
-    def start(cls, device: str = "auto", timeout_minutes: float = 60.0) -> "Processes":
+    def start(cls, device: str = "auto", timeout_minutes: float = 240.0) -> "Processes":
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
         if device == "auto":
@@ -52,9 +52,24 @@ class Processes:
         if self.world > 1:
             dist.barrier()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group. A run that finished waits here for every rank first (a rank
+        that tears its group down while another still works on can abort in gloo's threads); one
+        that failed leaves at once, and torchrun stops the others."""
         if self.world > 1 and dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
+
+    def run(self, work):
+        """work() -> its result, then close(): synchronised when it returned, at once when it raised."""
+        try:
+            result = work()
+        except BaseException:
+            self.close(finished=False)
+            raise
+        self.close()
+        return result
 
     def mean(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         """Per-rank numbers -> their mean over the ranks (every rank must call it)."""

@@ -245,10 +245,7 @@ def train(config: dict, out_dir: str, device: str = "auto", resume: bool = False
     stop_after: save the training state after that many steps and stop, without a checkpoint
     (a job with a time limit); `resume` continues it."""
     processes = Processes.start(device)
-    try:
-        return _train(config, Path(out_dir), processes, resume, command, progress, stop_after)
-    finally:
-        processes.close()
+    return processes.run(lambda: _train(config, Path(out_dir), processes, resume, command, progress, stop_after))
 
 
 def _train(config: dict, out: Path, processes: Processes, resume: bool, command: str | None, progress: bool, stop_after: int | None) -> Path:
@@ -331,7 +328,7 @@ def _train(config: dict, out: Path, processes: Processes, resume: bool, command:
     training_time = time.time() - started
     model.eval()
     devices = processes.devices()
-    if not processes.main:  # rank 0 writes and evaluates the checkpoint; the others are done
+    if not processes.main:  # rank 0 writes and evaluates the checkpoint; the others wait in close()
         return out
     card = {
         **workload.card_fields,
