@@ -180,9 +180,10 @@ class AIGResNet(nn.Module):
         whatif = current_whatif()  # models/whatif.py: a gate bias or removed blocks, or None
         theta = 0.0 if whatif is None or whatif.gate_bias is None else float(whatif.gate_bias)
         removed = set(whatif.lesion) if whatif is not None else set()
-        for name, block in zip(self.gate_names if removed else [None] * len(self.gated_blocks), self.gated_blocks):
+        names = self.gate_names if removed else ()  # (built only when some block is removed)
+        for index, block in enumerate(self.gated_blocks):
             logits = block.gate.logits(out)
-            if name in removed:  # forced closed: the block is its shortcut
+            if removed and names[index] in removed:  # forced closed: the block is its shortcut
                 g = torch.zeros_like(logits[:, 0])
             elif sample:  # (a what-if gate bias shifts the run logit before sampling)
                 g = gumbel_straight_through(logits if theta == 0.0 else logits - logits.new_tensor([0.0, theta]))

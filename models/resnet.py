@@ -380,16 +380,15 @@ class Block(nn.Module):
         batch, in_positions = x.shape[0], float(x.shape[-2] * x.shape[-1])
         whatif = current_whatif()  # models/whatif.py: a threshold, cap or removed units, or None
         removed = {u for u, name in enumerate(self.unit_names) if name in whatif.lesion} if whatif and whatif.lesion else set()
-        if 0 in removed:  # the first unit without its residual branch: its shortcut only
-            x = self.units[0].shortcut_path(x)
-            first = conv_flops(self.units[0].shortcut, x.shape[-2] * x.shape[-1]) if self.units[0].shortcut is not None else 0.0
-        else:
-            x = self.units[0](x)
+        first = self.units[0]
+        x = first.shortcut_path(x) if 0 in removed else first(x)  # removed: the shortcut only
         height, width = x.shape[-2:]
         positions = float(height * width)
-        if 0 not in removed:
-            first = unit_flops(self.units[0], positions, positions, in_positions)
-        flops = torch.full((batch,), float(first), device=x.device)
+        if 0 in removed:
+            first_flops = conv_flops(first.shortcut, positions) if first.shortcut is not None else 0.0
+        else:
+            first_flops = unit_flops(first, positions, positions, in_positions)
+        flops = torch.full((batch,), float(first_flops), device=x.device)
         if self.halting is None:
             for index, unit in enumerate(self.units[1:], start=1):
                 if index not in removed:

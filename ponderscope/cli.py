@@ -83,9 +83,7 @@ def _study(args) -> None:
         return _study_report(args, studies)
     if not args.models or not args.out:
         raise SystemExit(f"ponderscope study {args.kind}: give one or more models and --out FILE")
-    fmt = args.out.lower().rsplit(".", 1)[-1]
-    if fmt not in ("html", "json", "png", "svg"):
-        raise SystemExit(f"ponderscope study: --out must end in .html, .json, .png or .svg, not {args.out!r}")
+    fmt = _figure_format("study", args.out)
     try:
         loaded = [notebook.load(name, device=args.device) for name in args.models]
         results, reference = {}, None
@@ -114,9 +112,7 @@ def _study(args) -> None:
             data = figures.to_image(figure, fmt, args.width, args.height, 1.0)
         except figures.StaticExportUnavailable as error:
             raise SystemExit(f"ponderscope study: no {fmt.upper()} here: {error}; write .html or .json instead") from None
-    with open(args.out, "wb") as f:
-        f.write(data)
-    print(f"wrote {args.out}")
+    _write_output(args.out, data)
 
 
 def _study_report(args, studies) -> None:
@@ -140,6 +136,20 @@ def _results(args) -> None:
     print(write_results(args.checkpoints or None, args.out))
 
 
+def _figure_format(command: str, path: str) -> str:
+    """--out's format: html, json, png or svg (else a one-line error)."""
+    fmt = path.lower().rsplit(".", 1)[-1]
+    if fmt not in ("html", "json", "png", "svg"):
+        raise SystemExit(f"ponderscope {command}: --out must end in .html, .json, .png or .svg, not {path!r}")
+    return fmt
+
+
+def _write_output(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+    print(f"wrote {path}")
+
+
 def _render(args) -> None:
     """One figure of the dashboard into a file: the model's figure for an image (its ponder map,
     its gates, or the input), for a text (--text), or for a parity vector."""
@@ -147,9 +157,7 @@ def _render(args) -> None:
 
     from . import figures, notebook
 
-    out = args.out.lower().rsplit(".", 1)[-1]
-    if out not in ("html", "json", "png", "svg"):
-        raise SystemExit(f"ponderscope render: --out must end in .html, .json, .png or .svg, not {args.out!r}")
+    out = _figure_format("render", args.out)
     try:
         model = notebook.load(args.model, device=args.device)
         figure, fallback = _render_figure(model, args, figures, notebook)
@@ -167,9 +175,7 @@ def _render(args) -> None:
                 data = fallback(out)
     except (OSError, ValueError, IndexError, DataSourceMissing) as error:
         raise SystemExit(f"ponderscope render: {error}") from None
-    with open(args.out, "wb") as f:
-        f.write(data)
-    print(f"wrote {args.out}")
+    _write_output(args.out, data)
 
 
 def _render_figure(model, args, figures, notebook):

@@ -151,7 +151,8 @@ class AnalysisError(ValueError):
     """An analysis that cannot run as asked (the message says why)."""
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data) -> None:
+    """Write `data` as JSON to `path` whole or not at all (a temporary file, then renamed)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
@@ -222,7 +223,7 @@ def _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard
                 changed = [k for k in manifest if old.get(k) != manifest[k]]
                 raise AnalysisError(f"{out_dir} holds an analysis of other settings ({', '.join(changed)} differ); choose another --out")
         else:
-            _write_json(path, manifest)
+            write_json(path, manifest)
     processes.barrier()
 
     mine = [k for k in range((n + shard_size - 1) // shard_size) if k % processes.world == processes.rank]
@@ -258,7 +259,7 @@ def _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard
     result = summarize(records, classes, workload.thumbnail, lambda layers: gate_names(model.module, layers), model.id)
     result["source"] = {"data": described, "images": n, "world_size": processes.world, "devices": devices,
                         "seconds": round(elapsed, 1), "command": command, "computed_by": "ponderscope analyze"}
-    _write_json(out_dir / ANALYSIS_FILE, result)
+    write_json(out_dir / ANALYSIS_FILE, result)
     _write_images_csv(out_dir / "images.csv", records, classes, paths)
     return out_dir / ANALYSIS_FILE
 

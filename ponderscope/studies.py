@@ -72,16 +72,17 @@ def _point(parameter: Optional[str], setting, trained: bool, metrics: dict) -> d
 
 
 def sweep_plan(model) -> list[tuple[Optional[str], object, Optional[WhatIf]]]:
-    """(parameter, setting, change) of every point of the sweep; None: the trained model."""
+    """(parameter, setting, change) of every point of the sweep; change None: the trained model
+    (measured once; it appears at its place in each parameter's curve)."""
     can = knobs(_module(model))
-    plan: list = [(None, None, None)]
+    plan: list = []
     if "threshold" in can:
         trained = round(can["threshold"], 10)
         plan += [("threshold", t, None if t == trained else WhatIf(threshold=t)) for t in sorted(set(THRESHOLDS) | {trained})]
         plan += [("cap", c, None if c == can["cap"] else WhatIf(cap=c)) for c in range(1, can["cap"] + 1)]
     if "gate_bias" in can:
         plan += [("gate_bias", b, None if b == 0.0 else WhatIf(gate_bias=b)) for b in sorted(set(GATE_BIASES) | {0.0})]
-    return plan
+    return plan or [(None, None, None)]  # nothing to move (a dense ResNet): its trained point
 
 
 def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float, str], None]] = None,
@@ -100,8 +101,6 @@ def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float
         if progress:
             progress(done / len(plan), f"{parameter or 'trained'} {setting if setting is not None else ''}".strip())
         metrics = trained if change is None else measure(model, change, limit, workload=workload, guard=guard)
-        if parameter is None and len(plan) > 1:
-            continue  # the trained point appears at its place in each parameter's curve
         points.append(_point(parameter, setting, change is None, metrics))
     return points
 

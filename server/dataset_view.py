@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Optional
@@ -16,7 +15,7 @@ import torch
 
 from training.workloads import CHAR_CLASS_LABELS
 
-from ponderscope.dataset import image_records, read_analysis, summarize
+from ponderscope.dataset import image_records, read_analysis, summarize, write_json
 
 from .analysis import gate_names, with_figures
 from .store import NoTestSet
@@ -136,9 +135,7 @@ class DatasetJobs:
     def _run(self, job: dict, path: Path, compute, figures: Optional[str], what: str) -> None:
         try:
             result = compute(job)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(result))  # the numbers; the figures are drawn from them when served
-            os.replace(tmp, path)
+            write_json(path, result)  # the numbers; the figures are drawn from them when served
             job.update(status="done", progress=1.0, message="done", result=with_figures(figures, result) if figures else result)
         except Exception as error:  # reported to the page; the next request retries
             log.exception("%s failed", what)
