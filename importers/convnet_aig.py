@@ -13,7 +13,7 @@ pickle that names code (a class, a function such as os.system) is refused before
 
 The network is read off the names and shapes: stem (3x3 conv: CIFAR; 7x7: ImageNet), blocks per
 stage (layerS.B.*), basic or bottleneck (conv3), widths (layerS.0.conv1), classes (linear). Names
-are mapped by `models.aig.official_to_ours`; every tensor must find its place and every place
+are mapped by `ponderscope.models.aig.official_to_ours`; every tensor must find its place and every place
 its tensor, with the right shape.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from models import create_model, list_models
-from models.aig import convert_official_state_dict, official_to_ours, ours_to_official
-from models.resnet import CIFAR_DEPTHS, IMAGENET_LAYOUTS, IMAGENET_WIDTHS, layout_depth
+from ponderscope.models import create_model, list_models
+from ponderscope.models.aig import convert_official_state_dict, official_to_ours, ours_to_official
+from ponderscope.models.resnet import CIFAR_DEPTHS, IMAGENET_LAYOUTS, IMAGENET_WIDTHS, layout_depth
 
 from .common import Imported, ImportFailed, check_depth, load_converted, parse_model_name
 

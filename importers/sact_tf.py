@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import models
-from models.resnet import IMAGENET_LAYOUTS, layout_depth
+from ponderscope import models
+from ponderscope.models.resnet import IMAGENET_LAYOUTS, layout_depth
 
 from .classes import names_for
 from .common import FAMILY_OF_PREFIX, ImportFailed, Imported, check_depth, load_converted, parse_model_name

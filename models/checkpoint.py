@@ -122,7 +122,7 @@ def _check_object(card_path: Path, field: str, value: object, nullable: bool) ->
 
 def has_image_test_set(card: dict) -> bool:
     """Whether the card names an image test set the project can load: one of TEST_SET_CLASSES, or
-    an image folder (training.workloads.no_test_set says why the others have none)."""
+    an image folder (ponderscope.training.workloads.no_test_set says why the others have none)."""
     dataset = card.get("dataset")
     return card["task"]["name"] == "classify" and isinstance(dataset, str) and (
         dataset in TEST_SET_CLASSES or dataset.startswith("imagefolder:"))
@@ -198,7 +198,7 @@ def _shown_path(where: str) -> str:
 
 
 def _check_data_options(card_path: Path, card: dict) -> None:
-    """config.data_options: what the server passes to training.workloads.make_workload."""
+    """config.data_options: what the server passes to ponderscope.training.workloads.make_workload."""
     options = card["config"].get("data_options")
     _check_object(card_path, "config.data_options", options, nullable=True)
     options = options or {}

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import importlib
 
+__version__ = "0.3.0"  # the one place: pyproject.toml, the CLI's --version and the API read it
+
 _NOTEBOOK = ("load", "bundled", "Model", "analyze_image", "analyze_text", "analyze_parity", "image_figure", "text_figure", "parity_figure")
 _STUDIES = ("sweep", "lesion")  # what-if studies: ponderscope.studies
-__all__ = [*_NOTEBOOK, *_STUDIES, "figures", "notebook", "studies"]
+_PLUGIN = ("Trace", "BlockTrace", "register_model", "register_family")  # the plugin contract: ponderscope.models
+__all__ = [*_NOTEBOOK, *_STUDIES, *_PLUGIN, "figures", "notebook", "studies", "__version__"]
 
 
 def __getattr__(name: str):
     if name in ("figures", "notebook", "studies"):
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _PLUGIN:
+        return getattr(importlib.import_module(f"{__name__}.models"), name)
     if name in _STUDIES:
         return getattr(importlib.import_module(f"{__name__}.studies"), name)
     if name in _NOTEBOOK:

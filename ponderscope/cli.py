@@ -7,9 +7,11 @@ import os
 import shlex
 import sys
 
+from . import __version__
+
 
 def _train(args) -> None:
-    from training.train import ConfigError, load_config, train
+    from ponderscope.training.train import ConfigError, load_config, train
 
     command = "ponderscope " + shlex.join(sys.argv[1:])
     try:  # a bad config is the user's to fix: one line, not a traceback
@@ -18,15 +20,15 @@ def _train(args) -> None:
                     stop_after=args.stop_after)
     except (OSError, ValueError, ConfigError) as error:
         raise SystemExit(f"ponderscope train: {error}") from None
-    from models.checkpoint import read_card
+    from ponderscope.models.checkpoint import read_card
 
     if int(os.environ.get("RANK", "0")) == 0 and (out / "card.json").is_file() and not (out / "train_state").exists():
         print(json.dumps(read_card(out)["metrics"]["test"], indent=2)[:4000])
 
 
 def _eval(args) -> None:
-    from models import CheckpointError
-    from training.evaluate import NothingToEvaluate, evaluate_model
+    from ponderscope.models import CheckpointError
+    from ponderscope.training.evaluate import NothingToEvaluate, evaluate_model
 
     for path in args.checkpoints:
         try:
@@ -38,14 +40,14 @@ def _eval(args) -> None:
 
 
 def _serve(args) -> None:
-    from server.app import run
+    from ponderscope.server.app import run
 
     run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=args.checkpoints, cache_dir=args.cache, data_roots=args.data_root,
         image_store_bytes=args.image_store_mb * 1024 * 1024, analyses=args.analysis)
 
 
 def _import(args) -> None:
-    from importers import ImportFailed, import_checkpoint
+    from ponderscope.importers import ImportFailed, import_checkpoint
 
     command = "ponderscope " + shlex.join(args.argv)
     try:  # a source that does not fit is the user's to fix: one line, not a traceback
@@ -56,7 +58,7 @@ def _import(args) -> None:
 
 
 def _analyze(args) -> None:
-    from training.data import DataSourceMissing
+    from ponderscope.training.data import DataSourceMissing
 
     from .dataset import analyze
 
@@ -75,7 +77,7 @@ def _analyze(args) -> None:
 
 def _study(args) -> None:
     """A what-if study of one or more models into a figure file (and its numbers as JSON)."""
-    from training.data import DataSourceMissing
+    from ponderscope.training.data import DataSourceMissing
 
     from . import figures, notebook, studies
 
@@ -131,7 +133,7 @@ def _study_report(args, studies) -> None:
 
 
 def _results(args) -> None:
-    from training.results import write_results
+    from ponderscope.training.results import write_results
 
     print(write_results(args.checkpoints or None, args.out))
 
@@ -153,7 +155,7 @@ def _write_output(path: str, data: bytes) -> None:
 def _render(args) -> None:
     """One figure of the dashboard into a file: the model's figure for an image (its ponder map,
     its gates, or the input), for a text (--text), or for a parity vector."""
-    from training.data import DataSourceMissing
+    from ponderscope.training.data import DataSourceMissing
 
     from . import figures, notebook
 
@@ -238,6 +240,7 @@ def _load_plugins(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ponderscope", description="Look inside adaptive-computation networks.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model and write a checkpoint directory (several processes: torchrun --nproc_per_node N -m ponderscope train ...)")

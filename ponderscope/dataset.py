@@ -92,7 +92,7 @@ def summarize(records: dict[str, torch.Tensor], classes: list[str], thumbnail: C
     histograms, the EXTREMES least and most costly images (ranked by ponder where the model has
     one, else by FLOPs; `thumbnail(index)` draws them), and for gated models the histogram of
     executed layers and the class x layer execution rates."""
-    from server.imaging import png_data_url
+    from ponderscope.server.imaging import png_data_url
 
     labels, correct, flops = records["label"], records["correct"].bool(), records["flops"]
     ponder, executed = records.get("ponder"), records.get("executed")
@@ -160,7 +160,7 @@ def write_json(path: Path, data) -> None:
 
 def image_set(model, data: Optional[str], split: str = "val", workers: int = 2):
     """-> (workload with test_batches/thumbnail/n_test, file paths or None, data description)."""
-    from training.workloads import FolderClassification, checkpoint_test_data, no_test_set
+    from ponderscope.training.workloads import FolderClassification, checkpoint_test_data, no_test_set
 
     card = model.entry.card
     if data is None or data == "test":
@@ -192,14 +192,14 @@ def analyze(checkpoint: str, out: str, data: Optional[str] = None, split: str = 
     """Compute the Dataset view of `checkpoint` over `data` into `out` (see the module's doc).
     Under torchrun, shard k is computed by rank k mod world and rank 0 merges; -> the
     analysis.json path on rank 0, None on the other ranks."""
-    from training.distributed import Processes
+    from ponderscope.training.distributed import Processes
 
     processes = Processes.start(device)
     return processes.run(lambda: _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard_size, limit, progress, command))
 
 
 def _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard_size, limit, progress, command):
-    from server.analysis import gate_names
+    from ponderscope.server.analysis import gate_names
 
     from .notebook import load
 

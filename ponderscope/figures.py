@@ -2,7 +2,7 @@
 
 Each function takes the JSON the API returns (server/analysis.py, server/dataset_view.py) and
 draws it: the numbers are taken from the dict as they are, never recomputed from a model. The API
-sends these very figures beside the numbers (an answer's `figures`, server.analysis.answer_figures),
+sends these very figures beside the numbers (an answer's `figures`, ponderscope.server.analysis.answer_figures),
 and the page draws them (restyling only colour scale, opacity, measure and box on the client). Figures render offline: HTML written here, and figures shown in Jupyter
 after `import ponderscope`, carry plotly.js inline (no CDN).
 

@@ -5,7 +5,7 @@
     analysis = ps.analyze_image(model, "shirt.png")  # the dict POST /api/models/{id}/image returns
     ps.image_figure(model, 0)                        # test image 0's ponder map, a plotly Figure
 
-The analyses are the API's, computed by the same code (server.analysis, server.imaging); torch
+The analyses are the API's, computed by the same code (ponderscope.server.analysis, ponderscope.server.imaging); torch
 and the server are imported on first use, so `import ponderscope` stays light.
 """
 from __future__ import annotations
@@ -15,13 +15,14 @@ import io
 from pathlib import Path
 
 from . import figures
+from .paths import bundled_checkpoints
 
-BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints"
+BUNDLED = bundled_checkpoints()
 PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")  # what a PIL image may be saved as PNG in
 
 
 class Model:
-    """A loaded checkpoint (server.store.LoadedModel `entry`, in its one-model ModelStore `store`)."""
+    """A loaded checkpoint (ponderscope.server.store.LoadedModel `entry`, in its one-model ModelStore `store`)."""
 
     def __init__(self, store, entry):
         self.store, self.entry = store, entry
@@ -51,7 +52,7 @@ def load(name_or_path: str | Path, device: str = "cpu", plugins: list[str | Path
     """A bundled checkpoint by id (see bundled()) or a checkpoint folder (card.json + model.safetensors).
     plugins: Python files that register your own model families (docs/own-models.md); installed
     `ponderscope.models` entry points are loaded too."""
-    from server.store import ModelStore
+    from ponderscope.server.store import ModelStore
 
     from .plugins import load_plugins
 
@@ -76,11 +77,11 @@ def _model(model: Model | str | Path, kind: str) -> Model:
 
 
 def _decoded(image):
-    """A path, bytes or PIL image -> (the upright L/RGB image server.imaging.decode makes of it, the
+    """A path, bytes or PIL image -> (the upright L/RGB image ponderscope.server.imaging.decode makes of it, the
     hash POST /api/images would name it by). A PIL image is taken as if uploaded as PNG."""
     from PIL import Image
 
-    from server.imaging import decode, encode_png
+    from ponderscope.server.imaging import decode, encode_png
 
     if isinstance(image, Image.Image):
         buffer = io.BytesIO()
@@ -102,11 +103,11 @@ def _test_sample(model: Model, index: int):
 def analyze_image(model: Model | str, image, resolution: str = "train", invert: bool = False, whatif=None) -> dict:
     """The dict POST /api/models/{id}/image returns, `input` block included. image: a file path, the
     file's bytes, a PIL image, or an int: that image of the model's test set (with its label).
-    whatif: one change to the trained model for this answer, a models.whatif.WhatIf or a dict
+    whatif: one change to the trained model for this answer, a ponderscope.models.whatif.WhatIf or a dict
     like {"threshold": 0.9}, {"cap": 2}, {"gate_bias": 1.0}, {"lesion": ["block2.unit3"]}."""
-    from server.analysis import analyze_image as analyze
-    from server.analysis import input_json
-    from server.imaging import PIXEL_WORK, prepare
+    from ponderscope.server.analysis import analyze_image as analyze
+    from ponderscope.server.analysis import input_json
+    from ponderscope.server.imaging import PIXEL_WORK, prepare
 
     model = _model(model, "image")
     sample = label = box = digest = None
@@ -119,7 +120,7 @@ def analyze_image(model: Model | str, image, resolution: str = "train", invert: 
         original = image.size
         x, shown = prepare(image, model.card["preprocess"], resolution, invert)
     if isinstance(whatif, dict):
-        from models.whatif import WhatIf
+        from ponderscope.models.whatif import WhatIf
 
         whatif = WhatIf(**{**whatif, "lesion": tuple(whatif.get("lesion", ()))})
     return analyze(model.entry, model.store, x, input_json(model.entry, shown, original, resolution, digest, sample, label, box), whatif)
@@ -127,8 +128,8 @@ def analyze_image(model: Model | str, image, resolution: str = "train", invert: 
 
 def analyze_text(model: Model | str, text: str) -> dict:
     """The dict POST /api/models/{id}/text returns (per character: N, N+R, surprisal, class)."""
-    from server.analysis import analyze_text as analyze
-    from server.routers.sequences import valid_unicode
+    from ponderscope.server.analysis import analyze_text as analyze
+    from ponderscope.server.routers.sequences import valid_unicode
 
     model = _model(model, "text")
     if not text:
@@ -139,7 +140,7 @@ def analyze_text(model: Model | str, text: str) -> dict:
 
 def analyze_parity(model: Model | str, vector: list[float]) -> dict:
     """The dict POST /api/models/{id}/parity returns, plus the `vector` (as the page keeps it)."""
-    from server.analysis import analyze_parity as analyze
+    from ponderscope.server.analysis import analyze_parity as analyze
 
     model = _model(model, "parity")
     bits = int(model.card["task"]["bits"])

@@ -14,7 +14,7 @@ import random
 import statistics
 from typing import Callable, ContextManager, Optional
 
-from models.whatif import WhatIf, applied, downsampling_units, knobs
+from ponderscope.models.whatif import WhatIf, applied, downsampling_units, knobs
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.995, 0.999, 1.0)  # with the trained 1 - eps
 GATE_BIASES = (-4.0, -2.0, -1.0, -0.5, -0.25, 0.25, 0.5, 1.0, 2.0, 4.0)  # with the trained 0

@@ -8,9 +8,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from models.trace import Trace
-from server.imaging import png_data_url
-from training.workloads import CHAR_CLASS_LABELS, CHAR_CLASSES, char_class
+from ponderscope.models.trace import Trace
+from ponderscope.server.imaging import png_data_url
+from ponderscope.training.workloads import CHAR_CLASS_LABELS, CHAR_CLASSES, char_class
 
 
 def _grid(tensor: torch.Tensor, digits: int = 4) -> list[list[float]]:
@@ -106,8 +106,8 @@ def input_json(entry, shown, original_size: tuple[int, int], resolution: str, im
 
 def analyze_image(entry, store, x: torch.Tensor, input: dict, whatif=None) -> dict:
     """The answer of POST /{id}/image for the prepared input x; `input`: its input_json;
-    `whatif`: a models.whatif.WhatIf in force for this answer only (None: the trained model)."""
-    from models.whatif import applied
+    `whatif`: a ponderscope.models.whatif.WhatIf in force for this answer only (None: the trained model)."""
+    from ponderscope.models.whatif import applied
 
     with applied(entry.model, whatif):
         trace, ms = _timed_trace(entry, store, x)
@@ -132,7 +132,7 @@ def analyze_image(entry, store, x: torch.Tensor, input: dict, whatif=None) -> di
 def analyze_text(entry, store, text: str) -> dict:
     """Per Unicode character: the mean ponder and steps over its UTF-8 bytes (the model reads
     bytes), its surprisal in bits = the sum over its bytes of -log2 p(byte | preceding), and its
-    class (training.workloads.char_class: of the character, so "é" is a letter here while the held-
+    class (ponderscope.training.workloads.char_class: of the character, so "é" is a letter here while the held-
     out statistics, per byte, count its two bytes as markup / other). Per class: count and mean N, N + R. `measure`: the quantity that
     varies over this text (steps N if it does, else ponder N + R), which the page colours by."""
     data = text.encode("utf-8")

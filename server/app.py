@@ -18,7 +18,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from training.data import DataSourceMissing
+from ponderscope import __version__
+from ponderscope.paths import resource
+from ponderscope.training.data import DataSourceMissing
 
 from .dataset_view import DatasetJobs
 from .image_store import DEFAULT_DISK_BYTES, ImageStore
@@ -28,7 +30,6 @@ from .schemas import Health
 from .routers import images, models, sequences, studies
 from .store import BUNDLED_CHECKPOINTS, ModelStore, NoTestSet
 
-ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("ponderscope")
 
 # Every response: only the page's own scripts run (no inline script, no eval; the models' JSON is a
@@ -124,12 +125,12 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
         lifespan=lifespan,
         title="ponderscope",
         description="Where adaptive-computation networks spend their effort: ponder maps (ACT/SACT), gate decisions (ConvNet-AIG), per-character ponder time (ACT-RNN).",
-        version="0.1.0",
+        version=__version__,
     )
     app.state.store = store
     app.state.images = ImageStore(cache / "images", max_disk_bytes=image_store_bytes, max_memory_bytes=min(image_store_bytes, 64 << 20))
     app.state.dataset_jobs = DatasetJobs(store, cache)
-    templates = Jinja2Templates(directory=str(ROOT / "templates"))
+    templates = Jinja2Templates(directory=str(resource("templates")))
 
     @app.exception_handler(ImageError)
     async def image_error(request: Request, error: ImageError):
@@ -171,7 +172,7 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     def plotly_js():
         return FileResponse(plotly_js_path(), media_type="application/javascript")
 
-    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    app.mount("/static", StaticFiles(directory=str(resource("static"))), name="static")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index(request: Request):

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from training.workloads import CHAR_CLASS_LABELS
+from ponderscope.training.workloads import CHAR_CLASS_LABELS
 
 from ponderscope.dataset import image_records, read_analysis, summarize, write_json
 
@@ -84,7 +84,7 @@ class DatasetJobs:
         """A what-if study of the model (ponderscope.studies.sweep or .lesion) over its first
         `limit` test images: a job like the dataset view's, cached under the weights' hash. Its
         result is the study's numbers alone; the figures are drawn over several models
-        (server.routers.studies)."""
+        (ponderscope.server.routers.studies)."""
         from ponderscope import studies
         from ponderscope.notebook import Model
 

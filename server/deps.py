@@ -20,7 +20,7 @@ def get_model(model_id: str, store: ModelStore = Depends(get_store)) -> LoadedMo
 
 def for_kinds(*kinds: str, test_set: bool = False) -> dict:
     """`openapi_extra` of a route taking a model_id: which loaded models it serves, so the OpenAPI
-    document lists exactly those ids (server.app.document_loaded_models)."""
+    document lists exactly those ids (ponderscope.server.app.document_loaded_models)."""
     return {"x-model-kinds": list(kinds), "x-needs-test-set": test_set}
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from models.checkpoint import MAX_PARITY_BITS  # a card's task.bits is checked against the same bound
+from ponderscope.models.checkpoint import MAX_PARITY_BITS  # a card's task.bits is checked against the same bound
 
 MAX_TEXT_BYTES = 10_000  # the model reads UTF-8 bytes: the cost is in bytes, not characters
 HASH_PATTERN = r"^[0-9a-f]{64}$"

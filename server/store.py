@@ -17,16 +17,17 @@ from typing import Optional
 
 import torch
 
-import models
-from models.checkpoint import CARD_FILE, WEIGHTS_FILE, Card, CheckpointError
-from training.data import DataSourceMissing
-from training.workloads import no_test_set
+from ponderscope import models
+from ponderscope.models.checkpoint import CARD_FILE, WEIGHTS_FILE, Card, CheckpointError
+from ponderscope.paths import bundled_checkpoints
+from ponderscope.training.data import DataSourceMissing
+from ponderscope.training.workloads import no_test_set
 
 from .limits import InferenceSlots
 
 log = logging.getLogger("ponderscope")
 
-BUNDLED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+BUNDLED_CHECKPOINTS = bundled_checkpoints()
 
 
 class NoTestSet(LookupError):
@@ -50,7 +51,7 @@ class LoadedModel:
     @property
     def whatif(self) -> Optional[dict]:
         """What models/whatif.py can change on this model, or None."""
-        from models.whatif import downsampling_units, knobs
+        from ponderscope.models.whatif import downsampling_units, knobs
 
         can = knobs(self.model)
         return {**can, "downsampling": downsampling_units(self.model)} if can else None
@@ -197,7 +198,7 @@ class ModelStore:
         self.require_test_set(entry)
         with entry.lock:
             if entry.workload is None:
-                from training.workloads import checkpoint_test_data
+                from ponderscope.training.workloads import checkpoint_test_data
 
                 card = entry.card
                 try:

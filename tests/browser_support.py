@@ -39,7 +39,7 @@ def browser_missing_reason() -> str | None:
 
 def fashion_mnist_missing_reason() -> str | None:
     try:
-        from training import data
+        from ponderscope.training import data
 
         data.load_fashion_mnist("test")
     except Exception as error:  # noqa: BLE001 - any failure means: no test images to show
@@ -51,8 +51,8 @@ def make_tiny_checkpoints(root: str | os.PathLike) -> dict[str, str]:
     """Write five tiny checkpoints under `root`; returns {role: model id}."""
     import torch
 
-    import models
-    from training.data import FASHION_MNIST_CLASSES
+    from ponderscope import models
+    from ponderscope.training.data import FASHION_MNIST_CLASSES
 
     root = Path(root)
     generator = torch.Generator().manual_seed(0)
@@ -133,14 +133,14 @@ import sys, uvicorn
 sys.path.insert(0, {root!r})
 from ponderscope.plugins import load_plugins
 load_plugins({plugins!r})  # as serve --plugin does
-from server.app import create_app
+from ponderscope.server.app import create_app
 app = create_app(checkpoint_dirs={dirs!r}, device="cpu", cache_dir={cache!r})
 uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
 """
 
 
 class ServerProcess:
-    """The real app (server.app.create_app) under uvicorn in a child process."""
+    """The real app (ponderscope.server.app.create_app) under uvicorn in a child process."""
 
     def __init__(self, checkpoint_dirs: list[str], cache_dir: str, log_path: str, env: dict | None = None, plugins: list[str] | None = None):
         self.port = free_port()

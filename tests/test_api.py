@@ -17,9 +17,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import models
-from server.app import create_app
-from server.imaging import MAX_UPLOAD_BYTES, prepare
+from ponderscope import models
+from ponderscope.server.app import create_app
+from ponderscope.server.imaging import MAX_UPLOAD_BYTES, prepare
 from tests.conftest import TEST_DEVICE
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -377,7 +377,7 @@ def test_corpus_measured_by_the_server_without_card_metrics(tmp_path):
     import shutil
     import time
 
-    from models.checkpoint import read_card, write_card
+    from ponderscope.models.checkpoint import read_card, write_card
 
     shutil.copytree(CHECKPOINTS / "jargon_act_lstm", tmp_path / "ckpts" / "lm")
     card = read_card(tmp_path / "ckpts" / "lm")
@@ -434,7 +434,7 @@ def test_missing_data_set_is_a_503_with_the_install_command(tmp_path, monkeypatc
 
 
 def test_security_headers_on_every_kind_of_response(client):
-    from server.app import SECURITY_HEADERS
+    from ponderscope.server.app import SECURITY_HEADERS
 
     for path in ("/", "/api/models", "/static/app.js", "/static/vendor/plotly.min.js", "/api/models/no_such_model"):
         response = client.get(path)
@@ -448,7 +448,7 @@ def test_image_folder_cards_are_read_only_inside_a_data_root(tmp_path):
     PATH must lie inside a folder given with serve --data-root."""
     from PIL import Image
 
-    from models import create_model, save_checkpoint
+    from ponderscope.models import create_model, save_checkpoint
 
     data = tmp_path / "data" / "shapes"
     for label, shade in (("dark", 40), ("light", 220)):
@@ -583,7 +583,7 @@ def _shapes_folder(root: Path) -> Path:
 def _tiny_checkpoint(path: Path, data: Path, seed: int, shift: float = 0.0) -> dict:
     """An untrained 2-class SACT model; `shift` lowers the "light" logit (with seed 0, -0.075
     puts its threshold among the val images: some right, some wrong, both classes predicted)."""
-    from models import create_model, save_checkpoint
+    from ponderscope.models import create_model, save_checkpoint
 
     torch.manual_seed(seed)
     model = create_model("sact_resnet", depth=8, widths=(4, 8, 16), in_channels=1, num_classes=2)

@@ -1,4 +1,4 @@
-"""Browser tests: the real server (server.app.create_app under uvicorn) driven by headless
+"""Browser tests: the real server (ponderscope.server.app.create_app under uvicorn) driven by headless
 Chromium through selenium. Each test reads what the page actually drew (Plotly's `gd.data`,
 the DOM, the URL, downloaded files) and saves a screenshot to docs/screenshots/<name>.png.
 
@@ -36,9 +36,9 @@ _missing = browser_missing_reason()
 if _missing:
     pytest.skip(f"browser tests skipped: {_missing}", allow_module_level=True)
 try:
-    from server.app import create_app  # noqa: F401  (the server the tests start)
+    from ponderscope.server.app import create_app  # noqa: F401  (the server the tests start)
 except ImportError as _error:  # pragma: no cover - only while the backend is missing
-    pytest.skip(f"browser tests skipped: server.app is not importable ({_error})", allow_module_level=True)
+    pytest.skip(f"browser tests skipped: ponderscope.server.app is not importable ({_error})", allow_module_level=True)
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -65,7 +65,7 @@ def site():
     work = Path(tmpdir("ponderscope-browser-"))
     ids = make_tiny_checkpoints(work / "checkpoints")
     # one of the SACT authors' checkpoints (a tiny one their TF code wrote), imported
-    from importers import import_checkpoint
+    from ponderscope.importers import import_checkpoint
 
     import_checkpoint("sact-tf", ROOT / "tests" / "fixtures" / "sact_tf" / "cifar_sact" / "model.ckpt-0",
                       work / "checkpoints" / "imported_cifar_sact", "sact_resnet14", command="ponderscope import ...")
@@ -194,8 +194,8 @@ LATE_ANSWERS_HANDLED = "return window.__slow.done === arguments[0] && document.b
 
 def stored_hash(upload: Path | str) -> str:
     """The hash the server names an upload by (a file, or its bytes in base64): of its decoded
-    pixels as PNG (server.image_store), computed here with the server's decode and encode."""
-    from server.imaging import decode, encode_png
+    pixels as PNG (ponderscope.server.image_store), computed here with the server's decode and encode."""
+    from ponderscope.server.imaging import decode, encode_png
 
     data = upload.read_bytes() if isinstance(upload, Path) else base64.b64decode(upload)
     return hashlib.sha256(encode_png(decode(data))).hexdigest()
@@ -440,7 +440,7 @@ def test_text_view_colours_each_character(page):
     assert page.plot_data("text-chart")[0]["y"] == [c[response["measure"]] for c in response["chars"]]
     # one line per character class present, with the server's numbers
     chips = page.js("return [...document.querySelectorAll('#text-classes .class-chip')].map(c => [c.dataset.class, c.innerText])")
-    from training.workloads import CHAR_CLASSES
+    from ponderscope.training.workloads import CHAR_CLASSES
 
     assert [name for name, _ in chips] == [n for n in CHAR_CLASSES if n in response["classes"]]
     assert {"space", "punctuation", "digit"} <= set(response["classes"])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import models
-from training.data import DataSourceMissing
-from training.evaluate import evaluate_model
+from ponderscope import models
+from ponderscope.training.data import DataSourceMissing
+from ponderscope.training.evaluate import evaluate_model
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 BUNDLED = sorted(p.name for p in CHECKPOINTS.iterdir() if (p / "card.json").is_file()) if CHECKPOINTS.is_dir() else []

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import models
-from server.app import create_app
+from ponderscope import models
+from ponderscope.server.app import create_app
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 GOOD = "fmnist_sact_resnet32"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import models
-from models import CheckpointError, create_model, load_checkpoint, read_card, save_checkpoint, write_card
+from ponderscope import models
+from ponderscope.models import CheckpointError, create_model, load_checkpoint, read_card, save_checkpoint, write_card
 from tests.conftest import randomize_batchnorm
 
 # A card's task must fit its network (load_checkpoint runs it once on the input the task gives).
@@ -245,7 +245,7 @@ def test_checkpoint_error_is_a_value_error():
 ])
 def test_cards_the_server_cannot_use_are_load_errors(tmp_path, task, extra, message):
     """One bad card is listed in load_errors; the server starts and serves the others."""
-    from server.app import create_app
+    from ponderscope.server.app import create_app
 
     good = trained_looking("aig_resnet", dict(depth=8, widths=(4, 8, 16), in_channels=1, num_classes=10))
     good_card = {"task": {"name": "classify"}, "dataset": "fashion-mnist", "preprocess": {"input_size": [8, 8], "channels": 1, "mean": [0.5], "std": [0.5]}}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import data as D
+from ponderscope.training import data as D
 
 
 def write_idx(path: Path, array: np.ndarray, type_code: int, compress: bool) -> None:

@@ -70,7 +70,7 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume(folder, t
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert max_difference(one, two) < 1e-5
     # the weights moved (the comparison is not of two untouched initialisations)
-    from models import create_model
+    from ponderscope.models import create_model
 
     torch.manual_seed(3)
     fresh = create_model("sact_resnet", depth=8, widths=(4, 8, 16), in_channels=3, num_classes=3).state_dict()
@@ -114,7 +114,7 @@ def test_aig_trains_under_torchrun_with_its_global_rate_loss(folder, tmp_path):
 def test_global_rate_and_batch_norm_equal_the_single_batch_statistics():
     """batch_mean and GlobalBatchNorm in one process are the plain statistics (the DDP path is
     checked end to end above)."""
-    from models.batch_stats import batch_mean, use_global_batch_norm
+    from ponderscope.models.batch_stats import batch_mean, use_global_batch_norm
 
     x = torch.randn(6, 4)
     assert torch.equal(batch_mean(x), x.mean(0))

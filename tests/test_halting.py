@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import StepwiseHalting, act_weights
+from ponderscope.models import StepwiseHalting, act_weights
 
 
 def t(values, **kwargs):

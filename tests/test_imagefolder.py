@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models import create_model, save_checkpoint
-from server.imaging import prepare
-from training.imagefolder import ImageFolder, StepBatches, TrainImages, random_resized_crop
+from ponderscope.models import create_model, save_checkpoint
+from ponderscope.server.imaging import prepare
+from ponderscope.training.imagefolder import ImageFolder, StepBatches, TrainImages, random_resized_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_ranks_share_each_step_batch_and_resuming_skips_to_the_step():
 
 def plain_loop(checkpoint: Path, folder: Path) -> dict:
     """The model over the val files, one by one, as an upload would be prepared."""
-    from models import load_checkpoint
+    from ponderscope.models import load_checkpoint
 
     model = load_checkpoint(checkpoint)
     card = json.loads((checkpoint / "card.json").read_text())

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
-import importers
-import models
-from importers import ImportFailed, import_checkpoint
-from importers.convnet_aig import CIFAR_PREPROCESS, IMAGENET_PREPROCESS
+from ponderscope import importers
+from ponderscope import models
+from ponderscope.importers import ImportFailed, import_checkpoint
+from ponderscope.importers.convnet_aig import CIFAR_PREPROCESS, IMAGENET_PREPROCESS
 from ponderscope import cli
 
 GATE_HIDDEN = 16
@@ -410,7 +410,7 @@ def test_imported_checkpoint_is_served(tmp_path, tiny_cifar):
     source = tmp_path / "checkpoint.pth.tar"
     save_like_pytorch03_on_gpu(wrapped(tiny_cifar), source)
     out = import_checkpoint("convnet-aig", source, tmp_path / "cifar_aig8", "aig_resnet8")
-    from server.app import create_app
+    from ponderscope.server.app import create_app
 
     with TestClient(create_app([out], device="cpu", cache_dir=tmp_path / "cache")) as client:
         listed = {m["id"]: m for m in client.get("/api/models").json()}

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-import models
-from importers import ImportFailed, import_checkpoint
-from importers import read as read_source
-from importers.tf_bundle import read_bundle
+from ponderscope import models
+from ponderscope.importers import ImportFailed, import_checkpoint
+from ponderscope.importers import read as read_source
+from ponderscope.importers.tf_bundle import read_bundle
 from tests.conftest import randomize_batchnorm
 from tests.sact_tf_reference import Graph
 
@@ -82,7 +82,7 @@ def test_fixture_matches_authors_tf_graph(tmp_path, name, execution):
             ours = block.halting.permute(0, 2, 3, 1).numpy()
             np.testing.assert_allclose(ours, np.broadcast_to(distribution, ours.shape), atol=2e-5, err_msg=f"{scope}{suffix} distribution")
         if name.endswith("sact"):  # the summed ponder map at input resolution (their sact_map)
-            from server.analysis import ponder_json
+            from ponderscope.server.analysis import ponder_json
 
             image = reference["inputs" + suffix][:1]
             with torch.no_grad():
@@ -149,7 +149,7 @@ def random_variables(manifest: dict, seed: int, halting_bias: float) -> dict:
 def import_manifest(monkeypatch, variables: dict, model_name: str):
     """importers.read on a checkpoint that holds `variables` (the file layer stubbed out: it is
     tested on real TF files above)."""
-    import importers.sact_tf as sact_tf
+    import ponderscope.importers.sact_tf as sact_tf
 
     monkeypatch.setattr(sact_tf, "resolve_prefix", lambda source: Path(source))
     monkeypatch.setattr(sact_tf, "shard_files", lambda prefix: [])
@@ -347,7 +347,7 @@ def test_cli_import_one_line_error(tmp_path, capsys):
 @pytest.mark.parametrize("name", sorted(MODEL_NAMES))
 def test_error_names_are_the_authors(name):
     """`their_name` (used to name a missing variable) inverts the mapping for every tensor."""
-    from importers.sact_tf import their_name
+    from ponderscope.importers.sact_tf import their_name
 
     prefix, _ = fixture(name)
     imported, _ = read_source("sact-tf", prefix, MODEL_NAMES[name])

@@ -11,10 +11,10 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import models
-from importers import import_checkpoint
-from server.app import create_app
-from server.imaging import normalize, prepare
+from ponderscope import models
+from ponderscope.importers import import_checkpoint
+from ponderscope.server.app import create_app
+from ponderscope.server.imaging import normalize, prepare
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sact_tf"
 
@@ -121,7 +121,7 @@ def test_imagenet_upload_native_runs_the_whole_image(imported):
 
 
 def listed_names():
-    from importers.classes import imagenet_classes
+    from ponderscope.importers.classes import imagenet_classes
 
     return set(imagenet_classes(1001))
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
-from models import act_weights, create_model
-from models import sparse as sparse_ops
-from models.aig import convert_official_state_dict
-from models.resnet import dilate
+from ponderscope import models
+from ponderscope.models import act_weights, create_model
+from ponderscope.models import sparse as sparse_ops
+from ponderscope.models.aig import convert_official_state_dict
+from ponderscope.models.resnet import dilate
 from tests.conftest import hook_flops, randomize_batchnorm
 
 SIG_P10 = torch.sigmoid(torch.tensor(10.0)).item()

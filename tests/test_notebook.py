@@ -67,7 +67,7 @@ def test_load_by_id_or_folder(models):
 def test_analyze_image_is_the_api_answer(models, shirt_png, tmp_path):
     from fastapi.testclient import TestClient
 
-    from server.app import create_app
+    from ponderscope.server.app import create_app
 
     app = create_app([CHECKPOINTS / "fmnist_sact_resnet32"], device="cpu", cache_dir=tmp_path)
     with TestClient(app) as client:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from server.app import create_app
+from ponderscope.server.app import create_app
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import models
+from ponderscope import models
 from ponderscope.plugins import PluginError, load_plugins
-from server.app import create_app
+from ponderscope.server.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 PONDERNET = ROOT / "docs" / "examples" / "pondernet"
 
 TOY = '''
 import torch, torch.nn as nn
-from models import Trace, register_family, register_model
+from ponderscope.models import Trace, register_family, register_model
 
 register_family("{family}", "Toy halting net")
 

@@ -51,7 +51,7 @@ def test_readme_results_table_is_the_docs_table():
 def test_results_tables_from_cards(tmp_path):
     """One bundled-style checkpoint and one experiment card -> both tables, with the measured
     per-class step counts and the settings the experiment varied; README left alone."""
-    from training.results import write_results
+    from ponderscope.training.results import write_results
 
     card = json.loads((ROOT / "checkpoints" / "jargon_act_lstm" / "card.json").read_text(encoding="utf-8"))
     card["metrics"]["test"]["mean_steps"] = 1.5
@@ -74,7 +74,7 @@ def test_results_tables_from_cards(tmp_path):
 
 def test_results_per_class_tables(tmp_path):
     """docs/results.md carries, per ACT byte LM, the per-class mean +- std of N and N + R."""
-    from training.results import write_results
+    from ponderscope.training.results import write_results
 
     card = json.loads((ROOT / "checkpoints" / "jargon_act_lstm" / "card.json").read_text(encoding="utf-8"))
     test = card["metrics"]["test"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import models
-from models import create_model, load_checkpoint
-from models import sparse as sparse_ops
+from ponderscope import models
+from ponderscope.models import create_model, load_checkpoint
+from ponderscope.models import sparse as sparse_ops
 from tests.conftest import TEST_DEVICE, randomize_batchnorm
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -340,8 +340,8 @@ def test_bundled_act_lstm_single_sequence_path_equals_batched():
 
 
 def bundled_inputs(model, n):
-    from training.data import DataSourceMissing
-    from training.workloads import checkpoint_test_data
+    from ponderscope.training.data import DataSourceMissing
+    from ponderscope.training.workloads import checkpoint_test_data
 
     card = model.card
     if card.task.name == "classify":
@@ -351,10 +351,10 @@ def bundled_inputs(model, n):
             pytest.skip(str(error))
         return workload.normalize(workload.test_x[:n])
     if card.task.name == "parity":
-        from training.tasks import parity_batch
+        from ponderscope.training.tasks import parity_batch
 
         return parity_batch(n, card.task.bits, torch.Generator().manual_seed(0))[0]
-    from training import data
+    from ponderscope.training import data
 
     try:
         _, held_out = data.split_text(data.load_text_corpus(card.dataset))

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 import ponderscope as ps
 from ponderscope import studies
-from server.app import create_app
+from ponderscope.server.app import create_app
 
 pytestmark = pytest.mark.usefixtures("fashion_mnist")
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -20,7 +20,7 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 @pytest.fixture(scope="module")
 def fashion_mnist():
-    from training.data import DataSourceMissing, load_fashion_mnist
+    from ponderscope.training.data import DataSourceMissing, load_fashion_mnist
 
     try:
         load_fashion_mnist("test")
@@ -106,7 +106,7 @@ def test_the_api_sweep_is_the_notebooks_with_the_dense_twin(tmp_path):
 
 
 def test_the_image_answer_with_a_change_is_the_changed_models(tmp_path):
-    from models.whatif import WhatIf
+    from ponderscope.models.whatif import WhatIf
 
     client = TestClient(create_app([CHECKPOINTS], device="cpu", cache_dir=tmp_path))
     body = {"sample": 3, "whatif": {"threshold": 0.6, "lesion": ["block3.unit2"]}}

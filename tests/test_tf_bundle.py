@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from importers.common import ImportFailed
-from importers.tf_bundle import list_variables, read_bundle, resolve_prefix
+from ponderscope.importers.common import ImportFailed
+from ponderscope.importers.tf_bundle import list_variables, read_bundle, resolve_prefix
 from tests.tf_bundle_writer import entry, field, header, masked_crc32c, varint, write_bundle
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sact_tf"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import models
-from training.train import ConfigError, load_config, learning_rate, train
+from ponderscope import models
+from ponderscope.training.train import ConfigError, load_config, learning_rate, train
 
 TINY_PARITY = {
     "model": "act_rnn",
@@ -54,7 +54,7 @@ def test_train_writes_checkpoint_and_card(tmp_path):
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
-    from training import train as train_module
+    from ponderscope.training import train as train_module
 
     straight = train(_config(), str(tmp_path / "a"), device="cpu", progress=False)
     # An interrupted run: the state is saved after step 6, then the process "dies".
@@ -174,7 +174,7 @@ def test_a_card_is_a_config():
 def test_old_card_reruns_with_its_tau_in_the_current_units():
     """A card from before tau was per step (ponder summed over a 100-byte window) re-runs with the
     same penalty: its tau times 100, per byte."""
-    from training.train import load_config
+    from ponderscope.training.train import load_config
 
     root = Path(__file__).resolve().parents[1]
     old = root / "docs" / "experiments" / "jargon_act_lstm_ramp1e3.card.json"

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-import models
-from models.whatif import WhatIf, WhatIfError, applied, downsampling_units, knobs, unit_names
+from ponderscope import models
+from ponderscope.models.whatif import WhatIf, WhatIfError, applied, downsampling_units, knobs, unit_names
 
 X = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 

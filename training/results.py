@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ponderscope.readme import replace_section
 
-from models.checkpoint import CARD_FILE, read_card
+from ponderscope.models.checkpoint import CARD_FILE, read_card
 
 
 def _fmt(value, spec: str = ".4f") -> str:

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-import models
-from models.checkpoint import save_checkpoint
-from models.registry import UnknownModelError
+from ponderscope import models
+from ponderscope.models.checkpoint import save_checkpoint
+from ponderscope.models.registry import UnknownModelError
 
-from models.batch_stats import use_global_batch_norm
+from ponderscope.models.batch_stats import use_global_batch_norm
 
 from .distributed import DistributedModel, Processes, autocast, print_main
 from .evaluate import evaluate_model

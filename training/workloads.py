@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import Card, has_image_test_set
+from ponderscope.models.checkpoint import Card, has_image_test_set
 
 from . import data, tasks
 
@@ -146,7 +146,7 @@ class ImageClassification:
 
     def sample_image(self, index: int):
         """Test image `index` as a Pillow image, as stored (what an analysis prepares)."""
-        from server.imaging import tensor_to_image
+        from ponderscope.server.imaging import tensor_to_image
 
         return tensor_to_image(self.test_x[index])
 

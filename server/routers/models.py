@@ -152,7 +152,7 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
         del image
     whatif = None
     if body.whatif is not None:
-        from models.whatif import WhatIf, WhatIfError, check
+        from ponderscope.models.whatif import WhatIf, WhatIfError, check
 
         whatif = WhatIf(**{**body.whatif.model_dump(), "lesion": tuple(body.whatif.lesion)})
         try:

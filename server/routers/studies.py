@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
-from models.whatif import knobs
+from ponderscope.models.whatif import knobs
 
 from ..analysis import with_figures
 from ..deps import get_store
