@@ -188,5 +188,15 @@ def test_the_good_model_answers_a_test_sample(tmp_path):
 
 
 def test_every_bundled_card_passes():
-    for folder in sorted(p for p in CHECKPOINTS.iterdir() if (p / "card.json").is_file()):
-        models.load_checkpoint(folder)
+    """Every bundled checkpoint loads with its card as written and exactly the weights of its file."""
+    import torch
+    from safetensors.torch import load_file
+
+    folders = sorted(p for p in CHECKPOINTS.iterdir() if (p / "card.json").is_file())
+    assert len(folders) >= 9
+    for folder in folders:
+        model = models.load_checkpoint(folder)
+        assert model.card.data == json.loads((folder / "card.json").read_text(encoding="utf-8")), folder.name
+        weights, state = load_file(str(folder / "model.safetensors")), model.state_dict()
+        assert weights.keys() == state.keys() and all(torch.equal(weights[k], state[k]) for k in weights), folder.name
+        assert not model.training, folder.name

@@ -61,8 +61,10 @@ def test_a_lesion_is_the_network_with_that_branch_zeroed():
     study = ps.lesion(model, limit=120, draws=2, ks=(1, 3))
     assert [u["name"] for u in study["single"]][:3] == ["block1.unit1", "block1.unit2", "block1.unit3"]
     assert [u["name"] for u in study["single"] if u["downsampling"]] == ["block2.unit1", "block3.unit1"]
-    assert study["trained"]["accuracy"] == model.card["metrics"]["test"]["accuracy"] or study["trained"]["examples"] == 120
     workload = model.store.workload(model.entry)
+    # the trained point: the unedited network over the same 120 images, evaluated separately
+    assert study["trained"]["examples"] == 120
+    assert study["trained"]["accuracy"] == pytest.approx(workload.evaluate(model.module, 120)["accuracy"], abs=1e-9)
     for index, (b, u) in ((4, (0, 4)), (12, (2, 2))):
         edited = copy.deepcopy(model.module)
         torch.nn.init.zeros_(edited.blocks[b].units[u].conv2.weight)
@@ -121,11 +123,25 @@ def test_the_image_answer_with_a_change_is_the_changed_models(tmp_path):
     assert unknown.status_code == 400 and "no unit block1.unit1" in unknown.json()["detail"]
 
 
-def test_the_cli_writes_the_figure_and_its_numbers(tmp_path):
+def test_the_cli_writes_the_figure_and_its_numbers(tmp_path, capsys):
+    """The file's numbers are the library's: each measured here over the same 40 test images."""
     from ponderscope.cli import main
+    from ponderscope.models.whatif import WhatIf
 
     out = tmp_path / "sweep.json"
     main(["study", "sweep", "fmnist_aig_resnet32", "fmnist_resnet32", "--limit", "40", "--out", str(out)])
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out}"
     data = json.loads(out.read_text())
     assert set(data["results"]) == {"fmnist_aig_resnet32"} and data["reference"]["label"] == "fmnist_resnet32"
-    assert any(t.get("marker", {}).get("symbol") == "diamond" for t in data["figure"]["data"])
+    dense = studies.measure(ps.load("fmnist_resnet32"), None, 40)
+    assert data["reference"]["accuracy"] == dense["accuracy"] and data["reference"]["flops_ratio"] == pytest.approx(dense["flops_ratio"], rel=1e-12)
+    diamond = [t for t in data["figure"]["data"] if t.get("marker", {}).get("symbol") == "diamond"]
+    assert [(t["x"], t["y"]) for t in diamond] == [([data["reference"]["flops_ratio"]], [data["reference"]["accuracy"]])]
+    aig = ps.load("fmnist_aig_resnet32")
+    points = data["results"]["fmnist_aig_resnet32"]
+    trained = studies.measure(aig, None, 40)
+    assert [(p["accuracy"], p["flops_ratio"]) for p in points if p["trained"]] == [(trained["accuracy"], pytest.approx(trained["flops_ratio"], rel=1e-12))]
+    most_closed = max(points, key=lambda p: p["setting"])  # the largest gate bias: a moved point
+    moved = studies.measure(aig, WhatIf(gate_bias=most_closed["setting"]), 40)
+    assert (most_closed["accuracy"], most_closed["flops_ratio"]) == (moved["accuracy"], pytest.approx(moved["flops_ratio"], rel=1e-12))
+    assert moved["flops_ratio"] < trained["flops_ratio"] and all(p["examples"] == 40 for p in points)

@@ -111,9 +111,14 @@ def test_cli_train_and_eval(tmp_path):
 def test_every_shipped_config_is_valid():
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
     assert len(configs) >= 9
+    defaults = load_config(None, [])
     for path in configs:
         config = load_config(str(path), [])
-        assert config["steps"] >= 1 and config["model"]
+        written = json.loads(path.read_text(encoding="utf-8"))
+        # the file's settings exactly as written (steps and model among them), the defaults for the rest
+        assert config == {**defaults, **written}, path.name
+        assert isinstance(written["steps"], int) and written["steps"] >= 1, path.name
+        assert written["model"] in models.list_models(), path.name
 
 
 @pytest.mark.parametrize(
