@@ -77,7 +77,7 @@ ENV PONDERSCOPE_MNIST=/opt/mnist
 COPY --from=mnist /mnist /opt/mnist
 # /app/checkpoints: the bundled checkpoints inside the installed package, under the name the
 # command below (and the README) uses.
-RUN python -c "from ponderscope.training.data import load_mnist_digits; load_mnist_digits()" \
+RUN python -c "from ponderscope.core.data import load_mnist_digits; load_mnist_digits()" \
  && test -s /opt/mnist/ponderscope-digits-uint8.npz \
  && ln -s "$(python -c 'from ponderscope.paths import bundled_checkpoints; print(bundled_checkpoints())')" /app/checkpoints \
  && test -f /app/checkpoints/fmnist_sact_resnet32/card.json \

@@ -247,7 +247,7 @@ def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0
 
 
 def bundled_images(card, n: int) -> torch.Tensor:
-    from ponderscope.training.workloads import checkpoint_test_data
+    from ponderscope.core.workloads import checkpoint_test_data
 
     workload = checkpoint_test_data(card)
     return workload.normalize(workload.test_x[:n])
@@ -290,7 +290,7 @@ def bundled_section(report: Report, repeats: dict):
 
 
 def rnn_section(report: Report, repeats: dict):
-    from ponderscope.training import data
+    from ponderscope.core import data
 
     report.add("\n### ACT-LSTM byte LM (checkpoints/jargon_act_lstm) on held-out Jargon File text\n")
     act = models.load_checkpoint(CHECKPOINTS / "jargon_act_lstm")

@@ -2,7 +2,7 @@
 
 Small files that decode to many pixels (a 16-bit PNG, a float TIFF, a WebP, an RGBA PNG, a CMYK
 JPEG, a 49-megapixel JPEG, an EXIF-rotated one ...) are made in a scratch folder, then each runs
-through what the server does with an upload, in a fresh process: decode (ponderscope.server.imaging.decode),
+through what the server does with an upload, in a fresh process: decode (ponderscope.core.imaging.decode),
 re-encode for the store (encode_png), and prepare for an ImageNet-style model at "train"
 resolution (central crop + TF bilinear resize to 224) and at "native" resolution. Reported per
 file: its size, its header's pixels, the answer (200, or the 413 that refuses it) and the peak
@@ -71,7 +71,7 @@ def _measure_one(path: str) -> dict:
 
     import torch  # noqa: F401  (imported before the baseline, as in the server)
 
-    from ponderscope.server.imaging import ImageError, decode, encode_png, prepare
+    from ponderscope.core.imaging import ImageError, decode, encode_png, prepare
 
     def peak_mb() -> float:
         for line in Path("/proc/self/status").read_text().splitlines():

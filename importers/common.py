@@ -64,7 +64,7 @@ class Imported:
     model: nn.Module  # from models.create_model, weights loaded, eval mode
     source_format: str  # "sact-tf", "convnet-aig"
     converted: dict  # what was read and what was left out (names, counts)
-    preprocess: dict  # how an image becomes the model's input (server/imaging.py reads it)
+    preprocess: dict  # how an image becomes the model's input (ponderscope/core/imaging.py reads it)
     classes: list[str]
     dataset: str  # "cifar-10", "imagenet"
     notes: list[str] = field(default_factory=list)

@@ -66,11 +66,11 @@ def read_card(path: str | os.PathLike) -> dict:
 
 
 TASKS = ("classify", "parity", "bytes-lm")
-RESIZES = ("stretch", "center_crop_fraction", "shorter_then_center_crop")  # server/imaging.py: prepare
-NORMALIZATIONS = ("mean_std", "per_image_standardization", "minus_one_to_one")  # server/imaging.py: normalize
+RESIZES = ("stretch", "center_crop_fraction", "shorter_then_center_crop")  # ponderscope/core/imaging.py: prepare
+NORMALIZATIONS = ("mean_std", "per_image_standardization", "minus_one_to_one")  # ponderscope/core/imaging.py: normalize
 MAX_SIDE = 4096  # input_size, resize_shorter, native_max_side
 MAX_SIZE_MULTIPLE = 256
-MIN_NATIVE_SIDE = 8  # server/imaging.py: "native" sizes are at least 8 pixels a side
+MIN_NATIVE_SIDE = 8  # ponderscope/core/imaging.py: "native" sizes are at least 8 pixels a side
 MAX_PARITY_BITS = 1024  # also the longest vector a request may send (server/schemas.py)
 MAX_SEQ_LEN = 1_000_000
 MAX_CARD_BYTES = 16 << 20
@@ -122,7 +122,7 @@ def _check_object(card_path: Path, field: str, value: object, nullable: bool) ->
 
 def has_image_test_set(card: dict) -> bool:
     """Whether the card names an image test set the project can load: one of TEST_SET_CLASSES, or
-    an image folder (ponderscope.training.workloads.no_test_set says why the others have none)."""
+    an image folder (ponderscope.core.workloads.no_test_set says why the others have none)."""
     dataset = card.get("dataset")
     return card["task"]["name"] == "classify" and isinstance(dataset, str) and (
         dataset in TEST_SET_CLASSES or dataset.startswith("imagefolder:"))
@@ -198,7 +198,7 @@ def _shown_path(where: str) -> str:
 
 
 def _check_data_options(card_path: Path, card: dict) -> None:
-    """config.data_options: what the server passes to ponderscope.training.workloads.make_workload."""
+    """config.data_options: what the server passes to ponderscope.core.workloads.make_workload."""
     options = card["config"].get("data_options")
     _check_object(card_path, "config.data_options", options, nullable=True)
     options = options or {}
@@ -224,7 +224,7 @@ def _check_data_options(card_path: Path, card: dict) -> None:
 
 
 def _check_preprocess(card_path: Path, card: dict) -> None:
-    """How server/imaging.py prepares an image for an image classifier (see `prepare`)."""
+    """How ponderscope/core/imaging.py prepares an image for an image classifier (see `prepare`)."""
     preprocess = card.get("preprocess", _MISSING)
     if not isinstance(preprocess, dict):
         _refuse(card_path, "preprocess", "an object saying how an image becomes the model's input (channels, input_size, ...)", preprocess)
@@ -328,6 +328,13 @@ class Card:
     evaluation and the benches read, as attributes. `data` is the JSON as stored (served to
     clients as it is, and what a new card is made from: `write_card(path, {**card.data, ...})`)."""
     data: dict
+
+    def __getitem__(self, key: str):
+        """card["metrics"]: a field of the JSON as stored (read-only: a new card is written whole)."""
+        return self.data[key]
+
+    def get(self, key: str, default=None):
+        return self.data.get(key, default)
 
     @property
     def model(self) -> str:

@@ -58,9 +58,9 @@ def _import(args) -> None:
 
 
 def _analyze(args) -> None:
-    from ponderscope.training.data import DataSourceMissing
+    from ponderscope.core.data import DataSourceMissing
 
-    from .dataset import analyze
+    from .analyze import analyze
 
     try:
         path = analyze(args.checkpoint, args.out, data=args.data, split=args.split, device=args.device, batch_size=args.batch_size,
@@ -77,7 +77,7 @@ def _analyze(args) -> None:
 
 def _study(args) -> None:
     """A what-if study of one or more models into a figure file (and its numbers as JSON)."""
-    from ponderscope.training.data import DataSourceMissing
+    from ponderscope.core.data import DataSourceMissing
 
     from . import figures, notebook, studies
 
@@ -155,7 +155,7 @@ def _write_output(path: str, data: bytes) -> None:
 def _render(args) -> None:
     """One figure of the dashboard into a file: the model's figure for an image (its ponder map,
     its gates, or the input), for a text (--text), or for a parity vector."""
-    from ponderscope.training.data import DataSourceMissing
+    from ponderscope.core.data import DataSourceMissing
 
     from . import figures, notebook
 

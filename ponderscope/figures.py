@@ -1,8 +1,8 @@
 """The dashboard's figures as plotly Figures, for notebooks, scripts and `ponderscope render`.
 
-Each function takes the JSON the API returns (server/analysis.py, server/dataset_view.py) and
+Each function takes the JSON the API returns (ponderscope/core/answers.py, ponderscope/core/jobs.py) and
 draws it: the numbers are taken from the dict as they are, never recomputed from a model. The API
-sends these very figures beside the numbers (an answer's `figures`, ponderscope.server.analysis.answer_figures),
+sends these very figures beside the numbers (an answer's `figures`, ponderscope.core.answers.answer_figures),
 and the page draws them (restyling only colour scale, opacity, measure and box on the client). Figures render offline: HTML written here, and figures shown in Jupyter
 after `import ponderscope`, carry plotly.js inline (no CDN).
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import os
 import sys
@@ -289,7 +290,7 @@ def dataset_figures(result: dict, colorscale: str = DEFAULT_COLORSCALE) -> dict[
     per_class = result["per_class"]
     classes = [c["class"] for c in per_class]
     figures = {"class": _figure([
-        go.Bar(name="mean FLOPs / dense", x=classes, y=[c["mean_flops_ratio"] for c in per_class], marker={"color": COLORS["flops"]},
+        go.Bar(name="mean FLOPs / dense", x=classes, y=[c["flops_ratio"] for c in per_class], marker={"color": COLORS["flops"]},
                hovertemplate="%{x}: %{y:.1%} of dense FLOPs<extra></extra>"),
         go.Scatter(mode="markers+lines", name="accuracy", x=classes, y=[c["accuracy"] for c in per_class], yaxis="y2",
                    marker={"color": COLORS["accuracy"], "size": 8}, line={"dash": "dot"}, hovertemplate="%{x}: accuracy %{y:.1%}<extra></extra>"),
@@ -314,8 +315,8 @@ def dataset_figures(result: dict, colorscale: str = DEFAULT_COLORSCALE) -> dict[
                                                       hovertemplate="%{x} layers: %{y} images<extra></extra>")],
                                               {"title": {"text": "Executed gated layers per image"}, "xaxis": {"title": {"text": "layers executed"}, "dtick": 1},
                                                "yaxis": {"title": {"text": "images"}}})
-    if result.get("class_layer_rates"):
-        rates = result["class_layer_rates"]
+    if result.get("class_layer_execution_rate"):
+        rates = result["class_layer_execution_rate"]
         figures["class_layer"] = _figure([go.Heatmap(
             z=rates, x=result.get("layers") or [f"layer {i}" for i in range(len(rates[0]))], y=classes, zmin=0, zmax=1,
             colorscale=plotly_scale(colorscale), colorbar={"title": {"text": "execution rate", "side": "right"}, "tickformat": ".0%"},
@@ -391,8 +392,8 @@ def lesion_figure(studies: dict[str, dict]) -> go.Figure:
                                hovertemplate="without %{customdata[0]} %{customdata[1]}: accuracy %{y:.2%}<extra>" + label + "</extra>"))
         data.append(go.Scatter(mode="lines", name=f"{label}: intact", x=[places[0], places[-1]], y=[study["trained"]["accuracy"]] * 2,
                                line={"color": color, "dash": "dot", "width": 1}, hovertemplate="intact: %{y:.2%}<extra>" + label + "</extra>"))
-        if study.get("layer_rates"):
-            data.append(go.Bar(name=f"{label}: execution rate", x=places, y=study["layer_rates"], yaxis="y2", opacity=0.25,
+        if study.get("layer_execution_rate"):
+            data.append(go.Bar(name=f"{label}: execution rate", x=places, y=study["layer_execution_rate"], yaxis="y2", opacity=0.25,
                                marker={"color": color}, customdata=[[u["name"]] for u in single],
                                hovertemplate="%{customdata[0]} runs for %{y:.1%} of the images<extra>" + label + "</extra>"))
     return _figure(data, {"title": {"text": "Remove one unit at test time: accuracy (crosses: units that downsample, keeping their shortcut)"},
@@ -472,7 +473,7 @@ def parity_figure(analyses: dict | list[dict], curve: dict | None = None, bits: 
     the test-set mean per count (`curve`: the card's metrics.test.ponder_by_nonzero), every
     analysis given as a point, the last one as the current star. An analysis may carry its
     `vector` (the page adds it), shown on hover."""
-    analyses = [analyses] if isinstance(analyses, dict) else list(analyses)
+    analyses = list(analyses) if isinstance(analyses, (list, tuple)) else [analyses]
     data = []
     if curve:
         ks = sorted(curve, key=int)
@@ -615,3 +616,67 @@ def map_svg(analysis: dict, block: int | None = None, measure: str = "ponder", c
             f'<rect x="{20 + w:.2f}" y="10" width="14" height="{h:.2f}" fill="url(#scale)"/>'
             f'<text x="{38 + w:.2f}" y="20" font-size="11" font-family="sans-serif">{hi:.3g}</text>'
             f'<text x="{38 + w:.2f}" y="{10 + h:.2f}" font-size="11" font-family="sans-serif">{lo:.3g}</text></svg>')
+
+
+# ------------------------------------------------------------------ an answer's figures, as JSON
+# plotly.py's default theme ("plotly", about 7 KB in every figure's layout.template) is left out of
+# the answers: the page draws the rest of each figure as it is, with plotly.js's own defaults.
+SEND_TEMPLATE = False
+
+
+def figure_json(fig) -> dict:
+    """A plotly Figure as JSON-safe {data, layout} (what Plotly.react takes)."""
+    out = json.loads(fig.to_json())
+    if not SEND_TEMPLATE:
+        out.get("layout", {}).pop("template", None)
+    return out
+
+
+def answer_figures(kind: str, answer) -> dict:
+    """The figures of an answer, by name, drawn by ponderscope.figures (the notebook's and
+    `ponderscope render`'s code) with its default settings; the page draws them as they are and
+    restyles only display settings (colour scale, opacity, measure, box) from the answer's numbers.
+
+        image    "map": the ponder map over the input (or the input alone: ConvNet-AIG, dense),
+                 "blocks": every block's map on one scale (ACT/SACT), "gates" (ConvNet-AIG)
+        text     "text": per-character ponder and surprisal
+        parity   "parity": ponder against nonzero entries, this vector over the test-set curve;
+                 "halting": p(n) over steps (PonderNet-style models)
+        dataset  dataset_figures(result): "class", "flops_histogram", ... (image), "corpus" (text)
+        sweep    "sweep": accuracy vs FLOPs of every model asked for, the dense twin as reference
+        lesion   "single", "random", and "classes:<model>" per model
+    """
+    if kind == "image":
+        out = {"map": ponder_map_figure(answer) if answer.get("ponder") else input_figure(answer)}
+        if answer.get("ponder"):
+            out["blocks"] = block_maps_figure(answer)
+        if answer.get("gates"):
+            out["gates"] = gates_figure(answer)
+    elif kind == "text":
+        out = {"text": text_figure(answer)}
+    elif kind == "sweep":  # {"results": {label: points}, "reference": dense point or None}
+        out = {"sweep": sweep_figure(answer["results"], answer.get("reference"))}
+    elif kind == "lesion":  # {"results": {label: study}}
+        studies = answer["results"]
+        out = {"single": lesion_figure(studies), "random": random_lesion_figure(studies),
+               **{f"classes:{label}": class_lesion_figure(study, label) for label, study in studies.items()}}
+    elif kind == "parity":
+        out = {"parity": parity_figure(answer, answer["curve"], len(answer["vector"]))}
+        if answer.get("halting_distribution"):
+            out["halting"] = halting_figure(answer)
+    elif kind == "dataset":
+        out = dataset_figures(answer)
+    else:
+        raise ValueError(f"no figures for answers of kind {kind!r}")
+    return {name: figure_json(fig) for name, fig in out.items()}
+
+
+def attach(kind: str, answer):
+    """The answer (a typed answer of ponderscope.core.answers, or a job's result dict) with its
+    `figures` (answer_figures) beside its numbers."""
+    drawn = answer_figures(kind, answer)
+    if isinstance(answer, dict):
+        answer["figures"] = drawn
+    else:
+        answer.figures = drawn
+    return answer

@@ -5,8 +5,9 @@
     analysis = ps.analyze_image(model, "shirt.png")  # the dict POST /api/models/{id}/image returns
     ps.image_figure(model, 0)                        # test image 0's ponder map, a plotly Figure
 
-The analyses are the API's, computed by the same code (ponderscope.server.analysis, ponderscope.server.imaging); torch
-and the server are imported on first use, so `import ponderscope` stays light.
+The analyses are the API's typed answers, computed by the same code (ponderscope.core.answers,
+ponderscope.core.imaging), and `load` returns the core's LoadedModel; read an answer by attribute
+(answer.flops.ratio) or by its JSON names (answer["flops"]["ratio"]).
 """
 from __future__ import annotations
 
@@ -15,73 +16,25 @@ import io
 from pathlib import Path
 
 from . import figures
-from .paths import bundled_checkpoints
+from .core.loaded import LoadedModel, bundled, load
 
-BUNDLED = bundled_checkpoints()
+
 PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")  # what a PIL image may be saved as PNG in
 
 
-class Model:
-    """A loaded checkpoint (ponderscope.server.store.LoadedModel `entry`, in its one-model ModelStore `store`)."""
-
-    def __init__(self, store, entry):
-        self.store, self.entry = store, entry
-
-    id = property(lambda self: self.entry.id)
-    kind = property(lambda self: self.entry.kind, doc="image, text or parity")
-    family = property(lambda self: self.entry.family)
-    card = property(lambda self: getattr(self.entry.card, "data", self.entry.card), doc="the card's JSON, as a dict")
-    path = property(lambda self: self.entry.path)
-    device = property(lambda self: self.store.device)
-    module = property(lambda self: self.entry.model, doc="the torch module")
-
-    def __repr__(self) -> str:
-        card = self.card
-        test = (card.get("metrics") or {}).get("test") or {}
-        accuracy = f", test accuracy {test['accuracy']:.2%}" if isinstance(test.get("accuracy"), (int, float)) else ""
-        return (f"<ponderscope.Model {self.id!r}: {card['model']} ({self.family}, {self.kind} model) on {card.get('dataset')}"
-                f"{accuracy}, {self.device}, from {self.path}>")
-
-
-def bundled() -> list[str]:
-    """The ids of the checkpoints that come with ponderscope (checkpoints/)."""
-    return sorted(p.name for p in BUNDLED.iterdir() if (p / "card.json").is_file()) if BUNDLED.is_dir() else []
-
-
-def load(name_or_path: str | Path, device: str = "cpu", plugins: list[str | Path] | None = None) -> Model:
-    """A bundled checkpoint by id (see bundled()) or a checkpoint folder (card.json + model.safetensors).
-    plugins: Python files that register your own model families (docs/own-models.md); installed
-    `ponderscope.models` entry points are loaded too."""
-    from ponderscope.server.store import ModelStore
-
-    from .plugins import load_plugins
-
-    load_plugins(plugins or [])
-    folder = Path(name_or_path).expanduser()
-    if not (folder / "card.json").is_file() and (BUNDLED / str(name_or_path) / "card.json").is_file():
-        folder = BUNDLED / str(name_or_path)
-    if not (folder / "card.json").is_file():
-        raise FileNotFoundError(f"{name_or_path!s} is neither a checkpoint folder (with card.json) nor a bundled checkpoint "
-                                f"({', '.join(bundled()) or 'none here'})")
-    store = ModelStore([folder], device=device)
-    if not store.models:
-        raise ValueError(f"{folder}: could not be loaded ({'; '.join(store.errors)})")
-    return Model(store, next(iter(store.models.values())))
-
-
-def _model(model: Model | str | Path, kind: str) -> Model:
-    model = model if isinstance(model, Model) else load(model)
+def _model(model: LoadedModel | str | Path, kind: str) -> LoadedModel:
+    model = model if isinstance(model, LoadedModel) else load(model)
     if model.kind != kind:
         raise ValueError(f"model {model.id!r} is a {model.kind} model; this needs a {kind} model")
     return model
 
 
 def _decoded(image):
-    """A path, bytes or PIL image -> (the upright L/RGB image ponderscope.server.imaging.decode makes of it, the
+    """A path, bytes or PIL image -> (the upright L/RGB image ponderscope.core.imaging.decode makes of it, the
     hash POST /api/images would name it by). A PIL image is taken as if uploaded as PNG."""
     from PIL import Image
 
-    from ponderscope.server.imaging import decode, encode_png
+    from ponderscope.core.imaging import decode, encode_png
 
     if isinstance(image, Image.Image):
         buffer = io.BytesIO()
@@ -95,19 +48,19 @@ def _decoded(image):
     return decoded, hashlib.sha256(encode_png(decoded)).hexdigest()
 
 
-def _test_sample(model: Model, index: int):
+def _test_sample(model: LoadedModel, index: int):
     """Test image `index` -> (image, label, box) as the route's _test_example reads it."""
-    return model.store.workload(model.entry).test_example(index)
+    return model.test_set().test_example(index)
 
 
-def analyze_image(model: Model | str, image, resolution: str = "train", invert: bool = False, whatif=None) -> dict:
-    """The dict POST /api/models/{id}/image returns, `input` block included. image: a file path, the
+def analyze_image(model: LoadedModel | str, image, resolution: str = "train", invert: bool = False, whatif=None):
+    """The answer POST /api/models/{id}/image returns (an ImageAnalysis), `input` block included. image: a file path, the
     file's bytes, a PIL image, or an int: that image of the model's test set (with its label).
     whatif: one change to the trained model for this answer, a ponderscope.models.whatif.WhatIf or a dict
     like {"threshold": 0.9}, {"cap": 2}, {"gate_bias": 1.0}, {"lesion": ["block2.unit3"]}."""
-    from ponderscope.server.analysis import analyze_image as analyze
-    from ponderscope.server.analysis import input_json
-    from ponderscope.server.imaging import PIXEL_WORK, prepare
+    from ponderscope.core.answers import analyze_image as analyze
+    from ponderscope.core.answers import input_json
+    from ponderscope.core.imaging import PIXEL_WORK, prepare
 
     model = _model(model, "image")
     sample = label = box = digest = None
@@ -118,50 +71,47 @@ def analyze_image(model: Model | str, image, resolution: str = "train", invert: 
         image, digest = _decoded(image)
     with PIXEL_WORK:
         original = image.size
-        x, shown = prepare(image, model.card["preprocess"], resolution, invert)
+        x, shown = prepare(image, model.card.preprocess, resolution, invert)
     if isinstance(whatif, dict):
         from ponderscope.models.whatif import WhatIf
 
         whatif = WhatIf(**{**whatif, "lesion": tuple(whatif.get("lesion", ()))})
-    return analyze(model.entry, model.store, x, input_json(model.entry, shown, original, resolution, digest, sample, label, box), whatif)
+    return figures.attach("image", analyze(model, x, input_json(model, shown, original, resolution, digest, sample, label, box), whatif))
 
 
-def analyze_text(model: Model | str, text: str) -> dict:
-    """The dict POST /api/models/{id}/text returns (per character: N, N+R, surprisal, class)."""
-    from ponderscope.server.analysis import analyze_text as analyze
-    from ponderscope.server.routers.sequences import valid_unicode
+def analyze_text(model: LoadedModel | str, text: str):
+    """The answer POST /api/models/{id}/text returns, a TextAnalysis (per character: N, N+R, surprisal, class)."""
+    from ponderscope.core.answers import analyze_text as analyze
 
     model = _model(model, "text")
     if not text:
         raise ValueError("the text is empty")
-    text, replaced = valid_unicode(text)
-    return {**analyze(model.entry, model.store, text), "replaced_surrogates": replaced}
+    return figures.attach("text", analyze(model, text))
 
 
-def analyze_parity(model: Model | str, vector: list[float]) -> dict:
-    """The dict POST /api/models/{id}/parity returns, plus the `vector` (as the page keeps it)."""
-    from ponderscope.server.analysis import analyze_parity as analyze
+def analyze_parity(model: LoadedModel | str, vector: list[float]):
+    """The answer POST /api/models/{id}/parity returns, a ParityAnalysis (with its `vector`)."""
+    from ponderscope.core.answers import analyze_parity as analyze
 
     model = _model(model, "parity")
-    bits = int(model.card["task"]["bits"])
+    bits = int(model.card.task.bits)
     if len(vector) != bits:
         raise ValueError(f"the vector has {len(vector)} entries; this model takes exactly {bits}")
-    return {**analyze(model.entry, model.store, list(vector)), "vector": list(vector)}
+    return figures.attach("parity", analyze(model, list(vector)))
 
 
-def image_figure(model: Model | str, image, resolution: str = "train", invert: bool = False, **options):
+def image_figure(model: LoadedModel | str, image, resolution: str = "train", invert: bool = False, **options):
     """figures.image_figure of analyze_image(model, image): the ponder map (options: block, measure,
     colorscale, opacity, box), the gates, or the input of a dense model."""
     return figures.image_figure(analyze_image(model, image, resolution, invert), **options)
 
 
-def text_figure(model: Model | str, text: str, **options):
+def text_figure(model: LoadedModel | str, text: str, **options):
     """figures.text_figure of analyze_text(model, text) (options: measure, colorscale)."""
     return figures.text_figure(analyze_text(model, text), **options)
 
 
-def parity_figure(model: Model | str, vectors: list[list[float]]):
+def parity_figure(model: LoadedModel | str, vectors: list[list[float]]):
     """figures.parity_figure of each vector's analysis (the last is the current one) with the card's test-set curve."""
     model = _model(model, "parity")
-    test = (model.card.get("metrics") or {}).get("test") or {}
-    return figures.parity_figure([analyze_parity(model, v) for v in vectors], test.get("ponder_by_nonzero"), int(model.card["task"]["bits"]))
+    return figures.parity_figure([analyze_parity(model, v) for v in vectors], model.card.test_metrics.get("ponder_by_nonzero"), int(model.card.task.bits))

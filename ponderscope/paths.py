@@ -25,7 +25,7 @@ def resource(name: str) -> Path:
 def data_dir() -> Path:
     """Where downloaded data (the MNIST digits) lives by default: the checkout's .data/ (where
     scripts/setup.sh puts it), or ~/.cache/ponderscope for an installed wheel. PONDERSCOPE_MNIST
-    overrides the digits' folder (training/data.py)."""
+    overrides the digits' folder (ponderscope/core/data.py)."""
     return CHECKOUT / ".data" if CHECKOUT is not None else Path.home() / ".cache" / "ponderscope"
 
 

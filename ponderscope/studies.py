@@ -14,6 +14,8 @@ import random
 import statistics
 from typing import Callable, ContextManager, Optional
 
+from ponderscope.core.loaded import LoadedModel
+from ponderscope.core.statistics import image_set
 from ponderscope.models.whatif import WhatIf, applied, downsampling_units, knobs
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.995, 0.999, 1.0)  # with the trained 1 - eps
@@ -29,12 +31,10 @@ def _module(model):
 def _workload(model, data: Optional[str] = None):
     """The model's test data, as the server and `ponderscope eval` read it; or data =
     "imagefolder:PATH": that folder's val split (or held-out part), prepared as the card says."""
-    if not hasattr(model, "store"):
+    if not isinstance(model, LoadedModel):
         raise TypeError("pass what ponderscope.load returns")
     if data is None:
-        return model.store.workload(model.entry)
-    from .dataset import image_set
-
+        return model.test_set()
     return image_set(model, data, "val", workers=2)[0]
 
 
@@ -151,8 +151,8 @@ def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS,
     return {"trained": {**_point(None, None, True, trained), "per_class_accuracy": trained["per_class_accuracy"]},
             "single": single, "random": [{"k": 0, "mean": trained["accuracy"], "std": 0.0, "min": trained["accuracy"],
                                           "max": trained["accuracy"], "accuracies": [trained["accuracy"]]}] + random_points,
-            "classes": list(model.entry.card.classes or workload.classes), "units": names, "examples": trained["examples"],
-            "draws": draws, "seed": seed, "layer_rates": trained.get("layer_execution_rate")}
+            "classes": list(model.card.classes or workload.classes), "units": names, "examples": trained["examples"],
+            "draws": draws, "seed": seed, "layer_execution_rate": trained.get("layer_execution_rate")}
 
 
 REPORT_MODELS = ("fmnist_sact_resnet32", "fmnist_act_resnet32", "fmnist_aig_resnet32", "fmnist_resnet32")
@@ -161,7 +161,7 @@ REPORT_MODELS = ("fmnist_sact_resnet32", "fmnist_act_resnet32", "fmnist_aig_resn
 def report(limit: Optional[int] = 2000, names=REPORT_MODELS, progress=print) -> dict:
     """The bundled Fashion-MNIST models' sweeps, and the lesion studies of the dense ResNet-32,
     ConvNet-AIG and SACT (what docs/whatif.md shows)."""
-    from .notebook import load
+    from ponderscope.core.loaded import load
 
     out = {}
     for name in names:
@@ -200,7 +200,7 @@ def report_markdown(results: dict, limit: Optional[int]) -> str:
                 "| place | dense ResNet-32 unit | dense: accuracy without it | AIG layer | AIG execution rate | AIG: accuracy without it |"
                 + (" SACT: accuracy without it |" if sact else ""),
                 "|---|---|---|---|---|---|" + ("---|" if sact else "")]
-        rates = a.get("layer_rates") or [None] * len(a["single"])
+        rates = a.get("layer_execution_rate") or [None] * len(a["single"])
         for i, (du, au, rate) in enumerate(zip(d["single"], a["single"], rates)):
             marker = " (downsampling)" if du["downsampling"] else ""
             sact_cell = f" {sact['lesion']['single'][i]['accuracy']:.2%} |" if sact and i < len(sact["lesion"]["single"]) else (" |" if sact else "")

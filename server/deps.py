@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import Depends, HTTPException, Request
 
-from .store import LoadedModel, ModelStore
+from ponderscope.core.loaded import LoadedModel, ModelStore
 
 
 def get_store(request: Request) -> ModelStore:

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from pathlib import Path
 from threading import Lock
 
-from .imaging import ImageError
+from ponderscope.core.imaging import ImageError
 
 HASH = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_DISK_BYTES = 256 * 1024 * 1024

@@ -1,16 +1,14 @@
-"""What one client can make the server spend: request bodies, and turns at the model.
+"""What one client can make the server spend: request bodies (turns at the model: ponderscope.core.loaded.InferenceSlots).
 
 Every limit a client can meet is answered with a 4xx that names it (see README, "Reliability").
 """
 from __future__ import annotations
 
 import json
-import threading
-from contextlib import contextmanager
 
 from fastapi import HTTPException
 
-from .imaging import MAX_UPLOAD_BYTES
+from ponderscope.core.imaging import MAX_UPLOAD_BYTES
 
 UPLOAD_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024  # the file plus its multipart headers and form fields
 OTHER_BODY_BYTES = 1024 * 1024  # JSON bodies: 10,000 bytes of text, even escaped as \uXXXX, is 60 KB
@@ -78,45 +76,3 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
-
-
-class InferenceSlots:
-    """Turns at the model: `slots` forward passes at once (more would only oversubscribe the
-    cores), of which background work (the dataset view's jobs) takes at most `background`, and
-    only while no interactive request is waiting. So an interactive request waits for at most
-    one forward pass, however many jobs are running."""
-
-    def __init__(self, slots: int = 2, background: int = 1):
-        if not 0 < background < slots:
-            raise ValueError("background work must leave at least one slot to interactive requests")
-        self.slots, self.background_slots = slots, background
-        self.busy = self.background_busy = self.waiting = 0
-        self.changed = threading.Condition()
-
-    @contextmanager
-    def interactive(self):
-        with self.changed:
-            self.waiting += 1
-            self.changed.wait_for(lambda: self.busy < self.slots)
-            self.waiting -= 1
-            self.busy += 1
-        try:
-            yield
-        finally:
-            with self.changed:
-                self.busy -= 1
-                self.changed.notify_all()
-
-    @contextmanager
-    def background(self):
-        with self.changed:
-            self.changed.wait_for(lambda: self.waiting == 0 and self.busy < self.slots and self.background_busy < self.background_slots)
-            self.busy += 1
-            self.background_busy += 1
-        try:
-            yield
-        finally:
-            with self.changed:
-                self.busy -= 1
-                self.background_busy -= 1
-                self.changed.notify_all()

@@ -39,7 +39,7 @@ def browser_missing_reason() -> str | None:
 
 def fashion_mnist_missing_reason() -> str | None:
     try:
-        from ponderscope.training import data
+        from ponderscope.core import data
 
         data.load_fashion_mnist("test")
     except Exception as error:  # noqa: BLE001 - any failure means: no test images to show
@@ -52,7 +52,7 @@ def make_tiny_checkpoints(root: str | os.PathLike) -> dict[str, str]:
     import torch
 
     from ponderscope import models
-    from ponderscope.training.data import FASHION_MNIST_CLASSES
+    from ponderscope.core.data import FASHION_MNIST_CLASSES
 
     root = Path(root)
     generator = torch.Generator().manual_seed(0)

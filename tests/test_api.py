@@ -19,7 +19,7 @@ from PIL import Image
 
 from ponderscope import models
 from ponderscope.server.app import create_app
-from ponderscope.server.imaging import MAX_UPLOAD_BYTES, prepare
+from ponderscope.core.imaging import MAX_UPLOAD_BYTES, prepare
 from tests.conftest import TEST_DEVICE
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -563,7 +563,7 @@ def test_dataset_results_carry_their_figures(tmp_path):
             result = wait_for_dataset(c, ids["sact"])
             figures = result["figures"]
             assert set(figures) == {"class", "ponder", "flops_histogram", "ponder_histogram"}, attempt
-            assert figures["class"]["data"][0]["y"] == [k["mean_flops_ratio"] for k in result["per_class"]]
+            assert figures["class"]["data"][0]["y"] == [k["flops_ratio"] for k in result["per_class"]]
             assert figures["ponder"]["data"][0]["y"] == [k["mean_ponder"] for k in result["per_class"]]
             assert figures["ponder_histogram"]["data"][0]["y"] == result["ponder_histogram"]["counts"]
             assert sum(figures["flops_histogram"]["data"][0]["y"]) == result["examples"] == 10000
@@ -615,7 +615,7 @@ def test_analyses_of_an_image_folder_are_attached_to_the_model_with_their_weight
     import csv
     import shutil
 
-    from ponderscope.dataset import analyze
+    from ponderscope.analyze import analyze
 
     folder = _shapes_folder(tmp_path / "shapes")
     ckpt = tmp_path / "ckpts" / "tiny"

@@ -195,7 +195,7 @@ LATE_ANSWERS_HANDLED = "return window.__slow.done === arguments[0] && document.b
 def stored_hash(upload: Path | str) -> str:
     """The hash the server names an upload by (a file, or its bytes in base64): of its decoded
     pixels as PNG (ponderscope.server.image_store), computed here with the server's decode and encode."""
-    from ponderscope.server.imaging import decode, encode_png
+    from ponderscope.core.imaging import decode, encode_png
 
     data = upload.read_bytes() if isinstance(upload, Path) else base64.b64decode(upload)
     return hashlib.sha256(encode_png(decode(data))).hexdigest()
@@ -440,7 +440,7 @@ def test_text_view_colours_each_character(page):
     assert page.plot_data("text-chart")[0]["y"] == [c[response["measure"]] for c in response["chars"]]
     # one line per character class present, with the server's numbers
     chips = page.js("return [...document.querySelectorAll('#text-classes .class-chip')].map(c => [c.dataset.class, c.innerText])")
-    from ponderscope.training.workloads import CHAR_CLASSES
+    from ponderscope.core.workloads import CHAR_CLASSES
 
     assert [name for name, _ in chips] == [n for n in CHAR_CLASSES if n in response["classes"]]
     assert {"space", "punctuation", "digit"} <= set(response["classes"])
@@ -489,7 +489,7 @@ def test_dataset_view_charts_and_thumbnails(page):
     heat = page.wait_plot("dataset-class-layer")[0]
     assert len(heat["z"]) == 10 and len(heat["z"][0]) == 9 and heat["zmin"] == 0 and heat["zmax"] == 1
     classes = page.wait_plot("dataset-class-chart")
-    assert classes[0]["y"] == [c["mean_flops_ratio"] for c in result["per_class"]]
+    assert classes[0]["y"] == [c["flops_ratio"] for c in result["per_class"]]
     layers = page.wait_plot("dataset-layers-hist")[0]
     assert sum(layers["y"]) == 10000
     assert sum(page.wait_plot("dataset-flops-hist")[0]["y"]) == 10000
@@ -865,7 +865,7 @@ def test_dataset_view_shows_an_analysis_picked_in_statistics_over_and_keeps_it_i
 
     from PIL import Image
 
-    from ponderscope.dataset import analyze
+    from ponderscope.analyze import analyze
 
     folder = tmp_path / "shapes"
     for split, count in (("train", 5), ("val", 3)):

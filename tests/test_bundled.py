@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ponderscope import models
-from ponderscope.training.data import DataSourceMissing
+from ponderscope.core.data import DataSourceMissing
 from ponderscope.training.evaluate import evaluate_model
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"

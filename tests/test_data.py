@@ -1,4 +1,4 @@
-"""Tests of training/data.py. Synthetic files stand in for the real sources, so everything but
+"""Tests of ponderscope/core/data.py. Synthetic files stand in for the real sources, so everything but
 the few real-data checks at the end runs without the Debian and npm data."""
 import gzip
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ponderscope.training import data as D
+from ponderscope.core import data as D
 
 
 def write_idx(path: Path, array: np.ndarray, type_code: int, compress: bool) -> None:

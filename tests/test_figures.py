@@ -149,11 +149,11 @@ def test_compare_uses_one_colour_scale_over_all_maps():
 def test_dataset_figures_draw_the_result():
     result = {
         "model": "aig", "classes": ["a", "b"], "examples": 4, "accuracy": 0.75, "flops_ratio": 0.6, "dense_flops": 10.0,
-        "per_class": [{"class": "a", "count": 2, "accuracy": 1.0, "mean_flops_ratio": 0.5, "mean_ponder": None},
-                      {"class": "b", "count": 2, "accuracy": 0.5, "mean_flops_ratio": 0.7, "mean_ponder": None}],
+        "per_class": [{"class": "a", "count": 2, "accuracy": 1.0, "flops_ratio": 0.5, "mean_ponder": None},
+                      {"class": "b", "count": 2, "accuracy": 0.5, "flops_ratio": 0.7, "mean_ponder": None}],
         "ponder_histogram": None, "flops_histogram": {"edges": [0.4, 0.6, 0.8], "counts": [2, 2]},
         "executed_layers_histogram": {"edges": [0, 1, 2, 3, 4], "counts": [0, 1, 2, 1]},
-        "class_layer_rates": [[1.0, 0.5, 0.0], [0.5, 0.5, 1.0]], "layers": ["layer1.0", "layer1.1", "layer2.0"],
+        "class_layer_execution_rate": [[1.0, 0.5, 0.0], [0.5, 0.5, 1.0]], "layers": ["layer1.0", "layer1.1", "layer2.0"],
     }
     figs = figures.dataset_figures(result)
     assert set(figs) == {"class", "flops_histogram", "layers_histogram", "class_layer"}
@@ -161,10 +161,10 @@ def test_dataset_figures_draw_the_result():
     assert list(figs["flops_histogram"].data[0].y) == [2, 2] and np.allclose(figs["flops_histogram"].data[0].x, [0.5, 0.7])
     assert list(figs["layers_histogram"].data[0].x) == [0, 1, 2, 3] and list(figs["layers_histogram"].data[0].y) == [0, 1, 2, 1]
     heat = figs["class_layer"].data[0]
-    assert grid(heat) == result["class_layer_rates"] and list(heat.x) == result["layers"] and list(heat.y) == ["a", "b"]
+    assert grid(heat) == result["class_layer_execution_rate"] and list(heat.x) == result["layers"] and list(heat.y) == ["a", "b"]
 
     result.update(per_class=[{**c, "mean_ponder": p} for c, p in zip(result["per_class"], [3.5, 4.25])],
-                  ponder_histogram={"edges": [3.0, 4.0, 5.0], "counts": [1, 3]}, executed_layers_histogram=None, class_layer_rates=None)
+                  ponder_histogram={"edges": [3.0, 4.0, 5.0], "counts": [1, 3]}, executed_layers_histogram=None, class_layer_execution_rate=None)
     figs = figures.dataset_figures(result)
     assert set(figs) == {"class", "ponder", "flops_histogram", "ponder_histogram"}
     assert list(figs["ponder"].data[0].y) == [3.5, 4.25] and list(figs["ponder_histogram"].data[0].y) == [1, 3]

@@ -1,5 +1,5 @@
-"""Image folders read lazily (training/imagefolder.py) and `ponderscope analyze` over them
-(ponderscope/dataset.py): splits, the card's preprocessing, the per-step batches of every rank,
+"""Image folders read lazily (ponderscope/core/imagefolder.py) and `ponderscope analyze` over them
+(ponderscope/analyze.py): splits, the card's preprocessing, the per-step batches of every rank,
 and an analysis that is checked against a plain loop over the files and survives being killed."""
 import json
 import os
@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from ponderscope.models import create_model, save_checkpoint
-from ponderscope.server.imaging import prepare
-from ponderscope.training.imagefolder import ImageFolder, StepBatches, TrainImages, random_resized_crop
+from ponderscope.core.imaging import prepare
+from ponderscope.core.imagefolder import ImageFolder, StepBatches, TrainImages, random_resized_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def plain_loop(checkpoint: Path, folder: Path) -> dict:
 
 
 def test_analyze_matches_a_plain_loop_over_the_files(tmp_path):
-    from ponderscope.dataset import AnalysisError, analyze
+    from ponderscope.analyze import AnalysisError, analyze
 
     folder = make_folder(tmp_path / "data", 6, size=(22, 30))
     checkpoint = tiny_checkpoint(tmp_path / "ckpt", PREPROCESS)
@@ -139,7 +139,7 @@ def test_analyze_matches_a_plain_loop_over_the_files(tmp_path):
     result = json.loads(path.read_text())
     expected = plain_loop(checkpoint, folder)
     assert result["examples"] == expected["examples"] == 18
-    assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
+    assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-7)  # reduced in float32, as the cards are
     assert result["flops_ratio"] == pytest.approx(expected["flops_ratio"], rel=1e-6)
     assert result["mean_ponder"] == pytest.approx(expected["mean_ponder"], rel=1e-5)
     assert [c["count"] for c in result["per_class"]] == [6, 6, 6]
@@ -177,7 +177,7 @@ def test_a_killed_analysis_continues_where_it_stopped(tmp_path):
     assert len(list((out / "shards").glob("0*.safetensors"))) == 30
     result = json.loads((out / "analysis.json").read_text())
     expected = plain_loop(checkpoint, folder)
-    assert result["examples"] == 120 and result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
+    assert result["examples"] == 120 and result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-7)
     assert result["mean_ponder"] == pytest.approx(expected["mean_ponder"], rel=1e-5)
 
 

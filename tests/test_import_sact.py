@@ -82,7 +82,7 @@ def test_fixture_matches_authors_tf_graph(tmp_path, name, execution):
             ours = block.halting.permute(0, 2, 3, 1).numpy()
             np.testing.assert_allclose(ours, np.broadcast_to(distribution, ours.shape), atol=2e-5, err_msg=f"{scope}{suffix} distribution")
         if name.endswith("sact"):  # the summed ponder map at input resolution (their sact_map)
-            from ponderscope.server.analysis import ponder_json
+            from ponderscope.core.answers import ponder_json
 
             image = reference["inputs" + suffix][:1]
             with torch.no_grad():

@@ -14,7 +14,7 @@ from PIL import Image
 from ponderscope import models
 from ponderscope.importers import import_checkpoint
 from ponderscope.server.app import create_app
-from ponderscope.server.imaging import normalize, prepare
+from ponderscope.core.imaging import normalize, prepare
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sact_tf"
 

@@ -20,8 +20,9 @@ from PIL import Image
 from bench import memory
 from ponderscope.server.app import create_app
 from ponderscope.server.image_store import ImageStore
-from ponderscope.server.imaging import MAX_DECODED_PIXELS, ImageError
-from ponderscope.server.limits import OTHER_BODY_BYTES, UPLOAD_BODY_BYTES, InferenceSlots
+from ponderscope.core.imaging import MAX_DECODED_PIXELS, ImageError
+from ponderscope.core.loaded import InferenceSlots
+from ponderscope.server.limits import OTHER_BODY_BYTES, UPLOAD_BODY_BYTES
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SACT = "fmnist_sact_resnet32"
@@ -85,7 +86,7 @@ def test_health_answers_while_big_images_are_decoded(tmp_path, hostile_files):
 
 
 def test_jpeg_over_the_pixel_budget_is_reduced_not_refused(tmp_path):
-    from ponderscope.server.imaging import decode
+    from ponderscope.core.imaging import decode
 
     side = int((MAX_DECODED_PIXELS * 1.5) ** 0.5)
     buffer = io.BytesIO()
@@ -104,7 +105,7 @@ def test_jpeg_over_the_pixel_budget_is_reduced_not_refused(tmp_path):
 def test_alpha_and_16_bit_conversions_keep_their_values():
     """The strip-wise composite and the integer 16-bit scaling give what the whole-image
     operations give (Pillow's alpha_composite over black; floor(v * 255 / 65535))."""
-    from ponderscope.server.imaging import decode
+    from ponderscope.core.imaging import decode
 
     rng = np.random.default_rng(0)
     rgba = Image.fromarray(rng.integers(0, 256, (700, 90, 4), dtype=np.uint8))  # 700 rows: three strips
@@ -296,7 +297,7 @@ def test_checkpoint_folders_are_listed_by_their_real_path(tmp_path):
 
 
 def test_an_elongated_image_cannot_grow_without_bound_when_resized():
-    from ponderscope.server.imaging import prepare
+    from ponderscope.core.imaging import prepare
 
     sliver = Image.new("RGB", (200_000, 2))
     card = {"channels": 3, "input_size": [224, 224], "resize": "shorter_then_center_crop", "resize_shorter": 256,

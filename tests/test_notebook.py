@@ -55,7 +55,7 @@ def test_importing_ponderscope_stays_light():
 def test_load_by_id_or_folder(models):
     sact = models["fmnist_sact_resnet32"]
     assert sact.id == "fmnist_sact_resnet32" and sact.kind == "image" and sact.family == "sact" and sact.device == "cpu"
-    assert repr(sact).startswith("<ponderscope.Model 'fmnist_sact_resnet32': sact_resnet32 (sact, image model) on fashion-mnist, test accuracy")
+    assert repr(sact).startswith("<ponderscope.LoadedModel 'fmnist_sact_resnet32': sact_resnet32 (sact, image model) on fashion-mnist, test accuracy")
     assert ps.load(CHECKPOINTS / "parity16_act_rnn").card == models["parity16_act_rnn"].card
     assert "fmnist_sact_resnet32" in ps.bundled()
     with pytest.raises(FileNotFoundError, match="neither a checkpoint folder"):
@@ -78,9 +78,9 @@ def test_analyze_image_is_the_api_answer(models, shirt_png, tmp_path):
     sact = models["fmnist_sact_resnet32"]
     for image, expected in from_api.items():
         ours = ps.analyze_image(sact, shirt_png if image == "file" else image)
-        assert {**ours, "time_ms": None} == {**expected, "time_ms": None}
+        assert {**ours.json_dict(), "time_ms": None} == {**expected, "time_ms": None}
     # a PIL image is analysed as if uploaded: the same pixels, the same hash
-    assert ps.analyze_image(sact, Image.open(shirt_png))["input"] == from_api["file"]["input"]
+    assert ps.analyze_image(sact, Image.open(shirt_png)).json_dict()["input"] == from_api["file"]["input"]
 
 
 def test_image_figures_of_sact_and_aig(models, shirt_png):

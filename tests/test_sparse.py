@@ -340,8 +340,8 @@ def test_bundled_act_lstm_single_sequence_path_equals_batched():
 
 
 def bundled_inputs(model, n):
-    from ponderscope.training.data import DataSourceMissing
-    from ponderscope.training.workloads import checkpoint_test_data
+    from ponderscope.core.data import DataSourceMissing
+    from ponderscope.core.workloads import checkpoint_test_data
 
     card = model.card
     if card.task.name == "classify":
@@ -351,10 +351,10 @@ def bundled_inputs(model, n):
             pytest.skip(str(error))
         return workload.normalize(workload.test_x[:n])
     if card.task.name == "parity":
-        from ponderscope.training.tasks import parity_batch
+        from ponderscope.core.tasks import parity_batch
 
         return parity_batch(n, card.task.bits, torch.Generator().manual_seed(0))[0]
-    from ponderscope.training import data
+    from ponderscope.core import data
 
     try:
         _, held_out = data.split_text(data.load_text_corpus(card.dataset))

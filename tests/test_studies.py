@@ -20,7 +20,7 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 @pytest.fixture(scope="module")
 def fashion_mnist():
-    from ponderscope.training.data import DataSourceMissing, load_fashion_mnist
+    from ponderscope.core.data import DataSourceMissing, load_fashion_mnist
 
     try:
         load_fashion_mnist("test")
@@ -61,7 +61,7 @@ def test_a_lesion_is_the_network_with_that_branch_zeroed():
     study = ps.lesion(model, limit=120, draws=2, ks=(1, 3))
     assert [u["name"] for u in study["single"]][:3] == ["block1.unit1", "block1.unit2", "block1.unit3"]
     assert [u["name"] for u in study["single"] if u["downsampling"]] == ["block2.unit1", "block3.unit1"]
-    workload = model.store.workload(model.entry)
+    workload = model.test_set()
     # the trained point: the unedited network over the same 120 images, evaluated separately
     assert study["trained"]["examples"] == 120
     assert study["trained"]["accuracy"] == pytest.approx(workload.evaluate(model.module, 120)["accuracy"], abs=1e-9)
@@ -113,7 +113,7 @@ def test_the_image_answer_with_a_change_is_the_changed_models(tmp_path):
     client = TestClient(create_app([CHECKPOINTS], device="cpu", cache_dir=tmp_path))
     body = {"sample": 3, "whatif": {"threshold": 0.6, "lesion": ["block3.unit2"]}}
     answer = client.post("/api/models/fmnist_sact_resnet32/image", json=body).json()
-    expected = ps.analyze_image("fmnist_sact_resnet32", 3, whatif=WhatIf(threshold=0.6, lesion=("block3.unit2",)))
+    expected = ps.analyze_image("fmnist_sact_resnet32", 3, whatif=WhatIf(threshold=0.6, lesion=("block3.unit2",))).json_dict()
     trained = client.post("/api/models/fmnist_sact_resnet32/image", json={"sample": 3}).json()
     assert answer["flops"] == expected["flops"] and answer["ponder"]["total"] == expected["ponder"]["total"]
     assert answer["flops"]["ratio"] < trained["flops"]["ratio"] and answer["whatif"]["threshold"] == 0.6 and trained["whatif"] is None

@@ -1,8 +1,8 @@
-"""Tests of training/tasks.py against straightforward re-computations from the paper's text."""
+"""Tests of ponderscope/core/tasks.py against straightforward re-computations from the paper's text."""
 import pytest
 import torch
 
-from ponderscope.training import tasks as T
+from ponderscope.core import tasks as T
 
 
 def gen(seed: int) -> torch.Generator:
@@ -140,7 +140,7 @@ def test_addition_sizes_and_determinism():
 
 
 def test_char_classes_of_graves_analysis():
-    from ponderscope.training.workloads import byte_class, char_class
+    from ponderscope.core.workloads import byte_class, char_class
 
     text = '(Hi 42), <b>x\nnaïve'
     classes = [char_class(c, text[i - 1] if i else None) for i, c in enumerate(text)]
@@ -157,7 +157,7 @@ def test_ponder_statistics_by_hand():
 
     import torch
 
-    from ponderscope.training.workloads import ponder_statistics
+    from ponderscope.core.workloads import ponder_statistics
 
     steps = torch.tensor([1.0, 2.0, 1.0, 3.0, 1.0, 1.0])
     ponders = torch.tensor([2.0, 2.5, 2.0, 3.5, 2.0, 2.0])

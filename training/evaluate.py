@@ -10,7 +10,7 @@ import torch
 from ponderscope import models
 from ponderscope.models.checkpoint import read_card, write_card
 
-from .workloads import EVAL_SLICE, checkpoint_test_data, no_test_set
+from ponderscope.core.workloads import EVAL_SLICE, checkpoint_test_data, no_test_set
 
 
 class NothingToEvaluate(ValueError):

@@ -81,7 +81,7 @@ BUNDLED, RESULTS, EXPERIMENTS = ROOT / "checkpoints", ROOT / "docs" / "results.m
 def _char_class_tables(named_cards: list[tuple[str, dict]]) -> list[str]:
     """Per byte LM with ACT: the held-out per-class table (mean +- std of N and N + R, bits) and
     the shares and correlations the issue of the Text view asks for."""
-    from .workloads import CHAR_CLASS_LABELS as LABELS, CHAR_CLASSES
+    from ponderscope.core.workloads import CHAR_CLASS_LABELS as LABELS, CHAR_CLASSES
 
     lines = []
     for name, card in named_cards:

@@ -27,7 +27,7 @@ from ponderscope.models.batch_stats import use_global_batch_norm
 
 from .distributed import DistributedModel, Processes, autocast, print_main
 from .evaluate import evaluate_model
-from .workloads import make_workload, train_batches
+from ponderscope.core.workloads import make_workload, train_batches
 
 DEFAULTS = {
     "model": "sact_resnet20",

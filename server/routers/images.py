@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..image_store import ImageStore
 from ..schemas import HASH_PATTERN, StoredImage, errors
-from ..imaging import MAX_UPLOAD_BYTES, PIXEL_WORK, ImageError, decode, encode_png
+from ponderscope.core.imaging import MAX_UPLOAD_BYTES, PIXEL_WORK, ImageError, decode, encode_png
 
 router = APIRouter(prefix="/api/images", tags=["images"])
 

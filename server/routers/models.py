@@ -14,11 +14,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from ..analysis import analyze_image, input_json
+from ponderscope import figures
+from ponderscope.core.answers import ImageAnalysis, analyze_image, input_json
 from ..deps import for_kinds, get_model, get_store, require_kind
-from ..imaging import PIXEL_WORK, decode, png_data_url, prepare
-from ..schemas import DatasetStatus, ImageAnalysis, ImageRequest, ModelSummary, Sample, errors
-from ..store import LoadedModel, ModelStore
+from ponderscope.core.imaging import PIXEL_WORK, decode, png_data_url, prepare
+from ..schemas import DatasetStatus, ImageRequest, ModelSummary, Sample, errors
+from ponderscope.core.loaded import LoadedModel, ModelStore
 from .images import read_upload, store_upload
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -26,18 +27,18 @@ router = APIRouter(prefix="/api/models", tags=["models"])
 
 @router.get("", summary="All loaded models with their cards", response_model=list[ModelSummary])
 def list_models(store: ModelStore = Depends(get_store)) -> list[dict]:
-    return [entry.summary(store.device) for entry in store.models.values()]
+    return [entry.summary() for entry in store.models.values()]
 
 
 @router.get("/{model_id}", summary="One model with its card", response_model=ModelSummary, responses=errors(404))
-def model_detail(entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> dict:
-    return entry.summary(store.device)
+def model_detail(entry: LoadedModel = Depends(get_model)) -> dict:
+    return entry.summary()
 
 
-def _test_example(store: ModelStore, entry: LoadedModel, index: int):
+def _test_example(entry: LoadedModel, index: int):
     """-> (Pillow image, label, box or None); a 404 when `index` is past the test set."""
     try:
-        return store.workload(entry).test_example(index)
+        return entry.test_set().test_example(index)
     except IndexError as error:
         raise HTTPException(404, str(error)) from None
 
@@ -122,8 +123,7 @@ _IMAGE_BODY = {
 
 @router.post("/{model_id}/image", summary="Run an image model on an uploaded image or a test sample", openapi_extra={**_IMAGE_BODY, **for_kinds("image")},
              response_model=ImageAnalysis, responses=errors(400, 404, 413, 422, 503))
-def image_analysis(request: Request, payload: ImageInput = Depends(image_input), entry: LoadedModel = Depends(get_model),
-                   store: ModelStore = Depends(get_store)) -> dict:
+def image_analysis(request: Request, payload: ImageInput = Depends(image_input), entry: LoadedModel = Depends(get_model)) -> ImageAnalysis:
     """Returns the top-5 prediction, FLOPs executed vs dense, the request's time, and for
     ACT/SACT the ponder maps (`ponder.total` at input resolution, `ponder.blocks[i]` per block,
     in ponder cost N+R; `units_total` / `units` in units executed N), for AIG the gates.
@@ -136,7 +136,7 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
     if payload.upload is None and (body.image is None) == (body.sample is None):
         raise HTTPException(422, "give exactly one of 'image' (a hash from POST /api/images) or 'sample' (a test-set index)")
     if body.sample is not None and payload.upload is None:
-        sample_image, label, box = _test_example(store, entry, body.sample)
+        sample_image, label, box = _test_example(entry, body.sample)
     with PIXEL_WORK:  # the full-size image lives only in here; the model then reads x
         if payload.upload is not None:
             body.image, image = store_upload(request.app.state.images, read_upload(payload.upload))  # as POST /api/images does
@@ -156,16 +156,16 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
 
         whatif = WhatIf(**{**body.whatif.model_dump(), "lesion": tuple(body.whatif.lesion)})
         try:
-            check(entry.model, whatif)
+            check(entry.module, whatif)
         except WhatIfError as error:
             raise HTTPException(400, f"model {entry.id!r}: {error}") from None
-    return analyze_image(entry, store, x, input_json(entry, shown, original_size, body.resolution, body.image, body.sample, label, box), whatif)
+    return figures.attach("image", analyze_image(entry, x, input_json(entry, shown, original_size, body.resolution, body.image, body.sample, label, box), whatif))
 
 
 @router.get("/{model_id}/samples", summary="Test-set images to pick from", response_model=list[Sample], openapi_extra=for_kinds("image", test_set=True), responses=errors(400, 404, 422, 503))
-def samples(count: Annotated[int, Query(ge=1, le=200)] = 24, offset: Annotated[int, Query(ge=0)] = 0, entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> list[dict]:
+def samples(count: Annotated[int, Query(ge=1, le=200)] = 24, offset: Annotated[int, Query(ge=0)] = 0, entry: LoadedModel = Depends(get_model)) -> list[dict]:
     require_kind(entry, "image")
-    workload = store.workload(entry)
+    workload = entry.test_set()
     classes = entry.card.classes or workload.classes
     end = min(workload.n_test, offset + count)
     with PIXEL_WORK:  # an image folder's samples are decoded from their files
@@ -175,9 +175,9 @@ def samples(count: Annotated[int, Query(ge=1, le=200)] = 24, offset: Annotated[i
 
 @router.get("/{model_id}/samples/{index}.png", summary="One test-set image as PNG", response_class=Response, openapi_extra=for_kinds("image", test_set=True),
             responses={200: {"content": {"image/png": {}}, "description": "the image"}, **errors(400, 404, 422, 503)})
-def sample_png(index: Annotated[int, Path(ge=0)], entry: LoadedModel = Depends(get_model), store: ModelStore = Depends(get_store)) -> Response:
+def sample_png(index: Annotated[int, Path(ge=0)], entry: LoadedModel = Depends(get_model)) -> Response:
     require_kind(entry, "image")
-    image, _, _ = _test_example(store, entry, index)
+    image, _, _ = _test_example(entry, index)
     import io
 
     buffer = io.BytesIO()
@@ -194,6 +194,9 @@ def dataset(request: Request, entry: LoadedModel = Depends(get_model),
     panel): mean and spread of N and N + R per character class, ponder vs surprisal."""
     if entry.kind not in ("image", "text"):
         raise HTTPException(400, f"model {entry.id!r} is a {entry.kind} model; the dataset statistics are for image and text models")
-    if source is not None:
-        return request.app.state.dataset_jobs.analysis(entry, source)
-    return request.app.state.dataset_jobs.status(entry)
+    jobs = request.app.state.dataset_jobs
+    status = jobs.analysis(entry, source) if source is not None else jobs.status(entry)
+    result = status.get("result")
+    if result is not None and "figures" not in result:  # drawn once per finished job, kept with its result
+        figures.attach("dataset", result)
+    return status

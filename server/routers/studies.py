@@ -1,18 +1,18 @@
 """What-if studies over the test set, several models on one figure: threshold / cap / gate-bias
 sweeps (accuracy against FLOPs) and lesion studies (ponderscope.studies, run as cached background
-jobs like the dataset view, server/dataset_view.py)."""
+jobs like the dataset view, ponderscope/core/jobs.py)."""
 from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
+from ponderscope import figures, studies
+from ponderscope.core.loaded import ModelStore
 from ponderscope.models.whatif import knobs
 
-from ..analysis import with_figures
 from ..deps import get_store
 from ..schemas import StudyStatus, errors
-from ..store import ModelStore
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 MAX_MODELS = 6
@@ -48,8 +48,8 @@ def study(request: Request, kind: Annotated[Literal["sweep", "lesion"], Path(des
             raise HTTPException(404, f"no model {model_id!r}; loaded: {', '.join(store.models)}")
         if entry.kind != "image":
             raise HTTPException(400, f"model {model_id!r} is a {entry.kind} model; the what-if studies are for image classifiers")
-        store.require_test_set(entry)
-        if not knobs(entry.model):
+        entry.require_test_set()
+        if not knobs(entry.module):
             raise HTTPException(400, f"model {model_id!r} ({entry.card.model}) has no threshold, gate or residual units to change")
         entries.append(entry)
     jobs = request.app.state.dataset_jobs
@@ -59,7 +59,8 @@ def study(request: Request, kind: Annotated[Literal["sweep", "lesion"], Path(des
         twin = dense[0] if dense else dense_twin(store, entries[0].card.dataset, {e.id for e in entries})
         entries = [e for e in entries if e.family != "dense"] or entries
         reference = twin if twin not in entries else None
-    statuses = {e.id: jobs.study(e, kind, limit) for e in entries + ([reference] if reference else [])}
+    run = studies.sweep if kind == "sweep" else studies.lesion
+    statuses = {e.id: jobs.study(e, kind, limit, run) for e in entries + ([reference] if reference else [])}
     states = {s["status"] for s in statuses.values()}
     overall = "error" if "error" in states else "running" if "running" in states else "done"
     answer = {
@@ -77,4 +78,4 @@ def study(request: Request, kind: Annotated[Literal["sweep", "lesion"], Path(des
     if reference is not None:
         point = statuses[reference.id]["result"]["result"][0]
         answer["reference"] = {"label": reference.id, "accuracy": point["accuracy"], "flops_ratio": point["flops_ratio"], "examples": point["examples"]}
-    return with_figures(kind, answer)
+    return figures.attach(kind, answer)

@@ -12,7 +12,7 @@ const points = (after, before) => 100 * (after - before);
 export function renderLesionTable(table, studies) {
   const ids = Object.keys(studies);
   const rows = Math.max(0, ...ids.map((id) => studies[id].single.length));
-  const gated = (id) => Array.isArray(studies[id].layer_rates) && studies[id].layer_rates.length > 0;
+  const gated = (id) => Array.isArray(studies[id].layer_execution_rate) && studies[id].layer_execution_rate.length > 0;
 
   const head = el('tr', {}, el('th', { scope: 'col', text: '#' }),
     ...ids.flatMap((id) => [
@@ -43,7 +43,7 @@ export function renderLesionTable(table, studies) {
             unit.name, unit.downsampling ? ' ↓' : null),
           el('td', { class: change <= -HURTS_POINTS ? 'hurts' : null, 'data-model': id, 'data-unit': unit.name, 'data-accuracy': String(unit.accuracy) },
             pct(unit.accuracy, 2), ' ', el('span', { class: 'muted small', text: `(${change >= 0 ? '+' : '−'}${fmt(Math.abs(change), 1)})` })),
-          gated(id) ? el('td', { text: pct(study.layer_rates[i], 0) }) : null,
+          gated(id) ? el('td', { text: pct(study.layer_execution_rate[i], 0) }) : null,
         ];
       })));
   }
@@ -56,7 +56,7 @@ export function lesionRows(studies) {
   for (const [id, study] of Object.entries(studies)) {
     rows.push(['lesion', id, 'intact', '', '', study.trained.accuracy, study.trained.flops_ratio, '']);
     study.single.forEach((u, i) => rows.push(['lesion', id, u.name, '', u.downsampling ? 1 : 0, u.accuracy, u.flops_ratio,
-      study.layer_rates ? study.layer_rates[i] : '']));
+      study.layer_execution_rate ? study.layer_execution_rate[i] : '']));
     for (const p of study.random || []) rows.push(['random', id, `k=${p.k}`, p.k, '', p.mean, '', '']);
   }
   return rows;

@@ -152,8 +152,8 @@ function exportDataset(format) {
   if (!d) return false;
   const name = `dataset-${safeName(d.model)}${d.analysis ? `-${safeName(d.analysis)}` : ''}`;
   if (format === 'json') return downloadJson(name, d);
-  return downloadCsv(name, ['class', 'count', 'accuracy', 'mean_flops_ratio', 'mean_ponder', ...(d.layers ? d.layers.map((l) => `rate_${l}`) : [])],
-    d.per_class.map((c, i) => [c.class, c.count, c.accuracy, c.mean_flops_ratio, c.mean_ponder, ...(d.class_layer_rates ? d.class_layer_rates[i] : [])]));
+  return downloadCsv(name, ['class', 'count', 'accuracy', 'flops_ratio', 'mean_ponder', ...(d.layers ? d.layers.map((l) => `rate_${l}`) : [])],
+    d.per_class.map((c, i) => [c.class, c.count, c.accuracy, c.flops_ratio, c.mean_ponder, ...(d.class_layer_execution_rate ? d.class_layer_execution_rate[i] : [])]));
 }
 
 /** Show model `id` (its statistics over its default source: the test set, else its first analysis). */

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ponderscope.models.checkpoint import Card, has_image_test_set
 
 from . import data, tasks
+from .statistics import mean_or_nan
 
 EVAL_SLICE = 500  # every card also records the metrics on the first 500 evaluation examples
 
@@ -59,10 +60,6 @@ def no_test_set(card: dict) -> Optional[str]:
     dataset = card.get("dataset")
     source = (card.get("source") or {}).get("format")
     return f"no test set of {dataset!r} here{f' (imported from {source})' if source else ''}"
-
-
-def _mean(values: torch.Tensor) -> float:
-    return float(values.float().mean()) if values.numel() else float("nan")
 
 
 def train_batches(workload, config: dict, start: int, rank: int = 0, world: int = 1):
@@ -146,7 +143,7 @@ class ImageClassification:
 
     def sample_image(self, index: int):
         """Test image `index` as a Pillow image, as stored (what an analysis prepares)."""
-        from ponderscope.server.imaging import tensor_to_image
+        from ponderscope.core.imaging import tensor_to_image
 
         return tensor_to_image(self.test_x[index])
 
@@ -205,82 +202,18 @@ class ImageClassification:
 
     @torch.no_grad()
     def evaluate(self, model, limit: Optional[int] = None, batch_size: int = 250, per_class_accuracy: bool = False) -> dict:
-        """The card's metrics of `model` on the first `limit` test images (all: None);
-        per_class_accuracy adds the accuracy of each class (what-if studies: which classes break)."""
-        n = self.n_test if limit is None else min(limit, self.n_test)
-        correct, flops, ponder, units, gates, executed, labels_all = [], [], [], [], [], [], []
-        inside, outside = [], []
-        dense = None
-        device = next(model.parameters()).device
-        for indices, images, labels in self.test_batches(batch_size, limit):
-            images, labels = images.to(device), labels.to(device)
-            trace = model.trace(images)
-            dense = trace.dense_flops
-            correct.append(trace.logits.argmax(-1) == labels)
-            flops.append(trace.flops)
-            labels_all.append(labels)
-            if trace.blocks:
-                ponder.append(trace.block_means("ponder"))
-                units.append(trace.block_means("units"))
-                if self.test_boxes is not None:
-                    box_in, box_out = self._ponder_in_box(trace, self.test_boxes[indices.to(self.test_boxes.device)], images.shape[-2:])
-                    inside.append(box_in)
-                    outside.append(box_out)
-            if trace.gates is not None:
-                gates.append(trace.gates)
-                executed.append(trace.executed.float())
-        correct, flops, labels_all = torch.cat(correct), torch.cat(flops), torch.cat(labels_all)
-        metrics = {
-            "examples": n,
-            "accuracy": _mean(correct),
-            "mean_flops": _mean(flops),
-            "dense_flops": dense,
-            "flops_ratio": _mean(flops) / dense,
-        }
-        per_class_flops = [(_mean(flops[labels_all == c]) / dense) for c in range(len(self.classes))]
-        metrics["per_class_flops_ratio"] = per_class_flops
-        if per_class_accuracy:
-            metrics["per_class_accuracy"] = [_mean(correct[labels_all == c]) for c in range(len(self.classes))]
-        if ponder:
-            ponder, units = torch.cat(ponder), torch.cat(units)
-            metrics["mean_ponder"] = float(ponder.sum(1).mean())  # sum over blocks, mean over images
-            metrics["per_block_ponder"] = [float(v) for v in ponder.mean(0)]
-            metrics["per_block_units"] = [float(v) for v in units.mean(0)]
-            metrics["per_class_ponder"] = [_mean(ponder.sum(1)[labels_all == c]) for c in range(len(self.classes))]
-        if inside:
-            inside, outside = torch.cat(inside), torch.cat(outside)
-            metrics["ponder_inside_box"] = _mean(inside)
-            metrics["ponder_outside_box"] = _mean(outside)
-            metrics["ponder_box_ratio"] = _mean(inside) / _mean(outside)
-        if gates:
-            executed = torch.cat(executed)
-            rates = [[_mean(executed[labels_all == c, layer]) for layer in range(executed.shape[1])] for c in range(len(self.classes))]
-            class_rates = torch.tensor(rates)
-            metrics["layer_execution_rate"] = [float(v) for v in executed.mean(0)]
-            metrics["class_layer_execution_rate"] = rates
-            span = class_rates.max(0).values - class_rates.min(0).values
-            metrics["max_class_rate_span"] = float(span.max())
-            metrics["max_class_rate_span_layer"] = int(span.argmax())
-            metrics["mean_executed_layers"] = float(executed.sum(1).mean())
-        return metrics
+        """The card's metrics of `model` on the first `limit` test images (all: None), by the one
+        statistics pass (ponderscope.core.statistics); per_class_accuracy adds the accuracy of each
+        class (what-if studies: which classes break)."""
+        from .statistics import image_records, test_metrics  # noqa: the one statistics pass
 
-    @staticmethod
-    def _ponder_in_box(trace, boxes: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean total ponder (summed over blocks, nearest-resized to the input) inside vs outside
-        each example's digit box: the SACT paper's check of ponder maps against where the object is."""
-        total = trace.ponder_map(size)
-        h, w = size
-        ys = torch.arange(h, device=total.device)[None, :, None]
-        xs = torch.arange(w, device=total.device)[None, None, :]
-        b = boxes.to(total.device)
-        mask = (ys >= b[:, 0, None, None]) & (ys < b[:, 2, None, None]) & (xs >= b[:, 1, None, None]) & (xs < b[:, 3, None, None])
-        inside = (total * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
-        outside = (total * ~mask).sum((1, 2)) / (~mask).sum((1, 2)).clamp(min=1)
-        return inside, outside
+        device = next(model.parameters()).device
+        records = image_records(lambda images: model.trace(images.to(device)), self.test_batches(batch_size, limit), boxes=self.test_boxes)
+        return test_metrics(records, len(self.classes), per_class_accuracy)
 
 
 class FolderClassification(ImageClassification):
-    """A user's image folder (`imagefolder:PATH`, training/imagefolder.py), read a batch at a time
+    """A user's image folder (`imagefolder:PATH`, ponderscope/core/imagefolder.py), read a batch at a time
     by DataLoader workers: no split is ever held in memory.
 
     data_options: channels (1 or 3; default 1), input_size (default: the first image's size),
@@ -397,12 +330,12 @@ class Parity:
             steps.append(trace.steps[:, 0].float())
         correct, ponder, steps = torch.cat(correct), torch.cat(ponder), torch.cat(steps)
         nonzero = tasks.parity_nonzero(self.test_x[:n])
-        curve = {str(k): _mean(ponder[nonzero == k]) for k in range(1, self.bits + 1) if bool((nonzero == k).any())}
+        curve = {str(k): mean_or_nan(ponder[nonzero == k]) for k in range(1, self.bits + 1) if bool((nonzero == k).any())}
         return {
             "examples": n,
-            "accuracy": _mean(correct),
-            "mean_ponder": _mean(ponder),
-            "mean_steps": _mean(steps),
+            "accuracy": mean_or_nan(correct),
+            "mean_ponder": mean_or_nan(ponder),
+            "mean_steps": mean_or_nan(steps),
             "ponder_by_nonzero": curve,
         }
 
@@ -456,7 +389,7 @@ def ponder_statistics(steps: torch.Tensor, ponders: torch.Tensor, losses: torch.
         if bool(index.any()):
             n, r = steps[index].double(), ponders[index].double()
             per_class[name] = {"count": int(index.sum()), "steps": float(n.mean()), "steps_std": float(n.std(unbiased=False)),
-                               "ponder": float(r.mean()), "ponder_std": float(r.std(unbiased=False)), "bits": _mean(losses[index]) / math.log(2)}
+                               "ponder": float(r.mean()), "ponder_std": float(r.std(unbiased=False)), "bits": mean_or_nan(losses[index]) / math.log(2)}
     values, counts = steps.round().long().unique(return_counts=True)
     out = {
         "per_char_class": per_class,
@@ -531,8 +464,8 @@ class BytesLM:
         # The class of the byte being read at step t; its loss is that of predicting byte t + 1.
         return {
             "bytes": len(losses),
-            "bits_per_byte": _mean(losses) / math.log(2),
-            "mean_ponder": _mean(ponders),
-            "mean_steps": _mean(steps),
+            "bits_per_byte": mean_or_nan(losses) / math.log(2),
+            "mean_ponder": mean_or_nan(ponders),
+            "mean_steps": mean_or_nan(steps),
             **ponder_statistics(steps, ponders, losses, classes, getattr(model, "max_steps", None) if getattr(model, "act", False) else None),
         }

@@ -6,7 +6,7 @@
     text = load_text_corpus("jargon")                   # Debian: jargon-text
     train_bytes, heldout_bytes = split_text(text)
 
-A user's image folder (`imagefolder:PATH`) is read lazily, a batch at a time: training/imagefolder.py.
+A user's image folder (`imagefolder:PATH`) is read lazily, a batch at a time: ponderscope/core/imagefolder.py.
 
 Every loader returns torch tensors (images uint8, labels int64). A source that is not installed
 raises DataSourceMissing, whose message is the command that installs it.

@@ -11,7 +11,7 @@ first `val_fraction` (default 10%) of it is the test split, the rest the trainin
 
 Nothing holds more than a batch of pixels: the file list (a path and a label per image) is the
 only per-image state, so evaluating 1.28 M images needs the memory of a few batches plus ~100 MB
-of paths. Preprocessing is the card's (ponderscope.server.imaging.prepare: resize, crop, normalise, the same
+of paths. Preprocessing is the card's (ponderscope.core.imaging.prepare: resize, crop, normalise, the same
 code an uploaded image goes through); training adds timm's / the PyTorch ImageNet reference's
 random-resized crop and horizontal flip, seeded by (seed, epoch, image) so that an image gets the
 same crop whichever rank or worker decodes it (DDP and single-process runs see the same batch).
@@ -145,7 +145,7 @@ class EvalImages(Dataset):
 
     def shown(self, index: int):
         """(the image the model sees as a PIL image, its input tensor [C, H, W])."""
-        from ponderscope.server.imaging import prepare
+        from ponderscope.core.imaging import prepare
 
         path, _ = self.files[index]
         x, shown = prepare(read_image(path, int(self.preprocess["channels"])), self.preprocess)
@@ -195,7 +195,7 @@ class TrainImages(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         from PIL import Image
 
-        from ponderscope.server.imaging import normalize
+        from ponderscope.core.imaging import normalize
 
         index, epoch = item
         path, label = self.files[index]

@@ -1,6 +1,7 @@
-"""The dataset view: statistics over a model's whole test set, computed once in a background
-thread, cached on disk under a key that includes the weights' hash (so a retrained checkpoint
-is recomputed), with progress that the page polls."""
+"""Background jobs over a model's test set: the Dataset view's statistics and what-if studies,
+each computed once in a thread, cached on disk under a key that includes the weights' hash (so a
+retrained checkpoint is recomputed), with progress that the page polls. A job's result is numbers
+only; the faces draw its figures (ponderscope.figures.attach)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,16 +10,15 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-from ponderscope.training.workloads import CHAR_CLASS_LABELS
+from ponderscope.core.workloads import CHAR_CLASS_LABELS
 
-from ponderscope.dataset import image_records, read_analysis, summarize, write_json
+from ponderscope.core.statistics import image_records, read_analysis, summarize, write_json
 
-from .analysis import gate_names, with_figures
-from .store import NoTestSet
+from .answers import gate_names
+from .loaded import NoTestSet
 
 log = logging.getLogger("ponderscope")
 BATCH = 250
@@ -26,13 +26,12 @@ BATCH = 250
 
 CORPUS_BYTES = 20_000  # held-out bytes a text model's corpus panel is measured on, without card metrics
 CORPUS_SCHEMA = 2  # bump when the corpus statistics change (cached answers then are recomputed)
-STUDY_SCHEMA = 1  # the same for what-if studies
-IMAGE_SCHEMA = 3  # the same for image models (2: the overall mean_ponder; 3: ponderscope.dataset.summarize)
+STUDY_SCHEMA = 2  # the same for what-if studies (2: layer_execution_rate)
+IMAGE_SCHEMA = 4  # the same for image models (2: the overall mean_ponder; 3: summarize; 4: the cards' vocabulary)
 
 
 class DatasetJobs:
-    def __init__(self, store, cache_dir: Path):
-        self.store = store
+    def __init__(self, cache_dir: Path):
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, dict] = {}
@@ -56,9 +55,9 @@ class DatasetJobs:
             stats, source = test, f"card metrics.test: all {test.get('bytes')} held-out bytes (ponderscope eval)"
         else:
             job["message"] = f"running the model on {CORPUS_BYTES} held-out bytes"
-            workload = self.store.workload(entry)
-            with self.store.inference.background(), torch.no_grad():
-                stats = workload.evaluate(entry.model, limit=CORPUS_BYTES)
+            workload = entry.test_set()
+            with entry.slots.background(), torch.no_grad():
+                stats = workload.evaluate(entry.module, limit=CORPUS_BYTES)
             source = f"the first {stats['bytes']} held-out bytes (measured by the server)"
         keys = ("bytes", "bits_per_byte", "mean_steps", "mean_ponder", "per_char_class", "steps_histogram", "steps_mode",
                 "steps_off_mode_fraction", "steps_at_cap_fraction", "max_steps", "corr_ponder_surprisal", "corr_steps_surprisal")
@@ -77,42 +76,38 @@ class DatasetJobs:
         return self.cache_dir / f"dataset-{entry.id}-{key}.json"
 
     def status(self, entry) -> dict:
-        self.store.require_test_set(entry)  # a 404 with the reason; starts no job
-        return self._job(entry.id, self._cache_path(entry), lambda job: self._compute(entry, job), "dataset", f"dataset view for {entry.id}")
+        entry.require_test_set()  # a 404 with the reason; starts no job
+        return self._job(entry.id, self._cache_path(entry), lambda job: self._compute(entry, job), f"dataset view for {entry.id}")
 
-    def study(self, entry, kind: str, limit: int) -> dict:
-        """A what-if study of the model (ponderscope.studies.sweep or .lesion) over its first
-        `limit` test images: a job like the dataset view's, cached under the weights' hash. Its
-        result is the study's numbers alone; the figures are drawn over several models
-        (ponderscope.server.routers.studies)."""
-        from ponderscope import studies
-        from ponderscope.notebook import Model
-
-        self.store.require_test_set(entry)
-        limit = min(limit, self.store.workload(entry).n_test)
+    def study(self, entry, kind: str, limit: int, run) -> dict:
+        """A what-if study of the model over its first `limit` test images: `run(entry, limit=,
+        progress=, guard=)` (ponderscope.studies.sweep or .lesion) as a job like the dataset
+        view's, cached under the weights' hash. Its result is the study's numbers alone; the
+        figures are drawn over several models (server/routers/studies.py)."""
+        entry.require_test_set()
+        limit = min(limit, entry.test_set().n_test)
         path = self.cache_dir / f"{kind}-{entry.id}-{entry.weights_sha256[:16]}-n{limit}-v{STUDY_SCHEMA}.json"
 
         def compute(job: dict) -> dict:
             def progress(fraction: float, what: str) -> None:
                 job["progress"], job["message"] = fraction, what
 
-            run = studies.sweep if kind == "sweep" else studies.lesion
-            result = run(Model(self.store, entry), limit=limit, progress=progress, guard=self._background_slot)
+            result = run(entry, limit=limit, progress=progress, guard=lambda: self._background_slot(entry))
             return {"model": entry.id, "kind": kind, "limit": limit, "result": result}
 
-        return self._job((kind, entry.id, limit), path, compute, None, f"{kind} of {entry.id}")
+        return self._job((kind, entry.id, limit), path, compute, f"{kind} of {entry.id}")
 
     @contextlib.contextmanager
-    def _background_slot(self):
+    def _background_slot(self, entry):
         """Around each batch of a study: stop when the server stops; leave a slot to the page's requests."""
         if self.stopping.is_set():
             raise RuntimeError("stopped: the server is shutting down")
-        with self.store.inference.background():
+        with entry.slots.background():
             yield
 
-    def _job(self, key, path: Path, compute, figures: Optional[str], what: str) -> dict:
+    def _job(self, key, path: Path, compute, what: str) -> dict:
         """The job `key`: its result from the cache file `path`, or running `compute(job)` in a
-        thread (its result written to `path`); with_figures(figures, result) when figures is set."""
+        thread (its result written to `path`)."""
         with self.lock:
             job = self.jobs.get(key)
             if job is None or job["status"] == "error" and job.get("retry"):
@@ -121,22 +116,22 @@ class DatasetJobs:
                         result = json.loads(path.read_text())
                     except (OSError, json.JSONDecodeError):
                         path.unlink(missing_ok=True)  # a broken cache file is recomputed
-                    else:  # kept, with its figures, for the next requests
-                        job = {"status": "done", "progress": 1.0, "message": "cached", "result": with_figures(figures, result) if figures else result}
+                    else:  # kept for the next requests
+                        job = {"status": "done", "progress": 1.0, "message": "cached", "result": result}
                         self.jobs[key] = job
                         return dict(job)
                 job = {"status": "running", "progress": 0.0, "message": "loading the test set", "result": None}
                 self.jobs[key] = job
-                thread = threading.Thread(target=self._run, args=(job, path, compute, figures, what), daemon=True)
+                thread = threading.Thread(target=self._run, args=(job, path, compute, what), daemon=True)
                 self.threads = [t for t in self.threads if t.is_alive()] + [thread]
                 thread.start()
             return dict(job)
 
-    def _run(self, job: dict, path: Path, compute, figures: Optional[str], what: str) -> None:
+    def _run(self, job: dict, path: Path, compute, what: str) -> None:
         try:
             result = compute(job)
             write_json(path, result)  # the numbers; the figures are drawn from them when served
-            job.update(status="done", progress=1.0, message="done", result=with_figures(figures, result) if figures else result)
+            job.update(status="done", progress=1.0, message="done", result=result)
         except Exception as error:  # reported to the page; the next request retries
             log.exception("%s failed", what)
             job.update(status="error", message=f"{type(error).__name__}: {error}", retry=True)
@@ -146,12 +141,11 @@ class DatasetJobs:
             return self._compute_corpus(entry, job)
         if entry.kind != "image":
             raise ValueError("the dataset view is for image and text models; use the parity view")
-        workload = self.store.workload(entry)
+        workload = entry.test_set()
         n, done = workload.n_test, 0
 
         def forward(x):
-            with self.store.inference.background():
-                return entry.model.trace(x.to(self.store.device))
+            return entry.trace(x, background=True)[0]
 
         def progress(count: int) -> None:
             nonlocal done
@@ -162,7 +156,7 @@ class DatasetJobs:
         # (in this thread: no DataLoader worker processes forked from the server)
         records = image_records(forward, workload.test_batches(BATCH, workers=0), progress, self.stopping.is_set)
         classes = entry.card.classes or workload.classes
-        return summarize(records, classes, workload.thumbnail, lambda layers: gate_names(entry.model, layers), entry.id)
+        return summarize(records, classes, workload.thumbnail, lambda layers: gate_names(entry.module, layers), entry.id)
 
     def analysis(self, entry, name: str) -> dict:
         """A `ponderscope analyze` result of the model (entry.analyses), as a finished job."""
@@ -180,7 +174,7 @@ class DatasetJobs:
                 raise NoTestSet(f"model {entry.id!r}: analysis {name!r} cannot be read now ({error})") from None
             source = result.get("source") or {}
             message = f"ponderscope analyze: {source.get('data', '')}, {source.get('world_size', 1)} process(es) on {', '.join(source.get('devices') or [])}"
-            job = {"status": "done", "progress": 1.0, "message": message, "result": with_figures("dataset", result)}
+            job = {"status": "done", "progress": 1.0, "message": message, "result": result}
             with self.lock:
                 self.jobs[key] = job
         return dict(job)

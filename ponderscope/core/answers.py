@@ -1,0 +1,386 @@
+"""Trace -> the typed answers every face shows: the one place where a model's Trace becomes numbers.
+
+    answer = image_answer(model, x, shown)     # ImageAnalysis: prediction, FLOPs, ponder maps, gates
+    answer = text_answer(model, "some text")   # TextAnalysis: per character N, N + R, surprisal
+    answer = parity_answer(model, vector)      # ParityAnalysis: answer, steps, ponder
+
+These types are the API's response models (the OpenAPI document), what ponderscope.figures draws,
+and what the notebook returns. Their `figures` are left empty here: the faces draw them
+(ponderscope.figures.attach).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from ponderscope.core.imaging import png_data_url
+from ponderscope.core.workloads import CHAR_CLASS_LABELS, CHAR_CLASSES, char_class
+from ponderscope.models.trace import Trace
+
+
+FIGURES_DOC = ("the answer's figures by name, each plotly JSON {data, layout} (Plotly.react(div, data, layout)) drawn "
+               "by ponderscope.figures with the default display settings")
+
+
+class Open(BaseModel):
+    """An answer: the fields listed are always there; cards and results may carry more. Read it by
+    attribute (answer.flops.ratio), or by the JSON's names as a notebook reads JSON (answer["flops"])."""
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def __getitem__(self, key: str):
+        name = self._python_name(key)
+        if name is None:
+            raise KeyError(key)
+        return getattr(self, name)
+
+    def get(self, key: str, default=None):
+        name = self._python_name(key)
+        return default if name is None else getattr(self, name)
+
+    def __contains__(self, key: str) -> bool:
+        return self._python_name(key) is not None
+
+    def _python_name(self, key: str):
+        for name, info in type(self).model_fields.items():
+            if key == (info.alias or name):
+                return name
+        return key if key in (self.model_extra or {}) else None
+
+    def json_dict(self) -> dict:
+        """The answer as the API sends it (JSON names, e.g. "class")."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class Flops(Open):
+    executed: float
+    dense: float
+    ratio: float = Field(description="executed / dense")
+
+
+class Prediction(Open):
+    index: int
+    class_: str = Field(alias="class")
+    probability: float
+
+
+class PonderBlock(Open):
+    index: int
+    ponder_cost: list[list[float]] = Field(description="N + R per position of the block's output map")
+    units: list[list[float]] = Field(description="units executed N per position")
+    n_units: int
+    height: int
+    width: int
+    mean_ponder: float
+    mean_units: float
+
+
+class PonderMaps(Open):
+    total: list[list[float]] = Field(description="ponder cost summed over blocks, at input resolution")
+    units_total: list[list[float]]
+    blocks: list[PonderBlock]
+    min: float = Field(description="the range of `total` (as sent)")
+    max: float
+    units_min: float = Field(description="the range of `units_total`")
+    units_max: float
+    mean: float = Field(description="the image's ponder: each block's mean N + R over its positions, summed over blocks")
+    mean_units: float = Field(description="the same in units executed N")
+
+
+class Gates(Open):
+    probability: list[float]
+    executed: list[bool]
+    layers: list[str]
+
+
+class ImageShown(Open):
+    image: str = Field(description="the image as the model saw it, a data: URL")
+    width: int
+    height: int
+    hash: Optional[str] = None
+    sample: Optional[int] = None
+    label: Optional[int] = None
+    label_class: Optional[str] = None
+    box: Optional[list[int]] = None
+    resolution: Literal["train", "native"]
+
+
+UNSHOWN = Field(default_factory=list, description="Trace.extras keys of this model that no view draws (docs/own-models.md)")
+
+
+class ImageAnalysis(Open):
+    model: str
+    unshown_signals: list[str] = UNSHOWN
+    prediction: list[Prediction] = Field(description="top 5")
+    flops: Flops
+    time_ms: float
+    execution: str
+    ponder: Optional[PonderMaps] = Field(None, description="ACT / SACT ResNets")
+    gates: Optional[Gates] = Field(None, description="ConvNet-AIG")
+    input: ImageShown
+    whatif: Optional[dict[str, Any]] = Field(None, description="the change in force for this answer (None: the trained model)")
+    figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "map" (the ponder map over the input, or the input alone), '
+                                    '"blocks" (every block\'s map: ACT, SACT), "gates" (ConvNet-AIG)')
+
+
+class CharPonder(Open):
+    char: str
+    bytes: int
+    class_: str = Field(alias="class")
+    ponder: float
+    steps: float
+    bits: Optional[float] = None
+
+
+class TextAnalysis(Open):
+    model: str
+    unshown_signals: list[str] = UNSHOWN
+    chars: list[CharPonder]
+    classes: dict[str, dict[str, Any]]
+    measure: Literal["steps", "ponder"]
+    mean_ponder: float
+    mean_steps: float
+    bits_per_char: Optional[float] = None
+    bytes: int
+    flops: Flops
+    time_ms: float
+    execution: str
+    replaced_surrogates: int = Field(0, description="lone surrogates replaced by U+FFFD before the model read the text")
+    figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "text" (per character: the measure as bars, the other as a line, surprisal)')
+
+
+class ParityAnalysis(Open):
+    halting_distribution: Optional[list[float]] = Field(None, description="p(n): the probability of halting at step n = 1..N (PonderNet-style models)")
+    unshown_signals: list[str] = UNSHOWN
+    model: str
+    answer: Literal["even", "odd"]
+    probability: float
+    steps: int
+    ponder: float
+    nonzero: int
+    ones: int
+    flops: Flops
+    time_ms: float
+    vector: list[float] = Field(description="the input vector")
+    curve: Optional[dict[str, float]] = Field(None, description="the card's test-set mean ponder by number of nonzero entries (metrics.test.ponder_by_nonzero)")
+    figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "parity" (ponder against nonzero entries over the test-set curve), '
+                                              '"halting" (p(n), PonderNet-style models)')
+
+
+# ------------------------------------------------------------------ Trace -> answers
+def _grid(tensor: torch.Tensor, digits: int = 4) -> list[list[float]]:
+    return [[round(float(v), digits) for v in row] for row in tensor.tolist()]
+
+
+def flops_json(trace: Trace, index: int = 0) -> dict:
+    executed = float(trace.flops[index])
+    return {"executed": executed, "dense": trace.dense_flops, "ratio": executed / trace.dense_flops}
+
+
+def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
+    """Per-block maps at their own resolution, plus the total over blocks nearest-resized to the
+    input (the SACT paper's ponder map), both in ponder cost N + R and in units executed N."""
+    if not trace.blocks:
+        return None
+    total, units_total = trace.ponder_map(size)[0].cpu(), trace.ponder_map(size, "units")[0].cpu()
+    total_grid, units_grid = _grid(total), _grid(units_total, 0)
+    means, units_means = trace.block_means()[0].tolist(), trace.block_means("units")[0].tolist()
+    blocks = []
+    for index, block in enumerate(trace.blocks):
+        cost, units = block.ponder_cost[0].float().cpu(), block.units[0].float().cpu()
+        blocks.append({
+            "index": index,
+            "ponder_cost": _grid(cost),
+            "units": _grid(units, 0),
+            "n_units": int(block.halting.shape[1]),
+            "height": int(cost.shape[0]),
+            "width": int(cost.shape[1]),
+            "mean_ponder": means[index],
+            "mean_units": units_means[index],
+        })
+    return {
+        "total": total_grid,
+        "units_total": units_grid,
+        "blocks": blocks,
+        # the range of the maps as sent (rounded): a map's colour scale ends at its drawn values
+        "min": min(map(min, total_grid)),
+        "max": max(map(max, total_grid)),
+        "units_min": min(map(min, units_grid)),
+        "units_max": max(map(max, units_grid)),
+        "mean": sum(means),  # the image's ponder (Trace.mean_ponder), as the dataset view and evaluation count it
+        "mean_units": sum(units_means),  # the same in units executed N
+    }
+
+
+def gate_names(model, layers: int) -> list[str]:
+    """The model's names for its gated layers (`gate_names`, optional in the contract), else numbers."""
+    names = list(getattr(model, "gate_names", None) or [])
+    return names if len(names) == layers else [f"layer {i}" for i in range(layers)]
+
+
+def gates_json(model, trace: Trace) -> dict | None:
+    if trace.gates is None:
+        return None
+    names = gate_names(model.module, trace.gates.shape[1])
+    return {
+        "probability": [round(float(v), 4) for v in trace.gates[0]],
+        "executed": [bool(v) for v in trace.executed[0]],
+        "layers": names,
+    }
+
+
+def input_json(model, shown, original_size: tuple[int, int], resolution: str, image_hash: str | None = None,
+               sample: int | None = None, label: int | None = None, box: list[int] | None = None) -> dict:
+    """The `input` block of an image analysis: the image as the model saw it (`shown`, a PIL
+    image), and for a test image its label and digit box, scaled from `original_size` to it."""
+    if box is not None and shown.size != tuple(original_size):  # boxes are in test-image pixels
+        sy, sx = shown.size[1] / original_size[1], shown.size[0] / original_size[0]
+        box = [round(box[0] * sy), round(box[1] * sx), round(box[2] * sy), round(box[3] * sx)]
+    classes = model.card.classes or []
+    return {
+        "image": png_data_url(shown),
+        "width": shown.width,
+        "height": shown.height,
+        "hash": image_hash,
+        "sample": sample,
+        "label": label,
+        "label_class": classes[label] if label is not None and label < len(classes) else None,
+        "box": box,
+        "resolution": resolution,
+    }
+
+
+def analyze_image(model, x: torch.Tensor, input: dict, whatif=None) -> ImageAnalysis:
+    """The answer of POST /{id}/image for `model` (a LoadedModel) on the prepared input x; `input`: its input_json;
+    `whatif`: a ponderscope.models.whatif.WhatIf in force for this answer only (None: the trained model)."""
+    from ponderscope.models.whatif import applied
+
+    with applied(model.module, whatif):
+        trace, ms = model.trace(x)
+    probabilities = F.softmax(trace.logits[0].float(), -1).cpu()
+    top = torch.topk(probabilities, min(5, len(probabilities)))
+    classes = model.card.classes or [str(i) for i in range(len(probabilities))]
+    return ImageAnalysis(**{
+        "model": model.id,
+        "prediction": [{"index": int(i), "class": classes[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
+        "flops": flops_json(trace),
+        "time_ms": round(ms, 2),
+        "execution": execution(model),
+        "unshown_signals": extras_json(trace)["unshown_signals"],
+        "ponder": ponder_json(trace, tuple(x.shape[-2:])),
+        "gates": gates_json(model, trace),
+        "input": input,
+        "whatif": None if whatif is None or whatif.is_trained() else whatif.as_dict(),
+    })
+
+
+def analyze_text(model, text: str) -> TextAnalysis:
+    """Per Unicode character: the mean ponder and steps over its UTF-8 bytes (the model reads
+    bytes), its surprisal in bits = the sum over its bytes of -log2 p(byte | preceding), and its
+    class (ponderscope.core.workloads.char_class: of the character, so "é" is a letter here while the held-
+    out statistics, per byte, count its two bytes as markup / other). Per class: count and mean N, N + R. `measure`: the quantity that
+    varies over this text (steps N if it does, else ponder N + R), which the page colours by.
+    Lone surrogates (which JSON can carry) become U+FFFD first (`replaced_surrogates`)."""
+    text, replaced = valid_unicode(text)
+    data = text.encode("utf-8")
+    x = torch.tensor([list(data)], dtype=torch.long)
+    trace, ms = model.trace(x)
+    logits = trace.logits[0].float().cpu()
+    log_probs = F.log_softmax(logits, -1)
+    byte_bits = [None] + [float(-log_probs[t - 1, data[t]]) / math.log(2) for t in range(1, len(data))]
+    ponder, steps = trace.ponder[0].cpu().tolist(), trace.steps[0].cpu().tolist()
+    chars, position, previous = [], 0, None
+    for char in text:
+        width = len(char.encode("utf-8"))
+        span = range(position, position + width)
+        bits = [byte_bits[i] for i in span]
+        chars.append({
+            "char": char,
+            "bytes": width,
+            "class": char_class(char, previous),
+            "ponder": round(sum(ponder[i] for i in span) / width, 4),
+            "steps": round(sum(steps[i] for i in span) / width, 3),
+            "bits": None if bits[0] is None else round(sum(bits), 4),
+        })
+        position, previous = position + width, char
+    known = [c["bits"] for c in chars if c["bits"] is not None]
+    classes = {}
+    for name in CHAR_CLASSES:
+        members = [c for c in chars if c["class"] == name]
+        if members:
+            classes[name] = {"label": CHAR_CLASS_LABELS[name], "count": len(members),
+                             "steps": sum(c["steps"] for c in members) / len(members),
+                             "ponder": sum(c["ponder"] for c in members) / len(members)}
+    return TextAnalysis(**{
+        "model": model.id,
+        "chars": chars,
+        "classes": classes,
+        "measure": "steps" if len({c["steps"] for c in chars}) > 1 else "ponder",
+        "mean_ponder": sum(ponder) / len(ponder),
+        "mean_steps": sum(steps) / len(steps),
+        "bits_per_char": sum(known) / len(known) if known else None,
+        "bytes": len(data),
+        "flops": flops_json(trace),
+        "time_ms": round(ms, 2),
+        "execution": execution(model),
+        "unshown_signals": extras_json(trace)["unshown_signals"],
+        "replaced_surrogates": replaced,
+    })
+
+
+# Trace.extras the page draws (docs/own-models.md); any other key is named in `unshown_signals`.
+SHOWN_EXTRAS = ("halting_distribution",)
+NOT_SIGNALS = ("step_logits",)  # training-only extras (PonderNet's answers at every step)
+
+
+def extras_json(trace: Trace, index: int = 0) -> dict:
+    """What a model's trace carries beyond the fields every view reads: the halting distribution
+    p(n) over steps (PonderNet-style models), and the names of signals the page does not draw."""
+    out = {"unshown_signals": sorted(k for k in trace.extras if k not in SHOWN_EXTRAS + NOT_SIGNALS)}
+    distribution = trace.extras.get("halting_distribution")
+    if distribution is not None:  # [B, T, N]: for one input step (parity), the distribution itself
+        out["halting_distribution"] = [round(float(v), 5) for v in distribution[index, 0]]
+    return out
+
+
+def analyze_parity(model, vector: list[float]) -> ParityAnalysis:
+    """The answer of POST /{id}/parity: even or odd, with the steps and ponder spent on `vector`;
+    the card's test-set curve (mean ponder by nonzero entries) comes along for the figure."""
+    x = torch.tensor([vector], dtype=torch.float32)
+    trace, ms = model.trace(x)
+    probabilities = F.softmax(trace.logits[0].float(), -1).cpu()
+    answer = int(probabilities.argmax())
+    return ParityAnalysis(**{
+        "model": model.id,
+        "answer": ["even", "odd"][answer],
+        "probability": float(probabilities[answer]),
+        "steps": int(trace.steps[0, 0]),
+        "ponder": float(trace.ponder[0, 0]),
+        **extras_json(trace),
+        "nonzero": int(sum(1 for v in vector if v != 0)),
+        "ones": int(sum(1 for v in vector if v == 1)),
+        "flops": flops_json(trace),
+        "time_ms": round(ms, 2),
+        "vector": list(vector),
+        "curve": model.card.test_metrics.get("ponder_by_nonzero"),
+    })
+
+
+def execution(model) -> str:
+    """How the model runs its skipped work (models/sparse.py): the strategy's name as the API reports it."""
+    value = getattr(model.module, "execution", "masked")
+    return getattr(value, "value", value)
+
+
+def valid_unicode(text: str) -> tuple[str, int]:
+    """JSON can carry lone or reversed surrogates ("\\ud800"), which are no characters and have no
+    UTF-8: each becomes U+FFFD, the replacement character -> (the text, how many were replaced)."""
+    try:
+        text.encode("utf-8")
+        return text, 0
+    except UnicodeEncodeError:
+        fixed = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return fixed, fixed.count("\ufffd") - text.count("\ufffd")
