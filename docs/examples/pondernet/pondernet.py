@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ponderscope.models import Trace, register_family, register_model
+from ponderscope import Trace, register_family, register_model
 
 register_family("pondernet", "PonderNet (halting distribution)")
 
