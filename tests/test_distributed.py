@@ -109,6 +109,13 @@ def test_aig_trains_under_torchrun_with_its_global_rate_loss(folder, tmp_path):
     test = card["metrics"]["test"]
     assert card["world_size"] == 2 and len(test["layer_execution_rate"]) == 3
     assert all(0.0 <= rate <= 1.0 for rate in test["layer_execution_rate"]) and 0.0 < test["flops_ratio"] < 1.01  # (+ the gates' own cost)
+    # rank 0 evaluated the whole test set: one process measuring the written checkpoint gets the card's numbers
+    import ponderscope as ps
+
+    measured = ps.studies.measure(ps.load(tmp_path / "aig"))
+    assert measured["examples"] == test["examples"] == 12
+    assert measured["layer_execution_rate"] == pytest.approx(test["layer_execution_rate"], abs=1e-6)
+    assert measured["accuracy"] == pytest.approx(test["accuracy"], abs=1e-9) and measured["flops_ratio"] == pytest.approx(test["flops_ratio"], rel=1e-6)
 
 
 def test_global_rate_and_batch_norm_equal_the_single_batch_statistics():
@@ -123,6 +130,89 @@ def test_global_rate_and_batch_norm_equal_the_single_batch_statistics():
     assert use_global_batch_norm(torch.nn.Sequential(bn)) == 1 and isinstance(bn, torch.nn.BatchNorm2d)
     images = torch.randn(4, 3, 5, 5)
     assert torch.allclose(bn(images), plain(images)) and torch.allclose(bn.running_var, plain.running_var)
+
+
+SPLIT = 2  # on two ranks, rank 0 holds the first 2 examples of 6, rank 1 the other 4
+
+
+def _two_ranks(rank: int, world: int, folder: str) -> None:
+    """One of two gloo ranks (CPU) for the test below: its share of each batch -> rank{rank}.pt."""
+    import torch.distributed as dist
+
+    from ponderscope.models import create_model
+    from ponderscope.models.batch_stats import batch_mean, use_global_batch_norm
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        data = torch.load(f"{folder}/inputs.pt")
+        rows = slice(0, SPLIT) if rank == 0 else slice(SPLIT, None)  # uneven shares: 2 and 4 rows
+        weight = data["weight"].clone().requires_grad_()
+        mean = batch_mean(torch.sigmoid(data["x"][rows] @ weight))
+        loss = ((0.3 - mean) ** 2).sum()
+        loss.backward()
+        bn = torch.nn.BatchNorm2d(3)
+        use_global_batch_norm(torch.nn.Sequential(bn))
+        normalised = bn(data["maps"][rows])
+        model = create_model("aig_resnet", depth=8, widths=(4, 8, 16), num_classes=3)
+        model.load_state_dict(data["aig"])
+        with torch.no_grad():
+            trace = model.eval().trace(data["images"][rows])
+        torch.save({"mean": mean.detach(), "loss": loss.detach(), "grad": weight.grad, "bn": normalised.detach(), "running_var": bn.running_var,
+                    "rate": batch_mean(trace.gate_values), "aig_loss": model.adaptive_loss(trace, target_rate=0.5, lam=2.0)},
+                   f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batch_statistics_on_two_ranks_are_the_whole_batchs(tmp_path):
+    """batch_mean, GlobalBatchNorm and AIG's execution rate per layer (with its target-rate loss) on
+    two gloo ranks, each with its uneven share of a batch, equal one process's over the whole batch;
+    the gradient through batch_mean, averaged over the ranks as DDP does, is the one process's."""
+    from ponderscope.models import create_model
+    from ponderscope.models.batch_stats import batch_mean
+
+    from conftest import randomize_batchnorm
+
+    generator = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(6, 5, generator=generator), torch.randn(5, 4, generator=generator)
+    maps = torch.randn(6, 3, 4, 4, generator=generator) * 2 + 1
+    images = torch.randn(6, 3, 16, 16, generator=generator) + 2 * torch.randn(6, 3, 1, 1, generator=generator)
+    torch.manual_seed(0)
+    model = randomize_batchnorm(create_model("aig_resnet", depth=8, widths=(4, 8, 16), num_classes=3)).eval()
+    with torch.no_grad():
+        for block in model.gated_blocks:  # gates near their decision: they differ between images
+            torch.nn.init.normal_(block.gate.fc2.weight, std=0.3, generator=generator)
+            block.gate.fc2.bias.copy_(torch.tensor([0.0, 0.1]))
+    torch.save({"x": x, "weight": weight, "maps": maps, "images": images, "aig": model.state_dict()}, tmp_path / "inputs.pt")
+    torch.multiprocessing.spawn(_two_ranks, args=(2, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    # one process, the whole batch
+    weight.requires_grad_()
+    mean = torch.sigmoid(x @ weight).mean(0)
+    ((0.3 - mean) ** 2).sum().backward()
+    bn = torch.nn.BatchNorm2d(3)
+    normalised = bn(maps)
+    with torch.no_grad():
+        trace = model.trace(images)
+    rate = trace.gate_values.mean(0)
+    for r, share in enumerate((slice(0, SPLIT), slice(SPLIT, None))):
+        got = ranks[r]
+        assert torch.allclose(got["mean"], mean.detach(), atol=1e-6), r
+        assert torch.allclose(got["bn"], normalised.detach()[share], atol=1e-5), r
+        assert torch.allclose(got["running_var"], bn.running_var, atol=1e-6), r
+        assert torch.equal(got["rate"], rate), r
+        assert torch.allclose(got["aig_loss"], model.adaptive_loss(trace, target_rate=0.5, lam=2.0), atol=1e-7), r
+    assert torch.allclose((ranks[0]["grad"] + ranks[1]["grad"]) / 2, weight.grad, atol=1e-6)
+    # The checks can fail: a rank's own share (or the plain mean of the two shares' means) is not
+    # the whole batch's, and some layers run for some images only.
+    with torch.no_grad():
+        first, second = torch.sigmoid(x[:SPLIT] @ weight).mean(0), torch.sigmoid(x[SPLIT:] @ weight).mean(0)
+        assert not torch.allclose(first, mean, atol=1e-3) and not torch.allclose((first + second) / 2, mean, atol=1e-3)
+    first, second = trace.gate_values[:SPLIT].mean(0), trace.gate_values[SPLIT:].mean(0)
+    assert not torch.equal(first, rate) and not torch.equal((first + second) / 2, rate)
+    assert ((rate > 0) & (rate < 1)).any()
 
 
 def test_parity_under_torchrun_matches_one_process(tmp_path):
