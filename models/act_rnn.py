@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .halting import DEFAULT_EPS, StepwiseHalting
 from .registry import SEQUENCE_TASKS, register_model
-from .sparse import check_execution
+from .sparse import Execution
 from .trace import Trace
 
 
@@ -88,13 +88,13 @@ class ACTRecurrentNet(nn.Module):
         max_steps: int = 100,
         halting_bias: float = 1.0,
         eps: float = DEFAULT_EPS,
-        execution: str = "sparse",
+        execution: Execution | str = Execution.SPARSE,
     ):
         super().__init__()
         self.input_kind, self.output, self.act = input_kind, output, act
         self.max_steps = max_steps if act else 1
         self.eps = eps
-        self.execution = check_execution(execution)
+        self.execution = Execution.of(execution)
         if input_kind == "bytes":
             self.embedding = nn.Embedding(256, input_size)
         elif input_kind != "features":
@@ -120,7 +120,7 @@ class ACTRecurrentNet(nn.Module):
         if batch == 1 and not torch.is_grad_enabled():
             return self._ponder_step_single(x_proj, state)
         halting = StepwiseHalting((batch,), device=device, dtype=dtype, eps=self.eps)
-        sparse = self.execution == "sparse"
+        sparse = Execution.of(self.execution) is Execution.SPARSE
         averaged, current = None, state
         for n in range(1, self.max_steps + 1):
             rows = halting.running.nonzero().squeeze(1) if sparse and n > 1 else None
@@ -160,7 +160,7 @@ class ACTRecurrentNet(nn.Module):
         return averaged, float(halting.ponder_cost), halting.steps  # numbers: trace() makes one tensor of each
 
     def trace(self, x: torch.Tensor) -> Trace:
-        check_execution(self.execution)
+        Execution.of(self.execution)  # checked: "sparse" / "masked" are accepted
         inputs = self._inputs(x)
         batch, length = inputs.shape[:2]
         device, dtype = inputs.device, inputs.dtype

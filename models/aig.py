@@ -11,9 +11,11 @@ whether to run the block:
 
 A closed downsampling block still computes its projection shortcut. The target-rate loss pulls
 each layer's batch-mean execution rate towards its target t:  lambda * mean_l (t_l - mean g_l)^2.
-With `execution="sparse"` (the default at inference) a block's residual branch runs only on the
-images whose gate is open (a sub-batch) and is added back; "masked" computes it for every image
-and multiplies by g (the reference; training always runs masked). Same numbers either way.
+With `execution` Execution.SPARSE ("sparse", the default at inference) a block's residual branch
+runs only on the images whose gate is open (a sub-batch) and is added back; MASKED ("masked")
+computes it for every image and multiplies by g (the reference; training always runs masked).
+Same numbers either way. A what-if (models/whatif.py: a gate bias theta, removed blocks) reaches
+the gates resolved once per forward into a `GatePolicy` (`gate_value`).
 Parameter names follow the authors' code (conv1, bn1, layerS.B.{conv,bn}{1,2,3}, shortcut.{0,1},
 fc1, fc1bn, fc2, linear) so their state dicts load after `convert_official_state_dict`.
 """
@@ -30,7 +32,9 @@ from .batch_stats import batch_mean
 from .flops import conv_flops, linear_flops
 from .registry import register_model
 from .resnet import CIFAR_DEPTHS, IMAGENET_LAYOUTS, IMAGENET_WIDTHS, cifar_units, layout_depth
+from .sparse import Execution
 from .trace import Trace
+from .whatif import GatePolicy
 from .whatif import current as current_whatif
 
 GATE_HIDDEN = 16
@@ -61,6 +65,21 @@ def gumbel_straight_through(logits: torch.Tensor, temperature: float = 1.0) -> t
     soft = F.softmax((logits - torch.log(-torch.log(uniform))) / temperature, dim=-1)
     hard = F.one_hot(soft.argmax(-1), 2).to(soft.dtype)
     return (hard - soft.detach() + soft)[:, 1]
+
+
+def gate_value(logits: torch.Tensor, policy: GatePolicy, index: int, sample: bool, dtype: torch.dtype) -> torch.Tensor:
+    """g [B] of gated block `index` from its gate's logits [B, (skip, run)] under `policy`:
+    forced closed if removed (the block is then its shortcut); sampled (training, or
+    gate_mode "sample") from the logits with the run logit shifted by -theta; else run iff
+    logit_run - logit_skip > theta (theta = 0: the trained rule, the argmax)."""
+    theta = policy.theta
+    if index in policy.removed:
+        return torch.zeros_like(logits[:, 0])
+    if sample:
+        return gumbel_straight_through(logits if theta == 0.0 else logits - logits.new_tensor([0.0, theta]))
+    if theta == 0.0:
+        return (logits[:, 1] > logits[:, 0]).to(dtype)
+    return (logits[:, 1] - logits[:, 0] > theta).to(dtype)
 
 
 class GatedBlock(nn.Module):
@@ -124,12 +143,12 @@ class AIGResNet(nn.Module):
         in_channels: int = 3,
         stem: str = "cifar",
         gate_mode: str = "deterministic",
-        execution: str = "sparse",
+        execution: Execution | str = Execution.SPARSE,
     ):
         super().__init__()
         self.stem_kind = stem
         self.gate_mode = gate_mode  # "deterministic" or "sample" at inference
-        self.execution = sparse_ops.check_execution(execution)  # "sparse" or "masked" at inference
+        self.execution = Execution.of(execution)  # SPARSE or MASKED at inference ("sparse" / "masked" too)
         if stem == "cifar":
             self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
             self.bn1 = nn.BatchNorm2d(widths[0])
@@ -166,8 +185,8 @@ class AIGResNet(nn.Module):
         return [f"layer{stage}.{b}" for stage in range(1, self.n_stages + 1) for b in range(len(getattr(self, f"layer{stage}")))]
 
     def trace(self, x: torch.Tensor) -> Trace:
-        sparse = not self.training and sparse_ops.check_execution(self.execution) == "sparse"
-        if sparse:  # channels-last maps: sub-batches of images stay contiguous (see sparse.select_images)
+        execution = sparse_ops.execution_of(self)
+        if execution is Execution.SPARSE:  # channels-last maps: sub-batches of images stay contiguous (see sparse.select_images)
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.conv1(x)
         dense = float(conv_flops(self.conv1, out.shape[-2] * out.shape[-1]))
@@ -177,23 +196,13 @@ class AIGResNet(nn.Module):
         flops = torch.full((x.shape[0],), dense, device=x.device)
         gates, executed, gate_values = [], [], []
         sample = self.training or self.gate_mode == "sample"
-        whatif = current_whatif()  # models/whatif.py: a gate bias or removed blocks, or None
-        theta = 0.0 if whatif is None or whatif.gate_bias is None else float(whatif.gate_bias)
-        removed = set(whatif.lesion) if whatif is not None else set()
-        names = self.gate_names if removed else ()  # (built only when some block is removed)
+        policy = GatePolicy.resolve(current_whatif(), self.gate_names)  # models/whatif.py: theta, removed blocks
         for index, block in enumerate(self.gated_blocks):
             logits = block.gate.logits(out)
-            if removed and names[index] in removed:  # forced closed: the block is its shortcut
-                g = torch.zeros_like(logits[:, 0])
-            elif sample:  # (a what-if gate bias shifts the run logit before sampling)
-                g = gumbel_straight_through(logits if theta == 0.0 else logits - logits.new_tensor([0.0, theta]))
-            elif theta == 0.0:  # the trained rule: the argmax
-                g = (logits[:, 1] > logits[:, 0]).to(out.dtype)
-            else:  # run iff logit_run - logit_skip > theta
-                g = (logits[:, 1] - logits[:, 0] > theta).to(out.dtype)
+            g = gate_value(logits, policy, index, sample, out.dtype)
             shortcut = block.shortcut(out)
             positions = shortcut.shape[-2] * shortcut.shape[-1]
-            if sparse:
+            if execution is Execution.SPARSE:
                 out = self._open_images_only(block, out, shortcut, g)
             else:
                 out = F.relu(shortcut + g[:, None, None, None] * block.residual(out))

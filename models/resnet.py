@@ -20,10 +20,14 @@ R_l at the active positions only, R_l's first 3x3 convolution needs its input at
 positions dilated by one pixel (`dilate`), and everything after it only at the active ones.
 FLOPs are counted from exactly those position sets, as a sparse implementation would spend them.
 
-`model.execution` picks how that is run at inference (models/sparse.py): "sparse" (the default)
-computes R_l only at those positions (SACT) or for the images still running (ACT) and stops a
-block once everything has halted; "masked" computes R_l everywhere and multiplies by the mask (the
-reference). The logits and traces agree (tests/test_sparse.py); training always runs masked.
+`Block.forward` is that loop. A what-if (models/whatif.py) reaches it resolved into a
+`HaltingPolicy`: the threshold 1 - eps, the last unit that may run (the cap; it halts everything,
+as F_L does) and the removed units (no residual branch). `model.execution`, an `Execution`
+(models/sparse.py; "sparse" / "masked" accepted), picks the strategy that computes each line
+(models/block_execution.py): SPARSE (the default) computes R_l only at those positions (SACT) or
+for the images still running (ACT) and stops a block once everything has halted; MASKED computes
+R_l everywhere and multiplies by the mask (the reference). The logits and traces agree
+(tests/test_sparse.py); training always runs masked.
 
 `style` picks the wiring: "ponderscope" (the project's own models) or the SACT authors' TF code,
 which departs from the paper's text in small ways that change every number (`Style`, below):
@@ -39,10 +43,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import sparse as sparse_ops
+from .block_execution import block_execution
 from .flops import conv_flops, linear_flops
 from .halting import StepwiseHalting
 from .registry import register_model
+from .sparse import Execution
 from .trace import BlockTrace, Trace
+from .whatif import HaltingPolicy, WhatIf
 from .whatif import current as current_whatif
 
 HALTING_BIAS_INIT = -3.0
@@ -351,6 +358,44 @@ class SACTHalting(nn.Module):
         return float(conv_flops(self.local_conv, 1)), float(linear_flops(self.global_linear))
 
 
+class UnitLog:
+    """What a block's loop records, as [B, H, W] maps (ACT: one value per image, broadcast): per
+    unit l >= 2 and image, how many positions it ran at and its first 3x3 conv was computed at (the
+    FLOPs), and every unit's weight p and halting probability h (the BlockTrace)."""
+
+    def __init__(self, x: torch.Tensor, spatial: bool):
+        """x: x_1 [B, C, H, W]; spatial: SACT (halting per position), else ACT (per image)."""
+        self.spatial = spatial
+        self.batch, _, self.height, self.width = x.shape
+        self.dtype, self.device = x.dtype, x.device
+        self.state_shape = (self.batch, self.height, self.width) if spatial else (self.batch,)
+        self.active_counts, self.dilated_counts = [], []
+        self.weights, self.probabilities = [], []
+
+    def as_map(self, values: torch.Tensor) -> torch.Tensor:
+        """[B, H, W] (SACT) or [B] (ACT) -> [B, H, W]."""
+        return values if self.spatial else values[:, None, None].expand(self.batch, self.height, self.width)
+
+    def ran_at(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A unit runs where `active`: that set as a map, and the set its first 3x3 conv needs
+        (dilated by one pixel; ACT: the same); counted per image."""
+        mask = self.as_map(active)
+        dilated = dilate(mask) if self.spatial else mask
+        self.active_counts.append(mask.flatten(1).sum(1, dtype=self.dtype))
+        self.dilated_counts.append(dilated.flatten(1).sum(1, dtype=self.dtype) if self.spatial else self.active_counts[-1])
+        return mask, dilated
+
+    def unit(self, p: torch.Tensor, h: torch.Tensor) -> None:
+        self.weights.append(self.as_map(p))
+        self.probabilities.append(self.as_map(h))
+
+    def trace(self, state: StepwiseHalting, n_units: int) -> BlockTrace:
+        # Units never reached by any element ran nowhere: weight 0, probability 0.
+        zeros = [torch.zeros(self.batch, self.height, self.width, device=self.device, dtype=self.dtype)] * (n_units - len(self.weights))
+        return BlockTrace(ponder_cost=self.as_map(state.ponder_cost), units=self.as_map(state.steps),
+                          halting=torch.stack(self.weights + zeros, 1), probabilities=torch.stack(self.probabilities + zeros, 1))
+
+
 class Block(nn.Module):
     """One stage of residual units, optionally with ACT / SACT halting over its units."""
 
@@ -358,6 +403,7 @@ class Block(nn.Module):
                  style: Style = OURS, first_block: bool = False, index: int = 0):
         super().__init__()
         self.halting_kind = halting
+        self.spatial = halting == "sact"  # SACT halts per position, ACT per image
         self.eps = eps
         self.unit_names = [f"block{index + 1}.unit{u + 1}" for u in range(n_units)]  # models/whatif.py's names
         units = [unit_cls(in_channels, width, stride, style, first=first_block)]
@@ -369,124 +415,66 @@ class Block(nn.Module):
         # One halting branch per unit but the last, whose h is forced to 1.
         self.halting = nn.ModuleList([branch(channels, style) for _ in range(n_units - 1)]) if branch else None
 
-    def forward(self, x: torch.Tensor, sparse: bool = False):
-        """Returns (block output, BlockTrace or None, executed FLOPs [B]).
+    def policy(self, whatif: WhatIf | None) -> HaltingPolicy:
+        """This block's halting with `whatif` (models/whatif.py) in force."""
+        return HaltingPolicy.resolve(whatif, self.eps, self.unit_names)
 
-        sparse=False computes every unit everywhere and multiplies the update by the mask (the
-        reference); sparse=True computes unit l only where it is used (models/sparse.py). The
-        numbers are the same; so is the FLOP count, which always assumes sparse execution.
-        Sparse without autograd updates the first unit's output in place (a forward hook on
-        units[0] that keeps its output sees it overwritten: clone it)."""
-        batch, in_positions = x.shape[0], float(x.shape[-2] * x.shape[-1])
-        whatif = current_whatif()  # models/whatif.py: a threshold, cap or removed units, or None
-        removed = {u for u, name in enumerate(self.unit_names) if name in whatif.lesion} if whatif and whatif.lesion else set()
-        first = self.units[0]
-        x = first.shortcut_path(x) if 0 in removed else first(x)  # removed: the shortcut only
-        height, width = x.shape[-2:]
-        positions = float(height * width)
-        if 0 in removed:
-            first_flops = conv_flops(first.shortcut, positions) if first.shortcut is not None else 0.0
-        else:
-            first_flops = unit_flops(first, positions, positions, in_positions)
-        flops = torch.full((batch,), float(first_flops), device=x.device)
+    def forward(self, x: torch.Tensor, execution: Execution = Execution.MASKED, policy: HaltingPolicy | None = None):
+        """x_0 -> (out, BlockTrace or None, executed FLOPs [B]) by the module docstring's loop.
+
+        execution: how units 2.. run (models/block_execution.py: the same numbers; the FLOPs are
+        always what sparse execution spends); policy: default, the what-if in force."""
+        policy = policy or self.policy(current_whatif())
+        x, flops = self.first_unit(x, policy)  # x_1 = F_1(x_0): always runs
         if self.halting is None:
-            for index, unit in enumerate(self.units[1:], start=1):
-                if index not in removed:
-                    x = x + unit.residual(x)
-                    flops = flops + unit_flops(unit, positions, positions)
-            return x, None, flops
-
-        spatial = self.halting_kind == "sact"
-        state_shape = (batch, height, width) if spatial else (batch,)
-        eps = self.eps if whatif is None or whatif.threshold is None else 1.0 - whatif.threshold
-        last = len(self.units) - 1 if whatif is None or whatif.cap is None else min(len(self.units), whatif.cap) - 1
-        state = StepwiseHalting(state_shape, device=x.device, dtype=x.dtype, eps=eps)
-        grid = pooled = None
-        if sparse and spatial:
-            # One row per position (NHWC), so that a set of positions is a set of rows.
-            grid = sparse_ops.grid(batch, height, width, x.device)
-            x = x.permute(0, 2, 3, 1).contiguous().view(-1, x.shape[1])  # no copy if x is channels-last
-        # Sparse: out = sum_l p_l x_l is accumulated as x_1 + sum_{l>1} (1 - sum_{k<l} h_k) R_l
-        # (the same sum, regrouped: x_l = x_1 + R_2 + ... + R_l and the p sum to 1), which only
-        # touches the positions each unit updates. Masked: term by term, as written.
-        output = x.clone() if sparse else torch.zeros_like(x)
-        weights, probabilities = [], []
-        active_counts, dilated_counts = [], []  # per unit l >= 2 and image: positions it ran at
-        n_units = len(self.units)
-        rows = near = None  # sparse SACT: the rows unit `index` runs at and their neighbourhood (None: all)
-        for index, unit in enumerate(self.units):
-            active = state.running  # halted positions / images get no more updates
-            if index > 0:
-                mask = active if spatial else active[:, None, None].expand(batch, height, width)
-                dilated = dilate(mask) if spatial else mask
-                active_counts.append(mask.flatten(1).sum(1, dtype=x.dtype))
-                dilated_counts.append(dilated.flatten(1).sum(1, dtype=x.dtype) if spatial else active_counts[-1])
-                if index in removed:  # no residual branch: x_l = x_{l-1} (the halting branch still runs)
-                    if sparse and spatial and not bool(mask.all()):
-                        rows, near = grid.rows(mask), grid.rows(dilated)
-                elif not sparse:
-                    x = x + mask.unsqueeze(1).to(x.dtype) * unit.residual(x)
-                else:
-                    # After the last unit x is not read again (no halting branch follows; the
-                    # block returns `output`), so only `output` is updated there. Without autograd
-                    # x is updated in place: only the rows a unit changes are written.
-                    update_x = "no" if index >= last else "in place" if not torch.is_grad_enabled() else "copy"
-                    rest = 1.0 - state.cumulative
-                    if spatial:
-                        if not bool(mask.all()):
-                            rows, near = grid.rows(mask), grid.rows(dilated)
-                        x, pooled = self._sparse_positions(unit, x, output, grid, rows, near, mask, rest, update_x, pooled)
-                    else:
-                        x = self._sparse_images(unit, x, output, active, rest, update_x)
-            # The halting probability h of this unit, where it ran (0 where it did not: the rule
-            # reads h only where a position / image still runs, and sparse execution computes the
-            # branch only there, like the FLOP count).
-            if index >= last:
-                h = active.to(x.dtype)  # the last unit (or the what-if cap) halts everything: h = 1
-            elif grid is not None:
-                if rows is not None and pooled is None:
-                    # the branch's global term needs the mean of x over the map, kept up to date
-                    # from here on from the rows each unit changes (None: to be recomputed)
-                    pooled = x.view(batch, -1, x.shape[1]).mean(1)
-                h = self.halting[index].at_rows(grid, x, pooled, rows, near)
-                if rows is not None:
-                    h = grid.scatter(rows, h[:, None]).view(state_shape)
-            else:
-                h = self.halting[index](x)
-                h = h if index == 0 else torch.where(active, h, torch.zeros_like(h))
-            p = state.update(h, force_halt=index >= last)
-            weight = p if spatial else p[:, None, None]
-            if not sparse:
-                output = output + weight.unsqueeze(1) * x
-            weights.append(weight.expand(batch, height, width))
-            probabilities.append((h if spatial else h[:, None, None]).expand(batch, height, width))
-            # Stop once every position has halted. Skipped while training: the check costs a
-            # device sync per unit, and the remaining units would get zero weight anyway.
+            return self.plain_units(x, flops, policy)
+        log, run = UnitLog(x, self.spatial), block_execution(execution, self.spatial)(x, self.spatial)
+        state = StepwiseHalting(log.state_shape, device=x.device, dtype=x.dtype, eps=policy.eps)
+        for l, unit in enumerate(self.units):
+            active = state.running  # a_l: the images / positions that have not halted yet
+            if l > 0:
+                run.runs_at(active, *log.ran_at(active))
+                if l not in policy.removed:  # x_l = x_{l-1} + a_l R_l(x_{l-1})
+                    run.add_residual(unit, rest=1.0 - state.cumulative, x_needed=l < policy.last)
+            last = l >= policy.last  # the block's last unit (or the cap) halts everything: h = 1
+            h = active.to(x.dtype) if last else run.halting_probability(self.halting[l], active, first=l == 0)
+            p = state.update(h, force_halt=last)  # the ACT rule (models/halting.py): p_l
+            run.accumulate(p)  # out = sum_l p_l x_l
+            log.unit(p, h)
+            # Stop once everything has halted. Not while training: the check costs a device sync
+            # per unit, and the remaining units would get zero weight anyway.
             if not self.training and not state.any_running():
                 break
-        flops = flops + self._loop_flops(active_counts, dilated_counts, positions, batch, x, removed, last)
-        if grid is not None:
-            output = grid.as_nchw(output)  # a channels-last view
-        # Units never reached by any element ran nowhere: weight 0, probability 0.
-        missing = n_units - len(weights)
-        weights += [torch.zeros(batch, height, width, device=x.device, dtype=x.dtype)] * missing
-        probabilities += [torch.zeros(batch, height, width, device=x.device, dtype=x.dtype)] * missing
-        units = state.steps if spatial else state.steps[:, None, None].expand(batch, height, width)
-        cost = state.ponder_cost if spatial else state.ponder_cost[:, None, None].expand(batch, height, width)
-        trace = BlockTrace(
-            ponder_cost=cost,
-            units=units,
-            halting=torch.stack(weights, 1),
-            probabilities=torch.stack(probabilities, 1),
-        )
-        return output, trace, flops
+        return run.output(), log.trace(state, len(self.units)), flops + self._loop_flops(log, policy)
 
-    def _loop_flops(self, active_counts, dilated_counts, positions: float, batch: int, like: torch.Tensor, removed=frozenset(),
-                    last: int | None = None):
+    def first_unit(self, x: torch.Tensor, policy: HaltingPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_1 = F_1(x_0) and its FLOPs [B]; a removed first unit keeps only its shortcut (it may
+        stride or widen)."""
+        first, in_positions = self.units[0], float(x.shape[-2] * x.shape[-1])
+        if 0 in policy.removed:
+            x = first.shortcut_path(x)
+            positions = float(x.shape[-2] * x.shape[-1])
+            flops = conv_flops(first.shortcut, positions) if first.shortcut is not None else 0.0
+        else:
+            x = first(x)
+            positions = float(x.shape[-2] * x.shape[-1])
+            flops = unit_flops(first, positions, positions, in_positions)
+        return x, torch.full((x.shape[0],), float(flops), device=x.device)
+
+    def plain_units(self, x: torch.Tensor, flops: torch.Tensor, policy: HaltingPolicy):
+        """The dense block's units 2..L: x_l = x_{l-1} + R_l(x_{l-1}), unless removed."""
+        positions = float(x.shape[-2] * x.shape[-1])
+        for index, unit in enumerate(self.units[1:], start=1):
+            if index not in policy.removed:
+                x = x + unit.residual(x)
+                flops = flops + unit_flops(unit, positions, positions)
+        return x, None, flops
+
+    def _loop_flops(self, log: UnitLog, policy: HaltingPolicy) -> torch.Tensor:
         """FLOPs of units 2.. and of the halting branches that ran, per image, from the number of
         positions each ran at (one product per kind, rather than a few small ops per unit);
-        `removed` units (models/whatif.py) spent nothing on their residual branch, and no branch
-        runs after unit `last` (the what-if cap: it halts everything, like the last unit)."""
+        removed units (models/whatif.py) spent nothing on their residual branch, and no branch
+        runs after unit `policy.last` (the what-if cap: it halts everything, like the last unit)."""
         coefficients = self.__dict__.get("_flops_coefficients")
         if coefficients is None:  # per unit / branch: FLOPs per position (per image), by what sets
             coefficients = self.__dict__["_flops_coefficients"] = (
@@ -496,14 +484,16 @@ class Block(nn.Module):
                 [branch.flops_coefficients()[1] for branch in self.halting],  # per image running
             )
         on_dilated, on_active, per_position, per_image = coefficients
-        if removed:
-            on_dilated = [0.0 if u + 1 in removed else c for u, c in enumerate(on_dilated)]
-            on_active = [0.0 if u + 1 in removed else c for u, c in enumerate(on_active)]
+        if policy.removed:
+            on_dilated = [0.0 if u + 1 in policy.removed else c for u, c in enumerate(on_dilated)]
+            on_active = [0.0 if u + 1 in policy.removed else c for u, c in enumerate(on_active)]
+        active_counts, dilated_counts, batch = log.active_counts, log.dilated_counts, log.batch
         # Branch l ran after unit l+1 wherever unit l+1 ran: everywhere for l = 0.
-        flops = torch.zeros(batch, dtype=like.dtype, device=like.device)
-        n_branches = min(len(active_counts) + 1, len(self.halting), len(self.halting) if last is None else last)
+        flops = torch.zeros(batch, dtype=log.dtype, device=log.device)
+        n_branches = min(len(active_counts) + 1, len(self.halting), policy.last)
         if n_branches:
-            ran = [torch.full((batch,), positions, dtype=like.dtype, device=like.device)] + active_counts[: n_branches - 1]
+            positions = float(log.height * log.width)
+            ran = [torch.full((batch,), positions, dtype=log.dtype, device=log.device)] + active_counts[: n_branches - 1]
             ran = torch.stack(ran, 1)
             flops = ran @ ran.new_tensor(per_position[:n_branches]) + (ran > 0).to(ran.dtype) @ ran.new_tensor(per_image[:n_branches])
         if active_counts:
@@ -511,55 +501,6 @@ class Block(nn.Module):
             flops = flops + torch.stack(dilated_counts, 1) @ flops.new_tensor(on_dilated[:n])
             flops = flops + torch.stack(active_counts, 1) @ flops.new_tensor(on_active[:n])
         return flops
-
-    @staticmethod
-    def _sparse_positions(unit, x, output, grid, rows, near, mask, rest, update_x: str, pooled):
-        """SACT: x (rows) + R(x) at the rows `rows` (None: every row); output += rest * R there, in
-        place. near: the rows of dilate(mask); rest = 1 - (sum of h before this unit), per
-        position. update_x: "copy" (return a new x), "in place" (write into x) or "no" (x is not
-        needed again: return it unchanged). Returns x and `pooled` (the mean of x over each
-        image's positions, or None if unknown) updated alike, or None where updating it would
-        cost a pass over the map."""
-        if rows is None and sparse_ops.dense_3x3_above(unit.conv2.in_channels) < 1.0:
-            # Nothing halted yet: the dense unit (unless its 3x3 conv runs faster as a product).
-            update, computed = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape), None
-        else:
-            update, computed = sparse_ops.unit_residual_rows(unit, x, grid, rows, near)
-        inplace = update_x == "in place"
-        if computed is not None and rows is not None:  # at the rows only
-            output.index_add_(0, rows, update * rest.reshape(-1, 1)[rows])
-            if update_x == "no":
-                return x, None
-            x = x.index_add_(0, rows, update) if inplace else x.index_add(0, rows, update)
-            if pooled is None:
-                return x, None
-            add = pooled.index_add_ if inplace else pooled.index_add
-            return x, add(0, grid.image_of(rows), update, alpha=1.0 / (grid.positions // grid.shape[0]))
-        if rows is None:  # every row, in order
-            output.addcmul_(update, rest.reshape(-1, 1))
-            if update_x == "no":
-                return x, None
-            x = x.add_(update) if inplace else x + update
-        else:  # computed at every position (cheaper there): a masked update
-            keep = mask.reshape(-1, 1).to(x.dtype)
-            output.addcmul_(update, rest.reshape(-1, 1) * keep)
-            if update_x == "no":
-                return x, None
-            x = x.addcmul_(update, keep) if inplace else torch.addcmul(x, update, keep)
-        return x, None
-
-    @staticmethod
-    def _sparse_images(unit, x, output, active, rest, update_x: str):
-        """ACT: the unit runs on the images still running only; output += rest * R there.
-        update_x as for `_sparse_positions`."""
-        if bool(active.all()):
-            update = unit.residual(x)
-            output.addcmul_(update, rest[:, None, None, None])
-            return x if update_x == "no" else x.add_(update) if update_x == "in place" else x + update
-        images = active.nonzero().squeeze(1)
-        update = unit.residual(sparse_ops.select_images(x, images))
-        sparse_ops.add_images(output, images, update * rest[images, None, None, None], inplace=True)
-        return x if update_x == "no" else sparse_ops.add_images(x, images, update, inplace=update_x == "in place")
 
     def dense_flops(self, positions: float, in_positions: float | None = None) -> float:
         """positions: of the block's output map; in_positions: of its input (for the first unit)."""
@@ -580,7 +521,7 @@ class ResNet(nn.Module):
         stem: str = "cifar",
         halting: str = "none",
         eps: float = 0.01,
-        execution: str = "sparse",
+        execution: Execution | str = Execution.SPARSE,
         style: str = "ponderscope",
     ):
         super().__init__()
@@ -592,9 +533,10 @@ class ResNet(nn.Module):
         self.halting = halting
         self.style_name = style
         self.style = STYLES[style]
-        # "sparse": at inference, halted positions / images are not computed at all; "masked": the
-        # reference, every unit everywhere times the mask. Settable at any time; training is masked.
-        self.execution = sparse_ops.check_execution(execution)
+        # Execution.SPARSE: at inference, halted positions / images are not computed at all;
+        # MASKED: the reference, every unit everywhere times the mask. Settable at any time (the
+        # strings "sparse" / "masked" too); training is masked.
+        self.execution = Execution.of(execution)
         self.stem_kind = stem
         if stem == "cifar":
             self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=self.style.stem_bias)
@@ -618,8 +560,8 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def trace(self, x: torch.Tensor) -> Trace:
-        sparse = not self.training and sparse_ops.check_execution(self.execution) == "sparse"
-        if sparse and self.halting != "none":
+        execution = sparse_ops.execution_of(self)
+        if execution is Execution.SPARSE and self.halting != "none":
             # Sparse execution works on channels-last (NHWC) maps, from the stem on: for SACT a
             # set of positions is then a set of rows, and no layout conversion is ever needed.
             x = x.contiguous(memory_format=torch.channels_last)
@@ -632,9 +574,10 @@ class ResNet(nn.Module):
                 out = F.max_pool2d(out, 3, 2, 1)
         flops = torch.full((x.shape[0],), dense, device=x.device)
         block_traces = []
+        whatif = current_whatif()  # models/whatif.py: a threshold, cap or removed units, or None
         for block in self.blocks:
             in_positions = out.shape[-2] * out.shape[-1]
-            out, block_trace, block_flops = block(out, sparse=sparse)
+            out, block_trace, block_flops = block(out, execution, block.policy(whatif))
             flops = flops + block_flops
             dense += block.dense_flops(out.shape[-2] * out.shape[-1], in_positions)
             if block_trace is not None:

@@ -1,10 +1,11 @@
 """Sparse execution: compute a residual unit only where its output is used, so skipped work takes
 no time (the authors' code for SACT and ConvNet-AIG computes everything and multiplies by a mask).
 
-Every adaptive model has `model.execution`:
+Every adaptive model has `model.execution`, an `Execution` (the strings "sparse" and "masked" are
+accepted wherever it is set, and `Execution.of` turns them into the enum):
 
-    "sparse"  (default) at inference, skip what the masks say is not needed
-    "masked"  the reference: compute every unit everywhere, multiply by the mask
+    Execution.SPARSE  "sparse" (default) at inference, skip what the masks say is not needed
+    Execution.MASKED  "masked" the reference: compute every unit everywhere, multiply by the mask
 
 Both give the same logits and traces (tests/test_sparse.py). Training always takes the masked
 path (BatchNorm then uses batch statistics, which a subset of positions would change).
@@ -34,13 +35,39 @@ need it (index_select), and the result is added back (index_add).
 """
 from __future__ import annotations
 
+import enum
 import functools
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-EXECUTION_MODES = ("sparse", "masked")
+
+class Execution(enum.StrEnum):
+    """How an adaptive model runs at inference. A str enum: its values are the strings that cards,
+    the CLI and the API use (`model.execution == "sparse"` holds, and JSON writes "sparse")."""
+
+    SPARSE = "sparse"
+    MASKED = "masked"
+
+    @classmethod
+    def of(cls, value: "Execution | str") -> "Execution":
+        """The one conversion of a setting ("sparse", "masked" or an Execution) to the enum."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"execution must be one of {EXECUTION_MODES}, not {value!r}") from None
+
+
+EXECUTION_MODES = tuple(mode.value for mode in Execution)
+
+
+def execution_of(model: nn.Module) -> Execution:
+    """The execution a model's forward takes now: `model.execution` (checked), and masked while
+    training (BatchNorm then uses batch statistics, which a subset of positions would change)."""
+    execution = Execution.of(model.execution)
+    return Execution.MASKED if model.training else execution
+
 
 # Rows per chunk of a gathered 3x3 conv: bounds the gathered patches (rows x 9 x width floats) to a
 # few MB, so that they stay in cache while they are multiplied, whatever the batch (one big gather
@@ -57,12 +84,6 @@ CHUNK_ROWS = 2048
 # batch the gather loses sooner (24 wide, batch 32: above ~0.4). Block tiles (8x8 tiles with a
 # halo through the dense kernel) were never the fastest and are not used.
 DENSE_3X3_ABOVE = {16: 0.4, 24: 0.4, 32: 0.5, 48: 0.7, 64: 0.6, 96: 0.8, 128: 0.85, 256: 1.0, 512: 1.0}
-
-
-def check_execution(value: str) -> str:
-    if value not in EXECUTION_MODES:
-        raise ValueError(f"execution must be one of {EXECUTION_MODES}, not {value!r}")
-    return value
 
 
 def dense_3x3_above(width: int) -> float:

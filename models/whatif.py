@@ -18,14 +18,16 @@ The changes, each exactly one:
   runs (halting is not removed). A removed ConvNet-AIG block has its gate forced closed
   (its projection shortcut, where it has one, still runs, and so does the gate: its FLOPs count).
 FLOPs count what then runs. The setting lives in a context variable, not on the module: the
-server runs requests with different settings on one model at the same time.
+server runs requests with different settings on one model at the same time. A model resolves it
+once per forward into what its layers read: a `HaltingPolicy` per ResNet block, a `GatePolicy`
+for ConvNet-AIG.
 """
 from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch.nn as nn
 
@@ -46,6 +48,46 @@ class WhatIf:
 
     def as_dict(self) -> dict:
         return {"threshold": self.threshold, "cap": self.cap, "gate_bias": self.gate_bias, "lesion": list(self.lesion)}
+
+
+@dataclass(frozen=True)
+class HaltingPolicy:
+    """A ResNet block's halting, the what-if resolved (a dense block reads `removed` only).
+
+    eps: the ACT rule's eps (it halts once the sum of h >= 1 - eps); last: the index (from 0) of
+    the last unit that may run, which halts everything (h = 1), as the block's last unit does;
+    removed: the indices of the units that add no residual branch."""
+
+    eps: float
+    last: int
+    removed: frozenset[int] = frozenset()
+
+    @classmethod
+    def resolve(cls, whatif: Optional[WhatIf], eps: float, unit_names: Sequence[str]) -> "HaltingPolicy":
+        """For a block with the trained `eps` and these units (models/resnet.Block.unit_names)."""
+        n_units = len(unit_names)
+        if whatif is None:
+            return cls(eps, n_units - 1)
+        return cls(eps=eps if whatif.threshold is None else 1.0 - whatif.threshold,
+                   last=n_units - 1 if whatif.cap is None else min(n_units, whatif.cap) - 1,
+                   removed=frozenset(u for u, name in enumerate(unit_names) if name in whatif.lesion))
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """ConvNet-AIG's gates, the what-if resolved: run a block iff logit_run - logit_skip > theta
+    (trained: theta = 0, the argmax); removed: the indices of the blocks forced closed."""
+
+    theta: float = 0.0
+    removed: frozenset[int] = frozenset()
+
+    @classmethod
+    def resolve(cls, whatif: Optional[WhatIf], gate_names: Sequence[str]) -> "GatePolicy":
+        """gate_names: the model's, in order (AIGResNet.gate_names)."""
+        if whatif is None:
+            return cls()
+        return cls(theta=0.0 if whatif.gate_bias is None else float(whatif.gate_bias),
+                   removed=frozenset(i for i, name in enumerate(gate_names) if name in whatif.lesion))
 
 
 _CURRENT: ContextVar[Optional[WhatIf]] = ContextVar("ponderscope_whatif", default=None)

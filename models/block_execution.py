@@ -1,0 +1,160 @@
+"""How a ResNet block's units 2..L run under ACT / SACT halting: three strategies, one loop.
+
+`models/resnet.Block.forward` runs the paper's loop over the units (the first always runs):
+
+    x_l = x_{l-1} + a_l * R_l(x_{l-1})   `add_residual`, a_l: where the image / position still
+                                         runs (`runs_at`)
+    h_l = H_l(x_l)                       `halting_probability` (the loop forces h_L = 1)
+    out = sum_l p_l * x_l                `accumulate`, `output`
+
+and a strategy decides how each line is computed (the numbers are the same, tests/test_sparse.py):
+
+    Masked           the reference (and training): R_l everywhere, times the mask; out summed term
+                     by term as written
+    SparseImages     ACT at inference: R_l on the sub-batch of images still running
+    SparsePositions  SACT at inference: the map as NHWC rows, R_l at the running rows (its first
+                     3x3 conv on their one-pixel dilation), h_l at those rows only
+
+The sparse strategies accumulate out = sum_l p_l x_l regrouped as x_1 + sum_{l>1} (1 - sum_{k<l}
+h_k) R_l (the same sum: x_l = x_1 + R_2 + ... + R_l, and the p sum to 1), which only touches the
+positions each unit updates; so `add_residual` takes rest = 1 - sum_{k<l} h_k. Without autograd
+they update x in place (only the rows a unit changes are written; a forward hook on a block's
+first unit that keeps its output sees it overwritten: clone it). `block_execution` picks one.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from . import sparse as sparse_ops
+from .sparse import Execution
+
+
+class BlockExecution:
+    """One block's run, holding x_l (and the running output) between the steps of the loop."""
+
+    def __init__(self, x: torch.Tensor, spatial: bool):
+        """x: x_1 [B, C, H, W]; spatial: SACT (halting per position), else ACT (per image)."""
+        self.x, self.spatial = x, spatial
+
+    def runs_at(self, active: torch.Tensor, mask: torch.Tensor, dilated: torch.Tensor) -> None:
+        """Unit l runs where `active` ([B] or [B, H, W]); mask: the same as a [B, H, W] map;
+        dilated: the positions its first 3x3 conv must be computed at."""
+        self.active, self.mask = active, mask
+
+    def add_residual(self, unit: nn.Module, rest: torch.Tensor, x_needed: bool) -> None:
+        """x_l = x_{l-1} + a_l R_l(x_{l-1}); rest = 1 - sum_{k<l} h_k; x_needed: x_l is read again
+        (a halting branch follows)."""
+        raise NotImplementedError
+
+    def halting_probability(self, branch: nn.Module, active: torch.Tensor, first: bool) -> torch.Tensor:
+        """h_l = H_l(x_l) where the image / position ran (0 elsewhere: the rule reads h only there)."""
+        h = branch(self.x)
+        return h if first else torch.where(active, h, torch.zeros_like(h))
+
+    def accumulate(self, p: torch.Tensor) -> None:
+        """out += p_l x_l (the sparse strategies did it in `add_residual`)."""
+
+    def output(self) -> torch.Tensor:
+        """out [B, C, H, W]."""
+        return self.out
+
+
+class Masked(BlockExecution):
+    """Every unit at every position, its update multiplied by the mask; out term by term."""
+
+    def __init__(self, x: torch.Tensor, spatial: bool):
+        super().__init__(x, spatial)
+        self.out = torch.zeros_like(x)
+
+    def add_residual(self, unit, rest, x_needed):
+        self.x = self.x + self.mask.unsqueeze(1).to(self.x.dtype) * unit.residual(self.x)
+
+    def accumulate(self, p):
+        weight = p if self.spatial else p[:, None, None]
+        self.out = self.out + weight.unsqueeze(1) * self.x
+
+
+class SparseImages(BlockExecution):
+    """ACT: a unit runs on the images still running only (index_select, then index_add)."""
+
+    def __init__(self, x: torch.Tensor, spatial: bool = False):
+        super().__init__(x, spatial)
+        self.out = x.clone()
+
+    def add_residual(self, unit, rest, x_needed):
+        x, out, active = self.x, self.out, self.active
+        inplace = not torch.is_grad_enabled()  # x may be updated in place: autograd is not recording
+        if bool(active.all()):
+            update = unit.residual(x)
+            out.addcmul_(update, rest[:, None, None, None])
+            self.x = x if not x_needed else x.add_(update) if inplace else x + update
+            return
+        images = active.nonzero().squeeze(1)
+        update = unit.residual(sparse_ops.select_images(x, images))
+        sparse_ops.add_images(out, images, update * rest[images, None, None, None], inplace=True)
+        self.x = x if not x_needed else sparse_ops.add_images(x, images, update, inplace=inplace)
+
+
+class SparsePositions(BlockExecution):
+    """SACT: the map as rows [B*H*W, C] (NHWC, one row per position), a unit computed at the rows
+    still running (`rows`, its first 3x3 conv at their neighbourhood `near`; None: every row)."""
+
+    def __init__(self, x: torch.Tensor, spatial: bool = True):
+        batch, channels, height, width = x.shape
+        self.grid = sparse_ops.grid(batch, height, width, x.device)
+        super().__init__(x.permute(0, 2, 3, 1).contiguous().view(-1, channels), spatial)  # no copy if channels-last
+        self.out = self.x.clone()
+        self.rows = self.near = None
+        # the mean of x over each image's positions (the halting branches' global term), kept up
+        # to date from the rows each unit changes; None: to be recomputed
+        self.pooled = None
+
+    def runs_at(self, active, mask, dilated):
+        super().runs_at(active, mask, dilated)
+        if not bool(mask.all()):
+            self.rows, self.near = self.grid.rows(mask), self.grid.rows(dilated)
+
+    def add_residual(self, unit, rest, x_needed):
+        """x (rows) + R(x) at `rows`; out += rest * R there, in place."""
+        grid, rows, x, out = self.grid, self.rows, self.x, self.out
+        inplace = not torch.is_grad_enabled()  # x may be updated in place: autograd is not recording
+        if rows is None and sparse_ops.dense_3x3_above(unit.conv2.in_channels) < 1.0:
+            # Nothing halted yet: the dense unit (unless its 3x3 conv runs faster as a product).
+            update, computed = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape), None
+        else:
+            update, computed = sparse_ops.unit_residual_rows(unit, x, grid, rows, self.near)
+        pooled, self.pooled = self.pooled, None
+        if computed is not None and rows is not None:  # at the rows only
+            out.index_add_(0, rows, update * rest.reshape(-1, 1)[rows])
+            if x_needed:
+                self.x = x.index_add_(0, rows, update) if inplace else x.index_add(0, rows, update)
+                if pooled is not None:
+                    add = pooled.index_add_ if inplace else pooled.index_add
+                    self.pooled = add(0, grid.image_of(rows), update, alpha=1.0 / (grid.positions // grid.shape[0]))
+        elif rows is None:  # every row, in order
+            out.addcmul_(update, rest.reshape(-1, 1))
+            if x_needed:
+                self.x = x.add_(update) if inplace else x + update
+        else:  # computed at every position (cheaper there): a masked update
+            keep = self.mask.reshape(-1, 1).to(x.dtype)
+            out.addcmul_(update, rest.reshape(-1, 1) * keep)
+            if x_needed:
+                self.x = x.addcmul_(update, keep) if inplace else torch.addcmul(x, update, keep)
+
+    def halting_probability(self, branch, active, first):
+        """The branch by the rows route (`SACTHalting.at_rows`), at the running rows only."""
+        if self.rows is not None and self.pooled is None:
+            self.pooled = self.x.view(self.grid.shape[0], -1, self.x.shape[1]).mean(1)
+        h = branch.at_rows(self.grid, self.x, self.pooled, self.rows, self.near)
+        return h if self.rows is None else self.grid.scatter(self.rows, h[:, None]).view(active.shape)
+
+    def output(self):
+        return self.grid.as_nchw(self.out)  # a channels-last view
+
+
+def block_execution(execution: Execution | str, spatial: bool) -> type[BlockExecution]:
+    """The strategy for a block: masked, or sparse over positions (SACT) / images (ACT)."""
+    if Execution.of(execution) is Execution.MASKED:
+        return Masked
+    return SparsePositions if spatial else SparseImages
