@@ -119,13 +119,15 @@ def _study(args) -> None:
 
 def _study_report(args, studies) -> None:
     """The bundled Fashion-MNIST models' what-if report: docs/whatif.md (+ .json) and the README's section."""
-    from pathlib import Path
-
+    from .paths import CHECKOUT
     from .readme import replace_section
 
+    if CHECKOUT is None:
+        raise SystemExit("ponderscope study report: it writes a checkout's docs/whatif.md and README (an installed ponderscope "
+                         "has neither); for a figure of your own: ponderscope study sweep|lesion MODEL ... --out FILE")
     results = studies.report(args.limit, progress=lambda text: print(text, file=sys.stderr, flush=True))
     text = studies.report_markdown(results, args.limit)
-    docs = Path(__file__).resolve().parents[1] / "docs"
+    docs = CHECKOUT / "docs"
     (docs / "whatif.json").write_text(json.dumps(results))
     (docs / "whatif.md").write_text("# What if: sweeps and lesions of the bundled Fashion-MNIST models\n\n" + text)
     replace_section("whatif", text)
@@ -135,7 +137,10 @@ def _study_report(args, studies) -> None:
 def _results(args) -> None:
     from ponderscope.training.results import write_results
 
-    print(write_results(args.checkpoints or None, args.out))
+    try:
+        print(write_results(args.checkpoints or None, args.out))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"ponderscope results: {error}") from None
 
 
 def _figure_format(command: str, path: str) -> str:
@@ -316,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("results", help="write the results table from the checkpoints' cards")
     p.add_argument("checkpoints", nargs="*", help="checkpoint directories, or folders of them (default: the bundled ones)")
-    p.add_argument("--out", help="default: docs/results.md; README's copy is updated only for the default run")
+    p.add_argument("--out", help="default: docs/results.md of a checkout; README's copy is updated only for the default run")
     p.set_defaults(func=_results)
 
     p = sub.add_parser("render", help="draw a model's figure for an image, a test sample, a text or a parity vector into HTML, JSON, PNG or SVG")

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from .paths import CHECKOUT
+
+README = CHECKOUT / "README.md" if CHECKOUT is not None else None  # a checkout's; an installed ponderscope has none
 
 
-def replace_section(name: str, body: str, readme: Path = README) -> bool:
+def replace_section(name: str, body: str, readme: Path | None = README) -> bool:
     """Put `body` between the README's `name` markers; False (and nothing written) when the README
     or either marker is missing."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    if not readme.is_file():
+    if readme is None or not readme.is_file():
         return False
     text = readme.read_text(encoding="utf-8")
     if start not in text or end not in text.split(start, 1)[1]:

@@ -19,7 +19,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from ponderscope import __version__
-from ponderscope.paths import resource
+from ponderscope.paths import CHECKOUT, resource
 from ponderscope.core.data import DataSourceMissing
 
 from ponderscope.core.jobs import DatasetJobs
@@ -142,8 +142,9 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
 
     @app.exception_handler(DataSourceMissing)
     async def data_missing(request: Request, error: DataSourceMissing):
-        # e.g. after a plain `pip install` without scripts/setup.sh: say what installs it
-        return JSONResponse({"detail": f"{error} (the whole set-up: bash scripts/setup.sh); uploads still work"}, status_code=503)
+        # e.g. a checkout without scripts/setup.sh, or a wheel without its data: say what installs it
+        setup = " (the whole set-up: bash scripts/setup.sh)" if CHECKOUT is not None else ""
+        return JSONResponse({"detail": f"{error}{setup}; uploads still work"}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):

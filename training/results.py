@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ponderscope.paths import CHECKOUT, bundled_checkpoints
 from ponderscope.readme import replace_section
 
 from ponderscope.models.checkpoint import CARD_FILE, read_card
@@ -74,8 +75,9 @@ def _experiment_rows(folder: Path) -> list[str]:
     return rows
 
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED, RESULTS, EXPERIMENTS = ROOT / "checkpoints", ROOT / "docs" / "results.md", ROOT / "docs" / "experiments"
+# docs/ is a checkout's: an installed ponderscope has none (its `ponderscope results` needs --out).
+BUNDLED = bundled_checkpoints()
+RESULTS, EXPERIMENTS = (CHECKOUT / "docs" / "results.md", CHECKOUT / "docs" / "experiments") if CHECKOUT is not None else (None, None)
 
 
 def _char_class_tables(named_cards: list[tuple[str, dict]]) -> list[str]:
@@ -116,6 +118,8 @@ def write_results(checkpoint_dirs: list[str] | None = None, out: str | None = No
     checkpoints' table written to docs/results.md."""
     checkpoint_dirs = checkpoint_dirs or [BUNDLED]
     out = out or RESULTS
+    if out is None:
+        raise ValueError("no docs/results.md to write outside a checkout: give --out FILE")
     rows, lm_tables = [], []
     for root in checkpoint_dirs:
         root = Path(root)
@@ -124,7 +128,7 @@ def write_results(checkpoint_dirs: list[str] | None = None, out: str | None = No
         rows += [_row(name, card) for name, card in named]
         lm_tables += _char_class_tables(named)
     tried = _experiment_rows(Path(experiments)) if experiments and Path(experiments).is_dir() else []
-    shown = Path(experiments).relative_to(ROOT) if experiments and Path(experiments).is_relative_to(ROOT) else experiments
+    shown = Path(experiments).relative_to(CHECKOUT) if experiments and CHECKOUT and Path(experiments).is_relative_to(CHECKOUT) else experiments
     text = "\n".join([
         "# Results of the bundled checkpoints",
         "",

