@@ -402,8 +402,10 @@ def test_command_line(tmp_path, tiny_cifar, capsys, monkeypatch):
     argv = ["import", "convnet-aig", str(source), "--out", str(out), "--model", "aig_resnet8", "--num-classes", "10"]
     monkeypatch.setattr(sys, "argv", ["ponderscope", *argv])
     cli.main(argv)
-    assert "model.safetensors" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines() == [f"wrote {out}/model.safetensors and {out}/card.json"]
     assert "ponderscope import convnet-aig" in models.read_card(out)["import_command"]
+    # the written checkpoint computes what their network computes, from the same file
+    compare_with_reference(models.load_checkpoint(out), tiny_cifar, TINY_CIFAR, images(12, 32, 1))
 
 
 def test_imported_checkpoint_is_served(tmp_path, tiny_cifar):

@@ -340,8 +340,19 @@ def test_cli_import_one_line_error(tmp_path, capsys):
         main(["import", "sact-tf", str(prefix), "--out", str(tmp_path / "x"), "--model", "sact_resnet101"])
     assert str(error.value).startswith("ponderscope import: ") and "\n" not in str(error.value)
     main(["import", "sact-tf", str(prefix), "--out", str(tmp_path / "ok"), "--model", "sact_resnet20"])
-    assert "wrote" in capsys.readouterr().out
-    assert models.load_checkpoint(tmp_path / "ok").card.data["import_command"].startswith("ponderscope import sact-tf")
+    out = tmp_path / "ok"
+    assert capsys.readouterr().out.splitlines() == [f"wrote {out}/model.safetensors and {out}/card.json"]
+    model = models.load_checkpoint(out)
+    assert model.card.data["import_command"].startswith("ponderscope import sact-tf")
+    # the written checkpoint computes what the authors' TF graph computed (logits, FLOPs, units)
+    _, reference = fixture("imagenet_sact")
+    with torch.no_grad():
+        trace = model.trace(nchw(reference["inputs"]))
+    np.testing.assert_allclose(trace.logits.numpy(), reference["logits"], rtol=1e-4, atol=1e-4 * np.abs(reference["logits"]).max())
+    flops = reference["flops"]
+    np.testing.assert_array_equal(trace.flops.numpy().astype(np.int64), flops[:, 0] if flops.ndim == 2 else flops)
+    for block, scope in zip(trace.blocks, block_scopes(reference)):
+        np.testing.assert_array_equal(block.units.numpy(), reference[f"{scope}/num_units"])
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_NAMES))

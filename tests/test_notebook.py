@@ -144,7 +144,7 @@ def render(*argv) -> None:
     cli.main(["render", *map(str, argv)])
 
 
-def test_render_html_and_json(shirt_png, tmp_path, capsys):
+def test_render_html_and_json(models, shirt_png, tmp_path, capsys):
     render("fmnist_sact_resnet32", shirt_png, "--out", tmp_path / "map.html", "--colormap", "Inferno")
     html = (tmp_path / "map.html").read_text(encoding="utf-8")
     assert "<html" in html[:300] and "</html>" in html[-100:]
@@ -152,7 +152,14 @@ def test_render_html_and_json(shirt_png, tmp_path, capsys):
     render("jargon_act_lstm", "--text", "Hello, world", "--out", tmp_path / "text.json", "--measure", "ponder")
     fig = pio.from_json((tmp_path / "text.json").read_text(encoding="utf-8"))
     assert fig.data[0].type == "bar" and len(fig.data[0].y) == len("Hello, world")
-    assert "wrote" in capsys.readouterr().out
+    # the file's numbers are the library's: N+R per character, the ponder map of the image
+    text = ps.analyze_text(models["jargon_act_lstm"], "Hello, world")
+    assert list(fig.data[0].y) == pytest.approx([c["ponder"] for c in text["chars"]], abs=1e-6)
+    render("fmnist_sact_resnet32", shirt_png, "--out", tmp_path / "map.json")
+    heatmap = pio.from_json((tmp_path / "map.json").read_text(encoding="utf-8")).data[0]
+    expected = ps.analyze_image(models["fmnist_sact_resnet32"], shirt_png)["ponder"]["total"]
+    assert np.asarray(heatmap.z).shape == (28, 28) and np.allclose(np.asarray(heatmap.z, dtype=float), np.asarray(expected), atol=1e-6)
+    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / name}" for name in ("map.html", "text.json", "map.json")]
 
 
 def test_render_png_and_svg_with_kaleido(shirt_png, tmp_path, capsys):

@@ -103,9 +103,17 @@ def test_cli_train_and_eval(tmp_path):
     card = json.loads((out / "card.json").read_text())
     assert card["train_command"].startswith("ponderscope train --config")
     assert card["config"]["steps"] == 5
+    lines = run.stdout.splitlines()  # the log (a JSON object a line), then the card's test metrics, indented
+    trained = json.loads("\n".join(lines[lines.index("{"):]))
+    assert trained == card["metrics"]["test"]
     run = subprocess.run([sys.executable, "-m", "ponderscope", "eval", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert json.loads((out / "card.json").read_text())["metrics"]["test"]["examples"] == 10000
+    metrics = json.loads((out / "card.json").read_text())["metrics"]
+    test = metrics["test"]
+    assert test["examples"] == 10000
+    path, printed = run.stdout.split("\n", 1)  # eval prints the folder, then the metrics it wrote
+    assert path == str(out) and json.loads(printed) == metrics
+    assert test["accuracy"] == trained["accuracy"] and test["mean_ponder"] == pytest.approx(trained["mean_ponder"], rel=1e-6)  # the same weights
 
 
 def test_every_shipped_config_is_valid():
