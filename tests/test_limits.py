@@ -64,25 +64,41 @@ def test_any_accepted_upload_costs_under_300_mb(hostile_files, name, status):
         assert row["detail"].startswith("3536x3536"), row
 
 
-def test_health_answers_while_big_images_are_decoded(tmp_path, hostile_files):
+def test_health_answers_while_big_images_are_decoded(tmp_path, hostile_files, monkeypatch):
+    """An ordering, not a time limit (a busy machine makes every request slow): some /api/health
+    request is asked after an upload's decoding began and answered before that decoding ended.
+    Decoding on the event loop, or holding the GIL throughout, would hold every answer until it ends."""
+    from ponderscope.server.routers import images as images_router
+
+    decoding, lock = [], threading.Lock()  # (began, ended) of each upload's decode + PNG encode
+    real = images_router.store_upload
+
+    def timed(*args, **kwargs):
+        began = time.monotonic()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                decoding.append((began, time.monotonic()))
+
+    monkeypatch.setattr(images_router, "store_upload", timed)
     app = create_app([CHECKPOINTS], device="cpu", cache_dir=tmp_path)
     data = hostile_files["rgba_4000.webp"].read_bytes()
     with TestClient(app) as client:
-        answers = []
+        answers, health = [], []
         uploads = [threading.Thread(target=lambda: answers.append(client.post("/api/images", files={"file": ("x.webp", data)}).status_code))
                    for _ in range(4)]
         for thread in uploads:
             thread.start()
-        slowest = 0.0
         while any(thread.is_alive() for thread in uploads):
-            started = time.perf_counter()
+            asked = time.monotonic()
             assert client.get("/api/health").status_code == 200
-            slowest = max(slowest, time.perf_counter() - started)
-            time.sleep(0.05)
+            health.append((asked, time.monotonic()))
         for thread in uploads:
             thread.join()
-    assert answers == [200] * 4
-    assert slowest < 1.0, f"/api/health took {slowest:.2f} s while images were decoded"
+    assert answers == [200] * 4 and len(decoding) == 4
+    during = [(a, b) for a, b in health if any(began < a and b < ended for began, ended in decoding)]
+    assert during, f"no /api/health answer came while an image was decoded: {len(health)} asked, decoding {decoding}, health {health[:20]}"
 
 
 def test_jpeg_over_the_pixel_budget_is_reduced_not_refused(tmp_path):
@@ -251,6 +267,7 @@ def test_interactive_requests_get_a_slot_while_background_jobs_wait():
             order.append(name)
             job_running.set()
             release_job.wait(10)
+            order.append(f"{name} done")
 
     first = threading.Thread(target=job, args=("job 1",))
     first.start()
@@ -258,15 +275,13 @@ def test_interactive_requests_get_a_slot_while_background_jobs_wait():
     second = threading.Thread(target=job, args=("job 2",))  # may not take the second slot: it is kept
     second.start()
     time.sleep(0.2)
-    started = time.perf_counter()
-    with slots.interactive():  # does not wait for job 1
+    with slots.interactive():  # does not wait for job 1: it gets its slot while job 1 still holds one
         order.append("request")
-        waited = time.perf_counter() - started
-    assert waited < 0.5 and order == ["job 1", "request"]
+    assert order == ["job 1", "request"]
     release_job.set()
     first.join(10)
     second.join(10)
-    assert order == ["job 1", "request", "job 2"]
+    assert order == ["job 1", "request", "job 1 done", "job 2", "job 2 done"]
     with pytest.raises(ValueError):
         InferenceSlots(2, background=2)
 
