@@ -1,6 +1,12 @@
 """Browser tests: the real server (ponderscope.server.app.create_app under uvicorn) driven by headless
 Chromium through selenium. Each test reads what the page actually drew (Plotly's `gd.data`,
-the DOM, the URL, downloaded files) and saves a screenshot to docs/screenshots/<name>.png.
+the DOM, the URL, downloaded files).
+
+Screenshots are written only when asked: PONDERSCOPE_SCREENSHOTS=1 saves each test's picture to
+docs/screenshots/<name>.png (the README's), PONDERSCOPE_SCREENSHOTS=<folder> to that folder;
+unset (or 0) writes none, so a test run leaves the tracked pictures alone:
+
+    PONDERSCOPE_SCREENSHOTS=1 .venv/bin/python -m pytest -q tests/test_browser.py
 
 The server gets small untrained checkpoints of every family (tests/browser_support.py) and,
 when there are any, the bundled ones in checkpoints/ (opened by the last test).
@@ -14,6 +20,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -44,9 +51,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-# PONDERSCOPE_SCREENSHOTS=<folder> puts the pictures elsewhere; =0 turns them off.
+# PONDERSCOPE_SCREENSHOTS=1: docs/screenshots/; =<folder>: there; unset, empty or 0: no screenshots.
 _shots = os.environ.get("PONDERSCOPE_SCREENSHOTS", "")
-SCREENSHOTS = None if _shots == "0" else Path(_shots) if _shots else ROOT / "docs" / "screenshots"
+SCREENSHOTS = None if _shots in ("", "0") else ROOT / "docs" / "screenshots" if _shots == "1" else Path(_shots)
 BUNDLED = ROOT / "checkpoints"
 WAIT = 30
 FMNIST_MISSING = fashion_mnist_missing_reason()
@@ -142,7 +149,7 @@ class Page:
         return {k: v[0] for k, v in parse_qs(urlparse(self.d.current_url).query).items()}
 
     def screenshot(self, name: str) -> None:
-        """The whole page (not only the viewport), as a PNG in docs/screenshots/."""
+        """The whole page (not only the viewport), as a PNG in SCREENSHOTS (if asked for: see above)."""
         if SCREENSHOTS is None:
             return
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -424,14 +431,20 @@ def test_text_view_colours_each_character(page):
     page.open(f"?view=text&tmodel={page.ids['text']}")
     text = "Hello, world. The fox: 42!"
     box = page.d.find_element(By.ID, "text-input")
+    page.js("window.__typed = []; document.getElementById('text-input').addEventListener('input', () => window.__typed.push(performance.now()))")
     box.send_keys(text)
     page.wait("return document.querySelectorAll('#text-output .ch').length === arguments[0]", len(text), what="one span per character")
     spans = page.js("return [...document.querySelectorAll('#text-output .ch')].map(s => [s.textContent, s.title, getComputedStyle(s).backgroundColor])")
     assert "".join(s[0] for s in spans) == text
     assert "steps N =" in spans[1][1] and "ponder N+R =" in spans[1][1] and "bits =" in spans[1][1]
-    # typing 26 characters in a burst is debounced into few requests
+    # Typing is debounced: a request only after a pause of the debounce time, however slow the
+    # machine types (a count of pauses, not a time limit): at most one per pause, plus the last.
     posts = page.js("return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/text')).length")
-    assert 1 <= posts <= 4, f"{posts} text requests for one burst of typing"
+    typed = page.js("return window.__typed")
+    debounce_ms = int(re.search(r"TEXT_DEBOUNCE_MS = (\d+)", (ROOT / "static" / "views" / "text.js").read_text()).group(1))
+    assert debounce_ms >= 100  # a debounce at all
+    pauses = sum(1 for a, b in zip(typed, typed[1:]) if b - a >= debounce_ms - 10)  # (10 ms: the listeners' own lag)
+    assert len(typed) == len(text) and 1 <= posts <= pauses + 1, f"{posts} text requests for {len(typed)} keystrokes with {pauses} pauses"
     # default: colour by what varies in this text (the server says which); the colours follow it
     response = page.js("return window.ponderscope.results.text")
     assert Select(page.d.find_element(By.ID, "ponder-measure")).first_selected_option.get_attribute("value") == "auto"
