@@ -78,3 +78,49 @@ def hook_flops(model: nn.Module, x: torch.Tensor) -> float:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# --- data sources (Fashion-MNIST, the MNIST digits, the Jargon File) ---------------------------------
+# Without one, the tests that need it skip here, with the loader's message (it names the install
+# command), and are listed at the end of the run. In CI (CI=true, set by .ci/run's caller) a missing
+# data source fails them instead: a skipped file must not pass for a tested one.
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+MISSING_DATA = "data source missing: "
+
+
+def missing_data(reason: str):
+    """A data source the test needs is not here: skip (locally) or fail (in CI)."""
+    if IN_CI:
+        pytest.fail(f"{MISSING_DATA}{reason} (CI=true: a missing data source fails; bash scripts/setup.sh installs them)", pytrace=False)
+    pytest.skip(MISSING_DATA + reason)
+
+
+def require_data(load, *args, **kwargs):
+    """`load(*args, **kwargs)`, for a call that reads a data source (a loader of ponderscope.core.data,
+    evaluate_model, ...): where the source is missing (DataSourceMissing), `missing_data`."""
+    from ponderscope.core.data import DataSourceMissing
+
+    try:
+        return load(*args, **kwargs)
+    except DataSourceMissing as error:
+        missing_data(str(error))
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """Fashion-MNIST's test split (images, labels); `pytest.mark.usefixtures("fashion_mnist")` marks
+    a test, or a whole file (pytestmark), as needing it."""
+    from ponderscope.core.data import load_fashion_mnist
+
+    return require_data(load_fashion_mnist, "test")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say which tests a missing data source skipped (pytest -q shows only an 's' for each)."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple) and MISSING_DATA in str(report.longrepr[2]):
+            reason = str(report.longrepr[2]).split(MISSING_DATA, 1)[1]
+            reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        terminalreporter.write_line(f"{count} test(s) skipped, {MISSING_DATA}{reason} (with CI=true they fail)", yellow=True)

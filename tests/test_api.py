@@ -547,14 +547,12 @@ def wait_for_dataset(client, model_id: str, timeout: float = 300) -> dict:
     return status["result"]
 
 
+@pytest.mark.usefixtures("fashion_mnist")  # (conftest: a skip here, a failure in CI)
 def test_dataset_results_carry_their_figures(tmp_path):
     """Computed (a tiny SACT model over the Fashion-MNIST test set) and served again from the
     cache: the figures come with the numbers both times; the corpus panel's too."""
-    from tests.browser_support import fashion_mnist_missing_reason, make_tiny_checkpoints
+    from tests.browser_support import make_tiny_checkpoints
 
-    missing = fashion_mnist_missing_reason()
-    if missing:
-        pytest.skip(missing)
     ids = make_tiny_checkpoints(tmp_path / "ckpts")
     folders = [tmp_path / "ckpts" / ids["sact"], CHECKPOINTS / "jargon_act_lstm"]
     for attempt in ("computed", "cached"):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_data
 from ponderscope import models
-from ponderscope.core.data import DataSourceMissing
 from ponderscope.training.evaluate import evaluate_model
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -52,10 +52,7 @@ def test_card_records_how_it_was_made(name):
 @pytest.mark.parametrize("name", BUNDLED)
 def test_slice_metrics_reproduce(name):
     card = models.read_card(CHECKPOINTS / name)
-    try:
-        measured = evaluate_model(str(CHECKPOINTS / name), device="cpu", write=False, slice_only=True)["slice"]
-    except DataSourceMissing as error:
-        pytest.skip(str(error))
+    measured = require_data(evaluate_model, str(CHECKPOINTS / name), device="cpu", write=False, slice_only=True)["slice"]
     _close(card["metrics"]["slice"], measured, name)
 
 

