@@ -51,8 +51,8 @@ async function runParity() {
     const response = await api('POST', `/api/models/${encodeURIComponent(id)}/parity`, { body: { vector }, channel: 'parity', label: `Running ${id}` });
     if (token !== parityToken) return;
     results.parity = { model: id, vector, ...response };
-    const { figures, ...numbers } = response;
-    const entry = { model: id, vector: vectorText(vector), ...numbers };
+    const { figures, curve, vector: sent, ...numbers } = response; // the card's curve is drawn in the figure, not kept per entry
+    const entry = { model: id, vector: vectorText(sent), ...numbers };
     points.set(entry, figures.parity.data.find((trace) => trace.name === POINTS));
     results.parityHistory.push(entry);
     if (results.parityHistory.length > 500) results.parityHistory.shift();
