@@ -92,7 +92,7 @@ def _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard
     records = merge_records(parts)
     classes = model.card.classes or workload.classes
     result = summarize(records, classes, workload.thumbnail, lambda layers: gate_names(model.module, layers), model.id)
-    result["source"] = {"data": described, "images": n, "world_size": processes.world, "devices": devices,
+    result.source = {"data": described, "images": n, "world_size": processes.world, "devices": devices,
                         "seconds": round(elapsed, 1), "command": command, "computed_by": "ponderscope analyze"}
     write_json(out_dir / ANALYSIS_FILE, result)
     _write_images_csv(out_dir / "images.csv", records, classes, paths)

@@ -77,6 +77,7 @@ def _analyze(args) -> None:
 
 def _study(args) -> None:
     """A what-if study of one or more models into a figure file (and its numbers as JSON)."""
+    from ponderscope.core.answers import json_default
     from ponderscope.core.data import DataSourceMissing
 
     from . import figures, notebook, studies
@@ -106,7 +107,7 @@ def _study(args) -> None:
     else:
         figure = {"single": figures.lesion_figure, "random": figures.random_lesion_figure}[args.figure](results)
     if fmt == "json":
-        data = json.dumps({"results": results, "reference": reference, "figure": json.loads(figure.to_json())}).encode("utf-8")
+        data = json.dumps({"results": results, "reference": reference, "figure": json.loads(figure.to_json())}, default=json_default).encode("utf-8")
     elif fmt == "html":
         data = figures.to_html(figure).encode("utf-8")
     else:
@@ -119,6 +120,7 @@ def _study(args) -> None:
 
 def _study_report(args, studies) -> None:
     """The bundled Fashion-MNIST models' what-if report: docs/whatif.md (+ .json) and the README's section."""
+    from .core.answers import json_default
     from .paths import CHECKOUT
     from .readme import replace_section
 
@@ -128,7 +130,7 @@ def _study_report(args, studies) -> None:
     results = studies.report(args.limit, progress=lambda text: print(text, file=sys.stderr, flush=True))
     text = studies.report_markdown(results, args.limit)
     docs = CHECKOUT / "docs"
-    (docs / "whatif.json").write_text(json.dumps(results))
+    (docs / "whatif.json").write_text(json.dumps(results, default=json_default))
     (docs / "whatif.md").write_text("# What if: sweeps and lesions of the bundled Fashion-MNIST models\n\n" + text)
     replace_section("whatif", text)
     print(text)

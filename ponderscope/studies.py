@@ -14,6 +14,7 @@ import random
 import statistics
 from typing import Callable, ContextManager, Optional
 
+from ponderscope.core.answers import LesionStudy, RandomLesion, SweepPoint, TrainedPoint, UnitLesion
 from ponderscope.core.loaded import LoadedModel
 from ponderscope.core.statistics import image_set
 from ponderscope.models.whatif import WhatIf, applied, downsampling_units, knobs
@@ -65,10 +66,9 @@ def measure(model, whatif: Optional[WhatIf] = None, limit: Optional[int] = None,
         return workload.evaluate(module if guard is None else _Guarded(module, guard), limit, per_class_accuracy=per_class)
 
 
-def _point(parameter: Optional[str], setting, trained: bool, metrics: dict) -> dict:
-    return {"parameter": parameter, "setting": setting, "trained": trained, "accuracy": metrics["accuracy"],
-            "flops_ratio": metrics["flops_ratio"], "mean_ponder": metrics.get("mean_ponder"), "examples": metrics["examples"],
-            "mean_executed_layers": metrics.get("mean_executed_layers")}
+def _point(parameter: Optional[str], setting, trained: bool, metrics: dict, point=SweepPoint, **more) -> SweepPoint:
+    return point(parameter=parameter, setting=setting, trained=trained, accuracy=metrics["accuracy"], flops_ratio=metrics["flops_ratio"],
+                 mean_ponder=metrics.get("mean_ponder"), examples=metrics["examples"], mean_executed_layers=metrics.get("mean_executed_layers"), **more)
 
 
 def sweep_plan(model) -> list[tuple[Optional[str], object, Optional[WhatIf]]]:
@@ -86,7 +86,7 @@ def sweep_plan(model) -> list[tuple[Optional[str], object, Optional[WhatIf]]]:
 
 
 def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float, str], None]] = None,
-          guard: Optional[Callable[[], ContextManager]] = None, data: Optional[str] = None) -> list[dict]:
+          guard: Optional[Callable[[], ContextManager]] = None, data: Optional[str] = None) -> list[SweepPoint]:
     """Accuracy and FLOPs (executed / dense) over the first `limit` test examples (all: None) as
     the model's inference settings move, without retraining: ACT/SACT the halting threshold
     1 - eps and a per-block cap on units, AIG the gate bias theta. Each point: parameter,
@@ -107,7 +107,7 @@ def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float
 
 def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS, seed: int = 0,
            progress: Optional[Callable[[float, str], None]] = None, guard: Optional[Callable[[], ContextManager]] = None,
-           data: Optional[str] = None) -> dict:
+           data: Optional[str] = None) -> LesionStudy:
     """Remove one unit at a time (models/whatif.py: a ResNet unit's residual branch, an AIG
     block's gate forced closed; downsampling units keep their shortcut) and measure the test
     accuracy and FLOPs over the first `limit` examples, with the accuracy of every class; then k
@@ -138,21 +138,21 @@ def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS,
     for name in names:
         tick(f"without {name}")
         metrics = measure(model, WhatIf(lesion=(name,)), limit, per_class=True, workload=workload, guard=guard)
-        single.append({"name": name, "downsampling": name in downsampling, "accuracy": metrics["accuracy"],
-                       "flops_ratio": metrics["flops_ratio"], "per_class_accuracy": metrics["per_class_accuracy"]})
+        single.append(UnitLesion(name=name, downsampling=name in downsampling, accuracy=metrics["accuracy"],
+                                 flops_ratio=metrics["flops_ratio"], per_class_accuracy=metrics["per_class_accuracy"]))
     by_k: dict[int, list[float]] = {}
     for k, chosen in random_sets:
         tick(f"without {k} random units")
         by_k.setdefault(k, []).append(measure(model, WhatIf(lesion=chosen), limit, workload=workload, guard=guard)["accuracy"])
-    random_points = [{"k": k, "mean": statistics.fmean(a), "std": statistics.pstdev(a), "min": min(a), "max": max(a), "accuracies": a}
+    random_points = [RandomLesion(k=k, mean=statistics.fmean(a), std=statistics.pstdev(a), min=min(a), max=max(a), accuracies=a)
                      for k, a in sorted(by_k.items())]
     if progress:
         progress(1.0, "done")
-    return {"trained": {**_point(None, None, True, trained), "per_class_accuracy": trained["per_class_accuracy"]},
-            "single": single, "random": [{"k": 0, "mean": trained["accuracy"], "std": 0.0, "min": trained["accuracy"],
-                                          "max": trained["accuracy"], "accuracies": [trained["accuracy"]]}] + random_points,
-            "classes": list(model.card.classes or workload.classes), "units": names, "examples": trained["examples"],
-            "draws": draws, "seed": seed, "layer_execution_rate": trained.get("layer_execution_rate")}
+    accuracy = trained["accuracy"]
+    return LesionStudy(trained=_point(None, None, True, trained, TrainedPoint, per_class_accuracy=trained["per_class_accuracy"]),
+                       single=single, random=[RandomLesion(k=0, mean=accuracy, std=0.0, min=accuracy, max=accuracy, accuracies=[accuracy])] + random_points,
+                       classes=list(model.card.classes or workload.classes), units=names, examples=trained["examples"],
+                       draws=draws, seed=seed, layer_execution_rate=trained.get("layer_execution_rate"))
 
 
 REPORT_MODELS = ("fmnist_sact_resnet32", "fmnist_act_resnet32", "fmnist_aig_resnet32", "fmnist_resnet32")

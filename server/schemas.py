@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from ponderscope.core.answers import Open
 from ponderscope.models.checkpoint import MAX_PARITY_BITS  # a card's task.bits is checked against the same bound
 
 MAX_TEXT_BYTES = 10_000  # the model reads UTF-8 bytes: the cost is in bytes, not characters
@@ -82,14 +83,8 @@ class ParityRequest(BaseModel):
 
 
 # --- responses -----------------------------------------------------------------------------------
-
-FIGURES_DOC = ("the answer's figures by name, each plotly JSON {data, layout} (Plotly.react(div, data, layout)) drawn "
-               "by ponderscope.figures with the default display settings")
-
-
-class Open(BaseModel):
-    """A response object: the fields listed are always there; cards and results may carry more."""
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+# The answers (image, text, parity, dataset, study, job status) are the core's types
+# (ponderscope.core.answers), used here as the routes' response models; these are the server's own.
 
 
 class Health(Open):
@@ -130,138 +125,8 @@ class StoredImage(Open):
     filename: Optional[str] = None
 
 
-class Flops(Open):
-    executed: float
-    dense: float
-    ratio: float = Field(description="executed / dense")
-
-
-class Prediction(Open):
-    index: int
-    class_: str = Field(alias="class")
-    probability: float
-
-
-class PonderBlock(Open):
-    index: int
-    ponder_cost: list[list[float]] = Field(description="N + R per position of the block's output map")
-    units: list[list[float]] = Field(description="units executed N per position")
-    n_units: int
-    height: int
-    width: int
-    mean_ponder: float
-    mean_units: float
-
-
-class PonderMaps(Open):
-    total: list[list[float]] = Field(description="ponder cost summed over blocks, at input resolution")
-    units_total: list[list[float]]
-    blocks: list[PonderBlock]
-    min: float = Field(description="the range of `total` (as sent)")
-    max: float
-    units_min: float = Field(description="the range of `units_total`")
-    units_max: float
-    mean: float = Field(description="the image's ponder: each block's mean N + R over its positions, summed over blocks")
-    mean_units: float = Field(description="the same in units executed N")
-
-
-class Gates(Open):
-    probability: list[float]
-    executed: list[bool]
-    layers: list[str]
-
-
-class ImageShown(Open):
-    image: str = Field(description="the image as the model saw it, a data: URL")
-    width: int
-    height: int
-    hash: Optional[str] = None
-    sample: Optional[int] = None
-    label: Optional[int] = None
-    label_class: Optional[str] = None
-    box: Optional[list[int]] = None
-    resolution: Literal["train", "native"]
-
-
-UNSHOWN = Field(default_factory=list, description="Trace.extras keys of this model that no view draws (docs/own-models.md)")
-
-
-class ImageAnalysis(Open):
-    model: str
-    unshown_signals: list[str] = UNSHOWN
-    prediction: list[Prediction] = Field(description="top 5")
-    flops: Flops
-    time_ms: float
-    execution: str
-    ponder: Optional[PonderMaps] = Field(None, description="ACT / SACT ResNets")
-    gates: Optional[Gates] = Field(None, description="ConvNet-AIG")
-    input: ImageShown
-    whatif: Optional[dict[str, Any]] = Field(None, description="the change in force for this answer (None: the trained model)")
-    figures: dict[str, Any] = Field(description=FIGURES_DOC + ': "map" (the ponder map over the input, or the input alone), '
-                                    '"blocks" (every block\'s map: ACT, SACT), "gates" (ConvNet-AIG)')
-
-
 class Sample(Open):
     index: int
     label: int
     class_: str = Field(alias="class")
     image: str = Field(description="PNG data: URL")
-
-
-class DatasetStatus(Open):
-    status: Literal["running", "done", "error"]
-    progress: float = Field(ge=0, le=1)
-    message: str
-    result: Optional[dict[str, Any]] = Field(None, description="when done: per-class accuracy, FLOPs and ponder, histograms, extremes, gate rates (image); "
-                                             "per character class N and N + R (text); and `figures`, by name, as plotly JSON (ponderscope.figures.dataset_figures)")
-
-
-class StudyStatus(Open):
-    status: Literal["running", "done", "error"]
-    progress: float = Field(ge=0, le=1)
-    message: str
-    models: dict[str, dict[str, Any]] = Field(description="each model's job: status, progress, message")
-    results: Optional[dict[str, Any]] = Field(None, description="when done, by model: the sweep's points or the lesion study (ponderscope.studies)")
-    reference: Optional[dict[str, Any]] = Field(None, description="sweep: the dense twin's accuracy at 100% of the FLOPs")
-    figures: Optional[dict[str, Any]] = Field(None, description="when done: plotly JSON by name (sweep; single, random, classes:<model>)")
-
-
-class CharPonder(Open):
-    char: str
-    bytes: int
-    class_: str = Field(alias="class")
-    ponder: float
-    steps: float
-    bits: Optional[float] = None
-
-
-class TextAnalysis(Open):
-    model: str
-    unshown_signals: list[str] = UNSHOWN
-    chars: list[CharPonder]
-    classes: dict[str, dict[str, Any]]
-    measure: Literal["steps", "ponder"]
-    mean_ponder: float
-    mean_steps: float
-    bits_per_char: Optional[float] = None
-    bytes: int
-    flops: Flops
-    time_ms: float
-    execution: str
-    replaced_surrogates: int = Field(description="lone surrogates replaced by U+FFFD before the model read the text")
-    figures: dict[str, Any] = Field(description=FIGURES_DOC + ': "text" (per character: the measure as bars, the other as a line, surprisal)')
-
-
-class ParityAnalysis(Open):
-    halting_distribution: Optional[list[float]] = Field(None, description="p(n): the probability of halting at step n = 1..N (PonderNet-style models)")
-    unshown_signals: list[str] = UNSHOWN
-    model: str
-    answer: Literal["even", "odd"]
-    probability: float
-    steps: int
-    ponder: float
-    nonzero: int
-    ones: int
-    flops: Flops
-    time_ms: float
-    figures: dict[str, Any] = Field(description=FIGURES_DOC + ': "parity" (ponder against nonzero entries over the test-set curve)')

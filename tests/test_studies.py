@@ -83,7 +83,7 @@ def test_the_api_sweep_is_the_notebooks_with_the_dense_twin(tmp_path):
         answer = wait(client, "/api/studies/sweep", {"models": ["fmnist_aig_resnet32"], "limit": 100})
         body = answer.json()
         assert answer.status_code == 200 and body["status"] == "done", body
-        assert body["results"]["fmnist_aig_resnet32"] == studies.sweep(ps.load("fmnist_aig_resnet32"), limit=100)
+        assert body["results"]["fmnist_aig_resnet32"] == [p.json_dict() for p in studies.sweep(ps.load("fmnist_aig_resnet32"), limit=100)]
         assert body["reference"]["label"] == "fmnist_resnet32" and body["reference"]["flops_ratio"] == pytest.approx(1.0)
         star = [t for t in body["figures"]["sweep"]["data"] if t.get("marker", {}).get("symbol") == "star"]
         trained = next(p for p in body["results"]["fmnist_aig_resnet32"] if p["trained"])

@@ -11,7 +11,7 @@ and what the notebook returns. Their `figures` are left empty here: the faces dr
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,13 @@ class Open(BaseModel):
     def json_dict(self) -> dict:
         """The answer as the API sends it (JSON names, e.g. "class")."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def json_default(value):
+    """json.dumps(..., default=json_default): answers inside plain containers, as the API sends them."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class Flops(Open):
@@ -168,6 +175,152 @@ class ParityAnalysis(Open):
     curve: Optional[dict[str, float]] = Field(None, description="the card's test-set mean ponder by number of nonzero entries (metrics.test.ponder_by_nonzero)")
     figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "parity" (ponder against nonzero entries over the test-set curve), '
                                               '"halting" (p(n), PonderNet-style models)')
+
+
+
+# ------------------------------------------------------------------ answers over a test set
+class Histogram(Open):
+    edges: list[float]
+    counts: list[int]
+
+
+class ClassRow(Open):
+    class_: str = Field(alias="class")
+    count: int
+    accuracy: Optional[float] = Field(description="null: no image of this class")
+    flops_ratio: Optional[float] = Field(description="mean FLOPs executed / dense over the class's images")
+    mean_ponder: Optional[float] = None
+
+
+class ImageRef(Open):
+    """One image of the set, with what the model spent on it (the least and most costly)."""
+    index: int
+    label: int
+    class_: str = Field(alias="class")
+    flops_ratio: float
+    ponder: Optional[float] = None
+    image: str = Field(description="a thumbnail, PNG data: URL")
+
+
+class DatasetAnalysis(Open):
+    """An image model over a test set or an image folder (ponderscope.core.statistics.summarize):
+    the test metrics in the cards' vocabulary (the card's metrics.test has the same names), per
+    class, histograms, the least and most costly images, and gated models' execution rates."""
+    kind: Literal["image"] = "image"
+    model: str
+    classes: list[str]
+    examples: int
+    accuracy: float
+    flops_ratio: float = Field(description="mean FLOPs executed / dense")
+    dense_flops: float
+    mean_ponder: Optional[float] = Field(None, description="per image: each block's mean N + R, summed over blocks; mean over images")
+    layer_execution_rate: Optional[list[float]] = Field(None, description="gated models: how often each layer runs")
+    class_layer_execution_rate: Optional[list[list[Optional[float]]]] = Field(None, description="gated models: per class and layer")
+    per_class: list[ClassRow]
+    ponder_histogram: Optional[Histogram] = None
+    flops_histogram: Histogram
+    least: list[ImageRef]
+    most: list[ImageRef]
+    executed_layers_histogram: Optional[Histogram] = None
+    layers: Optional[list[str]] = Field(None, description="the gated layers' names")
+    source: Optional[dict[str, Any]] = Field(None, description="`ponderscope analyze`: the data, processes, devices and command")
+    figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "class", "flops_histogram", "ponder", "ponder_histogram", '
+                                              '"layers_histogram", "class_layer"')
+
+
+class CorpusAnalysis(Open):
+    """A byte LM over its held-out text (the Text view's corpus panel): per character class the
+    mean and spread of N and N + R, how often N leaves its most common value, ponder vs surprisal."""
+    kind: Literal["text"] = "text"
+    model: str
+    dataset: Optional[str] = None
+    source: str = Field(description="where the numbers come from: the card (ponderscope eval) or measured by the server")
+    bytes: Optional[int] = None
+    bits_per_byte: Optional[float] = None
+    mean_steps: Optional[float] = None
+    mean_ponder: Optional[float] = None
+    per_char_class: Optional[dict[str, dict[str, Any]]] = None
+    steps_histogram: Optional[dict[str, int]] = None
+    steps_mode: Optional[int] = None
+    steps_off_mode_fraction: Optional[float] = None
+    steps_at_cap_fraction: Optional[float] = None
+    max_steps: Optional[int] = None
+    corr_ponder_surprisal: Optional[float] = None
+    corr_steps_surprisal: Optional[float] = None
+    class_labels: dict[str, str] = Field(default_factory=dict)
+    figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "corpus"')
+
+
+class SweepPoint(Open):
+    """One setting of a what-if sweep (ponderscope.studies.sweep), measured over the test set."""
+    parameter: Optional[str] = Field(description="threshold, cap or gate_bias; null: a model with nothing to move")
+    setting: Optional[Union[int, float]] = None
+    trained: bool = Field(description="the model's own setting: the card's numbers")
+    accuracy: float
+    flops_ratio: float
+    mean_ponder: Optional[float] = None
+    examples: int
+    mean_executed_layers: Optional[float] = None
+
+
+class TrainedPoint(SweepPoint):
+    per_class_accuracy: list[Optional[float]]
+
+
+class UnitLesion(Open):
+    name: str
+    downsampling: bool
+    accuracy: float
+    flops_ratio: float
+    per_class_accuracy: list[Optional[float]]
+
+
+class RandomLesion(Open):
+    k: int = Field(description="units removed at random (0: none, the trained model)")
+    mean: float
+    std: float
+    min: float
+    max: float
+    accuracies: list[float]
+
+
+class LesionStudy(Open):
+    """Accuracy without each unit, and without k random units (ponderscope.studies.lesion)."""
+    trained: TrainedPoint
+    single: list[UnitLesion]
+    random: list[RandomLesion]
+    classes: list[str]
+    units: list[str]
+    examples: int
+    draws: int
+    seed: int
+    layer_execution_rate: Optional[list[float]] = None
+
+
+class Reference(Open):
+    label: str
+    accuracy: float
+    flops_ratio: float
+    examples: int
+
+
+class JobProgress(Open):
+    status: Literal["running", "done", "error"]
+    progress: float = Field(ge=0, le=1)
+    message: str
+
+
+class DatasetStatus(JobProgress):
+    """GET /dataset: the job's progress, and when done its result."""
+    result: Optional[Annotated[Union[DatasetAnalysis, CorpusAnalysis], Field(discriminator="kind")]] = None
+
+
+class StudyStatus(JobProgress):
+    """GET /api/studies/{kind}: the jobs of every model asked for, and when all are done their results."""
+    models: dict[str, JobProgress] = Field(description="each model's job")
+    results: Optional[dict[str, Union[LesionStudy, list[SweepPoint]]]] = Field(None, description="when done, by model: the sweep's points or the lesion study")
+    reference: Optional[Reference] = Field(None, description="sweep: the dense twin's accuracy at 100% of the FLOPs")
+    figures: Optional[dict[str, Any]] = Field(None, description="when done: plotly JSON by name (sweep; single, random, classes:<model>)")
 
 
 # ------------------------------------------------------------------ Trace -> answers

@@ -17,7 +17,9 @@ from ponderscope.core.workloads import CHAR_CLASS_LABELS
 
 from ponderscope.core.statistics import image_records, read_analysis, summarize, write_json
 
-from .answers import gate_names
+from pydantic import TypeAdapter, ValidationError
+
+from .answers import CorpusAnalysis, DatasetStatus, LesionStudy, SweepPoint, gate_names
 from .loaded import NoTestSet
 
 log = logging.getLogger("ponderscope")
@@ -28,6 +30,10 @@ CORPUS_BYTES = 20_000  # held-out bytes a text model's corpus panel is measured 
 CORPUS_SCHEMA = 2  # bump when the corpus statistics change (cached answers then are recomputed)
 STUDY_SCHEMA = 2  # the same for what-if studies (2: layer_execution_rate)
 IMAGE_SCHEMA = 4  # the same for image models (2: the overall mean_ponder; 3: summarize; 4: the cards' vocabulary)
+
+# What a cache file holds, read back into the answers' types.
+DATASET_RESULT = TypeAdapter(DatasetStatus.model_fields["result"].annotation)
+STUDY_RESULT = {"sweep": TypeAdapter(list[SweepPoint]), "lesion": TypeAdapter(LesionStudy)}
 
 
 class DatasetJobs:
@@ -64,7 +70,7 @@ class DatasetJobs:
         result = {"model": entry.id, "kind": "text", "dataset": entry.card.dataset, "source": source,
                   **{k: stats.get(k) for k in keys}}
         result["class_labels"] = {name: CHAR_CLASS_LABELS.get(name, name) for name in result["per_char_class"] or {}}
-        return result
+        return CorpusAnalysis(**result)
 
     def _cache_path(self, entry) -> Path:
         key = entry.weights_sha256[:16]
@@ -77,7 +83,7 @@ class DatasetJobs:
 
     def status(self, entry) -> dict:
         entry.require_test_set()  # a 404 with the reason; starts no job
-        return self._job(entry.id, self._cache_path(entry), lambda job: self._compute(entry, job), f"dataset view for {entry.id}")
+        return self._job(entry.id, self._cache_path(entry), lambda job: self._compute(entry, job), f"dataset view for {entry.id}", DATASET_RESULT.validate_python)
 
     def study(self, entry, kind: str, limit: int, run) -> dict:
         """A what-if study of the model over its first `limit` test images: `run(entry, limit=,
@@ -95,7 +101,10 @@ class DatasetJobs:
             result = run(entry, limit=limit, progress=progress, guard=lambda: self._background_slot(entry))
             return {"model": entry.id, "kind": kind, "limit": limit, "result": result}
 
-        return self._job((kind, entry.id, limit), path, compute, f"{kind} of {entry.id}")
+        def parse(cached: dict) -> dict:
+            return {**cached, "result": STUDY_RESULT[kind].validate_python(cached["result"])}
+
+        return self._job((kind, entry.id, limit), path, compute, f"{kind} of {entry.id}", parse)
 
     @contextlib.contextmanager
     def _background_slot(self, entry):
@@ -105,16 +114,16 @@ class DatasetJobs:
         with entry.slots.background():
             yield
 
-    def _job(self, key, path: Path, compute, what: str) -> dict:
-        """The job `key`: its result from the cache file `path`, or running `compute(job)` in a
-        thread (its result written to `path`)."""
+    def _job(self, key, path: Path, compute, what: str, parse) -> dict:
+        """The job `key`: its result from the cache file `path` (read back into its type by
+        `parse`), or running `compute(job)` in a thread (its result written to `path`)."""
         with self.lock:
             job = self.jobs.get(key)
             if job is None or job["status"] == "error" and job.get("retry"):
                 if path.is_file():
                     try:
-                        result = json.loads(path.read_text())
-                    except (OSError, json.JSONDecodeError):
+                        result = parse(json.loads(path.read_text()))
+                    except (OSError, json.JSONDecodeError, ValidationError, KeyError, TypeError):
                         path.unlink(missing_ok=True)  # a broken cache file is recomputed
                     else:  # kept for the next requests
                         job = {"status": "done", "progress": 1.0, "message": "cached", "result": result}
@@ -170,9 +179,10 @@ class DatasetJobs:
         if job is None:
             try:
                 _, result = read_analysis(about["folder"])
-            except ValueError as error:
+                result = DATASET_RESULT.validate_python(result)
+            except ValueError as error:  # (pydantic's ValidationError is one)
                 raise NoTestSet(f"model {entry.id!r}: analysis {name!r} cannot be read now ({error})") from None
-            source = result.get("source") or {}
+            source = result.source or {}
             message = f"ponderscope analyze: {source.get('data', '')}, {source.get('world_size', 1)} process(es) on {', '.join(source.get('devices') or [])}"
             job = {"status": "done", "progress": 1.0, "message": message, "result": result}
             with self.lock:

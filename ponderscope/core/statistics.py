@@ -157,7 +157,8 @@ def summarize(records: dict[str, torch.Tensor], classes: list[str], thumbnail: C
     and most costly images (ranked by ponder where the model has one, else by FLOPs;
     `thumbnail(index)` draws them), and for gated models the histogram of executed layers and
     the class x layer execution rates with the layers' names."""
-    from ponderscope.core.imaging import png_data_url
+    from .answers import DatasetAnalysis  # (answers -> workloads -> statistics: imported when used)
+    from .imaging import png_data_url
 
     metrics = test_metrics(records, len(classes), per_class_accuracy=True)
     labels = records["label"]
@@ -178,6 +179,7 @@ def summarize(records: dict[str, torch.Tensor], classes: list[str], thumbnail: C
 
     keys = ("examples", "accuracy", "flops_ratio", "dense_flops", "mean_ponder", "layer_execution_rate", "class_layer_execution_rate")
     result = {
+        "kind": "image",
         "model": model_id,
         "classes": list(classes),
         **{key: metrics.get(key) for key in keys},
@@ -196,7 +198,7 @@ def summarize(records: dict[str, torch.Tensor], classes: list[str], thumbnail: C
                                                "counts": [int((counts == k).sum()) for k in range(n_layers + 1)]}
         result["class_layer_execution_rate"] = [[_or_none(v) for v in row] for row in metrics["class_layer_execution_rate"]]
         result["layers"] = layer_names(n_layers)
-    return result
+    return DatasetAnalysis(**result)
 
 
 def _or_none(value: float):
@@ -211,8 +213,10 @@ class AnalysisError(ValueError):
 
 def write_json(path: Path, data) -> None:
     """Write `data` as JSON to `path` whole or not at all (a temporary file, then renamed)."""
+    from .answers import json_default
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
+    tmp.write_text(json.dumps(data, default=json_default))
     os.replace(tmp, path)
 
 

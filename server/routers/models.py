@@ -15,10 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from ponderscope import figures
-from ponderscope.core.answers import ImageAnalysis, analyze_image, input_json
+from ponderscope.core.answers import DatasetStatus, ImageAnalysis, analyze_image, input_json
 from ..deps import for_kinds, get_model, get_store, require_kind
 from ponderscope.core.imaging import PIXEL_WORK, decode, png_data_url, prepare
-from ..schemas import DatasetStatus, ImageRequest, ModelSummary, Sample, errors
+from ..schemas import ImageRequest, ModelSummary, Sample, errors
 from ponderscope.core.loaded import LoadedModel, ModelStore
 from .images import read_upload, store_upload
 
@@ -197,6 +197,6 @@ def dataset(request: Request, entry: LoadedModel = Depends(get_model),
     jobs = request.app.state.dataset_jobs
     status = jobs.analysis(entry, source) if source is not None else jobs.status(entry)
     result = status.get("result")
-    if result is not None and "figures" not in result:  # drawn once per finished job, kept with its result
+    if result is not None and result.figures is None:  # drawn once per finished job, kept with its result
         figures.attach("dataset", result)
     return status

@@ -8,11 +8,12 @@ from typing import Annotated, Literal, Optional
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
 from ponderscope import figures, studies
+from ponderscope.core.answers import Reference, StudyStatus
 from ponderscope.core.loaded import ModelStore
 from ponderscope.models.whatif import knobs
 
 from ..deps import get_store
-from ..schemas import StudyStatus, errors
+from ..schemas import errors
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 MAX_MODELS = 6
@@ -77,5 +78,5 @@ def study(request: Request, kind: Annotated[Literal["sweep", "lesion"], Path(des
     answer["results"] = results
     if reference is not None:
         point = statuses[reference.id]["result"]["result"][0]
-        answer["reference"] = {"label": reference.id, "accuracy": point["accuracy"], "flops_ratio": point["flops_ratio"], "examples": point["examples"]}
+        answer["reference"] = Reference(label=reference.id, accuracy=point.accuracy, flops_ratio=point.flops_ratio, examples=point.examples)
     return figures.attach(kind, answer)
