@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from browser_support import browser_missing_reason, free_port, make_driver, make_test_png
+from conftest import missing_data
 
 ROOT = Path(__file__).resolve().parents[1]
-IN_CI = bool(os.environ.get("CI"))
 VERSION = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", (ROOT / "ponderscope" / "__init__.py").read_text(), re.M).group(1)
 BUNDLED = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if (p / "card.json").is_file())
 MODEL = "fmnist_sact_resnet32"      # Fashion-MNIST (Debian's dataset-fashion-mnist)
@@ -42,9 +42,7 @@ FIXED_INPUT = "(torch.sin(torch.arange(784, dtype=torch.float32) * 0.37).reshape
 
 def skip_or_fail(reason: str) -> None:
     """What this machine lacks is a skip here, and a failure in CI (which has everything)."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI must have it: bash scripts/setup.sh)")
-    pytest.skip(reason)
+    missing_data(reason)
 
 
 def run(cmd: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
