@@ -421,7 +421,7 @@ def analyze_image(model, x: torch.Tensor, input: dict, whatif=None) -> ImageAnal
         "prediction": [{"index": int(i), "class": classes[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
         "flops": flops_json(trace),
         "time_ms": round(ms, 2),
-        "execution": execution(model),
+        "execution": model.execution,
         "unshown_signals": extras_json(trace)["unshown_signals"],
         "ponder": ponder_json(trace, tuple(x.shape[-2:])),
         "gates": gates_json(model, trace),
@@ -478,7 +478,7 @@ def analyze_text(model, text: str) -> TextAnalysis:
         "bytes": len(data),
         "flops": flops_json(trace),
         "time_ms": round(ms, 2),
-        "execution": execution(model),
+        "execution": model.execution,
         "unshown_signals": extras_json(trace)["unshown_signals"],
         "replaced_surrogates": replaced,
     })
@@ -520,12 +520,6 @@ def analyze_parity(model, vector: list[float]) -> ParityAnalysis:
         "vector": list(vector),
         "curve": model.card.test_metrics.get("ponder_by_nonzero"),
     })
-
-
-def execution(model) -> str:
-    """How the model runs its skipped work (models/sparse.py): the strategy's name as the API reports it."""
-    value = getattr(model.module, "execution", "masked")
-    return getattr(value, "value", value)
 
 
 def valid_unicode(text: str) -> tuple[str, int]:

@@ -114,6 +114,12 @@ class LoadedModel:
         return {**can, "downsampling": downsampling_units(self.module)} if can else None
 
     @property
+    def execution(self) -> str:
+        """How the module runs its skipped work (models/sparse.py: "sparse" or "masked"), as the answers report it."""
+        value = getattr(self.module, "execution", "masked")
+        return getattr(value, "value", value)
+
+    @property
     def has_test_set(self) -> bool:
         return self.no_test_set is None
 
