@@ -77,7 +77,7 @@ def _analyze(args) -> None:
 
 def _study(args) -> None:
     """A what-if study of one or more models into a figure file (and its numbers as JSON)."""
-    from ponderscope.core.answers import json_default
+    from ponderscope.core.answers import Reference, json_default
     from ponderscope.core.data import DataSourceMissing
 
     from . import figures, notebook, studies
@@ -95,7 +95,7 @@ def _study(args) -> None:
             if args.kind == "sweep":
                 points = studies.sweep(model, limit=args.limit, data=args.data)
                 if model.family == "dense" and len(loaded) > 1:
-                    reference = {"label": model.id, "accuracy": points[0]["accuracy"], "flops_ratio": points[0]["flops_ratio"]}
+                    reference = Reference(label=model.id, accuracy=points[0].accuracy, flops_ratio=points[0].flops_ratio, examples=points[0].examples)
                 else:
                     results[model.id] = points
             else:
@@ -210,7 +210,7 @@ def _render_figure(model, args, figures, notebook):
     block = None if args.block is None else int(args.block)
     options = dict(block=block, measure=measure, colorscale=args.colormap, opacity=args.opacity)
     figure = figures.image_figure(analysis, **options)
-    if not analysis.get("ponder"):
+    if analysis.ponder is None:
         return figure, None
 
     def fallback(fmt: str) -> bytes:

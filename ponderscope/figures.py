@@ -1,9 +1,10 @@
 """The dashboard's figures as plotly Figures, for notebooks, scripts and `ponderscope render`.
 
-Each function takes the JSON the API returns (ponderscope/core/answers.py, ponderscope/core/jobs.py) and
-draws it: the numbers are taken from the dict as they are, never recomputed from a model. The API
-sends these very figures beside the numbers (an answer's `figures`, ponderscope.core.answers.answer_figures),
-and the page draws them (restyling only colour scale, opacity, measure and box on the client). Figures render offline: HTML written here, and figures shown in Jupyter
+Each function takes the typed answers the API returns (ponderscope/core/answers.py: ImageAnalysis,
+TextAnalysis, ParityAnalysis, DatasetAnalysis / CorpusAnalysis, SweepPoint, LesionStudy, Reference)
+and draws them: the numbers are read from the answer by attribute as they are, never recomputed
+from a model. The API sends these very figures beside the numbers (an answer's `figures`,
+answer_figures / attach below), and the page draws them (restyling only colour scale, opacity, measure and box on the client). Figures render offline: HTML written here, and figures shown in Jupyter
 after `import ponderscope`, carry plotly.js inline (no CDN).
 
     ponder_map_figure(analysis)   SACT/ACT: ponder map over the input image (or one block's map)
@@ -29,9 +30,14 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import plotly.graph_objects as go
 import plotly.io as pio
+
+if TYPE_CHECKING:  # (the answers import torch: `import ponderscope.figures` does not)
+    from ponderscope.core.answers import (CharPonder, CorpusAnalysis, DatasetAnalysis, Histogram, ImageAnalysis, LesionStudy,
+                                          ParityAnalysis, PonderBlock, PonderMaps, Reference, SweepPoint, TextAnalysis)
 
 # Low -> high, as static/core/colors.js has them (the page restyles with the very same colours).
 COLORSCALES = {
@@ -50,9 +56,19 @@ COLORS = {"executed": "#1f5fbf", "skipped": "#c7ccd4", "skipped_line": "#8a929e"
           "ponder": "#3b528b", "steps": "#2f6fdf", "ponder_bar": "#e0a030", "surprisal": "#c0392b", "other": "#1b1f24",
           "curve": "#8a929e", "current": "#e0892b", "box": "#ff3b30", "guide": "#5b6470"}
 DEFAULT_COLORSCALE, DEFAULT_OPACITY = "Viridis", 0.6
-# Map measures: analysis["ponder"] key of the total map, of a block's map, and the unit.
-MEASURES = {"ponder": ("total", "ponder_cost", "ponder cost N+R"), "units": ("units_total", "units", "units executed N")}
+
+
+class Measure(NamedTuple):
+    """A map measure: the total map of analysis.ponder, a block's map, and the unit."""
+    total: Callable[[PonderMaps], list[list[float]]]
+    block: Callable[[PonderBlock], list[list[float]]]
+    unit: str
+
+
+MEASURES = {"ponder": Measure(lambda ponder: ponder.total, lambda block: block.ponder_cost, "ponder cost N+R"),
+            "units": Measure(lambda ponder: ponder.units_total, lambda block: block.units, "units executed N")}
 TEXT_UNITS = {"steps": "steps N", "ponder": "ponder cost N+R"}
+TEXT_VALUES: dict[str, Callable[[CharPonder], float]] = {"steps": lambda char: char.steps, "ponder": lambda char: char.ponder}
 BASE_LAYOUT = {"margin": {"l": 50, "r": 20, "t": 70, "b": 40}, "paper_bgcolor": "#fff", "plot_bgcolor": "#fff",
                "font": {"size": 12, "color": "#1b1f24"}}
 TITLE = {"font": {"size": 14}, "x": 0.01, "xref": "container", "xanchor": "left", "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 12}}
@@ -101,24 +117,24 @@ def _figure(data, layout: dict) -> go.Figure:
 
 
 # ------------------------------------------------------------------ image models
-def map_grid(analysis: dict, block: int | None = None, measure: str = "ponder") -> list[list[float]]:
+def map_grid(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder") -> list[list[float]]:
     """The grid a map figure draws, exactly as in the analysis: ponder.total / units_total, or a block's ponder_cost / units."""
-    if not analysis.get("ponder"):
-        raise ValueError(f"model {analysis.get('model')!r} has no ponder map (it is {'ConvNet-AIG: see gates_figure' if analysis.get('gates') else 'dense'})")
+    if analysis.ponder is None:
+        raise ValueError(f"model {analysis.model!r} has no ponder map (it is {'ConvNet-AIG: see gates_figure' if analysis.gates is not None else 'dense'})")
     if measure not in MEASURES:
         raise ValueError(f"a map's measure is 'ponder' (N+R) or 'units' (N), not {measure!r}")
-    total, per_block, _ = MEASURES[measure]
-    return analysis["ponder"][total] if block is None else analysis["ponder"]["blocks"][block][per_block]
+    chosen = MEASURES[measure]
+    return chosen.total(analysis.ponder) if block is None else chosen.block(analysis.ponder.blocks[block])
 
 
-def map_range(analysis: dict, block: int | None = None, measure: str = "ponder") -> tuple[float, float]:
+def map_range(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder") -> tuple[float, float]:
     """The page's colour range: ponder.min/max for the total ponder map; for a block, the range over all blocks."""
-    ponder = analysis["ponder"]
+    ponder = analysis.ponder
     if block is None:
-        if measure == "ponder" and ponder["max"] > ponder["min"]:
-            return ponder["min"], ponder["max"]
+        if measure == "ponder" and ponder.max > ponder.min:
+            return ponder.min, ponder.max
         return _range([map_grid(analysis, None, measure)])
-    return _range([b[MEASURES[measure][1]] for b in ponder["blocks"]])
+    return _range([MEASURES[measure].block(b) for b in ponder.blocks])
 
 
 def _heatmap(z, size: tuple[int, int], unit: str, opacity: float, **color) -> go.Heatmap:
@@ -128,67 +144,67 @@ def _heatmap(z, size: tuple[int, int], unit: str, opacity: float, **color) -> go
                       hovertemplate=f"x %{{x:.0f}}, y %{{y:.0f}}<br>{unit}: %{{z:.3f}}<extra></extra>", **color)
 
 
-def _image_layout(analysis: dict, axis: str = "", box: bool = True) -> dict:
+def _image_layout(analysis: ImageAnalysis, axis: str = "", box: bool = True) -> dict:
     """The layout of the input image under axes x{axis}/y{axis} (pixel coordinates, y down) and the
     test set's box: {"axes": {xaxis, yaxis}, "images": [...], "shapes": [...]}."""
-    source = analysis["input"]
-    width, height = source["width"], source["height"]
+    source = analysis.input
+    width, height = source.width, source.height
     shapes = []
-    if box and source.get("box"):
-        y0, x0, y1, x1 = source["box"]
+    if box and source.box:
+        y0, x0, y1, x1 = source.box
         shapes.append({"type": "rect", "xref": f"x{axis}", "yref": f"y{axis}", "x0": x0, "y0": y0, "x1": x1, "y1": y1,
                        "line": {"color": COLORS["box"], "width": 2}})
     return {
         "axes": {f"xaxis{axis}": {"range": [0, width], "showgrid": False, "zeroline": False, "constrain": "domain", "ticks": "outside"},
                  f"yaxis{axis}": {"range": [height, 0], "showgrid": False, "zeroline": False, "scaleanchor": f"x{axis}",
                                   "constrain": "domain", "ticks": "outside"}},
-        "images": [{"source": source["image"], "xref": f"x{axis}", "yref": f"y{axis}", "x": 0, "y": 0, "sizex": width, "sizey": height,
+        "images": [{"source": source.image, "xref": f"x{axis}", "yref": f"y{axis}", "x": 0, "y": 0, "sizex": width, "sizey": height,
                     "xanchor": "left", "yanchor": "top", "sizing": "stretch", "layer": "below"}],
         "shapes": shapes,
     }
 
 
-def _place_image(fig: go.Figure, analysis: dict, axis: str = "", box: bool = True) -> None:
+def _place_image(fig: go.Figure, analysis: ImageAnalysis, axis: str = "", box: bool = True) -> None:
     """The input image under axes x{axis}/y{axis}, and the test set's box, in one layout update."""
     part = _image_layout(analysis, axis, box)
     fig.update_layout(part["axes"], images=list(fig.layout.images) + part["images"], shapes=list(fig.layout.shapes) + part["shapes"])
 
 
-def _map_title(analysis: dict, block: int | None, measure: str, sep: str = ": ") -> str:
-    ponder, unit = analysis["ponder"], MEASURES[measure][2]
+def _map_title(analysis: ImageAnalysis, block: int | None, measure: str, sep: str = ": ") -> str:
+    ponder, unit = analysis.ponder, MEASURES[measure].unit
     if block is None:
-        return f"{analysis.get('model', '')}: {unit}, summed over {len(ponder['blocks'])} blocks"
-    b = ponder["blocks"][block]
-    return f"block {b['index'] + 1} ({b['width']}×{b['height']}){sep}N+R {b['mean_ponder']:.2f}, N {b['mean_units']:.2f}/{b['n_units']}"
+        return f"{analysis.model}: {unit}, summed over {len(ponder.blocks)} blocks"
+    b = ponder.blocks[block]
+    return f"block {b.index + 1} ({b.width}×{b.height}){sep}N+R {b.mean_ponder:.2f}, N {b.mean_units:.2f}/{b.n_units}"
 
 
-def ponder_map_figure(analysis: dict, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
+def ponder_map_figure(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
                       opacity: float = DEFAULT_OPACITY, zmin: float | None = None, zmax: float | None = None, box: bool = True) -> go.Figure:
     """SACT/ACT: the ponder map (ponder.total, or units_total with measure="units"; a block's own
     grid with block=i) as a heatmap over the input image. The colour range is the page's unless given."""
     z = map_grid(analysis, block, measure)
     lo, hi = map_range(analysis, block, measure)
-    source = analysis["input"]
-    fig = _figure([_heatmap(z, (source["width"], source["height"]), MEASURES[measure][2], opacity, zmin=lo if zmin is None else zmin,
+    source = analysis.input
+    fig = _figure([_heatmap(z, (source.width, source.height), MEASURES[measure].unit, opacity, zmin=lo if zmin is None else zmin,
                             zmax=hi if zmax is None else zmax, zauto=False, colorscale=plotly_scale(colorscale))],
                   {"title": {"text": _map_title(analysis, block, measure)}})
     _place_image(fig, analysis, box=box)
     return fig
 
 
-def input_figure(analysis: dict, title: str | None = None, box: bool = True) -> go.Figure:
+def input_figure(analysis: ImageAnalysis, title: str | None = None, box: bool = True) -> go.Figure:
     """The input image as the network saw it, without a map (dense and ConvNet-AIG models)."""
-    fig = _figure([], {"title": {"text": title or f"{analysis.get('model', '')}: input"}})
+    fig = _figure([], {"title": {"text": title or f"{analysis.model}: input"}})
     _place_image(fig, analysis, box=box)
     return fig
 
 
-def gates_figure(analysis: dict) -> go.Figure:
+def gates_figure(analysis: ImageAnalysis) -> go.Figure:
     """ConvNet-AIG: the gate probability p(run) of each gated block, executed ones in blue."""
-    gates = analysis["gates"]
-    if not gates:
-        raise ValueError(f"model {analysis.get('model')!r} has no gates (only ConvNet-AIG models do)")
-    layers, p, executed = gates["layers"], gates["probability"], gates["executed"]
+    gates = analysis.gates
+    if gates is None:
+        raise ValueError(f"model {analysis.model!r} has no gates (only ConvNet-AIG models do)")
+    layers, p, executed = gates.layers, gates.probability, gates.executed
 
     def bars(name, run, marker):
         index = [i for i, e in enumerate(executed) if e == run]
@@ -206,18 +222,18 @@ def gates_figure(analysis: dict) -> go.Figure:
     })
 
 
-def image_figure(analysis: dict, **options) -> go.Figure:
+def image_figure(analysis: ImageAnalysis, **options) -> go.Figure:
     """The main figure of an image analysis: the ponder map (SACT/ACT; options as ponder_map_figure),
     the gates (ConvNet-AIG), or the input alone (dense)."""
-    if analysis.get("ponder"):
+    if analysis.ponder is not None:
         return ponder_map_figure(analysis, **options)
-    if analysis.get("gates"):
+    if analysis.gates is not None:
         return gates_figure(analysis)
-    return input_figure(analysis, f"{analysis.get('model', '')}: input (dense model: every unit runs everywhere, no ponder map)",
+    return input_figure(analysis, f"{analysis.model}: input (dense model: every unit runs everywhere, no ponder map)",
                         box=options.get("box", True))
 
 
-def _map_grid_figure(panels: list[tuple[str, dict, list | None]], zmin: float, zmax: float, unit: str, colorscale: str,
+def _map_grid_figure(panels: list[tuple[str, ImageAnalysis, list | None]], zmin: float, zmax: float, unit: str, colorscale: str,
                      opacity: float, title: str, columns: int) -> go.Figure:
     """Maps side by side on one colour axis: panels of (title, analysis, grid or None for the image alone)."""
     # The grid laid out by hand, as make_subplots would (its spacing, a title over each panel), and
@@ -229,10 +245,10 @@ def _map_grid_figure(panels: list[tuple[str, dict, list | None]], zmin: float, z
                         "coloraxis": {"colorscale": plotly_scale(colorscale), "cmin": zmin, "cmax": zmax,
                                       "colorbar": {"title": {"text": unit, "side": "right"}, "thickness": 12}}}
     for k, (panel_title, analysis, z) in enumerate(panels):
-        axis, source = ("" if k == 0 else str(k + 1)), analysis["input"]
+        axis, source = ("" if k == 0 else str(k + 1)), analysis.input
         left, top = (k % columns) * (width + gap_x), 1 - (k // columns) * (height + gap_y)
         if z is not None:
-            data.append(_heatmap(z, (source["width"], source["height"]), unit, opacity, coloraxis="coloraxis", xaxis=f"x{axis}", yaxis=f"y{axis}"))
+            data.append(_heatmap(z, (source.width, source.height), unit, opacity, coloraxis="coloraxis", xaxis=f"x{axis}", yaxis=f"y{axis}"))
         part = _image_layout(analysis, axis)
         domain = lambda low, high: [max(0.0, round(low, 6)), min(1.0, round(high, 6))]  # noqa: E731  (float sums may leave [0, 1])
         layout[f"xaxis{axis}"] = {**part["axes"][f"xaxis{axis}"], "domain": domain(left, left + width), "anchor": f"y{axis}"}
@@ -244,81 +260,81 @@ def _map_grid_figure(panels: list[tuple[str, dict, list | None]], zmin: float, z
     return go.Figure(data=data, layout=layout)
 
 
-def block_maps_figure(analysis: dict, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
+def block_maps_figure(analysis: ImageAnalysis, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
                       columns: int = 4) -> go.Figure:
     """SACT/ACT: one map per block (ponder.blocks[i]), one colour scale across blocks."""
     map_grid(analysis)  # a model without maps: say so
-    panels = [(_map_title(analysis, i, measure, "<br>"), analysis, map_grid(analysis, i, measure)) for i in range(len(analysis["ponder"]["blocks"]))]
+    panels = [(_map_title(analysis, i, measure, "<br>"), analysis, map_grid(analysis, i, measure)) for i in range(len(analysis.ponder.blocks))]
     zmin, zmax = map_range(analysis, 0, measure)  # a block's range is the range over all blocks
-    return _map_grid_figure(panels, zmin, zmax, MEASURES[measure][2], colorscale, opacity,
-                            f"{analysis.get('model', '')}: {MEASURES[measure][2]} per block", min(columns, len(panels)))
+    return _map_grid_figure(panels, zmin, zmax, MEASURES[measure].unit, colorscale, opacity,
+                            f"{analysis.model}: {MEASURES[measure].unit} per block", min(columns, len(panels)))
 
 
-def compare_figure(analyses: list[dict], measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
+def compare_figure(analyses: list[ImageAnalysis], measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
                    columns: int = 3) -> go.Figure:
     """Several models' analyses of one image, side by side, their maps on one colour scale (the
     range over every map); models without a map show the input alone."""
-    grids = [map_grid(a, None, measure) if a.get("ponder") else None for a in analyses]
+    grids = [map_grid(a, None, measure) if a.ponder is not None else None for a in analyses]
     zmin, zmax = _range([z for z in grids if z is not None])
 
-    def panel_title(a, z):
+    def panel_title(a: ImageAnalysis, z) -> str:
         if z is not None:
-            return f"{a.get('model', '')}<br>mean N+R {a['ponder']['mean']:.3f}"
-        if a.get("gates"):
-            return f"{a.get('model', '')}<br>no spatial map: {sum(a['gates']['executed'])}/{len(a['gates']['executed'])} gated blocks run"
-        return f"{a.get('model', '')}<br>dense: no ponder map"
+            return f"{a.model}<br>mean N+R {a.ponder.mean:.3f}"
+        if a.gates is not None:
+            return f"{a.model}<br>no spatial map: {sum(a.gates.executed)}/{len(a.gates.executed)} gated blocks run"
+        return f"{a.model}<br>dense: no ponder map"
 
     panels = [(panel_title(a, z), a, z) for a, z in zip(analyses, grids)]
-    return _map_grid_figure(panels, zmin, zmax, MEASURES[measure][2], colorscale, opacity,
-                            f"{MEASURES[measure][2]} (shared scale)", min(columns, len(panels)))
+    return _map_grid_figure(panels, zmin, zmax, MEASURES[measure].unit, colorscale, opacity,
+                            f"{MEASURES[measure].unit} (shared scale)", min(columns, len(panels)))
 
 
 # ------------------------------------------------------------------ dataset view
-def _histogram_bars(h: dict, name: str, color: str, unit: str = "images") -> go.Bar:
-    edges = h["edges"]
-    return go.Bar(x=[(a + b) / 2 for a, b in zip(edges, edges[1:])], y=h["counts"], width=[b - a for a, b in zip(edges, edges[1:])], name=name,
+def _histogram_bars(h: Histogram, name: str, color: str, unit: str = "images") -> go.Bar:
+    edges = h.edges
+    return go.Bar(x=[(a + b) / 2 for a, b in zip(edges, edges[1:])], y=h.counts, width=[b - a for a, b in zip(edges, edges[1:])], name=name,
                   marker={"color": color, "line": {"color": "#fff", "width": 0.5}}, hovertemplate=f"{name} %{{x:.3f}}: %{{y}} {unit}<extra></extra>")
 
 
-def dataset_figures(result: dict, colorscale: str = DEFAULT_COLORSCALE) -> dict[str, go.Figure]:
+def dataset_figures(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DEFAULT_COLORSCALE) -> dict[str, go.Figure]:
     """GET /api/models/{id}/dataset's `result` -> the figures the Dataset view draws, by name:
     image models: "class" (FLOPs and accuracy per class), "flops_histogram", and where the
     model has them "ponder" (mean ponder per class), "ponder_histogram", "layers_histogram",
     "class_layer" (ConvNet-AIG execution rate per class and layer); byte LMs: "corpus"."""
-    if result.get("kind") == "text":
+    if result.kind == "text":
         return {"corpus": corpus_figure(result)}
-    per_class = result["per_class"]
-    classes = [c["class"] for c in per_class]
+    per_class = result.per_class
+    classes = [c.class_ for c in per_class]
     figures = {"class": _figure([
-        go.Bar(name="mean FLOPs / dense", x=classes, y=[c["flops_ratio"] for c in per_class], marker={"color": COLORS["flops"]},
+        go.Bar(name="mean FLOPs / dense", x=classes, y=[c.flops_ratio for c in per_class], marker={"color": COLORS["flops"]},
                hovertemplate="%{x}: %{y:.1%} of dense FLOPs<extra></extra>"),
-        go.Scatter(mode="markers+lines", name="accuracy", x=classes, y=[c["accuracy"] for c in per_class], yaxis="y2",
+        go.Scatter(mode="markers+lines", name="accuracy", x=classes, y=[c.accuracy for c in per_class], yaxis="y2",
                    marker={"color": COLORS["accuracy"], "size": 8}, line={"dash": "dot"}, hovertemplate="%{x}: accuracy %{y:.1%}<extra></extra>"),
-    ], {"title": {"text": f"{result.get('model', '')}: mean FLOPs and accuracy per class"},
+    ], {"title": {"text": f"{result.model}: mean FLOPs and accuracy per class"},
         "yaxis": {"title": {"text": "FLOPs executed / dense"}, "tickformat": ".0%", "rangemode": "tozero"},
         "yaxis2": {"title": {"text": "accuracy"}, "overlaying": "y", "side": "right", "tickformat": ".0%", "range": [0, 1.05], "dtick": 0.2, "showgrid": False},
         "legend": {"orientation": "h", "y": -0.25}, "margin": {"l": 60, "r": 60, "t": 40, "b": 90}})}
-    if any(c.get("mean_ponder") is not None for c in per_class):
-        figures["ponder"] = _figure([go.Bar(x=classes, y=[c["mean_ponder"] for c in per_class], marker={"color": COLORS["ponder"]},
+    if any(c.mean_ponder is not None for c in per_class):
+        figures["ponder"] = _figure([go.Bar(x=classes, y=[c.mean_ponder for c in per_class], marker={"color": COLORS["ponder"]},
                                             hovertemplate="%{x}: mean ponder %{y:.3f}<extra></extra>")],
                                     {"title": {"text": "Mean ponder cost N+R per class (summed over blocks)"}, "yaxis": {"title": {"text": "ponder cost N+R"}}})
-    figures["flops_histogram"] = _figure([_histogram_bars(result["flops_histogram"], "FLOPs ratio", COLORS["flops"])], {
+    figures["flops_histogram"] = _figure([_histogram_bars(result.flops_histogram, "FLOPs ratio", COLORS["flops"])], {
         "title": {"text": "FLOPs executed / dense, per image"}, "xaxis": {"title": {"text": "FLOPs ratio"}, "tickformat": ".0%"},
         "yaxis": {"title": {"text": "images"}}, "bargap": 0})
-    if result.get("ponder_histogram"):
-        figures["ponder_histogram"] = _figure([_histogram_bars(result["ponder_histogram"], "ponder", COLORS["ponder"])], {
+    if result.ponder_histogram is not None:
+        figures["ponder_histogram"] = _figure([_histogram_bars(result.ponder_histogram, "ponder", COLORS["ponder"])], {
             "title": {"text": "Ponder cost per image (mean over positions, summed over blocks)"}, "xaxis": {"title": {"text": "ponder cost N+R"}},
             "yaxis": {"title": {"text": "images"}}, "bargap": 0})
-    if result.get("executed_layers_histogram"):
-        h = result["executed_layers_histogram"]
-        figures["layers_histogram"] = _figure([go.Bar(x=h["edges"][: len(h["counts"])], y=h["counts"], marker={"color": COLORS["executed"]},
+    if result.executed_layers_histogram is not None:
+        h = result.executed_layers_histogram
+        figures["layers_histogram"] = _figure([go.Bar(x=h.edges[: len(h.counts)], y=h.counts, marker={"color": COLORS["executed"]},
                                                       hovertemplate="%{x} layers: %{y} images<extra></extra>")],
                                               {"title": {"text": "Executed gated layers per image"}, "xaxis": {"title": {"text": "layers executed"}, "dtick": 1},
                                                "yaxis": {"title": {"text": "images"}}})
-    if result.get("class_layer_execution_rate"):
-        rates = result["class_layer_execution_rate"]
+    if result.class_layer_execution_rate:
+        rates = result.class_layer_execution_rate
         figures["class_layer"] = _figure([go.Heatmap(
-            z=rates, x=result.get("layers") or [f"layer {i}" for i in range(len(rates[0]))], y=classes, zmin=0, zmax=1,
+            z=rates, x=result.layers or [f"layer {i}" for i in range(len(rates[0]))], y=classes, zmin=0, zmax=1,
             colorscale=plotly_scale(colorscale), colorbar={"title": {"text": "execution rate", "side": "right"}, "tickformat": ".0%"},
             hovertemplate="%{y}, %{x}: runs %{z:.1%}<extra></extra>")],
             {"title": {"text": "Execution rate per class and gated layer (ConvNet-AIG)"}, "xaxis": {"tickangle": -45},
@@ -326,9 +342,9 @@ def dataset_figures(result: dict, colorscale: str = DEFAULT_COLORSCALE) -> dict[
     return figures
 
 
-def corpus_figure(result: dict) -> go.Figure:
+def corpus_figure(result: CorpusAnalysis) -> go.Figure:
     """A byte LM's held-out statistics (the Text view's corpus panel): mean N and N+R per class of the byte read, ± std."""
-    per_class, labels = result["per_char_class"], result.get("class_labels") or {}
+    per_class, labels = result.per_char_class, result.class_labels or {}
     names = list(per_class)
     x = [labels.get(n, n) for n in names]
 
@@ -338,7 +354,7 @@ def corpus_figure(result: dict) -> go.Figure:
                       hovertemplate=f"%{{x}}: {what} %{{y:.3f}} ± %{{error_y.array:.3f}}<br>%{{customdata}} bytes<extra></extra>")
 
     return _figure([bars("steps", "steps_std", "steps N", COLORS["steps"], "N"), bars("ponder", "ponder_std", "ponder cost N+R", COLORS["ponder_bar"], "N+R")], {
-        "title": {"text": f"{result.get('model', '')}: mean N and N+R by the class of the byte read"}, "barmode": "group",
+        "title": {"text": f"{result.model}: mean N and N+R by the class of the byte read"}, "barmode": "group",
         "yaxis": {"title": {"text": "steps N / ponder N+R"}, "rangemode": "tozero"},
         "legend": LEGEND_ON_TOP, "margin": {"l": 60, "r": 20, "t": 90, "b": 40}})
 
@@ -348,35 +364,35 @@ STUDY_COLORS = ["#1f5fbf", "#e0892b", "#2ca02c", "#9467bd", "#c0392b", "#17becf"
 PARAMETER_LABELS = {"threshold": "halting threshold 1 - eps", "cap": "units per block, at most", "gate_bias": "gate bias theta"}
 
 
-def sweep_figure(results: dict[str, list[dict]], reference: dict | None = None) -> go.Figure:
-    """ponderscope.sweep points of several models -> accuracy against FLOPs (executed / dense):
-    one curve per model and parameter, the trained setting as a star, and `reference` (a dense
-    twin's {"label", "accuracy", "flops_ratio"}) as a diamond."""
+def sweep_figure(results: dict[str, list[SweepPoint]], reference: Reference | None = None) -> go.Figure:
+    """ponderscope.sweep points of several models, by label -> accuracy against FLOPs (executed /
+    dense): one curve per model and parameter, the trained setting as a star, and `reference` (a
+    dense twin's label, accuracy and flops_ratio) as a diamond."""
     data = []
     for index, (label, points) in enumerate(results.items()):
         color = STUDY_COLORS[index % len(STUDY_COLORS)]
-        for dash, parameter in zip(("solid", "dot", "dash"), dict.fromkeys(p["parameter"] for p in points if p["parameter"])):
-            curve = sorted((p for p in points if p["parameter"] == parameter), key=lambda p: p["flops_ratio"])
+        for dash, parameter in zip(("solid", "dot", "dash"), dict.fromkeys(p.parameter for p in points if p.parameter)):
+            curve = sorted((p for p in points if p.parameter == parameter), key=lambda p: p.flops_ratio)
             data.append(go.Scatter(mode="lines+markers", name=f"{label}: {PARAMETER_LABELS.get(parameter, parameter)}",
-                                   x=[p["flops_ratio"] for p in curve], y=[p["accuracy"] for p in curve],
-                                   customdata=[[p["setting"]] for p in curve], line={"color": color, "dash": dash}, marker={"size": 6},
+                                   x=[p.flops_ratio for p in curve], y=[p.accuracy for p in curve],
+                                   customdata=[[p.setting] for p in curve], line={"color": color, "dash": dash}, marker={"size": 6},
                                    hovertemplate=f"{parameter} %{{customdata[0]}}: accuracy %{{y:.2%}} at %{{x:.1%}} of dense FLOPs<extra>{label}</extra>"))
-        trained = next((p for p in points if p["trained"]), None)
+        trained = next((p for p in points if p.trained), None)
         if trained is not None:
-            data.append(go.Scatter(mode="markers", name=f"{label}: trained", x=[trained["flops_ratio"]], y=[trained["accuracy"]],
+            data.append(go.Scatter(mode="markers", name=f"{label}: trained", x=[trained.flops_ratio], y=[trained.accuracy],
                                    marker={"symbol": "star", "size": 15, "color": color, "line": {"color": "#1b1f24", "width": 1}},
                                    hovertemplate=f"trained: accuracy %{{y:.2%}} at %{{x:.1%}} of dense FLOPs<extra>{label}</extra>"))
     if reference is not None:
-        data.append(go.Scatter(mode="markers", name=f"{reference['label']} (dense)", x=[reference["flops_ratio"]], y=[reference["accuracy"]],
+        data.append(go.Scatter(mode="markers", name=f"{reference.label} (dense)", x=[reference.flops_ratio], y=[reference.accuracy],
                                marker={"symbol": "diamond", "size": 13, "color": COLORS["other"]},
-                               hovertemplate=f"dense: accuracy %{{y:.2%}}<extra>{reference['label']}</extra>"))
+                               hovertemplate=f"dense: accuracy %{{y:.2%}}<extra>{reference.label}</extra>"))
     return _figure(data, {"title": {"text": "Accuracy against computation as the inference settings move (no retraining)"},
                           "xaxis": {"title": {"text": "FLOPs executed / dense"}, "tickformat": ".0%", "rangemode": "tozero"},
                           "yaxis": {"title": {"text": "test accuracy"}, "tickformat": ".0%"},
                           "legend": {"orientation": "h", "y": -0.3}, "margin": {"b": 120}})
 
 
-def lesion_figure(studies: dict[str, dict]) -> go.Figure:
+def lesion_figure(studies: dict[str, LesionStudy]) -> go.Figure:
     """ponderscope.lesion of several models side by side: the test accuracy after removing each
     unit alone (x: the unit's place in the network; downsampling units as crosses), each model's
     intact accuracy dotted, and where a model has gates (ConvNet-AIG) its execution rate per
@@ -384,17 +400,17 @@ def lesion_figure(studies: dict[str, dict]) -> go.Figure:
     data = []
     for index, (label, study) in enumerate(studies.items()):
         color = STUDY_COLORS[index % len(STUDY_COLORS)]
-        single = study["single"]
+        single = study.single
         places = list(range(1, len(single) + 1))
-        data.append(go.Scatter(mode="lines+markers", name=f"{label}: without the unit", x=places, y=[u["accuracy"] for u in single],
-                               customdata=[[u["name"], "downsampling" if u["downsampling"] else ""] for u in single], line={"color": color},
-                               marker={"size": [11 if u["downsampling"] else 7 for u in single], "symbol": ["x" if u["downsampling"] else "circle" for u in single]},
+        data.append(go.Scatter(mode="lines+markers", name=f"{label}: without the unit", x=places, y=[u.accuracy for u in single],
+                               customdata=[[u.name, "downsampling" if u.downsampling else ""] for u in single], line={"color": color},
+                               marker={"size": [11 if u.downsampling else 7 for u in single], "symbol": ["x" if u.downsampling else "circle" for u in single]},
                                hovertemplate="without %{customdata[0]} %{customdata[1]}: accuracy %{y:.2%}<extra>" + label + "</extra>"))
-        data.append(go.Scatter(mode="lines", name=f"{label}: intact", x=[places[0], places[-1]], y=[study["trained"]["accuracy"]] * 2,
+        data.append(go.Scatter(mode="lines", name=f"{label}: intact", x=[places[0], places[-1]], y=[study.trained.accuracy] * 2,
                                line={"color": color, "dash": "dot", "width": 1}, hovertemplate="intact: %{y:.2%}<extra>" + label + "</extra>"))
-        if study.get("layer_execution_rate"):
-            data.append(go.Bar(name=f"{label}: execution rate", x=places, y=study["layer_execution_rate"], yaxis="y2", opacity=0.25,
-                               marker={"color": color}, customdata=[[u["name"]] for u in single],
+        if study.layer_execution_rate:
+            data.append(go.Bar(name=f"{label}: execution rate", x=places, y=study.layer_execution_rate, yaxis="y2", opacity=0.25,
+                               marker={"color": color}, customdata=[[u.name] for u in single],
                                hovertemplate="%{customdata[0]} runs for %{y:.1%} of the images<extra>" + label + "</extra>"))
     return _figure(data, {"title": {"text": "Remove one unit at test time: accuracy (crosses: units that downsample, keeping their shortcut)"},
                           "xaxis": {"title": {"text": "residual unit / gated block, input to output"}, "dtick": 1},
@@ -404,31 +420,32 @@ def lesion_figure(studies: dict[str, dict]) -> go.Figure:
                           "barmode": "overlay", "legend": {"orientation": "h", "y": -0.3}, "margin": {"b": 130, "r": 70}})
 
 
-def random_lesion_figure(studies: dict[str, dict]) -> go.Figure:
+def random_lesion_figure(studies: dict[str, LesionStudy]) -> go.Figure:
     """Accuracy as k random units are removed (Veit et al. 2016, fig. 5): mean over the draws,
     bars from the lowest to the highest draw."""
     data = []
     for index, (label, study) in enumerate(studies.items()):
-        points = study["random"]
-        data.append(go.Scatter(mode="lines+markers", name=label, x=[p["k"] for p in points], y=[p["mean"] for p in points],
-                               error_y={"type": "data", "symmetric": False, "array": [p["max"] - p["mean"] for p in points],
-                                        "arrayminus": [p["mean"] - p["min"] for p in points]},
+        points = study.random
+        data.append(go.Scatter(mode="lines+markers", name=label, x=[p.k for p in points], y=[p.mean for p in points],
+                               error_y={"type": "data", "symmetric": False, "array": [p.max - p.mean for p in points],
+                                        "arrayminus": [p.mean - p.min for p in points]},
                                line={"color": STUDY_COLORS[index % len(STUDY_COLORS)]},
                                hovertemplate="%{x} removed: mean accuracy %{y:.2%}<extra>" + label + "</extra>"))
-    draws = next(iter(studies.values()), {}).get("draws", "")
+    first = next(iter(studies.values()), None)
+    draws = "" if first is None else first.draws
     return _figure(data, {"title": {"text": f"Remove k random units (not downsampling ones): mean of {draws} draws, min to max"},
                           "xaxis": {"title": {"text": "units removed"}, "dtick": 1},
                           "yaxis": {"title": {"text": "test accuracy"}, "tickformat": ".0%"}, "legend": {"orientation": "h", "y": -0.25}})
 
 
-def class_lesion_figure(study: dict, label: str = "") -> go.Figure:
+def class_lesion_figure(study: LesionStudy, label: str = "") -> go.Figure:
     """Which classes break when a unit is removed: accuracy drop per class (rows) and removed
     unit (columns), in points of accuracy."""
-    trained = study["trained"]["per_class_accuracy"]
-    units = [u["name"] for u in study["single"]]
-    drop = [[None if t != t or u["per_class_accuracy"][c] != u["per_class_accuracy"][c] else 100.0 * (t - u["per_class_accuracy"][c])
-             for u in study["single"]] for c, t in enumerate(trained)]
-    return _figure([go.Heatmap(z=drop, x=units, y=study["classes"], colorscale=COLORSCALES["YlOrRd"], zmin=0, colorbar={"title": {"text": "points"}},
+    trained = study.trained.per_class_accuracy
+    units = [u.name for u in study.single]
+    drop = [[None if t != t or u.per_class_accuracy[c] != u.per_class_accuracy[c] else 100.0 * (t - u.per_class_accuracy[c])
+             for u in study.single] for c, t in enumerate(trained)]
+    return _figure([go.Heatmap(z=drop, x=units, y=study.classes, colorscale=COLORSCALES["YlOrRd"], zmin=0, colorbar={"title": {"text": "points"}},
                                hovertemplate="without %{x}: %{y} accuracy down %{z:.1f} points<extra></extra>")],
                    {"title": {"text": f"{label}: accuracy drop per class when one unit is removed".strip(": ")},
                     "xaxis": {"tickangle": -45}, "margin": {"b": 90, "l": 100}})
@@ -439,28 +456,28 @@ def visible_char(c: str) -> str:
     return {" ": "␣", "\n": "↵", "\t": "⇥"}.get(c, c)
 
 
-def text_figure(analysis: dict, measure: str | None = None, colorscale: str = DEFAULT_COLORSCALE) -> go.Figure:
+def text_figure(analysis: TextAnalysis, measure: str | None = None, colorscale: str = DEFAULT_COLORSCALE) -> go.Figure:
     """Byte LM (POST /text): per character, bars of `measure` ("steps" N or "ponder" N+R; default
     the analysis' own `measure`, what varies in this text) coloured by the colour scale, a dotted
     line of the other, and the surprisal in bits on the right axis."""
-    chars = analysis["chars"]
-    key = measure or analysis.get("measure") or "ponder"
+    chars = analysis.chars
+    key = measure or analysis.measure or "ponder"
     if key not in TEXT_UNITS:
         raise ValueError(f"a text's measure is 'steps' (N) or 'ponder' (N+R), not {key!r}")
     other = "steps" if key == "ponder" else "ponder"
-    x, labels = list(range(len(chars))), [visible_char(c["char"]) for c in chars]
-    values = [c[key] for c in chars]
+    x, labels = list(range(len(chars))), [visible_char(c.char) for c in chars]
+    values = [TEXT_VALUES[key](c) for c in chars]
     lo, hi = min(values), max(values)
     colors = [_css(color_at(colorscale, (v - lo) / (hi - lo) if hi > lo else 0.5)) for v in values]
     ticks = x[:: max(1, math.ceil(len(chars) / 120))]
     return _figure([
         go.Bar(name=TEXT_UNITS[key], x=x, y=values, customdata=labels, marker={"color": colors, "line": {"color": "#444", "width": 0.3}},
                hovertemplate=f"'%{{customdata}}' #%{{x}}: {TEXT_UNITS[key]} %{{y:.3f}}<extra></extra>"),
-        go.Scatter(mode="lines", name=TEXT_UNITS[other], x=x, y=[c[other] for c in chars], customdata=labels, line={"color": COLORS["other"], "width": 1, "dash": "dot"},
+        go.Scatter(mode="lines", name=TEXT_UNITS[other], x=x, y=[TEXT_VALUES[other](c) for c in chars], customdata=labels, line={"color": COLORS["other"], "width": 1, "dash": "dot"},
                    hovertemplate=f"'%{{customdata}}' #%{{x}}: {TEXT_UNITS[other]} %{{y:.3f}}<extra></extra>"),
-        go.Scatter(mode="lines+markers", name="surprisal (bits)", x=x, y=[c["bits"] for c in chars], yaxis="y2", customdata=labels, connectgaps=False,
+        go.Scatter(mode="lines+markers", name="surprisal (bits)", x=x, y=[c.bits for c in chars], yaxis="y2", customdata=labels, connectgaps=False,
                    line={"color": COLORS["surprisal"], "width": 1.2}, marker={"size": 4}, hovertemplate="'%{customdata}' #%{x}: %{y:.2f} bits<extra></extra>"),
-    ], {"title": {"text": f"{analysis.get('model', '')}: ponder per character ({TEXT_UNITS[key]} as bars) and surprisal"},
+    ], {"title": {"text": f"{analysis.model}: ponder per character ({TEXT_UNITS[key]} as bars) and surprisal"},
         "xaxis": {"tickmode": "array", "tickvals": ticks, "ticktext": [labels[i] for i in ticks], "tickangle": 0, "range": [-0.5, len(chars) - 0.5],
                   "title": {"text": "character"}},
         "yaxis": {"title": {"text": "steps N / ponder N+R"}, "rangemode": "tozero"},
@@ -468,42 +485,42 @@ def text_figure(analysis: dict, measure: str | None = None, colorscale: str = DE
         "legend": LEGEND_ON_TOP, "bargap": 0.1, "margin": {"l": 60, "r": 60, "t": 90, "b": 50}})
 
 
-def parity_figure(analyses: dict | list[dict], curve: dict | None = None, bits: int | None = None) -> go.Figure:
+def parity_figure(analyses: ParityAnalysis | list[ParityAnalysis], curve: dict[str, float] | None = None, bits: int | None = None) -> go.Figure:
     """Parity (POST /parity): ponder N+R against the number of nonzero entries (Graves 2016, fig. 4):
     the test-set mean per count (`curve`: the card's metrics.test.ponder_by_nonzero), every
-    analysis given as a point, the last one as the current star. An analysis may carry its
-    `vector` (the page adds it), shown on hover."""
+    analysis given as a point, the last one as the current star. Each analysis' `vector` (when
+    not empty) is shown on hover."""
     analyses = list(analyses) if isinstance(analyses, (list, tuple)) else [analyses]
     data = []
     if curve:
         ks = sorted(curve, key=int)
         data.append(go.Scatter(mode="lines", name="test-set mean ponder", x=[int(k) for k in ks], y=[curve[k] for k in ks], line={"color": COLORS["curve"]}))
 
-    def label(a):
-        vector = "".join("+" if v > 0 else "-" if v < 0 else "0" for v in a["vector"]) + ": " if a.get("vector") else ""
-        return f"{vector}{a['answer']}, N={a['steps']}"
+    def label(a: ParityAnalysis) -> str:
+        vector = "".join("+" if v > 0 else "-" if v < 0 else "0" for v in a.vector) + ": " if a.vector else ""
+        return f"{vector}{a.answer}, N={a.steps}"
 
-    data.append(go.Scatter(mode="markers", name="your vectors", x=[a["nonzero"] for a in analyses], y=[a["ponder"] for a in analyses],
+    data.append(go.Scatter(mode="markers", name="your vectors", x=[a.nonzero for a in analyses], y=[a.ponder for a in analyses],
                            text=[label(a) for a in analyses], marker={"color": COLORS["executed"], "size": 7, "opacity": 0.6},
                            hovertemplate="%{text}<br>nonzero %{x}, ponder %{y:.3f}<extra></extra>"))
     current = analyses[-1]
-    data.append(go.Scatter(mode="markers", name="current", x=[current["nonzero"]], y=[current["ponder"]], marker={"color": COLORS["current"], "size": 14, "symbol": "star"},
+    data.append(go.Scatter(mode="markers", name="current", x=[current.nonzero], y=[current.ponder], marker={"color": COLORS["current"], "size": 14, "symbol": "star"},
                            hovertemplate="current: nonzero %{x}, ponder %{y:.3f}<extra></extra>"))
-    bits = bits or len(current.get("vector") or []) or max([a["nonzero"] for a in analyses] + [int(k) for k in (curve or {})])
+    bits = bits or len(current.vector or []) or max([a.nonzero for a in analyses] + [int(k) for k in (curve or {})])
     return _figure(data, {
         "title": {"text": "Ponder cost N+R against the number of nonzero entries (Graves 2016, fig. 4)"},
         "xaxis": {"title": {"text": "nonzero entries"}, "range": [-0.5, bits + 0.5], "dtick": max(1, math.ceil(bits / 16))},
         "yaxis": {"title": {"text": "ponder cost N+R"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2}})
 
 
-def halting_figure(analysis: dict) -> go.Figure:
+def halting_figure(analysis: ParityAnalysis) -> go.Figure:
     """PonderNet-style models: the halting distribution p(n) of this input over steps n = 1..N
     (`halting_distribution` of a parity answer), the answer's step N marked."""
-    p = analysis["halting_distribution"]
+    p = analysis.halting_distribution
     steps = list(range(1, len(p) + 1))
-    colors = [COLORS["current"] if n == analysis["steps"] else COLORS["ponder"] for n in steps]
+    colors = [COLORS["current"] if n == analysis.steps else COLORS["ponder"] for n in steps]
     return _figure([go.Bar(x=steps, y=p, marker={"color": colors}, name="p(n)", hovertemplate="step %{x}: p %{y:.3f}<extra></extra>")], {
-        "title": {"text": f"Halting distribution p(n): answered at step {analysis['steps']} (the median), expected steps {analysis['ponder']:.2f}"},
+        "title": {"text": f"Halting distribution p(n): answered at step {analysis.steps} (the median), expected steps {analysis.ponder:.2f}"},
         "xaxis": {"title": {"text": "step n"}, "dtick": 1}, "yaxis": {"title": {"text": "p(n)"}, "rangemode": "tozero"}, "showlegend": False})
 
 
@@ -560,21 +577,21 @@ def to_image(fig: go.Figure, format: str = "png", width: int = 700, height: int 
 
 
 # ------------------------------------------------------------------ maps without a browser
-def _map_cells(analysis: dict, block, measure, colorscale):
+def _map_cells(analysis: ImageAnalysis, block, measure, colorscale):
     z = map_grid(analysis, block, measure)
     lo, hi = map_range(analysis, block, measure)
     rgb = [[color_at(colorscale, (v - lo) / (hi - lo)) for v in row] for row in z]
     return z, rgb, lo, hi
 
 
-def map_png(analysis: dict, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
+def map_png(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
             opacity: float = DEFAULT_OPACITY, width: int = 700, height: int = 560) -> bytes:
     """The ponder map drawn with Pillow, for where kaleido cannot run: the input image, the
     map's cells in the colour scale blended over it at `opacity`, a colour bar with its range."""
     from PIL import Image, ImageDraw
 
     z, rgb, lo, hi = _map_cells(analysis, block, measure, colorscale)
-    source = Image.open(io.BytesIO(base64.b64decode(analysis["input"]["image"].split(",", 1)[1]))).convert("RGB")
+    source = Image.open(io.BytesIO(base64.b64decode(analysis.input.image.split(",", 1)[1]))).convert("RGB")
     side = min(width - 90, height - 20)
     fit = min(side / source.width, side / source.height)
     size = (max(1, round(source.width * fit)), max(1, round(source.height * fit)))
@@ -593,26 +610,26 @@ def map_png(analysis: dict, block: int | None = None, measure: str = "ponder", c
     return buffer.getvalue()
 
 
-def map_svg(analysis: dict, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
+def map_svg(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
             opacity: float = DEFAULT_OPACITY, width: int = 700, height: int = 560) -> str:
     """The same map as SVG, written directly: the input as an <image>, one <rect> per cell, a colour bar."""
     from xml.sax.saxutils import quoteattr
 
     z, rgb, lo, hi = _map_cells(analysis, block, measure, colorscale)
-    source = analysis["input"]
+    source = analysis.input
     side = min(width - 90, height - 20)
-    fit = min(side / source["width"], side / source["height"])
-    w, h = source["width"] * fit, source["height"] * fit
+    fit = min(side / source.width, side / source.height)
+    w, h = source.width * fit, source.height * fit
     cw, ch = w / len(z[0]), h / len(z)
     rects = "".join(f'<rect x="{10 + j * cw:.2f}" y="{10 + i * ch:.2f}" width="{cw + 0.05:.2f}" height="{ch + 0.05:.2f}" fill="{_css(c)}"/>'
                     for i, row in enumerate(rgb) for j, c in enumerate(row))
     stops = "".join(f'<stop offset="{t:.3f}" stop-color="{c}"/>' for t, c in plotly_scale(colorscale))
-    unit = MEASURES[measure][2]
+    unit = MEASURES[measure].unit
     return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}"><title>{unit}</title><rect width="100%" height="100%" fill="white"/>'
             f'<defs><linearGradient id="scale" x1="0" y1="1" x2="0" y2="0">{stops}</linearGradient></defs>'
             f'<image x="10" y="10" width="{w:.2f}" height="{h:.2f}" preserveAspectRatio="none" style="image-rendering:pixelated" '
-            f'xlink:href={quoteattr(source["image"])}/><g opacity="{opacity}" shape-rendering="crispEdges">{rects}</g>'
+            f'xlink:href={quoteattr(source.image)}/><g opacity="{opacity}" shape-rendering="crispEdges">{rects}</g>'
             f'<rect x="{20 + w:.2f}" y="10" width="14" height="{h:.2f}" fill="url(#scale)"/>'
             f'<text x="{38 + w:.2f}" y="20" font-size="11" font-family="sans-serif">{hi:.3g}</text>'
             f'<text x="{38 + w:.2f}" y="{10 + h:.2f}" font-size="11" font-family="sans-serif">{lo:.3g}</text></svg>')
@@ -632,37 +649,44 @@ def figure_json(fig) -> dict:
     return out
 
 
-def answer_figures(kind: str, answer) -> dict:
+# The answer answer_figures and attach take for a study: the server's envelope (GET /api/studies/{kind},
+# a dict with more keys) whose "results" hold the typed results by model and "reference" the dense twin.
+StudyEnvelope = dict  # {"results": {label: list[SweepPoint] | LesionStudy}, "reference": Reference | None, ...}
+
+
+def answer_figures(kind: str, answer: ImageAnalysis | TextAnalysis | ParityAnalysis | DatasetAnalysis | CorpusAnalysis | StudyEnvelope) -> dict:
     """The figures of an answer, by name, drawn by ponderscope.figures (the notebook's and
     `ponderscope render`'s code) with its default settings; the page draws them as they are and
     restyles only display settings (colour scale, opacity, measure, box) from the answer's numbers.
 
-        image    "map": the ponder map over the input (or the input alone: ConvNet-AIG, dense),
-                 "blocks": every block's map on one scale (ACT/SACT), "gates" (ConvNet-AIG)
-        text     "text": per-character ponder and surprisal
-        parity   "parity": ponder against nonzero entries, this vector over the test-set curve;
-                 "halting": p(n) over steps (PonderNet-style models)
-        dataset  dataset_figures(result): "class", "flops_histogram", ... (image), "corpus" (text)
-        sweep    "sweep": accuracy vs FLOPs of every model asked for, the dense twin as reference
-        lesion   "single", "random", and "classes:<model>" per model
+        image    (ImageAnalysis) "map": the ponder map over the input (or the input alone:
+                 ConvNet-AIG, dense), "blocks": every block's map on one scale (ACT/SACT), "gates" (ConvNet-AIG)
+        text     (TextAnalysis) "text": per-character ponder and surprisal
+        parity   (ParityAnalysis) "parity": ponder against nonzero entries, this vector over the
+                 test-set curve; "halting": p(n) over steps (PonderNet-style models)
+        dataset  (DatasetAnalysis or CorpusAnalysis) dataset_figures(result): "class",
+                 "flops_histogram", ... (image), "corpus" (text)
+        sweep    (a StudyEnvelope of list[SweepPoint]) "sweep": accuracy vs FLOPs of every model
+                 asked for, the dense twin (its "reference") as reference
+        lesion   (a StudyEnvelope of LesionStudy) "single", "random", and "classes:<model>" per model
     """
     if kind == "image":
-        out = {"map": ponder_map_figure(answer) if answer.get("ponder") else input_figure(answer)}
-        if answer.get("ponder"):
+        out = {"map": ponder_map_figure(answer) if answer.ponder is not None else input_figure(answer)}
+        if answer.ponder is not None:
             out["blocks"] = block_maps_figure(answer)
-        if answer.get("gates"):
+        if answer.gates is not None:
             out["gates"] = gates_figure(answer)
     elif kind == "text":
         out = {"text": text_figure(answer)}
-    elif kind == "sweep":  # {"results": {label: points}, "reference": dense point or None}
+    elif kind == "sweep":  # the envelope: {"results": {label: list[SweepPoint]}, "reference": Reference or None}
         out = {"sweep": sweep_figure(answer["results"], answer.get("reference"))}
-    elif kind == "lesion":  # {"results": {label: study}}
-        studies = answer["results"]
+    elif kind == "lesion":  # the envelope: {"results": {label: LesionStudy}}
+        studies: dict[str, LesionStudy] = answer["results"]
         out = {"single": lesion_figure(studies), "random": random_lesion_figure(studies),
                **{f"classes:{label}": class_lesion_figure(study, label) for label, study in studies.items()}}
     elif kind == "parity":
-        out = {"parity": parity_figure(answer, answer["curve"], len(answer["vector"]))}
-        if answer.get("halting_distribution"):
+        out = {"parity": parity_figure(answer, answer.curve, len(answer.vector))}
+        if answer.halting_distribution:
             out["halting"] = halting_figure(answer)
     elif kind == "dataset":
         out = dataset_figures(answer)
@@ -671,11 +695,11 @@ def answer_figures(kind: str, answer) -> dict:
     return {name: figure_json(fig) for name, fig in out.items()}
 
 
-def attach(kind: str, answer):
-    """The answer (a typed answer of ponderscope.core.answers, or a job's result dict) with its
+def attach(kind: str, answer: ImageAnalysis | TextAnalysis | ParityAnalysis | DatasetAnalysis | CorpusAnalysis | StudyEnvelope):
+    """The answer (a typed answer of ponderscope.core.answers, or a study's envelope dict) with its
     `figures` (answer_figures) beside its numbers."""
     drawn = answer_figures(kind, answer)
-    if isinstance(answer, dict):
+    if isinstance(answer, dict):  # a study's envelope
         answer["figures"] = drawn
     else:
         answer.figures = drawn

@@ -2,7 +2,7 @@
 
     import ponderscope as ps
     model = ps.load("fmnist_sact_resnet32")        # a bundled checkpoint, or any checkpoint folder
-    analysis = ps.analyze_image(model, "shirt.png")  # the dict POST /api/models/{id}/image returns
+    analysis = ps.analyze_image(model, "shirt.png")  # the ImageAnalysis POST /api/models/{id}/image returns
     ps.image_figure(model, 0)                        # test image 0's ponder map, a plotly Figure
 
 The analyses are the API's typed answers, computed by the same code (ponderscope.core.answers,
@@ -14,9 +14,13 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import figures
 from .core.loaded import LoadedModel, bundled, load
+
+if TYPE_CHECKING:
+    from .core.answers import ImageAnalysis, ParityAnalysis, TextAnalysis
 
 
 PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")  # what a PIL image may be saved as PNG in
@@ -53,7 +57,7 @@ def _test_sample(model: LoadedModel, index: int):
     return model.test_set().test_example(index)
 
 
-def analyze_image(model: LoadedModel | str, image, resolution: str = "train", invert: bool = False, whatif=None):
+def analyze_image(model: LoadedModel | str, image, resolution: str = "train", invert: bool = False, whatif=None) -> ImageAnalysis:
     """The answer POST /api/models/{id}/image returns (an ImageAnalysis), `input` block included. image: a file path, the
     file's bytes, a PIL image, or an int: that image of the model's test set (with its label).
     whatif: one change to the trained model for this answer, a ponderscope.models.whatif.WhatIf or a dict
@@ -79,7 +83,7 @@ def analyze_image(model: LoadedModel | str, image, resolution: str = "train", in
     return figures.attach("image", analyze(model, x, input_json(model, shown, original, resolution, digest, sample, label, box), whatif))
 
 
-def analyze_text(model: LoadedModel | str, text: str):
+def analyze_text(model: LoadedModel | str, text: str) -> TextAnalysis:
     """The answer POST /api/models/{id}/text returns, a TextAnalysis (per character: N, N+R, surprisal, class)."""
     from ponderscope.core.answers import analyze_text as analyze
 
@@ -89,7 +93,7 @@ def analyze_text(model: LoadedModel | str, text: str):
     return figures.attach("text", analyze(model, text))
 
 
-def analyze_parity(model: LoadedModel | str, vector: list[float]):
+def analyze_parity(model: LoadedModel | str, vector: list[float]) -> ParityAnalysis:
     """The answer POST /api/models/{id}/parity returns, a ParityAnalysis (with its `vector`)."""
     from ponderscope.core.answers import analyze_parity as analyze
 

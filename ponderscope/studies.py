@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import random
 import statistics
+from pathlib import Path
 from typing import Callable, ContextManager, Optional
 
-from ponderscope.core.answers import LesionStudy, RandomLesion, SweepPoint, TrainedPoint, UnitLesion
+from pydantic import TypeAdapter, model_serializer
+
+from ponderscope.core.answers import LesionStudy, Open, RandomLesion, SweepPoint, TrainedPoint, UnitLesion
 from ponderscope.core.loaded import LoadedModel
 from ponderscope.core.statistics import image_set
 from ponderscope.models.whatif import WhatIf, applied, downsampling_units, knobs
@@ -112,8 +115,8 @@ def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS,
     block's gate forced closed; downsampling units keep their shortcut) and measure the test
     accuracy and FLOPs over the first `limit` examples, with the accuracy of every class; then k
     units drawn at random (from the units that do not downsample, as Veit et al. 2016), `draws`
-    times each (seeded). -> {"trained", "single": [{name, downsampling, accuracy, flops_ratio,
-    per_class_accuracy}], "random": [{k, mean, std, min, max, accuracies}], "classes", "units"}."""
+    times each (seeded). -> a LesionStudy: trained, single [UnitLesion: name, downsampling, accuracy,
+    flops_ratio, per_class_accuracy], random [RandomLesion: k, mean, std, min, max, accuracies], classes, units."""
     module = _module(model)
     can = knobs(module)
     if "units" not in can:
@@ -158,7 +161,30 @@ def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS,
 REPORT_MODELS = ("fmnist_sact_resnet32", "fmnist_act_resnet32", "fmnist_aig_resnet32", "fmnist_resnet32")
 
 
-def report(limit: Optional[int] = 2000, names=REPORT_MODELS, progress=print) -> dict:
+class ModelReport(Open):
+    """One model of the what-if report (docs/whatif.json, by model): its family, its sweep, and
+    for the dense ResNet-32, ConvNet-AIG and SACT its lesion study."""
+    family: str
+    sweep: list[SweepPoint]
+    lesion: Optional[LesionStudy] = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_lesion(self, handler):
+        out = handler(self)  # docs/whatif.json has no "lesion" for a model without one
+        if self.lesion is None:
+            out.pop("lesion", None)
+        return out
+
+
+REPORT = TypeAdapter(dict[str, ModelReport])
+
+
+def read_report(path: str | Path) -> dict[str, ModelReport]:
+    """A report's numbers as `ponderscope study report` wrote them (docs/whatif.json), read back into their types."""
+    return REPORT.validate_json(Path(path).read_bytes())
+
+
+def report(limit: Optional[int] = 2000, names=REPORT_MODELS, progress=print) -> dict[str, ModelReport]:
     """The bundled Fashion-MNIST models' sweeps, and the lesion studies of the dense ResNet-32,
     ConvNet-AIG and SACT (what docs/whatif.md shows)."""
     from ponderscope.core.loaded import load
@@ -166,64 +192,65 @@ def report(limit: Optional[int] = 2000, names=REPORT_MODELS, progress=print) -> 
     out = {}
     for name in names:
         model = load(name)
-        out[name] = {"family": model.family, "sweep": sweep(model, limit=limit)}
+        out[name] = ModelReport(family=model.family, sweep=sweep(model, limit=limit))
         progress(f"{name}: sweep done")
         if model.family in ("dense", "aig", "sact"):
-            out[name]["lesion"] = lesion(model, limit=limit)
+            out[name].lesion = lesion(model, limit=limit)
             progress(f"{name}: lesion done")
     return out
 
 
-def report_markdown(results: dict, limit: Optional[int]) -> str:
+def report_markdown(results: dict[str, ModelReport], limit: Optional[int]) -> str:
     """The report's tables: per model the accuracy-vs-FLOPs points, then the single-unit lesion
-    table of the dense ResNet-32 beside ConvNet-AIG's execution rates and lesions."""
+    table of the dense ResNet-32 beside ConvNet-AIG's execution rates and lesions. `results`:
+    report(), or read_report of its docs/whatif.json."""
     over = f"the first {limit} Fashion-MNIST test images" if limit else "the 10,000 Fashion-MNIST test images"
     lines = [f"Measured by `ponderscope study report --limit {limit}` over {over}.", ""]
     for name, result in results.items():
-        points = result["sweep"]
-        if result["family"] == "dense":
+        points = result.sweep
+        if result.family == "dense":
             p = points[0]
-            lines += [f"**{name}** (dense reference): accuracy {p['accuracy']:.2%} at 100% of the FLOPs.", ""]
+            lines += [f"**{name}** (dense reference): accuracy {p.accuracy:.2%} at 100% of the FLOPs.", ""]
             continue
         lines += [f"**{name}**", "", "| parameter | setting | accuracy | FLOPs / dense |", "|---|---|---|---|"]
         for p in points:
-            mark = " (trained)" if p["trained"] else ""
-            lines.append(f"| {p['parameter']} | {p['setting']}{mark} | {p['accuracy']:.2%} | {p['flops_ratio']:.1%} |")
+            mark = " (trained)" if p.trained else ""
+            lines.append(f"| {p.parameter} | {p.setting}{mark} | {p.accuracy:.2%} | {p.flops_ratio:.1%} |")
         lines.append("")
-    dense = next((r for r in results.values() if r["family"] == "dense" and "lesion" in r), None)
-    aig = next((r for r in results.values() if r["family"] == "aig" and "lesion" in r), None)
-    sact = next((r for r in results.values() if r["family"] == "sact" and "lesion" in r), None)
-    if dense and aig:
-        d, a = dense["lesion"], aig["lesion"]
+    studied = {name: r.lesion for name, r in results.items() if r.lesion is not None}
+    d = next((r.lesion for r in results.values() if r.family == "dense" and r.lesion is not None), None)  # the dense ResNet-32's
+    a = next((r.lesion for r in results.values() if r.family == "aig" and r.lesion is not None), None)  # ConvNet-AIG's
+    sact = next((r.lesion for r in results.values() if r.family == "sact" and r.lesion is not None), None)
+    if d is not None and a is not None:
         rows = ["Single-unit lesions (accuracy with the unit removed; ConvNet-AIG: its gate forced closed) beside ConvNet-AIG's "
                 "execution rate of the same layer:", "",
                 "| place | dense ResNet-32 unit | dense: accuracy without it | AIG layer | AIG execution rate | AIG: accuracy without it |"
-                + (" SACT: accuracy without it |" if sact else ""),
-                "|---|---|---|---|---|---|" + ("---|" if sact else "")]
-        rates = a.get("layer_execution_rate") or [None] * len(a["single"])
-        for i, (du, au, rate) in enumerate(zip(d["single"], a["single"], rates)):
-            marker = " (downsampling)" if du["downsampling"] else ""
-            sact_cell = f" {sact['lesion']['single'][i]['accuracy']:.2%} |" if sact and i < len(sact["lesion"]["single"]) else (" |" if sact else "")
-            rows.append(f"| {i + 1} | {du['name']}{marker} | {du['accuracy']:.2%} | {au['name']} | "
-                        f"{'' if rate is None else f'{rate:.1%}'} | {au['accuracy']:.2%} |" + sact_cell)
-        rows += ["", f"Intact: dense {d['trained']['accuracy']:.2%}, AIG {a['trained']['accuracy']:.2%}"
-                 + (f", SACT {sact['lesion']['trained']['accuracy']:.2%}" if sact else "") + "."]
+                + (" SACT: accuracy without it |" if sact is not None else ""),
+                "|---|---|---|---|---|---|" + ("---|" if sact is not None else "")]
+        rates = a.layer_execution_rate or [None] * len(a.single)
+        for i, (du, au, rate) in enumerate(zip(d.single, a.single, rates)):
+            marker = " (downsampling)" if du.downsampling else ""
+            sact_cell = f" {sact.single[i].accuracy:.2%} |" if sact is not None and i < len(sact.single) else (" |" if sact is not None else "")
+            rows.append(f"| {i + 1} | {du.name}{marker} | {du.accuracy:.2%} | {au.name} | "
+                        f"{'' if rate is None else f'{rate:.1%}'} | {au.accuracy:.2%} |" + sact_cell)
+        rows += ["", f"Intact: dense {d.trained.accuracy:.2%}, AIG {a.trained.accuracy:.2%}"
+                 + (f", SACT {sact.trained.accuracy:.2%}" if sact is not None else "") + "."]
         lines += rows + [""]
-        drops = [d["trained"]["accuracy"] - u["accuracy"] for u in d["single"] if not u["downsampling"]]
-        down = [d["trained"]["accuracy"] - u["accuracy"] for u in d["single"] if u["downsampling"]]
+        drops = [d.trained.accuracy - u.accuracy for u in d.single if not u.downsampling]
+        down = [d.trained.accuracy - u.accuracy for u in d.single if u.downsampling]
         lines += [f"Dense ResNet-32: removing one non-downsampling unit costs {min(drops):.2%} to {max(drops):.2%} of accuracy "
                   f"(mean {statistics.fmean(drops):.2%}); removing a downsampling unit's branch costs "
                   f"{', '.join(f'{v:.2%}' for v in down)}.", ""]
         if rates[0] is not None:
-            pairs = [(r, d["trained"]["accuracy"] - du["accuracy"]) for du, r in zip(d["single"], rates) if not du["downsampling"]]
+            pairs = [(r, d.trained.accuracy - du.accuracy) for du, r in zip(d.single, rates) if not du.downsampling]
             lines += [f"Rank correlation between AIG's execution rate and the dense lesion's cost (non-downsampling places): "
                       f"{_spearman([p[0] for p in pairs], [p[1] for p in pairs]):+.2f}.", ""]
         lines += ["Random lesions (mean accuracy over the draws, non-downsampling units):", "",
-                  "| k removed | " + " | ".join(n for n, r in results.items() if "lesion" in r) + " |",
-                  "|---|" + "---|" * sum("lesion" in r for r in results.values())]
-        studies_ = [r["lesion"] for r in results.values() if "lesion" in r]
-        for i, point in enumerate(studies_[0]["random"]):
-            lines.append(f"| {point['k']} | " + " | ".join(f"{s['random'][i]['mean']:.2%}" for s in studies_ if i < len(s["random"])) + " |")
+                  "| k removed | " + " | ".join(studied) + " |",
+                  "|---|" + "---|" * len(studied)]
+        studies_ = list(studied.values())
+        for i, point in enumerate(studies_[0].random):
+            lines.append(f"| {point.k} | " + " | ".join(f"{s.random[i].mean:.2%}" for s in studies_ if i < len(s.random)) + " |")
     return "\n".join(lines) + "\n"
 
 

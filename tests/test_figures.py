@@ -1,6 +1,6 @@
-"""ponderscope.figures on small hand-made analysis dicts (the API's JSON): every figure draws the
-dict's numbers as they are, and its HTML works offline. No model is run here (test_notebook.py
-runs the bundled checkpoints)."""
+"""ponderscope.figures on small hand-made typed answers (ponderscope.core.answers, the API's
+response models): every figure draws the answer's numbers as they are, and its HTML works
+offline. No model is run here (test_notebook.py runs the bundled checkpoints)."""
 from __future__ import annotations
 
 import base64
@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 from ponderscope import figures
+from ponderscope.core.answers import (CorpusAnalysis, DatasetAnalysis, ImageAnalysis, LesionStudy, ParityAnalysis, Reference, SweepPoint,
+                                      TextAnalysis)
 
 HTTP_SCRIPT = re.compile(r"<script[^>]*\bsrc\s*=\s*[\"']?\s*(https?:)?//", re.I)
 
@@ -32,7 +34,16 @@ def image_input(width=8, height=6, box=None) -> dict:
             "label_class": None, "box": box, "resolution": "train"}
 
 
-def sact_analysis(model="sact") -> dict:
+def flops(ratio: float) -> dict:
+    return {"executed": 10.0 * ratio, "dense": 10.0, "ratio": ratio}
+
+
+def image_analysis(model: str, ponder=None, gates=None, box=None, ratio: float = 1.0) -> ImageAnalysis:
+    return ImageAnalysis(model=model, prediction=[{"index": 1, "class": "b", "probability": 0.9}], flops=flops(ratio), time_ms=1.0,
+                         execution="sparse", ponder=ponder, gates=gates, input=image_input(box=box))
+
+
+def sact_analysis(model="sact") -> ImageAnalysis:
     total = [[round(1.0 + 0.25 * r + 0.125 * c, 4) for c in range(8)] for r in range(6)]
     units_total = [[float(2 + (r + c) % 3) for c in range(8)] for r in range(6)]
     blocks = [
@@ -41,51 +52,51 @@ def sact_analysis(model="sact") -> dict:
         {"index": 1, "ponder_cost": [[3.0, 2.5], [2.0, 4.0]], "units": [[3.0, 2.0], [2.0, 3.0]], "n_units": 3, "height": 2, "width": 2,
          "mean_ponder": 2.875, "mean_units": 2.5},
     ]
-    values = [v for row in total for v in row]
-    return {"model": model, "prediction": [{"index": 1, "class": "b", "probability": 0.9}], "flops": {"executed": 5.0, "dense": 10.0, "ratio": 0.5},
-            "time_ms": 1.0, "execution": "sparse", "gates": None, "input": image_input(box=[1, 2, 5, 6]),
-            "ponder": {"total": total, "units_total": units_total, "blocks": blocks, "min": min(values), "max": max(values),
-                       "mean": sum(values) / len(values)}}
+    values, units = [v for row in total for v in row], [v for row in units_total for v in row]
+    ponder = {"total": total, "units_total": units_total, "blocks": blocks, "min": min(values), "max": max(values),
+              "units_min": min(units), "units_max": max(units), "mean": sum(values) / len(values), "mean_units": sum(units) / len(units)}
+    return image_analysis(model, ponder=ponder, box=[1, 2, 5, 6], ratio=0.5)
 
 
-def aig_analysis() -> dict:
-    return {"model": "aig", "prediction": [], "flops": {"executed": 7.0, "dense": 10.0, "ratio": 0.7}, "ponder": None, "input": image_input(),
-            "gates": {"probability": [0.9, 0.2, 0.6, 0.05], "executed": [True, False, True, False], "layers": ["layer1.0", "layer1.1", "layer2.0", "layer2.1"]}}
+def aig_analysis() -> ImageAnalysis:
+    return image_analysis("aig", gates={"probability": [0.9, 0.2, 0.6, 0.05], "executed": [True, False, True, False],
+                                        "layers": ["layer1.0", "layer1.1", "layer2.0", "layer2.1"]}, ratio=0.7)
 
 
-def dense_analysis() -> dict:
-    return {"model": "dense", "prediction": [], "flops": {"executed": 10.0, "dense": 10.0, "ratio": 1.0}, "ponder": None, "gates": None, "input": image_input()}
+def dense_analysis() -> ImageAnalysis:
+    return image_analysis("dense")
 
 
-def text_analysis() -> dict:
+def text_analysis() -> TextAnalysis:
     chars = [{"char": c, "bytes": len(c.encode()), "class": "letter", "ponder": p, "steps": s, "bits": b}
              for c, p, s, b in [("a", 1.2, 1.0, None), (" ", 2.7, 2.0, 3.5), ("é", 1.1, 1.0, 7.25), ("\n", 3.4, 3.0, 1.0)]]
-    return {"model": "lm", "chars": chars, "classes": {}, "measure": "steps", "mean_ponder": 2.0, "mean_steps": 1.75, "bits_per_char": 3.9}
+    return TextAnalysis(model="lm", chars=chars, classes={}, measure="steps", mean_ponder=2.0, mean_steps=1.75, bits_per_char=3.9,
+                        bytes=5, flops=flops(0.6), time_ms=1.0, execution="masked")
 
 
-def parity_analysis(nonzero, ponder, vector=None) -> dict:
-    result = {"model": "parity", "answer": "odd", "probability": 0.8, "steps": 4, "ponder": ponder, "nonzero": nonzero, "ones": 1}
-    return {**result, "vector": vector} if vector else result
+def parity_analysis(nonzero, ponder, vector=()) -> ParityAnalysis:
+    return ParityAnalysis(model="parity", answer="odd", probability=0.8, steps=4, ponder=ponder, nonzero=nonzero, ones=1,
+                          flops=flops(0.5), time_ms=1.0, vector=list(vector))
 
 
 def grid(trace) -> list:
     return np.asarray(trace.z, dtype=float).tolist()
 
 
-@pytest.mark.parametrize("measure, key", [("ponder", "total"), ("units", "units_total")])
-def test_ponder_map_is_the_total_over_the_image(measure, key):
+@pytest.mark.parametrize("measure", ["ponder", "units"])
+def test_ponder_map_is_the_total_over_the_image(measure):
     a = sact_analysis()
     fig = figures.ponder_map_figure(a, measure=measure, colorscale="Inferno", opacity=0.35)
     heat = fig.data[0]
     assert isinstance(fig, go.Figure) and heat.type == "heatmap"
-    assert grid(heat) == a["ponder"][key]
+    assert grid(heat) == (a.ponder.total if measure == "ponder" else a.ponder.units_total)
     assert heat.opacity == 0.35 and [list(s) for s in heat.colorscale] == figures.plotly_scale("Inferno")
     if measure == "ponder":  # the page's colour range: ponder.min / max
-        assert (heat.zmin, heat.zmax) == (a["ponder"]["min"], a["ponder"]["max"])
+        assert (heat.zmin, heat.zmax) == (a.ponder.min, a.ponder.max)
     # one cell per input pixel here, centred on it; the image below, in pixel coordinates
     assert (heat.x0, heat.dx, heat.y0, heat.dy) == (0.5, 1.0, 0.5, 1.0)
     image = fig.layout.images[0]
-    assert image.source == a["input"]["image"] and (image.sizex, image.sizey) == (8, 6) and image.layer == "below"
+    assert image.source == a.input.image and (image.sizex, image.sizey) == (8, 6) and image.layer == "below"
     assert list(fig.layout.yaxis.range) == [6, 0]
     box = fig.layout.shapes[0]  # [y0, x0, y1, x1] of the test set
     assert (box.x0, box.y0, box.x1, box.y1) == (2, 1, 6, 5)
@@ -95,16 +106,16 @@ def test_a_block_map_is_its_own_grid_over_the_whole_image():
     a = sact_analysis()
     fig = figures.ponder_map_figure(a, block=1)
     heat = fig.data[0]
-    assert grid(heat) == a["ponder"]["blocks"][1]["ponder_cost"]
+    assert grid(heat) == a.ponder.blocks[1].ponder_cost
     assert (heat.dx, heat.dy) == (4.0, 3.0)  # 2x2 cells over 8x6 pixels
     assert (heat.zmin, heat.zmax) == (1.0, 4.0)  # one scale across blocks, as the page's small multiples
-    assert grid(figures.ponder_map_figure(a, block=0, measure="units").data[0]) == a["ponder"]["blocks"][0]["units"]
+    assert grid(figures.ponder_map_figure(a, block=0, measure="units").data[0]) == a.ponder.blocks[0].units
 
 
 def test_block_maps_share_one_colour_axis():
     a = sact_analysis()
     fig = figures.block_maps_figure(a)
-    assert [grid(t) for t in fig.data] == [b["ponder_cost"] for b in a["ponder"]["blocks"]]
+    assert [grid(t) for t in fig.data] == [b.ponder_cost for b in a.ponder.blocks]
     assert {t.coloraxis for t in fig.data} == {"coloraxis"}
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (1.0, 4.0)
     assert len(fig.layout.images) == 2 and {i.xref for i in fig.layout.images} == {"x", "x2"}
@@ -116,7 +127,7 @@ def test_gates_bars_are_the_probabilities_split_by_execution():
     executed, skipped = fig.data
     assert list(executed.x) == ["layer1.0", "layer2.0"] and list(executed.y) == [0.9, 0.6]
     assert list(skipped.x) == ["layer1.1", "layer2.1"] and list(skipped.y) == [0.2, 0.05]
-    assert list(fig.layout.xaxis.categoryarray) == a["gates"]["layers"]
+    assert list(fig.layout.xaxis.categoryarray) == a.gates.layers
     assert "2 of 4 gated blocks executed" in fig.layout.title.text
 
 
@@ -124,7 +135,7 @@ def test_image_figure_picks_the_family_figure():
     assert figures.image_figure(sact_analysis()).data[0].type == "heatmap"
     assert figures.image_figure(aig_analysis()).data[0].type == "bar"
     dense = figures.image_figure(dense_analysis())
-    assert len(dense.data) == 0 and dense.layout.images[0].source == dense_analysis()["input"]["image"]
+    assert len(dense.data) == 0 and dense.layout.images[0].source == dense_analysis().input.image
     with pytest.raises(ValueError, match="no ponder map"):
         figures.ponder_map_figure(aig_analysis())
     with pytest.raises(ValueError, match="measure"):
@@ -133,10 +144,10 @@ def test_image_figure_picks_the_family_figure():
 
 def test_compare_uses_one_colour_scale_over_all_maps():
     a, b = sact_analysis("one"), sact_analysis("two")
-    b["ponder"]["total"] = [[v * 2 for v in row] for row in b["ponder"]["total"]]
+    b.ponder.total = [[v * 2 for v in row] for row in b.ponder.total]
     fig = figures.compare_figure([a, aig_analysis(), b, dense_analysis()], colorscale="Blues")
-    assert [grid(t) for t in fig.data] == [a["ponder"]["total"], b["ponder"]["total"]]
-    values = [v for z in (a["ponder"]["total"], b["ponder"]["total"]) for row in z for v in row]
+    assert [grid(t) for t in fig.data] == [a.ponder.total, b.ponder.total]
+    values = [v for z in (a.ponder.total, b.ponder.total) for row in z for v in row]
     axis = fig.layout.coloraxis
     assert (axis.cmin, axis.cmax) == (min(values), max(values))
     assert [list(s) for s in axis.colorscale] == figures.plotly_scale("Blues")
@@ -147,33 +158,34 @@ def test_compare_uses_one_colour_scale_over_all_maps():
 
 
 def test_dataset_figures_draw_the_result():
-    result = {
+    numbers = {
         "model": "aig", "classes": ["a", "b"], "examples": 4, "accuracy": 0.75, "flops_ratio": 0.6, "dense_flops": 10.0,
         "per_class": [{"class": "a", "count": 2, "accuracy": 1.0, "flops_ratio": 0.5, "mean_ponder": None},
                       {"class": "b", "count": 2, "accuracy": 0.5, "flops_ratio": 0.7, "mean_ponder": None}],
-        "ponder_histogram": None, "flops_histogram": {"edges": [0.4, 0.6, 0.8], "counts": [2, 2]},
+        "ponder_histogram": None, "flops_histogram": {"edges": [0.4, 0.6, 0.8], "counts": [2, 2]}, "least": [], "most": [],
         "executed_layers_histogram": {"edges": [0, 1, 2, 3, 4], "counts": [0, 1, 2, 1]},
         "class_layer_execution_rate": [[1.0, 0.5, 0.0], [0.5, 0.5, 1.0]], "layers": ["layer1.0", "layer1.1", "layer2.0"],
     }
+    result = DatasetAnalysis(**numbers)
     figs = figures.dataset_figures(result)
     assert set(figs) == {"class", "flops_histogram", "layers_histogram", "class_layer"}
     assert list(figs["class"].data[0].y) == [0.5, 0.7] and list(figs["class"].data[1].y) == [1.0, 0.5]
     assert list(figs["flops_histogram"].data[0].y) == [2, 2] and np.allclose(figs["flops_histogram"].data[0].x, [0.5, 0.7])
     assert list(figs["layers_histogram"].data[0].x) == [0, 1, 2, 3] and list(figs["layers_histogram"].data[0].y) == [0, 1, 2, 1]
     heat = figs["class_layer"].data[0]
-    assert grid(heat) == result["class_layer_execution_rate"] and list(heat.x) == result["layers"] and list(heat.y) == ["a", "b"]
+    assert grid(heat) == result.class_layer_execution_rate and list(heat.x) == result.layers and list(heat.y) == ["a", "b"]
 
-    result.update(per_class=[{**c, "mean_ponder": p} for c, p in zip(result["per_class"], [3.5, 4.25])],
-                  ponder_histogram={"edges": [3.0, 4.0, 5.0], "counts": [1, 3]}, executed_layers_histogram=None, class_layer_execution_rate=None)
-    figs = figures.dataset_figures(result)
+    numbers.update(per_class=[{**c, "mean_ponder": p} for c, p in zip(numbers["per_class"], [3.5, 4.25])],
+                   ponder_histogram={"edges": [3.0, 4.0, 5.0], "counts": [1, 3]}, executed_layers_histogram=None, class_layer_execution_rate=None)
+    figs = figures.dataset_figures(DatasetAnalysis(**numbers))
     assert set(figs) == {"class", "ponder", "flops_histogram", "ponder_histogram"}
     assert list(figs["ponder"].data[0].y) == [3.5, 4.25] and list(figs["ponder_histogram"].data[0].y) == [1, 3]
 
 
 def test_dataset_figures_of_a_byte_lm_are_its_corpus_panel():
-    result = {"model": "lm", "kind": "text", "per_char_class": {
+    result = CorpusAnalysis(model="lm", source="test", per_char_class={
         "letter": {"count": 10, "steps": 1.1, "steps_std": 0.3, "ponder": 1.5, "ponder_std": 0.2},
-        "space": {"count": 3, "steps": 2.0, "steps_std": 0.0, "ponder": 2.6, "ponder_std": 0.1}}, "class_labels": {"letter": "letters", "space": "spaces"}}
+        "space": {"count": 3, "steps": 2.0, "steps_std": 0.0, "ponder": 2.6, "ponder_std": 0.1}}, class_labels={"letter": "letters", "space": "spaces"})
     fig = figures.dataset_figures(result)["corpus"]
     steps, ponder = fig.data
     assert list(steps.x) == ["letters", "spaces"] and list(steps.y) == [1.1, 2.0] and list(steps.error_y.array) == [0.3, 0.0]
@@ -184,13 +196,13 @@ def test_text_figure_bars_the_measure_and_draws_the_surprisal():
     t = text_analysis()
     fig = figures.text_figure(t)
     bars, other, bits = fig.data
-    assert list(bars.y) == [c["steps"] for c in t["chars"]]  # the analysis' own measure
-    assert list(other.y) == [c["ponder"] for c in t["chars"]]
+    assert list(bars.y) == [c.steps for c in t.chars]  # the analysis' own measure
+    assert list(other.y) == [c.ponder for c in t.chars]
     assert list(bits.y) == [None, 3.5, 7.25, 1.0] and bits.yaxis == "y2"
     assert list(fig.layout.xaxis.ticktext) == ["a", "␣", "é", "↵"]
     low, high = figures.color_at("Viridis", 0.0), figures.color_at("Viridis", 1.0)
     assert bars.marker.color[0] == f"rgb({low[0]}, {low[1]}, {low[2]})" and bars.marker.color[3] == f"rgb({high[0]}, {high[1]}, {high[2]})"
-    assert list(figures.text_figure(t, measure="ponder").data[0].y) == [c["ponder"] for c in t["chars"]]
+    assert list(figures.text_figure(t, measure="ponder").data[0].y) == [c.ponder for c in t.chars]
 
 
 def test_parity_figure_points_curve_and_current():
@@ -201,6 +213,54 @@ def test_parity_figure_points_curve_and_current():
     assert list(points.x) == [3, 1] and list(points.y) == [4.5, 2.25] and points.text[0].startswith("+0-+: odd")
     assert list(current.x) == [1] and list(current.y) == [2.25]
     assert list(fig.layout.xaxis.range) == [-0.5, 4.5]
+
+
+def test_halting_figure_marks_the_answers_step():
+    a = parity_analysis(2, 2.6, [1, 0, 1, 0]).model_copy(update={"halting_distribution": [0.1, 0.3, 0.4, 0.2]})
+    bars = figures.halting_figure(a).data[0]
+    assert list(bars.x) == [1, 2, 3, 4] and list(bars.y) == a.halting_distribution
+    assert list(bars.marker.color) == [figures.COLORS["ponder"]] * 3 + [figures.COLORS["current"]]  # step 4: the answer's
+    assert set(figures.answer_figures("parity", a)) == {"parity", "halting"} and set(figures.answer_figures("parity", parity_analysis(0, 1.0))) == {"parity"}
+
+
+def sweep_points() -> list[SweepPoint]:
+    return [SweepPoint(parameter="threshold", setting=t, trained=t == 0.99, accuracy=a, flops_ratio=f, mean_ponder=p, examples=60)
+            for t, a, f, p in [(0.5, 0.7, 0.4, 3.0), (0.99, 0.9, 0.6, 4.0), (0.9, 0.85, 0.5, 3.5)]] + [
+        SweepPoint(parameter="cap", setting=c, trained=c == 3, accuracy=a, flops_ratio=f, examples=60) for c, a, f in [(1, 0.5, 0.3), (3, 0.9, 0.6)]]
+
+
+def test_sweep_figure_draws_the_points_and_the_reference():
+    points, reference = sweep_points(), Reference(label="dense", accuracy=0.92, flops_ratio=1.0, examples=60)
+    threshold, cap, trained, dense = figures.sweep_figure({"sact": points}, reference).data
+    assert list(threshold.x) == [0.4, 0.5, 0.6] and list(threshold.y) == [0.7, 0.85, 0.9]  # by FLOPs
+    assert [c[0] for c in threshold.customdata] == [0.5, 0.9, 0.99] and list(cap.x) == [0.3, 0.6]
+    assert (list(trained.x), list(trained.y)) == ([0.6], [0.9]) and trained.marker.symbol == "star"
+    assert (list(dense.x), list(dense.y), dense.name) == ([1.0], [0.92], "dense (dense)")
+    envelope = figures.attach("sweep", {"status": "done", "results": {"sact": points}, "reference": None})
+    assert [t["name"] for t in envelope["figures"]["sweep"]["data"]] == ["sact: halting threshold 1 - eps", "sact: units per block, at most", "sact: trained"]
+
+
+def lesion_study() -> LesionStudy:
+    trained = {**sweep_points()[1].json_dict(), "parameter": None, "setting": None, "per_class_accuracy": [1.0, 0.8]}
+    return LesionStudy(trained=trained, classes=["a", "b"], units=["u1", "u2"], examples=60, draws=2, seed=0, layer_execution_rate=[0.9, 0.4],
+                       single=[{"name": "u1", "downsampling": False, "accuracy": 0.8, "flops_ratio": 0.9, "per_class_accuracy": [0.9, 0.7]},
+                               {"name": "u2", "downsampling": True, "accuracy": 0.3, "flops_ratio": 0.8, "per_class_accuracy": [0.5, 0.1]}],
+                       random=[{"k": 0, "mean": 0.9, "std": 0.0, "min": 0.9, "max": 0.9, "accuracies": [0.9]},
+                               {"k": 1, "mean": 0.8, "std": 0.05, "min": 0.75, "max": 0.85, "accuracies": [0.75, 0.85]}])
+
+
+def test_lesion_figures_draw_the_study():
+    study = lesion_study()
+    single, intact, rates = figures.lesion_figure({"aig": study}).data
+    assert list(single.y) == [0.8, 0.3] and list(single.marker.symbol) == ["circle", "x"] and list(intact.y) == [0.9, 0.9]
+    assert list(rates.y) == [0.9, 0.4]
+    random = figures.random_lesion_figure({"aig": study})
+    assert list(random.data[0].x) == [0, 1] and list(random.data[0].error_y.arrayminus) == pytest.approx([0.0, 0.05])
+    assert "mean of 2 draws" in random.layout.title.text
+    heat = figures.class_lesion_figure(study, "aig").data[0]
+    assert np.allclose(grid(heat), [[10.0, 50.0], [10.0, 70.0]]) and list(heat.y) == ["a", "b"] and list(heat.x) == ["u1", "u2"]
+    drawn = figures.answer_figures("lesion", {"results": {"aig": study}, "reference": None})
+    assert set(drawn) == {"single", "random", "classes:aig"}
 
 
 def test_colour_scales_are_the_pages():

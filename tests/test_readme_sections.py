@@ -111,12 +111,12 @@ def test_readme_scale_section_is_the_last_analyze_bench():
 def test_readme_whatif_section_is_the_report_drawn_from_its_numbers():
     """docs/whatif.md is what report_markdown makes of docs/whatif.json (the numbers `ponderscope
     study report` measured), and the README's section is its body."""
-    from ponderscope.studies import report_markdown
+    from ponderscope.studies import read_report, report_markdown
 
-    results = json.loads((ROOT / "docs" / "whatif.json").read_text(encoding="utf-8"))
+    results = read_report(ROOT / "docs" / "whatif.json")  # the report's numbers, in their types
     docs = (ROOT / "docs" / "whatif.md").read_text(encoding="utf-8")
     assert docs.split("\n", 2)[2] == report_markdown(results, 2000)
     assert section("whatif") == docs.split("\n", 2)[2].strip()
-    sact = results["fmnist_sact_resnet32"]["sweep"]
+    sact = results["fmnist_sact_resnet32"].sweep
     card = json.loads((ROOT / "checkpoints" / "fmnist_sact_resnet32" / "card.json").read_text(encoding="utf-8"))
-    assert all(p["examples"] == 2000 for p in sact) and card["metrics"]["test"]["examples"] == 10000
+    assert all(p.examples == 2000 for p in sact) and card["metrics"]["test"]["examples"] == 10000
