@@ -1,11 +1,22 @@
-"""The dashboard's figures as plotly Figures, for notebooks, scripts and `ponderscope render`.
+"""The dashboard's figures: plain plotly JSON for the server, plotly Figures for notebooks,
+scripts and `ponderscope render`.
 
-Each function takes the typed answers the API returns (ponderscope/core/answers.py: ImageAnalysis,
-TextAnalysis, ParityAnalysis, DatasetAnalysis / CorpusAnalysis, SweepPoint, LesionStudy, Reference)
-and draws them: the numbers are read from the answer by attribute as they are, never recomputed
-from a model. The API sends these very figures beside the numbers (an answer's `figures`,
-answer_figures / attach below), and the page draws them (restyling only colour scale, opacity, measure and box on the client). Figures render offline: HTML written here, and figures shown in Jupyter
+Each figure is built once, as a plain dict {"data": [trace dicts, each with its "type"], "layout":
+{...}} of lists, numbers and strings (what Plotly.react takes; no numpy, no plotly objects), by a
+`*_dict` function below from the typed answers the API returns (ponderscope/core/answers.py:
+ImageAnalysis, TextAnalysis, ParityAnalysis, DatasetAnalysis / CorpusAnalysis, SweepPoint,
+LesionStudy, Reference): the numbers are read from the answer by attribute as they are, never
+recomputed from a model. The API sends these dicts beside the numbers as they are (an answer's
+`figures`, answer_figures / attach below: no plotly.py on that path, no theme), and the page
+draws them (restyling only colour scale, opacity, measure and box on the client).
+
+The `*_figure` functions (what notebook users call) take the same arguments and return
+as_figure(the dict): a plotly.graph_objects.Figure, validated and with plotly.py's default theme,
+as a Figure always has. plotly.graph_objects is imported only then, not by `import
+ponderscope.figures`. Figures render offline: HTML written here, and figures shown in Jupyter
 after `import ponderscope`, carry plotly.js inline (no CDN).
+
+The Figures, each `name_figure` the Figure of `name_dict` (dataset_figures of dataset_dicts):
 
     ponder_map_figure(analysis)   SACT/ACT: ponder map over the input image (or one block's map)
     block_maps_figure(analysis)   SACT/ACT: every block's map, one colour scale
@@ -20,10 +31,13 @@ after `import ponderscope`, carry plotly.js inline (no CDN).
     lesion_figure(studies)        what-if: accuracy after removing each unit, models side by side
     random_lesion_figure(studies) what-if: accuracy as k random units are removed
     class_lesion_figure(study)    what-if: accuracy drop per class and removed unit
+
+and as_figure(dict) wraps any of the dicts; to_html, to_image take a Figure or a dict.
 """
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
 import math
@@ -32,10 +46,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
-import plotly.graph_objects as go
-import plotly.io as pio
-
-if TYPE_CHECKING:  # (the answers import torch: `import ponderscope.figures` does not)
+if TYPE_CHECKING:  # (the answers import torch, plotly.graph_objects takes ~150 ms: `import ponderscope.figures` imports neither)
+    import plotly.graph_objects as go
     from ponderscope.core.answers import (CharPonder, CorpusAnalysis, DatasetAnalysis, Histogram, ImageAnalysis, LesionStudy,
                                           ParityAnalysis, PonderBlock, PonderMaps, Reference, SweepPoint, TextAnalysis)
 
@@ -109,11 +121,24 @@ def _range(grids: list) -> tuple[float, float]:
     return lo, hi if hi > lo else lo + 1e-6
 
 
-def _figure(data, layout: dict) -> go.Figure:
-    """Titles sit left-aligned at the top, clear of the mode bar, as on the page."""
+def _copy(value):
+    """A copy of a JSON-ready constant (dicts and lists copied, the rest shared), so that no figure shares a dict with another."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return [_copy(v) for v in value] if isinstance(value, list) else value
+
+
+def _trace(kind: str, **props) -> dict:
+    """A trace as plotly JSON: {"type": kind, **props}, leaving out the props given as None (as plotly does)."""
+    return {"type": kind, **{k: v for k, v in props.items() if v is not None}}
+
+
+def _figure(data: list[dict], layout: dict) -> dict:
+    """A figure as plotly JSON {data, layout} on the base layout. Titles sit left-aligned at the top,
+    clear of the mode bar, as on the page."""
     margin = {**BASE_LAYOUT["margin"], **layout.get("margin", {})}
-    return go.Figure(data=data, layout={**BASE_LAYOUT, **layout, "title": {**TITLE, **layout.get("title", {})},
-                                        "margin": {**margin, "t": max(margin["t"], 70)}})
+    return {"data": data, "layout": {**_copy(BASE_LAYOUT), **layout, "title": {**_copy(TITLE), **layout.get("title", {})},
+                                     "margin": {**margin, "t": max(margin["t"], 70)}}}
 
 
 # ------------------------------------------------------------------ image models
@@ -137,11 +162,12 @@ def map_range(analysis: ImageAnalysis, block: int | None = None, measure: str = 
     return _range([MEASURES[measure].block(b) for b in ponder.blocks])
 
 
-def _heatmap(z, size: tuple[int, int], unit: str, opacity: float, **color) -> go.Heatmap:
+def _heatmap(z, size: tuple[int, int], unit: str, opacity: float, **color) -> dict:
     """Cells over the input's pixels (a block's coarser grid covers several pixels each)."""
     cw, ch = size[0] / max(1, len(z[0])), size[1] / max(1, len(z))
-    return go.Heatmap(z=z, x0=cw / 2, dx=cw, y0=ch / 2, dy=ch, opacity=opacity, colorbar={"title": {"text": unit, "side": "right"}, "thickness": 12, "len": 0.9},
-                      hovertemplate=f"x %{{x:.0f}}, y %{{y:.0f}}<br>{unit}: %{{z:.3f}}<extra></extra>", **color)
+    return _trace("heatmap", z=[list(row) for row in z], x0=cw / 2, dx=cw, y0=ch / 2, dy=ch, opacity=opacity,
+                  colorbar={"title": {"text": unit, "side": "right"}, "thickness": 12, "len": 0.9},
+                  hovertemplate=f"x %{{x:.0f}}, y %{{y:.0f}}<br>{unit}: %{{z:.3f}}<extra></extra>", **color)
 
 
 def _image_layout(analysis: ImageAnalysis, axis: str = "", box: bool = True) -> dict:
@@ -164,10 +190,16 @@ def _image_layout(analysis: ImageAnalysis, axis: str = "", box: bool = True) -> 
     }
 
 
-def _place_image(fig: go.Figure, analysis: ImageAnalysis, axis: str = "", box: bool = True) -> None:
-    """The input image under axes x{axis}/y{axis}, and the test set's box, in one layout update."""
-    part = _image_layout(analysis, axis, box)
-    fig.update_layout(part["axes"], images=list(fig.layout.images) + part["images"], shapes=list(fig.layout.shapes) + part["shapes"])
+def _place_image(fig: dict, analysis: ImageAnalysis, axis: str = "", box: bool = True) -> dict:
+    """The figure with the input image under axes x{axis}/y{axis}, and the test set's box (an empty
+    list of shapes is left out, as plotly does)."""
+    part, layout = _image_layout(analysis, axis, box), fig["layout"]
+    layout.update(part["axes"])
+    for key in ("images", "shapes"):
+        items = layout.get(key, []) + part[key]
+        if items:
+            layout[key] = items
+    return fig
 
 
 def _map_title(analysis: ImageAnalysis, block: int | None, measure: str, sep: str = ": ") -> str:
@@ -178,8 +210,8 @@ def _map_title(analysis: ImageAnalysis, block: int | None, measure: str, sep: st
     return f"block {b.index + 1} ({b.width}×{b.height}){sep}N+R {b.mean_ponder:.2f}, N {b.mean_units:.2f}/{b.n_units}"
 
 
-def ponder_map_figure(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
-                      opacity: float = DEFAULT_OPACITY, zmin: float | None = None, zmax: float | None = None, box: bool = True) -> go.Figure:
+def ponder_map_dict(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
+                    opacity: float = DEFAULT_OPACITY, zmin: float | None = None, zmax: float | None = None, box: bool = True) -> dict:
     """SACT/ACT: the ponder map (ponder.total, or units_total with measure="units"; a block's own
     grid with block=i) as a heatmap over the input image. The colour range is the page's unless given."""
     z = map_grid(analysis, block, measure)
@@ -188,18 +220,15 @@ def ponder_map_figure(analysis: ImageAnalysis, block: int | None = None, measure
     fig = _figure([_heatmap(z, (source.width, source.height), MEASURES[measure].unit, opacity, zmin=lo if zmin is None else zmin,
                             zmax=hi if zmax is None else zmax, zauto=False, colorscale=plotly_scale(colorscale))],
                   {"title": {"text": _map_title(analysis, block, measure)}})
-    _place_image(fig, analysis, box=box)
-    return fig
+    return _place_image(fig, analysis, box=box)
 
 
-def input_figure(analysis: ImageAnalysis, title: str | None = None, box: bool = True) -> go.Figure:
+def input_dict(analysis: ImageAnalysis, title: str | None = None, box: bool = True) -> dict:
     """The input image as the network saw it, without a map (dense and ConvNet-AIG models)."""
-    fig = _figure([], {"title": {"text": title or f"{analysis.model}: input"}})
-    _place_image(fig, analysis, box=box)
-    return fig
+    return _place_image(_figure([], {"title": {"text": title or f"{analysis.model}: input"}}), analysis, box=box)
 
 
-def gates_figure(analysis: ImageAnalysis) -> go.Figure:
+def gates_dict(analysis: ImageAnalysis) -> dict:
     """ConvNet-AIG: the gate probability p(run) of each gated block, executed ones in blue."""
     gates = analysis.gates
     if gates is None:
@@ -208,40 +237,38 @@ def gates_figure(analysis: ImageAnalysis) -> go.Figure:
 
     def bars(name, run, marker):
         index = [i for i, e in enumerate(executed) if e == run]
-        return go.Bar(name=name, x=[layers[i] for i in index], y=[p[i] for i in index], marker=marker,
+        return _trace("bar", name=name, x=[layers[i] for i in index], y=[p[i] for i in index], marker=marker,
                       hovertemplate=f"%{{x}}: p(run) = %{{y:.3f}}<extra>{name}</extra>")
 
     return _figure([bars("executed", True, {"color": COLORS["executed"]}),
                     bars("skipped", False, {"color": COLORS["skipped"], "line": {"color": COLORS["skipped_line"], "width": 1}})], {
         "title": {"text": f"Gate probability per layer: {sum(executed)} of {len(layers)} gated blocks executed"},
         "barmode": "overlay",
-        "xaxis": {"categoryorder": "array", "categoryarray": layers, "tickangle": -45, "title": {"text": "gated residual block"}},
+        "xaxis": {"categoryorder": "array", "categoryarray": list(layers), "tickangle": -45, "title": {"text": "gated residual block"}},
         "yaxis": {"range": [0, 1], "title": {"text": "p(run)"}},
         "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 0.5, "y1": 0.5, "line": {"dash": "dot", "color": COLORS["guide"], "width": 1}}],
-        "legend": LEGEND_ON_TOP, "margin": {"l": 50, "r": 20, "t": 90, "b": 80},
+        "legend": {**LEGEND_ON_TOP}, "margin": {"l": 50, "r": 20, "t": 90, "b": 80},
     })
 
 
-def image_figure(analysis: ImageAnalysis, **options) -> go.Figure:
+def image_dict(analysis: ImageAnalysis, **options) -> dict:
     """The main figure of an image analysis: the ponder map (SACT/ACT; options as ponder_map_figure),
     the gates (ConvNet-AIG), or the input alone (dense)."""
     if analysis.ponder is not None:
-        return ponder_map_figure(analysis, **options)
+        return ponder_map_dict(analysis, **options)
     if analysis.gates is not None:
-        return gates_figure(analysis)
-    return input_figure(analysis, f"{analysis.model}: input (dense model: every unit runs everywhere, no ponder map)",
-                        box=options.get("box", True))
+        return gates_dict(analysis)
+    return input_dict(analysis, f"{analysis.model}: input (dense model: every unit runs everywhere, no ponder map)",
+                      box=options.get("box", True))
 
 
-def _map_grid_figure(panels: list[tuple[str, ImageAnalysis, list | None]], zmin: float, zmax: float, unit: str, colorscale: str,
-                     opacity: float, title: str, columns: int) -> go.Figure:
+def _map_grid_dict(panels: list[tuple[str, ImageAnalysis, list | None]], zmin: float, zmax: float, unit: str, colorscale: str,
+                   opacity: float, title: str, columns: int) -> dict:
     """Maps side by side on one colour axis: panels of (title, analysis, grid or None for the image alone)."""
-    # The grid laid out by hand, as make_subplots would (its spacing, a title over each panel), and
-    # the figure built in one go: plotly validates every layout update, and a server builds this
-    # figure for every answer (make_subplots and per-panel updates took ~40 ms of ~55).
+    # The grid laid out by hand, as make_subplots would (its spacing, a title over each panel).
     rows, gap_x, gap_y = -(-len(panels) // columns), 0.06, 0.12
     width, height = (1 - gap_x * (columns - 1)) / columns, (1 - gap_y * (rows - 1)) / rows
-    data, layout = [], {**BASE_LAYOUT, "title": {**TITLE, "text": title}, "annotations": [], "images": [], "shapes": [],
+    data, layout = [], {**_copy(BASE_LAYOUT), "title": {**_copy(TITLE), "text": title}, "annotations": [], "images": [], "shapes": [],
                         "coloraxis": {"colorscale": plotly_scale(colorscale), "cmin": zmin, "cmax": zmax,
                                       "colorbar": {"title": {"text": unit, "side": "right"}, "thickness": 12}}}
     for k, (panel_title, analysis, z) in enumerate(panels):
@@ -257,21 +284,24 @@ def _map_grid_figure(panels: list[tuple[str, ImageAnalysis, list | None]], zmin:
         layout["shapes"] += part["shapes"]
         layout["annotations"].append({"text": panel_title, "x": left + width / 2, "y": top, "xref": "paper", "yref": "paper",
                                       "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 12}})
-    return go.Figure(data=data, layout=layout)
+    for key in ("annotations", "images", "shapes"):  # empty lists left out, as plotly does
+        if not layout[key]:
+            del layout[key]
+    return {"data": data, "layout": layout}
 
 
-def block_maps_figure(analysis: ImageAnalysis, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
-                      columns: int = 4) -> go.Figure:
+def block_maps_dict(analysis: ImageAnalysis, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
+                    columns: int = 4) -> dict:
     """SACT/ACT: one map per block (ponder.blocks[i]), one colour scale across blocks."""
     map_grid(analysis)  # a model without maps: say so
     panels = [(_map_title(analysis, i, measure, "<br>"), analysis, map_grid(analysis, i, measure)) for i in range(len(analysis.ponder.blocks))]
     zmin, zmax = map_range(analysis, 0, measure)  # a block's range is the range over all blocks
-    return _map_grid_figure(panels, zmin, zmax, MEASURES[measure].unit, colorscale, opacity,
-                            f"{analysis.model}: {MEASURES[measure].unit} per block", min(columns, len(panels)))
+    return _map_grid_dict(panels, zmin, zmax, MEASURES[measure].unit, colorscale, opacity,
+                          f"{analysis.model}: {MEASURES[measure].unit} per block", min(columns, len(panels)))
 
 
-def compare_figure(analyses: list[ImageAnalysis], measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
-                   columns: int = 3) -> go.Figure:
+def compare_dict(analyses: list[ImageAnalysis], measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
+                 columns: int = 3) -> dict:
     """Several models' analyses of one image, side by side, their maps on one colour scale (the
     range over every map); models without a map show the input alone."""
     grids = [map_grid(a, None, measure) if a.ponder is not None else None for a in analyses]
@@ -285,37 +315,37 @@ def compare_figure(analyses: list[ImageAnalysis], measure: str = "ponder", color
         return f"{a.model}<br>dense: no ponder map"
 
     panels = [(panel_title(a, z), a, z) for a, z in zip(analyses, grids)]
-    return _map_grid_figure(panels, zmin, zmax, MEASURES[measure].unit, colorscale, opacity,
-                            f"{MEASURES[measure].unit} (shared scale)", min(columns, len(panels)))
+    return _map_grid_dict(panels, zmin, zmax, MEASURES[measure].unit, colorscale, opacity,
+                          f"{MEASURES[measure].unit} (shared scale)", min(columns, len(panels)))
 
 
 # ------------------------------------------------------------------ dataset view
-def _histogram_bars(h: Histogram, name: str, color: str, unit: str = "images") -> go.Bar:
+def _histogram_bars(h: Histogram, name: str, color: str, unit: str = "images") -> dict:
     edges = h.edges
-    return go.Bar(x=[(a + b) / 2 for a, b in zip(edges, edges[1:])], y=h.counts, width=[b - a for a, b in zip(edges, edges[1:])], name=name,
+    return _trace("bar", x=[(a + b) / 2 for a, b in zip(edges, edges[1:])], y=list(h.counts), width=[b - a for a, b in zip(edges, edges[1:])], name=name,
                   marker={"color": color, "line": {"color": "#fff", "width": 0.5}}, hovertemplate=f"{name} %{{x:.3f}}: %{{y}} {unit}<extra></extra>")
 
 
-def dataset_figures(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DEFAULT_COLORSCALE) -> dict[str, go.Figure]:
+def dataset_dicts(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DEFAULT_COLORSCALE) -> dict[str, dict]:
     """GET /api/models/{id}/dataset's `result` -> the figures the Dataset view draws, by name:
     image models: "class" (FLOPs and accuracy per class), "flops_histogram", and where the
     model has them "ponder" (mean ponder per class), "ponder_histogram", "layers_histogram",
     "class_layer" (ConvNet-AIG execution rate per class and layer); byte LMs: "corpus"."""
     if result.kind == "text":
-        return {"corpus": corpus_figure(result)}
+        return {"corpus": corpus_dict(result)}
     per_class = result.per_class
     classes = [c.class_ for c in per_class]
     figures = {"class": _figure([
-        go.Bar(name="mean FLOPs / dense", x=classes, y=[c.flops_ratio for c in per_class], marker={"color": COLORS["flops"]},
+        _trace("bar", name="mean FLOPs / dense", x=classes, y=[c.flops_ratio for c in per_class], marker={"color": COLORS["flops"]},
                hovertemplate="%{x}: %{y:.1%} of dense FLOPs<extra></extra>"),
-        go.Scatter(mode="markers+lines", name="accuracy", x=classes, y=[c.accuracy for c in per_class], yaxis="y2",
+        _trace("scatter", mode="markers+lines", name="accuracy", x=classes, y=[c.accuracy for c in per_class], yaxis="y2",
                    marker={"color": COLORS["accuracy"], "size": 8}, line={"dash": "dot"}, hovertemplate="%{x}: accuracy %{y:.1%}<extra></extra>"),
     ], {"title": {"text": f"{result.model}: mean FLOPs and accuracy per class"},
         "yaxis": {"title": {"text": "FLOPs executed / dense"}, "tickformat": ".0%", "rangemode": "tozero"},
         "yaxis2": {"title": {"text": "accuracy"}, "overlaying": "y", "side": "right", "tickformat": ".0%", "range": [0, 1.05], "dtick": 0.2, "showgrid": False},
         "legend": {"orientation": "h", "y": -0.25}, "margin": {"l": 60, "r": 60, "t": 40, "b": 90}})}
     if any(c.mean_ponder is not None for c in per_class):
-        figures["ponder"] = _figure([go.Bar(x=classes, y=[c.mean_ponder for c in per_class], marker={"color": COLORS["ponder"]},
+        figures["ponder"] = _figure([_trace("bar", x=classes, y=[c.mean_ponder for c in per_class], marker={"color": COLORS["ponder"]},
                                             hovertemplate="%{x}: mean ponder %{y:.3f}<extra></extra>")],
                                     {"title": {"text": "Mean ponder cost N+R per class (summed over blocks)"}, "yaxis": {"title": {"text": "ponder cost N+R"}}})
     figures["flops_histogram"] = _figure([_histogram_bars(result.flops_histogram, "FLOPs ratio", COLORS["flops"])], {
@@ -327,14 +357,14 @@ def dataset_figures(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = 
             "yaxis": {"title": {"text": "images"}}, "bargap": 0})
     if result.executed_layers_histogram is not None:
         h = result.executed_layers_histogram
-        figures["layers_histogram"] = _figure([go.Bar(x=h.edges[: len(h.counts)], y=h.counts, marker={"color": COLORS["executed"]},
+        figures["layers_histogram"] = _figure([_trace("bar", x=h.edges[: len(h.counts)], y=list(h.counts), marker={"color": COLORS["executed"]},
                                                       hovertemplate="%{x} layers: %{y} images<extra></extra>")],
                                               {"title": {"text": "Executed gated layers per image"}, "xaxis": {"title": {"text": "layers executed"}, "dtick": 1},
                                                "yaxis": {"title": {"text": "images"}}})
     if result.class_layer_execution_rate:
         rates = result.class_layer_execution_rate
-        figures["class_layer"] = _figure([go.Heatmap(
-            z=rates, x=result.layers or [f"layer {i}" for i in range(len(rates[0]))], y=classes, zmin=0, zmax=1,
+        figures["class_layer"] = _figure([_trace(
+            "heatmap", z=[list(row) for row in rates], x=list(result.layers or [f"layer {i}" for i in range(len(rates[0]))]), y=classes, zmin=0, zmax=1,
             colorscale=plotly_scale(colorscale), colorbar={"title": {"text": "execution rate", "side": "right"}, "tickformat": ".0%"},
             hovertemplate="%{y}, %{x}: runs %{z:.1%}<extra></extra>")],
             {"title": {"text": "Execution rate per class and gated layer (ConvNet-AIG)"}, "xaxis": {"tickangle": -45},
@@ -342,21 +372,21 @@ def dataset_figures(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = 
     return figures
 
 
-def corpus_figure(result: CorpusAnalysis) -> go.Figure:
+def corpus_dict(result: CorpusAnalysis) -> dict:
     """A byte LM's held-out statistics (the Text view's corpus panel): mean N and N+R per class of the byte read, ± std."""
     per_class, labels = result.per_char_class, result.class_labels or {}
     names = list(per_class)
     x = [labels.get(n, n) for n in names]
 
     def bars(key, std, name, color, what):
-        return go.Bar(name=name, x=x, y=[per_class[n][key] for n in names], marker={"color": color}, customdata=[per_class[n].get("count") for n in names],
+        return _trace("bar", name=name, x=x, y=[per_class[n][key] for n in names], marker={"color": color}, customdata=[per_class[n].get("count") for n in names],
                       error_y={"type": "data", "array": [per_class[n].get(std) for n in names], "visible": True},
                       hovertemplate=f"%{{x}}: {what} %{{y:.3f}} ± %{{error_y.array:.3f}}<br>%{{customdata}} bytes<extra></extra>")
 
     return _figure([bars("steps", "steps_std", "steps N", COLORS["steps"], "N"), bars("ponder", "ponder_std", "ponder cost N+R", COLORS["ponder_bar"], "N+R")], {
         "title": {"text": f"{result.model}: mean N and N+R by the class of the byte read"}, "barmode": "group",
         "yaxis": {"title": {"text": "steps N / ponder N+R"}, "rangemode": "tozero"},
-        "legend": LEGEND_ON_TOP, "margin": {"l": 60, "r": 20, "t": 90, "b": 40}})
+        "legend": {**LEGEND_ON_TOP}, "margin": {"l": 60, "r": 20, "t": 90, "b": 40}})
 
 
 # ------------------------------------------------------------------ what-if studies
@@ -364,7 +394,7 @@ STUDY_COLORS = ["#1f5fbf", "#e0892b", "#2ca02c", "#9467bd", "#c0392b", "#17becf"
 PARAMETER_LABELS = {"threshold": "halting threshold 1 - eps", "cap": "units per block, at most", "gate_bias": "gate bias theta"}
 
 
-def sweep_figure(results: dict[str, list[SweepPoint]], reference: Reference | None = None) -> go.Figure:
+def sweep_dict(results: dict[str, list[SweepPoint]], reference: Reference | None = None) -> dict:
     """ponderscope.sweep points of several models, by label -> accuracy against FLOPs (executed /
     dense): one curve per model and parameter, the trained setting as a star, and `reference` (a
     dense twin's label, accuracy and flops_ratio) as a diamond."""
@@ -373,17 +403,17 @@ def sweep_figure(results: dict[str, list[SweepPoint]], reference: Reference | No
         color = STUDY_COLORS[index % len(STUDY_COLORS)]
         for dash, parameter in zip(("solid", "dot", "dash"), dict.fromkeys(p.parameter for p in points if p.parameter)):
             curve = sorted((p for p in points if p.parameter == parameter), key=lambda p: p.flops_ratio)
-            data.append(go.Scatter(mode="lines+markers", name=f"{label}: {PARAMETER_LABELS.get(parameter, parameter)}",
+            data.append(_trace("scatter", mode="lines+markers", name=f"{label}: {PARAMETER_LABELS.get(parameter, parameter)}",
                                    x=[p.flops_ratio for p in curve], y=[p.accuracy for p in curve],
                                    customdata=[[p.setting] for p in curve], line={"color": color, "dash": dash}, marker={"size": 6},
                                    hovertemplate=f"{parameter} %{{customdata[0]}}: accuracy %{{y:.2%}} at %{{x:.1%}} of dense FLOPs<extra>{label}</extra>"))
         trained = next((p for p in points if p.trained), None)
         if trained is not None:
-            data.append(go.Scatter(mode="markers", name=f"{label}: trained", x=[trained.flops_ratio], y=[trained.accuracy],
+            data.append(_trace("scatter", mode="markers", name=f"{label}: trained", x=[trained.flops_ratio], y=[trained.accuracy],
                                    marker={"symbol": "star", "size": 15, "color": color, "line": {"color": "#1b1f24", "width": 1}},
                                    hovertemplate=f"trained: accuracy %{{y:.2%}} at %{{x:.1%}} of dense FLOPs<extra>{label}</extra>"))
     if reference is not None:
-        data.append(go.Scatter(mode="markers", name=f"{reference.label} (dense)", x=[reference.flops_ratio], y=[reference.accuracy],
+        data.append(_trace("scatter", mode="markers", name=f"{reference.label} (dense)", x=[reference.flops_ratio], y=[reference.accuracy],
                                marker={"symbol": "diamond", "size": 13, "color": COLORS["other"]},
                                hovertemplate=f"dense: accuracy %{{y:.2%}}<extra>{reference.label}</extra>"))
     return _figure(data, {"title": {"text": "Accuracy against computation as the inference settings move (no retraining)"},
@@ -392,7 +422,7 @@ def sweep_figure(results: dict[str, list[SweepPoint]], reference: Reference | No
                           "legend": {"orientation": "h", "y": -0.3}, "margin": {"b": 120}})
 
 
-def lesion_figure(studies: dict[str, LesionStudy]) -> go.Figure:
+def lesion_dict(studies: dict[str, LesionStudy]) -> dict:
     """ponderscope.lesion of several models side by side: the test accuracy after removing each
     unit alone (x: the unit's place in the network; downsampling units as crosses), each model's
     intact accuracy dotted, and where a model has gates (ConvNet-AIG) its execution rate per
@@ -402,14 +432,14 @@ def lesion_figure(studies: dict[str, LesionStudy]) -> go.Figure:
         color = STUDY_COLORS[index % len(STUDY_COLORS)]
         single = study.single
         places = list(range(1, len(single) + 1))
-        data.append(go.Scatter(mode="lines+markers", name=f"{label}: without the unit", x=places, y=[u.accuracy for u in single],
+        data.append(_trace("scatter", mode="lines+markers", name=f"{label}: without the unit", x=places, y=[u.accuracy for u in single],
                                customdata=[[u.name, "downsampling" if u.downsampling else ""] for u in single], line={"color": color},
                                marker={"size": [11 if u.downsampling else 7 for u in single], "symbol": ["x" if u.downsampling else "circle" for u in single]},
                                hovertemplate="without %{customdata[0]} %{customdata[1]}: accuracy %{y:.2%}<extra>" + label + "</extra>"))
-        data.append(go.Scatter(mode="lines", name=f"{label}: intact", x=[places[0], places[-1]], y=[study.trained.accuracy] * 2,
+        data.append(_trace("scatter", mode="lines", name=f"{label}: intact", x=[places[0], places[-1]], y=[study.trained.accuracy] * 2,
                                line={"color": color, "dash": "dot", "width": 1}, hovertemplate="intact: %{y:.2%}<extra>" + label + "</extra>"))
         if study.layer_execution_rate:
-            data.append(go.Bar(name=f"{label}: execution rate", x=places, y=study.layer_execution_rate, yaxis="y2", opacity=0.25,
+            data.append(_trace("bar", name=f"{label}: execution rate", x=places, y=list(study.layer_execution_rate), yaxis="y2", opacity=0.25,
                                marker={"color": color}, customdata=[[u.name] for u in single],
                                hovertemplate="%{customdata[0]} runs for %{y:.1%} of the images<extra>" + label + "</extra>"))
     return _figure(data, {"title": {"text": "Remove one unit at test time: accuracy (crosses: units that downsample, keeping their shortcut)"},
@@ -420,13 +450,13 @@ def lesion_figure(studies: dict[str, LesionStudy]) -> go.Figure:
                           "barmode": "overlay", "legend": {"orientation": "h", "y": -0.3}, "margin": {"b": 130, "r": 70}})
 
 
-def random_lesion_figure(studies: dict[str, LesionStudy]) -> go.Figure:
+def random_lesion_dict(studies: dict[str, LesionStudy]) -> dict:
     """Accuracy as k random units are removed (Veit et al. 2016, fig. 5): mean over the draws,
     bars from the lowest to the highest draw."""
     data = []
     for index, (label, study) in enumerate(studies.items()):
         points = study.random
-        data.append(go.Scatter(mode="lines+markers", name=label, x=[p.k for p in points], y=[p.mean for p in points],
+        data.append(_trace("scatter", mode="lines+markers", name=label, x=[p.k for p in points], y=[p.mean for p in points],
                                error_y={"type": "data", "symmetric": False, "array": [p.max - p.mean for p in points],
                                         "arrayminus": [p.mean - p.min for p in points]},
                                line={"color": STUDY_COLORS[index % len(STUDY_COLORS)]},
@@ -438,14 +468,15 @@ def random_lesion_figure(studies: dict[str, LesionStudy]) -> go.Figure:
                           "yaxis": {"title": {"text": "test accuracy"}, "tickformat": ".0%"}, "legend": {"orientation": "h", "y": -0.25}})
 
 
-def class_lesion_figure(study: LesionStudy, label: str = "") -> go.Figure:
+def class_lesion_dict(study: LesionStudy, label: str = "") -> dict:
     """Which classes break when a unit is removed: accuracy drop per class (rows) and removed
     unit (columns), in points of accuracy."""
     trained = study.trained.per_class_accuracy
     units = [u.name for u in study.single]
     drop = [[None if t != t or u.per_class_accuracy[c] != u.per_class_accuracy[c] else 100.0 * (t - u.per_class_accuracy[c])
              for u in study.single] for c, t in enumerate(trained)]
-    return _figure([go.Heatmap(z=drop, x=units, y=study.classes, colorscale=COLORSCALES["YlOrRd"], zmin=0, colorbar={"title": {"text": "points"}},
+    # (a list of colours, spread evenly from 0 to 1: plotly_scale, as plotly.py's validation turned it)
+    return _figure([_trace("heatmap", z=drop, x=units, y=list(study.classes), colorscale=plotly_scale("YlOrRd"), zmin=0, colorbar={"title": {"text": "points"}},
                                hovertemplate="without %{x}: %{y} accuracy down %{z:.1f} points<extra></extra>")],
                    {"title": {"text": f"{label}: accuracy drop per class when one unit is removed".strip(": ")},
                     "xaxis": {"tickangle": -45}, "margin": {"b": 90, "l": 100}})
@@ -456,7 +487,7 @@ def visible_char(c: str) -> str:
     return {" ": "␣", "\n": "↵", "\t": "⇥"}.get(c, c)
 
 
-def text_figure(analysis: TextAnalysis, measure: str | None = None, colorscale: str = DEFAULT_COLORSCALE) -> go.Figure:
+def text_dict(analysis: TextAnalysis, measure: str | None = None, colorscale: str = DEFAULT_COLORSCALE) -> dict:
     """Byte LM (POST /text): per character, bars of `measure` ("steps" N or "ponder" N+R; default
     the analysis' own `measure`, what varies in this text) coloured by the colour scale, a dotted
     line of the other, and the surprisal in bits on the right axis."""
@@ -471,21 +502,21 @@ def text_figure(analysis: TextAnalysis, measure: str | None = None, colorscale: 
     colors = [_css(color_at(colorscale, (v - lo) / (hi - lo) if hi > lo else 0.5)) for v in values]
     ticks = x[:: max(1, math.ceil(len(chars) / 120))]
     return _figure([
-        go.Bar(name=TEXT_UNITS[key], x=x, y=values, customdata=labels, marker={"color": colors, "line": {"color": "#444", "width": 0.3}},
+        _trace("bar", name=TEXT_UNITS[key], x=x, y=values, customdata=labels, marker={"color": colors, "line": {"color": "#444", "width": 0.3}},
                hovertemplate=f"'%{{customdata}}' #%{{x}}: {TEXT_UNITS[key]} %{{y:.3f}}<extra></extra>"),
-        go.Scatter(mode="lines", name=TEXT_UNITS[other], x=x, y=[TEXT_VALUES[other](c) for c in chars], customdata=labels, line={"color": COLORS["other"], "width": 1, "dash": "dot"},
+        _trace("scatter", mode="lines", name=TEXT_UNITS[other], x=x, y=[TEXT_VALUES[other](c) for c in chars], customdata=labels, line={"color": COLORS["other"], "width": 1, "dash": "dot"},
                    hovertemplate=f"'%{{customdata}}' #%{{x}}: {TEXT_UNITS[other]} %{{y:.3f}}<extra></extra>"),
-        go.Scatter(mode="lines+markers", name="surprisal (bits)", x=x, y=[c.bits for c in chars], yaxis="y2", customdata=labels, connectgaps=False,
+        _trace("scatter", mode="lines+markers", name="surprisal (bits)", x=x, y=[c.bits for c in chars], yaxis="y2", customdata=labels, connectgaps=False,
                    line={"color": COLORS["surprisal"], "width": 1.2}, marker={"size": 4}, hovertemplate="'%{customdata}' #%{x}: %{y:.2f} bits<extra></extra>"),
     ], {"title": {"text": f"{analysis.model}: ponder per character ({TEXT_UNITS[key]} as bars) and surprisal"},
         "xaxis": {"tickmode": "array", "tickvals": ticks, "ticktext": [labels[i] for i in ticks], "tickangle": 0, "range": [-0.5, len(chars) - 0.5],
                   "title": {"text": "character"}},
         "yaxis": {"title": {"text": "steps N / ponder N+R"}, "rangemode": "tozero"},
         "yaxis2": {"title": {"text": "bits"}, "overlaying": "y", "side": "right", "rangemode": "tozero", "showgrid": False},
-        "legend": LEGEND_ON_TOP, "bargap": 0.1, "margin": {"l": 60, "r": 60, "t": 90, "b": 50}})
+        "legend": {**LEGEND_ON_TOP}, "bargap": 0.1, "margin": {"l": 60, "r": 60, "t": 90, "b": 50}})
 
 
-def parity_figure(analyses: ParityAnalysis | list[ParityAnalysis], curve: dict[str, float] | None = None, bits: int | None = None) -> go.Figure:
+def parity_dict(analyses: ParityAnalysis | list[ParityAnalysis], curve: dict[str, float] | None = None, bits: int | None = None) -> dict:
     """Parity (POST /parity): ponder N+R against the number of nonzero entries (Graves 2016, fig. 4):
     the test-set mean per count (`curve`: the card's metrics.test.ponder_by_nonzero), every
     analysis given as a point, the last one as the current star. Each analysis' `vector` (when
@@ -494,17 +525,17 @@ def parity_figure(analyses: ParityAnalysis | list[ParityAnalysis], curve: dict[s
     data = []
     if curve:
         ks = sorted(curve, key=int)
-        data.append(go.Scatter(mode="lines", name="test-set mean ponder", x=[int(k) for k in ks], y=[curve[k] for k in ks], line={"color": COLORS["curve"]}))
+        data.append(_trace("scatter", mode="lines", name="test-set mean ponder", x=[int(k) for k in ks], y=[curve[k] for k in ks], line={"color": COLORS["curve"]}))
 
     def label(a: ParityAnalysis) -> str:
         vector = "".join("+" if v > 0 else "-" if v < 0 else "0" for v in a.vector) + ": " if a.vector else ""
         return f"{vector}{a.answer}, N={a.steps}"
 
-    data.append(go.Scatter(mode="markers", name="your vectors", x=[a.nonzero for a in analyses], y=[a.ponder for a in analyses],
+    data.append(_trace("scatter", mode="markers", name="your vectors", x=[a.nonzero for a in analyses], y=[a.ponder for a in analyses],
                            text=[label(a) for a in analyses], marker={"color": COLORS["executed"], "size": 7, "opacity": 0.6},
                            hovertemplate="%{text}<br>nonzero %{x}, ponder %{y:.3f}<extra></extra>"))
     current = analyses[-1]
-    data.append(go.Scatter(mode="markers", name="current", x=[current.nonzero], y=[current.ponder], marker={"color": COLORS["current"], "size": 14, "symbol": "star"},
+    data.append(_trace("scatter", mode="markers", name="current", x=[current.nonzero], y=[current.ponder], marker={"color": COLORS["current"], "size": 14, "symbol": "star"},
                            hovertemplate="current: nonzero %{x}, ponder %{y:.3f}<extra></extra>"))
     bits = bits or len(current.vector or []) or max([a.nonzero for a in analyses] + [int(k) for k in (curve or {})])
     return _figure(data, {
@@ -513,52 +544,131 @@ def parity_figure(analyses: ParityAnalysis | list[ParityAnalysis], curve: dict[s
         "yaxis": {"title": {"text": "ponder cost N+R"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2}})
 
 
-def halting_figure(analysis: ParityAnalysis) -> go.Figure:
+def halting_dict(analysis: ParityAnalysis) -> dict:
     """PonderNet-style models: the halting distribution p(n) of this input over steps n = 1..N
     (`halting_distribution` of a parity answer), the answer's step N marked."""
-    p = analysis.halting_distribution
+    p = list(analysis.halting_distribution)
     steps = list(range(1, len(p) + 1))
     colors = [COLORS["current"] if n == analysis.steps else COLORS["ponder"] for n in steps]
-    return _figure([go.Bar(x=steps, y=p, marker={"color": colors}, name="p(n)", hovertemplate="step %{x}: p %{y:.3f}<extra></extra>")], {
+    return _figure([_trace("bar", x=steps, y=p, marker={"color": colors}, name="p(n)", hovertemplate="step %{x}: p %{y:.3f}<extra></extra>")], {
         "title": {"text": f"Halting distribution p(n): answered at step {analysis.steps} (the median), expected steps {analysis.ponder:.2f}"},
         "xaxis": {"title": {"text": "step n"}, "dtick": 1}, "yaxis": {"title": {"text": "p(n)"}, "rangemode": "tozero"}, "showlegend": False})
 
 
+# ------------------------------------------------------------------ the notebook's Figures
+def as_figure(fig: dict | go.Figure) -> go.Figure:
+    """A figure dict of this module (or a Figure, returned as it is) as a plotly Figure: go.Figure(fig),
+    which validates it and adds plotly.py's default theme, as every Figure has. The first one also
+    registers ponderscope's offline renderer (use_offline_renderer)."""
+    import plotly.graph_objects as go
+
+    if not _renderer_registered:
+        use_offline_renderer()
+    return fig if isinstance(fig, go.Figure) else go.Figure(fig)
+
+
+def _returns_figure(build: Callable[..., dict]) -> Callable[..., go.Figure]:
+    """`name_figure` for the dict builder `name_dict`: the same arguments, the dict as a plotly Figure."""
+    def figure(*args, **kwargs):
+        return as_figure(build(*args, **kwargs))
+
+    figure.__name__ = figure.__qualname__ = build.__name__.removesuffix("_dict") + "_figure"
+    figure.__doc__ = f"{build.__doc__}\n\n    A plotly Figure: as_figure({build.__name__}(...)), the plotly JSON the server sends, validated and themed."
+    figure.__signature__ = inspect.signature(build).replace(return_annotation="go.Figure")
+    return figure
+
+
+ponder_map_figure = _returns_figure(ponder_map_dict)
+input_figure = _returns_figure(input_dict)
+gates_figure = _returns_figure(gates_dict)
+image_figure = _returns_figure(image_dict)
+block_maps_figure = _returns_figure(block_maps_dict)
+compare_figure = _returns_figure(compare_dict)
+corpus_figure = _returns_figure(corpus_dict)
+sweep_figure = _returns_figure(sweep_dict)
+lesion_figure = _returns_figure(lesion_dict)
+random_lesion_figure = _returns_figure(random_lesion_dict)
+class_lesion_figure = _returns_figure(class_lesion_dict)
+text_figure = _returns_figure(text_dict)
+parity_figure = _returns_figure(parity_dict)
+halting_figure = _returns_figure(halting_dict)
+
+
+def dataset_figures(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DEFAULT_COLORSCALE) -> dict[str, go.Figure]:
+    """dataset_dicts(result) with each figure a plotly Figure (as_figure)."""
+    return {name: as_figure(fig) for name, fig in dataset_dicts(result, colorscale).items()}
+
+
 # ------------------------------------------------------------------ offline output
-def to_html(fig: go.Figure, full_html: bool = True) -> str:
-    """The figure as HTML that works offline: plotly.js inline, no MathJax, no CDN."""
-    return pio.to_html(fig, include_plotlyjs=True, include_mathjax=False, full_html=full_html, config=CONFIG)
+def to_html(fig: dict | go.Figure, full_html: bool = True) -> str:
+    """The figure (a Figure, or a dict of this module: as_figure) as HTML that works offline: plotly.js inline, no MathJax, no CDN."""
+    import plotly.io as pio
+
+    return pio.to_html(as_figure(fig), include_plotlyjs=True, include_mathjax=False, full_html=full_html, config=CONFIG)
 
 
-class OfflineRenderer(pio.base_renderers.MimetypeRenderer):
-    """Jupyter display with plotly.js inline in every figure's HTML (about 4.8 MB each), so a
-    notebook shows, and keeps showing once saved, without a network; JupyterLab's plotly
-    extension, where present, draws the plotly JSON beside it (also offline)."""
+# OfflineRenderer subclasses plotly.io's MimetypeRenderer, whose module imports plotly.graph_objects,
+# kaleido and more (~90 ms): the class is made on first use (`figures.OfflineRenderer`, or the first
+# Figure), so that `import ponderscope.figures` and the server do without.
+_renderer_class = None
+_renderer_registered = False
 
-    def to_mimebundle(self, fig_dict: dict) -> dict:
-        return {"application/vnd.plotly.v1+json": {"data": fig_dict.get("data", []), "layout": fig_dict.get("layout", {}), "config": CONFIG},
-                "text/html": to_html(fig_dict, full_html=False)}
+
+def _offline_renderer_class() -> type:
+    global _renderer_class
+    if _renderer_class is None:
+        from plotly.io._base_renderers import MimetypeRenderer
+
+        class OfflineRenderer(MimetypeRenderer):
+            """Jupyter display with plotly.js inline in every figure's HTML (about 4.8 MB each), so a
+            notebook shows, and keeps showing once saved, without a network; JupyterLab's plotly
+            extension, where present, draws the plotly JSON beside it (also offline)."""
+
+            def to_mimebundle(self, fig_dict: dict) -> dict:
+                return {"application/vnd.plotly.v1+json": {"data": fig_dict.get("data", []), "layout": fig_dict.get("layout", {}), "config": CONFIG},
+                        "text/html": to_html(fig_dict, full_html=False)}
+
+        OfflineRenderer.__module__ = __name__
+        _renderer_class = OfflineRenderer
+    return _renderer_class
+
+
+def __getattr__(name: str):
+    if name == "OfflineRenderer":
+        return _offline_renderer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _in_jupyter_kernel() -> bool:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def use_offline_renderer(force: bool = False) -> None:
-    """Make fig.show() and Jupyter's display use OfflineRenderer, when running in a Jupyter
-    kernel (or with force) and PLOTLY_RENDERER does not name another renderer."""
-    pio.renderers["ponderscope"] = OfflineRenderer()
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    if force or (not os.environ.get("PLOTLY_RENDERER") and type(shell).__name__ == "ZMQInteractiveShell"):
+    """Register OfflineRenderer as plotly's renderer "ponderscope", and make it the default of
+    fig.show() and Jupyter's display when running in a Jupyter kernel (or with force) and
+    PLOTLY_RENDERER does not name another renderer. Done on import in a Jupyter kernel, else by
+    the first Figure made here."""
+    global _renderer_registered
+    import plotly.io as pio
+
+    pio.renderers["ponderscope"] = _offline_renderer_class()()
+    _renderer_registered = True
+    if force or (not os.environ.get("PLOTLY_RENDERER") and _in_jupyter_kernel()):
         pio.renderers.default = "ponderscope"
 
 
-use_offline_renderer()
+if _in_jupyter_kernel():  # a notebook: figures shown after `import ponderscope` carry plotly.js inline from the start
+    use_offline_renderer()
 
 
 class StaticExportUnavailable(RuntimeError):
     """PNG/SVG export through kaleido and a Chromium is not possible here (the message says why)."""
 
 
-def to_image(fig: go.Figure, format: str = "png", width: int = 700, height: int = 560, scale: float = 1.0) -> bytes:
-    """PNG or SVG bytes through kaleido (v1: drives a Chromium, e.g. Debian's /usr/bin/chromium;
+def to_image(fig: dict | go.Figure, format: str = "png", width: int = 700, height: int = 560, scale: float = 1.0) -> bytes:
+    """The figure (a Figure, or a dict of this module: as_figure) as PNG or SVG bytes through kaleido (v1: drives a Chromium, e.g. Debian's /usr/bin/chromium;
     BROWSER_PATH or PONDERSCOPE_CHROMIUM names another) with the local plotly.js and no MathJax:
     nothing is fetched from the network."""
     try:
@@ -567,9 +677,11 @@ def to_image(fig: go.Figure, format: str = "png", width: int = 700, height: int 
         raise StaticExportUnavailable("kaleido is not installed (pip install kaleido==1.5.0)") from None
     if os.environ.get("PONDERSCOPE_CHROMIUM") and not os.environ.get("BROWSER_PATH"):
         os.environ["BROWSER_PATH"] = os.environ["PONDERSCOPE_CHROMIUM"]
-    plotlyjs = Path(pio.__file__).resolve().parents[1] / "package_data" / "plotly.min.js"
+    import plotly
+
+    plotlyjs = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
     try:
-        return kaleido.calc_fig_sync(fig.to_dict(), opts={"format": format, "width": width, "height": height, "scale": scale},
+        return kaleido.calc_fig_sync(as_figure(fig).to_dict(), opts={"format": format, "width": width, "height": height, "scale": scale},
                                      kopts={"mathjax": False, "plotlyjs": str(plotlyjs), "timeout": 60})
     except Exception as error:  # no Chromium, or one that cannot start here: say so, the caller may fall back
         reason = str(error.args[0] if error.args else error).strip()[:300]
@@ -636,16 +748,16 @@ def map_svg(analysis: ImageAnalysis, block: int | None = None, measure: str = "p
 
 
 # ------------------------------------------------------------------ an answer's figures, as JSON
-# plotly.py's default theme ("plotly", about 7 KB in every figure's layout.template) is left out of
-# the answers: the page draws the rest of each figure as it is, with plotly.js's own defaults.
-SEND_TEMPLATE = False
-
-
-def figure_json(fig) -> dict:
-    """A plotly Figure as JSON-safe {data, layout} (what Plotly.react takes)."""
+# The server sends the dicts as they are: plotly.py is not on that path (no validation, no numpy
+# conversion, no JSON round trip), and its default theme ("plotly", about 7 KB in every Figure's
+# layout.template) is never added: the page draws each figure with plotly.js's own defaults.
+def figure_json(fig: dict | go.Figure) -> dict:
+    """A figure as the server sends it, JSON-safe {data, layout} (what Plotly.react takes): a dict
+    of this module as it is; a Figure through its JSON, without plotly.py's theme."""
+    if isinstance(fig, dict):
+        return fig
     out = json.loads(fig.to_json())
-    if not SEND_TEMPLATE:
-        out.get("layout", {}).pop("template", None)
+    out.get("layout", {}).pop("template", None)
     return out
 
 
@@ -655,44 +767,45 @@ StudyEnvelope = dict  # {"results": {label: list[SweepPoint] | LesionStudy}, "re
 
 
 def answer_figures(kind: str, answer: ImageAnalysis | TextAnalysis | ParityAnalysis | DatasetAnalysis | CorpusAnalysis | StudyEnvelope) -> dict:
-    """The figures of an answer, by name, drawn by ponderscope.figures (the notebook's and
-    `ponderscope render`'s code) with its default settings; the page draws them as they are and
-    restyles only display settings (colour scale, opacity, measure, box) from the answer's numbers.
+    """The figures of an answer, by name, as plotly JSON dicts (the `*_dict` builders, whose Figures
+    the notebook and `ponderscope render` show) with their default settings; the page draws them as
+    they are and restyles only display settings (colour scale, opacity, measure, box) from the
+    answer's numbers. No plotly.py here: the server sends the dicts as they are.
 
         image    (ImageAnalysis) "map": the ponder map over the input (or the input alone:
                  ConvNet-AIG, dense), "blocks": every block's map on one scale (ACT/SACT), "gates" (ConvNet-AIG)
         text     (TextAnalysis) "text": per-character ponder and surprisal
         parity   (ParityAnalysis) "parity": ponder against nonzero entries, this vector over the
                  test-set curve; "halting": p(n) over steps (PonderNet-style models)
-        dataset  (DatasetAnalysis or CorpusAnalysis) dataset_figures(result): "class",
+        dataset  (DatasetAnalysis or CorpusAnalysis) dataset_dicts(result): "class",
                  "flops_histogram", ... (image), "corpus" (text)
         sweep    (a StudyEnvelope of list[SweepPoint]) "sweep": accuracy vs FLOPs of every model
                  asked for, the dense twin (its "reference") as reference
         lesion   (a StudyEnvelope of LesionStudy) "single", "random", and "classes:<model>" per model
     """
     if kind == "image":
-        out = {"map": ponder_map_figure(answer) if answer.ponder is not None else input_figure(answer)}
+        out = {"map": ponder_map_dict(answer) if answer.ponder is not None else input_dict(answer)}
         if answer.ponder is not None:
-            out["blocks"] = block_maps_figure(answer)
+            out["blocks"] = block_maps_dict(answer)
         if answer.gates is not None:
-            out["gates"] = gates_figure(answer)
+            out["gates"] = gates_dict(answer)
     elif kind == "text":
-        out = {"text": text_figure(answer)}
+        out = {"text": text_dict(answer)}
     elif kind == "sweep":  # the envelope: {"results": {label: list[SweepPoint]}, "reference": Reference or None}
-        out = {"sweep": sweep_figure(answer["results"], answer.get("reference"))}
+        out = {"sweep": sweep_dict(answer["results"], answer.get("reference"))}
     elif kind == "lesion":  # the envelope: {"results": {label: LesionStudy}}
         studies: dict[str, LesionStudy] = answer["results"]
-        out = {"single": lesion_figure(studies), "random": random_lesion_figure(studies),
-               **{f"classes:{label}": class_lesion_figure(study, label) for label, study in studies.items()}}
+        out = {"single": lesion_dict(studies), "random": random_lesion_dict(studies),
+               **{f"classes:{label}": class_lesion_dict(study, label) for label, study in studies.items()}}
     elif kind == "parity":
-        out = {"parity": parity_figure(answer, answer.curve, len(answer.vector))}
+        out = {"parity": parity_dict(answer, answer.curve, len(answer.vector))}
         if answer.halting_distribution:
-            out["halting"] = halting_figure(answer)
+            out["halting"] = halting_dict(answer)
     elif kind == "dataset":
-        out = dataset_figures(answer)
+        out = dataset_dicts(answer)
     else:
         raise ValueError(f"no figures for answers of kind {kind!r}")
-    return {name: figure_json(fig) for name, fig in out.items()}
+    return out
 
 
 def attach(kind: str, answer: ImageAnalysis | TextAnalysis | ParityAnalysis | DatasetAnalysis | CorpusAnalysis | StudyEnvelope):

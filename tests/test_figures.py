@@ -4,9 +4,14 @@ offline. No model is run here (test_notebook.py runs the bundled checkpoints).""
 from __future__ import annotations
 
 import base64
+import inspect
 import io
+import json
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -18,6 +23,7 @@ from ponderscope import figures
 from ponderscope.core.answers import (CorpusAnalysis, DatasetAnalysis, ImageAnalysis, LesionStudy, ParityAnalysis, Reference, SweepPoint,
                                       TextAnalysis)
 
+ROOT = Path(__file__).resolve().parents[1]
 HTTP_SCRIPT = re.compile(r"<script[^>]*\bsrc\s*=\s*[\"']?\s*(https?:)?//", re.I)
 
 
@@ -298,3 +304,108 @@ def test_maps_without_a_browser():
     svg = ET.fromstring(figures.map_svg(a, block=1, width=300, height=200))
     rects = svg.findall(".//{http://www.w3.org/2000/svg}g/{http://www.w3.org/2000/svg}rect")
     assert len(rects) == 4 and svg.get("width") == "300"
+
+
+# ------------------------------------------------------------------ the server's figures: plain JSON, no plotly
+def every_answer() -> list[tuple[str, object]]:
+    """(kind, answer) for answer_figures: every kind and every branch of it."""
+    halting = parity_analysis(2, 2.6, [1, 0, 1, 0]).model_copy(update={"halting_distribution": [0.1, 0.3, 0.4, 0.2]})
+    dataset = DatasetAnalysis(model="aig", classes=["a", "b"], examples=4, accuracy=0.75, flops_ratio=0.6, dense_flops=10.0,
+                              per_class=[{"class": "a", "count": 2, "accuracy": 1.0, "flops_ratio": 0.5, "mean_ponder": 3.5},
+                                         {"class": "b", "count": 2, "accuracy": None, "flops_ratio": 0.7, "mean_ponder": 4.25}],
+                              ponder_histogram={"edges": [3.0, 4.0, 5.0], "counts": [1, 3]}, flops_histogram={"edges": [0.4, 0.6, 0.8], "counts": [2, 2]},
+                              least=[], most=[], executed_layers_histogram={"edges": [0, 1, 2, 3], "counts": [1, 2, 1]},
+                              class_layer_execution_rate=[[1.0, None], [0.5, 0.0]], layers=["layer1.0", "layer1.1"])
+    corpus = CorpusAnalysis(model="lm", source="test", per_char_class={"letter": {"count": 10, "steps": 1.1, "steps_std": 0.3, "ponder": 1.5, "ponder_std": 0.2}},
+                            class_labels={"letter": "letters"})
+    reference = Reference(label="dense", accuracy=0.92, flops_ratio=1.0, examples=60)
+    return [("image", sact_analysis()), ("image", aig_analysis()), ("image", dense_analysis()), ("text", text_analysis()),
+            ("parity", parity_analysis(3, 4.5, [1, 0, -1, 1])), ("parity", halting), ("dataset", dataset), ("dataset", corpus),
+            ("sweep", {"results": {"sact": sweep_points()}, "reference": reference}), ("sweep", {"results": {"sact": sweep_points()}, "reference": None}),
+            ("lesion", {"results": {"aig": lesion_study(), "other": lesion_study()}, "reference": None})]
+
+
+def plain_json(value, path="figure") -> None:
+    """Only dicts with str keys, lists, str, bool, int, finite floats and None: what json.dumps writes as it is."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert type(key) is str, f"{path}: key {key!r}"
+            plain_json(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            plain_json(item, f"{path}[{i}]")
+    else:
+        assert value is None or type(value) in (str, bool, int, float), f"{path}: {type(value).__module__}.{type(value).__name__} {value!r:.60}"
+        assert type(value) is not float or np.isfinite(value), f"{path}: {value}"
+
+
+def test_server_figures_are_plain_json_built_without_plotly(monkeypatch):
+    """answer_figures (what the server sends) builds dicts directly: no plotly object is made, no
+    JSON round trip, no theme; each figure is {data: [traces with a type], layout}."""
+    import plotly.basedatatypes
+
+    def no_plotly(*args, **kwargs):
+        raise AssertionError("answer_figures made a plotly object")
+
+    for target in (plotly.basedatatypes.BaseFigure, plotly.basedatatypes.BasePlotlyType):
+        monkeypatch.setattr(target, "__init__", no_plotly)
+    monkeypatch.setattr(go, "Figure", no_plotly)
+    monkeypatch.setattr(pio, "to_json", no_plotly)
+    for kind, answer in every_answer():
+        drawn = figures.answer_figures(kind, answer)
+        assert drawn, kind
+        for name, fig in drawn.items():
+            plain_json(fig, f"{kind} {name}")
+            assert set(fig) == {"data", "layout"} and all(isinstance(trace.get("type"), str) for trace in fig["data"]), (kind, name)
+            assert "template" not in fig["layout"]
+            assert json.loads(json.dumps(fig, allow_nan=False)) == fig
+
+
+def test_figures_share_no_dicts():
+    """Each figure is its own: changing one (as a client of the dicts may) changes no other, nor the answer."""
+    a, aig = sact_analysis(), aig_analysis()
+    first, second = figures.answer_figures("image", a), figures.answer_figures("image", a)
+    first["map"]["layout"]["title"]["font"]["size"] = 99
+    first["map"]["layout"]["font"]["size"] = 99
+    first["map"]["data"][0]["z"][0][0] = -1.0
+    assert second["map"]["layout"]["title"]["font"]["size"] == 14 and second["map"]["layout"]["font"]["size"] == 12
+    assert a.ponder.total[0][0] != -1.0 and second["map"]["data"][0]["z"] == a.ponder.total
+    figures.answer_figures("image", aig)["gates"]["layout"]["legend"]["x"] = 0
+    assert figures.TITLE["font"]["size"] == 14 and figures.BASE_LAYOUT["font"]["size"] == 12 and figures.LEGEND_ON_TOP["x"] == 1
+
+
+def test_notebook_figures_are_the_server_dicts_as_plotly_figures():
+    """The notebook's *_figure functions return plotly Figures of the very dicts the server sends:
+    a Figure's JSON without its theme is the dict (so the dicts are valid plotly, as plotly.py
+    would have written them: unset props left out, colour lists as stops)."""
+    study, points = lesion_study(), sweep_points()
+    sact, aig, dense = sact_analysis(), aig_analysis(), dense_analysis()
+    for kind, answer in every_answer():
+        for name, fig in figures.answer_figures(kind, answer).items():
+            assert figures.figure_json(figures.as_figure(fig)) == fig, (kind, name)
+    calls = {
+        figures.ponder_map_figure: ((sact,), {"block": 1, "measure": "units", "colorscale": "Hot", "box": False}),
+        figures.input_figure: ((dense,), {"title": "t"}), figures.gates_figure: ((aig,), {}), figures.image_figure: ((sact,), {"opacity": 0.3}),
+        figures.block_maps_figure: ((sact,), {"columns": 1}), figures.compare_figure: (([sact, aig, dense],), {}),
+        figures.corpus_figure: ((every_answer()[7][1],), {}), figures.sweep_figure: (({"sact": points},), {}),
+        figures.lesion_figure: (({"aig": study},), {}), figures.random_lesion_figure: (({"aig": study},), {}),
+        figures.class_lesion_figure: ((study, "aig"), {}), figures.text_figure: ((text_analysis(),), {"measure": "ponder"}),
+        figures.parity_figure: (([parity_analysis(3, 4.5, [1, 0, -1, 1])],), {"curve": {"1": 2.0}}),
+        figures.halting_figure: ((every_answer()[5][1],), {}),
+    }
+    for function, (args, kwargs) in calls.items():
+        build = getattr(figures, function.__name__.removesuffix("_figure") + "_dict")
+        fig = function(*args, **kwargs)
+        assert isinstance(fig, go.Figure) and fig.layout.template.layout.colorway, function.__name__  # plotly.py's theme, as any Figure
+        assert fig.to_plotly_json() == go.Figure(build(*args, **kwargs)).to_plotly_json(), function.__name__
+        assert list(inspect.signature(function).parameters) == list(inspect.signature(build).parameters), function.__name__
+    assert all(isinstance(f, go.Figure) for f in figures.dataset_figures(every_answer()[6][1]).values())
+    dict_html = figures.to_html(figures.ponder_map_dict(sact), full_html=False)
+    assert "plotly.js v" in dict_html and '"type":"heatmap"' in dict_html  # to_html takes a dict too
+
+
+def test_importing_figures_imports_no_plotly():
+    """plotly.py (graph_objects ~150 ms, its renderers ~90 ms) is imported by the first Figure, not by the module."""
+    code = "import sys, ponderscope.figures; print(sorted(m for m in sys.modules if m.split('.')[0] in ('plotly', 'kaleido', 'torch')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

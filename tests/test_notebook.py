@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 from PIL import Image
@@ -89,12 +90,14 @@ def test_image_figures_of_sact_and_aig(models, shirt_png):
     assert np.asarray(fig.data[0].z).tolist() == sact["ponder"]["total"]
     assert fig.layout.images[0].source == sact["input"]["image"]
     units = ps.image_figure(models["fmnist_sact_resnet32"], shirt_png, measure="units", block=2)
+    assert isinstance(fig, go.Figure) and isinstance(units, go.Figure)  # the notebook gets plotly Figures (the server, plain dicts)
     assert np.asarray(units.data[0].z).tolist() == sact["ponder"]["blocks"][2]["units"]
     aig = ps.analyze_image(models["fmnist_aig_resnet32"], str(shirt_png))
     gates = ps.image_figure(models["fmnist_aig_resnet32"], shirt_png)
     assert [list(t.y) for t in gates.data] == [[p for p, e in zip(aig["gates"]["probability"], aig["gates"]["executed"]) if e == run] for run in (True, False)]
     both = figures.compare_figure([sact, aig])
     values = [v for row in sact["ponder"]["total"] for v in row]
+    assert isinstance(gates, go.Figure) and isinstance(both, go.Figure)
     assert len(both.data) == 1 and (both.layout.coloraxis.cmin, both.layout.coloraxis.cmax) == (min(values), max(values))
 
 
@@ -110,11 +113,13 @@ def test_text_and_parity_figures(models):
     text = "The hacker's jargon, (c) 1983."
     analysis = ps.analyze_text(models["jargon_act_lstm"], text)
     fig = ps.text_figure(models["jargon_act_lstm"], text)
+    assert isinstance(fig, go.Figure)
     assert "".join(c["char"] for c in analysis["chars"]) == text
     assert list(fig.data[0].y) == [c[analysis["measure"]] for c in analysis["chars"]]
     assert list(fig.data[2].y) == [c["bits"] for c in analysis["chars"]]
     vectors = [[1.0] * 16, [0.0] * 15 + [-1.0]]
     fig = ps.parity_figure(models["parity16_act_rnn"], vectors)
+    assert isinstance(fig, go.Figure)
     curve, points, current = fig.data
     card_curve = models["parity16_act_rnn"].card["metrics"]["test"]["ponder_by_nonzero"]
     assert list(curve.y) == [card_curve[k] for k in sorted(card_curve, key=int)]
