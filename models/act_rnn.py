@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .halting import DEFAULT_EPS, StepwiseHalting
 from .registry import SEQUENCE_TASKS, register_model
-from .sparse import Execution
+from .sparse import Execution, requested_execution
 from .trace import Trace
 
 
@@ -104,6 +104,11 @@ class ACTRecurrentNet(nn.Module):
         nn.init.constant_(self.halting_unit.bias, halting_bias)
         self.readout = nn.Linear(hidden_size, output_size)
 
+    @property
+    def has_sparse_path(self) -> bool:
+        """Without ACT every step runs once: sparse and masked are the same code (models/sparse.py)."""
+        return self.act
+
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_kind == "bytes":
             return self.embedding(x.long())
@@ -120,7 +125,7 @@ class ACTRecurrentNet(nn.Module):
         if batch == 1 and not torch.is_grad_enabled():
             return self._ponder_step_single(x_proj, state)
         halting = StepwiseHalting((batch,), device=device, dtype=dtype, eps=self.eps)
-        sparse = Execution.of(self.execution) is Execution.SPARSE
+        sparse = requested_execution(self) is Execution.SPARSE  # (models/sparse.py: the one in force, else self.execution)
         averaged, current = None, state
         for n in range(1, self.max_steps + 1):
             rows = halting.running.nonzero().squeeze(1) if sparse and n > 1 else None
@@ -160,7 +165,7 @@ class ACTRecurrentNet(nn.Module):
         return averaged, float(halting.ponder_cost), halting.steps  # numbers: trace() makes one tensor of each
 
     def trace(self, x: torch.Tensor) -> Trace:
-        Execution.of(self.execution)  # checked: "sparse" / "masked" are accepted
+        requested_execution(self)  # checked: "sparse" / "masked" are accepted
         inputs = self._inputs(x)
         batch, length = inputs.shape[:2]
         device, dtype = inputs.device, inputs.dtype

@@ -559,6 +559,11 @@ class ResNet(nn.Module):
             if isinstance(module, nn.Conv2d) and module.out_channels > 1:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
+    @property
+    def has_sparse_path(self) -> bool:
+        """A dense ResNet runs one code path whatever its execution (models/sparse.py)."""
+        return self.halting != "none"
+
     def trace(self, x: torch.Tensor) -> Trace:
         execution = sparse_ops.execution_of(self)
         if execution is Execution.SPARSE and self.halting != "none":

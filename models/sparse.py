@@ -10,6 +10,13 @@ accepted wherever it is set, and `Execution.of` turns them into the enum):
 Both give the same logits and traces (tests/test_sparse.py). Training always takes the masked
 path (BatchNorm then uses batch statistics, which a subset of positions would change).
 
+Per call, without touching the module (the server runs an interactive request at batch 1 and a
+background job at batch 250 on one module at once): `with executing("masked"): model.trace(x)`
+overrides `model.execution` for the traces of this thread (a context variable, as models/whatif.py
+keeps its change). `ponderscope.core.execution` plans which one runs, per device and batch size.
+A model whose two executions are one code path (a dense ResNet, a plain RNN) says so with
+`has_sparse_path = False`; there is nothing to choose (`has_sparse_path(model)`).
+
 SACT (per position): a unit l >= 2 of a block updates x only at the active positions A (those not
 yet halted): x_l = x_{l-1} + R_l(x_{l-1}) on A, unchanged elsewhere. Its last convolutions are
 needed on A, its first 3x3 convolution's *output* on D = dilate(A) (the 3x3 neighbourhood the next
@@ -35,8 +42,11 @@ need it (index_select), and the result is added back (index_add).
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
+from contextvars import ContextVar
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -62,11 +72,38 @@ class Execution(enum.StrEnum):
 EXECUTION_MODES = tuple(mode.value for mode in Execution)
 
 
+# The execution in force for this thread's traces (None: each model's own `model.execution`).
+_OVERRIDE: ContextVar[Optional[Execution]] = ContextVar("ponderscope_execution", default=None)
+
+
+@contextlib.contextmanager
+def executing(execution: "Execution | str | None") -> Iterator[Optional[Execution]]:
+    """Run the traces inside with `execution` ("sparse" / "masked"; None: the models' own), in this
+    thread (and context) only: another thread's traces of the same module are not affected."""
+    token = _OVERRIDE.set(None if execution is None else Execution.of(execution))
+    try:
+        yield _OVERRIDE.get()
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def requested_execution(model: nn.Module) -> Execution:
+    """The execution asked of `model` now: the one in force (`executing`), else `model.execution` (checked)."""
+    override = _OVERRIDE.get()
+    return override if override is not None else Execution.of(model.execution)
+
+
 def execution_of(model: nn.Module) -> Execution:
-    """The execution a model's forward takes now: `model.execution` (checked), and masked while
+    """The execution a model's forward takes now: `requested_execution`, and masked while
     training (BatchNorm then uses batch statistics, which a subset of positions would change)."""
-    execution = Execution.of(model.execution)
+    execution = requested_execution(model)
     return Execution.MASKED if model.training else execution
+
+
+def has_sparse_path(model: nn.Module) -> bool:
+    """Whether sparse and masked execution are different code for `model` (so that one can be
+    faster): it has an `execution` and does not declare `has_sparse_path = False`."""
+    return hasattr(model, "execution") and bool(getattr(model, "has_sparse_path", True))
 
 
 # Rows per chunk of a gathered 3x3 conv: bounds the gathered patches (rows x 9 x width floats) to a

@@ -33,6 +33,7 @@ class Trace:
     ponder: Optional[torch.Tensor] = None  # [B, T] recurrent: N + R per input step
     steps: Optional[torch.Tensor] = None  # [B, T] recurrent: N per input step
     extras: dict = field(default_factory=dict)
+    execution: Optional[str] = None  # "sparse" / "masked": the path that ran, where the caller recorded it (LoadedModel.trace)
 
     # The one computation of ponder totals (API, dataset view, evaluation, box ratio, loss).
     def ponder_map(self, size: Optional[tuple[int, int]] = None, measure: str = "ponder") -> Optional[torch.Tensor]:
