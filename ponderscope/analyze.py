@@ -27,18 +27,22 @@ from ponderscope.core.statistics import ANALYSIS_FILE, SCHEMA, SHARD_SIZE, Analy
 
 def analyze(checkpoint: str, out: str, data: Optional[str] = None, split: str = "val", device: str = "auto", batch_size: int = 64,
             workers: int = 4, shard_size: int = SHARD_SIZE, limit: Optional[int] = None, progress: bool = True,
-            command: str = "") -> Optional[Path]:
+            command: str = "", execution: str = "auto") -> Optional[Path]:
     """Compute the Dataset view of `checkpoint` over `data` into `out` (see the module's doc).
     Under torchrun, shard k is computed by rank k mod world and rank 0 merges; -> the
-    analysis.json path on rank 0, None on the other ranks."""
+    analysis.json path on rank 0, None on the other ranks. execution: "auto" (the faster of sparse
+    and masked on this device, ponderscope.core.execution), "sparse" or "masked"."""
+    from ponderscope.core.execution import check_mode
     from ponderscope.training.distributed import Processes
 
+    check_mode(execution)
     processes = Processes.start(device)
-    return processes.run(lambda: _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard_size, limit, progress, command))
+    return processes.run(lambda: _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard_size, limit, progress, command,
+                                          execution))
 
 
-def _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard_size, limit, progress, command):
-    model = load(checkpoint, device=str(processes.device))
+def _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard_size, limit, progress, command, execution="auto"):
+    model = load(checkpoint, device=str(processes.device), execution=execution)
     if model.kind != "image":
         raise AnalysisError(f"{model.id} is a {model.kind} model; analyze is for image classifiers")
     workload, paths, described = image_set(model, data, split, workers)
@@ -76,7 +80,7 @@ def _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard
     device = processes.device
     for k in todo:
         indices = range(k * shard_size, min(n, (k + 1) * shard_size))
-        records = image_records(lambda x: model.module.trace(x.to(device)), workload.test_batches(batch_size, indices=indices),
+        records = image_records(lambda x, run=model.planned(): run.trace(x.to(device)), workload.test_batches(batch_size, indices=indices),
                                 on_batch=bar.update if bar is not None else None)
         tmp = shards / f".{k:06d}.{os.getpid()}.tmp"
         save_file({key: value.contiguous() for key, value in records.items()}, str(tmp))

@@ -42,31 +42,16 @@ def _workload(model, data: Optional[str] = None):
     return image_set(model, data, "val", workers=2)[0]
 
 
-class _Guarded:
-    """The module as `evaluate` reads it, each forward pass inside `guard()` (the server's
-    background inference slot, which also stops a job when the server stops)."""
-
-    def __init__(self, module, guard: Callable[[], ContextManager]):
-        self.module, self.guard = module, guard
-
-    def parameters(self):
-        return self.module.parameters()
-
-    def trace(self, x):
-        with self.guard():
-            return self.module.trace(x)
-
-    def __getattr__(self, name: str):
-        return getattr(self.module, name)
-
-
 def measure(model, whatif: Optional[WhatIf] = None, limit: Optional[int] = None, per_class: bool = False, workload=None,
             guard: Optional[Callable[[], ContextManager]] = None) -> dict:
-    """The card's test metrics of `model` on its first `limit` test examples with `whatif` in force."""
+    """The card's test metrics of `model` on its first `limit` test examples with `whatif` in force,
+    each batch run with the model's planned execution (LoadedModel.planned) and inside `guard()`
+    when given (the server's background inference slot, which also stops a job when the server stops)."""
     workload = workload or _workload(model)
     module = _module(model)
     with applied(module, whatif):
-        return workload.evaluate(module if guard is None else _Guarded(module, guard), limit, per_class_accuracy=per_class)
+        run = model.planned(guard) if isinstance(model, LoadedModel) else module  # (a bare module: its own execution, unguarded)
+        return workload.evaluate(run, limit, per_class_accuracy=per_class)
 
 
 def _point(parameter: Optional[str], setting, trained: bool, metrics: dict, point=SweepPoint, **more) -> SweepPoint:
@@ -184,14 +169,14 @@ def read_report(path: str | Path) -> dict[str, ModelReport]:
     return REPORT.validate_json(Path(path).read_bytes())
 
 
-def report(limit: Optional[int] = 2000, names=REPORT_MODELS, progress=print) -> dict[str, ModelReport]:
+def report(limit: Optional[int] = 2000, names=REPORT_MODELS, progress=print, execution: str = "auto") -> dict[str, ModelReport]:
     """The bundled Fashion-MNIST models' sweeps, and the lesion studies of the dense ResNet-32,
-    ConvNet-AIG and SACT (what docs/whatif.md shows)."""
+    ConvNet-AIG and SACT (what docs/whatif.md shows); execution: as ponderscope.load's."""
     from ponderscope.core.loaded import load
 
     out = {}
     for name in names:
-        model = load(name)
+        model = load(name, execution=execution)
         out[name] = ModelReport(family=model.family, sweep=sweep(model, limit=limit))
         progress(f"{name}: sweep done")
         if model.family in ("dense", "aig", "sact"):

@@ -421,7 +421,7 @@ def analyze_image(model, x: torch.Tensor, input: dict, whatif=None) -> ImageAnal
         "prediction": [{"index": int(i), "class": classes[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
         "flops": flops_json(trace),
         "time_ms": round(ms, 2),
-        "execution": model.execution,
+        "execution": trace.execution or model.execution,  # the one that ran (LoadedModel.trace)
         "unshown_signals": extras_json(trace)["unshown_signals"],
         "ponder": ponder_json(trace, tuple(x.shape[-2:])),
         "gates": gates_json(model, trace),
@@ -478,7 +478,7 @@ def analyze_text(model, text: str) -> TextAnalysis:
         "bytes": len(data),
         "flops": flops_json(trace),
         "time_ms": round(ms, 2),
-        "execution": model.execution,
+        "execution": trace.execution or model.execution,  # the one that ran (LoadedModel.trace)
         "unshown_signals": extras_json(trace)["unshown_signals"],
         "replaced_surrogates": replaced,
     })

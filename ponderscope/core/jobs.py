@@ -63,7 +63,7 @@ class DatasetJobs:
             job["message"] = f"running the model on {CORPUS_BYTES} held-out bytes"
             workload = entry.test_set()
             with entry.slots.background(), torch.no_grad():
-                stats = workload.evaluate(entry.module, limit=CORPUS_BYTES)
+                stats = workload.evaluate(entry.planned(), limit=CORPUS_BYTES)  # the planned execution per batch
             source = f"the first {stats['bytes']} held-out bytes (measured by the server)"
         keys = ("bytes", "bits_per_byte", "mean_steps", "mean_ponder", "per_char_class", "steps_histogram", "steps_mode",
                 "steps_off_mode_fraction", "steps_at_cap_fraction", "max_steps", "corr_ponder_surprisal", "corr_steps_surprisal")

@@ -4,12 +4,18 @@
     model.module                              # the torch module (model.module.trace(x) -> Trace)
     model.card, model.family, model.kind      # the card (checked), the registered family, the view
     model.test_set()                          # its test data (loaded once), or NoTestSet saying why
+    model.execution_plan                      # sparse or masked, per batch size (core/execution.py)
 
 The server loads every checkpoint of its folders into one `ModelStore` (once, at start-up, in eval
 mode, on one device); the notebook's `ps.load` and the command line load one. Inference runs in
 FastAPI's thread pool; the store's `InferenceSlots` bound how many forward passes run at once, so a
 burst of requests queues instead of oversubscribing the CPU cores, and keep a slot free of the
 background jobs for interactive requests.
+
+Which execution runs (models/sparse.py: sparse or masked, the same numbers) is planned per model
+and device at load (`execution="auto"`, the default: the faster of the two, timed, cached on disk;
+or "sparse" / "masked" always) and chosen per call by the batch's size (`execution_for`), in the
+calling thread only: a request at batch 1 and a job at batch 250 on one module each run their own.
 """
 from __future__ import annotations
 
@@ -26,8 +32,10 @@ import torch
 
 from ponderscope import models
 from ponderscope.core.data import DataSourceMissing
+from ponderscope.core.execution import ExecutionPlan, plan_execution
 from ponderscope.core.workloads import checkpoint_test_data, no_test_set
 from ponderscope.models.checkpoint import CARD_FILE, WEIGHTS_FILE, Card, CheckpointError
+from ponderscope.models.sparse import Execution, executing
 from ponderscope.paths import bundled_checkpoints
 
 log = logging.getLogger("ponderscope")
@@ -98,6 +106,13 @@ class LoadedModel:
     analyses: dict[str, dict] = field(default_factory=dict)  # name -> a `ponderscope analyze` folder of these weights, summarised
     _test_set: object = field(default=None, repr=False)  # loaded on first use
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    execution_plan: Optional[ExecutionPlan] = field(default=None, repr=False)  # None: the module's own execution, untimed
+
+    def __post_init__(self):
+        if self.execution_plan is None:
+            own = getattr(self.module, "execution", None)
+            fallback = Execution.of(own) if own is not None else Execution.MASKED
+            self.execution_plan = ExecutionPlan("fixed", fallback, source="fixed", note="the module's own execution (not planned)")
 
     def __repr__(self) -> str:
         test = self.card.test_metrics
@@ -115,9 +130,18 @@ class LoadedModel:
 
     @property
     def execution(self) -> str:
-        """How the module runs its skipped work (models/sparse.py: "sparse" or "masked"), as the answers report it."""
-        value = getattr(self.module, "execution", "masked")
-        return getattr(value, "value", value)
+        """How the module runs its skipped work at batch 1, an interactive request (models/sparse.py:
+        "sparse" or "masked"); a trace by `trace` records the one it ran (Trace.execution)."""
+        return self.execution_for(1).value
+
+    def execution_for(self, batch: int) -> Execution:
+        """The execution a batch of `batch` examples runs (the plan's entry for the nearest planned size)."""
+        return self.execution_plan.for_batch(batch)
+
+    def planned(self, guard=None) -> "PlannedModule":
+        """The module as a workload's `evaluate` reads it, each trace run with the plan's execution
+        for its batch (and inside `guard()`, when given: a job's background slot)."""
+        return PlannedModule(self, guard)
 
     @property
     def has_test_set(self) -> bool:
@@ -125,12 +149,15 @@ class LoadedModel:
 
     def trace(self, x: torch.Tensor, background: bool = False):
         """model.module.trace(x) on this model's device in a turn at the model (interactive, or
-        background: a job's) -> (Trace, milliseconds the forward pass took)."""
-        with (self.slots.background() if background else self.slots.interactive()), torch.no_grad():
+        background: a job's), with the planned execution for x's batch size -> (Trace, milliseconds
+        the forward pass took); trace.execution says which execution ran."""
+        execution = self.execution_for(x.shape[0])
+        with (self.slots.background() if background else self.slots.interactive()), torch.no_grad(), executing(execution):
             started = time.perf_counter()
             trace = self.module.trace(x.to(self.device))
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
+            trace.execution = execution.value
             return trace, (time.perf_counter() - started) * 1000.0
 
     def require_test_set(self) -> None:
@@ -180,7 +207,33 @@ class LoadedModel:
             "path": str(self.path),
             "card": card.data,
             "device": self.device,
+            "execution": self.execution_plan.as_json(),
         }
+
+
+class PlannedModule:
+    """A LoadedModel's module whose `trace` runs the plan's execution for each batch's size (and
+    inside `guard()`, when given); everything else is the module's."""
+
+    def __init__(self, model: LoadedModel, guard=None):
+        self.model, self.module, self.guard = model, model.module, guard
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def trace(self, x):
+        execution = self.model.execution_for(x.shape[0])
+        if self.guard is None:
+            with executing(execution):
+                trace = self.module.trace(x)
+        else:
+            with self.guard(), executing(execution):
+                trace = self.module.trace(x)
+        trace.execution = execution.value
+        return trace
+
+    def __getattr__(self, name: str):
+        return getattr(self.module, name)
 
 
 def _sha256(path: Path) -> str:
@@ -195,16 +248,21 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def load_model(path: Path, model_id: str, device: str, slots: Optional[InferenceSlots] = None, refused: Optional[str] = None) -> LoadedModel:
-    """The checkpoint folder `path` as a LoadedModel named `model_id` (CheckpointError if it cannot load)."""
+def load_model(path: Path, model_id: str, device: str, slots: Optional[InferenceSlots] = None, refused: Optional[str] = None,
+               execution: str = "auto", plan_cache: Optional[Path] = None) -> LoadedModel:
+    """The checkpoint folder `path` as a LoadedModel named `model_id` (CheckpointError if it cannot
+    load), its execution planned (core/execution.py: "auto", "sparse" or "masked"; plans cached in
+    `plan_cache`, None: the default folder)."""
     module = models.load_checkpoint(path, device=device)
     card = module.card
+    weights = _sha256(path / WEIGHTS_FILE)
     return LoadedModel(
         id=model_id, path=path, module=module, card=card,
         family=models.model_info(card.model).family,  # as registered
-        kind=card.kind, weights_sha256=_sha256(path / WEIGHTS_FILE), device=device,
+        kind=card.kind, weights_sha256=weights, device=device,
         slots=slots or InferenceSlots(2, background=1),
         no_test_set=no_test_set(card.data) or refused,
+        execution_plan=plan_execution(module, card, device, weights, execution, plan_cache),
     )
 
 
@@ -214,12 +272,17 @@ def bundled() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / CARD_FILE).is_file()) if root.is_dir() else []
 
 
-def load(name_or_path: str | Path, device: str = "cpu", plugins: list[str | Path] | None = None) -> LoadedModel:
+def load(name_or_path: str | Path, device: str = "cpu", plugins: list[str | Path] | None = None, execution: str = "auto",
+         cache_dir: str | Path | None = None) -> LoadedModel:
     """A bundled checkpoint by id (see bundled()) or a checkpoint folder (card.json + model.safetensors).
     plugins: Python files that register your own model families (docs/own-models.md); installed
-    `ponderscope.models` entry points are loaded too."""
+    `ponderscope.models` entry points are loaded too. execution: "auto" (the faster of sparse and
+    masked per batch size, timed once on this device and cached in `cache_dir`, default
+    $PONDERSCOPE_CACHE or ~/.cache/ponderscope), "sparse" or "masked" (always, nothing timed)."""
+    from ponderscope.core.execution import check_mode
     from ponderscope.plugins import load_plugins
 
+    check_mode(execution)
     load_plugins(plugins or [])
     folder = Path(name_or_path).expanduser()
     if not (folder / CARD_FILE).is_file() and (BUNDLED_CHECKPOINTS / str(name_or_path) / CARD_FILE).is_file():
@@ -229,7 +292,8 @@ def load(name_or_path: str | Path, device: str = "cpu", plugins: list[str | Path
                                 f"({', '.join(bundled()) or 'none here'})")
     folder = folder.resolve()
     try:
-        return load_model(folder, folder.name, resolve_device(device))
+        return load_model(folder, folder.name, resolve_device(device), execution=execution,
+                          plan_cache=Path(cache_dir).expanduser() if cache_dir is not None else None)
     except CheckpointError as error:
         raise ValueError(f"{folder}: could not be loaded ({error})") from None
 
@@ -238,8 +302,12 @@ class ModelStore:
     """Every checkpoint of the server's folders, loaded once, sharing one device and its turns."""
 
     def __init__(self, checkpoint_dirs: list[str | Path], device: str = "auto", max_concurrent: int = 2,
-                 data_roots: list[str | Path] | None = None):
+                 data_roots: list[str | Path] | None = None, execution: str = "auto", plan_cache: str | Path | None = None):
+        from ponderscope.core.execution import check_mode
+
         self.device = resolve_device(device)
+        self.execution = check_mode(execution)  # each model's execution plan (core/execution.py), cached in plan_cache
+        self.plan_cache = Path(plan_cache) if plan_cache is not None else None
         # Folders a card's "imagefolder:PATH" data source may lie in (serve --data-root): a card
         # cannot make the server show images from anywhere else.
         self.data_roots = [Path(root).resolve() for root in data_roots or []]
@@ -298,14 +366,15 @@ class ModelStore:
                 model_id, suffix = f"{name}-{suffix}", suffix + 1
             started = time.time()
             try:
-                entry = load_model(path, model_id, self.device, self.inference)
+                entry = load_model(path, model_id, self.device, self.inference, execution=self.execution, plan_cache=self.plan_cache)
             except CheckpointError as error:
                 self.errors.append(str(error))
                 log.warning("skipping %s", error)
                 continue
             entry.no_test_set = entry.no_test_set or self.refused_data_source(entry.card)
             self.models[model_id] = entry
-            log.info("loaded %s (%s) from %s in %.2fs", model_id, entry.card.model, path, time.time() - started)
+            log.info("loaded %s (%s) from %s in %.2fs; execution %s", model_id, entry.card.model, path, time.time() - started,
+                     entry.execution_plan.describe())
 
     def refused_data_source(self, card: Card) -> Optional[str]:
         """Why the card's "imagefolder:PATH" test set may not be read (None if it may)."""
