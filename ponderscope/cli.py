@@ -43,7 +43,7 @@ def _serve(args) -> None:
     from ponderscope.server.app import run
 
     run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=args.checkpoints, cache_dir=args.cache, data_roots=args.data_root,
-        image_store_bytes=args.image_store_mb * 1024 * 1024, analyses=args.analysis)
+        image_store_bytes=args.image_store_mb * 1024 * 1024, analyses=args.analysis, execution=args.execution)
 
 
 def _import(args) -> None:
@@ -65,7 +65,7 @@ def _analyze(args) -> None:
     try:
         path = analyze(args.checkpoint, args.out, data=args.data, split=args.split, device=args.device, batch_size=args.batch_size,
                        workers=args.workers, shard_size=args.shard_size, limit=args.limit, progress=not args.no_progress,
-                       command="ponderscope " + shlex.join(args.argv))
+                       command="ponderscope " + shlex.join(args.argv), execution=args.execution)
     except (OSError, ValueError, DataSourceMissing) as error:  # AnalysisError, and an unreadable image, are ValueErrors
         raise SystemExit(f"ponderscope analyze: {error}") from None
     if path is not None:
@@ -88,7 +88,7 @@ def _study(args) -> None:
         raise SystemExit(f"ponderscope study {args.kind}: give one or more models and --out FILE")
     fmt = _figure_format("study", args.out)
     try:
-        loaded = [notebook.load(name, device=args.device) for name in args.models]
+        loaded = [notebook.load(name, device=args.device, execution=args.execution) for name in args.models]
         results, reference = {}, None
         for model in loaded:
             print(f"{args.kind} of {model.id} over {args.limit or 'all'} test images ...", file=sys.stderr, flush=True)
@@ -127,7 +127,7 @@ def _study_report(args, studies) -> None:
     if CHECKOUT is None:
         raise SystemExit("ponderscope study report: it writes a checkout's docs/whatif.md and README (an installed ponderscope "
                          "has neither); for a figure of your own: ponderscope study sweep|lesion MODEL ... --out FILE")
-    results = studies.report(args.limit, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    results = studies.report(args.limit, progress=lambda text: print(text, file=sys.stderr, flush=True), execution=args.execution)
     text = studies.report_markdown(results, args.limit)
     docs = CHECKOUT / "docs"
     (docs / "whatif.json").write_text(json.dumps(results, default=json_default))
@@ -168,7 +168,7 @@ def _render(args) -> None:
 
     out = _figure_format("render", args.out)
     try:
-        model = notebook.load(args.model, device=args.device)
+        model = notebook.load(args.model, device=args.device, execution=args.execution)
         figure, fallback = _render_figure(model, args, figures, notebook)
         if out == "html":
             data = figures.to_html(figure).encode("utf-8")
@@ -227,6 +227,15 @@ def positive(text: str) -> int:
     return value
 
 
+EXECUTIONS = ("auto", "sparse", "masked")
+
+
+def execution_option(parser, where: str) -> None:
+    parser.add_argument("--execution", choices=EXECUTIONS, default="auto",
+                        help="how skipped work runs (the same numbers either way): auto (default) times sparse and masked once per model on "
+                             f"this device at batch 1 and the analysis batch and runs the faster (cached in {where}); sparse or masked: always that")
+
+
 def plugin_option(parser) -> None:
     parser.add_argument("--plugin", action="append", metavar="FILE.py",
                         help="a Python file registering your own model families (repeatable; it is run: only load code you trust). "
@@ -279,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--analysis", action="append", metavar="DIR", help="a `ponderscope analyze` folder to show in the Dataset view (repeatable; "
                    "those inside a checkpoint's own folder are found without it)")
     p.add_argument("--image-store-mb", type=int, default=256, help="disk kept for uploaded images (least recently used dropped first; default 256)")
+    execution_option(p, "the --cache folder")
     p.set_defaults(func=_serve)
     plugin_option(p)
 
@@ -303,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shard-size", type=positive, default=1000, help="images per shard: the unit of work kept when a run stops (default 1000)")
     p.add_argument("--limit", type=positive, help="only the first LIMIT images")
     p.add_argument("--no-progress", action="store_true")
+    execution_option(p, "$PONDERSCOPE_CACHE or ~/.cache/ponderscope")
     p.set_defaults(func=_analyze)
     plugin_option(p)
 
@@ -318,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=900)
     p.add_argument("--height", type=int, default=560)
     p.add_argument("--device", default="cpu")
+    execution_option(p, "$PONDERSCOPE_CACHE or ~/.cache/ponderscope")
     p.set_defaults(func=_study)
     plugin_option(p)
 
@@ -341,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--height", type=int, default=560, help="PNG/SVG height in pixels (default 560)")
     p.add_argument("--scale", type=float, default=1.0, help="PNG/SVG pixel scale (default 1)")
     p.add_argument("--device", default="cpu")
+    execution_option(p, "$PONDERSCOPE_CACHE or ~/.cache/ponderscope")
     p.set_defaults(func=_render)
     plugin_option(p)
 

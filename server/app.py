@@ -28,7 +28,7 @@ from ponderscope.core.imaging import ImageError
 from .limits import BodyLimit
 from .schemas import Health
 from .routers import images, models, sequences, studies
-from ponderscope.core.loaded import BUNDLED_CHECKPOINTS, ModelStore, NoTestSet
+from ponderscope.core.loaded import BUNDLED_CHECKPOINTS, ModelStore, NoTestSet, resolve_device
 
 log = logging.getLogger("ponderscope")
 
@@ -106,15 +106,17 @@ def plotly_js_path() -> Path:
 
 def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "auto", cache_dir: str | Path | None = None,
                data_roots: list[str | Path] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES,
-               analyses: list[str | Path] | None = None) -> FastAPI:
+               analyses: list[str | Path] | None = None, execution: str = "auto") -> FastAPI:
     """analyses: `ponderscope analyze` folders to show in the Dataset view (beside those found in
-    the checkpoints' own folders), each with the loaded model whose weights it analysed."""
+    the checkpoints' own folders), each with the loaded model whose weights it analysed.
+    execution: "auto" (each model's faster path per batch size, timed at start-up and cached in
+    the cache folder: ponderscope.core.execution), "sparse" or "masked"."""
     cache = Path(cache_dir or os.environ.get("PONDERSCOPE_CACHE") or Path(tempfile.gettempdir()) / "ponderscope-cache")
-    store = ModelStore(checkpoint_dirs or [BUNDLED_CHECKPOINTS], device=device, data_roots=data_roots)
+    if resolve_device(device).startswith("cuda"):  # before the first forward pass (the plans time the kernels that will run, and
+        deterministic_cuda()                        # cuBLAS reads its workspace setting then)
+    store = ModelStore(checkpoint_dirs or [BUNDLED_CHECKPOINTS], device=device, data_roots=data_roots, execution=execution, plan_cache=cache)
     for folder in analyses or []:
         store.add_analysis(folder)
-    if store.device.startswith("cuda"):  # before the first request: cuBLAS reads its workspace setting then
-        deterministic_cuda()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -188,10 +190,12 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
 
 
 def run(host: str = "127.0.0.1", port: int = 8000, device: str = "auto", checkpoint_dirs: list[str] | None = None, cache_dir: str | None = None,
-        data_roots: list[str] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES, analyses: list[str] | None = None) -> None:
+        data_roots: list[str] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES, analyses: list[str] | None = None,
+        execution: str = "auto") -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir, data_roots=data_roots, image_store_bytes=image_store_bytes, analyses=analyses)
+    app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir, data_roots=data_roots, image_store_bytes=image_store_bytes, analyses=analyses,
+                     execution=execution)
     log.info("serving %d models on %s at http://%s:%d", len(app.state.store.models), app.state.store.device, host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -94,6 +94,21 @@ class Health(Open):
     load_errors: list[str] = Field(description="checkpoints that could not be loaded, one line each")
 
 
+class ExecutionSummary(Open):
+    """Which execution runs the model (models/sparse.py: the same numbers; ponderscope.core.execution)."""
+    mode: Literal["auto", "sparse", "masked", "fixed"] = Field(description="what the server was started with (serve --execution); "
+                                                                 "fixed: the module's own, not planned")
+    plan: dict[str, Literal["sparse", "masked"]] = Field(description="planned batch size -> the execution it runs (a batch of another size takes "
+                                                         "the nearest planned size on a log scale); empty: `default` always")
+    default: Literal["sparse", "masked"] = Field(description="what runs when nothing was planned")
+    timings_ms: dict[str, dict[str, float]] = Field(description="planned batch size -> median ms of one forward pass of each execution, "
+                                                    "on a synthetic input of the model's shape")
+    source: Literal["measured", "cached", "fixed", "one path"] = Field(description="measured at this start, cached from an earlier one, "
+                                                                       "fixed by the mode, or one path (nothing to choose)")
+    device: str = Field(description="the device the timings were taken on (the CPU's model and threads, or the GPU's name); empty if none")
+    note: str
+
+
 class ModelSummary(Open):
     id: str
     name: str = Field(description="architecture, e.g. sact_resnet32")
@@ -115,6 +130,7 @@ class ModelSummary(Open):
     path: str = Field(description="the checkpoint folder's real path on the server")
     card: dict[str, Any]
     device: str
+    execution: ExecutionSummary = Field(description="sparse or masked, per batch size: the plan (an answer's `execution` says which ran)")
 
 
 class StoredImage(Open):

@@ -678,3 +678,28 @@ def test_analyses_of_an_image_folder_are_attached_to_the_model_with_their_weight
         again = client.get("/api/models/tiny/dataset", params={"source": "kept-here"}).json()
         assert again["status"] == "done" and again["result"]["accuracy"] == written["accuracy"]
         assert client.get("/api/health").json()["load_errors"] == []
+
+
+def test_models_list_their_execution_plan_and_answers_say_which_ran(client):
+    """serve plans each model's execution at start-up (auto, the default): the model list shows the
+    plan and the timings behind it; an answer's `execution` is the plan's entry for its batch (1)."""
+    from ponderscope.core.execution import ANALYSIS_BATCH
+
+    listed = {m["id"]: m for m in client.get("/api/models").json()}
+    for model_id in (SACT, "fmnist_aig_resnet32", "fmnist_act_resnet32", "jargon_act_lstm", "parity16_act_rnn"):
+        plan = listed[model_id]["execution"]
+        assert plan["mode"] == "auto" and plan["source"] in ("measured", "cached") and plan["device"], model_id
+        assert set(plan["plan"]) == {"1", str(ANALYSIS_BATCH)} and set(plan["plan"].values()) <= {"sparse", "masked"}
+        for batch, times in plan["timings_ms"].items():  # the faster median was chosen
+            assert times["sparse"] > 0 and times["masked"] > 0
+            assert plan["plan"][batch] == min(("sparse", "masked"), key=lambda e: (times[e], e != "sparse"))
+    for model_id in ("fmnist_resnet32", "jargon_lstm", "parity16_rnn"):  # one code path: nothing timed
+        plan = listed[model_id]["execution"]
+        assert plan["plan"] == {} and plan["timings_ms"] == {} and plan["source"] == "one path" and plan["default"] == "sparse"
+    digest = upload(client, png(shirt_like())).json()["hash"]
+    image = client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()
+    assert image["execution"] == listed[SACT]["execution"]["plan"]["1"]
+    text = client.post("/api/models/jargon_act_lstm/text", json={"text": "plan"}).json()
+    assert text["execution"] == listed["jargon_act_lstm"]["execution"]["plan"]["1"]
+    dense = client.post("/api/models/fmnist_resnet32/image", json={"image": digest}).json()
+    assert dense["execution"] == "sparse"
