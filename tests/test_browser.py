@@ -1119,3 +1119,28 @@ def test_what_if_view_sweep_marks_the_trained_point_at_the_cards_accuracy(page):
                     timeout=60, what="the sweep after a reload"))
     assert page.d.find_element(By.ID, "whatif-lesion-empty").is_displayed()  # the lesion study was not asked for
     page.no_error()
+
+
+def test_models_view_shows_each_models_execution_plan(page):
+    """The server plans every model's execution at start-up (auto): each card of the Models view
+    says, in a line, which execution runs at which batch size, and where a model has one path."""
+    page.open("?view=models")
+    models = {m["id"]: m for m in page.js("return JSON.parse(document.getElementById('models-data').textContent)")}
+
+    def execution_row(model_id):
+        return page.js("const a = document.querySelector(`#model-cards article[data-model='${arguments[0]}']`); "
+                       "const th = a && [...a.querySelectorAll('th')].find((t) => t.innerText === 'execution'); "
+                       "return th ? th.nextElementSibling.innerText : null", model_id)
+
+    for key in ("sact", "aig", "text", "parity"):
+        plan = models[page.ids[key]]["execution"]
+        assert plan["mode"] == "auto" and set(plan["plan"]) == {"1", "64"}, (key, plan)
+        line = execution_row(page.ids[key])
+        assert line is not None, f"no execution line on the card of {page.ids[key]}"
+        assert line.startswith("auto: ") and f"batch 1 → {plan['plan']['1']}" in line and f"batch 64 → {plan['plan']['64']}" in line
+        assert f"sparse {plan['timings_ms']['1']['sparse']:.1f} / masked {plan['timings_ms']['1']['masked']:.1f} ms at batch 1" in line
+    dense = [m for m in models.values() if m["execution"]["source"] == "one path"]
+    assert page.ids["dense"] in {m["id"] for m in dense}
+    for model in dense:
+        assert execution_row(model["id"]).startswith(f"auto: {model['execution']['default']} always (")
+    page.no_error()

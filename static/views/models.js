@@ -2,7 +2,7 @@
  * with buttons that open it in the views that show its kind. */
 import { $, el, flopsText } from '../core/dom.js';
 import { bindExports, downloadCsv, downloadJson } from '../core/export.js';
-import { familyLabel, summaryChips, taskLabel, testMetrics } from '../core/cards.js';
+import { executionText, familyLabel, summaryChips, taskLabel, testMetrics } from '../core/cards.js';
 import { MODELS } from '../core/state.js';
 import { openModelIn, viewsFor } from '../core/nav.js';
 
@@ -29,7 +29,7 @@ function card(m) {
     ['classes', Array.isArray(m.classes) ? m.classes.join(', ') : null],
     ['input', m.preprocess ? `${(m.preprocess.input_size || []).join('×')} × ${m.preprocess.channels} channel(s)` : null],
     ['trained', c.training_time_s !== undefined ? `${c.training_time_s} s on ${c.trained_on || '?'}` : null],
-    ['seed', c.seed], ['torch', c.torch_version], ['served on', m.device],
+    ['seed', c.seed], ['torch', c.torch_version], ['served on', m.device], ['execution', executionText(m)],
   ].filter(([, v]) => v !== null && v !== undefined && v !== '');
   const metrics = flatMetrics(testMetrics(m));
   return el('article', { 'data-model': m.id },
