@@ -18,8 +18,10 @@ and a strategy decides how each line is computed (the numbers are the same, test
 The sparse strategies accumulate out = sum_l p_l x_l regrouped as x_1 + sum_{l>1} (1 - sum_{k<l}
 h_k) R_l (the same sum: x_l = x_1 + R_2 + ... + R_l, and the p sum to 1), which only touches the
 positions each unit updates; so `add_residual` takes rest = 1 - sum_{k<l} h_k. Without autograd
-they update x in place (only the rows a unit changes are written; a forward hook on a block's
-first unit that keeps its output sees it overwritten: clone it). `block_execution` picks one.
+they update x and out in place (only the rows a unit changes are written), and out starts as x_1
+itself (x's first update writes a new tensor instead of a copy of x_1 being made); a forward hook
+on a block's first unit that keeps its output sees it overwritten: clone it. `block_execution`
+picks one.
 """
 from __future__ import annotations
 
@@ -37,9 +39,10 @@ class BlockExecution:
         """x: x_1 [B, C, H, W]; spatial: SACT (halting per position), else ACT (per image)."""
         self.x, self.spatial = x, spatial
 
-    def runs_at(self, active: torch.Tensor, mask: torch.Tensor, dilated: torch.Tensor) -> None:
+    def runs_at(self, active: torch.Tensor, mask: torch.Tensor, dilated: torch.Tensor, everywhere: bool | None = None) -> None:
         """Unit l runs where `active` ([B] or [B, H, W]); mask: the same as a [B, H, W] map;
-        dilated: the positions its first 3x3 conv must be computed at."""
+        dilated: the positions its first 3x3 conv must be computed at; everywhere: whether that
+        is every image / position (None: not known)."""
         self.active, self.mask = active, mask
 
     def add_residual(self, unit: nn.Module, rest: torch.Tensor, x_needed: bool) -> None:
@@ -80,20 +83,28 @@ class SparseImages(BlockExecution):
 
     def __init__(self, x: torch.Tensor, spatial: bool = False):
         super().__init__(x, spatial)
-        self.out = x.clone()
+        # out starts as x_1, sharing its memory without autograd (as in SparsePositions)
+        self.inplace = not torch.is_grad_enabled()
+        self.out = x if self.inplace else x.clone()
+
+    def runs_at(self, active, mask, dilated, everywhere=None):
+        super().runs_at(active, mask, dilated)
+        self.everywhere = bool(active.all()) if everywhere is None else everywhere
 
     def add_residual(self, unit, rest, x_needed):
+        """x + R(x) for the running images; out += rest * R for them, in place (x first: out may
+        still share x's memory, and then x_l is written to a new tensor)."""
         x, out, active = self.x, self.out, self.active
-        inplace = not torch.is_grad_enabled()  # x may be updated in place: autograd is not recording
-        if bool(active.all()):
+        inplace = self.inplace and x is not out  # x may be updated in place
+        if self.everywhere:
             update = unit.residual(x)
-            out.addcmul_(update, rest[:, None, None, None])
             self.x = x if not x_needed else x.add_(update) if inplace else x + update
+            out.addcmul_(update, rest[:, None, None, None])
             return
         images = active.nonzero().squeeze(1)
         update = unit.residual(sparse_ops.select_images(x, images))
-        sparse_ops.add_images(out, images, update * rest[images, None, None, None], inplace=True)
         self.x = x if not x_needed else sparse_ops.add_images(x, images, update, inplace=inplace)
+        sparse_ops.add_images(out, images, update * rest[images, None, None, None], inplace=True)
 
 
 class SparsePositions(BlockExecution):
@@ -104,21 +115,26 @@ class SparsePositions(BlockExecution):
         batch, channels, height, width = x.shape
         self.grid = sparse_ops.grid(batch, height, width, x.device)
         super().__init__(x.permute(0, 2, 3, 1).contiguous().view(-1, channels), spatial)  # no copy if channels-last
-        self.out = self.x.clone()
+        # Without autograd x and out are updated in place, and out starts as x_1 itself: the two
+        # share one tensor until x is first updated, which then writes a new x (as cheap as
+        # updating in place) instead of copying x_1 here. With autograd out is a copy.
+        self.inplace = not torch.is_grad_enabled()
+        self.out = self.x if self.inplace else self.x.clone()
         self.rows = self.near = None
         # the mean of x over each image's positions (the halting branches' global term), kept up
         # to date from the rows each unit changes; None: to be recomputed
         self.pooled = None
 
-    def runs_at(self, active, mask, dilated):
+    def runs_at(self, active, mask, dilated, everywhere=None):
         super().runs_at(active, mask, dilated)
-        if not bool(mask.all()):
+        if not (bool(mask.all()) if everywhere is None else everywhere):
             self.rows, self.near = self.grid.rows(mask), self.grid.rows(dilated)
 
     def add_residual(self, unit, rest, x_needed):
-        """x (rows) + R(x) at `rows`; out += rest * R there, in place."""
+        """x (rows) + R(x) at `rows`; out += rest * R there, in place. x first: out may still
+        share x's memory (then x_l is written to a new tensor)."""
         grid, rows, x, out = self.grid, self.rows, self.x, self.out
-        inplace = not torch.is_grad_enabled()  # x may be updated in place: autograd is not recording
+        inplace = self.inplace and x is not out  # x may be updated in place
         if rows is None and sparse_ops.dense_3x3_above(unit.conv2.in_channels) < 1.0:
             # Nothing halted yet: the dense unit (unless its 3x3 conv runs faster as a product).
             update, computed = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape), None
@@ -126,28 +142,33 @@ class SparsePositions(BlockExecution):
             update, computed = sparse_ops.unit_residual_rows(unit, x, grid, rows, self.near)
         pooled, self.pooled = self.pooled, None
         if computed is not None and rows is not None:  # at the rows only
-            out.index_add_(0, rows, update * rest.reshape(-1, 1)[rows])
             if x_needed:
                 self.x = x.index_add_(0, rows, update) if inplace else x.index_add(0, rows, update)
                 if pooled is not None:
-                    add = pooled.index_add_ if inplace else pooled.index_add
+                    add = pooled.index_add_ if self.inplace else pooled.index_add
                     self.pooled = add(0, grid.image_of(rows), update, alpha=1.0 / (grid.positions // grid.shape[0]))
+            weighted = update.mul_ if self.inplace else update.mul  # (update is not read again)
+            out.index_add_(0, rows, weighted(rest.reshape(-1, 1)[rows]))
         elif rows is None:  # every row, in order
-            out.addcmul_(update, rest.reshape(-1, 1))
             if x_needed:
                 self.x = x.add_(update) if inplace else x + update
+            out.addcmul_(update, rest.reshape(-1, 1))
         else:  # computed at every position (cheaper there): a masked update
             keep = self.mask.reshape(-1, 1).to(x.dtype)
-            out.addcmul_(update, rest.reshape(-1, 1) * keep)
             if x_needed:
                 self.x = x.addcmul_(update, keep) if inplace else torch.addcmul(x, update, keep)
+            out.addcmul_(update, rest.reshape(-1, 1) * keep)
 
     def halting_probability(self, branch, active, first):
         """The branch by the rows route (`SACTHalting.at_rows`), at the running rows only."""
         if self.rows is not None and self.pooled is None:
             self.pooled = self.x.view(self.grid.shape[0], -1, self.x.shape[1]).mean(1)
         h = branch.at_rows(self.grid, self.x, self.pooled, self.rows, self.near)
-        return h if self.rows is None else self.grid.scatter(self.rows, h[:, None]).view(active.shape)
+        if self.rows is None:
+            return h
+        h_map = h.new_zeros(active.shape)  # 0 where the unit did not run
+        h_map.view(-1).index_copy_(0, self.rows, h)
+        return h_map
 
     def output(self):
         return self.grid.as_nchw(self.out)  # a channels-last view

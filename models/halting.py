@@ -98,31 +98,53 @@ class StepwiseHalting:
         self.running = torch.ones(shape, device=device, dtype=torch.bool)
         self.steps = torch.zeros(shape, device=device, dtype=torch.long)
         self.remainder = torch.zeros(shape, device=device, dtype=dtype)
+        self._rest = self._count = None  # 1 - cumulative and the number running, once asked for
 
     @classmethod
     def scalar(cls, eps: float = DEFAULT_EPS) -> "StepwiseHalting":
         state = cls.__new__(cls)
         state.threshold = np.float32(1.0 - eps)  # the tensor form compares in float32 too
         state.cumulative, state.remainder = np.float32(0.0), np.float32(0.0)
-        state.running, state.steps = np.True_, 0
+        state.running, state.steps, state._rest, state._count = np.True_, 0, None, None
         return state
 
-    def any_running(self) -> bool:
-        return bool(self.running.any())
+    def count_running(self) -> int:
+        """How many elements still run (one device sync, once per step)."""
+        if self._count is None:
+            self._count = int(self.running.sum())
+        return self._count
 
-    def update(self, halting, force_halt: bool = False):
+    def any_running(self) -> bool:
+        return self.count_running() > 0
+
+    def all_running(self) -> bool:
+        running = self.running
+        return self.count_running() == (running.numel() if isinstance(running, torch.Tensor) else 1)
+
+    @property
+    def rest(self):
+        """1 - sum of h so far: the weight of the next step if it halts (its remainder R), and
+        what the ResNet loop scales a unit's update by. Computed once per step."""
+        if self._rest is None:
+            self._rest = 1.0 - self.cumulative
+        return self._rest
+
+    def update(self, halting, force_halt: bool = False, zero_after_halt: bool = False):
+        """Feed this step's h; returns its weight p. zero_after_halt: the caller passes h = 0
+        wherever the element had already halted (the ResNet loop does), so that masking h and
+        the running sum there would change nothing, and is skipped (fewer ops per step)."""
         running = self.running
         tensors = isinstance(running, torch.Tensor)  # else the scalar form: numpy float32 / bool
-        new_cumulative = self.cumulative + halting
-        reached = (new_cumulative.detach() if tensors else new_cumulative) >= self.threshold
-        halts_now = running & (reached | force_halt)
-        remainder_now = 1.0 - self.cumulative
-        zero = torch.zeros_like(halting) if tensors else np.float32(0.0)
-        weight = _where(halts_now, remainder_now, _where(running, halting, zero))
+        remainder_now = self.rest
+        if not zero_after_halt:  # a halted element's h counts for nothing
+            halting = _where(running, halting, 0.0 if tensors else np.float32(0.0))
+        new_cumulative = self.cumulative + halting  # (comparisons carry no gradient)
+        halts_now = running if force_halt else running & (new_cumulative >= self.threshold)
+        weight = _where(halts_now, remainder_now, halting)
         self.remainder = _where(halts_now, remainder_now, self.remainder)
-        self.steps = self.steps + (running.long() if tensors else int(running))
-        self.cumulative = _where(running, new_cumulative, self.cumulative)
-        self.running = running & ~halts_now
+        self.steps = self.steps + (running if tensors else int(running))
+        self.cumulative, self._rest, self._count = new_cumulative, None, None
+        self.running = running ^ halts_now  # halts_now is a subset of running: running & ~halts_now
         return weight
 
     @property

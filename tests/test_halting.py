@@ -239,3 +239,26 @@ def test_scalar_form_equals_tensor_form_bit_for_bit(eps):
     assert torch.equal(s_weights, weights) and torch.equal(s_remainder, state.remainder)
     assert torch.equal(s_ponder, state.ponder_cost)
     assert (state.steps[:300] == 2).any() and (state.steps[:300] == 3).any()  # straddles the threshold
+
+
+def test_zero_after_halt_is_the_same_rule_bit_for_bit():
+    """The ResNet loop passes h = 0 wherever an element has halted and skips the masking of h and
+    of the running sum there (`zero_after_halt`): the same weights, steps, remainders and ponder
+    costs, exactly, also near the threshold; `rest` is 1 - the running sum before each step, and
+    the running count follows `running`."""
+    generator = torch.Generator().manual_seed(11)
+    h = torch.rand(400, 6, generator=generator) * 0.6
+    pair = h[:200, :2] / h[:200, :2].sum(-1, keepdim=True)
+    h[:200, :2] = pair * (0.99 + (torch.rand(200, 1, generator=generator) - 0.5) * 2e-6)
+    general, lean = StepwiseHalting((400,)), StepwiseHalting((400,))
+    for i in range(6):
+        last = i == 5
+        assert torch.equal(lean.rest, 1.0 - lean.cumulative)
+        assert lean.count_running() == int(lean.running.sum()) and lean.all_running() == bool(lean.running.all())
+        p_general = general.update(h[:, i], force_halt=last)
+        p_lean = lean.update(torch.where(lean.running, h[:, i], torch.zeros(())), force_halt=last, zero_after_halt=True)
+        assert torch.equal(p_general, p_lean)
+        for name in ("cumulative", "running", "steps", "remainder"):
+            assert torch.equal(getattr(general, name), getattr(lean, name)), name
+    assert torch.equal(general.ponder_cost, lean.ponder_cost) and not lean.any_running()
+    assert (lean.steps[:200] == 2).any() and (lean.steps[:200] == 3).any()  # straddles the threshold

@@ -338,6 +338,32 @@ def _dilate_by_hand(mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def test_dilate_is_the_3x3_neighbourhood():
+    """`dilate` (ORs of shifted maps) against the OR over the 9 offsets, on random and edge-case masks."""
+    generator = torch.Generator().manual_seed(3)
+    for shape in [(1, 56, 56), (32, 14, 14), (3, 7, 5), (2, 1, 1), (1, 1, 6)]:
+        for density in (0.0, 0.02, 0.3, 1.0):
+            mask = torch.rand(shape, generator=generator) < density
+            assert torch.equal(dilate(mask), _dilate_by_hand(mask))
+    ragged = torch.zeros(2, 4, 5, dtype=torch.bool)
+    ragged[0, 0, 4] = ragged[1, 3, 0] = True
+    assert dilate(ragged).sum(dim=(1, 2)).tolist() == [4, 4]  # corners: 2 x 2 each, nothing leaks across images
+
+
+def test_tap_rows_read_the_zero_padded_tap_map():
+    """`tap_rows` indexes the tap map with one zero row appended; it reads each position's 9
+    neighbours at their own taps, as the zero-padded map's index (`sparse.tap_index`) does."""
+    from ponderscope.models.resnet import tap_rows
+
+    for batch, height, width in [(1, 7, 7), (2, 3, 5), (1, 1, 1)]:
+        positions = batch * height * width
+        taps = torch.randn(positions, 16)
+        padded = sparse_ops.grid(batch, height, width, taps.device).pad(taps)
+        expected = padded.view(-1)[sparse_ops.tap_index(batch, height, width, 16, taps.device)].view(-1, 9)
+        appended = torch.cat([taps, torch.zeros(1, 16)])
+        assert torch.equal(appended.view(-1)[tap_rows(batch, height, width, taps.device)], expected)
+
+
 def test_sact_flops_follow_the_masks():
     """Per image: unit l >= 2 costs conv1 on the active set dilated by one pixel and conv2 on the
     active set; branch l runs where N >= l; the global term only for images with a running position."""
