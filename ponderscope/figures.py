@@ -162,10 +162,15 @@ def map_range(analysis: ImageAnalysis, block: int | None = None, measure: str = 
     return _range([MEASURES[measure].block(b) for b in ponder.blocks])
 
 
-def _heatmap(z, size: tuple[int, int], unit: str, opacity: float, **color) -> dict:
-    """Cells over the input's pixels (a block's coarser grid covers several pixels each)."""
-    cw, ch = size[0] / max(1, len(z[0])), size[1] / max(1, len(z))
-    return _trace("heatmap", z=[list(row) for row in z], x0=cw / 2, dx=cw, y0=ch / 2, dy=ch, opacity=opacity,
+def map_geometry(analysis: ImageAnalysis, block: int | None = None):
+    """Where map_grid's cells lie on the input (the answer's Grid: x0, dx, y0, dy in input pixels)."""
+    return analysis.ponder.grid if block is None else analysis.ponder.blocks[block].grid
+
+
+def _heatmap(z, grid, unit: str, opacity: float, **color) -> dict:
+    """A map's cells over the input's pixels where the answer's `grid` puts them (a block's coarser
+    grid covers several pixels a cell). z is the answer's own list: sent once (server/references.py)."""
+    return _trace("heatmap", z=z, x0=grid.x0, dx=grid.dx, y0=grid.y0, dy=grid.dy, opacity=opacity,
                   colorbar={"title": {"text": unit, "side": "right"}, "thickness": 12, "len": 0.9},
                   hovertemplate=f"x %{{x:.0f}}, y %{{y:.0f}}<br>{unit}: %{{z:.3f}}<extra></extra>", **color)
 
@@ -207,7 +212,7 @@ def _map_title(analysis: ImageAnalysis, block: int | None, measure: str, sep: st
     if block is None:
         return f"{analysis.model}: {unit}, summed over {len(ponder.blocks)} blocks"
     b = ponder.blocks[block]
-    return f"block {b.index + 1} ({b.width}×{b.height}){sep}N+R {b.mean_ponder:.2f}, N {b.mean_units:.2f}/{b.n_units}"
+    return f"block {b.index + 1} ({b.grid.width}×{b.grid.height}){sep}N+R {b.mean_ponder:.2f}, N {b.mean_units:.2f}/{b.n_units}"
 
 
 def ponder_map_dict(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
@@ -216,8 +221,7 @@ def ponder_map_dict(analysis: ImageAnalysis, block: int | None = None, measure: 
     grid with block=i) as a heatmap over the input image. The colour range is the page's unless given."""
     z = map_grid(analysis, block, measure)
     lo, hi = map_range(analysis, block, measure)
-    source = analysis.input
-    fig = _figure([_heatmap(z, (source.width, source.height), MEASURES[measure].unit, opacity, zmin=lo if zmin is None else zmin,
+    fig = _figure([_heatmap(z, map_geometry(analysis, block), MEASURES[measure].unit, opacity, zmin=lo if zmin is None else zmin,
                             zmax=hi if zmax is None else zmax, zauto=False, colorscale=plotly_scale(colorscale))],
                   {"title": {"text": _map_title(analysis, block, measure)}})
     return _place_image(fig, analysis, box=box)
@@ -262,20 +266,20 @@ def image_dict(analysis: ImageAnalysis, **options) -> dict:
                       box=options.get("box", True))
 
 
-def _map_grid_dict(panels: list[tuple[str, ImageAnalysis, list | None]], zmin: float, zmax: float, unit: str, colorscale: str,
+def _map_grid_dict(panels: list[tuple[str, ImageAnalysis, list | None, object]], zmin: float, zmax: float, unit: str, colorscale: str,
                    opacity: float, title: str, columns: int) -> dict:
-    """Maps side by side on one colour axis: panels of (title, analysis, grid or None for the image alone)."""
+    """Maps side by side on one colour axis: panels of (title, analysis, cells or None for the image alone, their Grid)."""
     # The grid laid out by hand, as make_subplots would (its spacing, a title over each panel).
     rows, gap_x, gap_y = -(-len(panels) // columns), 0.06, 0.12
     width, height = (1 - gap_x * (columns - 1)) / columns, (1 - gap_y * (rows - 1)) / rows
     data, layout = [], {**_copy(BASE_LAYOUT), "title": {**_copy(TITLE), "text": title}, "annotations": [], "images": [], "shapes": [],
                         "coloraxis": {"colorscale": plotly_scale(colorscale), "cmin": zmin, "cmax": zmax,
                                       "colorbar": {"title": {"text": unit, "side": "right"}, "thickness": 12}}}
-    for k, (panel_title, analysis, z) in enumerate(panels):
-        axis, source = ("" if k == 0 else str(k + 1)), analysis.input
+    for k, (panel_title, analysis, z, grid) in enumerate(panels):
+        axis = "" if k == 0 else str(k + 1)
         left, top = (k % columns) * (width + gap_x), 1 - (k // columns) * (height + gap_y)
         if z is not None:
-            data.append(_heatmap(z, (source.width, source.height), unit, opacity, coloraxis="coloraxis", xaxis=f"x{axis}", yaxis=f"y{axis}"))
+            data.append(_heatmap(z, grid, unit, opacity, coloraxis="coloraxis", xaxis=f"x{axis}", yaxis=f"y{axis}"))
         part = _image_layout(analysis, axis)
         domain = lambda low, high: [max(0.0, round(low, 6)), min(1.0, round(high, 6))]  # noqa: E731  (float sums may leave [0, 1])
         layout[f"xaxis{axis}"] = {**part["axes"][f"xaxis{axis}"], "domain": domain(left, left + width), "anchor": f"y{axis}"}
@@ -294,7 +298,8 @@ def block_maps_dict(analysis: ImageAnalysis, measure: str = "ponder", colorscale
                     columns: int = 4) -> dict:
     """SACT/ACT: one map per block (ponder.blocks[i]), one colour scale across blocks."""
     map_grid(analysis)  # a model without maps: say so
-    panels = [(_map_title(analysis, i, measure, "<br>"), analysis, map_grid(analysis, i, measure)) for i in range(len(analysis.ponder.blocks))]
+    panels = [(_map_title(analysis, i, measure, "<br>"), analysis, map_grid(analysis, i, measure), map_geometry(analysis, i))
+              for i in range(len(analysis.ponder.blocks))]
     zmin, zmax = map_range(analysis, 0, measure)  # a block's range is the range over all blocks
     return _map_grid_dict(panels, zmin, zmax, MEASURES[measure].unit, colorscale, opacity,
                           f"{analysis.model}: {MEASURES[measure].unit} per block", min(columns, len(panels)))
@@ -314,7 +319,7 @@ def compare_dict(analyses: list[ImageAnalysis], measure: str = "ponder", colorsc
             return f"{a.model}<br>no spatial map: {sum(a.gates.executed)}/{len(a.gates.executed)} gated blocks run"
         return f"{a.model}<br>dense: no ponder map"
 
-    panels = [(panel_title(a, z), a, z) for a, z in zip(analyses, grids)]
+    panels = [(panel_title(a, z), a, z, a.ponder.grid if a.ponder else None) for a, z in zip(analyses, grids)]
     return _map_grid_dict(panels, zmin, zmax, MEASURES[measure].unit, colorscale, opacity,
                           f"{MEASURES[measure].unit} (shared scale)", min(columns, len(panels)))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -163,6 +164,9 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
         return JSONResponse({"detail": f"internal error ({type(error).__name__}); see the server log"}, status_code=500)
 
     app.add_middleware(BodyLimit)
+    # Answers are JSON of numbers (a photo's maps are tens of thousands of them): compressed on
+    # the way when the client accepts it (every browser does), about 4x fewer bytes.
+    app.add_middleware(GZipMiddleware, minimum_size=2048, compresslevel=5)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so the 413s have the headers too
 
     app.openapi = lambda: app.openapi_schema or document_loaded_models(FastAPI.openapi(app), store)

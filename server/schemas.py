@@ -59,6 +59,11 @@ class ImageRequest(BaseModel):
     resolution: Literal["train", "native"] = Field("train", description="resize to the training size, or run at the image's own size (long side capped at 512, or at the card's preprocess.native_max_side)")
     invert: bool = Field(False, description="invert grey levels (dark-on-light photos for light-on-dark datasets)")
     whatif: Optional[WhatIfRequest] = Field(None, description="the same model with one change: threshold, cap, gate bias or removed units (JSON bodies only)")
+    maps: Literal["grid", "input"] = Field("grid", description="the total ponder maps on the finest block's grid (what the model computed), "
+                                                               "or on the input's pixels (exports at full resolution); blocks are always on their own grids")
+    include: list[Literal["numbers", "figures"]] = Field(["numbers", "figures"], min_length=1, max_length=2,
+                                                         description="what the answer carries: the numbers, the figures, or both (then the figures' "
+                                                                     "arrays that are numbers of the answer are sent once, as {\"$ref\": \"path.in.answer\"})")
 
 
 class TextRequest(BaseModel):

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ponderscope import models
 from ponderscope.server.app import create_app
+from ponderscope.server.references import resolve
 from ponderscope.core.imaging import MAX_UPLOAD_BYTES, prepare
 from tests.conftest import TEST_DEVICE
 
@@ -76,7 +77,7 @@ def test_image_analysis_matches_the_model(client):
     assert len(result["prediction"]) == 5
     ponder = result["ponder"]
     assert len(ponder["total"]) == 28 and len(ponder["total"][0]) == 28
-    assert [b["height"] for b in ponder["blocks"]] == [28, 14, 7]
+    assert [b["grid"]["height"] for b in ponder["blocks"]] == [28, 14, 7]
     expected_total = trace.ponder_map()[0]  # block maps summed at the first block's resolution (= input)
     assert torch.tensor(ponder["total"]) == pytest.approx(expected_total, abs=1e-3)
     assert ponder["blocks"][1]["mean_ponder"] == pytest.approx(float(trace.blocks[1].ponder_cost.mean()), abs=1e-5)
@@ -171,7 +172,7 @@ def test_16bit_scaled_not_clipped(client):
     result = client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()
     import base64
 
-    shown = Image.open(io.BytesIO(base64.b64decode(result["input"]["image"].split(",")[1])))
+    shown = Image.open(io.BytesIO(client.get(result["input"]["image"]).content))  # the image as the model saw it, at its own URL
     assert abs(shown.getpixel((5, 5)) - round(30000 / 65535 * 255)) <= 1
 
 
@@ -254,7 +255,7 @@ def test_image_analysis_in_one_multipart_request(client):
 
     options = analyse(client, SACT, data, resolution="native", invert="true").json()
     assert options["input"]["resolution"] == "native" and (options["input"]["width"], options["input"]["height"]) == (56, 56)
-    shown = Image.open(io.BytesIO(base64.b64decode(options["input"]["image"].split(",")[1])))
+    shown = Image.open(io.BytesIO(client.get(options["input"]["image"]).content))
     assert shown.getpixel((0, 0)) == 255 and shown.getpixel((28, 28)) == 255 - 200  # inverted
     again = client.post(f"/api/models/{SACT}/image", json={"image": digest, "resolution": "native", "invert": True}).json()
     assert options["prediction"] == again["prediction"] and options["ponder"] == again["ponder"]
@@ -487,7 +488,9 @@ def test_image_answers_carry_their_figures(client):
     """The page draws these as they are (ponderscope.figures, the notebook's code): the ponder map
     over the input, every block's map, the gates; their numbers are the answer's own."""
     digest = upload(client, png(shirt_like())).json()["hash"]
-    result = client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()
+    sent = client.post(f"/api/models/{SACT}/image", json={"image": digest}).json()
+    assert sent["figures"]["map"]["data"][0]["z"] == {"$ref": "ponder.total"}  # the map's cells travel once, as numbers
+    result = resolve(sent)  # as the page puts them back
     ponder, figures = result["ponder"], result["figures"]
     assert set(figures) == {"map", "blocks"}
     heat = figures["map"]["data"][0]

@@ -235,7 +235,10 @@ def test_upload_draws_ponder_map_over_the_image(page, tmp_path):
     assert z == response["ponder"]["total"]
     assert data[0]["zmin"] == pytest.approx(response["ponder"]["min"]) and data[0]["zmax"] == pytest.approx(response["ponder"]["max"])
     layout_image = page.js("return document.getElementById('heatmap').layout.images[0]")
-    assert layout_image["source"].startswith("data:image/png;base64,") and layout_image["sizex"] == 28 and layout_image["layer"] == "below"
+    # the image under the map is the answer's own URL (fetched once, cacheable), and it loaded in the page
+    assert layout_image["source"] == response["input"]["image"] and layout_image["sizex"] == 28 and layout_image["layer"] == "below"
+    assert layout_image["source"].startswith(f"/api/models/{sact}/input/") and page.js(
+        "return [...document.querySelectorAll('#heatmap image')].some((i) => (i.getAttribute('href') || '').includes('/input/'))")
     # small multiples: one map per block at the block's own resolution (one figure, one colour axis)
     blocks = page.wait_plot("block-maps")
     assert [(len(t["z"]), len(t["z"][0])) for t in blocks] == [(28, 28), (14, 14), (7, 7)]

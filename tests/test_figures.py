@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from ponderscope import figures
-from ponderscope.core.answers import (CorpusAnalysis, DatasetAnalysis, ImageAnalysis, LesionStudy, ParityAnalysis, Reference, SweepPoint,
+from ponderscope.core.answers import (grid_on, CorpusAnalysis, DatasetAnalysis, ImageAnalysis, LesionStudy, ParityAnalysis, Reference, SweepPoint,
                                       TextAnalysis)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,15 +51,16 @@ def image_analysis(model: str, ponder=None, gates=None, box=None, ratio: float =
 
 def sact_analysis(model="sact") -> ImageAnalysis:
     total = [[round(1.0 + 0.25 * r + 0.125 * c, 4) for c in range(8)] for r in range(6)]
-    units_total = [[float(2 + (r + c) % 3) for c in range(8)] for r in range(6)]
+    units_total = [[2 + (r + c) % 3 for c in range(8)] for r in range(6)]
+    # the input is 8x6 pixels: the total on it one cell a pixel, block 0 on 4x3 cells, block 1 on 2x2
     blocks = [
-        {"index": 0, "ponder_cost": [[1.5, 2.0, 1.0, 1.25]] * 3, "units": [[1.0, 2.0, 1.0, 1.0]] * 3, "n_units": 3, "height": 3, "width": 4,
-         "mean_ponder": 1.4375, "mean_units": 1.25},
-        {"index": 1, "ponder_cost": [[3.0, 2.5], [2.0, 4.0]], "units": [[3.0, 2.0], [2.0, 3.0]], "n_units": 3, "height": 2, "width": 2,
-         "mean_ponder": 2.875, "mean_units": 2.5},
+        {"index": 0, "ponder_cost": [[1.5, 2.0, 1.0, 1.25]] * 3, "units": [[1, 2, 1, 1]] * 3, "n_units": 3,
+         "grid": grid_on((6, 8), (3, 4)), "mean_ponder": 1.4375, "mean_units": 1.25},
+        {"index": 1, "ponder_cost": [[3.0, 2.5], [2.0, 4.0]], "units": [[3, 2], [2, 3]], "n_units": 3,
+         "grid": grid_on((6, 8), (2, 2)), "mean_ponder": 2.875, "mean_units": 2.5},
     ]
     values, units = [v for row in total for v in row], [v for row in units_total for v in row]
-    ponder = {"total": total, "units_total": units_total, "blocks": blocks, "min": min(values), "max": max(values),
+    ponder = {"total": total, "units_total": units_total, "grid": grid_on((6, 8), (6, 8)), "blocks": blocks, "min": min(values), "max": max(values),
               "units_min": min(units), "units_max": max(units), "mean": sum(values) / len(values), "mean_units": sum(units) / len(units)}
     return image_analysis(model, ponder=ponder, box=[1, 2, 5, 6], ratio=0.5)
 
@@ -362,14 +363,17 @@ def test_server_figures_are_plain_json_built_without_plotly(monkeypatch):
 
 
 def test_figures_share_no_dicts():
-    """Each figure is its own: changing one (as a client of the dicts may) changes no other, nor the answer."""
+    """Each figure's layout is its own: changing one (as a client of the dicts may) changes no other.
+    A map's cells are the answer's own grid, on purpose: the server sends that array once
+    (server/references.py), and a notebook's go.Figure copies what it wraps."""
     a, aig = sact_analysis(), aig_analysis()
     first, second = figures.answer_figures("image", a), figures.answer_figures("image", a)
     first["map"]["layout"]["title"]["font"]["size"] = 99
     first["map"]["layout"]["font"]["size"] = 99
-    first["map"]["data"][0]["z"][0][0] = -1.0
     assert second["map"]["layout"]["title"]["font"]["size"] == 14 and second["map"]["layout"]["font"]["size"] == 12
-    assert a.ponder.total[0][0] != -1.0 and second["map"]["data"][0]["z"] == a.ponder.total
+    assert second["map"]["data"][0]["z"] is a.ponder.total and second["blocks"]["data"][1]["z"] is a.ponder.blocks[1].ponder_cost
+    wrapped = figures.image_figure(a)  # the notebook's Figure holds its own copy
+    assert wrapped.data[0].z is not a.ponder.total and [list(row) for row in wrapped.data[0].z] == a.ponder.total
     figures.answer_figures("image", aig)["gates"]["layout"]["legend"]["x"] = 0
     assert figures.TITLE["font"]["size"] == 14 and figures.BASE_LAYOUT["font"]["size"] == 12 and figures.LEGEND_ON_TOP["x"] == 1
 

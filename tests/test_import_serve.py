@@ -116,7 +116,10 @@ def test_imagenet_upload_native_runs_the_whole_image(imported):
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["input"]["width"], body["input"]["height"]) == (90, 70)
-    assert np.array(body["ponder"]["total"]).shape == (70, 90)
+    # the whole image ran: the total on the finest block's grid (stride 4, 'SAME': ceil) spans all 90x70 pixels
+    assert np.array(body["ponder"]["total"]).shape == (18, 23)
+    grid = body["ponder"]["grid"]
+    assert (grid["height"], grid["width"]) == (18, 23) and grid["dx"] * 23 == 90 and grid["dy"] * 18 == 70
     assert body["prediction"][0]["class"] in listed_names()
 
 

@@ -102,6 +102,12 @@ def test_readme_reliability_tables_are_the_last_load_test():
     assert "| health |" in section("reliability") and "Result: ok" in section("reliability")
 
 
+def test_readme_answers_section_is_the_last_answer_size_bench():
+    results = (ROOT / "bench" / "answers_results.md").read_text(encoding="utf-8")
+    assert section("answers") == results.split("\n", 1)[1].strip()
+    assert "(old: 480x640)" in section("answers")  # the native answer's total is on the model's grid
+
+
 def test_readme_scale_section_is_the_last_analyze_bench():
     results = (ROOT / "bench" / "analyze_results.md").read_text(encoding="utf-8")
     assert section("scale") == results.split("\n", 1)[1].strip()

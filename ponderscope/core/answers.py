@@ -74,20 +74,34 @@ class Prediction(Open):
     probability: float
 
 
-class PonderBlock(Open):
-    index: int
-    ponder_cost: list[list[float]] = Field(description="N + R per position of the block's output map")
-    units: list[list[float]] = Field(description="units executed N per position")
-    n_units: int
+class Grid(Open):
+    """Where a map's cells lie on the input image as the model saw it (`input`: width x height
+    pixels, spanning [0, width] x [0, height], y down): cell (i, j) is centred at
+    (x0 + j dx, y0 + i dy) and covers dx by dy pixels. A block's grid is what the model computed
+    (a stride-s block covers s x s pixels a cell); nothing is upsampled on the server."""
     height: int
     width: int
+    x0: float
+    dx: float
+    y0: float
+    dy: float
+
+
+class PonderBlock(Open):
+    index: int
+    ponder_cost: list[list[float]] = Field(description="N + R per cell of the block's output map (its own grid)")
+    units: list[list[int]] = Field(description="units executed N per cell")
+    n_units: int
+    grid: Grid
     mean_ponder: float
     mean_units: float
 
 
 class PonderMaps(Open):
-    total: list[list[float]] = Field(description="ponder cost summed over blocks, at input resolution")
-    units_total: list[list[float]]
+    total: list[list[float]] = Field(description="ponder cost summed over blocks (each nearest-resized to `grid`), on the finest "
+                                                 "block's grid, or on the input's pixels when the request asked for maps='input'")
+    units_total: list[list[int]] = Field(description="units executed N summed over blocks, on `grid`")
+    grid: Grid = Field(description="where the totals' cells lie on the input")
     blocks: list[PonderBlock]
     min: float = Field(description="the range of `total` (as sent)")
     max: float
@@ -104,7 +118,8 @@ class Gates(Open):
 
 
 class ImageShown(Open):
-    image: str = Field(description="the image as the model saw it, a data: URL")
+    image: str = Field(description="the image as the model saw it: its own URL on this server (fetched once, cacheable), "
+                                   "or a data: URL where there is no server (the notebook, ponderscope render)")
     width: int
     height: int
     hash: Optional[str] = None
@@ -325,7 +340,11 @@ class StudyStatus(JobProgress):
 
 # ------------------------------------------------------------------ Trace -> answers
 def _grid(tensor: torch.Tensor, digits: int = 4) -> list[list[float]]:
-    return [[round(float(v), digits) for v in row] for row in tensor.tolist()]
+    return [[round(v, digits) for v in row] for row in tensor.tolist()]
+
+
+def _int_grid(tensor: torch.Tensor) -> list[list[int]]:
+    return tensor.round().to(torch.int64).tolist()
 
 
 def flops_json(trace: Trace, index: int = 0) -> dict:
@@ -333,30 +352,40 @@ def flops_json(trace: Trace, index: int = 0) -> dict:
     return {"executed": executed, "dense": trace.dense_flops, "ratio": executed / trace.dense_flops}
 
 
-def ponder_json(trace: Trace, size: tuple[int, int]) -> dict | None:
-    """Per-block maps at their own resolution, plus the total over blocks nearest-resized to the
-    input (the SACT paper's ponder map), both in ponder cost N + R and in units executed N."""
+def grid_on(size: tuple[int, int], cells: tuple[int, int]) -> Grid:
+    """The geometry of a map of `cells` (rows, columns) over an input of `size` (height, width) pixels."""
+    (height, width), (rows, columns) = size, cells
+    dy, dx = height / rows, width / columns
+    return Grid(height=rows, width=columns, x0=dx / 2, dx=dx, y0=dy / 2, dy=dy)
+
+
+def ponder_json(trace: Trace, size: tuple[int, int], maps: str = "grid") -> dict | None:
+    """Per-block maps on their own grids, and the totals over blocks (the SACT paper's ponder map,
+    Trace.ponder_map) on the finest block's grid, or on the input's `size` with maps="input"
+    (exports at full resolution); in ponder cost N + R and in units executed N."""
     if not trace.blocks:
         return None
-    total, units_total = trace.ponder_map(size)[0].cpu(), trace.ponder_map(size, "units")[0].cpu()
-    total_grid, units_grid = _grid(total), _grid(units_total, 0)
+    finest = max((tuple(b.ponder_cost.shape[-2:]) for b in trace.blocks), key=lambda hw: hw[0] * hw[1])
+    cells = tuple(size) if maps == "input" else finest
+    total_grid = _grid(trace.ponder_map(cells)[0].cpu())
+    units_grid = _int_grid(trace.ponder_map(cells, "units")[0].cpu())
     means, units_means = trace.block_means()[0].tolist(), trace.block_means("units")[0].tolist()
     blocks = []
     for index, block in enumerate(trace.blocks):
-        cost, units = block.ponder_cost[0].float().cpu(), block.units[0].float().cpu()
+        cost = block.ponder_cost[0].float().cpu()
         blocks.append({
             "index": index,
             "ponder_cost": _grid(cost),
-            "units": _grid(units, 0),
+            "units": _int_grid(block.units[0].cpu()),
             "n_units": int(block.halting.shape[1]),
-            "height": int(cost.shape[0]),
-            "width": int(cost.shape[1]),
+            "grid": grid_on(size, tuple(cost.shape)),
             "mean_ponder": means[index],
             "mean_units": units_means[index],
         })
     return {
         "total": total_grid,
         "units_total": units_grid,
+        "grid": grid_on(size, cells),
         "blocks": blocks,
         # the range of the maps as sent (rounded): a map's colour scale ends at its drawn values
         "min": min(map(min, total_grid)),
@@ -386,15 +415,16 @@ def gates_json(model, trace: Trace) -> dict | None:
 
 
 def input_json(model, shown, original_size: tuple[int, int], resolution: str, image_hash: str | None = None,
-               sample: int | None = None, label: int | None = None, box: list[int] | None = None) -> dict:
+               sample: int | None = None, label: int | None = None, box: list[int] | None = None, url: str | None = None) -> dict:
     """The `input` block of an image analysis: the image as the model saw it (`shown`, a PIL
-    image), and for a test image its label and digit box, scaled from `original_size` to it."""
+    image) at its `url` on the server, or else inline as a data: URL; and for a test image its
+    label and digit box, scaled from `original_size` to it."""
     if box is not None and shown.size != tuple(original_size):  # boxes are in test-image pixels
         sy, sx = shown.size[1] / original_size[1], shown.size[0] / original_size[0]
         box = [round(box[0] * sy), round(box[1] * sx), round(box[2] * sy), round(box[3] * sx)]
     classes = model.card.classes or []
     return {
-        "image": png_data_url(shown),
+        "image": url or png_data_url(shown),
         "width": shown.width,
         "height": shown.height,
         "hash": image_hash,
@@ -406,9 +436,10 @@ def input_json(model, shown, original_size: tuple[int, int], resolution: str, im
     }
 
 
-def analyze_image(model, x: torch.Tensor, input: dict, whatif=None) -> ImageAnalysis:
+def analyze_image(model, x: torch.Tensor, input: dict, whatif=None, maps: str = "grid") -> ImageAnalysis:
     """The answer of POST /{id}/image for `model` (a LoadedModel) on the prepared input x; `input`: its input_json;
-    `whatif`: a ponderscope.models.whatif.WhatIf in force for this answer only (None: the trained model)."""
+    `whatif`: a ponderscope.models.whatif.WhatIf in force for this answer only (None: the trained model);
+    `maps`: the totals on the finest block's grid ("grid") or on the input's pixels ("input")."""
     from ponderscope.models.whatif import applied
 
     with applied(model.module, whatif):
@@ -423,7 +454,7 @@ def analyze_image(model, x: torch.Tensor, input: dict, whatif=None) -> ImageAnal
         "time_ms": round(ms, 2),
         "execution": trace.execution or model.execution,  # the one that ran (LoadedModel.trace)
         "unshown_signals": extras_json(trace)["unshown_signals"],
-        "ponder": ponder_json(trace, tuple(x.shape[-2:])),
+        "ponder": ponder_json(trace, tuple(x.shape[-2:]), maps),
         "gates": gates_json(model, trace),
         "input": input,
         "whatif": None if whatif is None or whatif.is_trained() else whatif.as_dict(),

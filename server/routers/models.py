@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from collections.abc import AsyncIterator
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,10 +17,12 @@ from starlette.formparsers import MultiPartException
 
 from ponderscope import figures
 from ponderscope.core.answers import DatasetStatus, ImageAnalysis, analyze_image, input_json
-from ..deps import for_kinds, get_model, get_store, require_kind
-from ponderscope.core.imaging import PIXEL_WORK, decode, png_data_url, prepare
-from ..schemas import ImageRequest, ModelSummary, Sample, errors
+from ponderscope.core.imaging import PIXEL_WORK, decode, encode_png, png_data_url, prepare
 from ponderscope.core.loaded import LoadedModel, ModelStore
+
+from ..deps import for_kinds, get_model, get_store, require_kind
+from ..references import share_arrays
+from ..schemas import HASH_PATTERN, ImageRequest, ModelSummary, Sample, errors
 from .images import read_upload, store_upload
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -159,7 +162,49 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
             check(entry.module, whatif)
         except WhatIfError as error:
             raise HTTPException(400, f"model {entry.id!r}: {error}") from None
-    return figures.attach("image", analyze_image(entry, x, input_json(entry, shown, original_size, body.resolution, body.image, body.sample, label, box), whatif))
+    url = input_url(entry, body.image, body.sample, body.resolution, body.invert)
+    answer = analyze_image(entry, x, input_json(entry, shown, original_size, body.resolution, body.image, body.sample, label, box, url), whatif, body.maps)
+    return answer_with(answer, "image", body.include)
+
+
+def answer_with(answer, kind: str, include: list[str]):
+    """The answer with what the request asked for: its numbers, its figures, or both (the figures'
+    arrays that are the numbers' then as references: no array twice)."""
+    if "figures" in include:
+        figures.attach(kind, answer)
+        if "numbers" in include:
+            answer.figures = share_arrays(answer.figures, answer)
+    if "numbers" not in include:
+        answer.ponder = None  # the maps are in the figures
+    return answer
+
+
+def input_url(entry: LoadedModel, image: Optional[str], sample: Optional[int], resolution: str, invert: bool) -> str:
+    """Where the page gets the image as the model saw it: once per image, cacheable."""
+    source = image if image is not None else f"sample-{sample}"
+    return f"/api/models/{quote(entry.id, safe='')}/input/{source}.png?" + urlencode({"resolution": resolution, "invert": str(invert).lower()})
+
+
+INPUT_SOURCE = r"^([0-9a-f]{64}|sample-[0-9]{1,9})$"
+
+
+@router.get("/{model_id}/input/{source}.png", summary="An image as the model sees it (resized, cropped, inverted as the card and request say)",
+            response_class=Response, openapi_extra=for_kinds("image"),
+            responses={200: {"content": {"image/png": {}}, "description": "the image"}, **errors(400, 404, 422, 503)})
+def input_png(request: Request, source: Annotated[str, Path(pattern=INPUT_SOURCE, description="a stored image's hash, or sample-INDEX: a test-set image")],
+              entry: LoadedModel = Depends(get_model), resolution: Literal["train", "native"] = "train", invert: bool = False) -> Response:
+    """The `input.image` of an image answer: the PNG its maps lie on (`input.width` x `input.height` pixels)."""
+    require_kind(entry, "image")
+    image = _test_example(entry, int(source[len("sample-"):]))[0] if source.startswith("sample-") else None
+    with PIXEL_WORK:
+        if image is None:
+            data = request.app.state.images.get(source)
+            if data is None:
+                raise HTTPException(404, f"no stored image with hash {source!r}; upload it again with POST /api/images")
+            image = decode(data)
+        _, shown = prepare(image, entry.card.preprocess, resolution, invert)
+        png = encode_png(shown)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
 
 @router.get("/{model_id}/samples", summary="Test-set images to pick from", response_model=list[Sample], openapi_extra=for_kinds("image", test_set=True), responses=errors(400, 404, 422, 503))

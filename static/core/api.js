@@ -76,7 +76,7 @@ export async function api(method, path, { body, form, channel, label, signal, qu
       throw error;
     }
     if (channel) clearError(channel);
-    return payload;
+    return withSharedArrays(payload);
   } catch (err) {
     if (err.name !== 'AbortError' && channel) {
       if (quiet && quiet(err)) clearError(channel);
@@ -86,6 +86,21 @@ export async function api(method, path, { body, form, channel, label, signal, qu
   } finally {
     busyEnd(id);
   }
+}
+
+/** An answer's figures carry the arrays that are also its numbers as {"$ref": "ponder.total"}
+ * (sent once: server/references.py): put the answer's own array in each such place. */
+export function withSharedArrays(payload) {
+  if (!payload || typeof payload !== 'object' || !payload.figures) return payload;
+  const lookup = (path) => path.split('.').reduce((value, key) => (value == null ? value : value[key]), payload);
+  const resolve = (node) => {
+    if (Array.isArray(node)) return node.map(resolve);
+    if (!node || typeof node !== 'object') return node;
+    if (typeof node.$ref === 'string' && Object.keys(node).length === 1) return lookup(node.$ref);
+    return Object.fromEntries(Object.entries(node).map(([key, value]) => [key, resolve(value)]));
+  };
+  payload.figures = resolve(payload.figures);
+  return payload;
 }
 
 /** One background job at a time (e.g. a view's dataset statistics): `run(path, ...)` asks

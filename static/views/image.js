@@ -223,27 +223,37 @@ function exportImage(format) {
   const model = results.imageRequest.model;
   const name = `image-${safeName(model)}`;
   if (format === 'json') return downloadJson(name, { model, request: results.imageRequest.body, response: r });
-  if (r.ponder) {
-    // One row per input pixel: the totals and every block's value at that pixel (nearest cell).
-    const H = r.ponder.total.length, W = H ? r.ponder.total[0].length : 0;
-    const header = ['y', 'x', 'ponder_total', 'units_total'];
-    r.ponder.blocks.forEach((b) => header.push(`block${b.index}_ponder`, `block${b.index}_units`));
-    const rows = [];
-    for (let y = 0; y < H; y++) {
-      for (let x = 0; x < W; x++) {
-        const row = [y, x, r.ponder.total[y][x], r.ponder.units_total ? r.ponder.units_total[y][x] : null];
-        for (const b of r.ponder.blocks) {
-          const by = Math.min(b.ponder_cost.length - 1, Math.floor((y * b.ponder_cost.length) / H));
-          const bx = Math.min(b.ponder_cost[0].length - 1, Math.floor((x * b.ponder_cost[0].length) / W));
-          row.push(b.ponder_cost[by][bx], b.units ? b.units[by][bx] : null);
-        }
-        rows.push(row);
-      }
-    }
-    return downloadCsv(name, header, rows);
-  }
+  if (r.ponder) return exportPixels(name, model, results.imageRequest.body);
   if (r.gates) return downloadCsv(name, ['layer', 'probability', 'executed'], r.gates.layers.map((l, i) => [l, r.gates.probability[i], r.gates.executed[i] ? 1 : 0]));
   return downloadCsv(name, ['rank', 'index', 'class', 'probability'], r.prediction.map((p, i) => [i + 1, p.index, p.class, p.probability]));
+}
+
+/** The maps at full resolution, one row per input pixel: the totals as the server computes them
+ * on the input's pixels (asked for now: the answer on screen has them on the finest block's
+ * grid), and every block's value at that pixel (its nearest cell, as Trace.ponder_map resizes). */
+async function exportPixels(name, model, body) {
+  let r;
+  try {
+    r = await api('POST', `/api/models/${encodeURIComponent(model)}/image`,
+      { body: { ...body, maps: 'input', include: ['numbers'] }, channel: 'export-image', label: 'Maps at full resolution' });
+  } catch (_) { return; } // the message is in the banner
+  const p = r.ponder;
+  const H = p.total.length, W = H ? p.total[0].length : 0;
+  const header = ['y', 'x', 'ponder_total', 'units_total'];
+  p.blocks.forEach((b) => header.push(`block${b.index}_ponder`, `block${b.index}_units`));
+  const rows = [];
+  for (let y = 0; y < H; y++) {
+    for (let x = 0; x < W; x++) {
+      const row = [y, x, p.total[y][x], p.units_total[y][x]];
+      for (const b of p.blocks) {
+        const by = Math.min(b.grid.height - 1, Math.floor((y * b.grid.height) / H)); // nearest, as Trace.ponder_map resizes
+        const bx = Math.min(b.grid.width - 1, Math.floor((x * b.grid.width) / W));
+        row.push(b.ponder_cost[by][bx], b.units[by][bx]);
+      }
+      rows.push(row);
+    }
+  }
+  downloadCsv(name, header, rows);
 }
 
 // ------------------------------------------------------------------ the view
