@@ -119,9 +119,11 @@ def pool_pad_shortcut(x: torch.Tensor, stride: int, channels: int) -> torch.Tens
 
 
 def dilate(mask: torch.Tensor) -> torch.Tensor:
-    """[B, H, W] bool -> positions within one pixel (3x3 neighbourhood) of a True position: the OR
-    of the zero-padded map shifted along rows, then along columns (as fast as a 3x3 max pool of
-    the map as floats at batch 1, 20x faster at batch 32)."""
+    """[B, H, W] bool -> positions within one pixel (3x3 neighbourhood) of a True position. Small
+    maps on CPU: a 3x3 max pool of the bytes (one op); else the OR of the zero-padded map shifted
+    along rows, then along columns (2x faster at 56x56, 20x at batch 32, than the max pool)."""
+    if mask.numel() <= 1024 and mask.device.type == "cpu":
+        return F.max_pool2d(mask.view(torch.uint8), 3, stride=1, padding=1).view(torch.bool)
     padded = F.pad(mask, (1, 1, 1, 1))
     rows = padded[:, :, :-2] | padded[:, :, 1:-1] | padded[:, :, 2:]
     return rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]
@@ -309,23 +311,23 @@ class SACTHalting(nn.Module):
             taps, global_term = self._taps_activated(grid, x, pooled, near)
         else:
             weight, bias, global_weight, global_bias = sparse_ops.cached(self, SACTHalting._folded_weights)
-            if near is None or near.numel() == positions:  # every row: the product written straight
-                if torch.is_grad_enabled():  # into the tap map (last row: zero; out= has no autograd)
-                    taps = torch.cat([torch.addmm(bias, x, weight), x.new_zeros(1, self.COLUMNS)])
-                else:
-                    taps = x.new_empty(positions + 1, self.COLUMNS)
-                    torch.addmm(bias, x, weight, out=taps[:positions])
-                    taps[positions].zero_()
+            every_row = near is None or near.numel() == positions  # (then x needs no gathering)
+            if every_row and not torch.is_grad_enabled():  # the product written straight into the tap map
+                taps = x.new_zeros(positions + 1, self.COLUMNS)  # (its last row stays zero: the padding)
+                products = torch.addmm(bias, x, weight, out=taps[:positions])
+            elif every_row:  # (out= has no autograd)
+                products = torch.addmm(bias, x, weight)
+                taps = torch.cat([products, products.new_zeros(1, self.COLUMNS)])
             else:
                 taps = x.new_zeros(positions + 1, self.COLUMNS).index_copy_(0, near, torch.addmm(bias, x.index_select(0, near), weight))
             if near is None:
-                global_term = taps[:positions, self.GLOBAL_COLUMN].view(batch, -1).mean(1)
+                global_term = products[:, self.GLOBAL_COLUMN].view(batch, -1).mean(1)
             else:
                 global_term = torch.addmv(global_bias, pooled, global_weight)
         global_term = global_term.add_(self.local_conv.bias)  # [B]
-        index = tap_rows(*grid.shape, x.device)
-        index = index if active is None else index.index_select(0, active)
-        local = taps.view(-1).index_select(0, index.view(-1)).view(-1, 9).sum(1)
+        index = tap_rows(*grid.shape, x.device)  # [B*H*W * 9]
+        index = index if active is None else index.view(-1, 9).index_select(0, active).view(-1)
+        local = taps.view(-1).index_select(0, index).view(-1, 9).sum(1)
         if batch == 1:  # one image: its global term, broadcast
             local = local.add_(global_term)
         elif active is None:
@@ -377,7 +379,7 @@ class SACTHalting(nn.Module):
 
 @functools.lru_cache(maxsize=64)
 def tap_rows(batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
-    """[B*H*W, 9] for `SACTHalting.at_rows`: per position, the flat indices into its tap map
+    """[B*H*W * 9] for `SACTHalting.at_rows`: per position, the flat indices into its tap map
     [(B*H*W + 1) * 16] of its 9 neighbours (ky, kx), each at its own tap 3 ky + kx; a neighbour
     off the map points at the map's last row (zero: the conv's zero padding)."""
     image, y, x = (t.reshape(-1, 1) for t in torch.meshgrid(torch.arange(batch), torch.arange(height), torch.arange(width), indexing="ij"))
@@ -389,7 +391,7 @@ def tap_rows(batch: int, height: int, width: int, device: torch.device) -> torch
             inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
             row = torch.where(inside, (image * height + ny) * width + nx, batch * height * width)
             index.append(row * taps + 3 * ky + kx)
-    return torch.cat(index, 1).to(device)
+    return torch.cat(index, 1).view(-1).to(device)
 
 
 class UnitLog:

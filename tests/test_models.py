@@ -361,7 +361,7 @@ def test_tap_rows_read_the_zero_padded_tap_map():
         padded = sparse_ops.grid(batch, height, width, taps.device).pad(taps)
         expected = padded.view(-1)[sparse_ops.tap_index(batch, height, width, 16, taps.device)].view(-1, 9)
         appended = torch.cat([taps, torch.zeros(1, 16)])
-        assert torch.equal(appended.view(-1)[tap_rows(batch, height, width, taps.device)], expected)
+        assert torch.equal(appended.view(-1)[tap_rows(batch, height, width, taps.device)].view(-1, 9), expected)
 
 
 def test_sact_flops_follow_the_masks():
