@@ -481,7 +481,7 @@ class Block(nn.Module):
                     run.add_residual(unit, rest=state.rest, x_needed=l < policy.last)  # rest = 1 - sum_{k<l} h_k
             last = l >= policy.last  # the block's last unit (or the cap) halts everything: h = 1
             h = active.to(x.dtype) if last else run.halting_probability(self.halting[l], active, first=l == 0)
-            p = state.update(h, force_halt=last, zero_after_halt=True)  # the ACT rule (models/halting.py): p_l
+            p = state.update(h, force_halt=last, zero_after_halt=True)  # the ACT rule (models/halting.py): p_l (h = 0 where halted)
             run.accumulate(p)  # out = sum_l p_l x_l
             log.unit(p, h)
             # Stop once everything has halted. Not while training: the check costs a device sync
