@@ -83,7 +83,9 @@ TEXT_UNITS = {"steps": "steps N", "ponder": "ponder cost N+R"}
 TEXT_VALUES: dict[str, Callable[[CharPonder], float]] = {"steps": lambda char: char.steps, "ponder": lambda char: char.ponder}
 BASE_LAYOUT = {"margin": {"l": 50, "r": 20, "t": 70, "b": 40}, "paper_bgcolor": "#fff", "plot_bgcolor": "#fff",
                "font": {"size": 12, "color": "#1b1f24"}}
-TITLE = {"font": {"size": 14}, "x": 0.01, "xref": "container", "xanchor": "left", "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 12}}
+# The title sits under the page's mode bar (the plot's export and zoom buttons, ~30 px at the top
+# right), not behind it: pad 34 from the top, inside the 70 px top margin.
+TITLE = {"font": {"size": 14}, "x": 0.01, "xref": "container", "xanchor": "left", "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 34}}
 LEGEND_ON_TOP = {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"}  # under the title, above the plot
 # As the page: nothing leaves the machine (no "Share chart" upload to Plotly Cloud).
 CONFIG = {"displaylogo": False, "responsive": True, "showSendToCloud": False,
@@ -131,6 +133,12 @@ def _copy(value):
 def _trace(kind: str, **props) -> dict:
     """A trace as plotly JSON: {"type": kind, **props}, leaving out the props given as None (as plotly does)."""
     return {"type": kind, **{k: v for k, v in props.items() if v is not None}}
+
+
+def every_tick(names: list[str]) -> dict:
+    """A category axis that names every category (plotly.js would thin crowded labels out: ten
+    classes on a narrow chart showed two)."""
+    return {"type": "category", "tickmode": "array", "tickvals": list(names), "ticktext": list(names), "automargin": True}
 
 
 def _figure(data: list[dict], layout: dict) -> dict:
@@ -340,6 +348,7 @@ def dataset_dicts(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DE
         return {"corpus": corpus_dict(result)}
     per_class = result.per_class
     classes = [c.class_ for c in per_class]
+    class_axis = {**every_tick(classes), "tickangle": -45}
     figures = {"class": _figure([
         _trace("bar", name="mean FLOPs / dense", x=classes, y=[c.flops_ratio for c in per_class], marker={"color": COLORS["flops"]},
                hovertemplate="%{x}: %{y:.1%} of dense FLOPs<extra></extra>"),
@@ -348,11 +357,12 @@ def dataset_dicts(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DE
     ], {"title": {"text": f"{result.model}: mean FLOPs and accuracy per class"},
         "yaxis": {"title": {"text": "FLOPs executed / dense"}, "tickformat": ".0%", "rangemode": "tozero"},
         "yaxis2": {"title": {"text": "accuracy"}, "overlaying": "y", "side": "right", "tickformat": ".0%", "range": [0, 1.05], "dtick": 0.2, "showgrid": False},
-        "legend": {"orientation": "h", "y": -0.25}, "margin": {"l": 60, "r": 60, "t": 40, "b": 90}})}
+        "xaxis": class_axis, "legend": {"orientation": "h", "y": -0.35}, "margin": {"l": 60, "r": 60, "t": 40, "b": 110}})}
     if any(c.mean_ponder is not None for c in per_class):
         figures["ponder"] = _figure([_trace("bar", x=classes, y=[c.mean_ponder for c in per_class], marker={"color": COLORS["ponder"]},
                                             hovertemplate="%{x}: mean ponder %{y:.3f}<extra></extra>")],
-                                    {"title": {"text": "Mean ponder cost N+R per class (summed over blocks)"}, "yaxis": {"title": {"text": "ponder cost N+R"}}})
+                                    {"title": {"text": "Mean ponder cost N+R per class (summed over blocks)"}, "xaxis": class_axis,
+                                     "yaxis": {"title": {"text": "ponder cost N+R"}}, "margin": {"b": 90}})
     figures["flops_histogram"] = _figure([_histogram_bars(result.flops_histogram, "FLOPs ratio", COLORS["flops"])], {
         "title": {"text": "FLOPs executed / dense, per image"}, "xaxis": {"title": {"text": "FLOPs ratio"}, "tickformat": ".0%"},
         "yaxis": {"title": {"text": "images"}}, "bargap": 0})
@@ -373,7 +383,7 @@ def dataset_dicts(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DE
             colorscale=plotly_scale(colorscale), colorbar={"title": {"text": "execution rate", "side": "right"}, "tickformat": ".0%"},
             hovertemplate="%{y}, %{x}: runs %{z:.1%}<extra></extra>")],
             {"title": {"text": "Execution rate per class and gated layer (ConvNet-AIG)"}, "xaxis": {"tickangle": -45},
-             "yaxis": {"autorange": "reversed"}, "margin": {"l": 100, "r": 20, "t": 40, "b": 80}})
+             "yaxis": {**every_tick(classes), "autorange": "reversed"}, "margin": {"l": 100, "r": 20, "t": 40, "b": 80}})
     return figures
 
 
@@ -484,7 +494,7 @@ def class_lesion_dict(study: LesionStudy, label: str = "") -> dict:
     return _figure([_trace("heatmap", z=drop, x=units, y=list(study.classes), colorscale=plotly_scale("YlOrRd"), zmin=0, colorbar={"title": {"text": "points"}},
                                hovertemplate="without %{x}: %{y} accuracy down %{z:.1f} points<extra></extra>")],
                    {"title": {"text": f"{label}: accuracy drop per class when one unit is removed".strip(": ")},
-                    "xaxis": {"tickangle": -45}, "margin": {"b": 90, "l": 100}})
+                    "xaxis": {"tickangle": -45}, "yaxis": every_tick(list(study.classes)), "margin": {"b": 90, "l": 100}})
 
 
 # ------------------------------------------------------------------ sequence models

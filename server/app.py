@@ -175,6 +175,10 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     app.include_router(sequences.router)
     app.include_router(studies.router)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():  # what browsers ask for on their own (the page's <link rel="icon"> names the same PNG)
+        return FileResponse(resource("static") / "favicon.png", media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+
     @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
     def plotly_js():
         return FileResponse(plotly_js_path(), media_type="application/javascript")

@@ -143,3 +143,11 @@ def test_answers_are_compressed_for_browsers(served):
     assert len(gzip.compress(answer.content, 5)) < len(answer.content) / 2
     plain = client.post("/api/models/fmnist_sact_resnet32/image", json={"sample": 0}, headers={"Accept-Encoding": "identity"})
     assert "content-encoding" not in plain.headers and plain.json()["ponder"] == answer.json()["ponder"]
+
+
+def test_the_favicon_is_served(served):
+    client, _ = served
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(icon.content)).size == (32, 32)
+    assert 'rel="icon"' in client.get("/").text and client.get("/static/favicon.png").content == icon.content

@@ -512,6 +512,18 @@ def test_dataset_view_charts_and_thumbnails(page):
     least = page.d.find_elements(By.CSS_SELECTOR, "#dataset-least .thumb")
     most = page.d.find_elements(By.CSS_SELECTOR, "#dataset-most .thumb")
     assert len(least) == len(result["least"]) > 0 and len(most) == len(result["most"]) > 0
+    # every class named on the class axes (plotly.js would thin ten crowded labels out to two)
+    for chart in ("dataset-class-chart", "dataset-class-layer"):
+        assert page.js(f"return document.querySelectorAll('#{chart} .xtick text, #{chart} .ytick text').length") >= 10, chart
+    assert sorted(page.js("return [...document.querySelectorAll('#dataset-class-chart .xtick text')].map((t) => t.textContent)")) == sorted(result["classes"])
+    # no title under the mode bar (the plot's buttons, top right)
+    overlaps = page.js("""return [...document.querySelectorAll('#view-dataset .js-plotly-plot')].filter((plot) => {
+        const title = plot.querySelector('.gtitle'), bar = plot.querySelector('.modebar');
+        if (!title || !bar) return false;
+        const t = title.getBoundingClientRect(), b = bar.getBoundingClientRect();
+        return t.right > b.left && t.left < b.right && t.bottom > b.top && t.top < b.bottom;
+    }).map((plot) => plot.id)""")
+    assert overlaps == []
     page.no_error()
     page.screenshot("dataset")
     # a thumbnail opens that test image in the Image view
@@ -698,6 +710,9 @@ def test_bundled_models_open_without_errors(page):
                 if box:  # cluttered MNIST: the digit's box is drawn over the map
                     shape = page.js("return document.getElementById('heatmap').layout.shapes[0]")
                     assert [shape["y0"], shape["x0"], shape["y1"], shape["x1"]] == box
+            # the "digit box" control is offered exactly when the image has a box
+            box_control = page.js("return !document.querySelector('#settings [data-setting=box]').hidden")
+            assert box_control == bool(page.js("return window.ponderscope.results.image.input.box")), model["id"]
             if model["family"] == "aig":
                 page.wait_plot("gates-chart")
         elif model["kind"] == "text":

@@ -17,12 +17,19 @@ export function showView(name, { run = true } = {}) {
     tab.setAttribute('aria-selected', v === current ? 'true' : 'false');
     tab.tabIndex = v === current ? 0 : -1;
   }
-  const wanted = current.settings || [];
-  $('settings').hidden = !wanted.length;
-  document.querySelectorAll('#settings [data-setting]').forEach((label) => { label.hidden = !wanted.includes(label.dataset.setting); });
+  showSettings();
   syncUrl();
   if (run) current.activate(state);
   resizePlots($(`view-${current.name}`));
+}
+
+/** The display settings the view on screen uses. The test set's object box is offered only while
+ * an answer on screen has one (view.hasBox()): most models' images have none. */
+export function showSettings() {
+  const current = viewNamed(state.view) || views[0];
+  const wanted = (current.settings || []).filter((name) => name !== 'box' || (current.hasBox && current.hasBox()));
+  $('settings').hidden = !wanted.length;
+  document.querySelectorAll('#settings [data-setting]').forEach((label) => { label.hidden = !wanted.includes(label.dataset.setting); });
 }
 
 /** Open model `id` in view `name` (its picker set to it), and show that view. */

@@ -4,6 +4,7 @@
  * own ranges (ponder.min/max, units_min/max). */
 import { $, el, fmt, shortHash, stat } from '../core/dom.js';
 import { api, busyEnd, busyStart, errorMessage, errors, showError } from '../core/api.js';
+import { showSettings } from '../core/nav.js';
 import { plot, purgeAll } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
 import { familyLabel, modelsOfKind, summaryChips } from '../core/cards.js';
@@ -133,6 +134,7 @@ function drawMaps(c = results.compare) {
 
 /** Draw {request, entries: [{model, response, error}]} (the last comparison by default). */
 function render(c = results.compare) {
+  showSettings(); // the box control, when an answer here has a box
   const grid = $('compare-grid');
   purgeAll(grid);
   grid.replaceChildren();
@@ -181,6 +183,7 @@ export const view = {
   kind: 'image',
   images: true,
   settings: ['colormap', 'opacity', 'map', 'resolution', 'invert', 'box'],
+  hasBox: () => Boolean(results.compare && results.compare.entries.some((e) => e.response && e.response.input && e.response.input.box)),
 
   // After the Image view's init: the default pair starts from its model.
   init(s, q) {

@@ -3,6 +3,7 @@
  * the link, the first screen shows the model's first test sample. */
 import { $, el, fill, fmt, shortHash, stat, unshownNote } from '../core/dom.js';
 import { api } from '../core/api.js';
+import { showSettings } from '../core/nav.js';
 import { plot, purge } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
 import { defaultModel, fillPicker, hasTestSet, renderCardSummary } from '../core/cards.js';
@@ -83,6 +84,7 @@ async function runImage() {
 }
 
 function renderEmpty(message) {
+  showSettings();
   $('image-empty').textContent = message || hint;
   $('image-empty').hidden = false;
   $('image-result').hidden = true;
@@ -104,6 +106,7 @@ function describeSource(input) {
 
 /** Draw an answer of POST /api/models/{id}/image (the last one by default). */
 function render(r = results.image) {
+  showSettings(); // the box control, when this answer has a box
   if (!r) { renderEmpty(); return; }
   const model = results.imageRequest.model;
   const input = r.input || {};
@@ -278,6 +281,7 @@ export const view = {
   kind: 'image',
   images: true,
   settings: ['colormap', 'opacity', 'map', 'resolution', 'invert', 'box'],
+  hasBox: () => Boolean(results.image && results.image.input && results.image.input.box),
 
   init(s, q) {
     results.image = null;
