@@ -175,7 +175,13 @@ class SparsePositions(BlockExecution):
 
 
 def block_execution(execution: Execution | str, spatial: bool) -> type[BlockExecution]:
-    """The strategy for a block: masked, or sparse over positions (SACT) / images (ACT)."""
-    if Execution.of(execution) is Execution.MASKED:
+    """The strategy for a block: masked, or sparse over positions (SACT; "tiles": over its active
+    tiles, models/tiles.py) / images (ACT)."""
+    execution = Execution.of(execution)
+    if execution is Execution.MASKED:
         return Masked
+    if execution is Execution.TILES and spatial:
+        from .tiles import TiledPositions  # (imports this module)
+
+        return TiledPositions
     return SparsePositions if spatial else SparseImages

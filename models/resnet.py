@@ -613,9 +613,14 @@ class ResNet(nn.Module):
         """A dense ResNet runs one code path whatever its execution (models/sparse.py)."""
         return self.halting != "none"
 
+    @property
+    def has_tile_path(self) -> bool:
+        """SACT runs "tiles" as tiles (models/tiles.py); elsewhere it is "sparse"."""
+        return self.halting == "sact"
+
     def trace(self, x: torch.Tensor) -> Trace:
         execution = sparse_ops.execution_of(self)
-        if execution is Execution.SPARSE and self.halting != "none":
+        if execution is not Execution.MASKED and self.halting != "none":  # sparse or tiles
             # Sparse execution works on channels-last (NHWC) maps, from the stem on: for SACT a
             # set of positions is then a set of rows, and no layout conversion is ever needed.
             x = x.contiguous(memory_format=torch.channels_last)

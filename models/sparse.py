@@ -6,9 +6,13 @@ accepted wherever it is set, and `Execution.of` turns them into the enum):
 
     Execution.SPARSE  "sparse" (default) at inference, skip what the masks say is not needed
     Execution.MASKED  "masked" the reference: compute every unit everywhere, multiply by the mask
+    Execution.TILES   "tiles" SACT: a unit's residual branch on the batch of its active tiles with
+                      their halo (models/tiles.py, as SBNet); a model without a tile path
+                      (`has_tile_path`: ACT, ConvNet-AIG, the RNNs) runs "sparse" for it
 
-Both give the same logits and traces (tests/test_sparse.py). Training always takes the masked
-path (BatchNorm then uses batch statistics, which a subset of positions would change).
+All give the same logits and traces (tests/test_sparse.py, tests/test_tiles.py). Training always
+takes the masked path (BatchNorm then uses batch statistics, which a subset of positions would
+change).
 
 Per call, without touching the module (the server runs an interactive request at batch 1 and a
 background job at batch 250 on one module at once): `with executing("masked"): model.trace(x)`
@@ -59,6 +63,7 @@ class Execution(enum.StrEnum):
 
     SPARSE = "sparse"
     MASKED = "masked"
+    TILES = "tiles"
 
     @classmethod
     def of(cls, value: "Execution | str") -> "Execution":
@@ -88,9 +93,13 @@ def executing(execution: "Execution | str | None") -> Iterator[Optional[Executio
 
 
 def requested_execution(model: nn.Module) -> Execution:
-    """The execution asked of `model` now: the one in force (`executing`), else `model.execution` (checked)."""
+    """The execution asked of `model` now: the one in force (`executing`), else `model.execution`
+    (checked); "tiles" on a model without a tile path is "sparse"."""
     override = _OVERRIDE.get()
-    return override if override is not None else Execution.of(model.execution)
+    execution = override if override is not None else Execution.of(model.execution)
+    if execution is Execution.TILES and not getattr(model, "has_tile_path", False):
+        return Execution.SPARSE
+    return execution
 
 
 def execution_of(model: nn.Module) -> Execution:
@@ -104,6 +113,12 @@ def has_sparse_path(model: nn.Module) -> bool:
     """Whether sparse and masked execution are different code for `model` (so that one can be
     faster): it has an `execution` and does not declare `has_sparse_path = False`."""
     return hasattr(model, "execution") and bool(getattr(model, "has_sparse_path", True))
+
+
+def has_tile_path(model: nn.Module) -> bool:
+    """Whether "tiles" is code of its own for `model` (a SACT ResNet: `has_tile_path = True`),
+    rather than another name for "sparse"."""
+    return has_sparse_path(model) and bool(getattr(model, "has_tile_path", False))
 
 
 # Rows per chunk of a gathered 3x3 conv: bounds the gathered patches (rows x 9 x width floats) to a
