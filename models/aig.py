@@ -14,7 +14,9 @@ each layer's batch-mean execution rate towards its target t:  lambda * mean_l (t
 With `execution` Execution.SPARSE ("sparse", the default at inference) a block's residual branch
 runs only on the images whose gate is open (a sub-batch) and is added back; MASKED ("masked")
 computes it for every image and multiplies by g (the reference; training always runs masked).
-Same numbers either way. A what-if (models/whatif.py: a gate bias theta, removed blocks) reaches
+Same numbers either way. On CUDA the sub-batch is regrouped without a device sync per block
+(models/regroup.py: the open images sorted first, a prefix of a remembered capacity, one sync per
+pass). A what-if (models/whatif.py: a gate bias theta, removed blocks) reaches
 the gates resolved once per forward into a `GatePolicy` (`gate_value`).
 Parameter names follow the authors' code (conv1, bn1, layerS.B.{conv,bn}{1,2,3}, shortcut.{0,1},
 fc1, fc1bn, fc2, linear) so their state dicts load after `convert_official_state_dict`.
@@ -27,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import regroup
 from . import sparse as sparse_ops
 from .batch_stats import batch_mean
 from .flops import conv_flops, linear_flops
@@ -197,12 +200,16 @@ class AIGResNet(nn.Module):
         gates, executed, gate_values = [], [], []
         sample = self.training or self.gate_mode == "sample"
         policy = GatePolicy.resolve(current_whatif(), self.gate_names)  # models/whatif.py: theta, removed blocks
+        # on CUDA: the open images regrouped without a device sync per block (models/regroup.py)
+        regrouped = regroup.start(self, x, sample) if execution is Execution.SPARSE else None
         for index, block in enumerate(self.gated_blocks):
             logits = block.gate.logits(out)
             g = gate_value(logits, policy, index, sample, out.dtype)
             shortcut = block.shortcut(out)
             positions = shortcut.shape[-2] * shortcut.shape[-1]
-            if execution is Execution.SPARSE:
+            if regrouped is not None:
+                out = regrouped.block(index, block, out, shortcut, g)
+            elif execution is Execution.SPARSE:
                 out = self._open_images_only(block, out, shortcut, g)
             else:
                 out = F.relu(shortcut + g[:, None, None, None] * block.residual(out))
@@ -212,6 +219,11 @@ class AIGResNet(nn.Module):
             gates.append(F.softmax(logits, -1)[:, 1])
             executed.append(g.detach() > 0.5)
             gate_values.append(g)
+        if regrouped is not None and not regrouped.finish():  # more gates open than a block's capacity: again, synchronising
+            with regroup.regrouping(False):
+                trace = self.trace(x)
+            regrouped.remember(trace.executed.sum(0).tolist())
+            return trace
         pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
         logits = self.linear(pooled)
         flops = flops + linear_flops(self.linear)
