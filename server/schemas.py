@@ -103,9 +103,10 @@ class ExecutionSummary(Open):
     """Which execution runs the model (models/sparse.py: the same numbers; ponderscope.core.execution)."""
     mode: Literal["auto", "sparse", "masked", "fixed"] = Field(description="what the server was started with (serve --execution); "
                                                                  "fixed: the module's own, not planned")
-    plan: dict[str, Literal["sparse", "masked"]] = Field(description="planned batch size -> the execution it runs (a batch of another size takes "
-                                                         "the nearest planned size on a log scale); empty: `default` always")
-    default: Literal["sparse", "masked"] = Field(description="what runs when nothing was planned")
+    plan: dict[str, Literal["sparse", "masked", "tiles"]] = Field(description="planned batch size -> the execution it runs (a batch of another size "
+                                                                  "takes the nearest planned size on a log scale; tiles: SACT only, "
+                                                                  "models/tiles.py); empty: `default` always")
+    default: Literal["sparse", "masked", "tiles"] = Field(description="what runs when nothing was planned")
     timings_ms: dict[str, dict[str, float]] = Field(description="planned batch size -> median ms of one forward pass of each execution, "
                                                     "on a synthetic input of the model's shape")
     source: Literal["measured", "cached", "fixed", "one path"] = Field(description="measured at this start, cached from an earlier one, "

@@ -56,24 +56,52 @@ def no_timing(monkeypatch):
 
 
 @pytest.mark.parametrize("faster", [{1: Execution.MASKED, ANALYSIS_BATCH: Execution.SPARSE},
-                                    {1: Execution.SPARSE, ANALYSIS_BATCH: Execution.MASKED}])
+                                    {1: Execution.SPARSE, ANALYSIS_BATCH: Execution.MASKED},
+                                    {1: Execution.TILES, ANALYSIS_BATCH: Execution.MASKED},
+                                    {1: Execution.MASKED, ANALYSIS_BATCH: Execution.TILES}])
 def test_the_faster_path_is_chosen_per_batch_size(sact, tmp_path, monkeypatch, faster):
+    """A SACT model: sparse, masked and tiles are timed, and the fastest runs."""
     calls = fake_timer(monkeypatch, faster)
     plan = plan_execution(sact, sact.card, "cpu", SHA, "auto", tmp_path)
     assert plan.choices == faster and plan.source == "measured"
-    assert plan.timings_ms == {b: {"sparse": 1000.0 if faster[b] is Execution.SPARSE else 2000.0,
-                                   "masked": 1000.0 if faster[b] is Execution.MASKED else 2000.0} for b in faster}
+    assert plan.timings_ms == {b: {path.value: 1000.0 if faster[b] is path else 2000.0 for path in Execution} for b in faster}
     # one warm-up pass of each path, then the rounds, at each planned batch size, on the model's input shape
     for batch in faster:
         timed = [e for b, e in calls if b == batch]
         rounds = plans.ROUNDS.get(batch, plans.DEFAULT_ROUNDS)
-        assert timed.count(Execution.SPARSE) == timed.count(Execution.MASKED) == 1 + rounds
+        assert timed.count(Execution.SPARSE) == timed.count(Execution.MASKED) == timed.count(Execution.TILES) == 1 + rounds
     # a batch size not planned takes the nearest planned one (log scale)
     assert [plan.for_batch(b) for b in (1, 2, 7)] == [faster[1]] * 3
     assert [plan.for_batch(b) for b in (8, 32, 64, 250, 1000)] == [faster[ANALYSIS_BATCH]] * 5
     summary = plan.as_json()
     assert summary["mode"] == "auto" and summary["plan"] == {str(b): e.value for b, e in faster.items()}
     assert summary["timings_ms"]["1"] == plan.timings_ms[1] and summary["source"] == "measured" and summary["device"]
+
+
+@pytest.mark.parametrize("name", ["fmnist_act_resnet32", "fmnist_aig_resnet32"])
+def test_tiles_are_timed_only_where_the_model_has_a_tile_path(tmp_path, monkeypatch, name):
+    """ACT and ConvNet-AIG have no tile path ("tiles" would run sparse): only sparse and masked are timed."""
+    model = models.load_checkpoint(CHECKPOINTS / name)
+    calls = fake_timer(monkeypatch, {1: Execution.MASKED, ANALYSIS_BATCH: Execution.SPARSE})
+    plan = plan_execution(model, model.card, "cpu", SHA, "auto", tmp_path)
+    assert plan.choices == {1: Execution.MASKED, ANALYSIS_BATCH: Execution.SPARSE}
+    assert {e for _, e in calls} == {Execution.SPARSE, Execution.MASKED}
+    assert all(set(times) == {"sparse", "masked"} for times in plan.timings_ms.values())
+    assert plans.paths_of(model) == (Execution.SPARSE, Execution.MASKED)
+
+
+def test_a_tie_goes_to_sparse_then_masked(sact, tmp_path, monkeypatch):
+    monkeypatch.setattr(plans, "time_pass", lambda module, x, execution: 1.0 if execution is not Execution.SPARSE or x.shape[0] > 1 else 2.0)
+    plan = plan_execution(sact, sact.card, "cpu", SHA, "auto", tmp_path)
+    assert plan.choices == {1: Execution.MASKED, ANALYSIS_BATCH: Execution.SPARSE}
+
+
+def test_the_rounds_rotate_the_order_of_the_paths(sact, monkeypatch):
+    order = []
+    monkeypatch.setattr(plans, "time_pass", lambda module, x, execution: order.append(execution) or 1.0)
+    plans.time_both(sact, torch.zeros(1, 1, 28, 28), rounds=3)
+    s, m, t = Execution.SPARSE, Execution.MASKED, Execution.TILES
+    assert order == [s, m, t] + [s, m, t] + [m, t, s] + [t, s, m]  # the warm-up passes, then three rounds
 
 
 def test_synthetic_inputs_have_the_models_shape():
@@ -164,8 +192,8 @@ def test_the_real_timer_plans_a_bundled_model(sact, tmp_path):
     plan = plan_execution(sact, sact.card, "cpu", SHA, "auto", tmp_path)
     assert set(plan.choices) == {1, ANALYSIS_BATCH} and plan.source == "measured"
     for batch, times in plan.timings_ms.items():
-        assert times["sparse"] > 0 and times["masked"] > 0
-        assert plan.choices[batch] is min((Execution.SPARSE, Execution.MASKED), key=lambda e: times[e.value])
+        assert times["sparse"] > 0 and times["masked"] > 0 and times["tiles"] > 0
+        assert plan.choices[batch] is min(Execution, key=lambda e: times[e.value])
     assert sact.execution is Execution.SPARSE  # the module's own setting is untouched
 
 

@@ -1,29 +1,34 @@
-"""Which execution runs a loaded model, per device and batch size: sparse or masked (models/sparse.py).
+"""Which execution runs a loaded model, per device and batch size: sparse, masked or, for a SACT
+ResNet, tiles (models/sparse.py, models/tiles.py).
 
-Both give the same numbers (tests/test_sparse.py); which is faster depends on the model, the device
-and the batch (on CPU, sparse wins at the analysis batch and may lose at batch 1 on the small
-bundled networks; on a GPU masked usually wins). So each loaded model gets an `ExecutionPlan`:
+All give the same numbers (tests/test_sparse.py, tests/test_tiles.py); which is faster depends on
+the model, the device and the batch (on CPU, sparse wins at the analysis batch and may lose at
+batch 1 on the small bundled networks; on a GPU masked usually won before tiles; tiles are meant
+for the GPU). So each loaded model gets an `ExecutionPlan`:
 
     plan = plan_execution(module, card, "cpu", weights_sha256, mode="auto", cache_dir=folder)
     plan.for_batch(1)       # Execution.MASKED: what a batch of one runs
     plan.as_json()          # {"mode": "auto", "plan": {"1": "masked", "64": "sparse"}, "timings_ms": {...}, ...}
 
 mode "auto" (the default of `serve`, `analyze`, `study` and `ps.load`): at each planned batch size
-(`PLANNED_BATCHES`: 1, an interactive request, and ANALYSIS_BATCH) both paths run on a synthetic
+(`PLANNED_BATCHES`: 1, an interactive request, and ANALYSIS_BATCH) each path runs on a synthetic
 input of the model's input shape (`synthetic_input`: image models the card's preprocess
 input_size and channels, text a byte sequence of the task's length, parity the card's bits): one
-warm-up pass each, then `ROUNDS[batch]` rounds that run both in turn (which goes first alternates);
-the path with the smaller median time runs. A batch size that was not planned takes the entry of
-the nearest planned one on a log scale (2..7 -> 1, 8 and up -> 64).
+warm-up pass each, then `ROUNDS[batch]` rounds that run them in turn (the order rotates from round
+to round); the path with the smaller median time runs. The paths timed (`paths_of`): sparse and
+masked, and tiles where the model has a tile path (`has_tile_path`: SACT). A batch size that was
+not planned takes the entry of the nearest planned one on a log scale (2..7 -> 1, 8 and up -> 64).
 
 The plan is cached as JSON (`<cache_dir>/execution-plans/`), keyed by the weights' sha256, the
 device's name (the GPU's, or the CPU's model and torch's thread count), the torch version and the
 planned batches; a cache file that cannot be read, or holds another key, is measured again.
 Within a process a plan is measured once (several servers or `ps.load`s of the same weights).
 
-mode "sparse" / "masked": that path always, nothing timed. A model whose two executions are one
-code path (a dense ResNet, a plain RNN: `has_sparse_path`), or without an `execution` at all (a
-plugin's), is not timed either: the plan says so and keeps the model's own execution.
+mode "sparse" / "masked": that path always, nothing timed ("tiles" is not a mode of the faces:
+`model.execution = "tiles"` or `executing("tiles")` force it, and auto picks it where it is the
+fastest). A model whose two executions are one code path (a dense ResNet, a plain RNN:
+`has_sparse_path`), or without an `execution` at all (a plugin's), is not timed either: the plan
+says so and keeps the model's own execution.
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ponderscope.models.sparse import Execution, executing, has_sparse_path
+from ponderscope.models.sparse import Execution, executing, has_sparse_path, has_tile_path
 
 MODES = ("auto", "sparse", "masked")
 # The analysis batch planned besides batch 1: the batch `ponderscope analyze` runs at by default
@@ -57,7 +62,7 @@ PLANNED_BATCHES = (1, ANALYSIS_BATCH)
 # on a quiet 2-core CPU, and most of a cold start is these passes).
 ROUNDS = {1: 5}
 DEFAULT_ROUNDS = 2
-PLAN_SCHEMA = 1  # bump when the measurement changes: cached plans are then measured again
+PLAN_SCHEMA = 2  # bump when the measurement changes: cached plans are then measured again (2: tiles timed too)
 TEXT = (b"The quick brown fox jumps over the lazy dog; hackers' jargon: foo, bar, and a kludge or two. "
         b"<html> 42 + 17 = 59 \n")
 
@@ -113,15 +118,22 @@ def time_pass(module, x: torch.Tensor, execution: Execution) -> float:
         return time.perf_counter() - started
 
 
-def time_both(module, x: torch.Tensor, rounds: int) -> dict[Execution, list[float]]:
-    """One warm-up pass of each path, then `rounds` rounds running both in turn, the first of a
-    round alternating (so that a slow spell of a shared machine falls on both alike)."""
-    paths = (Execution.SPARSE, Execution.MASKED)
+def paths_of(module) -> tuple[Execution, ...]:
+    """The executions auto times for `module`: sparse and masked, and tiles where it has a tile path."""
+    return (Execution.SPARSE, Execution.MASKED) + ((Execution.TILES,) if has_tile_path(module) else ())
+
+
+def time_both(module, x: torch.Tensor, rounds: int, paths: Optional[tuple[Execution, ...]] = None) -> dict[Execution, list[float]]:
+    """One warm-up pass of each path (default `paths_of(module)`), then `rounds` rounds running
+    them in turn, the order rotated from round to round (two paths: alternating), so that a slow
+    spell of a shared machine falls on all alike."""
+    paths = paths_of(module) if paths is None else tuple(paths)
     for execution in paths:
         time_pass(module, x, execution)
     times: dict[Execution, list[float]] = {execution: [] for execution in paths}
     for round_ in range(rounds):
-        for execution in (paths if round_ % 2 == 0 else paths[::-1]):
+        shift = round_ % len(paths)
+        for execution in paths[shift:] + paths[:shift]:
             times[execution].append(time_pass(module, x, execution))
     return times
 
@@ -246,13 +258,14 @@ def _write(path: Path, key: dict, measured: dict) -> None:
 
 
 def measure(module, card, device: str, batches=PLANNED_BATCHES) -> dict:
-    """Time both paths at each batch size -> {"plan": {batch: "sparse"|"masked"}, "timings_ms": {batch: {path: ms}}}."""
+    """Time the paths at each batch size -> {"plan": {batch: "sparse"|"masked"|"tiles"}, "timings_ms": {batch: {path: ms}}}
+    (a tie goes to sparse, then masked)."""
     plan, timings = {}, {}
     for batch in batches:
         x = synthetic_input(card, batch, device)
         times = time_both(module, x, ROUNDS.get(batch, DEFAULT_ROUNDS))
         medians = {execution: statistics.median(values) for execution, values in times.items()}
-        chosen = min(medians, key=lambda execution: (medians[execution], execution is not Execution.SPARSE))
+        chosen = min(medians, key=lambda execution: (medians[execution], list(Execution).index(execution)))
         plan[str(batch)] = chosen.value
         timings[str(batch)] = {execution.value: round(seconds * 1000.0, 3) for execution, seconds in medians.items()}
     return {"plan": plan, "timings_ms": timings}
@@ -298,7 +311,7 @@ def plan_execution(module, card, device: str, weights_sha256: str, mode: str = "
         _MEMO[memo_key] = known
     choices = {int(batch): Execution.of(value) for batch, value in known["plan"].items()}
     timings = {int(batch): times for batch, times in known["timings_ms"].items()}
-    planned = ", ".join(f"batch {b}: sparse {t['sparse']:.1f} ms, masked {t['masked']:.1f} ms" for b, t in sorted(timings.items()))
+    planned = ", ".join(f"batch {b}: " + ", ".join(f"{path} {ms:.1f} ms" for path, ms in t.items()) for b, t in sorted(timings.items()))
     return ExecutionPlan(mode, fallback, choices, timings, source=source, device=name,
-                         note=f"the faster path at each batch size, timed on {name} ({planned})",
+                         note=f"the fastest path at each batch size, timed on {name} ({planned})",
                          seconds=time.perf_counter() - started if source == "measured" else 0.0)

@@ -23,7 +23,7 @@ export function taskLabel(m) {
   return name || '?';
 }
 
-/** The model's execution plan in a line (models/sparse.py: sparse or masked, the same numbers):
+/** The model's execution plan in a line (models/sparse.py: sparse, masked or tiles, the same numbers):
  * "auto: batch 1 → masked, batch 64 → sparse (measured; sparse 9.8 / masked 9.5 ms at batch 1, …)". */
 export function executionText(m) {
   const e = m && m.execution;
@@ -31,7 +31,7 @@ export function executionText(m) {
   const plan = Object.entries(e.plan || {}).sort((a, b) => Number(a[0]) - Number(b[0]));
   if (!plan.length) return `${e.mode}: ${e.default} always${e.note ? ` (${e.note})` : ''}`;
   const times = Object.entries(e.timings_ms || {}).sort((a, b) => Number(a[0]) - Number(b[0]))
-    .map(([b, t]) => `sparse ${fmt(t.sparse, 1)} / masked ${fmt(t.masked, 1)} ms at batch ${b}`);
+    .map(([b, t]) => `${Object.entries(t).map(([path, ms]) => `${path} ${fmt(ms, 1)}`).join(' / ')} ms at batch ${b}`);
   const entries = plan.map(([b, x]) => `batch ${b} → ${x}`).join(', ');
   return `${e.mode}: ${entries} (${e.source}${e.device ? ` on ${e.device}` : ''}${times.length ? `; ${times.join(', ')}` : ''})`;
 }
