@@ -178,7 +178,7 @@ def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0
     SACT: one halting bias fitted so that their mean FLOPs ratio is the target; AIG: the four
     images of the 32-image calibration batch nearest the target. Batch 32: one batch."""
     name = {"sact": "sact_resnet50", "aig": "aig_resnet50"}[family]
-    slack = {"sact": 0.15, "aig": 0.10}[family]
+    slack = {"sact": 0.08, "aig": 0.10}[family]  # SACT: issue 21 item 4 (was 0.15)
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     dense = models.create_model("resnet50").eval().to(device)
