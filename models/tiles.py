@@ -28,13 +28,14 @@ For a unit l >= 2 of a SACT block with active positions A (models/resnet.py's lo
 
 When even the cheapest tiles would cost more FLOPs than the unit on the whole map (times
 `TILE_DENSE_ABOVE`), the unit runs densely on the whole map and its update is added through the
-mask instead. A unit with every position active runs as
-`SparsePositions` runs it (the dense module).
+mask instead.
 
 The halting branch: on CPU by `SparsePositions`' route (at the running rows only, with their 3x3
 neighbourhood: the faster there); elsewhere over the whole map (one product and one gather, no
 index lists of the running positions: fewer device syncs), h then set to 0 where the unit did
-not run, as both other executions record it (`HALTING_BY_ROWS_ON`).
+not run, as both other executions record it (`HALTING_BY_ROWS_ON`). A unit with every position
+active runs as SparsePositions runs it on CPU (the dense module, or the row product for the 256
+and 512 wide units, measured faster there), elsewhere as the dense module.
 
 The first unit of a block strides / projects and always runs densely (it is outside the loop);
 units 2.. are stride 1 without projection, so the authors' 'SAME' padding styles (which differ
@@ -64,8 +65,9 @@ TILE_SIZES = (8, 7, 4, 2)
 # The unit runs densely on the whole map (update added through the mask) when the cheapest tiles
 # cost more than this many times its FLOPs on the whole map.
 TILE_DENSE_ABOVE = 1.0
-# Devices whose halting branch runs at the running rows (SparsePositions' route); elsewhere over
-# the whole map.
+# Devices whose halting branch runs at the running rows and whose units with every position active
+# run as SparsePositions runs them (its CPU-tuned routes); elsewhere the halting branch runs over
+# the whole map and such units as the dense module.
 HALTING_BY_ROWS_ON = ("cpu",)
 
 
@@ -216,11 +218,17 @@ class TiledPositions(SparsePositions):
 
     def add_residual(self, unit, rest, x_needed):
         """x + a R(x), out += rest a R(x), R on the active tiles (scattered with a = [position in A])."""
-        if self.everywhere:  # every position: the dense unit, as SparsePositions runs it (rows is None)
-            return super().add_residual(unit, rest, x_needed)
         grid, x, out = self.grid, self.x, self.out
         inplace = self.inplace and x is not out  # x may be updated in place
+        if self.everywhere and self.by_rows:  # every position: the unit as SparsePositions runs it on CPU (rows is None)
+            return super().add_residual(unit, rest, x_needed)
         pooled, self.pooled = self.pooled, None
+        if self.everywhere:  # every position, off CPU: the dense module (not the CPU-tuned product of the wide units)
+            update = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape)
+            if x_needed:
+                self.x = x.add_(update) if inplace else x + update
+            out.addcmul_(update, rest.reshape(-1, 1))
+            return
         chosen = choose(unit, grid, x, self.mask)
         if chosen is None:  # the whole map is cheaper
             update = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape)
