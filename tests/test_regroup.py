@@ -99,7 +99,8 @@ def test_one_transfer_per_pass(monkeypatch):
     the counts come back in one tolist() at the end."""
     model = mixed_per_image(aig("aig_resnet50"), seed=2)
     x = torch.randn(9, 3, 45, 39)
-    three_ways(model, x)  # fills the history
+    three_ways(model, x)  # fills the history (and moves the model to TEST_DEVICE)
+    x = x.to(TEST_DEVICE)
     calls = []
     for method in ("nonzero", "__bool__", "item", "tolist"):
         original = getattr(torch.Tensor, method)
