@@ -232,8 +232,9 @@ EXECUTIONS = ("auto", "sparse", "masked")
 
 def execution_option(parser, where: str) -> None:
     parser.add_argument("--execution", choices=EXECUTIONS, default="auto",
-                        help="how skipped work runs (the same numbers either way): auto (default) times sparse and masked once per model on "
-                             f"this device at batch 1 and the analysis batch and runs the faster (cached in {where}); sparse or masked: always that")
+                        help="how skipped work runs (the same numbers either way): auto (default) times sparse and masked (and, for SACT, "
+                             f"tiles) once per model on this device at batch 1 and the analysis batch and runs the fastest (cached in {where}); "
+                             "sparse or masked: always that")
 
 
 def plugin_option(parser) -> None:
