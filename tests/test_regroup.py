@@ -11,21 +11,15 @@ import torch
 
 from ponderscope.models import regroup
 from tests.conftest import TEST_DEVICE
-from tests.test_sparse import aig, assert_same, set_gates
+from tests.test_sparse import aig, assert_same, set_gates, traces
 
 
 def three_ways(model, x):
     """(masked, sparse synchronising, sparse regrouped) traces of x on TEST_DEVICE."""
-    model.to(TEST_DEVICE)
-    x = x.to(TEST_DEVICE)
-    with torch.no_grad():
-        model.execution = "masked"
-        masked = model.trace(x)
-        model.execution = "sparse"
-        with regroup.regrouping(False):
-            synced = model.trace(x)
-        with regroup.regrouping(True):
-            regrouped = model.trace(x)
+    with regroup.regrouping(False):
+        masked, synced = traces(model, x)  # (leaves the model sparse)
+    with regroup.regrouping(True), torch.no_grad():
+        regrouped = model.trace(x.to(TEST_DEVICE))
     return masked, synced, regrouped
 
 
