@@ -11,16 +11,23 @@ masked, dense, sparse, masked, dense, ...; median), on CPU with one thread:
     cluttered model): batch 1 (16 images, one at a time) and batch 32.
   * The bundled ACT-LSTM byte LM on held-out text: bytes per second, sparse and masked, beside the
     mean ponder, and the bundled plain LSTM of the same size.
+  * Execution planned per device (`auto`, ponderscope.core.execution): for every bundled checkpoint
+    and the SACT / ConvNet-AIG ResNet-50 at 224x224, the plan made as `ps.load` / `serve` make it
+    (timed on this machine, fresh), then sparse, masked (tiles for SACT) and what auto picked,
+    side by side: auto's time / the fastest of them (target <= 1.05).
 
 Writes the tables to bench/results.md (and prints them). Options: --quick (fewer repeats, for a
-smoke test), --only sact,aig,bundled,rnn.
+smoke test), --only sact,aig,bundled,rnn,auto. A run of `--only auto` alone replaces the auto
+section of bench/results.md (between its markers) and leaves the rest of the file as it was.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import datetime
+import math
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,11 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from ponderscope import models
-from bench.common import interleaved, median, round_ratio, setup_cpu
+from bench.common import interleaved, median, rotated, round_ratio, setup_cpu
 from ponderscope.readme import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_SECTIONS = "sact,aig,bundled,rnn"
+ALL_SECTIONS = "sact,aig,bundled,rnn,auto"
 RESULTS = ROOT / "bench" / "results.md"
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -321,6 +328,157 @@ def rnn_section(report: Report, repeats: dict):
                         f"{speed['sparse'] / goal:.2f}", "met" if speed["sparse"] >= goal else "NOT met"]))
 
 
+# ------------------------------------------------------------------------------------ auto
+
+AUTO_TARGET = 1.05  # auto's time / the fastest path it chooses from
+AUTO_MIN_RUN_S = 0.2  # a timed run at least this long (short ones repeat their inputs)
+AUTO_MARKERS = ("<!-- auto:start -->", "<!-- auto:end -->")
+IMAGENET_CARD = {"kind": "image", "data": {"task": {"name": "classify"}},
+                 "preprocess": {"input_size": [224, 224], "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+
+
+def planned_runner(model, batches, execution):
+    """A no-argument callable that traces every batch in turn with `execution` in force for this
+    call only (models/sparse.executing, as LoadedModel.trace runs it): the module is untouched."""
+    from ponderscope.models.sparse import executing
+
+    def go():
+        with torch.no_grad(), executing(execution):
+            for x in batches:
+                model.trace(x)
+        if batches[0].is_cuda:
+            torch.cuda.synchronize()
+    return go
+
+
+def auto_rows(report: Report, name: str, model, card, weights: str, rows, repeats: dict, plan_cache: Path, device: str) -> list[float]:
+    """Plan `model` as ps.load does (fresh: nothing cached), then for each (label, batch size,
+    inputs) time every path auto may choose (sparse, masked, and tiles where the model has them:
+    ponderscope.core.execution.paths_of) and the planned execution side by side (rounds, the order
+    rotated); one table row each. Returns the rows' auto / min(the paths)."""
+    from ponderscope.core.execution import forget_plans, paths_of, plan_execution
+
+    forget_plans()
+    plan = plan_execution(model, card, device, weights, "auto", plan_cache)
+    paths = [p.value for p in paths_of(model)] if plan.choices else ["sparse", "masked"]
+    ratios = []
+    for label, batch, inputs in rows:
+        chosen = plan.for_batch(batch)
+        if plan.choices:
+            entry = min(plan.choices, key=lambda b: (abs(math.log(batch) - math.log(b)), -b))
+            planned = plan.timings_ms[entry]
+            why = f"batch {entry}: {chosen.value} ({' / '.join(f'{planned[p]:.1f}' for p in paths)} ms)"
+        else:
+            why = f"one path: {chosen.value}"
+        # A run shorter than AUTO_MIN_RUN_S (the parity RNNs: ~1 ms) goes over its inputs several
+        # times, so that the timer and the scheduler's jitter do not decide the ratio; ms per pass.
+        once = time.perf_counter()
+        planned_runner(model, inputs, chosen)()
+        passes = max(1, math.ceil(AUTO_MIN_RUN_S / max(time.perf_counter() - once, 1e-6)))
+        runs = {p: planned_runner(model, inputs * passes, p) for p in paths}
+        runs["auto"] = planned_runner(model, inputs * passes, chosen)
+        rounds = repeats[1] if batch == 1 else repeats[32]
+        if passes > 1:  # a short run (and a sub-millisecond pass): more rounds, which cost little
+            rounds = max(rounds, 3 * repeats[1])
+        times = rotated(runs, rounds)
+        t = {k: median(v) / passes for k, v in times.items()}
+        ratio = t["auto"] / min(t[p] for p in paths)
+        ratios.append(ratio)
+        report.add(row([name, label, why, f"{t['sparse'] * 1e3:.1f}", f"{t['masked'] * 1e3:.1f}",
+                        f"{t['tiles'] * 1e3:.1f}" if "tiles" in t else "–", f"{t['auto'] * 1e3:.1f}",
+                        f"**{ratio:.3f}**", "met" if ratio <= AUTO_TARGET else "NOT met"]))
+    return ratios
+
+
+def auto_section(report: Report, repeats: dict, device: str = "cpu", imagenet_targets=(0.5, 0.7)):
+    """Execution planned per device (ponderscope.core.execution): every bundled checkpoint on its own
+    test data, and the SACT / AIG ResNet-50 of the ImageNet sections (random weights, calibrated
+    the same way) at 224x224; the plan measured here, on synthetic inputs, as `serve` measures it."""
+    import hashlib
+    import tempfile
+    from types import SimpleNamespace
+
+    from ponderscope.core import data, tasks
+    from ponderscope.core.execution import ANALYSIS_BATCH, device_name
+
+    report.add(AUTO_MARKERS[0])
+    report.add(f"\n### Execution planned per device (auto) on {device_name(device)}\n")
+    report.add(f"The plan is made as `ps.load` and `serve` make it (ponderscope.core.execution: batch 1 and {ANALYSIS_BATCH} timed on "
+               f"synthetic inputs, a warm-up pass then rounds of every path; nothing cached); each row then times sparse, masked, "
+               f"tiles (SACT only: the paths auto chooses from) and auto (the plan's entry for that batch size: the nearest planned size) on the real inputs, in rounds with the "
+               f"order rotated (batch 1: {repeats[1]} rounds, larger: {repeats[32]}; a run under {AUTO_MIN_RUN_S * 1000:.0f} ms goes over its inputs several times, in {3 * repeats[1]} rounds); ms: medians, per pass over the inputs. Target: auto / the fastest path "
+               f"<= {AUTO_TARGET}. The modules run as `serve` loads them (weights NCHW).\n")
+    report.add(row(["model", "input / batch", "plan entry used (synthetic sparse / masked [/ tiles] ms)", "sparse ms", "masked ms", "tiles ms",
+                    "auto ms", "auto / min", f"target <= {AUTO_TARGET}"]))
+    report.add(row(["---"] * 9))
+    plan_cache = Path(tempfile.mkdtemp(prefix="ponderscope-bench-plans-"))
+    ratios = []
+    for path in sorted(p for p in CHECKPOINTS.iterdir() if (p / "card.json").is_file()):
+        model = models.load_checkpoint(path, device=device)
+        card = model.card
+        weights = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+        try:
+            if card.kind == "image":
+                images = bundled_images(card, 250).to(device)
+                size = "x".join(str(s) for s in images.shape[-2:])
+                rows = [(f"{size}, 16 x 1", 1, [images[i : i + 1] for i in range(16)]), (f"{size}, 64", 64, [images[:64]]),
+                        (f"{size}, 250", 250, [images])]
+            elif card.kind == "text":
+                _, held_out = data.split_text(data.load_text_corpus("jargon"))
+                stream = torch.tensor(list(held_out[: 64 * 100]), dtype=torch.long, device=device).view(64, 100)
+                rows = [("1 x 100 bytes (4 windows)", 1, [stream[i : i + 1] for i in range(4)]), ("64 x 100 bytes", 64, [stream])]
+            else:
+                x, _ = tasks.parity_batch(250, card.task.bits, torch.Generator().manual_seed(12345))
+                x = x.to(device)
+                rows = [(f"{card.task.bits} bits, 16 x 1", 1, [x[i : i + 1] for i in range(16)]), (f"{card.task.bits} bits, 64", 64, [x[:64]]),
+                        (f"{card.task.bits} bits, 250", 250, [x])]
+        except Exception as error:  # a data source that is not installed
+            report.add(row([path.name, f"data missing: {str(error).split('.')[0]}"] + [""] * 7))
+            continue
+        ratios += auto_rows(report, path.name, model, card, weights, rows, repeats, plan_cache, device)
+    generator = torch.Generator().manual_seed(0)
+    images = {1: smooth_images(4, 224, generator).to(device), 32: smooth_images(32, 224, generator).to(device)}
+    card = SimpleNamespace(**IMAGENET_CARD)
+    for family, name in (("sact", "sact_resnet50"), ("aig", "aig_resnet50")):
+        for target in imagenet_targets:
+            torch.manual_seed(0)  # the weights of the ImageNet sections
+            model = models.create_model(name).eval().to(device)
+            with torch.no_grad():
+                if family == "sact":
+                    for block in model.blocks:
+                        for branch in block.halting:
+                            branch.local_conv.weight.mul_(SACT_LOCAL_WEIGHT_SCALE)
+                    calibrate_sact(model, images[32], target)
+                else:
+                    for block in model.gated_blocks:
+                        block.gate.fc2.weight.copy_(torch.empty_like(block.gate.fc2.weight, device="cpu").normal_(
+                            0.0, AIG_GATE_WEIGHT_STD, generator=generator))
+                    calibrate_aig(model, images[32], target)
+                ratio = flops_ratio(model, images[32])
+            rows = [(f"224x224, FLOPs {ratio:.2f}, 4 x 1", 1, [images[1][i : i + 1] for i in range(4)]),
+                    (f"224x224, FLOPs {ratio:.2f}, 32", 32, [images[32]])]
+            ratios += auto_rows(report, f"{name} (random, FLOPs target {target:.2f})", model, card, f"bench-{name}-{target}", rows, repeats,
+                                plan_cache, device)
+    met = sum(r <= AUTO_TARGET for r in ratios)
+    report.add(f"\nauto / the fastest path: {met} of {len(ratios)} rows within {AUTO_TARGET}; worst {max(ratios):.3f}, "
+               f"median {statistics.median(ratios):.3f}.")
+    report.add(AUTO_MARKERS[1])
+
+
+def write_auto_section(lines: list[str], path: Path = RESULTS) -> None:
+    """The auto section (between its markers, markers included) into `path` in place of the one
+    there, or appended: a run of `--only auto` leaves the other sections as they were."""
+    section = "\n".join(lines[lines.index(AUTO_MARKERS[0]) : lines.index(AUTO_MARKERS[1]) + 1])
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Sparse execution benchmark\n"
+    start, end = AUTO_MARKERS
+    if start in text and end in text.split(start, 1)[1]:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Sparse vs masked vs dense execution times")
     parser.add_argument("--quick", action="store_true", help="few repeats (a smoke test, not for the record)")
@@ -335,6 +493,7 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32, as on CPU
         note += f", {torch.cuda.get_device_name(args.device)} (TF32 off)"
     repeats = {1: 3, 32: 1, "rnn": 3} if args.quick else {1: 25, 32: 5, "rnn": 9}
+    auto_repeats = {1: 2, 32: 1} if args.quick else {1: 9, 32: 5}
     report = Report()
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     report.add("# Sparse execution benchmark\n")
@@ -355,8 +514,16 @@ def main(argv=None):
         bundled_section(report, repeats)
     if "rnn" in only:
         rnn_section(report, repeats)
+    if "auto" in only:
+        auto_section(report, auto_repeats, device=args.device)
     report.add(f"\n(total {time.time() - start:.0f} s)")
-    if not args.quick and args.out != "-" and args.device == "cpu":
+    if not args.quick and args.out != "-" and args.device == "cpu" and only == ["auto"]:
+        write_auto_section([f"{AUTO_MARKERS[0]}", f"\n(`{command.strip()}`, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
+                            f"torch {torch.__version__}, {note})", *report.lines[report.lines.index(AUTO_MARKERS[0]) + 1 :]],
+                           Path(args.out))
+        if Path(args.out).resolve() == RESULTS:  # README's copy stays bench/results.md, its other sections as the last full run left them
+            replace_section("bench", RESULTS.read_text(encoding="utf-8").split("\n", 1)[1])
+    elif not args.quick and args.out != "-" and args.device == "cpu":
         Path(args.out).write_text("\n".join(report.lines) + "\n", encoding="utf-8")
         if args.only == ALL_SECTIONS and args.batches == "1,32" and not args.no_heap_setting and Path(args.out).resolve() == RESULTS:
             # the README's copy is bench/results.md of a full default run, never of a partial one

@@ -43,6 +43,23 @@ def interleaved(runs: dict, repeats: int, warmup: int = 1) -> dict:
     return times
 
 
+def rotated(runs: dict, repeats: int, warmup: int = 1) -> dict:
+    """`interleaved`, with the order of the callables rotated from round to round (a, b, c; b, c,
+    a; c, a, b; ...), so that no one of them always follows the same other (for callables that are
+    the same code: what auto chose and the path it chose). Returns {name: [seconds]}."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    names = list(runs)
+    times = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def median(values) -> float:
     return statistics.median(values)
 

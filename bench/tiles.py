@@ -39,7 +39,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.common import setup_cpu
+from bench.common import rotated, setup_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "tiles_results.md"
@@ -65,22 +65,6 @@ def runner(model, inputs, execution: str | None, device: str, regroup: bool | No
                 model.trace(x)
         sync(device)
     return go
-
-
-def rotated_rounds(runs: dict, repeats: int, warmup: int = 1) -> dict:
-    """Each callable `warmup` times, then `repeats` rounds of all, the order rotated per round."""
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    names = list(runs)
-    times = {name: [] for name in names}
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def ratio(times: dict, name: str, reference: str) -> float:
@@ -151,7 +135,7 @@ def measure(family: str, target: float, batches, repeats: dict, device: str, pla
         runs["auto"] = runner(model, inputs_cl, chosen.value, device)
         runs["dense NCHW"] = runner(dense, inputs, None, device)
         runs["dense CL"] = runner(dense_cl, inputs_cl, None, device)
-        times = rotated_rounds(runs, repeats[1] if batch == 1 else repeats[32])
+        times = rotated(runs, repeats[1] if batch == 1 else repeats[32])
         reference = min(("dense NCHW", "dense CL"), key=lambda name: statistics.median(times[name]))
         paths = [name for name in runs if not name.startswith("dense")]
         rows.append({
