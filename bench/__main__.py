@@ -355,7 +355,7 @@ def auto_rows(report: Report, name: str, model, card, weights: str, rows, repeat
     """Plan `model` as ps.load does (fresh: nothing cached), then for each (label, batch size,
     inputs) time every path auto may choose (sparse, masked, and tiles where the model has them:
     ponderscope.core.execution.paths_of) and the planned execution side by side (rounds, the order
-    rotated); one table row each. Returns the rows' auto / min(the paths)."""
+    rotated); one table row each. Returns per row (auto / the fastest path, the chosen path's column / the fastest)."""
     from ponderscope.core.execution import forget_plans, paths_of, plan_execution
 
     forget_plans()
@@ -382,11 +382,12 @@ def auto_rows(report: Report, name: str, model, card, weights: str, rows, repeat
             rounds = max(rounds, 3 * repeats[1])
         times = rotated(runs, rounds)
         t = {k: median(v) / passes for k, v in times.items()}
-        ratio = t["auto"] / min(t[p] for p in paths)
-        ratios.append(ratio)
+        fastest = min(t[p] for p in paths)
+        ratio, chose = t["auto"] / fastest, t[chosen.value] / fastest  # chose: the chosen path's own column (1.000: the fastest)
+        ratios.append((ratio, chose))
         report.add(row([name, label, why, f"{t['sparse'] * 1e3:.1f}", f"{t['masked'] * 1e3:.1f}",
                         f"{t['tiles'] * 1e3:.1f}" if "tiles" in t else "–", f"{t['auto'] * 1e3:.1f}",
-                        f"**{ratio:.3f}**", "met" if ratio <= AUTO_TARGET else "NOT met"]))
+                        f"**{ratio:.3f}**", f"{chose:.3f}", "met" if ratio <= AUTO_TARGET else "NOT met"]))
     return ratios
 
 
@@ -409,8 +410,8 @@ def auto_section(report: Report, repeats: dict, device: str = "cpu", imagenet_ta
                f"order rotated (batch 1: {repeats[1]} rounds, larger: {repeats[32]}; a run under {AUTO_MIN_RUN_S * 1000:.0f} ms goes over its inputs several times, in {3 * repeats[1]} rounds); ms: medians, per pass over the inputs. Target: auto / the fastest path "
                f"<= {AUTO_TARGET}. The modules run as `serve` loads them (weights NCHW).\n")
     report.add(row(["model", "input / batch", "plan entry used (synthetic sparse / masked [/ tiles] ms)", "sparse ms", "masked ms", "tiles ms",
-                    "auto ms", "auto / min", f"target <= {AUTO_TARGET}"]))
-    report.add(row(["---"] * 9))
+                    "auto ms", "auto / min", "chosen path's column / min", f"target <= {AUTO_TARGET}"]))
+    report.add(row(["---"] * 10))
     plan_cache = Path(tempfile.mkdtemp(prefix="ponderscope-bench-plans-"))
     ratios = []
     for path in sorted(p for p in CHECKPOINTS.iterdir() if (p / "card.json").is_file()):
@@ -433,7 +434,7 @@ def auto_section(report: Report, repeats: dict, device: str = "cpu", imagenet_ta
                 rows = [(f"{card.task.bits} bits, 16 x 1", 1, [x[i : i + 1] for i in range(16)]), (f"{card.task.bits} bits, 64", 64, [x[:64]]),
                         (f"{card.task.bits} bits, 250", 250, [x])]
         except Exception as error:  # a data source that is not installed
-            report.add(row([path.name, f"data missing: {str(error).split('.')[0]}"] + [""] * 7))
+            report.add(row([path.name, f"data missing: {str(error).split('.')[0]}"] + [""] * 8))
             continue
         ratios += auto_rows(report, path.name, model, card, weights, rows, repeats, plan_cache, device)
     generator = torch.Generator().manual_seed(0)
@@ -459,9 +460,12 @@ def auto_section(report: Report, repeats: dict, device: str = "cpu", imagenet_ta
                     (f"224x224, FLOPs {ratio:.2f}, 32", 32, [images[32]])]
             ratios += auto_rows(report, f"{name} (random, FLOPs target {target:.2f})", model, card, f"bench-{name}-{target}", rows, repeats,
                                 plan_cache, device)
-    met = sum(r <= AUTO_TARGET for r in ratios)
-    report.add(f"\nauto / the fastest path: {met} of {len(ratios)} rows within {AUTO_TARGET}; worst {max(ratios):.3f}, "
-               f"median {statistics.median(ratios):.3f}.")
+    met = sum(r <= AUTO_TARGET for r, _ in ratios)
+    right = sum(c <= AUTO_TARGET for _, c in ratios)
+    report.add(f"\nauto / the fastest path: {met} of {len(ratios)} rows within {AUTO_TARGET}; worst {max(r for r, _ in ratios):.3f}, "
+               f"median {statistics.median(r for r, _ in ratios):.3f}. The path auto chose, timed in its own column: within "
+               f"{AUTO_TARGET} of the fastest in {right} of {len(ratios)} rows (worst {max(c for _, c in ratios):.3f}); auto and that "
+               f"column run the same code, so their difference is this machine's noise.")
     report.add(AUTO_MARKERS[1])
 
 
