@@ -40,10 +40,15 @@ def _eval(args) -> None:
 
 
 def _serve(args) -> None:
+    from ponderscope.server.access import AccessError
     from ponderscope.server.app import run
 
-    run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=args.checkpoints, cache_dir=args.cache, data_roots=args.data_root,
-        image_store_bytes=args.image_store_mb * 1024 * 1024, analyses=args.analysis, execution=args.execution)
+    try:  # a contradiction or a short token is the user's to fix: one line, not a traceback
+        run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=args.checkpoints, cache_dir=args.cache, data_roots=args.data_root,
+            image_store_bytes=args.image_store_mb * 1024 * 1024, analyses=args.analysis, execution=args.execution, token=args.token,
+            no_token=args.no_token)
+    except AccessError as error:
+        raise SystemExit(f"ponderscope serve: {error}") from None
 
 
 def _import(args) -> None:
@@ -280,8 +285,13 @@ def main(argv: list[str] | None = None) -> None:
     plugin_option(p)
 
     p = sub.add_parser("serve", help="start the dashboard")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only, no token asked; "
+                   "any other address asks for an access token)")
     p.add_argument("--port", type=int, default=8000)
+    access = p.add_mutually_exclusive_group()
+    access.add_argument("--token", default=None, help="the access token to ask for (default: $PONDERSCOPE_TOKEN, else a new random one "
+                        "printed as a link at start-up when --host is not a loopback address)")
+    access.add_argument("--no-token", action="store_true", help="ask for no token even when listening beyond this machine (logged as a warning)")
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoints", action="append", help="directory of checkpoint directories (repeatable); default: the bundled ones")
     p.add_argument("--cache", default=None, help="where dataset-view results are cached")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from ponderscope.core.data import DataSourceMissing
 from ponderscope.core.jobs import DatasetJobs
 from .image_store import DEFAULT_DISK_BYTES, ImageStore
 from ponderscope.core.imaging import ImageError
+from .access import OPEN_PATHS, AccessPolicy, AccessToken, RedactTokens, choose_policy, login_links
 from .limits import BodyLimit
 from .schemas import Health
 from .routers import images, models, sequences, studies
@@ -88,6 +90,24 @@ def document_loaded_models(schema: dict, store: ModelStore) -> dict:
     return schema
 
 
+def document_access(schema: dict, access: AccessPolicy | None) -> dict:
+    """With a token asked for: the bearer scheme, required by every operation but the open ones,
+    each of which may then answer 401 (the page's cookie is the browser's way to the same token)."""
+    if access is None or access.token is None:
+        return schema
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["token"] = {
+        "type": "http", "scheme": "bearer", "description": "the server's access token (printed at start-up; --token; $PONDERSCOPE_TOKEN)"}
+    schema["security"] = [{"token": []}]
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            if path in OPEN_PATHS:
+                operation["security"] = []
+                continue
+            operation.setdefault("responses", {})["401"] = {
+                "description": "no access token, or not this server's", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    return schema
+
+
 def deterministic_cuda() -> None:
     """The server's answers on CUDA: the same image gives the same numbers, request after request (a
     copied URL reproduces the screen). Deterministic kernels (sparse execution's row updates would
@@ -107,11 +127,12 @@ def plotly_js_path() -> Path:
 
 def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "auto", cache_dir: str | Path | None = None,
                data_roots: list[str | Path] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES,
-               analyses: list[str | Path] | None = None, execution: str = "auto") -> FastAPI:
+               analyses: list[str | Path] | None = None, execution: str = "auto", access: AccessPolicy | None = None) -> FastAPI:
     """analyses: `ponderscope analyze` folders to show in the Dataset view (beside those found in
     the checkpoints' own folders), each with the loaded model whose weights it analysed.
     execution: "auto" (each model's faster path per batch size, timed at start-up and cached in
-    the cache folder: ponderscope.core.execution), "sparse" or "masked"."""
+    the cache folder: ponderscope.core.execution), "sparse" or "masked".
+    access: the token every route but GET /api/health asks for (server/access.py); None: none."""
     cache = Path(cache_dir or os.environ.get("PONDERSCOPE_CACHE") or Path(tempfile.gettempdir()) / "ponderscope-cache")
     if resolve_device(device).startswith("cuda"):  # before the first forward pass (the plans time the kernels that will run, and
         deterministic_cuda()                        # cuBLAS reads its workspace setting then)
@@ -167,9 +188,10 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     # Answers are JSON of numbers (a photo's maps are tens of thousands of them): compressed on
     # the way when the client accepts it (every browser does), about 4x fewer bytes.
     app.add_middleware(GZipMiddleware, minimum_size=2048, compresslevel=5)
+    app.add_middleware(AccessToken, policy=access or AccessPolicy())
     app.add_middleware(SecurityHeaders)  # added last: outermost, so the 413s have the headers too
 
-    app.openapi = lambda: app.openapi_schema or document_loaded_models(FastAPI.openapi(app), store)
+    app.openapi = lambda: app.openapi_schema or document_access(document_loaded_models(FastAPI.openapi(app), store), access)
     app.include_router(models.router)
     app.include_router(images.router)
     app.include_router(sequences.router)
@@ -199,11 +221,24 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
 
 def run(host: str = "127.0.0.1", port: int = 8000, device: str = "auto", checkpoint_dirs: list[str] | None = None, cache_dir: str | None = None,
         data_roots: list[str] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES, analyses: list[str] | None = None,
-        execution: str = "auto") -> None:
+        execution: str = "auto", token: str | None = None, no_token: bool = False) -> None:
+    """token / no_token: server/access.py's choose_policy (a token asked for beyond loopback)."""
+    import socket
+
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    policy, warning = choose_policy(host, token, no_token, os.environ)
     app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir, data_roots=data_roots, image_store_bytes=image_store_bytes, analyses=analyses,
-                     execution=execution)
-    log.info("serving %d models on %s at http://%s:%d", len(app.state.store.models), app.state.store.device, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+                     execution=execution, access=policy)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info")  # configures uvicorn's loggers: filtered after it
+    for name in ("uvicorn.access", "uvicorn.error", "ponderscope"):
+        logging.getLogger(name).addFilter(RedactTokens())
+    if warning:
+        log.warning(warning)
+    log.info("serving %d models on %s%s", len(app.state.store.models), app.state.store.device,
+             "; open the dashboard with its access token (the same one until the server stops):" if policy.token else "")
+    for link in login_links(policy, host, port, socket.gethostname()):
+        # the one place the token is written: print() passes no logging filter
+        print(f"    {link}", file=sys.stderr, flush=True)
+    uvicorn.Server(config).run()
