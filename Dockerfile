@@ -6,6 +6,9 @@
 #   CUDA torch (cu128 wheels; they bring the CUDA libraries as pip packages, the base stays slim):
 #     docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t ponderscope:cuda .
 #     docker run --gpus all -p 8000:8000 ponderscope:cuda
+#   It listens on 0.0.0.0, so it asks for an access token (server/access.py): `docker logs CONTAINER`
+#   prints the link to open (http://127.0.0.1:8000/?token=...); your own: -e PONDERSCOPE_TOKEN=...
+#   The HEALTHCHECK's GET /api/health needs none.
 #   Your own checkpoints too (read next to the bundled ones):
 #     docker run -p 8000:8000 -v "$PWD/my-checkpoints:/checkpoints" ponderscope
 #

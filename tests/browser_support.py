@@ -133,8 +133,9 @@ import sys, uvicorn
 sys.path.insert(0, {root!r})
 from ponderscope.plugins import load_plugins
 load_plugins({plugins!r})  # as serve --plugin does
+from ponderscope.server.access import AccessPolicy
 from ponderscope.server.app import create_app
-app = create_app(checkpoint_dirs={dirs!r}, device="cpu", cache_dir={cache!r})
+app = create_app(checkpoint_dirs={dirs!r}, device="cpu", cache_dir={cache!r}, access=AccessPolicy({token!r}))
 uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
 """
 
@@ -142,12 +143,14 @@ uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
 class ServerProcess:
     """The real app (ponderscope.server.app.create_app) under uvicorn in a child process."""
 
-    def __init__(self, checkpoint_dirs: list[str], cache_dir: str, log_path: str, env: dict | None = None, plugins: list[str] | None = None):
+    def __init__(self, checkpoint_dirs: list[str], cache_dir: str, log_path: str, env: dict | None = None, plugins: list[str] | None = None,
+                 token: str | None = None):
+        """token: the access token it asks for, as `serve` beyond loopback does (None: none)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
         script = SERVER_SCRIPT.format(root=str(ROOT), dirs=[str(d) for d in checkpoint_dirs], cache=str(cache_dir), port=self.port,
-                                      plugins=[str(p) for p in plugins or []])
+                                      plugins=[str(p) for p in plugins or []], token=token)
         self.log_path = log_path
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-c", script], cwd=str(ROOT), env=env, stdout=self.log, stderr=subprocess.STDOUT)

@@ -1164,3 +1164,42 @@ def test_models_view_shows_each_models_execution_plan(page):
     for model in dense:
         assert execution_row(model["id"]).startswith(f"auto: {model['execution']['default']} always (")
     page.no_error()
+
+
+def test_access_token_cookie_flow(page, tmp_path):
+    """A server asking for its token (as `serve --host 0.0.0.0` does): the page without it shows
+    how to get in; the printed link (?token=) opens the dashboard, leaves no token in the address
+    bar, and the HttpOnly cookie then carries every request the page makes (an upload, its
+    analysis, the input image under the map)."""
+    token = "browser-cookie-flow-token-0123456789"
+    server = ServerProcess([str(page.site["work"] / "checkpoints")], str(tmp_path / "cache"), str(tmp_path / "server.log"), token=token)
+    sact = page.ids["sact"]
+    try:
+        server.wait_ready(timeout=90)
+        page.d.get(f"{server.url}/?view=image&model={sact}")
+        message = page.d.find_element(By.ID, "access-message").text
+        assert "access token" in message and "Authorization: Bearer TOKEN" in message
+        assert not page.d.find_elements(By.ID, "models-data")
+        page.d.get(f"{server.url}/?view=image&token=not-{token}")
+        assert "not this server's" in page.d.find_element(By.ID, "access-message").text
+
+        page.d.get(f"{server.url}/?view=image&model={sact}&token={token}")
+        page.wait("return document.readyState === 'complete' && !!window.ponderscope", what="the page to start after the login link")
+        assert "token" not in page.d.current_url and page.query() == {"view": "image", "model": sact}
+        cookies = [c for c in page.d.get_cookies() if c["name"].startswith("ponderscope_token")]
+        assert [(c["name"], c["value"], c["httpOnly"], c["sameSite"]) for c in cookies] == [(f"ponderscope_token_{server.port}", token, True, "Strict")]
+        assert page.js("return document.cookie") == ""   # HttpOnly: no script of the page's can read it
+
+        png = make_test_png(tmp_path / "shape.png", size=40)
+        page.d.find_element(By.ID, "file-input").send_keys(str(png))
+        page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0]", stored_hash(png),
+                  what="the upload's analysis through the cookie")
+        z = page.wait_plot("heatmap")[0]["z"]
+        assert z == page.js("return window.ponderscope.results.image")["ponder"]["total"] and len(z) == 28
+        source = page.js("return document.getElementById('heatmap').layout.images[0].source")
+        assert page.d.execute_async_script("fetch(arguments[0]).then((r) => arguments[1](r.status))", source) == 200
+        assert page.error_text() == ""
+        assert token not in server.tail(100_000)
+    finally:
+        page.d.delete_all_cookies()
+        server.stop()
