@@ -72,6 +72,10 @@ SUMMARY="$OUT/summary.txt"
 note() { echo "gpu_check: $*" | tee -a "$SUMMARY"; }
 # record STEP STATUS STARTED [NOTE]: one line of summary.txt
 record() { printf '%-8s %-8s %4ss  %s\n' "$1" "$2" "$((SECONDS - $3))" "${4:-}" | tee -a "$SUMMARY"; }
+# finish STEP EXIT_STATUS STARTED [NOTE]: record STEP as ok (exit 0) or FAILED
+finish() { record "$1" "$([ "$2" -eq 0 ] && echo ok || echo FAILED)" "$3" "${4:-}"; }
+# finish_with_tail STEP EXIT_STATUS STARTED FILE: the last lines of the step's output file under $OUT, then finish
+finish_with_tail() { tail -4 "$OUT/$4"; finish "$1" "$2" "$3" "$4 (exit $2)"; }
 # fits SECONDS: whether a step of at most that long still fits the budget (else it is skipped)
 fits() { [ $((BUDGET - SECONDS)) -ge "$1" ]; }
 # limit MAX: a step's timeout, MAX or what is left of the budget
@@ -112,6 +116,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 TORCHRUN=("$PYTHON" -m torch.distributed.run --standalone)
 
 CUDA=$("$PYTHON" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null || echo 0)
+SUFFIX=$([ "$CUDA" -eq 0 ] && echo -cpu)  # the step names of a run without CUDA (the CPU fallback)
 {
   echo "gpu_check.sh $(date -u '+%Y-%m-%d %H:%M UTC'), budget ${BUDGET}s, steps: $STEPS${SKIP:+ (skipping $SKIP)}, python: $PYTHON"
   command -v nvidia-smi >/dev/null && nvidia-smi -L
@@ -139,7 +144,7 @@ if wanted tests; then
     PONDERSCOPE_TEST_DEVICE=cuda timeout "$(limit 200)" "$PYTHON" -m pytest -q -p no:cacheprovider --no-header -rs $files 2>&1 \
       | tee "$OUT/pytest_cuda.txt" | tail -15
     status=${PIPESTATUS[0]}
-    record tests "$([ "$status" -eq 0 ] && echo ok || echo FAILED)" "$started" "$(tail -1 "$OUT/pytest_cuda.txt") (exit $status)"
+    finish tests "$status" "$started" "$(tail -1 "$OUT/pytest_cuda.txt") (exit $status)"
   elif [ "$CUDA" -gt 0 ]; then
     record tests skipped "$started" "not enough of the budget left"
   else
@@ -149,7 +154,7 @@ if wanted tests; then
       timeout "$(limit 120)" "$PYTHON" -m pytest -q -p no:cacheprovider --no-header -rs tests/test_regroup.py -k "cuda or route" 2>&1 \
         | tee "$OUT/pytest_cpu.txt" | tail -5
       status=${PIPESTATUS[0]}
-      record tests-cpu "$([ "$status" -eq 0 ] && echo ok || echo FAILED)" "$started" "$(tail -1 "$OUT/pytest_cpu.txt") (CPU fallback)"
+      finish tests-cpu "$status" "$started" "$(tail -1 "$OUT/pytest_cpu.txt") (CPU fallback)"
     fi
   fi
 fi
@@ -162,7 +167,7 @@ if wanted bench; then
     timeout "$(limit 180)" "$PYTHON" -m bench.tiles --device cuda --batches 32 $quick --out "$OUT/bench_tiles_cuda.md" --json "$OUT/bench_tiles_cuda.json" 2>&1 \
       | tail -25
     status=${PIPESTATUS[0]}
-    record bench "$([ "$status" -eq 0 ] && echo ok || echo FAILED)" "$started" "bench_tiles_cuda.md (exit $status)"
+    finish bench "$status" "$started" "bench_tiles_cuda.md (exit $status)"
   elif [ "$CUDA" -gt 0 ]; then
     record bench skipped "$started" "not enough of the budget left"
   else
@@ -174,7 +179,7 @@ if wanted bench; then
       started=$SECONDS
       timeout "$(limit 180)" "$PYTHON" -m bench.tiles --device cpu --quick --batches 1 --families sact,aig --out "$OUT/bench_tiles_cpu_smoke.md" 2>&1 | tail -12
       status=${PIPESTATUS[0]}
-      record bench-cpu "$([ "$status" -eq 0 ] && echo ok || echo FAILED)" "$started" "bench_tiles_cpu_smoke.md: a smoke run (--quick), not a measurement"
+      finish bench-cpu "$status" "$started" "bench_tiles_cpu_smoke.md: a smoke run (--quick), not a measurement"
     fi
   fi
 fi
@@ -217,9 +222,7 @@ JSON
         --no-progress --device "$DEVICE" \
       && "$PYTHON" -c "import json; c = json.load(open('$RUN/card.json')); print('card:', c['world_size'], c['devices'], c['train_command'], 'test accuracy', c['metrics']['test']['accuracy'], 'training s', c['training_time_s'])"
     } > "$OUT/torchrun_$TAG.txt" 2>&1
-    status=$?
-    tail -4 "$OUT/torchrun_$TAG.txt"
-    record "nccl$([ "$CUDA" -eq 0 ] && echo -cpu)" "$([ "$status" -eq 0 ] && echo ok || echo FAILED)" "$started" "torchrun_$TAG.txt (exit $status)"
+    finish_with_tail "nccl$SUFFIX" $? "$started" "torchrun_$TAG.txt"
   fi
 fi
 if wanted analyze; then
@@ -236,9 +239,7 @@ if wanted analyze; then
         --out /tmp/gpu-check-analysis --device "$DEVICE" --shard-size 16 --no-progress \
       && ls /tmp/gpu-check-analysis && for f in /tmp/gpu-check-analysis/*.json; do echo "== $f"; head -c 1500 "$f"; echo; done
     } > "$OUT/analyze_$DEVICE.txt" 2>&1
-    status=$?
-    tail -4 "$OUT/analyze_$DEVICE.txt"
-    record "analyze$([ "$CUDA" -eq 0 ] && echo -cpu)" "$([ "$status" -eq 0 ] && echo ok || echo FAILED)" "$started" "analyze_$DEVICE.txt (exit $status)"
+    finish_with_tail "analyze$SUFFIX" $? "$started" "analyze_$DEVICE.txt"
   fi
 fi
 
@@ -253,7 +254,7 @@ if wanted api; then
     PONDERSCOPE_TEST_DEVICE=cuda timeout "$(limit 240)" "$PYTHON" -m pytest -q -p no:cacheprovider --no-header -rs tests/test_api.py 2>&1 \
       | tee "$OUT/pytest_api_cuda.txt" | tail -8
     status=${PIPESTATUS[0]}
-    record api "$([ "$status" -eq 0 ] && echo ok || echo FAILED)" "$started" "$(tail -1 "$OUT/pytest_api_cuda.txt") (exit $status)"
+    finish api "$status" "$started" "$(tail -1 "$OUT/pytest_api_cuda.txt") (exit $status)"
   else
     record api skipped "$started" "not enough of the budget left"
   fi
