@@ -6,7 +6,8 @@ before any weights are read.
 
 Every card field a request reads (task, classes, preprocess, dataset, metrics, source, config) is
 checked when the checkpoint loads, and the built model is run once on a tiny input of the kind its
-task gives it: a card the server could not use is a CheckpointError, one line of the form
+task gives it, its Trace checked field by field (models/contract.py): a card the server could
+not use, or a model that breaks the Trace contract, is a CheckpointError, one line of the form
 `<dir>/card.json: <field> must be <what is allowed>, not <value>`, so the server lists it in its
 load_errors and serves the other checkpoints; no card makes a request fail later.
 """
@@ -24,6 +25,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .contract import TraceContractError, check_trace
 from .registry import UnknownModelError, create_model, list_models, model_info
 
 WEIGHTS_FILE = "model.safetensors"
@@ -287,24 +289,15 @@ def _check_fits_model(card_path: Path, card: dict, model: nn.Module) -> None:
     try:
         with torch.no_grad():
             trace = model.trace(x)
-            logits = trace.logits
-            if name == "parity":
-                int(trace.steps[0, 0]), float(trace.ponder[0, 0])
-                if tuple(logits.shape) != (1, 2):
-                    raise ValueError(f"it gives logits of shape {list(logits.shape)}, not [1, 2] (even, odd)")
-            elif name == "bytes-lm":
-                if len(trace.ponder[0]) != 2 or len(trace.steps[0]) != 2:
-                    raise ValueError("it gives no ponder and steps per byte")
-                if tuple(logits.shape) != (1, 2, 256):
-                    raise ValueError(f"it gives logits of shape {list(logits.shape)}, not [1, 2, 256] (a byte per step)")
-            elif logits.dim() != 2 or logits.shape[0] != 1 or logits.shape[1] < 1:
-                raise ValueError(f"it gives logits of shape {list(logits.shape)}, not [1, classes]")
-            if not float(trace.dense_flops) > 0:
-                raise ValueError(f"it counts {trace.dense_flops} dense FLOPs")
-            float(trace.flops[0])
     except Exception as error:  # whatever the network raises on an input it cannot take
         raise CheckpointError(f"{card_path}: task {name!r} does not fit model {card['model']!r}: on {what}, "
                               f"{_one_line(error)}") from None
+    try:  # every field of the Trace, as every answer checks it (models/contract.py)
+        check_trace(trace, name, x, getattr(model, "gate_names", None))
+    except TraceContractError as error:
+        raise CheckpointError(f"{card_path}: model {card['model']!r} does not fit the Trace contract (docs/own-models.md, section 3) "
+                              f"on {what}: {_one_line(error)}") from None
+    logits = trace.logits
     outputs = int(logits.shape[-1])
     classes = card.get("classes")
     if classes is not None and len(classes) != outputs:

@@ -1,7 +1,8 @@
 """What a model did on one batch: the single object every number on screen comes from.
 
 `model.trace(x)` returns a `Trace`; the server turns it into JSON, the page into plots.
-Fields that do not apply to a family stay None.
+Fields that do not apply to a model stay None; models/contract.py checks the rest (the contract
+of docs/own-models.md, section 3).
 """
 from __future__ import annotations
 
@@ -13,12 +14,20 @@ import torch
 
 @dataclass
 class BlockTrace:
-    """One ResNet stage ("block" in the SACT paper) under ACT or SACT halting."""
+    """One stage ("block" in the SACT paper) of a model that decides per position: its ponder
+    cost and units on one grid; the halting weights and probabilities are optional (None where a
+    model has none). models/contract.py checks the shapes."""
 
     ponder_cost: torch.Tensor  # [B, H, W] N + R per position (ACT: constant over positions)
     units: torch.Tensor  # [B, H, W] N, units executed per position
-    halting: torch.Tensor  # [B, n_units, H, W] ACT weights p^n (zero after the halting unit)
-    probabilities: torch.Tensor  # [B, n_units, H, W] raw halting probabilities h^n where unit n ran (last: 1), 0 where it did not
+    halting: Optional[torch.Tensor] = None  # [B, n_units, H, W] ACT weights p^n (zero after the halting unit)
+    probabilities: Optional[torch.Tensor] = None  # [B, n_units, H, W] raw halting probabilities h^n where unit n ran (last: 1), 0 where it did not
+
+    @property
+    def n_units(self) -> Optional[int]:
+        """The units the block has (halting's or probabilities' second dimension); None if the trace does not say."""
+        given = self.halting if self.halting is not None else self.probabilities
+        return None if given is None else int(given.shape[1])
 
 
 @dataclass

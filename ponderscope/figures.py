@@ -18,10 +18,10 @@ after `import ponderscope`, carry plotly.js inline (no CDN).
 
 The Figures, each `name_figure` the Figure of `name_dict` (dataset_figures of dataset_dicts):
 
-    ponder_map_figure(analysis)   SACT/ACT: ponder map over the input image (or one block's map)
-    block_maps_figure(analysis)   SACT/ACT: every block's map, one colour scale
-    gates_figure(analysis)        ConvNet-AIG: gate probability per layer, executed or skipped
-    input_figure(analysis)        the input as the network saw it (dense models)
+    ponder_map_figure(analysis)   per-position models (Trace.blocks): ponder map over the input image (or one block's map)
+    block_maps_figure(analysis)   per-position models: every block's map, one colour scale
+    gates_figure(analysis)        gated models (Trace.gates): gate probability per layer, executed or skipped
+    input_figure(analysis)        the input as the network saw it (models without a ponder map)
     image_figure(analysis)        whichever of the three above fits the analysis
     compare_figure(analyses)      several models on one image, one colour scale over all
     dataset_figures(result)       GET /dataset result -> {name: Figure}
@@ -153,7 +153,8 @@ def _figure(data: list[dict], layout: dict) -> dict:
 def map_grid(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder") -> list[list[float]]:
     """The grid a map figure draws, exactly as in the analysis: ponder.total / units_total, or a block's ponder_cost / units."""
     if analysis.ponder is None:
-        raise ValueError(f"model {analysis.model!r} has no ponder map (it is {'ConvNet-AIG: see gates_figure' if analysis.gates is not None else 'dense'})")
+        gated = "; it has gates: see gates_figure" if analysis.gates is not None else ""
+        raise ValueError(f"model {analysis.model!r} has no ponder map (its trace has no per-position blocks{gated})")
     if measure not in MEASURES:
         raise ValueError(f"a map's measure is 'ponder' (N+R) or 'units' (N), not {measure!r}")
     chosen = MEASURES[measure]
@@ -220,12 +221,13 @@ def _map_title(analysis: ImageAnalysis, block: int | None, measure: str, sep: st
     if block is None:
         return f"{analysis.model}: {unit}, summed over {len(ponder.blocks)} blocks"
     b = ponder.blocks[block]
-    return f"block {b.index + 1} ({b.grid.width}×{b.grid.height}){sep}N+R {b.mean_ponder:.2f}, N {b.mean_units:.2f}/{b.n_units}"
+    of = f"/{b.n_units}" if b.n_units is not None else ""  # (the units a block has, where its trace says)
+    return f"block {b.index + 1} ({b.grid.width}×{b.grid.height}){sep}N+R {b.mean_ponder:.2f}, N {b.mean_units:.2f}{of}"
 
 
 def ponder_map_dict(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
                     opacity: float = DEFAULT_OPACITY, zmin: float | None = None, zmax: float | None = None, box: bool = True) -> dict:
-    """SACT/ACT: the ponder map (ponder.total, or units_total with measure="units"; a block's own
+    """Per-position models: the ponder map (ponder.total, or units_total with measure="units"; a block's own
     grid with block=i) as a heatmap over the input image. The colour range is the page's unless given."""
     z = map_grid(analysis, block, measure)
     lo, hi = map_range(analysis, block, measure)
@@ -236,15 +238,15 @@ def ponder_map_dict(analysis: ImageAnalysis, block: int | None = None, measure: 
 
 
 def input_dict(analysis: ImageAnalysis, title: str | None = None, box: bool = True) -> dict:
-    """The input image as the network saw it, without a map (dense and ConvNet-AIG models)."""
+    """The input image as the network saw it, without a map (models whose trace has no per-position blocks)."""
     return _place_image(_figure([], {"title": {"text": title or f"{analysis.model}: input"}}), analysis, box=box)
 
 
 def gates_dict(analysis: ImageAnalysis) -> dict:
-    """ConvNet-AIG: the gate probability p(run) of each gated block, executed ones in blue."""
+    """Gated models (Trace.gates): the gate probability p(run) of each gated layer, executed ones in blue."""
     gates = analysis.gates
     if gates is None:
-        raise ValueError(f"model {analysis.model!r} has no gates (only ConvNet-AIG models do)")
+        raise ValueError(f"model {analysis.model!r} has no gates (its trace has no Trace.gates)")
     layers, p, executed = gates.layers, gates.probability, gates.executed
 
     def bars(name, run, marker):
@@ -264,13 +266,13 @@ def gates_dict(analysis: ImageAnalysis) -> dict:
 
 
 def image_dict(analysis: ImageAnalysis, **options) -> dict:
-    """The main figure of an image analysis: the ponder map (SACT/ACT; options as ponder_map_figure),
-    the gates (ConvNet-AIG), or the input alone (dense)."""
+    """The main figure of an image analysis: the ponder map (per-position models; options as
+    ponder_map_figure), the gates (gated models), or the input alone (neither)."""
     if analysis.ponder is not None:
         return ponder_map_dict(analysis, **options)
     if analysis.gates is not None:
         return gates_dict(analysis)
-    return input_dict(analysis, f"{analysis.model}: input (dense model: every unit runs everywhere, no ponder map)",
+    return input_dict(analysis, f"{analysis.model}: input (no per-position or per-layer decisions in its trace: no ponder map)",
                       box=options.get("box", True))
 
 
@@ -304,7 +306,7 @@ def _map_grid_dict(panels: list[tuple[str, ImageAnalysis, list | None, object]],
 
 def block_maps_dict(analysis: ImageAnalysis, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
                     columns: int = 4) -> dict:
-    """SACT/ACT: one map per block (ponder.blocks[i]), one colour scale across blocks."""
+    """Per-position models: one map per block (ponder.blocks[i]), one colour scale across blocks."""
     map_grid(analysis)  # a model without maps: say so
     panels = [(_map_title(analysis, i, measure, "<br>"), analysis, map_grid(analysis, i, measure), map_geometry(analysis, i))
               for i in range(len(analysis.ponder.blocks))]
@@ -325,7 +327,7 @@ def compare_dict(analyses: list[ImageAnalysis], measure: str = "ponder", colorsc
             return f"{a.model}<br>mean N+R {a.ponder.mean:.3f}"
         if a.gates is not None:
             return f"{a.model}<br>no spatial map: {sum(a.gates.executed)}/{len(a.gates.executed)} gated blocks run"
-        return f"{a.model}<br>dense: no ponder map"
+        return f"{a.model}<br>no ponder map"
 
     panels = [(panel_title(a, z), a, z, a.ponder.grid if a.ponder else None) for a, z in zip(analyses, grids)]
     return _map_grid_dict(panels, zmin, zmax, MEASURES[measure].unit, colorscale, opacity,
@@ -343,7 +345,7 @@ def dataset_dicts(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DE
     """GET /api/models/{id}/dataset's `result` -> the figures the Dataset view draws, by name:
     image models: "class" (FLOPs and accuracy per class), "flops_histogram", and where the
     model has them "ponder" (mean ponder per class), "ponder_histogram", "layers_histogram",
-    "class_layer" (ConvNet-AIG execution rate per class and layer); byte LMs: "corpus"."""
+    "class_layer" (gated models' execution rate per class and layer); byte LMs: "corpus"."""
     if result.kind == "text":
         return {"corpus": corpus_dict(result)}
     per_class = result.per_class
@@ -382,7 +384,7 @@ def dataset_dicts(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DE
             "heatmap", z=[list(row) for row in rates], x=list(result.layers or [f"layer {i}" for i in range(len(rates[0]))]), y=classes, zmin=0, zmax=1,
             colorscale=plotly_scale(colorscale), colorbar={"title": {"text": "execution rate", "side": "right"}, "tickformat": ".0%"},
             hovertemplate="%{y}, %{x}: runs %{z:.1%}<extra></extra>")],
-            {"title": {"text": "Execution rate per class and gated layer (ConvNet-AIG)"}, "xaxis": {"tickangle": -45},
+            {"title": {"text": f"{result.model}: execution rate per class and gated layer"}, "xaxis": {"tickangle": -45},
              "yaxis": {**every_tick(classes), "autorange": "reversed"}, "margin": {"l": 100, "r": 20, "t": 40, "b": 80}})
     return figures
 
@@ -412,7 +414,7 @@ PARAMETER_LABELS = {"threshold": "halting threshold 1 - eps", "cap": "units per 
 def sweep_dict(results: dict[str, list[SweepPoint]], reference: Reference | None = None) -> dict:
     """ponderscope.sweep points of several models, by label -> accuracy against FLOPs (executed /
     dense): one curve per model and parameter, the trained setting as a star, and `reference` (a
-    dense twin's label, accuracy and flops_ratio) as a diamond."""
+    reference model's label, accuracy and flops_ratio: one that skips nothing) as a diamond."""
     data = []
     for index, (label, points) in enumerate(results.items()):
         color = STUDY_COLORS[index % len(STUDY_COLORS)]
@@ -428,9 +430,9 @@ def sweep_dict(results: dict[str, list[SweepPoint]], reference: Reference | None
                                    marker={"symbol": "star", "size": 15, "color": color, "line": {"color": "#1b1f24", "width": 1}},
                                    hovertemplate=f"trained: accuracy %{{y:.2%}} at %{{x:.1%}} of dense FLOPs<extra>{label}</extra>"))
     if reference is not None:
-        data.append(_trace("scatter", mode="markers", name=f"{reference.label} (dense)", x=[reference.flops_ratio], y=[reference.accuracy],
+        data.append(_trace("scatter", mode="markers", name=f"{reference.label} (reference)", x=[reference.flops_ratio], y=[reference.accuracy],
                                marker={"symbol": "diamond", "size": 13, "color": COLORS["other"]},
-                               hovertemplate=f"dense: accuracy %{{y:.2%}}<extra>{reference.label}</extra>"))
+                               hovertemplate=f"reference: accuracy %{{y:.2%}} at %{{x:.1%}} of the FLOPs<extra>{reference.label}</extra>"))
     return _figure(data, {"title": {"text": "Accuracy against computation as the inference settings move (no retraining)"},
                           "xaxis": {"title": {"text": "FLOPs executed / dense"}, "tickformat": ".0%", "rangemode": "tozero"},
                           "yaxis": {"title": {"text": "test accuracy"}, "tickformat": ".0%"},
@@ -440,7 +442,7 @@ def sweep_dict(results: dict[str, list[SweepPoint]], reference: Reference | None
 def lesion_dict(studies: dict[str, LesionStudy]) -> dict:
     """ponderscope.lesion of several models side by side: the test accuracy after removing each
     unit alone (x: the unit's place in the network; downsampling units as crosses), each model's
-    intact accuracy dotted, and where a model has gates (ConvNet-AIG) its execution rate per
+    intact accuracy dotted, and where a model has gates (Trace.gates) its execution rate per
     layer on the right axis: do the layers it skips hurt least when removed?"""
     data = []
     for index, (label, study) in enumerate(studies.items()):
@@ -560,7 +562,7 @@ def parity_dict(analyses: ParityAnalysis | list[ParityAnalysis], curve: dict[str
 
 
 def halting_dict(analysis: ParityAnalysis) -> dict:
-    """PonderNet-style models: the halting distribution p(n) of this input over steps n = 1..N
+    """Models that report a halting distribution (Trace.extras["halting_distribution"]): p(n) of this input over steps n = 1..N
     (`halting_distribution` of a parity answer), the answer's step N marked."""
     p = list(analysis.halting_distribution)
     steps = list(range(1, len(p) + 1))
@@ -777,7 +779,7 @@ def figure_json(fig: dict | go.Figure) -> dict:
 
 
 # The answer answer_figures and attach take for a study: the server's envelope (GET /api/studies/{kind},
-# a dict with more keys) whose "results" hold the typed results by model and "reference" the dense twin.
+# a dict with more keys) whose "results" hold the typed results by model and "reference" the reference model's point.
 StudyEnvelope = dict  # {"results": {label: list[SweepPoint] | LesionStudy}, "reference": Reference | None, ...}
 
 
@@ -788,14 +790,14 @@ def answer_figures(kind: str, answer: ImageAnalysis | TextAnalysis | ParityAnaly
     answer's numbers. No plotly.py here: the server sends the dicts as they are.
 
         image    (ImageAnalysis) "map": the ponder map over the input (or the input alone:
-                 ConvNet-AIG, dense), "blocks": every block's map on one scale (ACT/SACT), "gates" (ConvNet-AIG)
+                 models without blocks), "blocks": every block's map on one scale (per-position models), "gates" (gated models)
         text     (TextAnalysis) "text": per-character ponder and surprisal
         parity   (ParityAnalysis) "parity": ponder against nonzero entries, this vector over the
-                 test-set curve; "halting": p(n) over steps (PonderNet-style models)
+                 test-set curve; "halting": p(n) over steps (models that report a halting distribution)
         dataset  (DatasetAnalysis or CorpusAnalysis) dataset_dicts(result): "class",
                  "flops_histogram", ... (image), "corpus" (text)
         sweep    (a StudyEnvelope of list[SweepPoint]) "sweep": accuracy vs FLOPs of every model
-                 asked for, the dense twin (its "reference") as reference
+                 asked for, the reference model (its "reference": one that skips nothing) as a diamond
         lesion   (a StudyEnvelope of LesionStudy) "single", "random", and "classes:<model>" per model
     """
     if kind == "image":

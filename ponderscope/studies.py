@@ -144,6 +144,7 @@ def lesion(model, limit: Optional[int] = None, draws: int = DRAWS, ks=RANDOM_KS,
 
 
 REPORT_MODELS = ("fmnist_sact_resnet32", "fmnist_act_resnet32", "fmnist_aig_resnet32", "fmnist_resnet32")
+REPORT_LESIONS = ("fmnist_sact_resnet32", "fmnist_aig_resnet32", "fmnist_resnet32")  # the report's lesion studies (docs/whatif.md)
 
 
 class ModelReport(Open):
@@ -169,9 +170,11 @@ def read_report(path: str | Path) -> dict[str, ModelReport]:
     return REPORT.validate_json(Path(path).read_bytes())
 
 
-def report(limit: Optional[int] = 2000, names=REPORT_MODELS, progress=print, execution: str = "auto") -> dict[str, ModelReport]:
-    """The bundled Fashion-MNIST models' sweeps, and the lesion studies of the dense ResNet-32,
-    ConvNet-AIG and SACT (what docs/whatif.md shows); execution: as ponderscope.load's."""
+def report(limit: Optional[int] = 2000, names=REPORT_MODELS, progress=print, execution: str = "auto",
+           lesions=REPORT_LESIONS) -> dict[str, ModelReport]:
+    """The bundled Fashion-MNIST models' sweeps, and the lesion studies of the models named in
+    `lesions` (the dense ResNet-32, ConvNet-AIG and SACT: what docs/whatif.md shows); execution: as
+    ponderscope.load's."""
     from ponderscope.core.loaded import load
 
     out = {}
@@ -179,10 +182,17 @@ def report(limit: Optional[int] = 2000, names=REPORT_MODELS, progress=print, exe
         model = load(name, execution=execution)
         out[name] = ModelReport(family=model.family, sweep=sweep(model, limit=limit))
         progress(f"{name}: sweep done")
-        if model.family in ("dense", "aig", "sact"):
+        if name in lesions:
             out[name].lesion = lesion(model, limit=limit)
             progress(f"{name}: lesion done")
     return out
+
+
+def _is_reference(result: ModelReport) -> bool:
+    """A report's model that skips nothing: its family was registered with reference=True."""
+    from ponderscope import models
+
+    return models.family(result.family).reference
 
 
 def report_markdown(results: dict[str, ModelReport], limit: Optional[int]) -> str:
@@ -193,7 +203,7 @@ def report_markdown(results: dict[str, ModelReport], limit: Optional[int]) -> st
     lines = [f"Measured by `ponderscope study report --limit {limit}` over {over}.", ""]
     for name, result in results.items():
         points = result.sweep
-        if result.family == "dense":
+        if _is_reference(result):
             p = points[0]
             lines += [f"**{name}** (dense reference): accuracy {p.accuracy:.2%} at 100% of the FLOPs.", ""]
             continue
@@ -203,9 +213,11 @@ def report_markdown(results: dict[str, ModelReport], limit: Optional[int]) -> st
             lines.append(f"| {p.parameter} | {p.setting}{mark} | {p.accuracy:.2%} | {p.flops_ratio:.1%} |")
         lines.append("")
     studied = {name: r.lesion for name, r in results.items() if r.lesion is not None}
-    d = next((r.lesion for r in results.values() if r.family == "dense" and r.lesion is not None), None)  # the dense ResNet-32's
-    a = next((r.lesion for r in results.values() if r.family == "aig" and r.lesion is not None), None)  # ConvNet-AIG's
-    sact = next((r.lesion for r in results.values() if r.family == "sact" and r.lesion is not None), None)
+    # by what each model declares and does, not by its family's name: the reference (the dense ResNet-32),
+    # the gated model (its lesion carries execution rates: ConvNet-AIG), and the other lesioned model (SACT)
+    d = next((r.lesion for r in results.values() if _is_reference(r) and r.lesion is not None), None)
+    a = next((r.lesion for r in results.values() if not _is_reference(r) and r.lesion is not None and r.lesion.layer_execution_rate), None)
+    sact = next((r.lesion for r in results.values() if not _is_reference(r) and r.lesion is not None and r.lesion is not a), None)
     if d is not None and a is not None:
         rows = ["Single-unit lesions (accuracy with the unit removed; ConvNet-AIG: its gate forced closed) beside ConvNet-AIG's "
                 "execution rate of the same layer:", "",

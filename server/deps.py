@@ -1,9 +1,32 @@
 """Shared state for the routers, as FastAPI dependencies."""
 from __future__ import annotations
 
-from fastapi import Depends, HTTPException, Request
+import difflib
 
-from ponderscope.core.loaded import LoadedModel, ModelStore
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from ponderscope.core.loaded import BrokenTrace, LoadedModel, ModelStore
+
+BROKEN_TRACE_STATUS = 422  # the request cannot be answered by this model: its Trace broke the contract (not a server fault)
+
+
+class AnswerRoute(APIRoute):
+    """A route that runs a model: a trace that breaks the Trace contract (BrokenTrace, models/contract.py)
+    is answered as one JSON error, {"detail": "model ... broke the Trace contract ...: Trace.<field>:
+    expected ..., got ..."} with status 422, for that request alone."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def answer(request: Request):
+            try:
+                return await handler(request)
+            except BrokenTrace as error:
+                return JSONResponse({"detail": str(error)}, status_code=BROKEN_TRACE_STATUS)
+
+        return answer
 
 
 def get_store(request: Request) -> ModelStore:
@@ -13,9 +36,17 @@ def get_store(request: Request) -> ModelStore:
 def get_model(model_id: str, store: ModelStore = Depends(get_store)) -> LoadedModel:
     entry = store.get(model_id)
     if entry is None:
-        known = ", ".join(sorted(store.models)) or "none loaded"
-        raise HTTPException(404, f"unknown model id {model_id!r}; known: {known} (GET /api/models lists them)")
+        raise HTTPException(404, unknown_id(model_id, store))
     return entry
+
+
+def unknown_id(model_id: str, store: ModelStore) -> str:
+    """What a request naming no loaded model is told: the closest loaded ids (not all of them)."""
+    if not store.models:
+        return f"unknown model id {model_id!r}: no model is loaded here (GET /api/health lists the load errors)"
+    close = difflib.get_close_matches(model_id, sorted(store.models), n=5, cutoff=0.6)
+    hint = f"the closest loaded: {', '.join(close)}" if close else "no loaded id is close"
+    return f"unknown model id {model_id!r}; {hint} (GET /api/models lists all {len(store.models)})"
 
 
 def for_kinds(*kinds: str, test_set: bool = False) -> dict:

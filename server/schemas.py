@@ -26,7 +26,8 @@ _ERROR_MEANING = {
     400: "the request does not fit this model or endpoint (e.g. a text model asked for an image analysis), or a malformed form",
     404: "no such model, stored image, test sample; or the model has no test set here",
     413: "over a limit: body size, image pixels, text bytes; the message says which",
-    422: "the request fails validation; the message names the field",
+    422: "the request fails validation (the message names the field), or the model's Trace broke the contract on this input "
+         "(docs/own-models.md: the message names the Trace field, what was expected and what the model gave)",
     503: "the model's test data set is not installed on the server (the message gives the command)",
 }
 
@@ -45,9 +46,9 @@ class WhatIfRequest(BaseModel):
     `whatif` (GET /api/models) says which apply and their trained values."""
     model_config = ConfigDict(extra="forbid")
 
-    threshold: Optional[float] = Field(None, gt=0, le=1, description="ACT/SACT: halt once the sum of h reaches this (trained: 1 - eps)")
-    cap: Optional[int] = Field(None, ge=1, le=10_000, description="ACT/SACT: at most this many units per block")
-    gate_bias: Optional[float] = Field(None, ge=-100, le=100, description="ConvNet-AIG: run a block iff logit_run - logit_skip > gate_bias (trained: 0)")
+    threshold: Optional[float] = Field(None, gt=0, le=1, description="halting models (whatif.threshold): halt once the sum of h reaches this (trained: 1 - eps)")
+    cap: Optional[int] = Field(None, ge=1, le=10_000, description="halting models (whatif.cap): at most this many units per block")
+    gate_bias: Optional[float] = Field(None, ge=-100, le=100, description="gated models (whatif.gate_bias): run a block iff logit_run - logit_skip > gate_bias (trained: 0)")
     lesion: list[str] = Field([], max_length=1000, description="units / gated blocks to remove (names from the model's whatif.units)")
 
 
@@ -104,7 +105,7 @@ class ExecutionSummary(Open):
     mode: Literal["auto", "sparse", "masked", "fixed"] = Field(description="what the server was started with (serve --execution); "
                                                                  "fixed: the module's own, not planned")
     plan: dict[str, Literal["sparse", "masked", "tiles"]] = Field(description="planned batch size -> the execution it runs (a batch of another size "
-                                                                  "takes the nearest planned size on a log scale; tiles: SACT only, "
+                                                                  "takes the nearest planned size on a log scale; tiles: per-position halting only, "
                                                                   "models/tiles.py); empty: `default` always")
     default: Literal["sparse", "masked", "tiles"] = Field(description="what runs when nothing was planned")
     timings_ms: dict[str, dict[str, float]] = Field(description="planned batch size -> median ms of one forward pass of each execution, "
@@ -118,8 +119,10 @@ class ExecutionSummary(Open):
 class ModelSummary(Open):
     id: str
     name: str = Field(description="architecture, e.g. sact_resnet32")
-    family: str = Field(description="as the model registered it (models.model_info): dense, act, sact, aig, rnn, act-rnn, or a plugin's")
+    family: str = Field(description="as the model registered it (models.model_info): a key of models.FAMILIES, built in or a plugin's")
     family_label: str
+    family_description: str = Field("", description="how the family's models decide, as it was registered (models.register_family); may be empty")
+    reference: bool = Field(False, description="its family skips nothing (registered with reference=True): the what-if sweep's reference point")
     family_rank: int = Field(description="where the family comes in the registry's order (the page lists models by it)")
     kind: Literal["image", "text", "parity", "other"]
     dataset: Optional[str] = None
@@ -127,9 +130,10 @@ class ModelSummary(Open):
     classes: Optional[list[str]] = None
     preprocess: Optional[dict[str, Any]] = None
     metrics: dict[str, Any]
-    test_set: bool = Field(description="whether samples and the dataset view are available")
-    whatif: Optional[dict[str, Any]] = Field(None, description="what can be changed at inference (models/whatif.py): threshold and cap (ACT/SACT), "
-                                             "gate_bias (AIG) with their trained values, removable units and the downsampling ones; null: nothing")
+    test_set: bool = Field(description="whether samples and the dataset view (a text model: its held-out statistics) are available")
+    no_test_set: Optional[str] = Field(None, description="why not, when test_set is false (e.g. the card names no data set)")
+    whatif: Optional[dict[str, Any]] = Field(None, description="what can be changed at inference (models/whatif.py): threshold and cap (halting models), "
+                                             "gate_bias (gated models) with their trained values, removable units and the downsampling ones; null: nothing")
     analyses: list[dict[str, Any]] = Field([], description="finished `ponderscope analyze` results of this model (name, data, examples, accuracy): "
                                            "GET /dataset?source=NAME shows one")
     source: Optional[dict[str, Any]] = Field(None, description="for imported checkpoints: the authors' format, files, hashes")

@@ -1116,7 +1116,7 @@ def test_what_if_view_sweep_marks_the_trained_point_at_the_cards_accuracy(page):
         assert stars[0]["y"][0] == pytest.approx(card["accuracy"], abs=1e-9)
         assert stars[0]["x"][0] == pytest.approx(card["flops_ratio"], rel=1e-6)
         diamonds = [t for t in data if (t.get("marker") or {}).get("symbol") == "diamond"]
-        assert [t["name"] for t in diamonds] == ["fmnist_resnet32 (dense)"] and diamonds[0]["x"][0] == pytest.approx(1.0, abs=1e-6)
+        assert [t["name"] for t in diamonds] == ["fmnist_resnet32 (reference)"] and diamonds[0]["x"][0] == pytest.approx(1.0, abs=1e-6)
         threshold = next(t for t in data if "threshold" in t["name"])
         assert min(threshold["x"]) < card["flops_ratio"] < 1.0  # lower thresholds spend less
         assert "fmnist_sact_resnet32 trained: " in page.d.find_element(By.ID, "whatif-sweep-check").text

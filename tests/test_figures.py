@@ -242,7 +242,7 @@ def test_sweep_figure_draws_the_points_and_the_reference():
     assert list(threshold.x) == [0.4, 0.5, 0.6] and list(threshold.y) == [0.7, 0.85, 0.9]  # by FLOPs
     assert [c[0] for c in threshold.customdata] == [0.5, 0.9, 0.99] and list(cap.x) == [0.3, 0.6]
     assert (list(trained.x), list(trained.y)) == ([0.6], [0.9]) and trained.marker.symbol == "star"
-    assert (list(dense.x), list(dense.y), dense.name) == ([1.0], [0.92], "dense (dense)")
+    assert (list(dense.x), list(dense.y), dense.name) == ([1.0], [0.92], "dense (reference)")
     envelope = figures.attach("sweep", {"status": "done", "results": {"sact": points}, "reference": None})
     assert [t["name"] for t in envelope["figures"]["sweep"]["data"]] == ["sact: halting threshold 1 - eps", "sact: units per block, at most", "sact: trained"]
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ponderscope.core.imaging import png_data_url
 from ponderscope.core.workloads import CHAR_CLASS_LABELS, CHAR_CLASSES, char_class
+from ponderscope.models.contract import layer_names
 from ponderscope.models.trace import Trace
 
 
@@ -91,7 +92,7 @@ class PonderBlock(Open):
     index: int
     ponder_cost: list[list[float]] = Field(description="N + R per cell of the block's output map (its own grid)")
     units: list[list[int]] = Field(description="units executed N per cell")
-    n_units: int
+    n_units: Optional[int] = Field(description="the units the block has (Trace: halting's second dimension); null where the model's trace does not say")
     grid: Grid
     mean_ponder: float
     mean_units: float
@@ -377,7 +378,7 @@ def ponder_json(trace: Trace, size: tuple[int, int], maps: str = "grid") -> dict
             "index": index,
             "ponder_cost": _grid(cost),
             "units": _int_grid(block.units[0].cpu()),
-            "n_units": int(block.halting.shape[1]),
+            "n_units": block.n_units,
             "grid": grid_on(size, tuple(cost.shape)),
             "mean_ponder": means[index],
             "mean_units": units_means[index],
@@ -398,9 +399,9 @@ def ponder_json(trace: Trace, size: tuple[int, int], maps: str = "grid") -> dict
 
 
 def gate_names(model, layers: int) -> list[str]:
-    """The model's names for its gated layers (`gate_names`, optional in the contract), else numbers."""
-    names = list(getattr(model, "gate_names", None) or [])
-    return names if len(names) == layers else [f"layer {i}" for i in range(layers)]
+    """The model's names for its gated layers (`gate_names`, optional in the contract), else
+    numbers; names of another length are a TraceContractError (models/contract.py), never renamed."""
+    return layer_names(getattr(model, "gate_names", None), layers)
 
 
 def gates_json(model, trace: Trace) -> dict | None:

@@ -20,7 +20,7 @@ from ponderscope.core.statistics import image_records, read_analysis, summarize,
 from pydantic import TypeAdapter, ValidationError
 
 from .answers import CorpusAnalysis, DatasetStatus, LesionStudy, SweepPoint, gate_names
-from .loaded import NoTestSet
+from .loaded import BrokenTrace, NoTestSet
 
 log = logging.getLogger("ponderscope")
 BATCH = 250
@@ -141,6 +141,9 @@ class DatasetJobs:
             result = compute(job)
             write_json(path, result)  # the numbers; the figures are drawn from them when served
             job.update(status="done", progress=1.0, message="done", result=result)
+        except BrokenTrace as error:  # the model's own fault, the same on every try: reported once, not retried
+            log.warning("%s failed: %s", what, error)
+            job.update(status="error", message=str(error), retry=False)
         except Exception as error:  # reported to the page; the next request retries
             log.exception("%s failed", what)
             job.update(status="error", message=f"{type(error).__name__}: {error}", retry=True)

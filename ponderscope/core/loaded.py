@@ -35,6 +35,7 @@ from ponderscope.core.data import DataSourceMissing
 from ponderscope.core.execution import ExecutionPlan, plan_execution
 from ponderscope.core.workloads import checkpoint_test_data, no_test_set
 from ponderscope.models.checkpoint import CARD_FILE, WEIGHTS_FILE, Card, CheckpointError
+from ponderscope.models.contract import TraceContractError, check_trace
 from ponderscope.models.sparse import Execution, executing
 from ponderscope.paths import bundled_checkpoints
 
@@ -87,6 +88,22 @@ class InferenceSlots:
 
 class NoTestSet(LookupError):
     """The model's card names no test set the project can load (e.g. an imported model)."""
+
+
+class BrokenTrace(ValueError):
+    """A loaded model's trace broke the Trace contract on an input (models/contract.py): the
+    message names the model, the field, what the contract expects and what the model gave. The
+    server answers it as a 422 (docs/own-models.md)."""
+
+
+def checked(model: "LoadedModel", trace, x: torch.Tensor):
+    """`trace` (model's, of input x) if it keeps the Trace contract; else BrokenTrace."""
+    try:
+        check_trace(trace, model.card.task.name, x, getattr(model.module, "gate_names", None))
+    except TraceContractError as error:
+        raise BrokenTrace(f"model {model.id!r} ({model.card.model}) broke the Trace contract (docs/own-models.md, section 3) "
+                          f"on this input: {error}") from None
+    return trace
 
 
 @dataclass(eq=False)
@@ -147,18 +164,27 @@ class LoadedModel:
     def has_test_set(self) -> bool:
         return self.no_test_set is None
 
+    @property
+    def reference(self) -> bool:
+        """Whether the model skips nothing: its family was registered as a reference (a dense twin,
+        register_family(..., reference=True)), the what-if sweep's point at 100% of the FLOPs."""
+        return models.family(self.family).reference
+
     def trace(self, x: torch.Tensor, background: bool = False):
         """model.module.trace(x) on this model's device in a turn at the model (interactive, or
         background: a job's), with the planned execution for x's batch size -> (Trace, milliseconds
-        the forward pass took); trace.execution says which execution ran."""
+        the forward pass took); trace.execution says which execution ran. A trace that breaks the
+        Trace contract is a BrokenTrace (models/contract.py), never a half-made answer."""
         execution = self.execution_for(x.shape[0])
         with (self.slots.background() if background else self.slots.interactive()), torch.no_grad(), executing(execution):
             started = time.perf_counter()
             trace = self.module.trace(x.to(self.device))
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            trace.execution = execution.value
-            return trace, (time.perf_counter() - started) * 1000.0
+            ms = (time.perf_counter() - started) * 1000.0
+        trace = checked(self, trace, x)
+        trace.execution = execution.value
+        return trace, ms
 
     def require_test_set(self) -> None:
         """Raise NoTestSet (a 404 with the reason) for a model that comes without a test set here."""
@@ -192,7 +218,9 @@ class LoadedModel:
             "id": self.id,
             "name": card.model,
             "family": self.family,
-            "family_label": models.FAMILIES.get(self.family, self.family),  # the registry's name; else the key
+            "family_label": models.family(self.family).label,  # the registry's name; else the key
+            "family_description": models.family(self.family).description,
+            "reference": self.reference,
             "family_rank": list(models.FAMILIES).index(self.family) if self.family in models.FAMILIES else len(models.FAMILIES),
             "kind": self.kind,
             "dataset": card.dataset,
@@ -201,6 +229,7 @@ class LoadedModel:
             "preprocess": card.preprocess,
             "metrics": card.metrics,
             "test_set": self.has_test_set,
+            "no_test_set": self.no_test_set,
             "analyses": [{"name": name, **about} for name, about in self.analyses.items()],
             "whatif": self.whatif,
             "source": card.source,
@@ -229,6 +258,7 @@ class PlannedModule:
         else:
             with self.guard(), executing(execution):
                 trace = self.module.trace(x)
+        trace = checked(self.model, trace, x)
         trace.execution = execution.value
         return trace
 

@@ -20,12 +20,12 @@ from ponderscope.core.answers import DatasetStatus, ImageAnalysis, analyze_image
 from ponderscope.core.imaging import PIXEL_WORK, decode, encode_png, png_data_url, prepare
 from ponderscope.core.loaded import LoadedModel, ModelStore
 
-from ..deps import for_kinds, get_model, get_store, require_kind
+from ..deps import AnswerRoute, for_kinds, get_model, get_store, require_kind
 from ..references import share_arrays
 from ..schemas import HASH_PATTERN, ImageRequest, ModelSummary, Sample, errors
 from .images import read_upload, store_upload
 
-router = APIRouter(prefix="/api/models", tags=["models"])
+router = APIRouter(prefix="/api/models", tags=["models"], route_class=AnswerRoute)
 
 
 @router.get("", summary="All loaded models with their cards", response_model=list[ModelSummary])
@@ -127,9 +127,11 @@ _IMAGE_BODY = {
 @router.post("/{model_id}/image", summary="Run an image model on an uploaded image or a test sample", openapi_extra={**_IMAGE_BODY, **for_kinds("image")},
              response_model=ImageAnalysis, responses=errors(400, 404, 413, 422, 503))
 def image_analysis(request: Request, payload: ImageInput = Depends(image_input), entry: LoadedModel = Depends(get_model)) -> ImageAnalysis:
-    """Returns the top-5 prediction, FLOPs executed vs dense, the request's time, and for
-    ACT/SACT the ponder maps (`ponder.total` at input resolution, `ponder.blocks[i]` per block,
-    in ponder cost N+R; `units_total` / `units` in units executed N), for AIG the gates.
+    """Returns the top-5 prediction, FLOPs executed vs dense, the request's time, and for models
+    that decide per position (Trace.blocks) the ponder maps (`ponder.total` at input resolution,
+    `ponder.blocks[i]` per block, in ponder cost N+R; `units_total` / `units` in units executed
+    N), for gated models (Trace.gates) the gates. A trace that breaks the Trace contract is a 422
+    naming the field (docs/own-models.md).
 
     The body is JSON, `{"image": hash}` (from POST /api/images) or `{"sample": index}`, or a
     multipart form with the image in `file` (one request: `curl -F file=@cat.jpg URL`); the

@@ -1,4 +1,4 @@
-"""Recurrent ACT models: per-character ponder on text, and the parity task."""
+"""Models that ponder per input step: per-character ponder on text, and the parity task."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -7,10 +7,10 @@ from ponderscope import figures
 from ponderscope.core.answers import ParityAnalysis, TextAnalysis, analyze_parity, analyze_text, valid_unicode
 from ponderscope.core.loaded import LoadedModel
 
-from ..deps import for_kinds, get_model, require_kind
+from ..deps import AnswerRoute, for_kinds, get_model, require_kind
 from ..schemas import MAX_TEXT_BYTES, ParityRequest, TextRequest, errors
 
-router = APIRouter(prefix="/api/models", tags=["sequences"])
+router = APIRouter(prefix="/api/models", tags=["sequences"], route_class=AnswerRoute)
 
 
 @router.post("/{model_id}/text", summary="Ponder time and surprisal per character", response_model=TextAnalysis, responses=errors(400, 404, 413, 422),

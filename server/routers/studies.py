@@ -12,19 +12,20 @@ from ponderscope.core.answers import Reference, StudyStatus
 from ponderscope.core.loaded import ModelStore
 from ponderscope.models.whatif import knobs
 
-from ..deps import get_store
+from ..deps import AnswerRoute, get_store, unknown_id
 from ..schemas import errors
 
-router = APIRouter(prefix="/api/studies", tags=["studies"])
+router = APIRouter(prefix="/api/studies", tags=["studies"], route_class=AnswerRoute)
 MAX_MODELS = 6
 DEFAULT_LIMIT = 1000
 LIMITS = (100, 500, 1000, 2000, 5000, 10000, 1_000_000)
 
 
-def dense_twin(store: ModelStore, dataset: Optional[str], exclude: set[str]):
-    """A loaded dense model of the same data set: the sweep's reference point."""
+def reference_twin(store: ModelStore, dataset: Optional[str], exclude: set[str]):
+    """A loaded reference model (its family registered with reference=True: it skips nothing) of
+    the same data set: the sweep's point at 100% of the FLOPs."""
     for entry in store.models.values():
-        if entry.family == "dense" and entry.kind == "image" and entry.card.dataset == dataset and entry.has_test_set and entry.id not in exclude:
+        if entry.reference and entry.kind == "image" and entry.card.dataset == dataset and entry.has_test_set and entry.id not in exclude:
             return entry
     return None
 
@@ -38,15 +39,16 @@ def study(request: Request, kind: Annotated[Literal["sweep", "lesion"], Path(des
                                                "so that the jobs and their caches are bounded", json_schema_extra={"enum": list(LIMITS)})] = DEFAULT_LIMIT,
           store: ModelStore = Depends(get_store)) -> dict:
     """`status` is "running" (poll again; `progress` 0..1, per model in `models`), "done" (with
-    `results` by model and `figures`) or "error". A sweep adds a loaded dense model of the same
-    data set as `reference` (its accuracy at 100% of the FLOPs), unless one is asked for."""
+    `results` by model and `figures`) or "error". A sweep adds a loaded reference model (one whose
+    family was registered with reference=True: it skips nothing) of the same data set as
+    `reference` (its accuracy at 100% of the FLOPs), unless one is asked for."""
     if limit not in LIMITS:
         raise HTTPException(422, f"limit must be one of {', '.join(map(str, LIMITS))}, not {limit}")
     entries = []
     for model_id in dict.fromkeys(models):
         entry = store.get(model_id)
         if entry is None:
-            raise HTTPException(404, f"no model {model_id!r}; loaded: {', '.join(store.models)}")
+            raise HTTPException(404, unknown_id(model_id, store))
         if entry.kind != "image":
             raise HTTPException(400, f"model {model_id!r} is a {entry.kind} model; the what-if studies are for image classifiers")
         entry.require_test_set()
@@ -56,9 +58,9 @@ def study(request: Request, kind: Annotated[Literal["sweep", "lesion"], Path(des
     jobs = request.app.state.dataset_jobs
     reference = None
     if kind == "sweep":
-        dense = [e for e in entries if e.family == "dense"]
-        twin = dense[0] if dense else dense_twin(store, entries[0].card.dataset, {e.id for e in entries})
-        entries = [e for e in entries if e.family != "dense"] or entries
+        references = [e for e in entries if e.reference]
+        twin = references[0] if references else reference_twin(store, entries[0].card.dataset, {e.id for e in entries})
+        entries = [e for e in entries if not e.reference] or entries
         reference = twin if twin not in entries else None
     run = studies.sweep if kind == "sweep" else studies.lesion
     statuses = {e.id: jobs.study(e, kind, limit, run) for e in entries + ([reference] if reference else [])}

@@ -1,6 +1,6 @@
 /* The Image view's "What if" panel: the same weights with one documented change for the image
- * on screen (models/whatif.py): the halting threshold and a cap on units per block (ACT/SACT),
- * a bias on the gate decision (ConvNet-AIG), one unit removed (every ResNet). The controls come
+ * on screen (models/whatif.py): the halting threshold and a cap on units per block (halting models),
+ * a bias on the gate decision (gated models), one unit removed (every ResNet). The controls come
  * from the model's `whatif` (GET /api/models: the trained values and the units); a control at its
  * trained value sends nothing, so "reset to trained" is the plain request again.
  *

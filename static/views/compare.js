@@ -127,7 +127,7 @@ function drawMaps(c = results.compare) {
     const r = entry.response;
     const div = $(`compare-plot-${i}`);
     if (!r || !div) return;
-    const title = r.ponder ? `${mapUnit(state.map)} (shared scale)` : r.gates ? 'no spatial map (per-image gates)' : 'dense: no ponder map';
+    const title = r.ponder ? `${mapUnit(state.map)} (shared scale)` : r.gates ? 'no spatial map (per-layer gates)' : 'no ponder map';
     plot(div, mapFigure(r, 'map', { range: r.ponder ? scale : null, title }), `compare-${safeName(entry.model)}`);
   });
 }

@@ -1,6 +1,6 @@
 /* Dataset view: an image model over its whole test set (a background job on the server, polled)
  * or over the images of a `ponderscope analyze` result of its weights (the model's `analyses`,
- * chosen in "Statistics over"): FLOPs and accuracy per class, histograms, ConvNet-AIG's execution
+ * chosen in "Statistics over"): FLOPs and accuracy per class, histograms, gated models' execution
  * rates, and the images with the least and the most computation (a click opens a test image in
  * the Image view). */
 import { $, el, fill, flopsText, fmt, pct, stat } from '../core/dom.js';
@@ -95,7 +95,7 @@ const CHARTS = { class: 'dataset-class-chart', ponder: 'dataset-ponder-chart', f
   ponder_histogram: 'dataset-ponder-hist', layers_histogram: 'dataset-layers-hist', class_layer: 'dataset-class-layer' };
 
 /** Each of the result's figures in its plot (the execution rates in the colour scale chosen);
- * a plot whose figure this model has not (e.g. gate rates of a SACT model) is hidden. */
+ * a plot whose figure this model has not (e.g. gate rates of a model without gates) is hidden. */
 function drawCharts(d = results.dataset) {
   const figures = d.figures || {};
   for (const [name, id] of Object.entries(CHARTS)) {
@@ -121,7 +121,7 @@ function render(d = results.dataset) {
     stat(analysed ? 'images' : 'test images', String(d.examples)),
     stat('accuracy', pct(d.accuracy, 2)),
     stat('mean FLOPs', pct(d.flops_ratio), 'of the dense network'),
-    d.dense_flops ? stat('dense', flopsText(d.dense_flops)) : null,
+    d.dense_flops ? stat('dense FLOPs', flopsText(d.dense_flops), 'Trace.dense_flops: the network with nothing skipped') : null,
     d.mean_ponder !== null && d.mean_ponder !== undefined ? stat('mean ponder', fmt(d.mean_ponder, 3), `ponder cost N+R per image, over ${analysed ? 'these images' : 'the test set'}`) : null,
   );
   drawCharts(d);

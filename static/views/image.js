@@ -1,12 +1,12 @@
 /* Image view: one model on one image (an upload or a test sample): the ponder map over the
- * image, one map per block, ConvNet-AIG's gates, the prediction and the FLOPs. With no image in
+ * image, one map per block, a gated model's gates, the prediction and the FLOPs. With no image in
  * the link, the first screen shows the model's first test sample. */
 import { $, el, fill, fmt, shortHash, stat, unshownNote } from '../core/dom.js';
 import { api } from '../core/api.js';
 import { showSettings } from '../core/nav.js';
 import { plot, purge } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
-import { defaultModel, fillPicker, hasTestSet, renderCardSummary } from '../core/cards.js';
+import { defaultModel, familyLabel, fillPicker, hasTestSet, renderCardSummary } from '../core/cards.js';
 import { MODEL_BY_ID, results, state, syncUrl } from '../core/state.js';
 import { mapFigure, renderFlops, renderPrediction } from '../parts/image-parts.js';
 import { bindDropAndPaste, bindFileInput, cancelUpload } from '../parts/image-input.js';
@@ -113,7 +113,7 @@ function render(r = results.image) {
   $('image-empty').hidden = true;
   $('image-result').hidden = false;
   fill($('image-source'), `Showing ${describeSource(input)}`, unshownNote(r));
-  $('result-title').textContent = r.ponder ? 'Ponder map' : r.gates ? 'Gate decisions' : 'Input (dense model)';
+  $('result-title').textContent = r.ponder ? 'Ponder map' : r.gates ? 'Gate decisions' : 'Input';
   const stats = [
     stat('input', `${input.width}×${input.height}`, 'the image as the network saw it'),
     stat('resolution', input.resolution || state.resolution),
@@ -130,16 +130,21 @@ function render(r = results.image) {
 
   const note = $('no-ponder');
   note.hidden = !!r.ponder;
-  if (!r.ponder) {
-    note.textContent = r.gates
-      ? 'ConvNet-AIG decides per image, not per position: each gate runs or skips a whole residual block. See the gate chart below.'
-      : 'This model is dense: every unit runs at every position, so there is no ponder map.';
-  }
+  if (!r.ponder) note.textContent = noMapNote(MODEL_BY_ID.get(model), r);
   const gates = $('gates-chart');
   gates.hidden = !r.figures.gates;
   if (r.figures.gates) plot(gates, r.figures.gates, `gates-${safeName(model)}`);
   else purge(gates);
   drawMaps(r, model);
+}
+
+/** Why there is no ponder map: the model's family as it was registered (its label and description),
+ * else what its answer holds. */
+function noMapNote(m, r) {
+  if (m && m.family_description) return `${familyLabel(m)}: this model ${m.family_description}.`;
+  return r.gates
+    ? 'This model decides per layer, not per position: see the gate chart below.'
+    : 'This model reports no per-position decisions (its trace has no blocks), so there is no ponder map.';
 }
 
 /** The server's map figures ("map"; "blocks": one map per block on one scale) under the display settings. */

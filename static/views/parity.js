@@ -80,7 +80,7 @@ function render(p = results.parity) {
   const gather = (key) => mine.flatMap((trace) => trace[key] || []);
   const data = fig.data.map((trace) => (trace.name === POINTS ? { ...trace, x: gather('x'), y: gather('y'), text: gather('text') } : trace));
   plot($('parity-chart'), { data, layout: fig.layout }, `parity-${safeName(p.model)}`);
-  // What only some families report: p(n) over steps (PonderNet-style), and signals not drawn here
+  // What only some families report: p(n) over steps (a halting distribution), and signals not drawn here
   $('parity-halting').hidden = !p.figures.halting;
   if (p.figures.halting) plot($('parity-halting'), p.figures.halting, `parity-halting-${safeName(p.model)}`);
   const unshown = p.unshown_signals || [];

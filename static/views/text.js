@@ -1,4 +1,4 @@
-/* Text view: a character-level ACT model on the text typed: each character coloured by how
+/* Text view: a byte model that ponders per input step, on the text typed: each character coloured by how
  * long the network pondered on it, the per-character chart with the surprisal, the mean per
  * character class, and the model's held-out corpus statistics (a polled server job). */
 import { $, debounce, el, fill, fmt, pct, stat, unshownNote } from '../core/dom.js';

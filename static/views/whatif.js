@@ -1,7 +1,7 @@
 /* What-if view: several image models over their test sets, with one change at a time and no
  * retraining (GET /api/studies/sweep and /lesion: cached background jobs on the server, polled
  * here). The sweep draws accuracy against FLOPs as the halting threshold, the cap on units or
- * the gate bias moves, the trained settings as stars and the dense twin as a diamond; the lesion
+ * the gate bias moves, the trained settings as stars and the reference model as a diamond; the lesion
  * study the accuracy without each unit, with k random units removed, per class, and a table.
  *
  * In the link: wmodels=a,b (the models ticked), wlimit=N (the first N test images) and
@@ -17,7 +17,7 @@ import { lesionRows, renderLesionTable } from '../parts/lesion-table.js';
 const STUDIES = ['sweep', 'lesion'];
 const LIMITS = [500, 1000, 2000, 1000000];
 const DEFAULT_LIMIT = 1000;
-// The bundled Fashion-MNIST ResNet-32s: SACT, ACT and ConvNet-AIG against the dense one.
+// The bundled Fashion-MNIST ResNet-32s (three adaptive ones and their reference), when they are loaded.
 const BUNDLED = ['fmnist_sact_resnet32', 'fmnist_act_resnet32', 'fmnist_aig_resnet32', 'fmnist_resnet32'];
 const MAX_MODELS = 6; // the server's limit per study
 
@@ -166,7 +166,7 @@ function drawSweep(shown) {
       card ? ` ${same ? '= card' : '≠ card'} metrics.${name}` : ' (no card metrics over these images)');
   });
   const ref = answer.reference;
-  fill($('whatif-sweep-check'), checks, ref ? el('span', { class: 'stat' }, `${ref.label} (dense): `, el('b', { text: pct(ref.accuracy, 2) })) : null);
+  fill($('whatif-sweep-check'), checks, ref ? el('span', { class: 'stat' }, `${ref.label} (reference, 100% of the FLOPs): `, el('b', { text: pct(ref.accuracy, 2) })) : null);
 }
 
 function drawLesion(shown) {
@@ -205,7 +205,7 @@ function exportStudies(format) {
       for (const p of points) rows.push(['sweep', id, p.trained ? 'trained' : p.parameter, p.setting, '', p.accuracy, p.flops_ratio, '']);
     }
     const ref = sweep.answer.reference;
-    if (ref) rows.push(['sweep', ref.label, 'dense', '', '', ref.accuracy, ref.flops_ratio, '']);
+    if (ref) rows.push(['sweep', ref.label, 'reference', '', '', ref.accuracy, ref.flops_ratio, '']);
   }
   if (lesion) rows.push(...lesionRows(lesion.answer.results));
   return downloadCsv('whatif', ['study', 'model', 'what', 'setting', 'downsampling', 'accuracy', 'flops_ratio', 'execution_rate'], rows);

@@ -1,0 +1,190 @@
+"""The Trace contract (docs/own-models.md, section 3), checked in one place.
+
+`check_trace(trace, task, x, gate_names)` checks every field of a model's `Trace` for the input
+`x` of a card task: each field's shape and dtype, and the agreement between fields (gates,
+executed, gate_values and the model's `gate_names` of one length L; a block's ponder_cost and
+units on one grid, its halting and probabilities [B, n_units, H, W] on that grid where given;
+ponder and steps [B, T] together). A violation is a `TraceContractError` naming the field, what
+the contract expects and what the model gave.
+
+It runs when a checkpoint loads (models/checkpoint.py, on a probe input of the card's task) and on
+every trace the server or a notebook answers from (ponderscope.core.loaded: LoadedModel.trace),
+so a model that breaks the contract is one load error, or one clear error for that request, never
+a failure deep inside an answer and never a silently renamed layer.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from .trace import Trace
+
+TASKS = ("classify", "parity", "bytes-lm")
+BYTES = 256  # a byte LM's logits: one per byte value
+
+
+class TraceContractError(ValueError):
+    """A Trace field that breaks the contract: `field` (e.g. "gates", "blocks[1].units"), what the
+    contract `expected`, what the model gave (`actual`)."""
+
+    def __init__(self, field: str, expected: str, actual: str):
+        self.field, self.expected, self.actual = field, expected, actual
+        super().__init__(f"Trace.{field}: expected {expected}, got {actual}")
+
+
+# ------------------------------------------------------------------ descriptions
+def _kind(tensor: torch.Tensor) -> str:
+    if tensor.dtype == torch.bool:
+        return "bool"
+    if tensor.is_floating_point():
+        return "float"
+    if tensor.is_complex():
+        return "complex"
+    return "int"
+
+
+def describe(value) -> str:
+    """What a field holds, as the messages show it: "float32 [1, 3]", "None", "a list"."""
+    if value is None:
+        return "None"
+    if isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')} {list(value.shape)}"
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _dims(dims: Sequence) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+# dtype kinds a field may have
+FLOAT = ("float",)
+NUMBER = ("float", "int")  # whole counts may be either
+BOOL = ("bool",)
+_KIND_TEXT = {FLOAT: "float", NUMBER: "float or int", BOOL: "bool"}
+
+
+def _tensor(field: str, value, kinds: tuple[str, ...], dims: Sequence) -> torch.Tensor:
+    """`value` must be a tensor of one of `kinds` whose shape is `dims` (an int: that size; a
+    string: any size, named in the message) -> the tensor."""
+    expected = f"{_KIND_TEXT[kinds]} {_dims(dims)}"
+    if not isinstance(value, torch.Tensor) or _kind(value) not in kinds or value.dim() != len(dims):
+        raise TraceContractError(field, expected, describe(value))
+    for want, got in zip(dims, value.shape):
+        if isinstance(want, int) and want != got or not isinstance(want, int) and got < 1:
+            raise TraceContractError(field, expected, describe(value))
+    return value
+
+
+def _same_shape(field: str, value, kinds: tuple[str, ...], shape: Sequence[int], like: str) -> torch.Tensor:
+    """`value` must have exactly `shape`, the shape of the field `like`."""
+    expected = f"{_KIND_TEXT[kinds]} {_dims(shape)} (as {like})"
+    if not isinstance(value, torch.Tensor) or _kind(value) not in kinds or tuple(value.shape) != tuple(shape):
+        raise TraceContractError(field, expected, describe(value))
+    return value
+
+
+# ------------------------------------------------------------------ the check
+def check_trace(trace, task: str, x: torch.Tensor, gate_names: Optional[Sequence[str]] = None) -> None:
+    """Raise TraceContractError unless `trace` keeps the contract for input `x` of a card of task
+    `task` ("classify", "parity" or "bytes-lm"). `gate_names`: the model's optional attribute of
+    that name (None: it has none; the layers are then numbered)."""
+    if not isinstance(trace, Trace):
+        raise TraceContractError("", "a ponderscope.Trace from model.trace(x)", describe(trace))
+    batch = int(x.shape[0])
+    steps = int(x.shape[1]) if task == "bytes-lm" else 1  # input steps: a byte LM's bytes; a parity vector is one step
+    if task == "classify":
+        _tensor("logits", trace.logits, FLOAT, [batch, "classes"])
+    elif task == "parity":
+        _tensor("logits", trace.logits, FLOAT, [batch, 2])
+    elif task == "bytes-lm":
+        _tensor("logits", trace.logits, FLOAT, [batch, steps, BYTES])
+    else:
+        raise ValueError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    _tensor("flops", trace.flops, NUMBER, [batch])
+    dense = trace.dense_flops
+    if isinstance(dense, torch.Tensor) and dense.numel() == 1 and _kind(dense) in NUMBER:
+        dense = float(dense)
+    if isinstance(dense, bool) or not isinstance(dense, (int, float)) or not math.isfinite(dense) or dense <= 0:
+        raise TraceContractError("dense_flops", "a finite number > 0 (FLOPs of the network with nothing skipped)",
+                                 repr(dense) if isinstance(dense, (int, float)) else describe(dense))
+    _check_blocks(trace.blocks, batch)
+    _check_gates(trace, batch, gate_names)
+    _check_steps(trace, task, batch, steps)
+    if not isinstance(trace.extras, dict):
+        raise TraceContractError("extras", "a dict", describe(trace.extras))
+    distribution = trace.extras.get("halting_distribution")
+    if distribution is not None:
+        t = trace.ponder.shape[1] if isinstance(trace.ponder, torch.Tensor) else "T"
+        _tensor("extras['halting_distribution']", distribution, FLOAT, [batch, t, "N_max"])
+
+
+def _check_blocks(blocks, batch: int) -> None:
+    if blocks is None:
+        return
+    if not isinstance(blocks, (list, tuple)):
+        raise TraceContractError("blocks", "a list of BlockTrace (one per stage) or None", describe(blocks))
+    for index, block in enumerate(blocks):
+        where = f"blocks[{index}]"
+        if not all(hasattr(block, name) for name in ("ponder_cost", "units", "halting", "probabilities")):
+            raise TraceContractError(where, "a ponderscope.BlockTrace", describe(block))
+        cost = _tensor(f"{where}.ponder_cost", block.ponder_cost, FLOAT, [batch, "H", "W"])
+        grid = tuple(cost.shape)
+        _same_shape(f"{where}.units", block.units, NUMBER, grid, f"{where}.ponder_cost: one grid")
+        halting = block.halting
+        if halting is not None:
+            _tensor(f"{where}.halting", halting, FLOAT, [batch, "n_units", grid[1], grid[2]])
+        if block.probabilities is not None:
+            if halting is not None:
+                _same_shape(f"{where}.probabilities", block.probabilities, FLOAT, halting.shape, f"{where}.halting")
+            else:
+                _tensor(f"{where}.probabilities", block.probabilities, FLOAT, [batch, "n_units", grid[1], grid[2]])
+
+
+def _check_gates(trace, batch: int, gate_names: Optional[Sequence[str]]) -> None:
+    gates, executed = trace.gates, trace.executed
+    if gates is None and executed is None:
+        if trace.gate_values is not None:
+            raise TraceContractError("gate_values", "None where gates and executed are None", describe(trace.gate_values))
+        return
+    if gates is None or executed is None:  # the gate chart draws both, the dataset view reads executed
+        missing, given = ("gates", "executed") if gates is None else ("executed", "gates")
+        raise TraceContractError(missing, f"float [B, L] beside {given}" if missing == "gates" else f"bool [B, L] beside {given}",
+                                 "None")
+    _tensor("gates", gates, FLOAT, [batch, "L"])
+    layers = int(gates.shape[1])
+    _same_shape("executed", executed, BOOL, gates.shape, "gates: one entry per gated layer")
+    if trace.gate_values is not None:
+        _same_shape("gate_values", trace.gate_values, NUMBER, gates.shape, "gates")
+    layer_names(gate_names, layers)
+
+
+def layer_names(gate_names: Optional[Sequence[str]], layers: int) -> list[str]:
+    """The names of `layers` gated layers: the model's `gate_names` (its length must be L), else
+    "layer 0", "layer 1", ... Never a rename: names of another length are a TraceContractError."""
+    if gate_names is None:
+        return [f"layer {i}" for i in range(layers)]
+    if isinstance(gate_names, str) or not all(isinstance(name, str) for name in gate_names):
+        raise TraceContractError("gates", "the model's gate_names: a list of strings, one per gated layer", describe(gate_names))
+    names = list(gate_names)
+    if len(names) != layers:
+        raise TraceContractError("gates", f"[B, L] with L = {len(names)}, the length of the model's gate_names",
+                                 f"L = {layers} (gate_names: {len(names)} names)")
+    return names
+
+
+def _check_steps(trace, task: str, batch: int, steps: int) -> None:
+    ponder, counted = trace.ponder, trace.steps
+    if ponder is None and counted is None:
+        if task in ("parity", "bytes-lm"):  # the Parity and Text views read both
+            raise TraceContractError("ponder", f"float {_dims([batch, steps])} (a {task} model's ponder per input step)", "None")
+        return
+    t = steps if task in ("parity", "bytes-lm") else "T"
+    if ponder is None or counted is None:
+        missing = "ponder" if ponder is None else "steps"
+        raise TraceContractError(missing, f"{'float' if missing == 'ponder' else 'float or int'} [B, T] beside "
+                                          f"{'steps' if missing == 'ponder' else 'ponder'}", "None")
+    _tensor("ponder", ponder, FLOAT, [batch, t])
+    _same_shape("steps", counted, NUMBER, ponder.shape, "ponder")
