@@ -9,6 +9,7 @@ failure at any point leaves nothing behind.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -25,6 +26,17 @@ from ponderscope.models.checkpoint import save_checkpoint
 
 class ImportFailed(ValueError):
     """One line that says what in the source does not fit (and names the variable)."""
+
+
+class DiskFull(ImportFailed):
+    """No space left where a file was being written; what was written is removed."""
+
+
+def no_space(error: BaseException) -> bool:
+    """ENOSPC / EDQUOT, as an OSError or as safetensors' Rust I/O error ("... (os error 28)")."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    return type(error).__name__ == "SafetensorError" and f"(os error {errno.ENOSPC})" in str(error)
 
 
 # `--model` names: family prefix + "resnet" + depth, as in the registry (sact_resnet101, aig_resnet110).
@@ -133,7 +145,9 @@ def write_imported(imported: Imported, out: str | os.PathLike, sources: list[Pat
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if no_space(error):
+            raise DiskFull(f"no space left on the disk of {out.parent} to write {out.name}: nothing was kept") from None
         raise
     return out

@@ -19,10 +19,13 @@ What a training script adds (optimizer slots, `global_step`, moving-average shad
 outside the network's top scope) is ignored and listed in the card; any other variable under the
 network's scope is an error, as is one the model needs and misses.
 The checkpoint is read by importers/tf_bundle.py (TF's tensor-bundle format parsed as data):
-TensorFlow is not needed.
+TensorFlow is not needed. SOURCE may also be the `.tar.gz` as the authors publish it (a folder
+with `checkpoint` and model.ckpt-NNN.*): it is unpacked safely (importers/archive.py) into a
+temporary folder, read, and removed; the card names the archive and its sha256.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -32,6 +35,7 @@ import torch
 from ponderscope import models
 from ponderscope.models.resnet import IMAGENET_LAYOUTS, layout_depth
 
+from .archive import is_archive, unpacked
 from .classes import names_for
 from .common import FAMILY_OF_PREFIX, ImportFailed, Imported, check_depth, load_converted, parse_model_name
 from .tf_bundle import list_variables, read_bundle, resolve_prefix, shard_files
@@ -241,7 +245,37 @@ def _build(family: str, kind: str, depth: int, units_per_block: list[int], width
         raise ImportFailed(f"cannot build {name} for this checkpoint: {error}") from None
 
 
-def read(source: Path, name: str, num_classes: int | None) -> tuple[Imported, list[Path]]:
+def checkpoint_folder(folder: Path, archive: str) -> Path:
+    """The one folder of an unpacked archive that holds a TF checkpoint (a `checkpoint` state file
+    or *.index files)."""
+    found = sorted({p.parent for p in folder.rglob("checkpoint") if p.is_file()} | {p.parent for p in folder.rglob("*.index") if p.is_file()})
+    if not found:
+        raise ImportFailed(f"{archive} holds no TF checkpoint (no `checkpoint` file and no *.index file in it)")
+    if len(found) > 1:
+        names = ", ".join(str(p.relative_to(folder)) or "." for p in found[:5])
+        raise ImportFailed(f"{archive} holds TF checkpoints in {len(found)} folders ({names}): unpack it and import the one you mean")
+    return found[0]
+
+
+def read_archive(source: Path, name: str, num_classes: int | None, scratch: Path | None = None,
+                 open_file=open) -> tuple[Imported, list[Path]]:
+    """The authors' published .tar.gz: unpacked into `scratch` (default: the temporary folder),
+    read, and removed again. -> (Imported, [the archive]): the card's sha256 is the archive's.
+    `open_file` writes the unpacked files (a test's full disk)."""
+    with unpacked(source, scratch, open_file) as folder:
+        try:
+            inside = checkpoint_folder(folder, source.name)
+            imported, _ = read(inside, name, num_classes)
+            prefix = resolve_prefix(inside)
+        except ImportFailed as error:  # name the archive's members, not the temporary folder
+            raise ImportFailed(str(error).replace(str(folder) + os.sep, f"{source.name}:")) from None
+        imported.converted["unpacked"] = f"{source.name}: {prefix.relative_to(folder).as_posix()}"
+    return imported, [source]
+
+
+def read(source: Path, name: str, num_classes: int | None, scratch: Path | None = None) -> tuple[Imported, list[Path]]:
+    if is_archive(source):
+        return read_archive(Path(source), name, num_classes, scratch)
     wanted = parse_model_name(name, ("dense", "act", "sact"))
     prefix = resolve_prefix(source)
     names = list(list_variables(prefix))
