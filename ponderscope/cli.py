@@ -1,4 +1,4 @@
-"""`ponderscope train | eval | serve | analyze | study | import | results | render` — the one command line for the project."""
+"""`ponderscope train | eval | serve | analyze | study | import | pretrained | results | render` — the one command line for the project."""
 from __future__ import annotations
 
 import argparse
@@ -43,8 +43,11 @@ def _serve(args) -> None:
     from ponderscope.server.access import AccessError
     from ponderscope.server.app import run
 
+    from .paths import default_checkpoint_dirs
+
+    checkpoints = args.checkpoints or [str(p) for p in default_checkpoint_dirs()]  # bundled + `pretrained get`'s folder if there
     try:  # a contradiction or a short token is the user's to fix: one line, not a traceback
-        run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=args.checkpoints, cache_dir=args.cache, data_roots=args.data_root,
+        run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=checkpoints, cache_dir=args.cache, data_roots=args.data_root,
             image_store_bytes=args.image_store_mb * 1024 * 1024, analyses=args.analysis, execution=args.execution, token=args.token,
             no_token=args.no_token)
     except AccessError as error:
@@ -60,6 +63,31 @@ def _import(args) -> None:
     except (OSError, ImportFailed) as error:
         raise SystemExit(f"ponderscope import: {error}") from None
     print(f"wrote {out}/model.safetensors and {out}/card.json")
+
+
+def _pretrained(args) -> None:
+    """The SACT authors' published checkpoints by name (importers/pretrained.py)."""
+    from pathlib import Path
+
+    from ponderscope.importers import ImportFailed, pretrained
+
+    if args.action == "list":
+        print(pretrained.listing(None if args.out is None else Path(args.out).expanduser()))
+        return
+    try:
+        out = pretrained.get(args.name, args.out, args.url, progress=not args.no_progress, command="ponderscope " + shlex.join(args.argv))
+    except (ImportFailed, pretrained.FetchFailed, pretrained.DownloadFailed) as error:
+        raise SystemExit(f"ponderscope pretrained get: {error}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("ponderscope pretrained get: interrupted; what was downloaded is kept in a .part file beside the target, "
+                         "and the same command continues from it") from None
+    print(f"wrote {out}/model.safetensors and {out}/card.json")
+    from .paths import user_models_dir
+
+    if out.parent.resolve() == user_models_dir().resolve():
+        print("`ponderscope serve` lists it")
+    else:
+        print(f"serve it with: ponderscope serve --checkpoints {shlex.quote(str(out.parent))}")
 
 
 def _analyze(args) -> None:
@@ -293,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
                         "printed as a link at start-up when --host is not a loopback address)")
     access.add_argument("--no-token", action="store_true", help="ask for no token even when listening beyond this machine (logged as a warning)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--checkpoints", action="append", help="directory of checkpoint directories (repeatable); default: the bundled ones")
+    p.add_argument("--checkpoints", action="append", help="directory of checkpoint directories (repeatable); default: the bundled ones "
+                   "and, when it exists, the folder `ponderscope pretrained get` fills ($PONDERSCOPE_MODELS, else e.g. ~/.local/share/ponderscope/models)")
     p.add_argument("--cache", default=None, help="where dataset-view results are cached")
     p.add_argument("--data-root", action="append", metavar="DIR", help="a folder whose image folders cards may name as their test set (dataset imagefolder:PATH; repeatable)")
     p.add_argument("--analysis", action="append", metavar="DIR", help="a `ponderscope analyze` folder to show in the Dataset view (repeatable; "
@@ -304,12 +333,26 @@ def main(argv: list[str] | None = None) -> None:
     plugin_option(p)
 
     p = sub.add_parser("import", help="convert the authors' checkpoints (SACT TF, ConvNet-AIG PyTorch) into a checkpoint directory")
-    p.add_argument("format", choices=["sact-tf", "convnet-aig"], help="sact-tf: a TF checkpoint prefix; convnet-aig: a .pth.tar of the authors' train.py")
+    p.add_argument("format", choices=["sact-tf", "convnet-aig"], help="sact-tf: a TF checkpoint prefix (or its folder, or the authors' "
+                   ".tar.gz as published); convnet-aig: a .pth.tar of the authors' train.py")
     p.add_argument("source", help="the file (or TF checkpoint prefix, e.g. model.ckpt-100000) to read")
     p.add_argument("--out", required=True, help="checkpoint directory to write (must not exist or be empty)")
     p.add_argument("--model", required=True, help="family and depth: sact_resnet32, sact_resnet101, act_resnet101, resnet101, aig_resnet110, aig_resnet50 ...")
     p.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint")
     p.set_defaults(func=_import)
+
+    p = sub.add_parser("pretrained", help="the SACT authors' published checkpoints by name: list them, or download, unpack and import one")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("list", help="the published checkpoints, their addresses and sizes, and which are fetched")
+    q.add_argument("--out", metavar="DIR", help="the folder to look in (default: the per-user folder, $PONDERSCOPE_MODELS)")
+    q = actions.add_parser("get", help="download (resumable), check, unpack safely and import one into DIR/NAME; never prompts")
+    q.add_argument("name", help="sact-cifar10-resnet32, sact-imagenet-resnet101 or imagenet-resnet101")
+    q.add_argument("--out", metavar="DIR", help="where NAME's folder goes (may exist; default: the per-user folder that `serve` lists, "
+                   "$PONDERSCOPE_MODELS or e.g. ~/.local/share/ponderscope/models)")
+    q.add_argument("--url", help="a mirror (http:// or https://; its own announced size is checked) or a local .tar.gz, instead of "
+                   "the authors' address")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_pretrained)
 
     p = sub.add_parser("analyze", help="the Dataset view's statistics over an image folder of any size, streaming and resumable "
                                        "(several processes: torchrun --nproc_per_node N -m ponderscope analyze ...)")
