@@ -1203,3 +1203,37 @@ def test_access_token_cookie_flow(page, tmp_path):
     finally:
         page.d.delete_all_cookies()
         server.stop()
+
+
+def test_models_without_test_data_say_so_once_with_their_name_and_reason(page, tmp_path):
+    """A byte LM whose card names no corpus and an image model whose card names no data set
+    (tests/test_clear_messages.py makes them): the Text view's corpus panel says why there are no
+    held-out statistics, once, without asking the server; the Image view's samples say why there
+    are none; the Dataset view names the model it leaves out, with the reason. No error banner."""
+    from test_clear_messages import NO_CORPUS, NO_DATA_SET, without_data
+
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    without_data(root)
+    server = ServerProcess([str(root)], str(tmp_path / "cache"), str(tmp_path / "server.log"))
+    try:
+        server.wait_ready(timeout=90)
+        page.d.get(f"{server.url}/?view=text&tmodel=text-no-corpus")
+        said = f"No held-out statistics for text-no-corpus: {NO_CORPUS}"
+        page.wait("return document.getElementById('corpus-source').textContent.startsWith(arguments[0])", said, what="the corpus note")
+        time.sleep(1.5)  # a retry, were there one, would have come by now
+        asked = page.js("return performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.includes('/api/') && n.includes('/dataset'))")
+        assert asked == [] and page.js("return document.getElementById('corpus-source').textContent").startswith(said)
+        assert page.error_text() == ""
+
+        page.d.get(f"{server.url}/?view=image&model=image-no-data")
+        note = page.wait("const g = document.getElementById('samples'); return g && g.innerText", what="the samples note")
+        assert note == f"No test set comes with image-no-data: {NO_DATA_SET}; upload an image to analyse it."
+        assert "None" not in note and page.error_text() == ""
+
+        page.d.get(f"{server.url}/?view=dataset")
+        left_out = page.wait("const p = document.getElementById('dataset-left-out'); return p && !p.hidden && p.textContent", what="the left-out note")
+        assert left_out == f"Not listed: image-no-data ({NO_DATA_SET})."
+        assert page.error_text() == ""
+    finally:
+        server.stop()

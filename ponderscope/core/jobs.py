@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ponderscope.core.workloads import CHAR_CLASS_LABELS
+from ponderscope.core.workloads import CHAR_CLASS_LABELS, card_corpus_statistics
 
 from ponderscope.core.statistics import image_records, read_analysis, summarize, write_json
 
@@ -57,7 +57,7 @@ class DatasetJobs:
         N + R, how often N leaves its most common value, ponder vs surprisal. From the card when
         `ponderscope eval` wrote them (the whole held-out text), else measured here on its start."""
         test = entry.card.test_metrics
-        if "steps_histogram" in test and "per_char_class" in test:
+        if card_corpus_statistics(entry.card.data):
             stats, source = test, f"card metrics.test: all {test.get('bytes')} held-out bytes (ponderscope eval)"
         else:
             job["message"] = f"running the model on {CORPUS_BYTES} held-out bytes"

@@ -187,9 +187,11 @@ class LoadedModel:
         return trace, ms
 
     def require_test_set(self) -> None:
-        """Raise NoTestSet (a 404 with the reason) for a model that comes without a test set here."""
+        """Raise NoTestSet (a 404 with the model's name and the reason) for a model that comes
+        without a test set (a byte LM: without held-out text or its statistics) here."""
         if self.no_test_set:
-            raise NoTestSet(f"model {self.id!r} comes without a test set here ({self.no_test_set}): analyse your own images (upload one)")
+            own = {"image": "analyse your own images (upload one)", "text": "type your own text in the Text view"}.get(self.kind, "")
+            raise NoTestSet(f"model {self.id!r} comes without a test set here: {self.no_test_set}{f'; {own}' if own else ''}")
 
     def test_set(self):
         """The model's test data (samples, the Dataset view, studies), loaded once."""

@@ -52,12 +52,33 @@ def checkpoint_test_data(card: Card, device: str | torch.device = "cpu"):
     return make_workload(card.data["task"], card.dataset, torch.device(device), options, test_only=True)
 
 
+CORPUS_STATISTICS = ("per_char_class", "steps_histogram")  # what a byte LM's corpus panel reads from its card (metrics.test)
+
+
+def card_corpus_statistics(card: dict) -> bool:
+    """Whether a byte LM's card carries its held-out statistics (`ponderscope eval` writes them)."""
+    test = (card.get("metrics") or {}).get("test") or {}
+    return all(key in test for key in CORPUS_STATISTICS)
+
+
 def no_test_set(card: dict) -> Optional[str]:
-    """Why the card's model has no test set the project can load (None if it has one): an image
-    model of a data set other than the project's, e.g. imported from the authors' checkpoints."""
-    if card["task"]["name"] != "classify" or has_image_test_set(card):  # (cards are checked when they load)
+    """Why the card's model has no test set the project can load (None if it has one), in a
+    clause that follows "model X comes without a test set here: ": an image model of a data set other than
+    the project's (e.g. imported from the authors' checkpoints) or of none; a byte LM whose card
+    names no text corpus the project has and carries no held-out statistics. (Parity vectors are
+    drawn, never missing.)"""
+    task, dataset = card["task"]["name"], card.get("dataset")  # (cards are checked when they load)
+    if task == "bytes-lm":
+        if dataset in data.TEXT_CORPORA or card_corpus_statistics(card):
+            return None
+        if dataset is None:
+            return ('its card names no text corpus ("dataset": null) and carries no held-out statistics '
+                    f"(metrics.test.{' and .'.join(CORPUS_STATISTICS)}, written by ponderscope eval)")
+        return f"no text corpus {dataset!r} here (known: {', '.join(sorted(data.TEXT_CORPORA))}) and no held-out statistics in its card"
+    if task != "classify" or has_image_test_set(card):
         return None
-    dataset = card.get("dataset")
+    if dataset is None:
+        return 'its card names no data set ("dataset": null)'
     source = (card.get("source") or {}).get("format")
     return f"no test set of {dataset!r} here{f' (imported from {source})' if source else ''}"
 

@@ -7,7 +7,7 @@ import { $, el, fill, flopsText, fmt, pct, stat } from '../core/dom.js';
 import { jobPoller } from '../core/api.js';
 import { plot, purge, recolored } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
-import { defaultModel, fillPicker, hasTestSet, renderCardSummary } from '../core/cards.js';
+import { defaultModel, fillPicker, hasTestSet, modelsOfKind, renderCardSummary } from '../core/cards.js';
 import { MODEL_BY_ID, results, state, syncUrl, viewNamed } from '../core/state.js';
 import { showView } from '../core/nav.js';
 import { SAMPLE_COUNT } from './image.js';
@@ -156,6 +156,14 @@ function exportDataset(format) {
     d.per_class.map((c, i) => [c.class, c.count, c.accuracy, c.flops_ratio, c.mean_ponder, ...(d.class_layer_execution_rate ? d.class_layer_execution_rate[i] : [])]));
 }
 
+/** The image models this view leaves out, each with the server's reason (said once, under the picker). */
+function renderLeftOut() {
+  const out = modelsOfKind('image').filter((m) => !showable(m));
+  const note = $('dataset-left-out');
+  note.hidden = !out.length;
+  note.textContent = out.length ? `Not listed: ${out.map((m) => `${m.id} (${m.no_test_set || 'no test set here'})`).join('; ')}.` : '';
+}
+
 /** Show model `id` (its statistics over its default source: the test set, else its first analysis). */
 function selectModel(id, source = null) {
   state.model.dataset = id;
@@ -177,6 +185,7 @@ export const view = {
     // The dataset view needs a test set or an analysis: imported models (the authors'
     // checkpoints) come without a test set.
     fillPicker($('dataset-model'), 'image', null, showable);
+    renderLeftOut();
     selectModel(defaultModel('image', q.get('dmodel') || s.model.image, { keep: showable }), q.get('source'));
     const changed = () => {
       $('dataset-result').hidden = true;

@@ -187,7 +187,7 @@ async function loadSamples() {
   if (!id) { grid.replaceChildren(); return; }
   const model = MODEL_BY_ID.get(id);
   if (!hasTestSet(model)) {
-    noSamples(`No test set comes with ${id} (${model.dataset}, imported): upload an image to analyse it.`);
+    noSamples(`No test set comes with ${id}: ${model.no_test_set || 'the server has none for it'}; upload an image to analyse it.`);
     return;
   }
   $('samples-more').hidden = false;

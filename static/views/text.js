@@ -6,8 +6,8 @@ import { api, jobPoller } from '../core/api.js';
 import { colorAt, gradientCss, inkFor, rgbCss } from '../core/colors.js';
 import { plot, purge } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
-import { defaultModel, fillPicker, renderCardSummary } from '../core/cards.js';
-import { SETTING_DEFAULTS, results, state, syncUrl } from '../core/state.js';
+import { defaultModel, fillPicker, hasTestSet, renderCardSummary } from '../core/cards.js';
+import { MODEL_BY_ID, SETTING_DEFAULTS, results, state, syncUrl } from '../core/state.js';
 
 const TEXT_URL_LIMIT = 500;
 const TEXT_DEBOUNCE_MS = 300;
@@ -124,6 +124,12 @@ async function runCorpus() {
   corpusJob.cancel();
   if (!id) return;
   if (results.corpus && results.corpus.model === id) { renderCorpus(); return; }
+  const model = MODEL_BY_ID.get(id);
+  if (!hasTestSet(model)) { // nothing to measure: said once, where the statistics would be (no request, no retry)
+    results.corpus = { model: id, missing: `No held-out statistics for ${id}: ${model.no_test_set || 'the server has none for it'}.` };
+    renderCorpus();
+    return;
+  }
   if (results.corpus) { results.corpus = null; renderCorpus(); } // not the previous model's numbers meanwhile
   try {
     const outcome = await corpusJob.run(`/api/models/${encodeURIComponent(id)}/dataset`, {
@@ -132,14 +138,20 @@ async function runCorpus() {
       keepPolling: () => state.view === 'text',
       onStatus: (status) => { if (status.status === 'running') $('corpus-source').textContent = `measuring: ${status.message || ''}`; },
     });
-    if (!outcome || outcome.failed) return;
-    results.corpus = { model: id, ...outcome.result };
+    if (!outcome) return;
+    // a failed job is said once (here and in the banner); another model and back, or a reload, asks again
+    results.corpus = outcome.failed ? { model: id, missing: `No held-out statistics for ${id}: ${outcome.failed}` } : { model: id, ...outcome.result };
     renderCorpus();
   } catch (_) { /* shown in the banner */ }
 }
 
 function renderCorpus(c = results.corpus) {
-  if (!c || !c.per_char_class) { purge($('corpus-chart')); $('corpus-stats').replaceChildren(); $('corpus-source').textContent = ''; return; }
+  if (!c || !c.per_char_class) {
+    purge($('corpus-chart'));
+    $('corpus-stats').replaceChildren();
+    $('corpus-source').textContent = (c && c.missing) || '';
+    return;
+  }
   plot($('corpus-chart'), c.figures.corpus, `corpus-${safeName(c.model)}`);
   const given = (v) => v !== null && v !== undefined;
   fill($('corpus-stats'),
