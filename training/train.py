@@ -37,7 +37,7 @@ DEFAULTS = {
     "data_options": {},
     "steps": 2000,
     "batch_size": 128,
-    "optimizer": "sgd",  # sgd (momentum 0.9, nesterov) or adam
+    "optimizer": "sgd",  # sgd (momentum 0.9, nesterov), adam or adamw
     "lr": 0.1,
     "weight_decay": 5e-4,
     "schedule": "onecycle",  # onecycle, cosine, step, constant
@@ -120,8 +120,8 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; known: {', '.join(DEFAULTS)}")
     if config["schedule"] not in SCHEDULES:
         raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {config['schedule']!r}")
-    if config["optimizer"] not in ("sgd", "adam"):
-        raise ConfigError(f"optimizer must be sgd or adam, got {config['optimizer']!r}")
+    if config["optimizer"] not in ("sgd", "adam", "adamw"):
+        raise ConfigError(f"optimizer must be sgd, adam or adamw, got {config['optimizer']!r}")
     for key, low in (("steps", 1), ("batch_size", 2), ("log_every", 1), ("save_every", 1), ("tau_warmup_steps", 0), ("seed", 0)):
         # (batch norm needs two examples to train)
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < low:
@@ -196,6 +196,8 @@ def _optimizer(config: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=config["lr"], momentum=0.9, nesterov=True)
     if config["optimizer"] == "adam":
         return torch.optim.Adam(groups, lr=config["lr"])
+    if config["optimizer"] == "adamw":  # decoupled weight decay: the usual optimiser for transformers
+        return torch.optim.AdamW(groups, lr=config["lr"])
     raise ValueError(f"unknown optimizer {config['optimizer']!r}")
 
 

@@ -1,0 +1,247 @@
+"""A vision transformer whose tokens halt: A-ViT (Yin et al., CVPR 2022), and its dense twin.
+
+Per image token t and layer l (the token's state e_t^l after the layer):
+
+    h_t^l  = sigmoid(gamma * e_{t,0}^l - beta)     channel 0 of the token's own state: no new weights
+    p, N, R from the ACT rule over the layers (models/halting.py), h = 1 at the last layer
+    rho_t  = N_t + R_t                              the token's ponder cost (its per-patch map)
+    out_t  = sum_l p_t^l e_t^l                      the ACT-weighted state
+
+A halted token keeps its state, and from the next layer on is neither updated nor attended to
+(its attention logits are -inf: softmax over the tokens still running). Loss: task
++ alpha_p * mean_t rho_t + alpha_d * KL(H || prior), H the mean halting score per layer
+normalised over layers, the prior a Gaussian over depth centred at `target_depth`.
+
+One departure from the authors' network, on purpose: the head reads the mean of the tokens'
+ACT-weighted states (global average pooling, as a SACT ResNet pools its ACT-weighted positions)
+instead of a class token. With a class token the task loss reaches no image token's halting
+score (only the class token's output feeds the head, and halting a token is a discrete mask),
+so where tokens halt would be set by the ponder loss and the prior alone; pooled, every token's
+halting weights are on the gradient path, as in ACT and SACT. A small convolutional stem (two
+strided 3x3 / (p/2)x(p/2) convolutions) replaces the single patch projection: ViTs trained from
+scratch on a few tens of thousands of images learn much faster with one (Xiao et al. 2021).
+
+Execution (models/sparse.py): "masked" runs every token through every layer with the halted
+ones masked out of attention and their update dropped (the reference, and training); "sparse"
+gathers each image's running tokens (padded to the batch's largest count, the padding masked
+out) and runs the layer on those only. The two give the same numbers (tests/test_avit.py).
+FLOPs count what the adaptive network needs: per image and layer, the running tokens' QKV,
+attention (against the running keys), projection and MLP products, plus stem and head.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .halting import DEFAULT_EPS, StepwiseHalting
+from .registry import register_family, register_model
+from .sparse import Execution, requested_execution
+from .trace import BlockTrace, Trace
+
+register_family("avit", "A-ViT (halting tokens)", "decides per token: each image patch's token stops going through layers once "
+                "its halting scores add up to the threshold, so the ponder map shows the layers each patch went through")
+register_family("vit", "ViT (no halting)", "runs every token through every layer, so there is no ponder map", reference=True)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, keys: Optional[torch.Tensor]) -> torch.Tensor:
+        """x [B, n, d]; keys [B, n] bool: the tokens that may be attended to (None: all)."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        mask = None if keys is None else keys[:, None, None, :]  # True: attend (SDPA's boolean convention)
+        return self.proj(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, n, d))
+
+
+class Layer(nn.Module):
+    """A pre-norm transformer layer: x + attn(LN x), then + MLP(LN x)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim), nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, keys: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), keys)
+        return x + self.mlp(self.norm2(x))
+
+    def flops(self, tokens: torch.Tensor) -> torch.Tensor:
+        """FLOPs (2 x multiply-adds) of this layer for `tokens` [B] running tokens that attend to each other."""
+        d, hidden = self.attn.proj.in_features, self.mlp[0].out_features
+        per_token = 2 * (3 * d * d + d * d + 2 * d * hidden)
+        return tokens * per_token + 2 * 2 * tokens * tokens * d  # q.k and attention x v over the running keys
+
+
+class ConvStem(nn.Module):
+    """image [B, C, H, W] -> tokens [B, (H/p)(W/p), dim]: a 3x3 stride-2 conv, then a (p/2)x(p/2)
+    stride-p/2 conv (p = the patch size, even)."""
+
+    def __init__(self, in_channels: int, dim: int, patch: int):
+        super().__init__()
+        if patch % 2:
+            raise ValueError(f"patch must be even (a stride-2 conv, then a (patch/2)-sized one), not {patch}")
+        width = max(16, dim // 4)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(width, dim, patch // 2, stride=patch // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.gelu(self.conv1(x))).flatten(2).transpose(1, 2)
+
+    def flops(self, height: int, width: int) -> int:
+        h1, w1 = math.ceil(height / 2), math.ceil(width / 2)
+        c1 = self.conv1
+        first = 2 * h1 * w1 * c1.out_channels * c1.in_channels * 9
+        k = self.conv2.kernel_size[0]
+        second = 2 * (h1 // k) * (w1 // k) * self.conv2.out_channels * self.conv2.in_channels * k * k
+        return first + second
+
+
+class HaltingViT(nn.Module):
+    """halting=True: A-ViT; False: the same ViT with every token through every layer (the dense twin)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 60, patch: int = 6, dim: int = 64, depth: int = 6,
+                 heads: int = 4, mlp_ratio: float = 2.0, halting: bool = True, gate_scale: float = 10.0, gate_center: float = 5.0,
+                 eps: float = DEFAULT_EPS, groups: int = 2, execution: Execution | str = Execution.SPARSE):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch {patch}")
+        if depth % groups:
+            raise ValueError(f"depth {depth} does not split into {groups} layer groups")
+        self.grid = image_size // patch
+        self.image_size, self.halting, self.eps, self.groups = image_size, halting, eps, groups
+        self.gate_scale, self.gate_center = gate_scale, gate_center
+        self.execution = Execution.of(execution)
+        self.stem = ConvStem(in_channels, dim, patch)
+        self.position = nn.Parameter(torch.randn(1, self.grid * self.grid, dim) * 0.02)
+        self.layers = nn.ModuleList(Layer(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    @property
+    def has_sparse_path(self) -> bool:
+        return self.halting
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trace(x).logits
+
+    # ------------------------------------------------------------------ the forward pass
+    def trace(self, x: torch.Tensor) -> Trace:
+        tokens = self.stem(x) + self.position  # [B, n, d]
+        b, n, _ = tokens.shape
+        if not self.halting:
+            for layer in self.layers:
+                tokens = layer(tokens)
+            flops = torch.full((b,), float(self.dense_flops(x)), device=x.device)
+            return Trace(logits=self.head(self.norm(tokens.mean(1))), flops=flops, dense_flops=self.dense_flops(x))
+        sparse = not self.training and requested_execution(self) is not Execution.MASKED
+        state = StepwiseHalting((b, n), device=x.device, dtype=tokens.dtype, eps=self.eps)
+        output = torch.zeros_like(tokens)
+        ran, weights, scores, flops = [], [], [], torch.full((b,), float(self.fixed_flops(x)), device=x.device)
+        for index, layer in enumerate(self.layers):
+            running = state.running
+            flops = flops + layer.flops(running.sum(1).to(flops.dtype))
+            tokens = self._run_sparse(layer, tokens, running) if sparse else self._run_masked(layer, tokens, running)
+            last = index == len(self.layers) - 1
+            h = torch.ones_like(tokens[..., 0]) if last else torch.sigmoid(self.gate_scale * tokens[..., 0] - self.gate_center)
+            h = h * running  # 0 where halted (zero_after_halt below)
+            p = state.update(h, force_halt=last, zero_after_halt=True)
+            ran.append(running)
+            scores.append(h)
+            weights.append(p)
+            output = output + p.unsqueeze(-1) * tokens
+        logits = self.head(self.norm(output.mean(1)))
+        return Trace(logits=logits, flops=flops, dense_flops=self.dense_flops(x), blocks=self._blocks(ran, weights, scores, b),
+                     extras={"layer_halting_scores": torch.stack(scores[:-1], 1)})
+
+    def _run_masked(self, layer: Layer, tokens: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+        """Every token through the layer, the halted ones masked out of attention and left as they were."""
+        if bool(running.all()):
+            return layer(tokens)
+        keys = running | ~running.any(1, keepdim=True)  # an image with every token halted: its rows are dropped anyway
+        return torch.where(running.unsqueeze(-1), layer(tokens, keys), tokens)
+
+    def _run_sparse(self, layer: Layer, tokens: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+        """Only each image's running tokens: gathered to [B, most running, d] (shorter rows padded and
+        the padding masked out of attention), run, and written back."""
+        counts = running.sum(1)
+        most = int(counts.max())
+        if most == 0:
+            return tokens
+        if most == tokens.shape[1] and bool((counts == most).all()):
+            return layer(tokens)
+        order = torch.argsort(running.to(torch.int8), dim=1, descending=True, stable=True)[:, :most]  # running first, in place order
+        valid = torch.arange(most, device=tokens.device) < counts.unsqueeze(1)
+        gathered = tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        updated = layer(gathered, valid if not bool(valid.all()) else None)
+        out = tokens.clone()
+        rows = order[valid]
+        batch = torch.arange(tokens.shape[0], device=tokens.device).unsqueeze(1).expand_as(order)[valid]
+        out[batch, rows] = updated[valid]
+        return out
+
+    def _blocks(self, ran: list, weights: list, scores: list, b: int) -> list[BlockTrace]:
+        """The per-patch maps, one BlockTrace per layer group: the layers of the group a token went
+        through (units) and their ponder share (units, + R in the group where it halted); summed
+        over the groups, N + R."""
+        per = len(self.layers) // self.groups
+        ran, weight, score = torch.stack(ran, 1), torch.stack(weights, 1), torch.stack(scores, 1)  # [B, L, n]
+        halted_here = ran & ~torch.cat([ran[:, 1:], torch.zeros_like(ran[:, :1])], 1)  # the last layer a token ran
+        blocks = []
+        for g in range(self.groups):
+            part = slice(g * per, (g + 1) * per)
+            units = ran[:, part].sum(1).to(weight.dtype)
+            remainder = (weight[:, part] * halted_here[:, part]).sum(1)
+            grid = (b, self.grid, self.grid)
+            blocks.append(BlockTrace(ponder_cost=(units + remainder).view(grid), units=units.view(grid),
+                                     halting=weight[:, part].reshape(b, per, self.grid, self.grid),
+                                     probabilities=score[:, part].reshape(b, per, self.grid, self.grid)))
+        return blocks
+
+    # ------------------------------------------------------------------ FLOPs
+    def fixed_flops(self, x: torch.Tensor) -> int:
+        """Stem and head: every image pays them."""
+        return self.stem.flops(x.shape[-2], x.shape[-1]) + 2 * self.head.in_features * self.head.out_features
+
+    def dense_flops(self, x: torch.Tensor) -> float:
+        n = torch.tensor([float(self.grid * self.grid)])
+        return float(self.fixed_flops(x) + sum(layer.flops(n) for layer in self.layers))
+
+    # ------------------------------------------------------------------ training
+    def adaptive_loss(self, trace: Trace, ponder: float = 0.005, prior: float = 0.01, target_depth: Optional[float] = None) -> torch.Tensor:
+        """ponder x mean over tokens of rho = N + R, + prior x KL(H || Gaussian prior over depth)."""
+        if not trace.blocks:
+            return trace.logits.new_zeros(())
+        rho = sum(block.ponder_cost for block in trace.blocks)  # [B, h, w]
+        loss = ponder * rho.mean()
+        if prior:
+            halting = trace.extras["layer_halting_scores"].mean(dim=(0, 2))  # [L - 1] mean h per layer (the last is 1 by rule)
+            centre = target_depth if target_depth is not None else len(self.layers) / 2
+            layers = torch.arange(1, len(halting) + 1, device=rho.device, dtype=rho.dtype)
+            target = torch.exp(-0.5 * (layers - centre) ** 2)
+            target = target / target.sum()
+            halting = halting / halting.sum().clamp_min(1e-8)
+            loss = loss + prior * (halting * (halting.clamp_min(1e-8).log() - target.log())).sum()
+        return loss
+
+
+@register_model(family="avit")
+def avit(**kwargs) -> HaltingViT:
+    """A-ViT: a vision transformer whose image tokens halt (Yin et al. 2022)"""
+    return HaltingViT(halting=True, **kwargs)
+
+
+@register_model(family="vit")
+def vit(**kwargs) -> HaltingViT:
+    """ViT: the same transformer with every token through every layer (A-ViT's dense twin)"""
+    kwargs.pop("halting", None)
+    return HaltingViT(halting=False, **kwargs)

@@ -1,0 +1,153 @@
+"""A-ViT (models/avit.py): the halting rule per token over layers, checked against a plain
+per-image loop that runs each layer on the running tokens only (no masks, no gathers); sparse
+execution equal to masked; FLOPs against a count of the matrix products actually done; the
+never-halting A-ViT equal to its dense twin; the losses' gradients."""
+from __future__ import annotations
+
+import torch
+import pytest
+
+from ponderscope.models import create_model
+from ponderscope.models.avit import HaltingViT
+from tests.test_sparse import assert_same, traces
+
+SMALL = dict(image_size=24, patch=4, dim=32, depth=4, heads=4, mlp_ratio=2.0)
+
+
+def model(seed=0, **kwargs) -> HaltingViT:
+    torch.manual_seed(seed)
+    return create_model("avit", num_classes=10, in_channels=1, **{**SMALL, **kwargs}).eval()
+
+
+def reference(m: HaltingViT, image: torch.Tensor):
+    """One image [C, H, W], by the paper's rule written plainly: the running tokens form a shorter
+    sequence that goes through the layer; each gets h = sigmoid(gamma e_0 - beta) (1 at the last
+    layer); it halts once its sum reaches 1 - eps, with weight R = 1 - the sum before. Returns
+    logits, the per-token N and N + R, and the FLOPs of the products done."""
+    x = m.stem(image[None]) + m.position  # [1, n, d]
+    tokens = x[0]
+    n, d = tokens.shape
+    running = list(range(n))
+    total = torch.zeros(n)
+    steps = torch.zeros(n)
+    rho = torch.zeros(n)
+    output = torch.zeros_like(tokens)
+    flops = m.stem.flops(image.shape[-2], image.shape[-1]) + 2 * m.head.in_features * m.head.out_features
+    for index, layer in enumerate(m.layers):
+        k = len(running)
+        hidden = layer.mlp[0].out_features
+        flops += 2 * k * (3 * d * d + d * d + 2 * d * hidden) + 2 * 2 * k * k * d
+        updated = layer(tokens[running][None])[0]
+        tokens = tokens.clone()
+        tokens[running] = updated
+        still = []
+        for row, t in enumerate(running):
+            last = index == len(m.layers) - 1
+            h = 1.0 if last else float(torch.sigmoid(m.gate_scale * updated[row, 0] - m.gate_center))
+            steps[t] += 1
+            if last or total[t] + h >= 1 - m.eps:
+                weight = 1 - total[t]
+                rho[t] = steps[t] + weight
+            else:
+                weight = h
+                still.append(t)
+            total[t] += h
+            output[t] += weight * updated[row]
+        running = still
+    logits = m.head(m.norm(output.mean(0)))
+    return logits, steps, rho, flops
+
+
+@pytest.mark.parametrize("centre", [1.0, 2.5, 4.0])
+def test_trace_follows_the_rule_written_plainly(centre):
+    m = model(gate_scale=4.0, gate_center=centre)
+    x = torch.randn(3, 1, 24, 24)
+    with torch.no_grad():
+        for execution in ("masked", "sparse"):
+            m.execution = execution
+            trace = m.trace(x)
+            for i in range(3):
+                logits, steps, rho, flops = reference(m, x[i])
+                torch.testing.assert_close(trace.logits[i], logits, atol=1e-4, rtol=0)
+                units = sum(block.units[i] for block in trace.blocks).flatten()
+                ponder = sum(block.ponder_cost[i] for block in trace.blocks).flatten()
+                assert torch.equal(units, steps), execution
+                torch.testing.assert_close(ponder, rho, atol=1e-5, rtol=0)
+                assert trace.flops[i].item() == pytest.approx(flops, rel=1e-6)
+    assert 1.0 < float(ponder.min()) and float(ponder.max()) <= len(m.layers) + 1
+
+
+def test_the_settings_reach_both_extremes():
+    """Every token halts after the first layer at one extreme, none halts before the last at the other."""
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        early = model(gate_scale=1.0, gate_center=-50.0).trace(x)
+        late = model(gate_scale=1.0, gate_center=50.0).trace(x)
+    assert float(sum(b.units for b in early.blocks).max()) == 1.0
+    assert float(sum(b.units for b in late.blocks).min()) == 4.0
+    dense = model().dense_flops(x)
+    assert torch.allclose(late.flops, torch.full((2,), dense))
+    assert float(early.flops.max()) < 0.3 * dense
+
+
+@pytest.mark.parametrize("centre", [0.5, 2.0, 3.5])
+def test_sparse_equals_masked(centre):
+    m = model(seed=1, gate_scale=4.0, gate_center=centre)
+    masked, sparse = traces(m, torch.randn(6, 1, 24, 24))
+    assert_same(masked, sparse)
+    counts = sum(b.units for b in masked.blocks).flatten(1)
+    assert len({round(float(c.mean()), 3) for c in counts}) > 1, "every image halted alike: no padding was exercised"
+
+
+def test_never_halting_equals_the_dense_twin():
+    adaptive = model(seed=2, gate_scale=1.0, gate_center=60.0)
+    torch.manual_seed(0)
+    dense = create_model("vit", num_classes=10, in_channels=1, **SMALL).eval()
+    dense.load_state_dict(adaptive.state_dict())
+    x = torch.randn(4, 1, 24, 24)
+    with torch.no_grad():
+        a, b = adaptive.trace(x), dense.trace(x)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=0)
+    assert b.blocks is None and a.dense_flops == b.dense_flops == float(b.flops[0])
+
+
+def test_dense_flops_count_every_product():
+    """Linear and conv products counted by hooks, plus the two attention products per head."""
+    m = model()
+    counted = []
+
+    def linear(module, inputs, output):
+        counted.append(2 * inputs[0].numel() // module.in_features * module.in_features * module.out_features)
+
+    def conv(module, inputs, output):
+        counted.append(2 * output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1])
+
+    for module in m.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(linear)
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(conv)
+    x = torch.randn(1, 1, 24, 24)
+    with torch.no_grad():
+        m.gate_center = 60.0  # nothing halts: every product runs
+        m.trace(x)
+    tokens, d = (24 // 4) ** 2, 32
+    attention = len(m.layers) * 2 * 2 * tokens * tokens * d
+    assert m.dense_flops(x) == pytest.approx(sum(counted) + attention, rel=1e-9)
+
+
+def test_losses_reach_the_halting_scores():
+    m = model(gate_scale=4.0, gate_center=2.0).train()
+    x, y = torch.randn(4, 1, 24, 24), torch.randint(0, 10, (4,))
+    trace = m.trace(x)
+    ponder = m.adaptive_loss(trace, ponder=1.0, prior=0.0)
+    assert ponder.item() == pytest.approx(float(sum(b.ponder_cost for b in trace.blocks).mean()), rel=1e-6)
+    ponder.backward()
+    stem_grad = m.stem.conv2.weight.grad[0].abs().sum()  # channel 0 is what the halting score reads
+    assert stem_grad > 0
+    m.zero_grad()
+    task = torch.nn.functional.cross_entropy(m.trace(x).logits, y)
+    task.backward()
+    assert m.stem.conv2.weight.grad[0].abs().sum() > 0
+    prior = m.adaptive_loss(m.trace(x), ponder=0.0, prior=1.0, target_depth=2.0)
+    assert prior.item() >= 0.0
