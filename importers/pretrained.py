@@ -6,6 +6,9 @@ states no other terms for the model files). `get` downloads one (importers/downl
 bar, resumed after a cut connection), checks its size, unpacks it safely (importers/archive.py),
 imports it as `ponderscope import sact-tf ARCHIVE --model MODEL` would, and leaves the checkpoint
 in DIR/NAME (DIR: --out, default the per-user folder that `serve` lists, ponderscope/paths.py).
+While it runs, the download is DIR/.NAME.download/ARCHIVE(.part); that folder is removed when it
+ends, unless it holds the .part of a download that stopped on the network side (or Ctrl-C), which
+the next run continues.
 
 The size check. Their README gives each file's size rounded ("1.8 MB", "160 MB", "159MB"), not
 in bytes, and no checksum. From the official address, the total the server announces (S3 sends
@@ -149,8 +152,15 @@ def get(name: str, out: str | os.PathLike | None = None, url: Optional[str] = No
     if local is not None:
         if not local.is_file():
             raise FetchFailed(f"--url {url}: no such file")
-        archive, downloaded = local, False
-    else:
+        return _import(entry, local, target, root, url, command, open_file, log, downloaded=False)
+    # Downloads go to DIR/.NAME.download/ (the archive under its published name, for the card): the
+    # folder is removed when done, and kept only while it holds a .part to continue.
+    downloads = root / f".{entry.name}.download"
+    try:
+        downloads.mkdir(exist_ok=True)
+    except OSError as error:
+        raise FetchFailed(f"cannot create {downloads}: {error.strerror or error}") from None
+    try:
         address = url or entry.url
         official = url is None
         low, high = published_bounds(entry.size)
@@ -163,15 +173,24 @@ def get(name: str, out: str | os.PathLike | None = None, url: Optional[str] = No
                                      f"{entry.size} for {entry.archive}: not the published file, nothing was kept")
 
         log(f"{entry.name}: {entry.archive} ({entry.size} published) from {address}")
-        archive = download(address, root / f".{entry.archive}", size_check, progress=progress, attempts=attempts,
+        archive = download(address, downloads / entry.archive, size_check, progress=progress, attempts=attempts,
                            backoff_s=backoff_s, open_file=open_file, log=log)
-        downloaded = True
         size = archive.stat().st_size
         if official and not low <= size <= high:  # (a server that announced no size)
             archive.unlink(missing_ok=True)
             raise FetchFailed(f"{address} sent {size} bytes; the authors' README publishes {entry.size} for {entry.archive}: "
                               "not the published file, nothing was kept")
+        return _import(entry, archive, target, root, url, command, open_file, log, downloaded=True)
+    finally:
+        try:
+            downloads.rmdir()  # (not empty: a .part kept to continue)
+        except OSError:
+            pass
 
+
+def _import(entry: Published, archive: Path, target: Path, root: Path, url: Optional[str], command: str, open_file: Callable,
+            log: Callable[[str], None], downloaded: bool) -> Path:
+    """Unpack, convert and write DIR/NAME; a downloaded archive is removed afterwards, whatever happens."""
     from .sact_tf import read_archive
 
     log(f"{entry.name}: unpacking and importing {archive.name} as {entry.model}")
@@ -181,8 +200,8 @@ def get(name: str, out: str | os.PathLike | None = None, url: Optional[str] = No
                               f"published by the authors at {entry.url} ({REPOSITORY}, {LICENCE})")
         write_imported(imported, target, sources, command or f"ponderscope pretrained get {entry.name}")
     except ImportFailed as error:
-        raise type(error)(f"{error}" + ("" if isinstance(error, DiskFull) or not downloaded else
-                                        " (the downloaded archive was removed)")) from None
+        removed = "" if isinstance(error, DiskFull) or not downloaded else " (the downloaded archive was removed)"
+        raise type(error)(f"{error}{removed}") from None
     except OSError as error:
         if no_space(error):
             raise DiskFull(f"no space left on the disk of {root} to import {entry.name}: nothing was kept") from None

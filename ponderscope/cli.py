@@ -71,6 +71,8 @@ def _pretrained(args) -> None:
 
     from ponderscope.importers import ImportFailed, pretrained
 
+    from .paths import user_models_dir
+
     if args.action == "list":
         print(pretrained.listing(None if args.out is None else Path(args.out).expanduser()))
         return
@@ -79,11 +81,10 @@ def _pretrained(args) -> None:
     except (ImportFailed, pretrained.FetchFailed, pretrained.DownloadFailed) as error:
         raise SystemExit(f"ponderscope pretrained get: {error}") from None
     except KeyboardInterrupt:
-        raise SystemExit("ponderscope pretrained get: interrupted; what was downloaded is kept in a .part file beside the target, "
+        where = Path(args.out).expanduser() if args.out else user_models_dir()
+        raise SystemExit(f"ponderscope pretrained get: interrupted; what was downloaded is kept in {where}/.{args.name}.download/, "
                          "and the same command continues from it") from None
     print(f"wrote {out}/model.safetensors and {out}/card.json")
-    from .paths import user_models_dir
-
     if out.parent.resolve() == user_models_dir().resolve():
         print("`ponderscope serve` lists it")
     else:

@@ -163,6 +163,11 @@ def quiet(text: str) -> None:
     pass
 
 
+def DOWNLOADS(folder: Path) -> Path:  # noqa: N802
+    """Where `get` keeps sact-cifar10-resnet32's download while it runs (and a .part to continue)."""
+    return folder / ".sact-cifar10-resnet32.download"
+
+
 def listing(folder: Path) -> list[str]:
     """Everything under `folder`, relative, sorted (nothing half-written may hide here)."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
@@ -234,9 +239,9 @@ def test_official_address_downloads_checks_and_imports(official, mirror, user_fo
     assert listing(user_folder) == ["sact-cifar10-resnet32", "sact-cifar10-resnet32/card.json", "sact-cifar10-resnet32/model.safetensors"]
     assert mirror.requests == [("/sact-models/cifar10_resnet_5_sact_1e-2.tar.gz", None, None)]
     card = json.loads((out / "card.json").read_text())
-    assert card["source"]["files"] == [".cifar10_resnet_5_sact_1e-2.tar.gz"]
-    assert card["source"]["sha256"] == {".cifar10_resnet_5_sact_1e-2.tar.gz": hashlib.sha256(official).hexdigest()}
-    assert card["source"]["converted"]["unpacked"] == ".cifar10_resnet_5_sact_1e-2.tar.gz: cifar10_resnet_5_sact_1e-2/model.ckpt-0"
+    assert card["source"]["files"] == ["cifar10_resnet_5_sact_1e-2.tar.gz"]
+    assert card["source"]["sha256"] == {"cifar10_resnet_5_sact_1e-2.tar.gz": hashlib.sha256(official).hexdigest()}
+    assert card["source"]["converted"]["unpacked"] == "cifar10_resnet_5_sact_1e-2.tar.gz: cifar10_resnet_5_sact_1e-2/model.ckpt-0"
     assert card["import_command"] == "ponderscope pretrained get sact-cifar10-resnet32 --no-progress"
     assert any("https://github.com/mfigurnov/sact, Apache License 2.0" in note for note in card["source"]["notes"])
     assert_imported_computes_their_logits(out)
@@ -365,7 +370,7 @@ def test_cut_connection_is_resumed(official, mirror, tmp_path):
     assert mirror.requests == [(path, None, None), (path, "bytes=10000-", etag)]
     assert any("the connection closed early; continuing (try 2 of 5)" in note for note in notes)
     assert json.loads((target / "card.json").read_text())["source"]["sha256"] == {
-        ".cifar10_resnet_5_sact_1e-2.tar.gz": hashlib.sha256(official).hexdigest()}
+        "cifar10_resnet_5_sact_1e-2.tar.gz": hashlib.sha256(official).hexdigest()}
     assert_imported_computes_their_logits(target)
     assert listing(tmp_path) == ["sact-cifar10-resnet32", "sact-cifar10-resnet32/card.json", "sact-cifar10-resnet32/model.safetensors"]
 
@@ -375,11 +380,11 @@ def test_stopped_download_is_kept_and_continued_by_the_next_run(official, mirror
     mirror.cut[path] = 7_000
     with pytest.raises(DownloadFailed) as error:
         pretrained.get("sact-cifar10-resnet32", tmp_path, progress=False, attempts=1, log=quiet)
-    part = tmp_path / ".cifar10_resnet_5_sact_1e-2.tar.gz.part"
+    part = DOWNLOADS(tmp_path) / "cifar10_resnet_5_sact_1e-2.tar.gz.part"
     assert str(error.value) == (f"the download of {mirror.url(path)} stopped: the connection closed early (tried 1 times); "
                                 f"the 0.0 MB received are kept in {part}: run the same command again to continue")
     assert part.read_bytes() == official[:7_000]
-    assert json.loads((tmp_path / ".cifar10_resnet_5_sact_1e-2.tar.gz.part.json").read_text())["total"] == len(official)
+    assert json.loads((DOWNLOADS(tmp_path) / "cifar10_resnet_5_sact_1e-2.tar.gz.part.json").read_text())["total"] == len(official)
     target = pretrained.get("sact-cifar10-resnet32", tmp_path, progress=False, attempts=1, log=quiet)
     assert mirror.requests[-1][1] == "bytes=7000-"
     assert_imported_computes_their_logits(target)
@@ -398,9 +403,10 @@ def test_a_server_without_ranges_starts_over(official, mirror, tmp_path):
 
 
 def test_a_part_from_another_address_is_not_continued(official, mirror, tmp_path):
-    part = tmp_path / ".cifar10_resnet_5_sact_1e-2.tar.gz.part"
+    DOWNLOADS(tmp_path).mkdir()
+    part = DOWNLOADS(tmp_path) / "cifar10_resnet_5_sact_1e-2.tar.gz.part"
     part.write_bytes(b"x" * 100)
-    (tmp_path / ".cifar10_resnet_5_sact_1e-2.tar.gz.part.json").write_text(json.dumps({"url": "http://elsewhere/x"}))
+    (DOWNLOADS(tmp_path) / "cifar10_resnet_5_sact_1e-2.tar.gz.part.json").write_text(json.dumps({"url": "http://elsewhere/x"}))
     target = pretrained.get("sact-cifar10-resnet32", tmp_path, progress=False, log=quiet)
     assert [r[1] for r in mirror.requests] == [None]
     assert_imported_computes_their_logits(target)
@@ -446,7 +452,7 @@ def test_truncated_archive(mirror, tmp_path, monkeypatch):
         out = tmp_path / f"cut-{cut}"
         with pytest.raises(ImportFailed) as error:
             pretrained.get("sact-cifar10-resnet32", out, mirror.url("/short.tar.gz"), progress=False, log=quiet)
-        assert re.fullmatch(r"\.cifar10_resnet_5_sact_1e-2\.tar\.gz is not a complete tar archive \(.+\): it was cut short or is damaged; "
+        assert re.fullmatch(r"cifar10_resnet_5_sact_1e-2\.tar\.gz is not a complete tar archive \(.+\): it was cut short or is damaged; "
                             r"nothing was unpacked \(the downloaded archive was removed\)", str(error.value)), str(error.value)
         assert listing(out) == []
     local = tmp_path / "short.tar.gz"
@@ -481,7 +487,7 @@ def test_hostile_members_refuse_the_archive(mirror, tmp_path, extra, message):
     out = tmp_path / "deep" / "dir"
     with pytest.raises(ImportFailed) as error:
         pretrained.get("sact-cifar10-resnet32", out, mirror.url("/hostile.tar.gz"), progress=False, log=quiet)
-    assert str(error.value).startswith(".cifar10_resnet_5_sact_1e-2.tar.gz: " + message), str(error.value)
+    assert str(error.value).startswith("cifar10_resnet_5_sact_1e-2.tar.gz: " + message), str(error.value)
     assert str(error.value).endswith("(the downloaded archive was removed)")
     assert listing(out) == []
     assert not (tmp_path / "evil").exists() and not (tmp_path / "deep" / "evil").exists() and not Path("/tmp/ponderscope-evil").exists()
@@ -553,11 +559,11 @@ def test_full_disk(official, tmp_path, where):
     with pytest.raises(DiskFull) as error:
         pretrained.get("sact-cifar10-resnet32", tmp_path, progress=False, open_file=full_disk(20_000, which), log=quiet)
     if where == "download":
-        assert str(error.value) == (f"no space left on the disk of {tmp_path} while downloading .cifar10_resnet_5_sact_1e-2.tar.gz "
+        assert str(error.value) == (f"no space left on the disk of {DOWNLOADS(tmp_path)} while downloading cifar10_resnet_5_sact_1e-2.tar.gz "
                                     f"(0.0 MB written); it needs {len(official) / 1e6:.1f} MB for the archive and about as much again "
                                     "twice to unpack and convert it. The partial download was removed: nothing was kept")
     else:
-        assert str(error.value) == (f"no space left on the disk of {tmp_path} to unpack .cifar10_resnet_5_sact_1e-2.tar.gz (0.0 MB "
+        assert str(error.value) == (f"no space left on the disk of {tmp_path} to unpack cifar10_resnet_5_sact_1e-2.tar.gz (0.0 MB "
                                     "unpacked when it ran out); nothing was kept")
     assert listing(tmp_path) == []
 
@@ -619,10 +625,10 @@ def test_real_full_disk(mirror, tmp_path, size, no_length, stage):
     error = run.stderr.strip().splitlines()[-1]
     if stage == "ENOSPC while unpacking":
         assert re.fullmatch(rf"ponderscope pretrained get: no space left on the disk of {disk}/models to unpack "
-                            r"\.imagenet_101_sact_5e-3\.tar\.gz \(0\.[0-2] MB unpacked when it ran out\); nothing was kept", error), error
+                            r"imagenet_101_sact_5e-3\.tar\.gz \(0\.[0-2] MB unpacked when it ran out\); nothing was kept", error), error
     else:
-        assert error.startswith(f"ponderscope pretrained get: no space left on the disk of {disk}/models while downloading "
-                                ".imagenet_101_sact_5e-3.tar.gz ("), error
+        assert error.startswith(f"ponderscope pretrained get: no space left on the disk of {disk}/models/.sact-imagenet-resnet101.download "
+                                "while downloading imagenet_101_sact_5e-3.tar.gz ("), error
         assert error.endswith("The partial download was removed: nothing was kept"), error
         if no_length:
             assert "it needs the archive's size" in error
@@ -641,7 +647,7 @@ def test_progress_bar_on_stderr(official, tmp_path, capsys):
     main(["pretrained", "get", "sact-cifar10-resnet32", "--out", str(tmp_path)])
     captured = capsys.readouterr()
     assert captured.out.splitlines()[-1] == f"serve it with: ponderscope serve --checkpoints {tmp_path}"
-    bar = [line for line in re.split(r"[\r\n]", captured.err) if line.startswith(".cifar10_resnet_5_sact_1e-2.tar.gz:")]
+    bar = [line for line in re.split(r"[\r\n]", captured.err) if line.startswith("cifar10_resnet_5_sact_1e-2.tar.gz:")]
     assert bar and "100%" in bar[-1] and f"{len(official) / 1024:.1f}k/{len(official) / 1024:.1f}k" in bar[-1], captured.err
 
 
@@ -670,7 +676,7 @@ def test_ctrl_c_keeps_the_part_and_the_next_run_continues(official, mirror, tmp_
 
     with pytest.raises(KeyboardInterrupt):
         pretrained.get("sact-cifar10-resnet32", tmp_path, progress=False, open_file=open_file, log=quiet)
-    part = tmp_path / ".cifar10_resnet_5_sact_1e-2.tar.gz.part"
+    part = DOWNLOADS(tmp_path) / "cifar10_resnet_5_sact_1e-2.tar.gz.part"
     assert part.read_bytes() == official[:3_000]
     target = pretrained.get("sact-cifar10-resnet32", tmp_path, progress=False, log=quiet)
     assert mirror.requests[-1][1] == "bytes=3000-"
@@ -684,14 +690,15 @@ def test_ctrl_c_keeps_the_part_and_the_next_run_continues(official, mirror, tmp_
     monkeypatch.setattr(pretrained, "get", interrupted)
     with pytest.raises(SystemExit) as error:
         main(["pretrained", "get", "sact-cifar10-resnet32"])
-    assert str(error.value) == ("ponderscope pretrained get: interrupted; what was downloaded is kept in a .part file beside the "
-                                "target, and the same command continues from it")
+    assert str(error.value) == ("ponderscope pretrained get: interrupted; what was downloaded is kept in "
+                                f"{os.environ['PONDERSCOPE_MODELS']}/.sact-cifar10-resnet32.download/, and the same command continues from it")
 
 
 def test_a_complete_part_is_finished_without_downloading_again(official, mirror, tmp_path):
     url = mirror.url("/sact-models/cifar10_resnet_5_sact_1e-2.tar.gz")
-    (tmp_path / ".cifar10_resnet_5_sact_1e-2.tar.gz.part").write_bytes(official)
-    (tmp_path / ".cifar10_resnet_5_sact_1e-2.tar.gz.part.json").write_text(json.dumps({"url": url, "total": len(official)}))
+    DOWNLOADS(tmp_path).mkdir()
+    (DOWNLOADS(tmp_path) / "cifar10_resnet_5_sact_1e-2.tar.gz.part").write_bytes(official)
+    (DOWNLOADS(tmp_path) / "cifar10_resnet_5_sact_1e-2.tar.gz.part.json").write_text(json.dumps({"url": url, "total": len(official)}))
     target = pretrained.get("sact-cifar10-resnet32", tmp_path, progress=False, log=quiet)
     assert mirror.requests == [("/sact-models/cifar10_resnet_5_sact_1e-2.tar.gz", f"bytes={len(official)}-", None)]
     assert_imported_computes_their_logits(target)
@@ -703,11 +710,89 @@ def test_a_second_run_at_once_does_not_write_the_same_part(official, mirror, tmp
     import fcntl
 
     url = mirror.url("/sact-models/cifar10_resnet_5_sact_1e-2.tar.gz")
-    part = tmp_path / ".cifar10_resnet_5_sact_1e-2.tar.gz.part"
+    DOWNLOADS(tmp_path).mkdir()
+    part = DOWNLOADS(tmp_path) / "cifar10_resnet_5_sact_1e-2.tar.gz.part"
     part.write_bytes(official[:1000])
-    (tmp_path / ".cifar10_resnet_5_sact_1e-2.tar.gz.part.json").write_text(json.dumps({"url": url, "total": len(official)}))
+    (DOWNLOADS(tmp_path) / "cifar10_resnet_5_sact_1e-2.tar.gz.part.json").write_text(json.dumps({"url": url, "total": len(official)}))
     with open(part, "ab") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         with pytest.raises(DownloadFailed, match=r"^another download is writing .*\.part \(a second `ponderscope pretrained get` of it\?\)"):
             pretrained.get("sact-cifar10-resnet32", tmp_path, progress=False, log=quiet)
     assert part.read_bytes() == official[:1000]
+
+
+# ------------------------------------------------------------------------------------------
+# The published ImageNet SACT ResNet-101's layout, narrow: the README's screenshot's model
+# ------------------------------------------------------------------------------------------
+
+
+def sact_imagenet101_variables(divisor: int = 8, seed: int = 7) -> dict[str, np.ndarray]:
+    """Random values for every variable of the authors' ImageNet SACT ResNet-101 (names and layout
+    from their graph: tests/fixtures/sact_tf/manifests.json), every width / `divisor` but the stem's
+    64 channels (their ImageNet stem is fixed); halting biases 0, so that units halt at several depths."""
+    from tests.test_import_sact import random_variables
+
+    def narrow(name: str, shape: list[int]) -> list[int]:
+        if name.startswith(("resnet_v2/conv1/", "resnet_v2/block1/unit_1/bottleneck_v2/preact/")):
+            return shape
+        out = [d // divisor if d % 64 == 0 else d for d in shape]
+        if name.startswith("resnet_v2/block1/unit_1/bottleneck_v2/") and name.endswith(("conv1/weights", "shortcut/weights")):
+            out[2] = 64  # their input: the stem's 64 channels
+        return out
+
+    manifest = json.loads((FIXTURES / "manifests.json").read_text())["imagenet_sact_101"]
+    return random_variables({name: narrow(name, shape) for name, shape in manifest.items()}, seed=seed, halting_bias=0.0)
+
+
+def sact_imagenet101_archive(variables: dict[str, np.ndarray], folder: Path) -> bytes:
+    """`variables` as the authors publish imagenet_101_sact_5e-3.tar.gz: that folder with
+    `checkpoint` and model.ckpt-NNN.{index,data-00000-of-00001}, written in TF's format by
+    tests/tf_bundle_writer.py (its CRC-32C the importer's table-driven one: the same values, faster)."""
+    import tests.tf_bundle_writer as writer
+    from ponderscope.importers.tf_bundle import _masked_crc32c
+
+    top = folder / "imagenet_101_sact_5e-3"
+    top.mkdir(parents=True)
+    original = writer.masked_crc32c
+    writer.masked_crc32c = _masked_crc32c
+    try:
+        writer.write_tensors(top / "model.ckpt-1000000", variables)
+    finally:
+        writer.masked_crc32c = original
+    (top / "checkpoint").write_text('model_checkpoint_path: "/home/them/logs/train/model.ckpt-1000000"\n'
+                                    'all_model_checkpoint_paths: "/home/them/logs/train/model.ckpt-1000000"\n')
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(top, arcname=top.name)
+    return buffer.getvalue()
+
+
+def test_published_imagenet_layout_imports_as_the_catalog_names_it(mirror, tmp_path):
+    """sact-imagenet-resnet101 from a mirror, with the catalog's own --model (sact_resnet101): the
+    authors' ResNet-101 layout (3, 4, 23, 3 bottleneck units, 1001 classes), computing what a
+    re-statement of their graph (tests/sact_tf_reference.py) computes on the raw variables."""
+    from tests.sact_tf_reference import Graph
+
+    variables = sact_imagenet101_variables()
+    data = sact_imagenet101_archive(variables, tmp_path / "build")
+    mirror.files["/imagenet_101_sact_5e-3.tar.gz"] = data
+    target = pretrained.get("sact-imagenet-resnet101", tmp_path / "models", mirror.url("/imagenet_101_sact_5e-3.tar.gz"),
+                            progress=False, log=quiet)
+    card = json.loads((target / "card.json").read_text())
+    assert card["model"] == "sact_resnet" and card["model_kwargs"]["units_per_block"] == [3, 4, 23, 3]
+    assert card["model_kwargs"]["depth"] == 101 and card["model_kwargs"]["widths"] == [8, 16, 32, 64]
+    assert len(card["classes"]) == 1001 and card["classes"][0] == "background" and card["dataset"] == "imagenet"
+    assert card["preprocess"]["native_max_side"] == 640
+    assert card["source"]["converted"]["unpacked"] == "imagenet_101_sact_5e-3.tar.gz: imagenet_101_sact_5e-3/model.ckpt-1000000"
+    model = models.load_checkpoint(target)
+    images = np.random.default_rng(3).uniform(-1, 1, (1, 96, 128, 3)).astype(np.float32)
+    expected = Graph(variables, "imagenet", "sact")(images)
+    with torch.no_grad():
+        trace = model.trace(nchw(images))
+    logits = expected["logits"].numpy()
+    np.testing.assert_allclose(trace.logits.numpy(), logits, rtol=1e-3, atol=1e-3 * np.abs(logits).max())
+    depths = set()
+    for block, results in zip(trace.blocks, expected["blocks"].values()):
+        np.testing.assert_array_equal(block.units.numpy(), results["num_units"].numpy())
+        depths |= set(np.unique(results["num_units"].numpy()).tolist())
+    assert len(depths) >= 2
