@@ -102,7 +102,7 @@ def _local_file(url: Optional[str]) -> Optional[Path]:
     if parsed.scheme == "file":
         return Path(urllib.request.url2pathname(parsed.path))
     if len(parsed.scheme) > 1 and not Path(url).exists():  # (one letter: a Windows drive)
-        raise FetchFailed(f"--url {url!r}: give an http:// or https:// address, a file:// URL or a local file")
+        raise FetchFailed(f"--url {url}: give an http:// or https:// address, a file:// URL or a local file")
     return Path(url).expanduser()
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -796,3 +797,28 @@ def test_published_imagenet_layout_imports_as_the_catalog_names_it(mirror, tmp_p
         np.testing.assert_array_equal(block.units.numpy(), results["num_units"].numpy())
         depths |= set(np.unique(results["num_units"].numpy()).tolist())
     assert len(depths) >= 2
+
+
+def test_missing_file_and_no_server_are_one_line(mirror, tmp_path):
+    with pytest.raises(DownloadFailed) as error:
+        pretrained.get("sact-cifar10-resnet32", tmp_path, mirror.url("/nothing.tar.gz"), progress=False, log=quiet)
+    assert str(error.value) == f"{mirror.url('/nothing.tar.gz')} answers 404 Not Found: nothing was downloaded"
+    assert listing(tmp_path) == []
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(DownloadFailed) as error:
+        pretrained.get("sact-cifar10-resnet32", tmp_path, f"http://127.0.0.1:{port}/x.tar.gz", progress=False, attempts=2,
+                       backoff_s=0, log=quiet)
+    assert re.fullmatch(rf"the download of http://127\.0\.0\.1:{port}/x\.tar\.gz stopped: \[Errno 111\] Connection refused "
+                        r"\(tried 2 times\); nothing was kept", str(error.value)), str(error.value)
+    assert listing(tmp_path) == []
+    with pytest.raises(pretrained.FetchFailed, match=r"^--url ftp://x/y: give an http:// or https:// address, a file:// URL or a local file$"):
+        pretrained.get("sact-cifar10-resnet32", tmp_path, "ftp://x/y", progress=False, log=quiet)
+    with pytest.raises(pretrained.FetchFailed, match=rf"^--url {re.escape(str(tmp_path))}/none\.tar\.gz: no such file$"):
+        pretrained.get("sact-cifar10-resnet32", tmp_path, str(tmp_path / "none.tar.gz"), progress=False, log=quiet)
+    (tmp_path / "sact-cifar10-resnet32").mkdir()
+    (tmp_path / "sact-cifar10-resnet32" / "notes.txt").write_text("mine")
+    with pytest.raises(pretrained.FetchFailed, match="sact-cifar10-resnet32 exists and is not a checkpoint folder: move it away or give another --out"):
+        pretrained.get("sact-cifar10-resnet32", tmp_path, mirror.url("/nothing.tar.gz"), progress=False, log=quiet)
+    assert listing(tmp_path) == ["sact-cifar10-resnet32", "sact-cifar10-resnet32/notes.txt"]
