@@ -217,12 +217,13 @@ class HaltingViT(nn.Module):
         return float(self.fixed_flops(x) + sum(layer.flops(n) for layer in self.layers))
 
     # ------------------------------------------------------------------ training
-    def adaptive_loss(self, trace: Trace, ponder: float = 0.005, prior: float = 0.01, target_depth: Optional[float] = None) -> torch.Tensor:
-        """ponder x mean over tokens of rho = N + R, + prior x KL(H || Gaussian prior over depth)."""
+    def adaptive_loss(self, trace: Trace, tau: float = 0.005, prior: float = 0.01, target_depth: Optional[float] = None) -> torch.Tensor:
+        """tau x mean over tokens of rho = N + R (A-ViT's alpha_p; named tau as ACT's, so that the
+        trainer's tau_warmup_steps ramps it), + prior x KL(H || Gaussian prior over depth)."""
         if not trace.blocks:
             return trace.logits.new_zeros(())
         rho = sum(block.ponder_cost for block in trace.blocks)  # [B, h, w]
-        loss = ponder * rho.mean()
+        loss = tau * rho.mean()
         if prior:
             halting = trace.extras["layer_halting_scores"].mean(dim=(0, 2))  # [L - 1] mean h per layer (the last is 1 by rule)
             centre = target_depth if target_depth is not None else len(self.layers) / 2

@@ -41,6 +41,8 @@ class Trace:
     gate_values: Optional[torch.Tensor] = None  # [B, L] AIG: the (straight-through) gate used
     ponder: Optional[torch.Tensor] = None  # [B, T] recurrent: N + R per input step
     steps: Optional[torch.Tensor] = None  # [B, T] recurrent: N per input step
+    exit_confidence: Optional[torch.Tensor] = None  # [B, E] early exits: each exit's confidence (top class probability); NaN where not reached
+    exit_taken: Optional[torch.Tensor] = None  # [B] int64 early exits: the exit (0..E-1) each example left at
     extras: dict = field(default_factory=dict)
     execution: Optional[str] = None  # "sparse" / "masked": the path that ran, where the caller recorded it (LoadedModel.trace)
 

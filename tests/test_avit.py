@@ -140,7 +140,7 @@ def test_losses_reach_the_halting_scores():
     m = model(gate_scale=4.0, gate_center=2.0).train()
     x, y = torch.randn(4, 1, 24, 24), torch.randint(0, 10, (4,))
     trace = m.trace(x)
-    ponder = m.adaptive_loss(trace, ponder=1.0, prior=0.0)
+    ponder = m.adaptive_loss(trace, tau=1.0, prior=0.0)
     assert ponder.item() == pytest.approx(float(sum(b.ponder_cost for b in trace.blocks).mean()), rel=1e-6)
     ponder.backward()
     stem_grad = m.stem.conv2.weight.grad[0].abs().sum()  # channel 0 is what the halting score reads
@@ -149,5 +149,5 @@ def test_losses_reach_the_halting_scores():
     task = torch.nn.functional.cross_entropy(m.trace(x).logits, y)
     task.backward()
     assert m.stem.conv2.weight.grad[0].abs().sum() > 0
-    prior = m.adaptive_loss(m.trace(x), ponder=0.0, prior=1.0, target_depth=2.0)
+    prior = m.adaptive_loss(m.trace(x), tau=0.0, prior=1.0, target_depth=2.0)
     assert prior.item() >= 0.0

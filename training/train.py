@@ -50,6 +50,7 @@ DEFAULTS = {
     "save_every": 500,
     "precision": None,  # "bf16": autocast the forward to bfloat16 (meant for CUDA; runs on CPU too)
     "sync_bn": True,  # under torchrun: batch norm over the global batch, as one process would see it
+    "init_from": None,  # a checkpoint directory whose weights start the model (those of the same name and shape; the rest as built)
 }
 
 
@@ -189,8 +190,8 @@ def learning_rate(config: dict, step: int) -> float:
 
 def _optimizer(config: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
     # No weight decay on BatchNorm and biases (they only rescale), as usual for ResNets.
-    decay = [p for n, p in model.named_parameters() if p.dim() > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": config["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     if config["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=config["lr"], momentum=0.9, nesterov=True)
@@ -199,6 +200,25 @@ def _optimizer(config: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
     if config["optimizer"] == "adamw":  # decoupled weight decay: the usual optimiser for transformers
         return torch.optim.AdamW(groups, lr=config["lr"])
     raise ValueError(f"unknown optimizer {config['optimizer']!r}")
+
+
+def _init_from(model: torch.nn.Module, checkpoint: Path, processes: Processes) -> None:
+    """Start from another checkpoint's weights (an early-exit ResNet from the dense ResNet it
+    extends): every tensor of the file must fit a parameter or buffer of the model by name and
+    shape; the model's others keep their initial values, and are named in the log."""
+    from safetensors.torch import load_file
+
+    path = checkpoint / "model.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"init_from: no model.safetensors in {checkpoint}")
+    weights = load_file(str(path))
+    own = model.state_dict()
+    misfits = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
+    if misfits:
+        raise ConfigError(f"init_from {checkpoint}: {len(misfits)} tensor(s) fit no part of the model, e.g. {misfits[:3]}")
+    model.load_state_dict(weights, strict=False)
+    fresh = sorted(set(own) - set(weights))
+    print_main(processes, f"init_from {checkpoint}: {len(weights)} tensors loaded; {len(fresh)} start as built ({', '.join(fresh[:4])}{' ...' if len(fresh) > 4 else ''})")
 
 
 def _save_state(path: Path, model, optimizer, step: int, elapsed: float) -> None:
@@ -260,6 +280,8 @@ def _train(config: dict, out: Path, processes: Processes, resume: bool, command:
     except (UnknownModelError, TypeError) as error:  # a misspelt model or keyword argument
         raise ConfigError(f"model {config['model']!r}: {error}") from None
     _check_adaptive(model, config["adaptive"])
+    if config["init_from"]:
+        _init_from(model, Path(config["init_from"]), processes)
     if config["batch_size"] % processes.world:
         raise ConfigError(f"batch_size {config['batch_size']} must be a multiple of the number of processes ({processes.world})")
     if processes.world > 1 and config["sync_bn"]:

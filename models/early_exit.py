@@ -1,0 +1,148 @@
+"""A ResNet that exits early: a classifier after each stage (BranchyNet, Teerapittayanon et al.
+2016; MSDNet's exit rule, Huang et al. 2018), and an image leaves at the first exit confident
+enough.
+
+    stage s runs on the images still inside; exit s reads its output:
+    p_s    = softmax(exit_s(x_s))                   exit head: 2 x (conv 3x3 stride 2, BN, ReLU), pool, linear
+    c_s    = max_k p_s[k]                           the exit's confidence
+    leave at s* = min{ s : c_s >= threshold }       (the last exit takes whoever is left)
+    logits = exit_{s*}'s;  FLOPs = stem + stages 1..s* + exit heads 1..s*
+    loss   = sum_s CE(exit_s, y)                    (training: every exit on every image)
+
+The backbone is the dense pre-activation ResNet (models/resnet.py) and the last exit is its own
+head, so a dense ResNet's weights load into it unchanged (`init_from` in a training config) and
+`freeze_backbone=True` trains the side exits alone on that backbone, which is how the bundled
+model was made (its card says so).
+
+Execution (models/sparse.py): "sparse" runs each stage on the sub-batch still inside (an image
+that left costs nothing more); "masked" runs every stage and exit on every image and picks each
+image's exit afterwards (the reference, and training). The same numbers either way.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_family, register_model
+from .resnet import ResNet, cifar_units, conv_flops, linear_flops
+from .sparse import Execution, requested_execution
+from .trace import Trace
+
+register_family("early-exit", "early-exit ResNet", "decides per image: an image leaves at the first exit whose confidence "
+                "(its top class probability) reaches the threshold, and the stages after it do not run")
+
+
+class ExitHead(nn.Module):
+    """A side classifier (MSDNet's have two convolutions too): twice conv 3x3 stride 2 doubling the
+    width, BN, ReLU; then global mean and linear."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(2 * channels)
+        self.conv2 = nn.Conv2d(2 * channels, 4 * channels, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * channels)
+        self.classifier = nn.Linear(4 * channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        return self.classifier(F.relu(self.bn2(self.conv2(x))).mean(dim=(2, 3)))
+
+    def flops(self, height: int, width: int) -> float:
+        h1, w1 = (height + 1) // 2, (width + 1) // 2
+        h2, w2 = (h1 + 1) // 2, (w1 + 1) // 2
+        return float(conv_flops(self.conv1, h1 * w1) + conv_flops(self.conv2, h2 * w2) + linear_flops(self.classifier))
+
+
+class EarlyExitResNet(ResNet):
+    def __init__(self, depth: int = 32, widths=(24, 48, 96), num_classes: int = 10, in_channels: int = 1, threshold: float = 0.9,
+                 freeze_backbone: bool = False, execution: Execution | str = Execution.SPARSE):
+        n = cifar_units(depth)
+        super().__init__("basic", [n] * len(widths), list(widths), num_classes=num_classes, in_channels=in_channels, halting="none")
+        self.execution = Execution.of(execution)  # ResNet's own is for halting; this one decides the exits' path
+        self.threshold = float(threshold)
+        self.freeze_backbone = freeze_backbone
+        self.exits = nn.ModuleList(ExitHead(block.out_channels, num_classes) for block in self.blocks[:-1])
+        self.exit_names = [f"after stage {i + 1}" for i in range(len(self.blocks))]
+        if freeze_backbone:
+            for name, parameter in self.named_parameters():
+                parameter.requires_grad_(name.startswith("exits."))
+
+    @property
+    def has_sparse_path(self) -> bool:
+        return True
+
+    @property
+    def has_tile_path(self) -> bool:
+        return False
+
+    def train(self, mode: bool = True) -> "EarlyExitResNet":
+        """A frozen backbone stays in eval mode (its BatchNorm statistics are the trained network's)."""
+        super().train(mode)
+        if mode and self.freeze_backbone:
+            for name, module in self.named_children():
+                if name != "exits":
+                    module.eval()
+        return self
+
+    def trace(self, x: torch.Tensor) -> Trace:
+        b = x.shape[0]
+        sparse = not self.training and requested_execution(self) is not Execution.MASKED
+        out = self.stem(x)
+        stem = float(conv_flops(self.stem, out.shape[-2] * out.shape[-1]))
+        inside = torch.arange(b, device=x.device)  # the images still in the network (all of them when masked)
+        taken = torch.full((b,), len(self.blocks) - 1, dtype=torch.long, device=x.device)
+        confidence = torch.full((b, len(self.blocks)), float("nan"), device=x.device)
+        flops = torch.full((b,), stem, device=x.device)
+        logits = x.new_zeros(b, self.classifier.out_features)
+        every_exit = []
+        left = torch.zeros(b, dtype=torch.bool, device=x.device)
+        for s, block in enumerate(self.blocks):
+            positions_in = out.shape[-2] * out.shape[-1]
+            out, _, _ = block(out, Execution.MASKED, None)
+            stage = float(block.dense_flops(out.shape[-2] * out.shape[-1], positions_in))
+            last = s == len(self.blocks) - 1
+            head = linear_flops(self.classifier) if last else self.exits[s].flops(out.shape[-2], out.shape[-1])
+            exit_logits = self.classifier(self.head(out)) if last else self.exits[s](out)
+            every_exit.append(exit_logits)
+            with torch.no_grad():
+                probability = exit_logits.softmax(-1).amax(-1)
+            here = inside if sparse else torch.nonzero(~left).squeeze(1)  # images that reached this exit
+            rows = slice(None) if sparse else here
+            flops[here] += stage + head
+            confidence[here, s] = probability[rows]
+            leaves = torch.ones_like(probability[rows], dtype=torch.bool) if last else probability[rows] >= self.threshold
+            gone = here[leaves]
+            taken[gone] = s
+            logits[gone] = exit_logits[rows][leaves].to(logits.dtype)
+            left[gone] = True
+            if sparse and not last:
+                keep = torch.nonzero(~leaves).squeeze(1)
+                if keep.numel() == 0:
+                    break
+                out, inside = out.index_select(0, keep), inside[keep]
+        return Trace(logits=logits, flops=flops, dense_flops=self.dense_flops(x, stem), exit_confidence=confidence, exit_taken=taken,
+                     extras={"exit_logits": every_exit} if self.training else {})
+
+    def dense_flops(self, x: torch.Tensor, stem: float) -> float:
+        """The dense ResNet's FLOPs (the backbone and its own head, no side exits) for an input like x:
+        the first stage keeps the stem's size, each later one halves it."""
+        h, w = x.shape[-2:]
+        total = stem + linear_flops(self.classifier)
+        for index, block in enumerate(self.blocks):
+            stride = 1 if index == 0 else 2
+            h_out, w_out = (h + stride - 1) // stride, (w + stride - 1) // stride
+            total += block.dense_flops(h_out * w_out, h * w)
+            h, w = h_out, w_out
+        return float(total)
+
+    def task_loss(self, trace: Trace, targets: torch.Tensor) -> torch.Tensor:
+        """The sum of every exit's cross-entropy (BranchyNet's, equal weights)."""
+        return sum(F.cross_entropy(logits, targets) for logits in trace.extras["exit_logits"])
+
+
+@register_model(family="early-exit")
+def early_exit_resnet(depth: int = 32, **kwargs) -> EarlyExitResNet:
+    """Early-exit ResNet: a classifier after each stage, an image leaves at the first confident one"""
+    return EarlyExitResNet(depth=depth, **kwargs)
