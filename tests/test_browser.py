@@ -1237,3 +1237,37 @@ def test_models_without_test_data_say_so_once_with_their_name_and_reason(page, t
         assert page.error_text() == ""
     finally:
         server.stop()
+
+
+def test_the_worked_examples_are_drawn_with_their_familys_own_words(page, tmp_path):
+    """docs/own-models.md's gated CNN and per-position exit CNN, served as plugins: the gated one's
+    Image view draws the gate chart and says why there is no map in the words its family was
+    registered with (not a built-in family's); the per-position one draws its ponder map."""
+    examples = ROOT / "docs" / "examples"
+    server = ServerProcess([str(examples / "gated_cnn"), str(examples / "position_exit")], str(tmp_path / "cache"), str(tmp_path / "server.log"),
+                           plugins=[str(examples / "gated_cnn" / "gated_cnn.py"), str(examples / "position_exit" / "position_exit.py")])
+    try:
+        server.wait_ready(timeout=90)
+        png = make_test_png(tmp_path / "shape.png", size=40)
+        page.d.get(f"{server.url}/?view=image&model=fmnist_gated_cnn")
+        page.wait("return document.readyState === 'complete' && !!window.ponderscope", what="the page to start")
+        page.d.find_element(By.ID, "file-input").send_keys(str(png))
+        bars = {t["name"]: t for t in page.wait_plot("gates-chart", what="the gate chart")}
+        answer = page.js("return window.ponderscope.results.image")
+        assert sorted(bars["executed"]["x"] + bars["skipped"]["x"]) == sorted(answer["gates"]["layers"]) == sorted(
+            f"stage{s}.{b}" for s in (1, 2) for b in range(3))
+        note = page.d.find_element(By.ID, "no-ponder").text
+        assert note == ("gated CNN (per-image gates): this model decides per image: a gate on each residual block runs it or skips it "
+                        "whole for this image (the gate chart shows which).")
+        assert page.plot_data("heatmap") == []
+
+        page.d.get(f"{server.url}/?view=image&model=fmnist_position_exit")
+        page.wait("return document.readyState === 'complete' && !!window.ponderscope", what="the page to start")
+        page.d.find_element(By.ID, "file-input").send_keys(str(png))
+        z = page.wait_plot("heatmap", what="the ponder map")[0]["z"]
+        answer = page.js("return window.ponderscope.results.image")
+        assert z == answer["ponder"]["total"] and len(z) == 14
+        assert page.d.find_element(By.ID, "no-ponder").get_attribute("hidden") is not None
+        page.no_error()
+    finally:
+        server.stop()
