@@ -166,7 +166,7 @@ def layer_names(gate_names: Optional[Sequence[str]], layers: int) -> list[str]:
     "layer 0", "layer 1", ... Never a rename: names of another length are a TraceContractError."""
     if gate_names is None:
         return [f"layer {i}" for i in range(layers)]
-    if isinstance(gate_names, str) or not all(isinstance(name, str) for name in gate_names):
+    if not isinstance(gate_names, (list, tuple)) or not all(isinstance(name, str) for name in gate_names):
         raise TraceContractError("gates", "the model's gate_names: a list of strings, one per gated layer", describe(gate_names))
     names = list(gate_names)
     if len(names) != layers:

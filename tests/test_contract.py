@@ -5,6 +5,7 @@ never a silently renamed layer. Optional fields (a block's halting, probabilitie
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from pathlib import Path
 
@@ -87,8 +88,9 @@ def test_gate_names_must_name_every_gated_layer():
     with pytest.raises(TraceContractError, match=r"Trace.gates: expected \[B, L\] with L = 4, the length of the model's gate_names, got L = 3"):
         check_trace(good_trace(gates=torch.rand(B, 3), executed=torch.ones(B, 3, dtype=torch.bool), gate_values=None), "classify",
                     IMAGES, gate_names=["a", "b", "c", "d"])
-    with pytest.raises(TraceContractError, match="a list of strings"):
-        check_trace(good_trace(), "classify", IMAGES, gate_names="abcd")
+    for wrong in ("abcd", 4, ["a", "b", "c", 4]):
+        with pytest.raises(TraceContractError, match="a list of strings"):
+            check_trace(good_trace(), "classify", IMAGES, gate_names=wrong)
 
 
 def test_sequence_tasks_need_ponder_and_steps_per_input_step():
@@ -210,3 +212,26 @@ def test_served_answers_check_the_trace(plugin, tmp_path):
         assert response.status_code == 422, (kind, response.status_code, response.text)
         detail = response.json()["detail"]
         assert detail.startswith(f"model '{kind}' ({plugin}) broke the Trace contract") and detail.endswith(message), detail
+
+
+@pytest.mark.usefixtures("fashion_mnist")
+def test_a_dataset_job_on_a_broken_trace_fails_once_with_the_reason(plugin, tmp_path):
+    """The dataset view's job runs the model over its test set: a trace that breaks the contract
+    ends the job with the reason, and asking again gives the same answer without running again."""
+    root = tmp_path / "ckpts"
+    torch.manual_seed(0)
+    model = models.create_model(plugin, breaks="executed-3")
+    models.save_checkpoint(model, root / "broken", {"task": {"name": "classify"}, "dataset": "fashion-mnist", "classes": None,
+                                                    "preprocess": {"channels": 1, "input_size": [28, 28], "mean": [0.286], "std": [0.353]}})
+    with TestClient(create_app([root], device="cpu", cache_dir=tmp_path / "cache")) as client:
+        status = client.get("/api/models/broken/dataset").json()
+        for _ in range(600):
+            if status["status"] != "running":
+                break
+            time.sleep(0.05)
+            status = client.get("/api/models/broken/dataset").json()
+        assert status["status"] == "error", status
+        assert status["message"] == (f"model 'broken' ({plugin}) broke the Trace contract (docs/own-models.md, section 3) on this input: "
+                                     "Trace.executed: expected bool [250, 4] (as gates: one entry per gated layer), got bool [250, 3]")
+        job = next(iter(client.app.state.dataset_jobs.jobs.values()))
+        assert client.get("/api/models/broken/dataset").json() == status and next(iter(client.app.state.dataset_jobs.jobs.values())) is job
