@@ -63,7 +63,7 @@ def _dims(dims: Sequence) -> str:
 FLOAT = ("float",)
 NUMBER = ("float", "int")  # whole counts may be either
 BOOL = ("bool",)
-_KIND_TEXT = {FLOAT: "float", NUMBER: "float or int", BOOL: "bool"}
+_KIND_TEXT = {FLOAT: "float", NUMBER: "float or int", BOOL: "bool", ("int",): "int"}
 
 
 def _tensor(field: str, value, kinds: tuple[str, ...], dims: Sequence) -> torch.Tensor:
@@ -113,6 +113,7 @@ def check_trace(trace, task: str, x: torch.Tensor, gate_names: Optional[Sequence
     _check_blocks(trace.blocks, batch)
     _check_gates(trace, batch, gate_names)
     _check_steps(trace, task, batch, steps)
+    _check_exits(trace, batch)
     if not isinstance(trace.extras, dict):
         raise TraceContractError("extras", "a dict", describe(trace.extras))
     distribution = trace.extras.get("halting_distribution")
@@ -173,6 +174,18 @@ def layer_names(gate_names: Optional[Sequence[str]], layers: int) -> list[str]:
         raise TraceContractError("gates", f"[B, L] with L = {len(names)}, the length of the model's gate_names",
                                  f"L = {layers} (gate_names: {len(names)} names)")
     return names
+
+
+def _check_exits(trace, batch: int) -> None:
+    """Per-image early exits: exit_confidence float [B, E] and exit_taken int [B], together."""
+    confidence, taken = getattr(trace, "exit_confidence", None), getattr(trace, "exit_taken", None)
+    if confidence is None and taken is None:
+        return
+    if confidence is None or taken is None:
+        missing, given = ("exit_confidence", "exit_taken") if confidence is None else ("exit_taken", "exit_confidence")
+        raise TraceContractError(missing, f"{'float [B, E]' if missing == 'exit_confidence' else 'int [B]'} beside {given}", "None")
+    _tensor("exit_confidence", confidence, FLOAT, [batch, "E"])
+    _tensor("exit_taken", taken, ("int",), [batch])
 
 
 def _check_steps(trace, task: str, batch: int, steps: int) -> None:

@@ -64,6 +64,8 @@ BROKEN = [
     ("gates-without-executed", good_trace(executed=None), "executed", "bool [B, L] beside gates", "None"),
     ("gate-values-alone", good_trace(gates=None, executed=None), "gate_values", "None where gates and executed are None", "float32 [2, 4]"),
     ("ponder-without-steps", good_trace(ponder=torch.ones(B, 1)), "steps", "[B, T] beside ponder", "None"),
+    ("exit-taken-alone", good_trace(exit_taken=torch.zeros(B, dtype=torch.long)), "exit_confidence", "float [B, E] beside exit_taken", "None"),
+    ("exit-taken-float", good_trace(exit_confidence=torch.rand(B, 3), exit_taken=torch.zeros(B)), "exit_taken", "int [2]", "float32 [2]"),
 ]
 
 
