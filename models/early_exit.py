@@ -28,6 +28,7 @@ from .registry import register_family, register_model
 from .resnet import ResNet, cifar_units, conv_flops, linear_flops
 from .sparse import Execution, requested_execution
 from .trace import Trace
+from .whatif import current as current_whatif
 
 register_family("early-exit", "early-exit ResNet", "decides per image: an image leaves at the first exit whose confidence "
                 "(its top class probability) reaches the threshold, and the stages after it do not run")
@@ -86,56 +87,79 @@ class EarlyExitResNet(ResNet):
                     module.eval()
         return self
 
+    @property
+    def exit_threshold(self) -> float:
+        """The threshold in force: a what-if's (models/whatif.py), else the trained one."""
+        whatif = current_whatif()
+        return self.threshold if whatif is None or whatif.threshold is None else float(whatif.threshold)
+
+    def whatif_knobs(self) -> dict:
+        """What models/whatif.py may change: the exit threshold, and lesions of the backbone's units."""
+        return {"threshold": self.threshold, "units": [name for block in self.blocks for name in block.unit_names]}
+
     def trace(self, x: torch.Tensor) -> Trace:
-        b = x.shape[0]
         sparse = not self.training and requested_execution(self) is not Execution.MASKED
-        out = self.stem(x)
-        stem = float(conv_flops(self.stem, out.shape[-2] * out.shape[-1]))
-        inside = torch.arange(b, device=x.device)  # the images still in the network (all of them when masked)
-        taken = torch.full((b,), len(self.blocks) - 1, dtype=torch.long, device=x.device)
-        confidence = torch.full((b, len(self.blocks)), float("nan"), device=x.device)
-        flops = torch.full((b,), stem, device=x.device)
-        logits = x.new_zeros(b, self.classifier.out_features)
-        every_exit = []
-        left = torch.zeros(b, dtype=torch.bool, device=x.device)
-        for s, block in enumerate(self.blocks):
-            positions_in = out.shape[-2] * out.shape[-1]
-            out, _, _ = block(out, Execution.MASKED, None)
-            stage = float(block.dense_flops(out.shape[-2] * out.shape[-1], positions_in))
-            last = s == len(self.blocks) - 1
-            head = linear_flops(self.classifier) if last else self.exits[s].flops(out.shape[-2], out.shape[-1])
-            exit_logits = self.classifier(self.head(out)) if last else self.exits[s](out)
-            every_exit.append(exit_logits)
+        threshold, last = self.exit_threshold, len(self.blocks) - 1
+        costs, dense = self.exit_costs(x)
+        b = x.shape[0]
+        if not sparse:  # every exit on every image, then each image's first confident one
+            every_exit = self.every_exit(x)
             with torch.no_grad():
+                reached = torch.stack([logits.softmax(-1).amax(-1) for logits in every_exit], 1).float()  # [B, E]
+                confident = reached >= threshold
+                confident[:, last] = True
+                taken = confident.int().argmax(1)  # the first True
+                confidence = torch.where(torch.arange(last + 1, device=x.device) <= taken.unsqueeze(1), reached, float("nan"))
+            logits = torch.stack(every_exit, 1)[torch.arange(b, device=x.device), taken]
+        else:  # each stage on the images still inside
+            every_exit = None
+            taken = torch.full((b,), last, dtype=torch.long, device=x.device)
+            confidence = torch.full((b, last + 1), float("nan"), device=x.device)
+            logits = x.new_zeros(b, self.classifier.out_features)
+            inside = torch.arange(b, device=x.device)
+            out = self.stem(x)
+            for s, block in enumerate(self.blocks):
+                out = block(out, Execution.MASKED, None)[0]
+                exit_logits = self.classifier(self.head(out)) if s == last else self.exits[s](out)
                 probability = exit_logits.softmax(-1).amax(-1)
-            here = inside if sparse else torch.nonzero(~left).squeeze(1)  # images that reached this exit
-            rows = slice(None) if sparse else here
-            flops[here] += stage + head
-            confidence[here, s] = probability[rows]
-            leaves = torch.ones_like(probability[rows], dtype=torch.bool) if last else probability[rows] >= self.threshold
-            gone = here[leaves]
-            taken[gone] = s
-            logits[gone] = exit_logits[rows][leaves].to(logits.dtype)
-            left[gone] = True
-            if sparse and not last:
-                keep = torch.nonzero(~leaves).squeeze(1)
-                if keep.numel() == 0:
-                    break
-                out, inside = out.index_select(0, keep), inside[keep]
-        return Trace(logits=logits, flops=flops, dense_flops=self.dense_flops(x, stem), exit_confidence=confidence, exit_taken=taken,
+                confidence[inside, s] = probability.float()
+                leaves = probability >= threshold if s < last else torch.ones_like(probability, dtype=torch.bool)
+                taken[inside[leaves]] = s
+                logits[inside[leaves]] = exit_logits[leaves].to(logits.dtype)
+                if s < last:
+                    keep = torch.nonzero(~leaves).squeeze(1)
+                    if keep.numel() == 0:
+                        break
+                    out, inside = out.index_select(0, keep), inside[keep]
+        flops = torch.tensor(costs, device=x.device, dtype=torch.float32)[taken]
+        return Trace(logits=logits, flops=flops, dense_flops=dense, exit_confidence=confidence, exit_taken=taken,
                      extras={"exit_logits": every_exit} if self.training else {})
 
-    def dense_flops(self, x: torch.Tensor, stem: float) -> float:
-        """The dense ResNet's FLOPs (the backbone and its own head, no side exits) for an input like x:
-        the first stage keeps the stem's size, each later one halves it."""
+    def every_exit(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each exit's logits for every image (the masked reference, training, choosing a threshold)."""
+        out, logits = self.stem(x), []
+        for s, block in enumerate(self.blocks):
+            out = block(out, Execution.MASKED, None)[0]
+            logits.append(self.classifier(self.head(out)) if s == len(self.blocks) - 1 else self.exits[s](out))
+        return logits
+
+    def exit_costs(self, x: torch.Tensor) -> tuple[list[float], float]:
+        """FLOPs of an image like x that leaves at exit s (the stem, stages 1..s and exit heads 1..s,
+        the last exit being the dense network's own head), and the dense network's FLOPs (no side
+        exits). The first stage keeps the stem's size, each later one halves it."""
         h, w = x.shape[-2:]
-        total = stem + linear_flops(self.classifier)
+        spent = float(conv_flops(self.stem, h * w))
+        dense, costs = spent + linear_flops(self.classifier), []
         for index, block in enumerate(self.blocks):
             stride = 1 if index == 0 else 2
             h_out, w_out = (h + stride - 1) // stride, (w + stride - 1) // stride
-            total += block.dense_flops(h_out * w_out, h * w)
+            stage = block.dense_flops(h_out * w_out, h * w)
+            dense += stage
+            last = index == len(self.blocks) - 1
+            spent += stage + (linear_flops(self.classifier) if last else self.exits[index].flops(h_out, w_out))
+            costs.append(float(spent))
             h, w = h_out, w_out
-        return float(total)
+        return costs, float(dense)
 
     def task_loss(self, trace: Trace, targets: torch.Tensor) -> torch.Tensor:
         """The sum of every exit's cross-entropy (BranchyNet's, equal weights)."""
