@@ -148,7 +148,8 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     app = FastAPI(
         lifespan=lifespan,
         title="ponderscope",
-        description="Where adaptive-computation networks spend their effort: ponder maps (ACT/SACT), gate decisions (ConvNet-AIG), per-character ponder time (ACT-RNN).",
+        description="Where adaptive-computation networks spend their effort: per-position ponder maps, per-layer gate decisions, "
+                    "early exits, per-step ponder time of sequence models; each loaded model's family says how it decides (GET /api/models).",
         version=__version__,
     )
     app.state.store = store

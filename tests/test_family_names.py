@@ -4,10 +4,9 @@ when it was registered (models.register_family: label, description, reference). 
 family is then served and drawn like the built-in ones, and the page's texts cannot claim that a
 plugin's gated model is ConvNet-AIG or that a reference model is "dense".
 
-Read from the source, comments and docstrings included. Two places are allowed, each by its exact
-text: the page footer's paper citations (credits for the methods the bundled models implement:
-no label of a loaded model and no branch), and server/app.py's API description, which another
-change owns (the access token's; to be reworded there)."""
+Read from the source, comments and docstrings included. One place is allowed, by its exact text:
+the page footer's paper citations (credits for the methods the bundled models implement: no
+label of a loaded model and no branch)."""
 from __future__ import annotations
 
 import re
@@ -21,11 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCOPE = [*sorted((ROOT / "server").rglob("*.py")), *sorted((ROOT / "static").rglob("*.js")), *sorted((ROOT / "static").rglob("*.css")),
          *sorted((ROOT / "templates").rglob("*.html")), ROOT / "ponderscope" / "figures.py"]
 
-BUILT_IN = ("sact", "act", "aig", "act-rnn", "rnn", "dense")
+BUILT_IN = ("sact", "act", "aig", "act-rnn", "rnn", "dense", "avit", "vit", "early-exit")
 ALLOWED = {
     "templates/index.html": ["ACT (Graves 2016) · SACT (Figurnov et al. 2017) · ConvNet-AIG (Veit &amp; Belongie 2018)"],  # citations
-    "server/app.py": ['description="Where adaptive-computation networks spend their effort: ponder maps (ACT/SACT), gate decisions '
-                      '(ConvNet-AIG), per-character ponder time (ACT-RNN).",'],  # owned by another change (see the module's docstring)
 }
 
 
@@ -34,7 +31,7 @@ def patterns() -> dict[str, re.Pattern]:
     keys = "|".join(re.escape(key) for key in BUILT_IN)
     return {
         "a family's label": re.compile("|".join(re.escape(label) for label in labels)),
-        "a method's name": re.compile(r"\b(ConvNet-AIG|ACT-RNN|S?ACT|AIG|PonderNet)\b"),
+        "a method's name": re.compile(r"\b(ConvNet-AIG|ACT-RNN|S?ACT|AIG|PonderNet|A-ViT|BranchyNet|MSDNet)\b"),
         "a family key as a literal": re.compile(rf"""(['"`])({keys})\1"""),
         "a branch on the family": re.compile(r"\bfamily\s*(===?|!==?)|\bfamily\s+(not\s+)?in\b|\bfamily_label\s*===?"),
         "a model called dense": re.compile(r"\bdense (model|ResNet|twin|baseline)s?\b|\(dense\)|\bdense:"),
@@ -56,7 +53,7 @@ def findings(text: str, name: str) -> list[str]:
 
 def test_the_built_in_families_are_the_registrys():
     assert set(BUILT_IN) <= set(models.FAMILIES) and models.family("dense").reference
-    assert not any(models.family(key).reference for key in BUILT_IN if key != "dense")
+    assert not any(models.family(key).reference for key in BUILT_IN if key not in ("dense", "vit"))
     assert all(models.family(key).description for key in BUILT_IN)  # every built-in family says how it decides
 
 
