@@ -41,6 +41,7 @@ from .halting import DEFAULT_EPS, StepwiseHalting
 from .registry import register_family, register_model
 from .sparse import Execution, requested_execution
 from .trace import BlockTrace, Trace
+from .whatif import HaltingPolicy, current as current_whatif
 
 register_family("avit", "A-ViT (halting tokens)", "decides per token: each image patch's token stops going through layers once "
                 "its halting scores add up to the threshold, so the ponder map shows the layers each patch went through")
@@ -131,6 +132,15 @@ class HaltingViT(nn.Module):
     def has_sparse_path(self) -> bool:
         return self.halting
 
+    @property
+    def layer_names(self) -> list[str]:
+        return [f"layer{i + 1}" for i in range(len(self.layers))]
+
+    def whatif_knobs(self) -> dict:
+        """What models/whatif.py may change: the halting threshold 1 - eps and a cap on the layers
+        a token may go through (the dense twin: nothing)."""
+        return {"threshold": 1.0 - self.eps, "cap": len(self.layers)} if self.halting else {}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trace(x).logits
 
@@ -144,14 +154,15 @@ class HaltingViT(nn.Module):
             flops = torch.full((b,), float(self.dense_flops(x)), device=x.device)
             return Trace(logits=self.head(self.norm(tokens.mean(1))), flops=flops, dense_flops=self.dense_flops(x))
         sparse = not self.training and requested_execution(self) is not Execution.MASKED
-        state = StepwiseHalting((b, n), device=x.device, dtype=tokens.dtype, eps=self.eps)
+        policy = HaltingPolicy.resolve(current_whatif(), self.eps, self.layer_names)  # a what-if's threshold or cap, else the trained rule
+        state = StepwiseHalting((b, n), device=x.device, dtype=tokens.dtype, eps=policy.eps)
         output = torch.zeros_like(tokens)
         ran, weights, scores, flops = [], [], [], torch.full((b,), float(self.fixed_flops(x)), device=x.device)
         for index, layer in enumerate(self.layers):
             running = state.running
             flops = flops + layer.flops(running.sum(1).to(flops.dtype))
             tokens = self._run_sparse(layer, tokens, running) if sparse else self._run_masked(layer, tokens, running)
-            last = index == len(self.layers) - 1
+            last = index == policy.last
             h = torch.ones_like(tokens[..., 0]) if last else torch.sigmoid(self.gate_scale * tokens[..., 0] - self.gate_center)
             h = h * running  # 0 where halted (zero_after_halt below)
             p = state.update(h, force_halt=last, zero_after_halt=True)
@@ -159,6 +170,12 @@ class HaltingViT(nn.Module):
             scores.append(h)
             weights.append(p)
             output = output + p.unsqueeze(-1) * tokens
+            if last:  # under a cap, the layers after it run for no token
+                break
+        for _ in range(len(self.layers) - len(ran)):
+            ran.append(torch.zeros_like(ran[0]))
+            weights.append(torch.zeros_like(weights[0]))
+            scores.append(torch.zeros_like(scores[0]))
         logits = self.head(self.norm(output.mean(1)))
         return Trace(logits=logits, flops=flops, dense_flops=self.dense_flops(x), blocks=self._blocks(ran, weights, scores, b),
                      extras={"layer_halting_scores": torch.stack(scores[:-1], 1)})

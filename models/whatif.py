@@ -101,7 +101,12 @@ def current() -> Optional[WhatIf]:
 def knobs(model: nn.Module) -> dict:
     """What can be changed on `model`, with the trained values: {"threshold": 0.99, "cap":
     max units per block, "units": [...]} for ACT/SACT, {"gate_bias": 0.0, "units": [...]} for AIG,
-    {"units": [...]} for a dense ResNet; {} for a model without these (an RNN, a plugin's)."""
+    {"units": [...]} for a dense ResNet; {} for a model without these (an RNN, a plugin's). A
+    model with a `whatif_knobs()` method declares its own (the same keys; "threshold" is then
+    whatever threshold its decisions are made against)."""
+    declared = getattr(model, "whatif_knobs", None)
+    if callable(declared):  # a model that says what it takes (A-ViT, the early-exit ResNet)
+        return declared()
     blocks = getattr(model, "blocks", None)
     if getattr(model, "halting", None) in ("act", "sact") and blocks is not None:
         eps = {float(block.eps) for block in blocks}

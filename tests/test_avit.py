@@ -151,3 +151,25 @@ def test_losses_reach_the_halting_scores():
     assert m.stem.conv2.weight.grad[0].abs().sum() > 0
     prior = m.adaptive_loss(m.trace(x), tau=0.0, prior=1.0, target_depth=2.0)
     assert prior.item() >= 0.0
+
+
+def test_what_if_threshold_and_cap():
+    """models/whatif.py's changes reach A-ViT: a lower threshold halts tokens sooner, a cap stops every
+    token at that layer; the trained rule is unchanged outside the context."""
+    from ponderscope.models.whatif import WhatIf, applied, knobs
+
+    m = model(gate_scale=4.0, gate_center=2.5)
+    x = torch.randn(3, 1, 24, 24)
+    assert knobs(m) == {"threshold": pytest.approx(0.99), "cap": 4}
+    with torch.no_grad():
+        trained = m.trace(x)
+        with applied(m, WhatIf(threshold=0.5)):
+            lower = m.trace(x)
+        with applied(m, WhatIf(cap=2)):
+            capped = m.trace(x)
+        again = m.trace(x)
+    steps = lambda t: sum(b.units for b in t.blocks)
+    assert torch.equal(steps(again), steps(trained))
+    assert bool((steps(lower) <= steps(trained)).all()) and float(steps(lower).sum()) < float(steps(trained).sum())
+    assert float(steps(capped).max()) == 2.0 and float(capped.blocks[1].units.max()) == 0.0
+    assert bool((capped.flops <= trained.flops).all())
