@@ -161,6 +161,44 @@ class EarlyExitResNet(ResNet):
             h, w = h_out, w_out
         return costs, float(dense)
 
+    @torch.no_grad()
+    def calibrate(self, batches, flops_budget: float) -> dict:
+        """Choose the threshold on held-out images (`batches` of (images, labels); never the test
+        set): the one with the highest accuracy among those whose mean FLOPs stay within
+        `flops_budget` of the dense network's (ties: the cheaper). Every exit's logits are
+        computed once; each candidate threshold (every confidence seen) then only re-reads them.
+        Sets and returns the threshold with what it gave on those images."""
+        was_training = self.training
+        self.eval()
+        confidences, correct, costs, dense = [], [], None, None
+        for images, labels in batches:
+            every_exit = self.every_exit(images)
+            confidences.append(torch.stack([logits.softmax(-1).amax(-1) for logits in every_exit], 1).float().cpu())
+            correct.append(torch.stack([logits.argmax(-1) == labels for logits in every_exit], 1).cpu())
+            if costs is None:
+                costs, dense = self.exit_costs(images)
+        self.train(was_training)
+        confidence, correct = torch.cat(confidences), torch.cat(correct)
+        cost = torch.tensor(costs) / dense
+        last = confidence.shape[1] - 1
+        best = None
+        for threshold in torch.unique(confidence[:, :last]).tolist() + [float("inf")]:
+            confident = confidence >= threshold
+            confident[:, last] = True
+            taken = confident.int().argmax(1)
+            accuracy = float(correct[torch.arange(len(taken)), taken].float().mean())
+            flops = float(cost[taken].mean())
+            if flops <= flops_budget and (best is None or (accuracy, -flops) > (best[1], -best[2])):
+                best = (threshold, accuracy, flops, torch.bincount(taken, minlength=last + 1).tolist())
+        if best is None:
+            raise ValueError(f"no threshold keeps the FLOPs within {flops_budget} of the dense network's on the held-out images")
+        self.threshold = float(best[0]) if best[0] != float("inf") else 1.0
+        if hasattr(self, "registry_kwargs"):  # what the checkpoint's card records
+            self.registry_kwargs["threshold"] = self.threshold
+        return {"threshold": self.threshold, "flops_budget": flops_budget, "examples": len(correct), "heldout_accuracy": best[1],
+                "heldout_flops_ratio": best[2], "heldout_exits": best[3],
+                "how": "highest accuracy on held-out training images among the thresholds within the FLOPs budget"}
+
     def task_loss(self, trace: Trace, targets: torch.Tensor) -> torch.Tensor:
         """The sum of every exit's cross-entropy (BranchyNet's, equal weights)."""
         return sum(F.cross_entropy(logits, targets) for logits in trace.extras["exit_logits"])

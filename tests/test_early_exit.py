@@ -141,3 +141,29 @@ def test_init_from_loads_matching_weights_and_refuses_misfits(tmp_path):
         _init_from(m, tmp_path / "wide", Processes())
     with pytest.raises(ConfigError, match="no model.safetensors"):
         _init_from(m, tmp_path / "nothing", Processes())
+
+
+def test_calibrate_picks_the_best_threshold_within_the_budget():
+    """Checked against a brute force over a grid of thresholds, each run through trace()."""
+    m = model(0.9, seed=3)
+    torch.manual_seed(5)
+    images, labels = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    with torch.no_grad():
+        _, dense = m.exit_costs(images)
+        full = m.trace(images).flops.mean().item() / dense  # every image to the end, side exits included
+    budget = 0.5 * (full + m.exit_costs(images)[0][0] / dense)
+    info = m.calibrate([(images[:32], labels[:32]), (images[32:], labels[32:])], flops_budget=budget)
+    assert m.threshold == info["threshold"] and m.registry_kwargs["threshold"] == info["threshold"]
+    with torch.no_grad():
+        chosen = m.trace(images)
+    accuracy = float((chosen.logits.argmax(-1) == labels).float().mean())
+    assert info["heldout_accuracy"] == pytest.approx(accuracy) and info["heldout_flops_ratio"] == pytest.approx(float(chosen.flops.mean()) / dense, rel=1e-6)
+    assert info["heldout_flops_ratio"] <= budget and info["heldout_exits"] == torch.bincount(chosen.exit_taken, minlength=3).tolist()
+    for threshold in torch.linspace(0.05, 1.0, 40).tolist():  # no threshold on the grid beats it within the budget
+        m.threshold = threshold
+        with torch.no_grad():
+            trace = m.trace(images)
+        if float(trace.flops.mean()) / dense <= budget:
+            assert float((trace.logits.argmax(-1) == labels).float().mean()) <= info["heldout_accuracy"] + 1e-9
+    with pytest.raises(ValueError, match="no threshold"):
+        m.calibrate([(images, labels)], flops_budget=0.01)

@@ -51,6 +51,7 @@ DEFAULTS = {
     "precision": None,  # "bf16": autocast the forward to bfloat16 (meant for CUDA; runs on CPU too)
     "sync_bn": True,  # under torchrun: batch norm over the global batch, as one process would see it
     "init_from": None,  # a checkpoint directory whose weights start the model (those of the same name and shape; the rest as built)
+    "calibrate": None,  # kwargs of model.calibrate(batches, ...) after training, on the held-out images (data option holdout)
 }
 
 
@@ -149,7 +150,7 @@ def check_config(config: dict) -> None:
 # The keys each section may hold: anything else would be read by nothing.
 TASK_KEYS = {"classify": {"name"}, "parity": {"name", "bits"}, "bytes-lm": {"name"}}
 DATA_OPTIONS = {
-    "classify": {"flip", "pad", "preprocess", "cluttered_train_size", "channels",
+    "classify": {"flip", "pad", "preprocess", "cluttered_train_size", "channels", "holdout",
                  "input_size", "crop_scale", "val_fraction", "workers"},  # (the last four: image folders)
     "parity": set(),
     "bytes-lm": {"seq_len"},
@@ -280,6 +281,8 @@ def _train(config: dict, out: Path, processes: Processes, resume: bool, command:
     except (UnknownModelError, TypeError) as error:  # a misspelt model or keyword argument
         raise ConfigError(f"model {config['model']!r}: {error}") from None
     _check_adaptive(model, config["adaptive"])
+    if config["calibrate"] and not (hasattr(model, "calibrate") and int(config["data_options"].get("holdout", 0)) > 0):
+        raise ConfigError("calibrate needs a model with a calibrate() method and held-out images (data_options holdout > 0)")
     if config["init_from"]:
         _init_from(model, Path(config["init_from"]), processes)
     if config["batch_size"] % processes.world:
@@ -367,6 +370,9 @@ def _train(config: dict, out: Path, processes: Processes, resume: bool, command:
     }
     if "tau" in config["adaptive"] and hasattr(model, "TAU_UNITS"):
         card["tau_units"] = model.TAU_UNITS  # what the config's tau means for this model
+    if config["calibrate"]:  # a setting chosen after training on held-out training images (the card keeps how)
+        with torch.no_grad():
+            card["calibration"] = model.calibrate(workload.holdout_batches(), **config["calibrate"])
     save_checkpoint(model, out, card)
     if state_dir.exists():
         for f in state_dir.iterdir():

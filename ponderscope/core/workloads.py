@@ -138,6 +138,13 @@ class ImageClassification:
             scaled = train_x.float() / 255.0
             self.mean = [float(v) for v in scaled.mean(dim=(0, 2, 3))]
             self.std = [float(v) for v in scaled.std(dim=(0, 2, 3))]
+        # holdout: the last N training images are not trained on; a model that chooses a setting
+        # after training (an early-exit threshold) chooses it on them, never on the test set
+        holdout = int(options.get("holdout", 0))
+        if not 0 <= holdout < max(1, len(train_y)):
+            raise ValueError(f"holdout must be between 0 and the {len(train_y)} training images, not {holdout}")
+        self.holdout_x, self.holdout_y = train_x[len(train_y) - holdout:].to(device), train_y[len(train_y) - holdout:].to(device)
+        train_x, train_y = train_x[: len(train_y) - holdout], train_y[: len(train_y) - holdout]
         self.train_x, self.train_y = train_x.to(device), train_y.to(device)
         self.test_x, self.test_y = test_x.to(device), test_y.to(device)
 
@@ -179,6 +186,11 @@ class ImageClassification:
             raise IndexError(f"sample {index} is out of range: the test set has {self.n_test} images (0..{self.n_test - 1})")
         box = None if self.test_boxes is None else [int(v) for v in self.test_boxes[index]]
         return self.sample_image(index), self.test_label(index), box
+
+    def holdout_batches(self, batch_size: int = 500):
+        """(normalised images, labels) over the held-out training images (data option holdout)."""
+        for start in range(0, len(self.holdout_y), batch_size):
+            yield self.normalize(self.holdout_x[start : start + batch_size]), self.holdout_y[start : start + batch_size]
 
     def test_batches(self, batch_size: int, limit: Optional[int] = None, workers: Optional[int] = None, indices=None):
         """(indices, normalised images, labels) over the first `limit` test images (all: None),
@@ -292,6 +304,11 @@ class FolderClassification(ImageClassification):
 
     def test_label(self, index: int) -> int:
         return self.folder.test[index][1]
+
+    def holdout_batches(self, batch_size: int = 500):
+        """(normalised images, labels) over the held-out training images (data option holdout)."""
+        for start in range(0, len(self.holdout_y), batch_size):
+            yield self.normalize(self.holdout_x[start : start + batch_size]), self.holdout_y[start : start + batch_size]
 
     def test_batches(self, batch_size: int, limit: Optional[int] = None, workers: Optional[int] = None, indices=None):
         from .imagefolder import loader
