@@ -181,7 +181,7 @@ def test_a_card_is_a_config():
     card = json.loads((root / "checkpoints" / "parity16_rnn" / "card.json").read_text())
     config = load_config(str(root / "checkpoints" / "parity16_rnn" / "card.json"), ["steps=7"])
     # (settings added since the card was written take their defaults, which train as before)
-    assert config == {**card["config"], "steps": 7, "precision": None, "sync_bn": True, "init_from": None}
+    assert config == {**card["config"], "steps": 7, "precision": None, "sync_bn": True, "init_from": None, "calibrate": None}
 
 
 def test_old_card_reruns_with_its_tau_in_the_current_units():
