@@ -144,16 +144,22 @@ class ServerProcess:
     """The real app (ponderscope.server.app.create_app) under uvicorn in a child process."""
 
     def __init__(self, checkpoint_dirs: list[str], cache_dir: str, log_path: str, env: dict | None = None, plugins: list[str] | None = None,
-                 token: str | None = None):
-        """token: the access token it asks for, as `serve` beyond loopback does (None: none)."""
+                 token: str | None = None, serve_args: list[str] | None = None):
+        """token: the access token it asks for, as `serve` beyond loopback does (None: none).
+        serve_args: run `python -m ponderscope serve --port PORT --cache CACHE_DIR` with these
+        arguments instead (the command line as a user types it; checkpoint_dirs, plugins and token
+        are then the arguments' business)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
-        script = SERVER_SCRIPT.format(root=str(ROOT), dirs=[str(d) for d in checkpoint_dirs], cache=str(cache_dir), port=self.port,
-                                      plugins=[str(p) for p in plugins or []], token=token)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        if serve_args is not None:
+            command = [sys.executable, "-m", "ponderscope", "serve", "--port", str(self.port), "--cache", str(cache_dir), *serve_args]
+        else:
+            command = [sys.executable, "-c", SERVER_SCRIPT.format(root=str(ROOT), dirs=[str(d) for d in checkpoint_dirs], cache=str(cache_dir),
+                                                                  port=self.port, plugins=[str(p) for p in plugins or []], token=token)]
         self.log_path = log_path
         self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-c", script], cwd=str(ROOT), env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(command, cwd=str(ROOT), env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.time() + timeout

@@ -8,12 +8,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import ServerProcess
 from fastapi.testclient import TestClient
 
 from ponderscope.server.access import COOKIE, AccessError, AccessPolicy, choose_policy, is_loopback, login_links
@@ -189,38 +189,13 @@ def test_no_answer_carries_the_token(app):
 
 
 # ------------------------------------------------------------------------------ `ponderscope serve`, as started
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_serve(tmp_path, *args, env=None):
-    port = free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    inherited = {k: v for k, v in os.environ.items() if k != "PONDERSCOPE_TOKEN"}  # only the token the test gives
-    env = dict(inherited, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
-    proc = subprocess.Popen([sys.executable, "-m", "ponderscope", "serve", "--host", "0.0.0.0", "--port", str(port), "--checkpoints", str(MODEL),
-                             "--cache", str(tmp_path / "cache"), "--execution", "masked", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-        try:
-            urllib.request.urlopen(url + "/api/health", timeout=2)
-            return proc, url, log
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    pytest.fail("serve did not answer in 90 s:\n" + (tmp_path / "serve.log").read_text())
-
-
-def stop(proc, log) -> None:
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+def start_serve(tmp_path, *args, env=None) -> ServerProcess:
+    """`ponderscope serve --host 0.0.0.0` as a user starts it, only the token the test gives in its environment."""
+    inherited = {"PONDERSCOPE_TOKEN": ""} if "PONDERSCOPE_TOKEN" in os.environ and "PONDERSCOPE_TOKEN" not in (env or {}) else {}
+    server = ServerProcess([], str(tmp_path / "cache"), str(tmp_path / "serve.log"), env={**inherited, **(env or {})},
+                           serve_args=["--host", "0.0.0.0", "--checkpoints", str(MODEL), "--execution", "masked", *args])
+    server.wait_ready(timeout=90)
+    return server
 
 
 def status_of(request: urllib.request.Request) -> tuple[int, bytes]:
@@ -236,7 +211,8 @@ def status_of(request: urllib.request.Request) -> tuple[int, bytes]:
 
 
 def test_serve_beyond_loopback_prints_a_link_and_logs_the_token_nowhere_else(tmp_path):
-    proc, url, log = start_serve(tmp_path)
+    server = start_serve(tmp_path)
+    url = server.url
     try:
         text = (tmp_path / "serve.log").read_text()
         token = re.search(r"http://127\.0\.0\.1:\d+/\?token=([0-9a-f]{48})\b", text).group(1)
@@ -249,7 +225,7 @@ def test_serve_beyond_loopback_prints_a_link_and_logs_the_token_nowhere_else(tmp
                                                       headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}))
         assert code == 200 and token.encode() not in body
     finally:
-        stop(proc, log)
+        server.stop()
     lines = (tmp_path / "serve.log").read_text().splitlines()
     assert any("GET /?token=[redacted]&view=text" in line for line in lines)   # the access log kept the request, not the token
     with_token = [line for line in lines if token in line]
@@ -259,19 +235,19 @@ def test_serve_beyond_loopback_prints_a_link_and_logs_the_token_nowhere_else(tmp
 
 
 def test_serve_with_a_given_token_and_with_none(tmp_path):
-    proc, url, log = start_serve(tmp_path, env={"PONDERSCOPE_TOKEN": TOKEN})
+    server = start_serve(tmp_path, env={"PONDERSCOPE_TOKEN": TOKEN})
     try:
         assert f"/?token={TOKEN}" in (tmp_path / "serve.log").read_text()
-        assert status_of(urllib.request.Request(url + "/api/models", headers={"Authorization": f"Bearer {TOKEN}"}))[0] == 200
-        assert status_of(urllib.request.Request(url + "/api/models"))[0] == 401
+        assert status_of(urllib.request.Request(server.url + "/api/models", headers={"Authorization": f"Bearer {TOKEN}"}))[0] == 200
+        assert status_of(urllib.request.Request(server.url + "/api/models"))[0] == 401
     finally:
-        stop(proc, log)
+        server.stop()
     (tmp_path / "serve.log").rename(tmp_path / "first.log")
-    proc, url, log = start_serve(tmp_path, "--no-token")
+    server = start_serve(tmp_path, "--no-token")
     try:
-        assert status_of(urllib.request.Request(url + "/api/models"))[0] == 200
+        assert status_of(urllib.request.Request(server.url + "/api/models"))[0] == 200
     finally:
-        stop(proc, log)
+        server.stop()
     text = (tmp_path / "serve.log").read_text()
     assert "WARNING" in text and "WITHOUT an access token" in text and "token=" not in text
     contradiction = subprocess.run([sys.executable, "-m", "ponderscope", "serve", "--host", "0.0.0.0", "--no-token", "--token", TOKEN],

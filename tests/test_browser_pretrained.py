@@ -16,17 +16,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from browser_support import ROOT, browser_missing_reason, cleanup, make_driver, tmpdir
+from browser_support import ROOT, ServerProcess, browser_missing_reason, cleanup, make_driver, tmpdir
 
 _missing = browser_missing_reason()
 if _missing:
@@ -72,49 +70,6 @@ def draw_photo(path: Path) -> Path:
     return path
 
 
-class Serve:
-    """`ponderscope serve` as the README runs it (the per-user folder from $PONDERSCOPE_MODELS),
-    on a free loopback port; masked execution (nothing timed at start-up)."""
-
-    def __init__(self, env: dict, log_path: Path, cache: Path):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ponderscope", "serve", "--port", str(self.port), "--cache", str(cache),
-                                      "--execution", "masked", "--device", "cpu"],
-                                     cwd=str(ROOT), env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ponderscope serve exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/api/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"ponderscope serve did not answer within {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self, n: int = 4000) -> str:
-        self.log.flush()
-        return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
-
-
 def test_from_nothing_to_the_papers_ponder_map():
     work = Path(tmpdir("ponderscope-pretrained-"))
     mirror = Mirror()
@@ -130,8 +85,10 @@ def test_from_nothing_to_the_papers_ponder_map():
         assert fetched.stdout.splitlines() == [f"wrote {folder}/model.safetensors and {folder}/card.json", "`ponderscope serve` lists it"]
         assert "100%" in fetched.stderr  # the progress bar
         # 2. ponderscope serve
-        server = Serve(env, work / "serve.log", work / "cache")
-        server.wait_ready()
+        # `ponderscope serve` as the README runs it (the per-user folder from $PONDERSCOPE_MODELS);
+        # masked execution: nothing timed at start-up
+        server = ServerProcess([], str(work / "cache"), str(work / "serve.log"), env=env, serve_args=["--execution", "masked", "--device", "cpu"])
+        server.wait_ready(timeout=120)
         with urllib.request.urlopen(server.url + "/api/models", timeout=10) as response:
             listed = [m["id"] for m in json.loads(response.read())]
         assert NAME in listed and "fmnist_sact_resnet32" in listed  # beside the bundled ones

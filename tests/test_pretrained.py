@@ -519,19 +519,11 @@ def test_is_archive():
 # ------------------------------------------------------------------------------------------
 
 
-class _FullAfter:
-    """A file whose writes fail with ENOSPC once `budget[0]` bytes are spent (the bytes that fit are written)."""
+class _WrappedFile:
+    """A real file whose `write` a subclass changes; everything else is the file's."""
 
-    def __init__(self, handle, budget, path):
-        self.handle, self.budget, self.path = handle, budget, path
-
-    def write(self, data):
-        if len(data) > self.budget[0]:
-            self.handle.write(data[: self.budget[0]])
-            self.budget[0] = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
-        self.budget[0] -= len(data)
-        return self.handle.write(data)
+    def __init__(self, handle):
+        self.handle = handle
 
     def __enter__(self):
         return self
@@ -541,6 +533,22 @@ class _FullAfter:
 
     def __getattr__(self, name):
         return getattr(self.handle, name)
+
+
+class _FullAfter(_WrappedFile):
+    """A file whose writes fail with ENOSPC once `budget[0]` bytes are spent (the bytes that fit are written)."""
+
+    def __init__(self, handle, budget, path):
+        super().__init__(handle)
+        self.budget, self.path = budget, path
+
+    def write(self, data):
+        if len(data) > self.budget[0]:
+            self.handle.write(data[: self.budget[0]])
+            self.budget[0] = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        self.budget[0] -= len(data)
+        return self.handle.write(data)
 
 
 def full_disk(after: int, which=lambda path: True):
@@ -652,22 +660,16 @@ def test_progress_bar_on_stderr(official, tmp_path, capsys):
     assert bar and "100%" in bar[-1] and f"{len(official) / 1024:.1f}k/{len(official) / 1024:.1f}k" in bar[-1], captured.err
 
 
-class _Interrupt:
+class _Interrupt(_WrappedFile):
+    """A file whose first write stops after `after` bytes with a Ctrl-C."""
+
     def __init__(self, handle, after):
-        self.handle, self.after = handle, after
+        super().__init__(handle)
+        self.after = after
 
     def write(self, data):
         self.handle.write(data[: self.after])
         raise KeyboardInterrupt
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
-
-    def __getattr__(self, name):
-        return getattr(self.handle, name)
 
 
 def test_ctrl_c_keeps_the_part_and_the_next_run_continues(official, mirror, tmp_path, monkeypatch, capsys):
