@@ -15,15 +15,18 @@ masked, dense, sparse, masked, dense, ...; median), on CPU with one thread:
     and the SACT / ConvNet-AIG ResNet-50 at 224x224, the plan made as `ps.load` / `serve` make it
     (timed on this machine, fresh), then sparse, masked (tiles for SACT) and what auto picked,
     side by side: auto's time / the fastest of them (target <= 1.05).
+  * A-ViT and the early-exit ResNet-32 against their dense twins (bench/twins.py, issue 24): the
+    trained checkpoints (or random-weight stand-ins, said in the table) on their test images,
+    batch 1 and 32, sparse / masked / dense in rotated rounds, time ratio beside FLOPs ratio.
 
 Writes the tables to bench/results.md (and prints them). Options: --quick (fewer repeats, for a
-smoke test), --only sact,aig,bundled,rnn,auto. A run of `--only auto` alone replaces the auto
-section of bench/results.md (between its markers) and leaves the rest of the file as it was.
+smoke test), --only sact,aig,bundled,rnn,auto,avit,early-exit. A run of `--only auto`, or of
+`--only avit,early-exit`, (or of both) replaces those sections of bench/results.md (between their
+markers) and leaves the rest of the file as it was.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import math
 import platform
@@ -36,11 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from ponderscope import models
-from bench.common import interleaved, median, rotated, round_ratio, setup_cpu
+from bench.common import Report, bundled_images, dense_ms, interleaved, median, rotated, row, runner, setup_cpu, time_models
 from ponderscope.readme import replace_section
+from bench import twins
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_SECTIONS = "sact,aig,bundled,rnn,auto"
+ALL_SECTIONS = "sact,aig,bundled,rnn,auto,avit,early-exit"
 RESULTS = ROOT / "bench" / "results.md"
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -122,61 +126,6 @@ def calibrate_aig(model, x, target: float, passes: int = 3) -> float:
             hook.remove()
 
 
-def channels_last_copy(model):
-    clone = copy.deepcopy(model)
-    return clone.to(memory_format=torch.channels_last)
-
-
-def runner(model, batches, execution: str | None = None):
-    """A no-argument callable that traces every batch in turn (execution: "sparse" / "masked")."""
-    def go():
-        if execution:
-            model.execution = execution
-        with torch.no_grad():
-            for x in batches:
-                model.trace(x)
-        if batches[0].is_cuda:  # the time of the work, not of queueing it
-            torch.cuda.synchronize()
-    return go
-
-
-def time_models(adaptive, dense, inputs, repeats: int) -> dict:
-    """Sparse and masked execution of `adaptive` (weights and inputs channels-last) and the `dense`
-    network on the same inputs (a list of batches, run in turn), interleaved. The dense network
-    runs both in NCHW and channels-last (weights and inputs); the faster layout (by median) is the
-    reference. Returns median seconds, and per-round ratios to the reference ("sparse ratio",
-    "masked ratio")."""
-    dense_cl = channels_last_copy(dense)
-    inputs_cl = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
-
-    times = interleaved({"sparse": runner(adaptive, inputs_cl, "sparse"), "masked": runner(adaptive, inputs_cl, "masked"),
-                         "dense NCHW": runner(dense, inputs), "dense channels-last": runner(dense_cl, inputs_cl)}, repeats)
-    adaptive.execution = "sparse"
-    result = {name: median(t) for name, t in times.items()}
-    reference = min(("dense NCHW", "dense channels-last"), key=result.get)
-    result["dense"] = result[reference]
-    result["sparse ratio"] = round_ratio(times, "sparse", reference)
-    result["masked ratio"] = round_ratio(times, "masked", reference)
-    return result
-
-
-def dense_ms(t: dict, digits: int = 0) -> str:
-    return f"{t['dense NCHW'] * 1e3:.{digits}f} / {t['dense channels-last'] * 1e3:.{digits}f}"
-
-
-def row(cells) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-class Report:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def add(self, line: str = ""):
-        print(line, flush=True)
-        self.lines.append(line)
-
-
 # ------------------------------------------------------------------------------------ ImageNet
 
 
@@ -251,13 +200,6 @@ def imagenet_section(report: Report, family: str, repeats: dict, targets=(0.5, 0
 
 
 # ------------------------------------------------------------------------------------ bundled
-
-
-def bundled_images(card, n: int) -> torch.Tensor:
-    from ponderscope.core.workloads import checkpoint_test_data
-
-    workload = checkpoint_test_data(card)
-    return workload.normalize(workload.test_x[:n])
 
 
 def bundled_section(report: Report, repeats: dict):
@@ -469,12 +411,17 @@ def auto_section(report: Report, repeats: dict, device: str = "cpu", imagenet_ta
     report.add(AUTO_MARKERS[1])
 
 
-def write_auto_section(lines: list[str], path: Path = RESULTS) -> None:
-    """The auto section (between its markers, markers included) into `path` in place of the one
-    there, or appended: a run of `--only auto` leaves the other sections as they were."""
-    section = "\n".join(lines[lines.index(AUTO_MARKERS[0]) : lines.index(AUTO_MARKERS[1]) + 1])
+# Sections that a run of their keys alone replaces in results.md (between their markers), leaving the rest as it was.
+MARKED_SECTIONS = {AUTO_MARKERS: ("auto",), twins.MARKERS: twins.KEYS}
+
+
+def write_marked_section(lines: list[str], markers: tuple[str, str], stamp: str, path: Path = RESULTS) -> None:
+    """The section of `lines` between `markers` (markers included, `stamp` after the first) into
+    `path` in place of the one there, or appended: a run of `--only auto` (say) leaves the other
+    sections as they were."""
+    start, end = markers
+    section = "\n".join([start, stamp, *lines[lines.index(start) + 1 : lines.index(end) + 1]])
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Sparse execution benchmark\n"
-    start, end = AUTO_MARKERS
     if start in text and end in text.split(start, 1)[1]:
         head, rest = text.split(start, 1)
         text = head + section + rest.split(end, 1)[1]
@@ -498,6 +445,7 @@ def main(argv=None):
         note += f", {torch.cuda.get_device_name(args.device)} (TF32 off)"
     repeats = {1: 3, 32: 1, "rnn": 3} if args.quick else {1: 25, 32: 5, "rnn": 9}
     auto_repeats = {1: 2, 32: 1} if args.quick else {1: 9, 32: 5}
+    twin_repeats = {1: 3, 32: 3} if args.quick else {1: 25, 32: 25}  # small networks: batch-32 rounds are cheap too
     report = Report()
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     report.add("# Sparse execution benchmark\n")
@@ -520,11 +468,17 @@ def main(argv=None):
         rnn_section(report, repeats)
     if "auto" in only:
         auto_section(report, auto_repeats, device=args.device)
+    if any(key in only for key in twins.KEYS):  # on CPU, as the bundled section
+        twins.twins_section(report, [key for key in twins.KEYS if key in only], twin_repeats)
     report.add(f"\n(total {time.time() - start:.0f} s)")
-    if not args.quick and args.out != "-" and args.device == "cpu" and only == ["auto"]:
-        write_auto_section([f"{AUTO_MARKERS[0]}", f"\n(`{command.strip()}`, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
-                            f"torch {torch.__version__}, {note})", *report.lines[report.lines.index(AUTO_MARKERS[0]) + 1 :]],
-                           Path(args.out))
+    marked_only = set(only) <= {key for keys in MARKED_SECTIONS.values() for key in keys}
+    if not args.quick and args.out != "-" and args.device == "cpu" and marked_only:
+        stamp = f"\n(`{command.strip()}`, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {note})"
+        for markers, keys in MARKED_SECTIONS.items():
+            if all(key in only for key in keys):
+                write_marked_section(report.lines, markers, stamp, Path(args.out))
+            elif any(key in only for key in keys):
+                print(f"{args.out}: not written: its {markers[0]} section is replaced only by a run of all of --only {','.join(keys)}")
         if Path(args.out).resolve() == RESULTS:  # README's copy stays bench/results.md, its other sections as the last full run left them
             replace_section("bench", RESULTS.read_text(encoding="utf-8").split("\n", 1)[1])
     elif not args.quick and args.out != "-" and args.device == "cpu":

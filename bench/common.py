@@ -1,6 +1,8 @@
-"""Shared benchmark set-up: one CPU thread, the allocator setting, interleaved timing."""
+"""Shared benchmark set-up: one CPU thread, the allocator setting, interleaved timing, an adaptive
+model timed beside its dense reference, the tables."""
 from __future__ import annotations
 
+import copy
 import ctypes
 import statistics
 import time
@@ -68,3 +70,77 @@ def round_ratio(times: dict, name: str, reference: str) -> float:
     """Median over rounds of time[name] / time[reference] measured in the same round: the speed
     of this machine drifts by +-15% over seconds, and a ratio within a round cancels the drift."""
     return statistics.median(a / b for a, b in zip(times[name], times[reference]))
+
+
+def runner(model, batches, execution: str | None = None):
+    """A no-argument callable that traces every batch in turn (execution: "sparse" / "masked")."""
+    def go():
+        if execution:
+            model.execution = execution
+        with torch.no_grad():
+            for x in batches:
+                model.trace(x)
+        if batches[0].is_cuda:  # the time of the work, not of queueing it
+            torch.cuda.synchronize()
+    return go
+
+
+def channels_last_copy(model):
+    clone = copy.deepcopy(model)
+    return clone.to(memory_format=torch.channels_last)
+
+
+DENSE_LAYOUTS = ("NCHW", "channels-last")
+
+
+def time_models(adaptive, dense, inputs, repeats: int, dense_layouts=DENSE_LAYOUTS, adaptive_channels_last: bool = True,
+                schedule=interleaved) -> dict:
+    """Sparse and masked execution of `adaptive` (inputs channels-last unless adaptive_channels_last
+    is False; the caller stores its weights the same way) and the `dense` network on the same inputs
+    (a list of batches, run in turn), in rounds (`schedule`: `interleaved`, or `rotated`). The dense
+    network runs in each of `dense_layouts` (NCHW, channels-last: weights and inputs); the faster
+    layout (by median) is the reference. Returns median seconds ("sparse", "masked", "dense <layout>",
+    "dense": the reference's), and per-round ratios to the reference ("sparse ratio", "masked ratio")."""
+    inputs_cl = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+    adaptive_inputs = inputs_cl if adaptive_channels_last else inputs
+    runs = {"sparse": runner(adaptive, adaptive_inputs, "sparse"), "masked": runner(adaptive, adaptive_inputs, "masked")}
+    if "NCHW" in dense_layouts:
+        runs["dense NCHW"] = runner(dense, inputs)
+    if "channels-last" in dense_layouts:
+        runs["dense channels-last"] = runner(channels_last_copy(dense), inputs_cl)
+    times = schedule(runs, repeats)
+    adaptive.execution = "sparse"
+    result = {name: median(t) for name, t in times.items()}
+    reference = min((f"dense {layout}" for layout in dense_layouts), key=result.get)
+    result["dense"] = result[reference]
+    result["sparse ratio"] = round_ratio(times, "sparse", reference)
+    result["masked ratio"] = round_ratio(times, "masked", reference)
+    return result
+
+
+def dense_ms(t: dict, digits: int = 0) -> str:
+    """The dense reference's median ms, NCHW / channels-last ("–" for a layout not run)."""
+    return " / ".join(f"{t[key] * 1e3:.{digits}f}" if key in t else "–" for key in ("dense NCHW", "dense channels-last"))
+
+
+def row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+class Report:
+    """The tables, printed as they are made and kept for the file."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def add(self, line: str = ""):
+        print(line, flush=True)
+        self.lines.append(line)
+
+
+def bundled_images(card, n: int) -> torch.Tensor:
+    """The first n test images of a checkpoint's data set, normalised as its card says."""
+    from ponderscope.core.workloads import checkpoint_test_data
+
+    workload = checkpoint_test_data(card)
+    return workload.normalize(workload.test_x[:n])
