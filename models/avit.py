@@ -136,10 +136,27 @@ class HaltingViT(nn.Module):
     def layer_names(self) -> list[str]:
         return [f"layer{i + 1}" for i in range(len(self.layers))]
 
+    @property
+    def block_names(self) -> list[str]:
+        """The trace's blocks, as the page names their maps (the contract's block_names): one per layer group."""
+        per = len(self.layers) // self.groups
+        return [f"layers {g * per + 1}–{(g + 1) * per}" if per > 1 else f"layer {g + 1}" for g in range(self.groups)]
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int]:
+        """The one input size it takes (the contract's fixed_input_size): the position embedding fixes the patch grid."""
+        return (self.image_size, self.image_size)
+
     def whatif_knobs(self) -> dict:
         """What models/whatif.py may change: the halting threshold 1 - eps and a cap on the layers
-        a token may go through (the dense twin: nothing)."""
-        return {"threshold": 1.0 - self.eps, "cap": len(self.layers)} if self.halting else {}
+        a token may go through (the dense twin: nothing); "about": what each is, in this model's words."""
+        if not self.halting:
+            return {}
+        return {"threshold": 1.0 - self.eps, "cap": len(self.layers), "about": {
+            "threshold": {"label": "halting threshold 1 - eps", "description": "a token stops going through layers once the sum of its "
+                          "halting scores reaches this (trained: 1 - eps); lower halts sooner"},
+            "cap": {"label": "layers per token, at most", "description": "every token stops at this layer at the latest (it halts there with "
+                    "its remainder)"}}}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trace(x).logits

@@ -25,7 +25,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .contract import TraceContractError, check_trace
+from .contract import TraceContractError, check_trace, declarations, fixed_input_size
 from .registry import UnknownModelError, create_model, list_models, model_info
 
 WEIGHTS_FILE = "model.safetensors"
@@ -281,9 +281,19 @@ def _check_fits_model(card_path: Path, card: dict, model: nn.Module) -> None:
         x, what = torch.tensor([[0, 255]], dtype=torch.long), "a sequence of bytes"
     else:
         preprocess = card["preprocess"]
-        multiple = preprocess.get("size_multiple", 1)
-        # the smallest "native" sizes, one even and one odd where the multiple allows
-        height, width = (-(-side // multiple) * multiple for side in (MIN_NATIVE_SIDE, MIN_NATIVE_SIDE + 1))
+        try:
+            fixed = fixed_input_size(model)
+        except ValueError as error:
+            raise CheckpointError(f"{card_path}: model {card['model']!r}: {error}") from None
+        if fixed is not None:  # the one size it takes (a ViT's position embedding): the card must say so
+            if list(preprocess["input_size"]) != list(fixed):
+                _refuse(card_path, "preprocess.input_size", f"{list(fixed)}, the one input size model {card['model']!r} takes "
+                                                            "(its fixed_input_size)", preprocess["input_size"])
+            height, width = fixed
+        else:
+            multiple = preprocess.get("size_multiple", 1)
+            # the smallest "native" sizes, one even and one odd where the multiple allows
+            height, width = (-(-side // multiple) * multiple for side in (MIN_NATIVE_SIDE, MIN_NATIVE_SIDE + 1))
         x = torch.zeros(1, preprocess["channels"], height, width)
         what = f"a {preprocess['channels']}-channel image (preprocess.channels) of {height}x{width}"
     try:
@@ -293,7 +303,7 @@ def _check_fits_model(card_path: Path, card: dict, model: nn.Module) -> None:
         raise CheckpointError(f"{card_path}: task {name!r} does not fit model {card['model']!r}: on {what}, "
                               f"{_one_line(error)}") from None
     try:  # every field of the Trace, as every answer checks it (models/contract.py)
-        check_trace(trace, name, x, getattr(model, "gate_names", None))
+        check_trace(trace, name, x, **declarations(model))
     except TraceContractError as error:
         raise CheckpointError(f"{card_path}: model {card['model']!r} does not fit the Trace contract (docs/own-models.md, section 3) "
                               f"on {what}: {_one_line(error)}") from None

@@ -1,11 +1,16 @@
 """The Trace contract (docs/own-models.md, section 3), checked in one place.
 
-`check_trace(trace, task, x, gate_names)` checks every field of a model's `Trace` for the input
-`x` of a card task: each field's shape and dtype, and the agreement between fields (gates,
-executed, gate_values and the model's `gate_names` of one length L; a block's ponder_cost and
-units on one grid, its halting and probabilities [B, n_units, H, W] on that grid where given;
-ponder and steps [B, T] together). A violation is a `TraceContractError` naming the field, what
-the contract expects and what the model gave.
+`check_trace(trace, task, x, **declarations(model))` checks every field of a model's `Trace` for
+the input `x` of a card task: each field's shape and dtype, and the agreement between fields
+(gates, executed, gate_values and the model's `gate_names` of one length L; a block's ponder_cost
+and units on one grid, its halting and probabilities [B, n_units, H, W] on that grid where given,
+and the model's `block_names` one per block; ponder and steps [B, T] together; exit_confidence
+[B, E] and exit_taken [B] together, each exit taken one of the E, and the model's `exit_names` E
+of them). A violation is a `TraceContractError` naming the field, what the contract expects and
+what the model gave.
+
+What a model may declare besides its trace (`declarations`, `fixed_input_size`, `exit_threshold`)
+is read here too, so that every face reads it the same way.
 
 It runs when a checkpoint loads (models/checkpoint.py, on a probe input of the card's task) and on
 every trace the server or a notebook answers from (ponderscope.core.loaded: LoadedModel.trace),
@@ -87,10 +92,21 @@ def _same_shape(field: str, value, kinds: tuple[str, ...], shape: Sequence[int],
 
 
 # ------------------------------------------------------------------ the check
-def check_trace(trace, task: str, x: torch.Tensor, gate_names: Optional[Sequence[str]] = None) -> None:
+NAMED = ("gate_names", "exit_names", "block_names")  # the names a model may declare, one per gated layer / exit / block
+
+
+def declarations(model) -> dict:
+    """The names `model` declares (its optional attributes gate_names, exit_names, block_names;
+    None where it has none), as check_trace takes them: check_trace(trace, task, x, **declarations(model))."""
+    return {name: getattr(model, name, None) for name in NAMED}
+
+
+def check_trace(trace, task: str, x: torch.Tensor, gate_names: Optional[Sequence[str]] = None, *,
+                exit_names: Optional[Sequence[str]] = None, block_names: Optional[Sequence[str]] = None) -> None:
     """Raise TraceContractError unless `trace` keeps the contract for input `x` of a card of task
-    `task` ("classify", "parity" or "bytes-lm"). `gate_names`: the model's optional attribute of
-    that name (None: it has none; the layers are then numbered)."""
+    `task` ("classify", "parity" or "bytes-lm"). `gate_names`, `exit_names`, `block_names`: the
+    model's optional attributes of those names (None: it has none; the layers, exits and blocks
+    are then numbered)."""
     if not isinstance(trace, Trace):
         raise TraceContractError("", "a ponderscope.Trace from model.trace(x)", describe(trace))
     batch = int(x.shape[0])
@@ -111,9 +127,11 @@ def check_trace(trace, task: str, x: torch.Tensor, gate_names: Optional[Sequence
         raise TraceContractError("dense_flops", "a finite number > 0 (FLOPs of the network with nothing skipped)",
                                  repr(dense) if isinstance(dense, (int, float)) else describe(dense))
     _check_blocks(trace.blocks, batch)
+    if trace.blocks is not None:
+        block_labels(block_names, len(trace.blocks))
     _check_gates(trace, batch, gate_names)
     _check_steps(trace, task, batch, steps)
-    _check_exits(trace, batch)
+    _check_exits(trace, batch, exit_names)
     if not isinstance(trace.extras, dict):
         raise TraceContractError("extras", "a dict", describe(trace.extras))
     distribution = trace.extras.get("halting_distribution")
@@ -162,22 +180,44 @@ def _check_gates(trace, batch: int, gate_names: Optional[Sequence[str]]) -> None
     layer_names(gate_names, layers)
 
 
-def layer_names(gate_names: Optional[Sequence[str]], layers: int) -> list[str]:
-    """The names of `layers` gated layers: the model's `gate_names` (its length must be L), else
-    "layer 0", "layer 1", ... Never a rename: names of another length are a TraceContractError."""
-    if gate_names is None:
-        return [f"layer {i}" for i in range(layers)]
-    if not isinstance(gate_names, (list, tuple)) or not all(isinstance(name, str) for name in gate_names):
-        raise TraceContractError("gates", "the model's gate_names: a list of strings, one per gated layer", describe(gate_names))
-    names = list(gate_names)
-    if len(names) != layers:
-        raise TraceContractError("gates", f"[B, L] with L = {len(names)}, the length of the model's gate_names",
-                                 f"L = {layers} (gate_names: {len(names)} names)")
+def _declared_names(declared: Optional[Sequence[str]], count: int, field: str, attribute: str, one: str, dims: str, size: str,
+                    numbered: str) -> list[str]:
+    """The model's `attribute` (a list of `count` strings), else `numbered` with i = 0, 1, ... (n =
+    i + 1); names of another number, or not strings, are a TraceContractError on `field` (whose
+    shape is `dims`, `size` the dimension they name): never a rename."""
+    if declared is None:
+        return [numbered.format(i=i, n=i + 1) for i in range(count)]
+    if not isinstance(declared, (list, tuple)) or not all(isinstance(name, str) for name in declared):
+        raise TraceContractError(field, f"the model's {attribute}: a list of strings, one per {one}", describe(declared))
+    names = list(declared)
+    if len(names) != count:
+        raise TraceContractError(field, f"{dims} with {size} = {len(names)}, the length of the model's {attribute}",
+                                 f"{size} = {count} ({attribute}: {len(names)} names)")
     return names
 
 
-def _check_exits(trace, batch: int) -> None:
-    """Per-image early exits: exit_confidence float [B, E] and exit_taken int [B], together."""
+def layer_names(gate_names: Optional[Sequence[str]], layers: int) -> list[str]:
+    """The names of `layers` gated layers: the model's `gate_names` (its length must be L), else
+    "layer 0", "layer 1", ... Never a rename: names of another length are a TraceContractError."""
+    return _declared_names(gate_names, layers, "gates", "gate_names", "gated layer", "[B, L]", "L", "layer {i}")
+
+
+def exit_labels(exit_names: Optional[Sequence[str]], exits: int) -> list[str]:
+    """The names of `exits` early exits: the model's `exit_names` (its length must be E), else
+    "exit 1", "exit 2", ... Never a rename: names of another length are a TraceContractError."""
+    return _declared_names(exit_names, exits, "exit_confidence", "exit_names", "exit", "[B, E]", "E", "exit {n}")
+
+
+def block_labels(block_names: Optional[Sequence[str]], blocks: int) -> list[str]:
+    """The names of a trace's `blocks` (its BlockTraces, one map each): the model's `block_names`
+    (e.g. "layers 1-3" for a transformer's layer group; its length must be the number of
+    blocks), else "block 1", "block 2", ... Never a rename: a TraceContractError otherwise."""
+    return _declared_names(block_names, blocks, "blocks", "block_names", "block (BlockTrace)", "a list of n BlockTrace", "n", "block {n}")
+
+
+def _check_exits(trace, batch: int, exit_names: Optional[Sequence[str]] = None) -> None:
+    """Per-image early exits: exit_confidence float [B, E] and exit_taken int [B], together; each
+    exit taken one of 0..E-1; the model's exit_names (if any) E of them."""
     confidence, taken = getattr(trace, "exit_confidence", None), getattr(trace, "exit_taken", None)
     if confidence is None and taken is None:
         return
@@ -186,6 +226,39 @@ def _check_exits(trace, batch: int) -> None:
         raise TraceContractError(missing, f"{'float [B, E]' if missing == 'exit_confidence' else 'int [B]'} beside {given}", "None")
     _tensor("exit_confidence", confidence, FLOAT, [batch, "E"])
     _tensor("exit_taken", taken, ("int",), [batch])
+    exits = int(confidence.shape[1])
+    if batch and not bool(((taken >= 0) & (taken < exits)).all()):
+        wrong = sorted({int(v) for v in taken.flatten().tolist() if not 0 <= int(v) < exits})
+        raise TraceContractError("exit_taken", f"int [B], each an exit 0..{exits - 1} (E = {exits}, exit_confidence's second dimension)",
+                                 f"exits {', '.join(map(str, wrong[:5]))}")
+    exit_labels(exit_names, exits)
+
+
+def fixed_input_size(model) -> Optional[tuple[int, int]]:
+    """The one input size [H, W] an image model takes, where it declares one (its optional
+    attribute `fixed_input_size`, e.g. a ViT's position embedding fixes its grid); None: any size
+    (the "native" resolution runs at the image's own). A declaration that is not two whole numbers
+    >= 1 is a ValueError."""
+    size = getattr(model, "fixed_input_size", None)
+    if size is None:
+        return None
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+        raise ValueError(f"the model's fixed_input_size must be [height, width], two whole numbers >= 1, not {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def exit_threshold(model) -> Optional[float]:
+    """The confidence an exit must reach for an example to leave there, as the model declares it
+    (its optional attribute `exit_threshold`, read while a what-if is in force: the threshold in
+    force); None where it declares none. Not a number in [0, 1]: a TraceContractError."""
+    value = getattr(model, "exit_threshold", None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise TraceContractError("exit_confidence", "the model's exit_threshold: a number in [0, 1] (the confidence an exit must reach)",
+                                 repr(value))
+    return float(value)
 
 
 def _check_steps(trace, task: str, batch: int, steps: int) -> None:

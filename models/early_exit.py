@@ -94,8 +94,11 @@ class EarlyExitResNet(ResNet):
         return self.threshold if whatif is None or whatif.threshold is None else float(whatif.threshold)
 
     def whatif_knobs(self) -> dict:
-        """What models/whatif.py may change: the exit threshold, and lesions of the backbone's units."""
-        return {"threshold": self.threshold, "units": [name for block in self.blocks for name in block.unit_names]}
+        """What models/whatif.py may change: the exit threshold, and lesions of the backbone's units;
+        "about": what the threshold is, in this model's words."""
+        return {"threshold": self.threshold, "units": [name for block in self.blocks for name in block.unit_names],
+                "about": {"threshold": {"label": "exit confidence threshold", "description": "an image leaves at the first exit whose "
+                                        "confidence (its top class probability) reaches this; lower leaves sooner"}}}
 
     def trace(self, x: torch.Tensor) -> Trace:
         sparse = not self.training and requested_execution(self) is not Execution.MASKED

@@ -98,15 +98,41 @@ def current() -> Optional[WhatIf]:
     return _CURRENT.get()
 
 
+SETTINGS = ("threshold", "cap", "gate_bias")  # the knobs with a value (besides "units": removable units)
+
+# What each setting is, where a model does not say (its whatif_knobs' "about"): the ResNets' halting
+# and gates. `label`: short (a curve's name, a control's label); `description`: one sentence.
+ABOUT = {
+    "threshold": {"label": "halting threshold 1 - eps",
+                  "description": "a block halts at a position once the sum of its halting scores reaches this (trained: 1 - eps); lower halts sooner"},
+    "cap": {"label": "units per block, at most",
+            "description": "at most this many residual units per block (the last one halts with its remainder)"},
+    "gate_bias": {"label": "gate bias theta",
+                  "description": "a gated block runs iff logit_run - logit_skip exceeds this bias (trained: 0); higher skips more"},
+}
+
+
 def knobs(model: nn.Module) -> dict:
     """What can be changed on `model`, with the trained values: {"threshold": 0.99, "cap":
     max units per block, "units": [...]} for ACT/SACT, {"gate_bias": 0.0, "units": [...]} for AIG,
     {"units": [...]} for a dense ResNet; {} for a model without these (an RNN, a plugin's). A
     model with a `whatif_knobs()` method declares its own (the same keys; "threshold" is then
-    whatever threshold its decisions are made against)."""
+    whatever threshold its decisions are made against). With any setting, "about": {setting:
+    {"label", "description"}} says what each one is: the model's own words (whatif_knobs' "about",
+    for the settings it names) over ABOUT's."""
     declared = getattr(model, "whatif_knobs", None)
     if callable(declared):  # a model that says what it takes (A-ViT, the early-exit ResNet)
-        return declared()
+        found = dict(declared())
+    else:
+        found = _resnet_knobs(model)
+    own = found.pop("about", None) or {}
+    present = [name for name in SETTINGS if name in found]
+    if present:
+        found["about"] = {name: {**ABOUT[name], **own.get(name, {})} for name in present}
+    return found
+
+
+def _resnet_knobs(model: nn.Module) -> dict:
     blocks = getattr(model, "blocks", None)
     if getattr(model, "halting", None) in ("act", "sact") and blocks is not None:
         eps = {float(block.eps) for block in blocks}
@@ -129,15 +155,17 @@ def downsampling_units(model: nn.Module) -> list[str]:
     """The units that change resolution or width (they keep their shortcut when removed)."""
     if hasattr(model, "gated_blocks"):
         return [name for name, block in zip(model.gate_names, model.gated_blocks) if len(block.shortcut)]
+    if getattr(model, "blocks", None) is None:  # no residual units (A-ViT, a plugin's model)
+        return []
     return [f"block{b + 1}.unit1" for b, block in enumerate(model.blocks)
             if block.units[0].stride != 1 or block.units[0].shortcut is not None or getattr(block.units[0], "pool_pad", False)]
 
 
 def check(model: nn.Module, whatif: WhatIf) -> None:
     allowed = knobs(model)
-    for name in ("threshold", "cap", "gate_bias"):
+    for name in SETTINGS:
         if getattr(whatif, name) is not None and name not in allowed:
-            what = ", ".join(k for k in allowed if k != "units") or "only lesions" if allowed else "nothing"
+            what = ", ".join(k for k in SETTINGS if k in allowed) or "only lesions" if allowed else "nothing"
             raise WhatIfError(f"{name} does not apply to {type(model).__name__} (it takes {what})")
     if whatif.threshold is not None and not 0.0 < whatif.threshold <= 1.0:
         raise WhatIfError(f"threshold must be in (0, 1], not {whatif.threshold}")

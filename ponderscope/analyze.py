@@ -20,9 +20,9 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from ponderscope.core.answers import gate_names
 from ponderscope.core.loaded import load
-from ponderscope.core.statistics import ANALYSIS_FILE, SCHEMA, SHARD_SIZE, AnalysisError, image_records, image_set, merge_records, summarize, write_json
+from ponderscope.core.statistics import (ANALYSIS_FILE, SCHEMA, SHARD_SIZE, AnalysisError, image_records, image_set, merge_records, model_names,
+                                         summarize, write_json)
 
 
 def analyze(checkpoint: str, out: str, data: Optional[str] = None, split: str = "val", device: str = "auto", batch_size: int = 64,
@@ -95,7 +95,7 @@ def _analyze(processes, checkpoint, out, data, split, batch_size, workers, shard
     parts = [load_file(str(shards / f"{k:06d}.safetensors")) for k in range((n + shard_size - 1) // shard_size)]
     records = merge_records(parts)
     classes = model.card.classes or workload.classes
-    result = summarize(records, classes, workload.thumbnail, lambda layers: gate_names(model.module, layers), model.id)
+    result = summarize(records, classes, workload.thumbnail, model_names(model.module), model.id)
     result.source = {"data": described, "images": n, "world_size": processes.world, "devices": devices,
                         "seconds": round(elapsed, 1), "command": command, "computed_by": "ponderscope analyze"}
     write_json(out_dir / ANALYSIS_FILE, result)
@@ -107,15 +107,16 @@ def _write_images_csv(path: Path, records: dict, classes: list[str], paths: Opti
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "path", "label", "class", "prediction", "correct", "flops_ratio", "ponder", "executed_layers"])
-        ponder, executed = records.get("ponder"), records.get("executed")
+        writer.writerow(["index", "path", "label", "class", "prediction", "correct", "flops_ratio", "ponder", "executed_layers", "exit"])
+        ponder, executed, exited = records.get("ponder"), records.get("executed"), records.get("exited")
         dense = float(records["dense_flops"][0])
         for row in range(len(records["index"])):
             index, label, pred = int(records["index"][row]), int(records["label"][row]), int(records["pred"][row])
             writer.writerow([index, paths[index] if paths else "", label, classes[label], classes[pred] if pred < len(classes) else pred,
                              int(records["correct"][row]), f"{float(records['flops'][row]) / dense:.6f}",
                              f"{float(ponder[row]):.6f}" if ponder is not None else "",
-                             "".join(str(int(v)) for v in executed[row]) if executed is not None else ""])
+                             "".join(str(int(v)) for v in executed[row]) if executed is not None else "",
+                             int(exited[row].argmax()) + 1 if exited is not None else ""])  # the exit taken, 1 = the first
     os.replace(tmp, path)
 
 

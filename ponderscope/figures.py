@@ -21,8 +21,9 @@ The Figures, each `name_figure` the Figure of `name_dict` (dataset_figures of da
     ponder_map_figure(analysis)   per-position models (Trace.blocks): ponder map over the input image (or one block's map)
     block_maps_figure(analysis)   per-position models: every block's map, one colour scale
     gates_figure(analysis)        gated models (Trace.gates): gate probability per layer, executed or skipped
+    exits_figure(analysis)        models with exits (Trace.exit_confidence): each exit's confidence, the threshold, the exit taken
     input_figure(analysis)        the input as the network saw it (models without a ponder map)
-    image_figure(analysis)        whichever of the three above fits the analysis
+    image_figure(analysis)        whichever of the four above fits the analysis
     compare_figure(analyses)      several models on one image, one colour scale over all
     dataset_figures(result)       GET /dataset result -> {name: Figure}
     text_figure(analysis)         byte LM: per-character ponder with surprisal
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 if TYPE_CHECKING:  # (the answers import torch, plotly.graph_objects takes ~150 ms: `import ponderscope.figures` imports neither)
     import plotly.graph_objects as go
-    from ponderscope.core.answers import (CharPonder, CorpusAnalysis, DatasetAnalysis, Histogram, ImageAnalysis, LesionStudy,
+    from ponderscope.core.answers import (CharPonder, CorpusAnalysis, DatasetAnalysis, Exits, Histogram, ImageAnalysis, LesionStudy,
                                           ParityAnalysis, PonderBlock, PonderMaps, Reference, SweepPoint, TextAnalysis)
 
 # Low -> high, as static/core/colors.js has them (the page restyles with the very same colours).
@@ -216,13 +217,20 @@ def _place_image(fig: dict, analysis: ImageAnalysis, axis: str = "", box: bool =
     return fig
 
 
+def block_list(analysis: ImageAnalysis) -> str:
+    """The blocks' names as a title says them: "block 1 + block 2 + block 3", "layers 1–3 + layers 4–6"
+    (the model's block_names), the first and last of more than four."""
+    names = [b.name for b in analysis.ponder.blocks]
+    return " + ".join(names) if len(names) <= 4 else f"{names[0]} + … + {names[-1]} ({len(names)} maps)"
+
+
 def _map_title(analysis: ImageAnalysis, block: int | None, measure: str, sep: str = ": ") -> str:
     ponder, unit = analysis.ponder, MEASURES[measure].unit
     if block is None:
-        return f"{analysis.model}: {unit}, summed over {len(ponder.blocks)} blocks"
+        return f"{analysis.model}: {unit}, summed over {block_list(analysis)}" if len(ponder.blocks) > 1 else f"{analysis.model}: {unit}"
     b = ponder.blocks[block]
     of = f"/{b.n_units}" if b.n_units is not None else ""  # (the units a block has, where its trace says)
-    return f"block {b.index + 1} ({b.grid.width}×{b.grid.height}){sep}N+R {b.mean_ponder:.2f}, N {b.mean_units:.2f}{of}"
+    return f"{b.name} ({b.grid.width}×{b.grid.height}){sep}N+R {b.mean_ponder:.2f}, N {b.mean_units:.2f}{of}"
 
 
 def ponder_map_dict(analysis: ImageAnalysis, block: int | None = None, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE,
@@ -265,13 +273,56 @@ def gates_dict(analysis: ImageAnalysis) -> dict:
     })
 
 
+def exits_dict(analysis: ImageAnalysis) -> dict:
+    """Models with exits (Trace.exit_confidence, exit_taken): each exit's confidence on this image as
+    a bar (the exit taken in blue, the ones passed by in grey, the ones not reached marked so),
+    the threshold in force as a dashed line."""
+    exits: Exits = analysis.exits
+    if exits is None:
+        raise ValueError(f"model {analysis.model!r} has no exits (its trace has no Trace.exit_confidence)")
+    names, confidence, taken = exits.names, exits.confidence, exits.taken
+
+    def bars(name, which, marker):
+        index = [i for i in range(len(names)) if which(i)]
+        return _trace("bar", name=name, x=[names[i] for i in index], y=[confidence[i] for i in index], marker=marker,
+                      hovertemplate=f"%{{x}}: confidence %{{y:.3f}}<extra>{name}</extra>")
+
+    reached = lambda i: confidence[i] is not None  # noqa: E731
+    data = [bars("exit taken", lambda i: i == taken, {"color": COLORS["executed"]}),
+            bars("passed by", lambda i: reached(i) and i != taken, {"color": COLORS["skipped"], "line": {"color": COLORS["skipped_line"], "width": 1}})]
+    unreached = [names[i] for i in range(len(names)) if not reached(i)]
+    if unreached:  # a marker at 0: the exit is on the axis, with nothing to show
+        data.append(_trace("scatter", mode="markers+text", name="not reached", x=unreached, y=[0] * len(unreached), text=["not reached"] * len(unreached),
+                           textposition="top center", marker={"symbol": "line-ew-open", "size": 14, "color": COLORS["skipped_line"]},
+                           hovertemplate="%{x}: not reached (the image left before)<extra></extra>"))
+    shapes, annotations = [], []
+    if exits.threshold is not None:
+        shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": exits.threshold, "y1": exits.threshold,
+                       "line": {"dash": "dash", "color": COLORS["current"], "width": 2}})
+        annotations.append({"text": f"threshold {exits.threshold:.2f}", "xref": "paper", "x": 1, "xanchor": "right", "y": exits.threshold,
+                            "yanchor": "bottom", "showarrow": False, "font": {"color": COLORS["current"], "size": 11}})
+    left = confidence[taken]
+    return _figure(data, {
+        "title": {"text": f"Exit confidence: left at {names[taken]} ({taken + 1} of {len(names)})"
+                          + (f" with {left:.1%}" if left is not None else "")},
+        "barmode": "overlay",
+        "xaxis": {"categoryorder": "array", "categoryarray": list(names), "title": {"text": "exit, input to output"}},
+        "yaxis": {"range": [0, 1.05], "title": {"text": "confidence"}},
+        "shapes": shapes, "annotations": annotations,
+        "legend": {**LEGEND_ON_TOP}, "margin": {"l": 50, "r": 20, "t": 90, "b": 60},
+    })
+
+
 def image_dict(analysis: ImageAnalysis, **options) -> dict:
     """The main figure of an image analysis: the ponder map (per-position models; options as
-    ponder_map_figure), the gates (gated models), or the input alone (neither)."""
+    ponder_map_figure), the gates (gated models), the exits (models with exits), or the input
+    alone (none of these)."""
     if analysis.ponder is not None:
         return ponder_map_dict(analysis, **options)
     if analysis.gates is not None:
         return gates_dict(analysis)
+    if analysis.exits is not None:
+        return exits_dict(analysis)
     return input_dict(analysis, f"{analysis.model}: input (no per-position or per-layer decisions in its trace: no ponder map)",
                       box=options.get("box", True))
 
@@ -306,13 +357,13 @@ def _map_grid_dict(panels: list[tuple[str, ImageAnalysis, list | None, object]],
 
 def block_maps_dict(analysis: ImageAnalysis, measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
                     columns: int = 4) -> dict:
-    """Per-position models: one map per block (ponder.blocks[i]), one colour scale across blocks."""
+    """Per-position models: one map per block (ponder.blocks[i], titled with its name), one colour scale across blocks."""
     map_grid(analysis)  # a model without maps: say so
     panels = [(_map_title(analysis, i, measure, "<br>"), analysis, map_grid(analysis, i, measure), map_geometry(analysis, i))
               for i in range(len(analysis.ponder.blocks))]
     zmin, zmax = map_range(analysis, 0, measure)  # a block's range is the range over all blocks
     return _map_grid_dict(panels, zmin, zmax, MEASURES[measure].unit, colorscale, opacity,
-                          f"{analysis.model}: {MEASURES[measure].unit} per block", min(columns, len(panels)))
+                          f"{analysis.model}: {MEASURES[measure].unit} of {block_list(analysis)}, one map each", min(columns, len(panels)))
 
 
 def compare_dict(analyses: list[ImageAnalysis], measure: str = "ponder", colorscale: str = DEFAULT_COLORSCALE, opacity: float = DEFAULT_OPACITY,
@@ -327,6 +378,8 @@ def compare_dict(analyses: list[ImageAnalysis], measure: str = "ponder", colorsc
             return f"{a.model}<br>mean N+R {a.ponder.mean:.3f}"
         if a.gates is not None:
             return f"{a.model}<br>no spatial map: {sum(a.gates.executed)}/{len(a.gates.executed)} gated blocks run"
+        if a.exits is not None:
+            return f"{a.model}<br>no spatial map: left at {a.exits.names[a.exits.taken]}"
         return f"{a.model}<br>no ponder map"
 
     panels = [(panel_title(a, z), a, z, a.ponder.grid if a.ponder else None) for a, z in zip(analyses, grids)]
@@ -345,7 +398,9 @@ def dataset_dicts(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DE
     """GET /api/models/{id}/dataset's `result` -> the figures the Dataset view draws, by name:
     image models: "class" (FLOPs and accuracy per class), "flops_histogram", and where the
     model has them "ponder" (mean ponder per class), "ponder_histogram", "layers_histogram",
-    "class_layer" (gated models' execution rate per class and layer); byte LMs: "corpus"."""
+    "class_layer" (gated models' execution rate per class and layer), "exits" (models with exits:
+    the share of the images leaving at each exit, and their accuracy), "class_exit" (the same
+    per class); byte LMs: "corpus"."""
     if result.kind == "text":
         return {"corpus": corpus_dict(result)}
     per_class = result.per_class
@@ -386,6 +441,28 @@ def dataset_dicts(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DE
             hovertemplate="%{y}, %{x}: runs %{z:.1%}<extra></extra>")],
             {"title": {"text": f"{result.model}: execution rate per class and gated layer"}, "xaxis": {"tickangle": -45},
              "yaxis": {**every_tick(classes), "autorange": "reversed"}, "margin": {"l": 100, "r": 20, "t": 40, "b": 80}})
+    if result.exit_rates is not None:
+        exits = list(result.exits or [f"exit {i + 1}" for i in range(len(result.exit_rates))])
+        figures["exits"] = _figure([
+            _trace("bar", name="images leaving here", x=exits, y=list(result.exit_rates), marker={"color": COLORS["executed"]},
+                   hovertemplate="%{x}: %{y:.1%} of the images leave here<extra></extra>"),
+            _trace("scatter", mode="markers+lines", name="their accuracy", x=exits, y=list(result.exit_accuracy or [None] * len(exits)), yaxis="y2",
+                   marker={"color": COLORS["flops"], "size": 8}, line={"dash": "dot"}, connectgaps=False,
+                   hovertemplate="%{x}: accuracy %{y:.1%} of the images leaving here<extra></extra>"),
+        ], {"title": {"text": f"{result.model}: where the images leave"},
+            "xaxis": {"categoryorder": "array", "categoryarray": exits, "title": {"text": "exit, input to output"}},
+            "yaxis": {"title": {"text": "images leaving"}, "tickformat": ".0%", "range": [0, 1.05]},
+            "yaxis2": {"title": {"text": "accuracy"}, "overlaying": "y", "side": "right", "tickformat": ".0%", "range": [0, 1.05], "showgrid": False},
+            "legend": {**LEGEND_ON_TOP}, "margin": {"l": 60, "r": 60, "t": 90, "b": 60}})
+    if result.class_exit_rates:
+        exits = list(result.exits or [f"exit {i + 1}" for i in range(len(result.class_exit_rates[0]))])
+        figures["class_exit"] = _figure([_trace(
+            "heatmap", z=[list(row) for row in result.class_exit_rates], x=exits, y=classes, zmin=0, zmax=1,
+            colorscale=plotly_scale(colorscale), colorbar={"title": {"text": "images leaving", "side": "right"}, "tickformat": ".0%"},
+            hovertemplate="%{y}: %{z:.1%} leave at %{x}<extra></extra>")],
+            {"title": {"text": f"{result.model}: where each class leaves (share of its images per exit)"},
+             "xaxis": {"categoryorder": "array", "categoryarray": exits},
+             "yaxis": {**every_tick(classes), "autorange": "reversed"}, "margin": {"l": 100, "r": 20, "t": 40, "b": 60}})
     return figures
 
 
@@ -408,7 +485,16 @@ def corpus_dict(result: CorpusAnalysis) -> dict:
 
 # ------------------------------------------------------------------ what-if studies
 STUDY_COLORS = ["#1f5fbf", "#e0892b", "#2ca02c", "#9467bd", "#c0392b", "#17becf", "#8c564b"]
-PARAMETER_LABELS = {"threshold": "halting threshold 1 - eps", "cap": "units per block, at most", "gate_bias": "gate bias theta"}
+
+
+def _parameter_label(point: SweepPoint) -> str:
+    """What a sweep's parameter is for its model: the point's label (the model's whatif about), else
+    (a result from before points had one) models/whatif.py's default words for it."""
+    if point.label:
+        return point.label
+    from ponderscope.models.whatif import ABOUT  # (imports torch: only here)
+
+    return ABOUT.get(point.parameter, {}).get("label", point.parameter)
 
 
 def sweep_dict(results: dict[str, list[SweepPoint]], reference: Reference | None = None) -> dict:
@@ -420,7 +506,7 @@ def sweep_dict(results: dict[str, list[SweepPoint]], reference: Reference | None
         color = STUDY_COLORS[index % len(STUDY_COLORS)]
         for dash, parameter in zip(("solid", "dot", "dash"), dict.fromkeys(p.parameter for p in points if p.parameter)):
             curve = sorted((p for p in points if p.parameter == parameter), key=lambda p: p.flops_ratio)
-            data.append(_trace("scatter", mode="lines+markers", name=f"{label}: {PARAMETER_LABELS.get(parameter, parameter)}",
+            data.append(_trace("scatter", mode="lines+markers", name=f"{label}: {_parameter_label(curve[0])}",
                                    x=[p.flops_ratio for p in curve], y=[p.accuracy for p in curve],
                                    customdata=[[p.setting] for p in curve], line={"color": color, "dash": dash}, marker={"size": 6},
                                    hovertemplate=f"{parameter} %{{customdata[0]}}: accuracy %{{y:.2%}} at %{{x:.1%}} of dense FLOPs<extra>{label}</extra>"))
@@ -598,6 +684,7 @@ def _returns_figure(build: Callable[..., dict]) -> Callable[..., go.Figure]:
 ponder_map_figure = _returns_figure(ponder_map_dict)
 input_figure = _returns_figure(input_dict)
 gates_figure = _returns_figure(gates_dict)
+exits_figure = _returns_figure(exits_dict)
 image_figure = _returns_figure(image_dict)
 block_maps_figure = _returns_figure(block_maps_dict)
 compare_figure = _returns_figure(compare_dict)
@@ -790,7 +877,8 @@ def answer_figures(kind: str, answer: ImageAnalysis | TextAnalysis | ParityAnaly
     answer's numbers. No plotly.py here: the server sends the dicts as they are.
 
         image    (ImageAnalysis) "map": the ponder map over the input (or the input alone:
-                 models without blocks), "blocks": every block's map on one scale (per-position models), "gates" (gated models)
+                 models without blocks), "blocks": every block's map on one scale (per-position models), "gates" (gated models),
+                 "exits" (models with exits: each exit's confidence, the threshold, the exit taken)
         text     (TextAnalysis) "text": per-character ponder and surprisal
         parity   (ParityAnalysis) "parity": ponder against nonzero entries, this vector over the
                  test-set curve; "halting": p(n) over steps (models that report a halting distribution)
@@ -806,6 +894,8 @@ def answer_figures(kind: str, answer: ImageAnalysis | TextAnalysis | ParityAnaly
             out["blocks"] = block_maps_dict(answer)
         if answer.gates is not None:
             out["gates"] = gates_dict(answer)
+        if answer.exits is not None:
+            out["exits"] = exits_dict(answer)
     elif kind == "text":
         out = {"text": text_dict(answer)}
     elif kind == "sweep":  # the envelope: {"results": {label: list[SweepPoint]}, "reference": Reference or None}

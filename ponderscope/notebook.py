@@ -75,12 +75,13 @@ def analyze_image(model: LoadedModel | str, image, resolution: str = "train", in
         image, digest = _decoded(image)
     with PIXEL_WORK:
         original = image.size
+        resolution, note = model.resolution(resolution)  # a model of one input size: its training size
         x, shown = prepare(image, model.card.preprocess, resolution, invert)
     if isinstance(whatif, dict):
         from ponderscope.models.whatif import WhatIf
 
         whatif = WhatIf(**{**whatif, "lesion": tuple(whatif.get("lesion", ()))})
-    return figures.attach("image", analyze(model, x, input_json(model, shown, original, resolution, digest, sample, label, box), whatif))
+    return figures.attach("image", analyze(model, x, input_json(model, shown, original, resolution, digest, sample, label, box, resolution_note=note), whatif))
 
 
 def analyze_text(model: LoadedModel | str, text: str) -> TextAnalysis:

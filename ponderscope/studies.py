@@ -67,6 +67,7 @@ def sweep_plan(model) -> list[tuple[Optional[str], object, Optional[WhatIf]]]:
     if "threshold" in can:
         trained = round(can["threshold"], 10)
         plan += [("threshold", t, None if t == trained else WhatIf(threshold=t)) for t in sorted(set(THRESHOLDS) | {trained})]
+    if "cap" in can:
         plan += [("cap", c, None if c == can["cap"] else WhatIf(cap=c)) for c in range(1, can["cap"] + 1)]
     if "gate_bias" in can:
         plan += [("gate_bias", b, None if b == 0.0 else WhatIf(gate_bias=b)) for b in sorted(set(GATE_BIASES) | {0.0})]
@@ -76,12 +77,14 @@ def sweep_plan(model) -> list[tuple[Optional[str], object, Optional[WhatIf]]]:
 def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float, str], None]] = None,
           guard: Optional[Callable[[], ContextManager]] = None, data: Optional[str] = None) -> list[SweepPoint]:
     """Accuracy and FLOPs (executed / dense) over the first `limit` test examples (all: None) as
-    the model's inference settings move, without retraining: ACT/SACT the halting threshold
-    1 - eps and a per-block cap on units, AIG the gate bias theta. Each point: parameter,
-    setting, trained (the model's own setting: measured once, the card's numbers), accuracy,
-    flops_ratio, mean_ponder, examples. A dense ResNet has its trained point only. data:
-    "imagefolder:PATH" to sweep over an image folder instead of the test set."""
+    the model's inference settings move, without retraining: the settings it has (models/whatif.py
+    knobs: ACT/SACT the halting threshold 1 - eps and a per-block cap on units, AIG the gate bias
+    theta, a model's own whatif_knobs). Each point: parameter, its label (what the model calls
+    it), setting, trained (the model's own setting: measured once, the card's numbers), accuracy,
+    flops_ratio, mean_ponder, examples. A model with nothing to move (a dense ResNet) has its
+    trained point only. data: "imagefolder:PATH" to sweep over an image folder instead of the test set."""
     plan = sweep_plan(model)
+    about = knobs(_module(model)).get("about", {})
     workload = _workload(model, data)
     trained = measure(model, None, limit, workload=workload, guard=guard)
     points = []
@@ -89,7 +92,7 @@ def sweep(model, limit: Optional[int] = None, progress: Optional[Callable[[float
         if progress:
             progress(done / len(plan), f"{parameter or 'trained'} {setting if setting is not None else ''}".strip())
         metrics = trained if change is None else measure(model, change, limit, workload=workload, guard=guard)
-        points.append(_point(parameter, setting, change is None, metrics))
+        points.append(_point(parameter, setting, change is None, metrics, label=about.get(parameter, {}).get("label")))
     return points
 
 

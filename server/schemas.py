@@ -46,8 +46,11 @@ class WhatIfRequest(BaseModel):
     `whatif` (GET /api/models) says which apply and their trained values."""
     model_config = ConfigDict(extra="forbid")
 
-    threshold: Optional[float] = Field(None, gt=0, le=1, description="halting models (whatif.threshold): halt once the sum of h reaches this (trained: 1 - eps)")
-    cap: Optional[int] = Field(None, ge=1, le=10_000, description="halting models (whatif.cap): at most this many units per block")
+    threshold: Optional[float] = Field(None, gt=0, le=1, description="models with a threshold (whatif.threshold; whatif.about.threshold says what it "
+                                                                     "is): halting models halt once the sum of h reaches it (trained: 1 - eps), models "
+                                                                     "with exits let an image leave once an exit's confidence reaches it")
+    cap: Optional[int] = Field(None, ge=1, le=10_000, description="halting models (whatif.cap; whatif.about.cap): at most this many units per block "
+                                                                 "(or layers per token)")
     gate_bias: Optional[float] = Field(None, ge=-100, le=100, description="gated models (whatif.gate_bias): run a block iff logit_run - logit_skip > gate_bias (trained: 0)")
     lesion: list[str] = Field([], max_length=1000, description="units / gated blocks to remove (names from the model's whatif.units)")
 
@@ -133,7 +136,8 @@ class ModelSummary(Open):
     test_set: bool = Field(description="whether samples and the dataset view (a text model: its held-out statistics) are available")
     no_test_set: Optional[str] = Field(None, description="why not, when test_set is false (e.g. the card names no data set)")
     whatif: Optional[dict[str, Any]] = Field(None, description="what can be changed at inference (models/whatif.py): threshold and cap (halting models), "
-                                             "gate_bias (gated models) with their trained values, removable units and the downsampling ones; null: nothing")
+                                             "gate_bias (gated models) with their trained values, removable units and the downsampling ones, and "
+                                             "`about`: per setting its label and description in the model's words; null: nothing")
     analyses: list[dict[str, Any]] = Field([], description="finished `ponderscope analyze` results of this model (name, data, examples, accuracy): "
                                            "GET /dataset?source=NAME shows one")
     source: Optional[dict[str, Any]] = Field(None, description="for imported checkpoints: the authors' format, files, hashes")

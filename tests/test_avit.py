@@ -160,7 +160,9 @@ def test_what_if_threshold_and_cap():
 
     m = model(gate_scale=4.0, gate_center=2.5)
     x = torch.randn(3, 1, 24, 24)
-    assert knobs(m) == {"threshold": pytest.approx(0.99), "cap": 4}
+    can = knobs(m)
+    assert (can["threshold"], can["cap"]) == (pytest.approx(0.99), 4) and set(can) == {"threshold", "cap", "about"}
+    assert can["about"]["cap"]["label"] == "layers per token, at most"  # its own words, not a ResNet's units per block
     with torch.no_grad():
         trained = m.trace(x)
         with applied(m, WhatIf(threshold=0.5)):

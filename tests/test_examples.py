@@ -16,9 +16,8 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from ponderscope import figures, models
-from ponderscope.core.answers import gate_names
 from ponderscope.core.imaging import prepare
-from ponderscope.core.statistics import image_records, summarize
+from ponderscope.core.statistics import image_records, model_names, summarize
 from ponderscope.plugins import load_plugins
 from ponderscope.server.app import create_app
 from ponderscope.server.references import resolve
@@ -140,7 +139,7 @@ def test_the_dataset_views_figures_are_the_traces_numbers(client, model_id):
     entry = client.app.state.store.get(model_id)
     workload = entry.test_set()
     records = image_records(lambda images: entry.trace(images, background=True)[0], workload.test_batches(100, limit=200))
-    result = summarize(records, entry.card.classes, workload.thumbnail, lambda layers: gate_names(entry.module, layers), model_id)
+    result = summarize(records, entry.card.classes, workload.thumbnail, model_names(entry.module), model_id)
     drawn = figures.dataset_dicts(result)
     labels, traces = [], []
     for _, images, targets in workload.test_batches(100, limit=200):

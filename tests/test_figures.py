@@ -54,9 +54,9 @@ def sact_analysis(model="sact") -> ImageAnalysis:
     units_total = [[2 + (r + c) % 3 for c in range(8)] for r in range(6)]
     # the input is 8x6 pixels: the total on it one cell a pixel, block 0 on 4x3 cells, block 1 on 2x2
     blocks = [
-        {"index": 0, "ponder_cost": [[1.5, 2.0, 1.0, 1.25]] * 3, "units": [[1, 2, 1, 1]] * 3, "n_units": 3,
+        {"index": 0, "name": "block 1", "ponder_cost": [[1.5, 2.0, 1.0, 1.25]] * 3, "units": [[1, 2, 1, 1]] * 3, "n_units": 3,
          "grid": grid_on((6, 8), (3, 4)), "mean_ponder": 1.4375, "mean_units": 1.25},
-        {"index": 1, "ponder_cost": [[3.0, 2.5], [2.0, 4.0]], "units": [[3, 2], [2, 3]], "n_units": 3,
+        {"index": 1, "name": "block 2", "ponder_cost": [[3.0, 2.5], [2.0, 4.0]], "units": [[3, 2], [2, 3]], "n_units": 3,
          "grid": grid_on((6, 8), (2, 2)), "mean_ponder": 2.875, "mean_units": 2.5},
     ]
     values, units = [v for row in total for v in row], [v for row in units_total for v in row]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ponderscope.core.imaging import png_data_url
 from ponderscope.core.workloads import CHAR_CLASS_LABELS, CHAR_CLASSES, char_class
-from ponderscope.models.contract import layer_names
+from ponderscope.models.contract import block_labels, exit_labels, exit_threshold, layer_names
 from ponderscope.models.trace import Trace
 
 
@@ -90,6 +90,7 @@ class Grid(Open):
 
 class PonderBlock(Open):
     index: int
+    name: str = Field(description="what the model calls this block (its block_names: e.g. \"layers 1–3\" of a transformer), else \"block 1\", ...")
     ponder_cost: list[list[float]] = Field(description="N + R per cell of the block's output map (its own grid)")
     units: list[list[int]] = Field(description="units executed N per cell")
     n_units: Optional[int] = Field(description="the units the block has (Trace: halting's second dimension); null where the model's trace does not say")
@@ -118,6 +119,15 @@ class Gates(Open):
     layers: list[str]
 
 
+class Exits(Open):
+    """A model that lets each image leave at one of E exits (Trace.exit_confidence, exit_taken)."""
+    names: list[str] = Field(description="the exits, input to output (the model's exit_names, else \"exit 1\", ...)")
+    confidence: list[Optional[float]] = Field(description="each exit's confidence on this image; null where the image did not reach the exit")
+    taken: int = Field(description="the exit the image left at (an index into names)")
+    threshold: Optional[float] = Field(description="the confidence an exit must reach for the image to leave there, as in force for this "
+                                                   "answer (a what-if's, else the trained one); null where the model declares none")
+
+
 class ImageShown(Open):
     image: str = Field(description="the image as the model saw it: its own URL on this server (fetched once, cacheable), "
                                    "or a data: URL where there is no server (the notebook, ponderscope render)")
@@ -128,7 +138,8 @@ class ImageShown(Open):
     label: Optional[int] = None
     label_class: Optional[str] = None
     box: Optional[list[int]] = None
-    resolution: Literal["train", "native"]
+    resolution: Literal["train", "native"] = Field(description="the resolution the model ran at")
+    resolution_note: Optional[str] = Field(None, description="why it is not the resolution asked for (a model that takes one input size only); null: it is")
 
 
 UNSHOWN = Field(default_factory=list, description="Trace.extras keys of this model that no view draws (docs/own-models.md)")
@@ -141,12 +152,13 @@ class ImageAnalysis(Open):
     flops: Flops
     time_ms: float
     execution: str
-    ponder: Optional[PonderMaps] = Field(None, description="ACT / SACT ResNets")
-    gates: Optional[Gates] = Field(None, description="ConvNet-AIG")
+    ponder: Optional[PonderMaps] = Field(None, description="models that decide per position (Trace.blocks)")
+    gates: Optional[Gates] = Field(None, description="models with per-layer gates (Trace.gates)")
+    exits: Optional[Exits] = Field(None, description="models whose images leave at one of several exits (Trace.exit_confidence, exit_taken)")
     input: ImageShown
     whatif: Optional[dict[str, Any]] = Field(None, description="the change in force for this answer (None: the trained model)")
     figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "map" (the ponder map over the input, or the input alone), '
-                                    '"blocks" (every block\'s map: ACT, SACT), "gates" (ConvNet-AIG)')
+                                    '"blocks" (every block\'s map: per-position models), "gates" (gated models), "exits" (each exit\'s confidence: models with exits)')
 
 
 class CharPonder(Open):
@@ -239,9 +251,16 @@ class DatasetAnalysis(Open):
     most: list[ImageRef]
     executed_layers_histogram: Optional[Histogram] = None
     layers: Optional[list[str]] = Field(None, description="the gated layers' names")
+    exits: Optional[list[str]] = Field(None, description="models with exits: the exits' names, input to output")
+    exit_rates: Optional[list[float]] = Field(None, description="models with exits: the fraction of the images that leave at each exit")
+    class_exit_rates: Optional[list[list[Optional[float]]]] = Field(None, description="models with exits: per class (rows) the fraction of its images "
+                                                                                    "that leave at each exit (null: no image of the class)")
+    exit_accuracy: Optional[list[Optional[float]]] = Field(None, description="models with exits: the accuracy of the images that leave at each "
+                                                                          "exit (null: none leave there)")
     source: Optional[dict[str, Any]] = Field(None, description="`ponderscope analyze`: the data, processes, devices and command")
     figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "class", "flops_histogram", "ponder", "ponder_histogram", '
-                                              '"layers_histogram", "class_layer"')
+                                              '"layers_histogram", "class_layer", '
+                                              '"exits", "class_exit"')
 
 
 class CorpusAnalysis(Open):
@@ -270,6 +289,7 @@ class CorpusAnalysis(Open):
 class SweepPoint(Open):
     """One setting of a what-if sweep (ponderscope.studies.sweep), measured over the test set."""
     parameter: Optional[str] = Field(description="threshold, cap or gate_bias; null: a model with nothing to move")
+    label: Optional[str] = Field(None, description="what the parameter is for this model (its whatif.about[parameter].label)")
     setting: Optional[Union[int, float]] = None
     trained: bool = Field(description="the model's own setting: the card's numbers")
     accuracy: float
@@ -360,12 +380,14 @@ def grid_on(size: tuple[int, int], cells: tuple[int, int]) -> Grid:
     return Grid(height=rows, width=columns, x0=dx / 2, dx=dx, y0=dy / 2, dy=dy)
 
 
-def ponder_json(trace: Trace, size: tuple[int, int], maps: str = "grid") -> dict | None:
+def ponder_json(trace: Trace, size: tuple[int, int], maps: str = "grid", block_names=None) -> dict | None:
     """Per-block maps on their own grids, and the totals over blocks (the SACT paper's ponder map,
     Trace.ponder_map) on the finest block's grid, or on the input's `size` with maps="input"
-    (exports at full resolution); in ponder cost N + R and in units executed N."""
+    (exports at full resolution); in ponder cost N + R and in units executed N. `block_names`:
+    the model's (models/contract.py block_labels; None: "block 1", ...)."""
     if not trace.blocks:
         return None
+    names = block_labels(block_names, len(trace.blocks))
     finest = max((tuple(b.ponder_cost.shape[-2:]) for b in trace.blocks), key=lambda hw: hw[0] * hw[1])
     cells = tuple(size) if maps == "input" else finest
     total_grid = _grid(trace.ponder_map(cells)[0].cpu())
@@ -376,6 +398,7 @@ def ponder_json(trace: Trace, size: tuple[int, int], maps: str = "grid") -> dict
         cost = block.ponder_cost[0].float().cpu()
         blocks.append({
             "index": index,
+            "name": names[index],
             "ponder_cost": _grid(cost),
             "units": _int_grid(block.units[0].cpu()),
             "n_units": block.n_units,
@@ -404,6 +427,21 @@ def gate_names(model, layers: int) -> list[str]:
     return layer_names(getattr(model, "gate_names", None), layers)
 
 
+def exits_json(model, trace: Trace, threshold: float | None, index: int = 0) -> dict | None:
+    """Example `index`'s exits: each one's name (the model's exit_names, else numbered) and
+    confidence (null where the example did not reach it: NaN in the trace), the exit it took, and
+    `threshold` (the one in force: models/contract.py exit_threshold, read under the what-if)."""
+    if trace.exit_confidence is None:
+        return None
+    confidence = trace.exit_confidence[index].float().cpu().tolist()
+    return {
+        "names": exit_labels(getattr(model.module, "exit_names", None), len(confidence)),
+        "confidence": [None if not math.isfinite(v) else round(v, 5) for v in confidence],
+        "taken": int(trace.exit_taken[index]),
+        "threshold": threshold,
+    }
+
+
 def gates_json(model, trace: Trace) -> dict | None:
     if trace.gates is None:
         return None
@@ -416,10 +454,12 @@ def gates_json(model, trace: Trace) -> dict | None:
 
 
 def input_json(model, shown, original_size: tuple[int, int], resolution: str, image_hash: str | None = None,
-               sample: int | None = None, label: int | None = None, box: list[int] | None = None, url: str | None = None) -> dict:
+               sample: int | None = None, label: int | None = None, box: list[int] | None = None, url: str | None = None,
+               resolution_note: str | None = None) -> dict:
     """The `input` block of an image analysis: the image as the model saw it (`shown`, a PIL
     image) at its `url` on the server, or else inline as a data: URL; and for a test image its
-    label and digit box, scaled from `original_size` to it."""
+    label and digit box, scaled from `original_size` to it. `resolution`: the one it ran at
+    (LoadedModel.resolution), `resolution_note` why it is not the one asked for."""
     if box is not None and shown.size != tuple(original_size):  # boxes are in test-image pixels
         sy, sx = shown.size[1] / original_size[1], shown.size[0] / original_size[0]
         box = [round(box[0] * sy), round(box[1] * sx), round(box[2] * sy), round(box[3] * sx)]
@@ -434,6 +474,7 @@ def input_json(model, shown, original_size: tuple[int, int], resolution: str, im
         "label_class": classes[label] if label is not None and label < len(classes) else None,
         "box": box,
         "resolution": resolution,
+        "resolution_note": resolution_note,
     }
 
 
@@ -445,6 +486,7 @@ def analyze_image(model, x: torch.Tensor, input: dict, whatif=None, maps: str = 
 
     with applied(model.module, whatif):
         trace, ms = model.trace(x)
+        threshold = exit_threshold(model.module) if trace.exit_confidence is not None else None  # the one in force
     probabilities = F.softmax(trace.logits[0].float(), -1).cpu()
     top = torch.topk(probabilities, min(5, len(probabilities)))
     classes = model.card.classes or [str(i) for i in range(len(probabilities))]
@@ -455,8 +497,9 @@ def analyze_image(model, x: torch.Tensor, input: dict, whatif=None, maps: str = 
         "time_ms": round(ms, 2),
         "execution": trace.execution or model.execution,  # the one that ran (LoadedModel.trace)
         "unshown_signals": extras_json(trace)["unshown_signals"],
-        "ponder": ponder_json(trace, tuple(x.shape[-2:]), maps),
+        "ponder": ponder_json(trace, tuple(x.shape[-2:]), maps, getattr(model.module, "block_names", None)),
         "gates": gates_json(model, trace),
+        "exits": exits_json(model, trace, threshold),
         "input": input,
         "whatif": None if whatif is None or whatif.is_trained() else whatif.as_dict(),
     })

@@ -15,11 +15,11 @@ import torch
 
 from ponderscope.core.workloads import CHAR_CLASS_LABELS, card_corpus_statistics
 
-from ponderscope.core.statistics import image_records, read_analysis, summarize, write_json
+from ponderscope.core.statistics import image_records, model_names, read_analysis, summarize, write_json
 
 from pydantic import TypeAdapter, ValidationError
 
-from .answers import CorpusAnalysis, DatasetStatus, LesionStudy, SweepPoint, gate_names
+from .answers import CorpusAnalysis, DatasetStatus, LesionStudy, SweepPoint
 from .loaded import BrokenTrace, NoTestSet
 
 log = logging.getLogger("ponderscope")
@@ -28,8 +28,8 @@ BATCH = 250
 
 CORPUS_BYTES = 20_000  # held-out bytes a text model's corpus panel is measured on, without card metrics
 CORPUS_SCHEMA = 2  # bump when the corpus statistics change (cached answers then are recomputed)
-STUDY_SCHEMA = 2  # the same for what-if studies (2: layer_execution_rate)
-IMAGE_SCHEMA = 4  # the same for image models (2: the overall mean_ponder; 3: summarize; 4: the cards' vocabulary)
+STUDY_SCHEMA = 3  # the same for what-if studies (2: layer_execution_rate; 3: each point's label)
+IMAGE_SCHEMA = 5  # the same for image models (2: the overall mean_ponder; 3: summarize; 4: the cards' vocabulary; 5: exits)
 
 # What a cache file holds, read back into the answers' types.
 DATASET_RESULT = TypeAdapter(DatasetStatus.model_fields["result"].annotation)
@@ -168,7 +168,7 @@ class DatasetJobs:
         # (in this thread: no DataLoader worker processes forked from the server)
         records = image_records(forward, workload.test_batches(BATCH, workers=0), progress, self.stopping.is_set)
         classes = entry.card.classes or workload.classes
-        return summarize(records, classes, workload.thumbnail, lambda layers: gate_names(entry.module, layers), entry.id)
+        return summarize(records, classes, workload.thumbnail, model_names(entry.module), entry.id)
 
     def analysis(self, entry, name: str) -> dict:
         """A `ponderscope analyze` result of the model (entry.analyses), as a finished job."""

@@ -35,7 +35,7 @@ from ponderscope.core.data import DataSourceMissing
 from ponderscope.core.execution import ExecutionPlan, plan_execution
 from ponderscope.core.workloads import checkpoint_test_data, no_test_set
 from ponderscope.models.checkpoint import CARD_FILE, WEIGHTS_FILE, Card, CheckpointError
-from ponderscope.models.contract import TraceContractError, check_trace
+from ponderscope.models.contract import TraceContractError, check_trace, declarations, exit_threshold, fixed_input_size
 from ponderscope.models.sparse import Execution, executing
 from ponderscope.paths import bundled_checkpoints
 
@@ -99,7 +99,9 @@ class BrokenTrace(ValueError):
 def checked(model: "LoadedModel", trace, x: torch.Tensor):
     """`trace` (model's, of input x) if it keeps the Trace contract; else BrokenTrace."""
     try:
-        check_trace(trace, model.card.task.name, x, getattr(model.module, "gate_names", None))
+        check_trace(trace, model.card.task.name, x, **declarations(model.module))
+        if getattr(trace, "exit_confidence", None) is not None:
+            exit_threshold(model.module)  # the threshold the answer shows, where the model declares one
     except TraceContractError as error:
         raise BrokenTrace(f"model {model.id!r} ({model.card.model}) broke the Trace contract (docs/own-models.md, section 3) "
                           f"on this input: {error}") from None
@@ -144,6 +146,16 @@ class LoadedModel:
 
         can = knobs(self.module)
         return {**can, "downsampling": downsampling_units(self.module)} if can else None
+
+    def resolution(self, asked: str) -> tuple[str, Optional[str]]:
+        """The resolution an image runs at when `asked` ("train" or "native"), and why it is not the
+        one asked for (None: it is): a model that takes one input size only (its fixed_input_size,
+        models/contract.py) runs every image at its training size."""
+        fixed = fixed_input_size(self.module)
+        if asked == "native" and fixed is not None:
+            return "train", (f"this model takes {fixed[1]}×{fixed[0]} images only (it declares a fixed input size), "
+                             "so it ran at that size (its training size), not at the image's own")
+        return asked, None
 
     @property
     def execution(self) -> str:

@@ -1,7 +1,7 @@
 """What the Dataset view shows, over any set of images: one record per image, then the summary.
 
     records = image_records(model.trace, workload.test_batches(250))     # per image, streaming
-    result = summarize(records, classes, thumbnail, layer_names)         # per class, histograms, extremes
+    result = summarize(records, classes, thumbnail, names)               # per class, histograms, extremes
 
 The server's dataset jobs (the bundled test sets) and `ponderscope analyze` (an image folder of
 any size, sharded, resumable, under torchrun) both run these two functions; the page draws the
@@ -32,8 +32,9 @@ def image_records(forward: Callable, batches: Iterable, on_batch: Optional[Calla
     index, label, pred, correct, flops (executed, as the trace counts them), and where the model
     has them block_ponder / block_units ([images, blocks]: each block's mean N + R and N) with
     their sum over blocks `ponder` (Trace.mean_ponder), executed ([images, layers] 0/1, gated
-    models), and with `boxes` (the test set's object boxes, by index) the mean total ponder inside
-    and outside each image's box; plus dense_flops."""
+    models), exited ([images, exits] 0/1: the exit each image left at, models with exits), and
+    with `boxes` (the test set's object boxes, by index) the mean total ponder inside and outside
+    each image's box; plus dense_flops."""
     columns: dict[str, list[torch.Tensor]] = {}
     dense = None
     for indices, images, labels in batches:
@@ -51,6 +52,9 @@ def image_records(forward: Callable, batches: Iterable, on_batch: Optional[Calla
                 row["box_inside"], row["box_outside"] = (v.cpu() for v in ponder_in_box(trace, boxes[indices.to(boxes.device)], images.shape[-2:]))
         if trace.executed is not None:
             row["executed"] = trace.executed.detach().to(torch.uint8).cpu()
+        if trace.exit_taken is not None:
+            exits = trace.exit_confidence.shape[1]
+            row["exited"] = torch.nn.functional.one_hot(trace.exit_taken.detach().long().cpu(), exits).to(torch.uint8)
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
         if on_batch is not None:
@@ -91,7 +95,10 @@ def test_metrics(records: dict[str, torch.Tensor], n_classes: int, per_class_acc
     per_class_flops_ratio; with ponder: mean_ponder (per image, summed over blocks),
     per_block_ponder, per_block_units, per_class_ponder; with boxes: ponder_inside_box,
     ponder_outside_box, ponder_box_ratio; with gates: layer_execution_rate,
-    class_layer_execution_rate, max_class_rate_span(_layer), mean_executed_layers."""
+    class_layer_execution_rate, max_class_rate_span(_layer), mean_executed_layers; with exits:
+    exit_rates (the fraction of the images leaving at each exit), class_exit_rates (per class),
+    exit_accuracy (the accuracy of the images leaving at each exit; None where none leave),
+    mean_exit (the mean exit taken, 1 = the first)."""
     correct, flops, labels = records["correct"].bool(), records["flops"], records["label"]
     dense = float(records["dense_flops"][0])
     classes = range(n_classes)
@@ -126,6 +133,13 @@ def test_metrics(records: dict[str, torch.Tensor], n_classes: int, per_class_acc
         metrics["max_class_rate_span"] = float(span.max())
         metrics["max_class_rate_span_layer"] = int(span.argmax())
         metrics["mean_executed_layers"] = float(executed.sum(1).mean())
+    if "exited" in records:
+        exited = records["exited"].bool()
+        exits = range(exited.shape[1])
+        metrics["exit_rates"] = [mean_or_nan(exited[:, e]) for e in exits]
+        metrics["class_exit_rates"] = [[mean_or_nan(exited[labels == c, e]) for e in exits] for c in classes]
+        metrics["exit_accuracy"] = [_or_none(mean_or_nan(correct[exited[:, e]])) for e in exits]  # (JSON: no NaN in a card)
+        metrics["mean_exit"] = mean_or_nan(exited.float().argmax(1) + 1.0)
     return metrics
 
 
@@ -151,12 +165,13 @@ def _histogram(values: torch.Tensor, bins: int = 20) -> dict:
 
 
 def summarize(records: dict[str, torch.Tensor], classes: list[str], thumbnail: Callable[[int], object],
-              layer_names: Callable[[int], list[str]], model_id: str = "") -> dict:
+              names: Callable[[str, int], list[str]], model_id: str = "") -> dict:
     """Records -> the Dataset view's numbers: the test metrics (test_metrics, the cards'
     vocabulary), per class its count, accuracy, FLOPs and ponder, histograms, the EXTREMES least
     and most costly images (ranked by ponder where the model has one, else by FLOPs;
-    `thumbnail(index)` draws them), and for gated models the histogram of executed layers and
-    the class x layer execution rates with the layers' names."""
+    `thumbnail(index)` draws them), for gated models the histogram of executed layers and the
+    class x layer execution rates, and for models with exits the rate of each exit, overall and
+    per class. `names(what, n)`: the model's names of its n "gates" or "exits" (model_names)."""
     from .answers import DatasetAnalysis  # (answers -> workloads -> statistics: imported when used)
     from .imaging import png_data_url
 
@@ -177,7 +192,8 @@ def summarize(records: dict[str, torch.Tensor], classes: list[str], thumbnail: C
                 "flops_ratio": float(flops[position]), "ponder": float(ponder[position]) if ponder is not None else None,
                 "image": png_data_url(thumbnail(index))}
 
-    keys = ("examples", "accuracy", "flops_ratio", "dense_flops", "mean_ponder", "layer_execution_rate", "class_layer_execution_rate")
+    keys = ("examples", "accuracy", "flops_ratio", "dense_flops", "mean_ponder", "layer_execution_rate", "class_layer_execution_rate",
+            "exit_rates", "exit_accuracy")
     result = {
         "kind": "image",
         "model": model_id,
@@ -197,8 +213,24 @@ def summarize(records: dict[str, torch.Tensor], classes: list[str], thumbnail: C
         result["executed_layers_histogram"] = {"edges": list(range(n_layers + 2)),
                                                "counts": [int((counts == k).sum()) for k in range(n_layers + 1)]}
         result["class_layer_execution_rate"] = [[_or_none(v) for v in row] for row in metrics["class_layer_execution_rate"]]
-        result["layers"] = layer_names(n_layers)
+        result["layers"] = names("gates", n_layers)
+    if "exited" in records:
+        result["class_exit_rates"] = [[_or_none(v) for v in row] for row in metrics["class_exit_rates"]]
+        result["exits"] = names("exits", records["exited"].shape[1])
     return DatasetAnalysis(**result)
+
+
+def model_names(module) -> Callable[[str, int], list[str]]:
+    """summarize's `names` for a model: its gate_names and exit_names (models/contract.py: declared,
+    of the right length, or numbered)."""
+    from ponderscope.models.contract import exit_labels, layer_names
+
+    def names(what: str, n: int) -> list[str]:
+        if what == "gates":
+            return layer_names(getattr(module, "gate_names", None), n)
+        return exit_labels(getattr(module, "exit_names", None), n)
+
+    return names
 
 
 def _or_none(value: float):

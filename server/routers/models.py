@@ -130,8 +130,10 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
     """Returns the top-5 prediction, FLOPs executed vs dense, the request's time, and for models
     that decide per position (Trace.blocks) the ponder maps (`ponder.total` at input resolution,
     `ponder.blocks[i]` per block, in ponder cost N+R; `units_total` / `units` in units executed
-    N), for gated models (Trace.gates) the gates. A trace that breaks the Trace contract is a 422
-    naming the field (docs/own-models.md).
+    N), for gated models (Trace.gates) the gates, for models with exits (Trace.exit_confidence)
+    each exit's confidence, the exit taken and the threshold. A model that takes one input size
+    only runs a "native" request at its training size (`input.resolution_note` says so). A trace
+    that breaks the Trace contract is a 422 naming the field (docs/own-models.md).
 
     The body is JSON, `{"image": hash}` (from POST /api/images) or `{"sample": index}`, or a
     multipart form with the image in `file` (one request: `curl -F file=@cat.jpg URL`); the
@@ -153,7 +155,8 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
         else:
             image = sample_image
         original_size = image.size
-        x, shown = prepare(image, entry.card.preprocess, body.resolution, body.invert)
+        resolution, resolution_note = entry.resolution(body.resolution)  # a model of one input size: its training size
+        x, shown = prepare(image, entry.card.preprocess, resolution, body.invert)
         del image
     whatif = None
     if body.whatif is not None:
@@ -164,8 +167,9 @@ def image_analysis(request: Request, payload: ImageInput = Depends(image_input),
             check(entry.module, whatif)
         except WhatIfError as error:
             raise HTTPException(400, f"model {entry.id!r}: {error}") from None
-    url = input_url(entry, body.image, body.sample, body.resolution, body.invert)
-    answer = analyze_image(entry, x, input_json(entry, shown, original_size, body.resolution, body.image, body.sample, label, box, url), whatif, body.maps)
+    url = input_url(entry, body.image, body.sample, resolution, body.invert)
+    answer = analyze_image(entry, x, input_json(entry, shown, original_size, resolution, body.image, body.sample, label, box, url, resolution_note),
+                           whatif, body.maps)
     return answer_with(answer, "image", body.include)
 
 
@@ -204,7 +208,7 @@ def input_png(request: Request, source: Annotated[str, Path(pattern=INPUT_SOURCE
             if data is None:
                 raise HTTPException(404, f"no stored image with hash {source!r}; upload it again with POST /api/images")
             image = decode(data)
-        _, shown = prepare(image, entry.card.preprocess, resolution, invert)
+        _, shown = prepare(image, entry.card.preprocess, entry.resolution(resolution)[0], invert)
         png = encode_png(shown)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 

@@ -52,8 +52,12 @@ def study(request: Request, kind: Annotated[Literal["sweep", "lesion"], Path(des
         if entry.kind != "image":
             raise HTTPException(400, f"model {model_id!r} is a {entry.kind} model; the what-if studies are for image classifiers")
         entry.require_test_set()
-        if not knobs(entry.module):
+        can = knobs(entry.module)
+        if not can:
             raise HTTPException(400, f"model {model_id!r} ({entry.card.model}) has no threshold, gate or residual units to change")
+        if kind == "lesion" and "units" not in can:
+            raise HTTPException(400, f"model {model_id!r} ({entry.card.model}) has no removable units: a lesion study removes units "
+                                     f"(it has {', '.join(k for k in can if k != 'about')} to sweep)")
         entries.append(entry)
     jobs = request.app.state.dataset_jobs
     reference = None

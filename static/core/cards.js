@@ -55,8 +55,9 @@ export function summaryChips(m) {
   if (t.accuracy !== undefined) chips.push(chip(`test accuracy${t.examples ? ` on ${t.examples} examples` : ''}`, 'accuracy', pct(t.accuracy, 2)));
   if (t.bits_per_byte !== undefined) chips.push(chip('held-out bits per byte', 'bits/byte', fmt(t.bits_per_byte, 3)));
   if (t.flops_ratio !== undefined) chips.push(chip('mean FLOPs executed / dense FLOPs on the test set', 'FLOPs', pct(t.flops_ratio)));
-  if (t.mean_ponder !== undefined) chips.push(chip('mean ponder cost N+R (summed over blocks for ResNets)', 'ponder', fmt(t.mean_ponder, 2)));
+  if (t.mean_ponder !== undefined) chips.push(chip('mean ponder cost N+R per image (summed over its maps)', 'ponder', fmt(t.mean_ponder, 2)));
   if (t.mean_steps !== undefined) chips.push(chip('mean steps N', 'steps N', fmt(t.mean_steps, 2)));
+  if (Array.isArray(t.exit_rates)) chips.push(chip('share of the test images leaving at each exit, input to output', 'exits', t.exit_rates.map((r) => pct(r, 0)).join(' / ')));
   if (!Object.keys(t).length) chips.push(el('span', { class: 'chip muted', text: 'no metrics in card' }));
   const execution = executionText(m);
   if (m.device) chips.push(el('span', { class: 'chip muted', title: `device the server runs it on; checkpoint folder ${m.path || '?'}${execution ? `; execution ${execution}` : ''}` }, `on ${m.device}`));

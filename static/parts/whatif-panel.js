@@ -1,8 +1,9 @@
 /* The Image view's "What if" panel: the same weights with one documented change for the image
- * on screen (models/whatif.py): the halting threshold and a cap on units per block (halting models),
- * a bias on the gate decision (gated models), one unit removed (every ResNet). The controls come
- * from the model's `whatif` (GET /api/models: the trained values and the units); a control at its
- * trained value sends nothing, so "reset to trained" is the plain request again.
+ * on screen (models/whatif.py): a threshold (halting, or an exit's confidence) and a cap (units
+ * per block, layers per token), a bias on the gate decision (gated models), one unit removed.
+ * The controls come from the model's `whatif` (GET /api/models: the trained values, the units,
+ * and `about`: what each setting is, in the model's words, which labels the controls); a control
+ * at its trained value sends nothing, so "reset to trained" is the plain request again.
  *
  * state.whatif = {threshold, cap, gate_bias, lesion}: null each where it is the trained value
  * (lesion: one unit's name). In the link: threshold=, cap=, bias=, lesion=. */
@@ -18,6 +19,9 @@ export const trainedWhatif = () => ({ threshold: null, cap: null, gate_bias: nul
 /** What model `id` lets change ({threshold, cap, units, downsampling} / {gate_bias, units, ...}), or null. */
 export const knobsOf = (id) => { const m = MODEL_BY_ID.get(id); return (m && m.whatif) || null; };
 const has = (k, key) => !!k && k[key] !== undefined && k[key] !== null;
+/** What setting `key` of knobs `k` is, in the model's words: {label, description} (GET /api/models' whatif.about). */
+const about = (k, key) => (k && k.about && k.about[key]) || { label: key, description: '' };
+const capitalized = (text) => text.charAt(0).toUpperCase() + text.slice(1);
 
 /** The request's `whatif` for `w`: only the values that differ from the trained ones; null: none. */
 export function whatifBody(w = state.whatif) {
@@ -30,12 +34,13 @@ export function whatifBody(w = state.whatif) {
   return Object.keys(body).length ? body : null;
 }
 
-/** "threshold 0.80, at most 2 units per block, without block1.unit1" for an answer's echoed `whatif`. */
-export function describeWhatif(w) {
+/** "threshold 0.80, units per block, at most 2, without block1.unit1" for an answer's echoed `whatif`
+ * (the cap named as model `id` names it). */
+export function describeWhatif(w, id = state.model.image) {
   if (!w) return '';
   const parts = [];
   if (w.threshold !== null && w.threshold !== undefined) parts.push(`threshold ${fmt(w.threshold, 2)}`);
-  if (w.cap !== null && w.cap !== undefined) parts.push(`at most ${w.cap} unit${w.cap === 1 ? '' : 's'} per block`);
+  if (w.cap !== null && w.cap !== undefined) parts.push(`${about(knobsOf(id), 'cap').label} ${w.cap}`);
   if (w.gate_bias !== null && w.gate_bias !== undefined) parts.push(`gate bias ${w.gate_bias > 0 ? '+' : ''}${fmt(w.gate_bias, 2)}`);
   for (const unit of w.lesion || []) parts.push(`without ${unit}`);
   return parts.join(', ');
@@ -75,6 +80,13 @@ export function showWhatifPanel(id) {
   $('whatif-panel').hidden = !k;
   if (!k) return;
   const w = state.whatif;
+  for (const key of ['threshold', 'cap', 'gate_bias']) { // each control named and explained in the model's words
+    if (!has(k, key)) continue;
+    const { label, description } = about(k, key);
+    const id = key === 'gate_bias' ? 'bias' : key;
+    $(`wi-${id}-label`).textContent = capitalized(label);
+    $(`wi-${id}-row`).title = description;
+  }
   $('wi-threshold-row').hidden = !has(k, 'threshold');
   if (has(k, 'threshold')) {
     const input = $('wi-threshold');
@@ -152,11 +164,12 @@ export function bindWhatifPanel(rerun) {
 // ------------------------------------------------------------------ what changed
 const top = (r) => (r && r.prediction && r.prediction[0]) || null;
 const gatesRun = (r) => (r && r.gates ? `${r.gates.executed.filter(Boolean).length} of ${r.gates.executed.length}` : null);
+const exitTaken = (r) => (r && r.exits ? r.exits.names[r.exits.taken] : null);
 
 /** The badge over the result ("what-if: threshold 0.80") and, beside the prediction, the trained
  * answer's numbers next to the what-if's; nothing of either while the trained model is shown. */
 export function renderWhatifOutcome(r, trained) {
-  const change = r && r.whatif ? describeWhatif(r.whatif) : '';
+  const change = r && r.whatif ? describeWhatif(r.whatif, r.model) : '';
   const badge = $('whatif-badge');
   badge.hidden = !change;
   badge.textContent = change ? `what-if: ${change}` : '';
@@ -175,6 +188,7 @@ export function renderWhatifOutcome(r, trained) {
   ];
   if (r.ponder || (t && t.ponder)) rows.push(row('mean N+R', t && t.ponder ? fmt(t.ponder.mean, 2) : null, r.ponder ? fmt(r.ponder.mean, 2) : null, 'ponder cost summed over blocks'));
   if (r.gates) rows.push(row('blocks run', gatesRun(t), gatesRun(r), 'gated blocks executed on this image'));
+  if (r.exits) rows.push(row('exit', exitTaken(t), exitTaken(r), 'the exit this image left at'));
   fill(box, el('table', { class: 'whatif-compare', id: 'wi-compare-table' },
     el('thead', {}, el('tr', {}, el('th', {}), el('th', { scope: 'col', text: 'trained' }), el('th', { scope: 'col', text: 'what-if' }))),
     el('tbody', {}, rows)));

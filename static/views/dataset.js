@@ -1,8 +1,8 @@
 /* Dataset view: an image model over its whole test set (a background job on the server, polled)
  * or over the images of a `ponderscope analyze` result of its weights (the model's `analyses`,
  * chosen in "Statistics over"): FLOPs and accuracy per class, histograms, gated models' execution
- * rates, and the images with the least and the most computation (a click opens a test image in
- * the Image view). */
+ * rates, where the images of a model with exits leave (overall and per class), and the images
+ * with the least and the most computation (a click opens a test image in the Image view). */
 import { $, el, fill, flopsText, fmt, pct, stat } from '../core/dom.js';
 import { jobPoller } from '../core/api.js';
 import { plot, purge, recolored } from '../core/plots.js';
@@ -92,7 +92,10 @@ async function runDataset() {
 
 // The result's figures (ponderscope.figures.dataset_figures, drawn by the server) -> their plots.
 const CHARTS = { class: 'dataset-class-chart', ponder: 'dataset-ponder-chart', flops_histogram: 'dataset-flops-hist',
-  ponder_histogram: 'dataset-ponder-hist', layers_histogram: 'dataset-layers-hist', class_layer: 'dataset-class-layer' };
+  ponder_histogram: 'dataset-ponder-hist', layers_histogram: 'dataset-layers-hist', class_layer: 'dataset-class-layer',
+  exits: 'dataset-exits', class_exit: 'dataset-class-exit' };
+// The figures whose colours are the colour scale chosen (rates per class, as heatmaps).
+const RECOLORED = new Set(['class_layer', 'class_exit']);
 
 /** Each of the result's figures in its plot (the execution rates in the colour scale chosen);
  * a plot whose figure this model has not (e.g. gate rates of a model without gates) is hidden. */
@@ -102,7 +105,7 @@ function drawCharts(d = results.dataset) {
     const div = $(id);
     const fig = figures[name];
     div.hidden = !fig;
-    if (fig) plot(div, name === 'class_layer' ? recolored(fig, state.colormap) : fig, `${id.replace('-chart', '')}-${safeName(d.model)}`);
+    if (fig) plot(div, RECOLORED.has(name) ? recolored(fig, state.colormap) : fig, `${id.replace('-chart', '')}-${safeName(d.model)}`);
     else purge(div);
   }
 }
@@ -123,6 +126,7 @@ function render(d = results.dataset) {
     stat('mean FLOPs', pct(d.flops_ratio), 'of the dense network'),
     d.dense_flops ? stat('dense FLOPs', flopsText(d.dense_flops), 'Trace.dense_flops: the network with nothing skipped') : null,
     d.mean_ponder !== null && d.mean_ponder !== undefined ? stat('mean ponder', fmt(d.mean_ponder, 3), `ponder cost N+R per image, over ${analysed ? 'these images' : 'the test set'}`) : null,
+    d.exit_rates ? stat('leaving at each exit', d.exit_rates.map((r) => pct(r, 0)).join(' / '), `the share of the images leaving at ${(d.exits || []).join(', ')}`) : null,
   );
   drawCharts(d);
 
@@ -152,8 +156,10 @@ function exportDataset(format) {
   if (!d) return false;
   const name = `dataset-${safeName(d.model)}${d.analysis ? `-${safeName(d.analysis)}` : ''}`;
   if (format === 'json') return downloadJson(name, d);
-  return downloadCsv(name, ['class', 'count', 'accuracy', 'flops_ratio', 'mean_ponder', ...(d.layers ? d.layers.map((l) => `rate_${l}`) : [])],
-    d.per_class.map((c, i) => [c.class, c.count, c.accuracy, c.flops_ratio, c.mean_ponder, ...(d.class_layer_execution_rate ? d.class_layer_execution_rate[i] : [])]));
+  return downloadCsv(name, ['class', 'count', 'accuracy', 'flops_ratio', 'mean_ponder', ...(d.layers ? d.layers.map((l) => `rate_${l}`) : []),
+    ...(d.exits ? d.exits.map((e) => `exit_${e}`) : [])],
+  d.per_class.map((c, i) => [c.class, c.count, c.accuracy, c.flops_ratio, c.mean_ponder, ...(d.class_layer_execution_rate ? d.class_layer_execution_rate[i] : []),
+    ...(d.class_exit_rates ? d.class_exit_rates[i] : [])]));
 }
 
 /** The image models this view leaves out, each with the server's reason (said once, under the picker). */

@@ -1,6 +1,7 @@
 /* Image view: one model on one image (an upload or a test sample): the ponder map over the
- * image, one map per block, a gated model's gates, the prediction and the FLOPs. With no image in
- * the link, the first screen shows the model's first test sample. */
+ * image, one map per block (each named as the model names it), a gated model's gates, a model's
+ * exits (each exit's confidence, the threshold, the exit taken), the prediction and the FLOPs.
+ * With no image in the link, the first screen shows the model's first test sample. */
 import { $, el, fill, fmt, shortHash, stat, unshownNote } from '../core/dom.js';
 import { api } from '../core/api.js';
 import { showSettings } from '../core/nav.js';
@@ -112,15 +113,16 @@ function render(r = results.image) {
   const input = r.input || {};
   $('image-empty').hidden = true;
   $('image-result').hidden = false;
-  fill($('image-source'), `Showing ${describeSource(input)}`, unshownNote(r));
-  $('result-title').textContent = r.ponder ? 'Ponder map' : r.gates ? 'Gate decisions' : 'Input';
+  fill($('image-source'), `Showing ${describeSource(input)}`, input.resolution_note ? el('div', { class: 'note', id: 'resolution-note', text: `* ${input.resolution_note}.` }) : null, unshownNote(r));
+  $('result-title').textContent = r.ponder ? 'Ponder map' : r.gates ? 'Gate decisions' : r.exits ? 'Exits' : 'Input';
   const stats = [
     stat('input', `${input.width}×${input.height}`, 'the image as the network saw it'),
-    stat('resolution', input.resolution || state.resolution),
+    stat('resolution', `${input.resolution || state.resolution}${input.resolution_note ? ' *' : ''}`, input.resolution_note || 'the resolution the model ran at'),
     stat('source', describeSource(input)),
     stat('time', `${fmt(r.time_ms, 1)} ms`, 'server time for this request'),
   ];
-  if (r.ponder) stats.push(stat('mean N+R', fmt(r.ponder.mean, 3), "the image's ponder cost: each block's mean N+R over its positions, summed over blocks"));
+  if (r.ponder) stats.push(stat('mean N+R', fmt(r.ponder.mean, 3), "the image's ponder cost: each map's mean N+R over its positions, summed over the maps"));
+  if (r.exits) stats.push(stat('exit', `${r.exits.names[r.exits.taken]} (${r.exits.taken + 1} of ${r.exits.names.length})`, 'the exit this image left at'));
   if (typeof r.execution === 'string') stats.push(stat('execution', r.execution, r.execution === 'masked' ? 'masked: skipped work is computed and multiplied by zero (as in the official code); FLOPs are counted from the masks' : 'how skipped work is handled'));
   fill($('image-stats'), stats);
   renderPrediction($('prediction'), r.prediction, input.label);
@@ -135,6 +137,10 @@ function render(r = results.image) {
   gates.hidden = !r.figures.gates;
   if (r.figures.gates) plot(gates, r.figures.gates, `gates-${safeName(model)}`);
   else purge(gates);
+  const exits = $('exits-chart');
+  exits.hidden = !r.figures.exits;
+  if (r.figures.exits) plot(exits, r.figures.exits, `exits-${safeName(model)}`);
+  else purge(exits);
   drawMaps(r, model);
 }
 
@@ -233,6 +239,7 @@ function exportImage(format) {
   if (format === 'json') return downloadJson(name, { model, request: results.imageRequest.body, response: r });
   if (r.ponder) return exportPixels(name, model, results.imageRequest.body);
   if (r.gates) return downloadCsv(name, ['layer', 'probability', 'executed'], r.gates.layers.map((l, i) => [l, r.gates.probability[i], r.gates.executed[i] ? 1 : 0]));
+  if (r.exits) return downloadCsv(name, ['exit', 'confidence', 'taken', 'threshold'], r.exits.names.map((n, i) => [n, r.exits.confidence[i], i === r.exits.taken ? 1 : 0, r.exits.threshold]));
   return downloadCsv(name, ['rank', 'index', 'class', 'probability'], r.prediction.map((p, i) => [i + 1, p.index, p.class, p.probability]));
 }
 
