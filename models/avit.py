@@ -207,6 +207,14 @@ class HaltingViT(nn.Module):
     def _run_sparse(self, layer: Layer, tokens: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
         """Only each image's running tokens: gathered to [B, most running, d] (shorter rows padded and
         the padding masked out of attention), run, and written back."""
+        if tokens.shape[0] == 1:  # one image (the page's request): its running tokens, no padding, no mask
+            rows = running[0].nonzero().squeeze(1)
+            if rows.numel() == tokens.shape[1]:
+                return layer(tokens)
+            out = tokens.clone()
+            if rows.numel():
+                out[:, rows] = layer(tokens[:, rows])
+            return out
         counts = running.sum(1)
         most = int(counts.max())
         if most == 0:

@@ -91,6 +91,14 @@ def test_the_settings_reach_both_extremes():
 
 
 @pytest.mark.parametrize("centre", [0.5, 2.0, 3.5])
+def test_sparse_equals_masked_one_image_at_a_time(centre):
+    m = model(seed=4, gate_scale=4.0, gate_center=centre)
+    for image in torch.randn(3, 1, 1, 24, 24):
+        masked, sparse = traces(m, image)
+        assert_same(masked, sparse)
+
+
+@pytest.mark.parametrize("centre", [0.5, 2.0, 3.5])
 def test_sparse_equals_masked(centre):
     m = model(seed=1, gate_scale=4.0, gate_center=centre)
     masked, sparse = traces(m, torch.randn(6, 1, 24, 24))
