@@ -122,6 +122,42 @@ def make_tiny_checkpoints(root: str | os.PathLike) -> dict[str, str]:
     return ids
 
 
+CLUTTERED_PREPROCESS = {"input_size": [60, 60], "channels": 1, "mean": [0.0728], "std": [0.2400]}
+EXIT_THRESHOLD = 0.5  # with the exits' heads scaled x60 (below): 4 in 10 images leave at the first exit, the rest at the others
+
+
+def make_tiny_exit_and_token_checkpoints(root: str | os.PathLike) -> dict[str, str]:
+    """Four tiny untrained checkpoints of the families beyond the three papers under `root`, each
+    with its reference twin: an early-exit ResNet-8 and the dense ResNet-8 (Fashion-MNIST), an
+    A-ViT on a 6x6 patch grid (60x60 cluttered MNIST in 10x10 patches, two layer groups) and its
+    ViT; returns {role: model id} ("exit", "exit_reference", "avit", "vit")."""
+    import torch
+
+    from ponderscope import models
+    from ponderscope.core.data import FASHION_MNIST_CLASSES
+
+    root = Path(root)
+    fmnist = {"task": {"name": "classify"}, "dataset": "fashion-mnist", "classes": list(FASHION_MNIST_CLASSES),
+              "preprocess": FMNIST_PREPROCESS, "note": TINY_NOTE}
+    cluttered = {"task": {"name": "classify"}, "dataset": "cluttered-mnist", "classes": [str(d) for d in range(10)],
+                 "preprocess": CLUTTERED_PREPROCESS, "note": TINY_NOTE}
+    torch.manual_seed(0)
+    resnet = dict(depth=8, widths=[4, 8, 16], num_classes=10, in_channels=1)
+    exits = models.create_model("early_exit_resnet", threshold=EXIT_THRESHOLD, **resnet).eval()
+    with torch.no_grad():  # an untrained head says ~0.1 to everything: spread the exits' confidences
+        for head in exits.exits:
+            head.classifier.weight.mul_(60.0)
+    models.save_checkpoint(exits, root / "tiny-exit", dict(fmnist))
+    torch.manual_seed(0)
+    models.save_checkpoint(models.create_model("resnet", depth=8, num_classes=10, in_channels=1, widths=[4, 8, 16]).eval(), root / "tiny-exit-reference", dict(fmnist))
+    vit = dict(num_classes=10, in_channels=1, image_size=60, patch=10, dim=32, depth=4, heads=2)
+    torch.manual_seed(0)
+    models.save_checkpoint(models.create_model("avit", gate_scale=8.0, gate_center=3.0, **vit).eval(), root / "tiny-avit", dict(cluttered))
+    torch.manual_seed(0)
+    models.save_checkpoint(models.create_model("vit", **vit).eval(), root / "tiny-vit", dict(cluttered))
+    return {"exit": "tiny-exit", "exit_reference": "tiny-exit-reference", "avit": "tiny-avit", "vit": "tiny-vit"}
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

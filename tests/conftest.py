@@ -115,6 +115,14 @@ def fashion_mnist():
     return require_data(load_fashion_mnist, "test")
 
 
+@pytest.fixture(scope="session")
+def mnist():
+    """The MNIST digits' test split (cluttered MNIST is made from it); as `fashion_mnist`."""
+    from ponderscope.core.data import mnist_split
+
+    return require_data(mnist_split, "test")
+
+
 def pytest_terminal_summary(terminalreporter):
     """Say which tests a missing data source skipped (pytest -q shows only an 's' for each)."""
     reasons = {}
