@@ -5,21 +5,20 @@ Per image token t and layer l (the token's state e_t^l after the layer):
     h_t^l  = sigmoid(gamma * e_{t,0}^l - beta)     channel 0 of the token's own state: no new weights
     p, N, R from the ACT rule over the layers (models/halting.py), h = 1 at the last layer
     rho_t  = N_t + R_t                              the token's ponder cost (its per-patch map)
-    out_t  = sum_l p_t^l e_t^l                      the ACT-weighted state
 
 A halted token keeps its state, and from the next layer on is neither updated nor attended to
-(its attention logits are -inf: softmax over the tokens still running). Loss: task
-+ alpha_p * mean_t rho_t + alpha_d * KL(H || prior), H the mean halting score per layer
-normalised over layers, the prior a Gaussian over depth centred at `target_depth`.
+(its attention logits are -inf: softmax over the tokens still running). The class token feeds
+the head. Loss: task + alpha_p * mean_t rho_t + alpha_d * KL(H || prior), H the mean halting
+score per layer normalised over layers, the prior a Gaussian over depth centred at
+`target_depth`. The task loss reaches no image token's halting score directly (halting is a
+discrete mask); which tokens halt comes from channel 0 doing double duty: a token whose state
+matters to the class token cannot have its channel 0 pushed up freely by the ponder loss.
 
-One departure from the authors' network, on purpose: the head reads the mean of the tokens'
-ACT-weighted states (global average pooling, as a SACT ResNet pools its ACT-weighted positions)
-instead of a class token. With a class token the task loss reaches no image token's halting
-score (only the class token's output feeds the head, and halting a token is a discrete mask),
-so where tokens halt would be set by the ponder loss and the prior alone; pooled, every token's
-halting weights are on the gradient path, as in ACT and SACT. A small convolutional stem (two
-strided 3x3 / (p/2)x(p/2) convolutions) replaces the single patch projection: ViTs trained from
-scratch on a few tens of thousands of images learn much faster with one (Xiao et al. 2021).
+Two departures from the authors' network: the class token goes through every layer (theirs
+halts by the same rule, its output then the ACT-weighted sum of its states), so the per-patch
+map is all there is to draw; and a small convolutional stem (two strided 3x3 / (p/2)x(p/2)
+convolutions) replaces the single patch projection: ViTs trained from scratch on a few tens of
+thousands of images learn much faster with one (Xiao et al. 2021).
 
 Execution (models/sparse.py): "masked" runs every token through every layer with the halted
 ones masked out of attention and their update dropped (the reference, and training); "sparse"
@@ -124,6 +123,7 @@ class HaltingViT(nn.Module):
         self.execution = Execution.of(execution)
         self.stem = ConvStem(in_channels, dim, patch)
         self.position = nn.Parameter(torch.randn(1, self.grid * self.grid, dim) * 0.02)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)  # the class token (its own position, learned)
         self.layers = nn.ModuleList(Layer(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
@@ -163,37 +163,38 @@ class HaltingViT(nn.Module):
 
     # ------------------------------------------------------------------ the forward pass
     def trace(self, x: torch.Tensor) -> Trace:
-        tokens = self.stem(x) + self.position  # [B, n, d]
-        b, n, _ = tokens.shape
+        patches = self.stem(x) + self.position  # [B, n, d]
+        b, n, _ = patches.shape
+        tokens = torch.cat([self.cls.expand(b, -1, -1), patches], 1)  # the class token first
         if not self.halting:
             for layer in self.layers:
                 tokens = layer(tokens)
             flops = torch.full((b,), float(self.dense_flops(x)), device=x.device)
-            return Trace(logits=self.head(self.norm(tokens.mean(1))), flops=flops, dense_flops=self.dense_flops(x))
+            return Trace(logits=self.head(self.norm(tokens[:, 0])), flops=flops, dense_flops=self.dense_flops(x))
         sparse = not self.training and requested_execution(self) is not Execution.MASKED
         policy = HaltingPolicy.resolve(current_whatif(), self.eps, self.layer_names)  # a what-if's threshold or cap, else the trained rule
-        state = StepwiseHalting((b, n), device=x.device, dtype=tokens.dtype, eps=policy.eps)
-        output = torch.zeros_like(tokens)
+        state = StepwiseHalting((b, n), device=x.device, dtype=tokens.dtype, eps=policy.eps)  # the image tokens'
+        always = torch.ones(b, 1, dtype=torch.bool, device=x.device)  # the class token runs every layer
         ran, weights, scores, flops = [], [], [], torch.full((b,), float(self.fixed_flops(x)), device=x.device)
         for index, layer in enumerate(self.layers):
             running = state.running
-            flops = flops + layer.flops(running.sum(1).to(flops.dtype))
-            tokens = self._run_sparse(layer, tokens, running) if sparse else self._run_masked(layer, tokens, running)
+            flops = flops + layer.flops(running.sum(1).to(flops.dtype) + 1)
+            everyone = torch.cat([always, running], 1)
+            tokens = self._run_sparse(layer, tokens, everyone) if sparse else self._run_masked(layer, tokens, everyone)
             last = index == policy.last
-            h = torch.ones_like(tokens[..., 0]) if last else torch.sigmoid(self.gate_scale * tokens[..., 0] - self.gate_center)
+            h = torch.ones_like(tokens[:, 1:, 0]) if last else torch.sigmoid(self.gate_scale * tokens[:, 1:, 0] - self.gate_center)
             h = h * running  # 0 where halted (zero_after_halt below)
             p = state.update(h, force_halt=last, zero_after_halt=True)
             ran.append(running)
             scores.append(h)
             weights.append(p)
-            output = output + p.unsqueeze(-1) * tokens
-            if last:  # under a cap, the layers after it run for no token
+            if last:  # under a cap, the layers after it run for no image token
                 break
         for _ in range(len(self.layers) - len(ran)):
             ran.append(torch.zeros_like(ran[0]))
             weights.append(torch.zeros_like(weights[0]))
             scores.append(torch.zeros_like(scores[0]))
-        logits = self.head(self.norm(output.mean(1)))
+        logits = self.head(self.norm(tokens[:, 0]))
         return Trace(logits=logits, flops=flops, dense_flops=self.dense_flops(x), blocks=self._blocks(ran, weights, scores, b),
                      extras={"layer_halting_scores": torch.stack(scores[:-1], 1)})
 
@@ -201,8 +202,7 @@ class HaltingViT(nn.Module):
         """Every token through the layer, the halted ones masked out of attention and left as they were."""
         if bool(running.all()):
             return layer(tokens)
-        keys = running | ~running.any(1, keepdim=True)  # an image with every token halted: its rows are dropped anyway
-        return torch.where(running.unsqueeze(-1), layer(tokens, keys), tokens)
+        return torch.where(running.unsqueeze(-1), layer(tokens, running), tokens)
 
     def _run_sparse(self, layer: Layer, tokens: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
         """Only each image's running tokens: gathered to [B, most running, d] (shorter rows padded and
@@ -255,7 +255,7 @@ class HaltingViT(nn.Module):
         return self.stem.flops(x.shape[-2], x.shape[-1]) + 2 * self.head.in_features * self.head.out_features
 
     def dense_flops(self, x: torch.Tensor) -> float:
-        n = torch.tensor([float(self.grid * self.grid)])
+        n = torch.tensor([float(self.grid * self.grid + 1)])  # the image tokens and the class token
         return float(self.fixed_flops(x) + sum(layer.flops(n) for layer in self.layers))
 
     # ------------------------------------------------------------------ training
