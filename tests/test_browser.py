@@ -34,6 +34,7 @@ from browser_support import (
     make_driver,
     make_test_png,
     make_tiny_checkpoints,
+    make_tiny_exit_and_token_checkpoints,
     tmpdir,
     ServerProcess,
     ROOT,
@@ -58,6 +59,7 @@ BUNDLED = ROOT / "checkpoints"
 WAIT = 30
 FMNIST_MISSING = fashion_mnist_missing_reason()
 needs_fmnist = pytest.mark.usefixtures("fashion_mnist")  # (conftest: a skip here, a failure in CI)
+needs_mnist = pytest.mark.usefixtures("mnist")  # (cluttered MNIST's test set is made from its digits)
 
 
 def bundled_checkpoints() -> list[Path]:
@@ -1271,3 +1273,188 @@ def test_the_worked_examples_are_drawn_with_their_familys_own_words(page, tmp_pa
         page.no_error()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------- early exits and halting tokens
+@pytest.fixture(scope="module")
+def exit_token_server():
+    """The families beyond the three papers, tiny and untrained, each with its reference twin
+    (tests/browser_support.py): an early-exit ResNet-8 and a dense ResNet-8 on Fashion-MNIST, an
+    A-ViT on a 6x6 patch grid and its ViT on cluttered MNIST; served on their own."""
+    work = Path(tmpdir("ponderscope-exit-token-"))
+    ids = make_tiny_exit_and_token_checkpoints(work / "checkpoints")
+    server = ServerProcess([str(work / "checkpoints")], str(work / "cache"), str(work / "server.log"))
+    try:
+        server.wait_ready(timeout=90)
+        yield {"url": server.url, "ids": ids, "server": server}
+    finally:
+        server.stop()
+        cleanup(work)
+
+
+def post_to(url: str, model: str, body: dict) -> dict:
+    """POST /api/models/{model}/image on the server at `url`, as the page asks it (training resolution)."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/api/models/{model}/image", data=json.dumps({"resolution": "train", **body}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+# the answer on screen is for this model and what-if (None: the trained model), and nothing is in flight
+SETTLED = ("const r = window.ponderscope.results; const sorted = (o) => o && JSON.stringify(Object.keys(o).sort().map((k) => [k, o[k]]));"
+           "return !!r.image && r.imageRequest.model === arguments[0] && sorted(r.image.whatif) === sorted(arguments[1]) && "
+           "document.body.getAttribute('aria-busy') !== 'true'")
+
+
+def exit_bars(page) -> dict:
+    return {t["name"]: t for t in page.wait_plot("exits-chart", what="the exit chart")}
+
+
+@needs_fmnist
+def test_early_exit_chart_marks_the_exit_taken_and_the_threshold(page, exit_token_server):
+    """The Image view of a model with exits: each exit's confidence as a bar, the exit taken in
+    its colour, the threshold in force as a line; the FLOPs it spent; the what-if panel's threshold
+    named as the model names it, and a lower threshold redraws the chart from the server's answer."""
+    url, model = exit_token_server["url"], exit_token_server["ids"]["exit"]
+    page.d.get(f"{url}/?view=image&model={model}&sample=1")
+    page.wait(SETTLED, model, None, what="the trained model on sample 1")
+    answer = post_to(url, model, {"sample": 1})
+    exits = answer["exits"]
+    bars = exit_bars(page)
+    taken = exits["names"][exits["taken"]]
+    assert bars["exit taken"]["x"] == [taken] and bars["exit taken"]["y"] == [exits["confidence"][exits["taken"]]]
+    assert bars["passed by"]["x"] == exits["names"][: exits["taken"]]
+    assert bars["passed by"]["y"] == exits["confidence"][: exits["taken"]]
+    assert (bars.get("not reached") or {"x": []})["x"] == exits["names"][exits["taken"] + 1:]
+    layout = page.js("return document.getElementById('exits-chart').layout")
+    assert layout["shapes"][0]["y0"] == pytest.approx(0.5) and exits["threshold"] == pytest.approx(0.5)
+    assert page.js("return [...document.querySelectorAll('#exits-chart .xtick text')].map((t) => t.textContent)") == exits["names"]
+    assert page.d.find_element(By.ID, "result-title").text == "Exits"
+    assert shown_flops_percent(page) == f"{100 * answer['flops']['ratio']:.1f}"
+    assert f"{taken} ({exits['taken'] + 1} of 3)" in page.d.find_element(By.ID, "image-stats").text
+    assert "leaves at the first exit" in page.d.find_element(By.ID, "no-ponder").text  # the family's own description
+    # the what-if panel: the threshold in the model's words, no cap, no gate bias
+    assert page.d.find_element(By.ID, "wi-threshold-label").text == "Exit confidence threshold"
+    assert "top class probability" in page.d.find_element(By.ID, "wi-threshold-row").get_attribute("title")
+    assert not page.d.find_element(By.ID, "wi-cap-row").is_displayed() and not page.d.find_element(By.ID, "wi-bias-row").is_displayed()
+    page.no_error()
+    page.screenshot("image-early-exit")
+
+    page.js(MOVE_RANGE, "wi-threshold", "0.3")
+    page.wait(SETTLED, model, {"threshold": 0.3, "cap": None, "gate_bias": None, "lesion": []}, what="the image under threshold 0.3")
+    lower = post_to(url, model, {"sample": 1, "whatif": {"threshold": 0.3}})
+    assert lower["exits"]["threshold"] == pytest.approx(0.3) and lower["exits"]["taken"] <= exits["taken"]
+    bars = exit_bars(page)
+    assert bars["exit taken"]["x"] == [lower["exits"]["names"][lower["exits"]["taken"]]]
+    assert page.js("return document.getElementById('exits-chart').layout.shapes[0].y0") == pytest.approx(0.3)
+    assert page.d.find_element(By.ID, "whatif-badge").text == "what-if: threshold 0.30"
+    rows = {r.find_element(By.TAG_NAME, "th").text: [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+            for r in page.d.find_elements(By.CSS_SELECTOR, "#wi-compare-table tbody tr")}
+    assert rows["exit"] == [taken, lower["exits"]["names"][lower["exits"]["taken"]]]
+    assert shown_flops_percent(page) == f"{100 * lower['flops']['ratio']:.1f}"
+    page.no_error()
+
+
+@needs_fmnist
+def test_dataset_view_draws_the_exit_distribution_per_class(page, exit_token_server):
+    url, model = exit_token_server["url"], exit_token_server["ids"]["exit"]
+    page.d.get(f"{url}/?view=dataset&dmodel={model}")
+    page.wait("return !document.getElementById('dataset-result').hidden", timeout=120, what="the dataset statistics")
+    result = page.js("return window.ponderscope.results.dataset")
+    heat = page.wait_plot("dataset-class-exit", what="the class x exit figure")[0]
+    assert heat["z"] == result["class_exit_rates"] and heat["x"] == result["exits"] == ["after stage 1", "after stage 2", "after stage 3"]
+    assert heat["y"] == result["classes"] and len(heat["z"]) == 10 and all(sum(row) == pytest.approx(1.0) for row in heat["z"])
+    # every class named on its axis (plotly.js would thin ten crowded labels out)
+    assert sorted(page.js("return [...document.querySelectorAll('#dataset-class-exit .ytick text')].map((t) => t.textContent)")) == sorted(result["classes"])
+    bars = page.wait_plot("dataset-exits", what="the exit rates")
+    assert bars[0]["y"] == result["exit_rates"] and sum(result["exit_rates"]) == pytest.approx(1.0)
+    assert bars[1]["y"] == result["exit_accuracy"]
+    shown = "leaving at each exit " + " / ".join(f"{round(100 * r)}%" for r in result["exit_rates"])
+    assert shown in page.d.find_element(By.ID, "dataset-stats").text.replace("\n", " ")
+    assert page.d.find_element(By.ID, "dataset-class-layer").get_attribute("hidden") is not None  # no gates: that figure is hidden
+    page.no_error()
+    page.screenshot("dataset-early-exit")
+
+
+@needs_mnist
+def test_avit_map_lies_over_the_image_per_layer_group(page, exit_token_server, tmp_path):
+    """A-ViT's per-patch ponder map: 6x6 cells of 10x10 pixels over the 60x60 image, total and per
+    layer group (titled as the model names its groups); a native-resolution upload runs at its
+    training size and says so; its what-if cap is in its own words."""
+    url, model = exit_token_server["url"], exit_token_server["ids"]["avit"]
+    png = make_test_png(tmp_path / "shape.png", size=90)
+    page.d.get(f"{url}/?view=image&model={model}&res=native")
+    page.wait("return document.readyState === 'complete' && !!window.ponderscope", what="the page to start")
+    page.d.find_element(By.ID, "file-input").send_keys(str(png))
+    page.wait("const r = window.ponderscope.results.imageRequest; return r && r.body.image === arguments[0] && !!window.ponderscope.results.image",
+              stored_hash(png), timeout=60, what="the upload's analysis")
+    data = page.wait_plot("heatmap", what="the A-ViT map")
+    answer = page.js("return window.ponderscope.results.image")
+    heat = data[0]
+    assert heat["z"] == answer["ponder"]["total"] and len(heat["z"]) == 6 and all(len(row) == 6 for row in heat["z"])
+    assert (heat["x0"], heat["dx"], heat["y0"], heat["dy"]) == (5, 10, 5, 10)  # each cell over its 10x10 patch
+    image = page.js("return document.getElementById('heatmap').layout.images[0]")
+    assert image["sizex"] == 60 and image["sizey"] == 60
+    title = page.js("return document.getElementById('heatmap').layout.title.text")
+    assert title == f"{model}: ponder cost N+R, summed over layers 1–2 + layers 3–4"
+    blocks = page.wait_plot("block-maps", what="the maps per layer group")
+    assert [t["z"] for t in blocks] == [b["ponder_cost"] for b in answer["ponder"]["blocks"]] and [(t["x0"], t["dx"]) for t in blocks] == [(5, 10)] * 2
+    panels = page.js("return document.getElementById('block-maps').layout.annotations.map((a) => a.text)")
+    assert [p.split("<br>")[0] for p in panels] == ["layers 1–2 (6×6)", "layers 3–4 (6×6)"]
+    # asked for its native resolution: the model takes 60x60 only, and the page says it ran at that size
+    assert answer["input"]["resolution"] == "train" and (answer["input"]["width"], answer["input"]["height"]) == (60, 60)
+    assert "60×60 images only" in page.d.find_element(By.ID, "resolution-note").text
+    # the what-if panel in the model's words: a cap on the layers per token
+    assert page.d.find_element(By.ID, "wi-cap-label").text == "Layers per token, at most"
+    assert [o.get_attribute("value") for o in Select(page.d.find_element(By.ID, "wi-cap")).options] == ["", "1", "2", "3"]
+    page.no_error()
+    page.screenshot("image-avit")
+
+
+def run_sweep(page, url: str, wanted: set[str]) -> list[dict]:
+    """The What if view at `url`: tick `wanted`, the first 500 test images, Sweep -> the figure's traces."""
+    page.d.get(f"{url}/?view=whatif")
+    page.wait("return document.readyState === 'complete' && !!window.ponderscope", what="the page to start")
+    for box in page.d.find_elements(By.CSS_SELECTOR, "#whatif-models input[type=checkbox]"):
+        if box.is_selected() != (box.get_attribute("value") in wanted):
+            box.click()
+    Select(page.d.find_element(By.ID, "whatif-limit")).select_by_value("500")
+    page.d.find_element(By.ID, "whatif-run-sweep").click()
+    return page.wait("const g = document.getElementById('whatif-sweep-chart'); return g.data && g.data.length && g._fullLayout && "
+                     "window.ponderscope.results.whatif.sweep ? JSON.parse(JSON.stringify(g.data)) : null", timeout=300, what="the sweep figure")
+
+
+@needs_fmnist
+@needs_mnist
+def test_what_if_sweeps_the_exit_threshold_and_the_halting_threshold_against_their_twins(page, exit_token_server):
+    url, ids = exit_token_server["url"], exit_token_server["ids"]
+    data = run_sweep(page, url, {ids["exit"]})
+    answer = page.js("return window.ponderscope.results.whatif.sweep.answer")
+    points = answer["results"][ids["exit"]]
+    curve = next(t for t in data if t["name"] == f"{ids['exit']}: exit confidence threshold")
+    by_flops = sorted((p for p in points if p["parameter"] == "threshold"), key=lambda p: p["flops_ratio"])
+    assert curve["x"] == [p["flops_ratio"] for p in by_flops] and curve["y"] == [p["accuracy"] for p in by_flops]
+    assert min(curve["x"]) < max(curve["x"])  # the threshold moves the FLOPs (past 1 here: every exit head of a tiny untrained net costs)
+    star = next(t for t in data if (t.get("marker") or {}).get("symbol") == "star")
+    trained = next(p for p in points if p["trained"])
+    assert star["name"] == f"{ids['exit']}: trained" and star["x"] == [trained["flops_ratio"]] and trained["setting"] == pytest.approx(0.5)
+    diamond = next(t for t in data if (t.get("marker") or {}).get("symbol") == "diamond")
+    assert diamond["name"] == f"{ids['exit_reference']} (reference)" and diamond["x"][0] == pytest.approx(1.0)
+    page.no_error()
+    page.screenshot("whatif-sweep-early-exit")
+
+    # the A-ViT's: its halting threshold and its cap on layers per token, against the ViT (not listed itself: nothing to change)
+    assert ids["vit"] not in page.js("return [...document.querySelectorAll('#whatif-models input')].map((i) => i.value)")
+    data = run_sweep(page, url, {ids["avit"]})
+    answer = page.js("return window.ponderscope.results.whatif.sweep.answer")
+    names = [t["name"] for t in data]
+    assert names == [f"{ids['avit']}: halting threshold 1 - eps", f"{ids['avit']}: layers per token, at most", f"{ids['avit']}: trained",
+                     f"{ids['vit']} (reference)"]
+    threshold = data[0]
+    points = sorted((p for p in answer["results"][ids["avit"]] if p["parameter"] == "threshold"), key=lambda p: p["flops_ratio"])
+    assert threshold["x"] == [p["flops_ratio"] for p in points] and threshold["y"] == [p["accuracy"] for p in points]
+    assert answer["reference"]["label"] == ids["vit"] and answer["reference"]["flops_ratio"] == pytest.approx(1.0)
+    assert f"{ids['vit']} (reference, 100% of the FLOPs)" in page.d.find_element(By.ID, "whatif-sweep-check").text
+    page.no_error()
