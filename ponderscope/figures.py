@@ -308,7 +308,7 @@ def exits_dict(analysis: ImageAnalysis) -> dict:
         "barmode": "overlay",
         "xaxis": {"categoryorder": "array", "categoryarray": list(names), "title": {"text": "exit, input to output"}},
         "yaxis": {"range": [0, 1.05], "title": {"text": "confidence"}},
-        "shapes": shapes, "annotations": annotations,
+        **({"shapes": shapes, "annotations": annotations} if shapes else {}),  # (empty lists left out, as plotly does)
         "legend": {**LEGEND_ON_TOP}, "margin": {"l": 50, "r": 20, "t": 90, "b": 60},
     })
 

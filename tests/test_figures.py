@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from ponderscope import figures
-from ponderscope.core.answers import (grid_on, CorpusAnalysis, DatasetAnalysis, ImageAnalysis, LesionStudy, ParityAnalysis, Reference, SweepPoint,
+from ponderscope.core.answers import (grid_on, CorpusAnalysis, DatasetAnalysis, Exits, ImageAnalysis, LesionStudy, ParityAnalysis, Reference, SweepPoint,
                                       TextAnalysis)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -308,6 +308,45 @@ def test_maps_without_a_browser():
 
 
 # ------------------------------------------------------------------ the server's figures: plain JSON, no plotly
+def exit_analysis(taken: int = 1, threshold=0.8) -> ImageAnalysis:
+    """A model with three exits that left this image at exit `taken` (the later ones not reached)."""
+    confidence = [0.4, 0.85, 0.97][: taken + 1] + [None] * (2 - taken)
+    return image_analysis("exits").model_copy(update={"exits": Exits(names=["after stage 1", "after stage 2", "after stage 3"],
+                                                                     confidence=confidence, taken=taken, threshold=threshold)})
+
+
+def exit_dataset() -> DatasetAnalysis:
+    return DatasetAnalysis(model="exits", classes=["a", "b"], examples=4, accuracy=0.75, flops_ratio=0.6, dense_flops=10.0,
+                           per_class=[{"class": "a", "count": 2, "accuracy": 1.0, "flops_ratio": 0.5},
+                                      {"class": "b", "count": 2, "accuracy": 0.5, "flops_ratio": 0.7}],
+                           flops_histogram={"edges": [0.4, 0.6, 0.8], "counts": [2, 2]}, least=[], most=[],
+                           exits=["after stage 1", "after stage 2", "after stage 3"], exit_rates=[0.5, 0.5, 0.0],
+                           class_exit_rates=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], exit_accuracy=[1.0, 0.5, None])
+
+
+def test_the_exit_figures_mark_the_exit_taken_the_threshold_and_each_class():
+    fig = figures.exits_dict(exit_analysis(taken=1, threshold=0.8))
+    taken, passed, unreached = fig["data"]
+    assert (taken["name"], taken["x"], taken["y"]) == ("exit taken", ["after stage 2"], [0.85])
+    assert (passed["name"], passed["x"], passed["y"]) == ("passed by", ["after stage 1"], [0.4])
+    assert (unreached["name"], unreached["x"], unreached["y"]) == ("not reached", ["after stage 3"], [0])
+    assert fig["layout"]["shapes"][0]["y0"] == 0.8 == fig["layout"]["shapes"][0]["y1"]
+    assert fig["layout"]["annotations"][0]["text"] == "threshold 0.80"
+    assert fig["layout"]["title"]["text"] == "Exit confidence: left at after stage 2 (2 of 3) with 85.0%"
+    last = figures.exits_dict(exit_analysis(taken=2, threshold=None))  # the last exit takes whoever is left; no threshold declared
+    assert [t["name"] for t in last["data"]] == ["exit taken", "passed by"] and "shapes" not in last["layout"]
+    assert figures.image_dict(exit_analysis()) == fig and set(figures.answer_figures("image", exit_analysis())) == {"map", "exits"}
+    assert figures.compare_dict([exit_analysis()])["layout"]["annotations"][0]["text"] == "exits<br>no spatial map: left at after stage 2"
+    drawn = figures.dataset_dicts(exit_dataset())
+    heat = drawn["class_exit"]["data"][0]
+    assert (heat["z"], heat["x"], heat["y"]) == ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], ["after stage 1", "after stage 2", "after stage 3"], ["a", "b"])
+    assert drawn["class_exit"]["layout"]["yaxis"]["tickvals"] == ["a", "b"]
+    rates, accuracy = drawn["exits"]["data"]
+    assert rates["y"] == [0.5, 0.5, 0.0] and accuracy["y"] == [1.0, 0.5, None]
+    with pytest.raises(ValueError, match="has no exits"):
+        figures.exits_dict(dense_analysis())
+
+
 def every_answer() -> list[tuple[str, object]]:
     """(kind, answer) for answer_figures: every kind and every branch of it."""
     halting = parity_analysis(2, 2.6, [1, 0, 1, 0]).model_copy(update={"halting_distribution": [0.1, 0.3, 0.4, 0.2]})
@@ -323,7 +362,8 @@ def every_answer() -> list[tuple[str, object]]:
     return [("image", sact_analysis()), ("image", aig_analysis()), ("image", dense_analysis()), ("text", text_analysis()),
             ("parity", parity_analysis(3, 4.5, [1, 0, -1, 1])), ("parity", halting), ("dataset", dataset), ("dataset", corpus),
             ("sweep", {"results": {"sact": sweep_points()}, "reference": reference}), ("sweep", {"results": {"sact": sweep_points()}, "reference": None}),
-            ("lesion", {"results": {"aig": lesion_study(), "other": lesion_study()}, "reference": None})]
+            ("lesion", {"results": {"aig": lesion_study(), "other": lesion_study()}, "reference": None}),
+            ("image", exit_analysis()), ("image", exit_analysis(taken=2, threshold=None)), ("dataset", exit_dataset())]
 
 
 def plain_json(value, path="figure") -> None:
