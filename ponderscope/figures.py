@@ -303,7 +303,7 @@ def exits_dict(analysis: ImageAnalysis) -> dict:
                             "yanchor": "bottom", "showarrow": False, "font": {"color": COLORS["current"], "size": 11}})
     left = confidence[taken]
     return _figure(data, {
-        "title": {"text": f"Exit confidence: left at {names[taken]} ({taken + 1} of {len(names)})"
+        "title": {"text": f"Exit confidence: left at exit {taken + 1} of {len(names)} ({names[taken]})"
                           + (f" with {left:.1%}" if left is not None else "")},
         "barmode": "overlay",
         "xaxis": {"categoryorder": "array", "categoryarray": list(names), "title": {"text": "exit, input to output"}},
@@ -336,6 +336,9 @@ def _map_grid_dict(panels: list[tuple[str, ImageAnalysis, list | None, object]],
     data, layout = [], {**_copy(BASE_LAYOUT), "title": {**_copy(TITLE), "text": title}, "annotations": [], "images": [], "shapes": [],
                         "coloraxis": {"colorscale": plotly_scale(colorscale), "cmin": zmin, "cmax": zmax,
                                       "colorbar": {"title": {"text": unit, "side": "right"}, "thickness": 12}}}
+    # the first row's panel titles sit between the figure's title (34 px down, a line) and the plots: room for their lines
+    lines = max(panel_title.count("<br>") + 1 for panel_title, *_ in panels[:columns])
+    layout["margin"] = {**layout["margin"], "t": max(layout["margin"]["t"], 58 + 16 * lines)}
     for k, (panel_title, analysis, z, grid) in enumerate(panels):
         axis = "" if k == 0 else str(k + 1)
         left, top = (k % columns) * (width + gap_x), 1 - (k // columns) * (height + gap_y)

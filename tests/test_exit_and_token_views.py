@@ -108,7 +108,7 @@ def test_the_exits_of_an_image_are_the_plain_rules(client, whatif):
         assert drawn.get("not reached", {"x": []})["x"] == names[expected["taken"] + 1:]
         line = answer["figures"]["exits"]["layout"]["shapes"][0]
         assert line["y0"] == line["y1"] == pytest.approx(threshold)
-        assert answer["figures"]["exits"]["layout"]["title"]["text"].startswith(f"Exit confidence: left at {names[expected['taken']]}")
+        assert answer["figures"]["exits"]["layout"]["title"]["text"].startswith(f"Exit confidence: left at exit {expected['taken'] + 1} of 3 ({names[expected['taken']]})")
         assert answer["figures"]["map"]["data"] == []  # no map: the input alone
     if whatif is None:
         assert len(taken_seen) > 1, "the tiny model should send these images to different exits"

@@ -332,7 +332,7 @@ def test_the_exit_figures_mark_the_exit_taken_the_threshold_and_each_class():
     assert (unreached["name"], unreached["x"], unreached["y"]) == ("not reached", ["after stage 3"], [0])
     assert fig["layout"]["shapes"][0]["y0"] == 0.8 == fig["layout"]["shapes"][0]["y1"]
     assert fig["layout"]["annotations"][0]["text"] == "threshold 0.80"
-    assert fig["layout"]["title"]["text"] == "Exit confidence: left at after stage 2 (2 of 3) with 85.0%"
+    assert fig["layout"]["title"]["text"] == "Exit confidence: left at exit 2 of 3 (after stage 2) with 85.0%"
     last = figures.exits_dict(exit_analysis(taken=2, threshold=None))  # the last exit takes whoever is left; no threshold declared
     assert [t["name"] for t in last["data"]] == ["exit taken", "passed by"] and "shapes" not in last["layout"]
     assert figures.image_dict(exit_analysis()) == fig and set(figures.answer_figures("image", exit_analysis())) == {"map", "exits"}
