@@ -463,7 +463,7 @@ def dataset_dicts(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DE
             "heatmap", z=[list(row) for row in result.class_exit_rates], x=exits, y=classes, zmin=0, zmax=1,
             colorscale=plotly_scale(colorscale), colorbar={"title": {"text": "images leaving", "side": "right"}, "tickformat": ".0%"},
             hovertemplate="%{y}: %{z:.1%} leave at %{x}<extra></extra>")],
-            {"title": {"text": f"{result.model}: where each class leaves (share of its images per exit)"},
+            {"title": {"text": f"{result.model}: where each class leaves"},
              "xaxis": {"categoryorder": "array", "categoryarray": exits},
              "yaxis": {**every_tick(classes), "autorange": "reversed"}, "margin": {"l": 100, "r": 20, "t": 40, "b": 60}})
     return figures
