@@ -323,3 +323,20 @@ def test_the_avit_halting_threshold_sweep_against_its_vit(client):
     capped = client.post(f"/api/models/{model.id}/image", json={"sample": 0, "whatif": {"cap": 1}}).json()
     assert [b["units"] for b in capped["ponder"]["blocks"]] == [[[1] * 6] * 6, [[0] * 6] * 6]
     assert capped["whatif"]["cap"] == 1 and math.isclose(capped["ponder"]["mean_units"], 1.0)
+
+
+def test_the_avit_dataset_view_has_its_per_class_ponder(client):
+    """The Dataset view of the A-ViT (any per-position model's): the mean ponder per class over the
+    test set, against its own traces of the same images."""
+    model = entry(client, "avit")
+    result = until_done(client, f"/api/models/{model.id}/dataset")["result"]
+    ponder, labels = [], []
+    for _, images, targets in model.test_set().test_batches(500):
+        with torch.no_grad():
+            ponder.append(model.module.trace(images).mean_ponder())
+        labels.append(targets)
+    ponder, labels = torch.cat(ponder), torch.cat(labels)
+    assert result["examples"] == len(labels) == 2000 and result["exits"] is None and "class_exit" not in result["figures"]
+    assert [c["mean_ponder"] for c in result["per_class"]] == pytest.approx([float(ponder[labels == c].mean()) for c in range(10)], rel=1e-5)
+    assert result["mean_ponder"] == pytest.approx(float(ponder.mean()), rel=1e-5)
+    assert result["figures"]["ponder"]["data"][0]["y"] == [c["mean_ponder"] for c in result["per_class"]]
