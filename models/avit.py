@@ -196,7 +196,7 @@ class HaltingViT(nn.Module):
             scores.append(torch.zeros_like(scores[0]))
         logits = self.head(self.norm(tokens[:, 0]))
         return Trace(logits=logits, flops=flops, dense_flops=self.dense_flops(x), blocks=self._blocks(ran, weights, scores, b),
-                     extras={"layer_halting_scores": torch.stack(scores[:-1], 1)})
+                     extras={"layer_halting_scores": torch.stack(scores[:-1], 1)} if self.training else {})  # the prior's input
 
     def _run_masked(self, layer: Layer, tokens: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
         """Every token through the layer, the halted ones masked out of attention and left as they were."""
