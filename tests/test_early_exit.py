@@ -167,3 +167,19 @@ def test_calibrate_picks_the_best_threshold_within_the_budget():
             assert float((trace.logits.argmax(-1) == labels).float().mean()) <= info["heldout_accuracy"] + 1e-9
     with pytest.raises(ValueError, match="no threshold"):
         m.calibrate([(images, labels)], flops_budget=0.01)
+
+
+def test_holdout_is_kept_out_of_training_and_ignored_for_test_data():
+    """data option holdout: the last N training images leave the training set for holdout_batches;
+    a checkpoint trained with it still opens its test data (which has no training images)."""
+    from ponderscope.core.workloads import make_workload
+    from tests.conftest import require_data
+
+    full = require_data(make_workload, {"name": "classify"}, "fashion-mnist", torch.device("cpu"), {})
+    held = make_workload({"name": "classify"}, "fashion-mnist", torch.device("cpu"), {"holdout": 500})
+    assert len(held.train_y) == len(full.train_y) - 500 and len(held.holdout_y) == 500
+    assert torch.equal(held.holdout_x, full.train_x[-500:]) and torch.equal(held.train_x, full.train_x[:-500])
+    assert sum(len(y) for _, y in held.holdout_batches(200)) == 500
+    options = {"holdout": 500, "preprocess": {"mean": held.mean, "std": held.std}}
+    test_only = make_workload({"name": "classify"}, "fashion-mnist", torch.device("cpu"), options, test_only=True)
+    assert test_only.n_test == full.n_test and len(test_only.holdout_y) == 0

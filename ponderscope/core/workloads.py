@@ -140,7 +140,7 @@ class ImageClassification:
             self.std = [float(v) for v in scaled.std(dim=(0, 2, 3))]
         # holdout: the last N training images are not trained on; a model that chooses a setting
         # after training (an early-exit threshold) chooses it on them, never on the test set
-        holdout = int(options.get("holdout", 0))
+        holdout = 0 if test_only else int(options.get("holdout", 0))  # (test_only: no training images at all)
         if not 0 <= holdout < max(1, len(train_y)):
             raise ValueError(f"holdout must be between 0 and the {len(train_y)} training images, not {holdout}")
         self.holdout_x, self.holdout_y = train_x[len(train_y) - holdout:].to(device), train_y[len(train_y) - holdout:].to(device)
