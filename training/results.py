@@ -35,6 +35,12 @@ def _row(name: str, card: dict) -> str:
         extra.append(f"max per-class rate span {test['max_class_rate_span']:.2f} (layer {test['max_class_rate_span_layer']})")
     if "per_block_units" in test:
         extra.append("units/block " + " / ".join(f"{u:.2f}" for u in test["per_block_units"]))
+    if test.get("exit_rates"):
+        extra.append("left at each exit " + " / ".join(f"{100 * r:.1f}%" for r in test["exit_rates"])
+                     + " (right there " + " / ".join("–" if a is None else f"{100 * a:.1f}%" for a in test.get("exit_accuracy", [])) + ")")
+    if card.get("calibration", {}).get("threshold") is not None:
+        c = card["calibration"]
+        extra.append(f"threshold {c['threshold']:.3f} chosen on {c['examples']} held-out training images for <= {c['flops_budget']} of the FLOPs")
     if "mean_steps" in test and test.get("mean_steps") != 1.0:
         extra.append(f"mean steps N {test['mean_steps']:.3f}")
     if "ponder_by_nonzero" in test and test.get("mean_steps") != 1.0:
