@@ -22,8 +22,9 @@ import re
 import secrets
 from dataclasses import dataclass
 from html import escape
-from http.cookies import SimpleCookie
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from starlette.requests import cookie_parser
 
 COOKIE = "ponderscope_token"  # + "_PORT": a browser sends a host's cookies to all its ports, and two servers
                               # on one machine (two containers, say) must not overwrite each other's
@@ -123,22 +124,16 @@ def cookie_name(headers: dict[str, str]) -> str:
 
 
 def _cookie(headers: dict[str, str]) -> str | None:
-    jar = SimpleCookie()
-    try:
-        jar.load(headers.get("cookie", ""))
-    except Exception:  # a malformed Cookie header is no cookie
-        return None
-    name = cookie_name(headers)
-    return jar[name].value if name in jar else None
+    # Starlette's lenient parser: a browser sends every cookie of the host (other local apps'
+    # too, on other ports), and one malformed among them must not hide ours (SimpleCookie drops all)
+    return cookie_parser(headers.get("cookie", "")).get(cookie_name(headers))
 
 
 def _cross_site(scope, headers: dict[str, str]) -> bool:
     """Whether the browser says this request comes from a page of another site."""
     origin = headers.get("origin")
-    if origin is not None:
-        host = headers.get("host", "")
-        scheme = "https" if scope.get("scheme") == "https" else "http"
-        return origin.rstrip("/").lower() != f"{scheme}://{host}".lower()
+    if origin is not None:  # host and port must be the request's (the scheme may differ behind a TLS proxy)
+        return origin == "null" or urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
     return headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
 
 
@@ -149,8 +144,10 @@ class AccessToken:
         self.app, self.policy = app, policy
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.policy.token is None:
+        if self.policy.token is None or scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
+        if scope["type"] != "http":  # a websocket (none is served today): refused, never let through unchecked
+            return await send({"type": "websocket.close", "code": 1008})
         method, path = scope["method"], scope["path"]
         if path in OPEN_PATHS and method in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
@@ -175,7 +172,9 @@ class AccessToken:
     async def _login(self, scope, send, headers: dict[str, str], query) -> None:
         """`?token=` right: the cookie, and a redirect to the same address without the token."""
         rest = urlencode([(name, value) for name, value in query if name != "token"])
-        location = scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")
+        # the path as sent (re-escaped: it arrives decoded), with one leading slash (never "//host": an
+        # address on another site); uvicorn's path already holds any --root-path prefix
+        location = "/" + quote(scope["path"], safe="/:@!$&'()*+,;=-._~").lstrip("/") + (f"?{rest}" if rest else "")
         secure = "; Secure" if scope.get("scheme") == "https" else ""
         cookie = f"{cookie_name(headers)}={self.policy.token}; Path=/; HttpOnly; SameSite=Strict{secure}"
         await send({"type": "http.response.start", "status": 303, "headers": [

@@ -253,3 +253,40 @@ def test_serve_with_a_given_token_and_with_none(tmp_path):
     contradiction = subprocess.run([sys.executable, "-m", "ponderscope", "serve", "--host", "0.0.0.0", "--no-token", "--token", TOKEN],
                                    capture_output=True, text=True, timeout=60)
     assert contradiction.returncode == 2 and "not allowed with argument" in contradiction.stderr
+
+
+def test_other_cookies_of_the_host_do_not_hide_ours(app):
+    """A browser sends the host's cookies of every port and app; malformed ones among them are skipped."""
+    c = client(app)
+    for others in ("a=b c", 'x={"a":1}', "a(b)=1", "plain", "=empty"):
+        for header in (f"{others}; {COOKIE}_default={TOKEN}", f"{COOKIE}_default={TOKEN}; {others}"):
+            assert c.get("/api/models", headers={"cookie": header}).status_code == 200, header
+
+
+def test_the_login_redirect_stays_on_this_site_and_keeps_the_path_escaped(app):
+    c = client(app)
+    cases = {f"/a%20b?token={TOKEN}": "/a%20b", f"/%E2%82%AC?token={TOKEN}&x=1": "/%E2%82%AC?x=1", f"/a%3Fb?token={TOKEN}": "/a%3Fb"}
+    for address, location in cases.items():
+        answer = c.get(address)
+        assert answer.status_code == 303 and answer.headers["location"] == location, address
+    # a path of "//host/..." (no HTTP client sends it as a path: straight to the middleware) stays here
+    import asyncio
+
+    from ponderscope.server.access import AccessToken
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "//evil.example/x", "query_string": f"token={TOKEN}".encode(), "headers": []}
+    asyncio.run(AccessToken(None, AccessPolicy(TOKEN))(scope, None, send))
+    assert sent[0]["status"] == 303 and dict(sent[0]["headers"])[b"location"] == b"/evil.example/x"
+
+
+def test_an_https_origin_behind_a_tls_proxy_is_this_site(app):
+    c = client(app)
+    c.get(f"/?token={TOKEN}")
+    upload = {"files": {"file": ("a.png", PNG, "image/png")}}
+    assert c.post("/api/images", headers={"origin": "https://testserver"}, **upload).status_code == 200
+    assert c.post("/api/images", headers={"origin": "https://testserver:444"}, **upload).status_code == 403
