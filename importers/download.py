@@ -132,6 +132,15 @@ def download(url: str, final: str | os.PathLike, size_check: Callable[[Optional[
                         f"written); it needs {need} and about as much again twice to unpack and convert it. The partial "
                         "download was removed: nothing was kept")
 
+    def start_over(reason: str) -> None:
+        """Drop the .part and go again from byte 0: a try like any other, so a server that keeps
+        answering this way ends the download after `attempts` tries instead of looping."""
+        drop()
+        if tries >= attempts:
+            raise DownloadFailed(f"the download of {url} stopped: {reason} (tried {tries} times); nothing was kept")
+        log(f"{reason}: starting over (try {tries + 1} of {attempts})")
+        time.sleep(backoff_s * 2 ** (tries - 1))
+
     try:
         tries = 0
         while True:
@@ -157,8 +166,7 @@ def download(url: str, final: str | os.PathLike, size_check: Callable[[Optional[
                                 drop()
                                 raise
                             break
-                        log(f"the server has no bytes after the {have} of {part.name}: starting over")
-                        drop()
+                        start_over(f"the server has no bytes after the {have} of {part.name}")
                         meta = {}
                         continue
                     if error.code >= 500 or error.code == 429:
@@ -167,9 +175,11 @@ def download(url: str, final: str | os.PathLike, size_check: Callable[[Optional[
                 with response:
                     if response.status == 206:
                         start, total = _content_range(response.headers.get("Content-Range"))
-                        if start != have:
-                            log(f"the server resumed {part.name} at byte {start}, not {have}: starting over")
+                        if start is None:
                             drop()
+                            raise DownloadFailed(f"{url} answered 206 (part of the file) without a usable Content-Range: nothing was kept")
+                        if start != have:
+                            start_over(f"the server resumed {part.name} at byte {start}, not {have}")
                             meta = {}
                             continue
                     else:
@@ -179,8 +189,7 @@ def download(url: str, final: str | os.PathLike, size_check: Callable[[Optional[
                             log(f"the server sends {final.name} from its start (no resume there, or the file changed): starting over")
                             have = 0
                     if meta.get("total") is not None and total is not None and meta["total"] != total:
-                        log(f"the server now announces {total} bytes for {final.name}, not {meta['total']}: starting over")
-                        drop()
+                        start_over(f"the server now announces {total} bytes for {final.name}, not {meta['total']}")
                         meta = {}
                         continue
                     try:

@@ -824,3 +824,40 @@ def test_missing_file_and_no_server_are_one_line(mirror, tmp_path):
     with pytest.raises(pretrained.FetchFailed, match="sact-cifar10-resnet32 exists and is not a checkpoint folder: move it away or give another --out"):
         pretrained.get("sact-cifar10-resnet32", tmp_path, mirror.url("/nothing.tar.gz"), progress=False, log=quiet)
     assert listing(tmp_path) == ["sact-cifar10-resnet32", "sact-cifar10-resnet32/notes.txt"]
+
+
+class _StubbornRanges(BaseHTTPRequestHandler):
+    """Answers every request with 206, resuming somewhere else than asked (or with no Content-Range)."""
+    requests = 0
+    content_range = "bytes 5-9/10"
+
+    def do_GET(self):
+        type(self).requests += 1
+        self.send_response(206)
+        if self.content_range:
+            self.send_header("Content-Range", self.content_range)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"abcde")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("content_range", ["bytes 5-9/10", None])
+def test_a_server_resuming_at_the_wrong_place_ends_the_download(tmp_path, content_range):
+    """A 206 at another byte than asked is a try like any other (no endless start-over loop); a 206
+    without a usable Content-Range is one clear failure."""
+    from ponderscope.importers.download import download
+
+    handler = type("Handler", (_StubbornRanges,), {"requests": 0, "content_range": content_range})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DownloadFailed, match="tried 3 times" if content_range else "without a usable Content-Range"):
+            download(f"http://127.0.0.1:{server.server_address[1]}/a.tar.gz", tmp_path / "a.tar.gz", progress=False, attempts=3,
+                     backoff_s=0.0, log=quiet)
+    finally:
+        server.shutdown()
+    assert handler.requests == (3 if content_range else 1)
+    assert list(tmp_path.rglob("*")) == []  # nothing half-written
