@@ -183,3 +183,22 @@ def test_holdout_is_kept_out_of_training_and_ignored_for_test_data():
     options = {"holdout": 500, "preprocess": {"mean": held.mean, "std": held.std}}
     test_only = make_workload({"name": "classify"}, "fashion-mnist", torch.device("cpu"), options, test_only=True)
     assert test_only.n_test == full.n_test and len(test_only.holdout_y) == 0
+
+
+def test_calibrate_settings_are_checked_before_training_and_a_failed_one_still_saves(tmp_path):
+    from ponderscope.models import read_card
+    from ponderscope.training.train import load_config, train
+    from tests.conftest import require_data
+
+    base = ["model=early_exit_resnet", "model_kwargs.depth=8", "model_kwargs.widths=[4,8,8]", "dataset=fashion-mnist", "steps=1",
+            "batch_size=8", "data_options.holdout=200", "log_every=1"]
+    from ponderscope.core import data
+
+    require_data(data.load_fashion_mnist, "test")  # (conftest: a skip here, a failure in CI)
+    with pytest.raises(ConfigError, match="flops_budgt"):
+        train(load_config(None, base + ['calibrate={"flops_budgt": 0.5}']), str(tmp_path / "typo"), device="cpu", progress=False)
+    assert not (tmp_path / "typo" / "model.safetensors").exists()
+    out = train(load_config(None, base + ['calibrate={"flops_budget": 0.01}']), str(tmp_path / "impossible"), device="cpu", progress=False)
+    card = read_card(out)
+    assert "no threshold keeps the FLOPs within 0.01" in card["calibration"]["failed"]
+    assert card["model_kwargs"].get("threshold", 0.9) == 0.9 and (out / "model.safetensors").is_file()

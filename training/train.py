@@ -281,8 +281,13 @@ def _train(config: dict, out: Path, processes: Processes, resume: bool, command:
     except (UnknownModelError, TypeError) as error:  # a misspelt model or keyword argument
         raise ConfigError(f"model {config['model']!r}: {error}") from None
     _check_adaptive(model, config["adaptive"])
-    if config["calibrate"] and not (hasattr(model, "calibrate") and int(config["data_options"].get("holdout", 0)) > 0):
-        raise ConfigError("calibrate needs a model with a calibrate() method and held-out images (data_options holdout > 0)")
+    if config["calibrate"]:  # checked now, not after the last step
+        if not (hasattr(model, "calibrate") and int(config["data_options"].get("holdout", 0)) > 0):
+            raise ConfigError("calibrate needs a model with a calibrate() method and held-out images (data_options holdout > 0)")
+        try:
+            inspect.signature(model.calibrate).bind(None, **config["calibrate"])
+        except TypeError as error:
+            raise ConfigError(f"calibrate {config['calibrate']}: {error} (model.calibrate{inspect.signature(model.calibrate)})") from None
     if config["init_from"]:
         _init_from(model, Path(config["init_from"]), processes)
     if config["batch_size"] % processes.world:
@@ -371,8 +376,12 @@ def _train(config: dict, out: Path, processes: Processes, resume: bool, command:
     if "tau" in config["adaptive"] and hasattr(model, "TAU_UNITS"):
         card["tau_units"] = model.TAU_UNITS  # what the config's tau means for this model
     if config["calibrate"]:  # a setting chosen after training on held-out training images (the card keeps how)
-        with torch.no_grad():
-            card["calibration"] = model.calibrate(workload.holdout_batches(), **config["calibrate"])
+        try:
+            with torch.no_grad():
+                card["calibration"] = model.calibrate(workload.holdout_batches(), **config["calibrate"])
+        except ValueError as error:  # e.g. no setting meets the budget: the trained weights are saved all the same
+            card["calibration"] = {"failed": str(error)}
+            print_main(processes, f"calibrate failed, the model keeps its configured setting: {error}")
     save_checkpoint(model, out, card)
     if state_dir.exists():
         for f in state_dir.iterdir():

@@ -258,6 +258,8 @@ class FolderClassification(ImageClassification):
         from .imagefolder import ImageFolder, estimate_mean_std, eval_preprocess
 
         self.dataset, self.device = dataset, device
+        if int(options.get("holdout", 0)) and not test_only:  # its split already has a validation part: that is the place
+            raise ValueError("data option holdout is for the in-memory data sets; an image folder holds out val_fraction of its images already")
         self.folder = ImageFolder.open(dataset.split(":", 1)[1], float(options.get("val_fraction", 0.1)))
         if test_only:  # a trained model's folder: labels are its classes' positions
             self.folder.use_class_names(options.get("classes"))
