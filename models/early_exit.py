@@ -103,27 +103,32 @@ class EarlyExitResNet(ResNet):
     def trace(self, x: torch.Tensor) -> Trace:
         sparse = not self.training and requested_execution(self) is not Execution.MASKED
         threshold, last = self.exit_threshold, len(self.blocks) - 1
-        costs, dense = self.exit_costs(x)
         b = x.shape[0]
+        out = self.stem(x)
+        stem = float(conv_flops(self.stem, out.shape[-2] * out.shape[-1]))
         if not sparse:  # every exit on every image, then each image's first confident one
-            every_exit = self.every_exit(x)
+            every_exit, spent = zip(*self._exits(out))
+            every_exit = list(every_exit)
             with torch.no_grad():
                 reached = torch.stack([logits.softmax(-1).amax(-1) for logits in every_exit], 1).float()  # [B, E]
                 confident = reached >= threshold
                 confident[:, last] = True
                 taken = confident.int().argmax(1)  # the first True
                 confidence = torch.where(torch.arange(last + 1, device=x.device) <= taken.unsqueeze(1), reached, float("nan"))
-            logits = torch.stack(every_exit, 1)[torch.arange(b, device=x.device), taken]
+            rows = torch.arange(b, device=x.device)
+            logits = torch.stack(every_exit, 1)[rows, taken]
+            flops = stem + torch.stack(spent, 1).cumsum(1)[rows, taken].float()  # the stages and heads up to the exit taken
         else:  # each stage on the images still inside
             every_exit = None
             taken = torch.full((b,), last, dtype=torch.long, device=x.device)
             confidence = torch.full((b, last + 1), float("nan"), device=x.device)
             logits = x.new_zeros(b, self.classifier.out_features)
+            flops = torch.full((b,), stem, device=x.device)
             inside = torch.arange(b, device=x.device)
-            out = self.stem(x)
             for s, block in enumerate(self.blocks):
-                out = block(out, Execution.MASKED, None)[0]
-                exit_logits = self.classifier(self.head(out)) if s == last else self.exits[s](out)
+                out, _, stage = block(out, Execution.MASKED, None)
+                exit_logits, head = self._exit(s, out)
+                flops[inside] += stage.float() + head
                 probability = exit_logits.softmax(-1).amax(-1)
                 confidence[inside, s] = probability.float()
                 leaves = probability >= threshold if s < last else torch.ones_like(probability, dtype=torch.bool)
@@ -134,17 +139,26 @@ class EarlyExitResNet(ResNet):
                     if keep.numel() == 0:
                         break
                     out, inside = out.index_select(0, keep), inside[keep]
-        flops = torch.tensor(costs, device=x.device, dtype=torch.float32)[taken]
-        return Trace(logits=logits, flops=flops, dense_flops=dense, exit_confidence=confidence, exit_taken=taken,
+        return Trace(logits=logits, flops=flops, dense_flops=self.exit_costs(x)[1], exit_confidence=confidence, exit_taken=taken,
                      extras={"exit_logits": every_exit} if self.training else {})
+
+    def _exit(self, s: int, out: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Exit s's logits for the stage output `out`, and the FLOPs of its head (the last exit: the dense network's own)."""
+        if s == len(self.blocks) - 1:
+            return self.classifier(self.head(out)), float(linear_flops(self.classifier))
+        return self.exits[s](out), self.exits[s].flops(out.shape[-2], out.shape[-1])
+
+    def _exits(self, out: torch.Tensor):
+        """For the stem's output of every image: each exit's (logits, FLOPs [B] of its stage, as the
+        block ran it (a what-if's removed units spend nothing), plus its head)."""
+        for s, block in enumerate(self.blocks):
+            out, _, stage = block(out, Execution.MASKED, None)
+            exit_logits, head = self._exit(s, out)
+            yield exit_logits, stage.float() + head
 
     def every_exit(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each exit's logits for every image (the masked reference, training, choosing a threshold)."""
-        out, logits = self.stem(x), []
-        for s, block in enumerate(self.blocks):
-            out = block(out, Execution.MASKED, None)[0]
-            logits.append(self.classifier(self.head(out)) if s == len(self.blocks) - 1 else self.exits[s](out))
-        return logits
+        return [logits for logits, _ in self._exits(self.stem(x))]
 
     def exit_costs(self, x: torch.Tensor) -> tuple[list[float], float]:
         """FLOPs of an image like x that leaves at exit s (the stem, stages 1..s and exit heads 1..s,

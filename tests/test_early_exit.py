@@ -202,3 +202,22 @@ def test_calibrate_settings_are_checked_before_training_and_a_failed_one_still_s
     card = read_card(out)
     assert "no threshold keeps the FLOPs within 0.01" in card["calibration"]["failed"]
     assert card["model_kwargs"].get("threshold", 0.9) == 0.9 and (out / "model.safetensors").is_file()
+
+
+def test_a_removed_unit_spends_nothing():
+    """A what-if lesion of a backbone unit: the FLOPs are those the hooks count with the unit gone, in both paths."""
+    from ponderscope.models.whatif import WhatIf, applied
+
+    m = model(0.45)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        whole = m.trace(x)
+        with applied(m, WhatIf(lesion=("block1.unit1", "block2.unit1"))):
+            for execution in ("masked", "sparse"):
+                m.execution = execution
+                trace = m.trace(x)
+                for i in range(4):
+                    expected, flops = reference(m, x[i])
+                    assert int(trace.exit_taken[i]) == expected["exit"] and float(trace.flops[i]) == pytest.approx(flops, rel=1e-9)
+    same = trace.exit_taken == whole.exit_taken
+    assert bool(same.any()) and bool((trace.flops[same] < whole.flops[same]).all())
