@@ -82,6 +82,28 @@ class Layer(nn.Module):
         return tokens * per_token + 2 * 2 * tokens * tokens * d  # q.k and attention x v over the running keys
 
 
+class Readout(nn.Module):
+    """The class token reads the image tokens' ACT-weighted states: one cross-attention (query:
+    the class token; keys and values: every image token's output, a halted one's included)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm_query, self.norm_tokens = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, cls: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """cls [B, d], outputs [B, n, d] -> cls + what it read [B, d]."""
+        b, n, d = outputs.shape
+        q = self.q(self.norm_query(cls)).view(b, self.heads, 1, d // self.heads)
+        k, v = self.kv(self.norm_tokens(outputs)).view(b, n, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return cls + self.proj(F.scaled_dot_product_attention(q, k, v).reshape(b, d))
+
+    def flops(self, tokens: int) -> int:
+        d = self.proj.in_features
+        return 2 * (d * d + tokens * d * 2 * d + d * d) + 2 * 2 * tokens * d
+
+
 class ConvStem(nn.Module):
     """image [B, C, H, W] -> tokens [B, (H/p)(W/p), dim]: a 3x3 stride-2 conv, then a (p/2)x(p/2)
     stride-p/2 conv (p = the patch size, even)."""
@@ -111,7 +133,7 @@ class HaltingViT(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 60, patch: int = 6, dim: int = 64, depth: int = 6,
                  heads: int = 4, mlp_ratio: float = 2.0, halting: bool = True, gate_scale: float = 10.0, gate_center: float = 5.0,
-                 eps: float = DEFAULT_EPS, groups: int = 2, execution: Execution | str = Execution.SPARSE):
+                 eps: float = DEFAULT_EPS, groups: int = 2, readout: str = "cls", execution: Execution | str = Execution.SPARSE):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} is not a multiple of patch {patch}")
@@ -125,6 +147,9 @@ class HaltingViT(nn.Module):
         self.position = nn.Parameter(torch.randn(1, self.grid * self.grid, dim) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)  # the class token (its own position, learned)
         self.layers = nn.ModuleList(Layer(dim, heads, mlp_ratio) for _ in range(depth))
+        if readout not in ("cls", "act"):
+            raise ValueError(f"readout must be 'cls' (the class token alone) or 'act' (it also reads the tokens' ACT-weighted states), not {readout!r}")
+        self.readout = Readout(dim, heads) if readout == "act" else None
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -170,12 +195,13 @@ class HaltingViT(nn.Module):
             for layer in self.layers:
                 tokens = layer(tokens)
             flops = torch.full((b,), float(self.dense_flops(x)), device=x.device)
-            return Trace(logits=self.head(self.norm(tokens[:, 0])), flops=flops, dense_flops=self.dense_flops(x))
+            return Trace(logits=self.classify(tokens[:, 0], tokens[:, 1:]), flops=flops, dense_flops=self.dense_flops(x))
         sparse = not self.training and requested_execution(self) is not Execution.MASKED
         policy = HaltingPolicy.resolve(current_whatif(), self.eps, self.layer_names)  # a what-if's threshold or cap, else the trained rule
         state = StepwiseHalting((b, n), device=x.device, dtype=tokens.dtype, eps=policy.eps)  # the image tokens'
         always = torch.ones(b, 1, dtype=torch.bool, device=x.device)  # the class token runs every layer
         ran, weights, scores, flops = [], [], [], torch.full((b,), float(self.fixed_flops(x)), device=x.device)
+        outputs = torch.zeros_like(patches)  # sum_l p_t^l e_t^l: each image token's ACT-weighted state
         for index, layer in enumerate(self.layers):
             running = state.running
             flops = flops + layer.flops(running.sum(1).to(flops.dtype) + 1)
@@ -185,6 +211,7 @@ class HaltingViT(nn.Module):
             h = torch.ones_like(tokens[:, 1:, 0]) if last else torch.sigmoid(self.gate_scale * tokens[:, 1:, 0] - self.gate_center)
             h = h * running  # 0 where halted (zero_after_halt below)
             p = state.update(h, force_halt=last, zero_after_halt=True)
+            outputs = outputs + p.unsqueeze(-1) * tokens[:, 1:]
             ran.append(running)
             scores.append(h)
             weights.append(p)
@@ -194,9 +221,14 @@ class HaltingViT(nn.Module):
             ran.append(torch.zeros_like(ran[0]))
             weights.append(torch.zeros_like(weights[0]))
             scores.append(torch.zeros_like(scores[0]))
-        logits = self.head(self.norm(tokens[:, 0]))
+        logits = self.classify(tokens[:, 0], outputs)
         return Trace(logits=logits, flops=flops, dense_flops=self.dense_flops(x), blocks=self._blocks(ran, weights, scores, b),
                      extras={"layer_halting_scores": torch.stack(scores[:-1], 1)} if self.training else {})  # the prior's input
+
+    def classify(self, cls: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """The head on the class token's last state (readout "act": after it read the image tokens'
+        ACT-weighted states; for the dense twin, their last states)."""
+        return self.head(self.norm(cls if self.readout is None else self.readout(cls, outputs)))
 
     def _run_masked(self, layer: Layer, tokens: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
         """Every token through the layer, the halted ones masked out of attention and left as they were."""
@@ -251,8 +283,9 @@ class HaltingViT(nn.Module):
 
     # ------------------------------------------------------------------ FLOPs
     def fixed_flops(self, x: torch.Tensor) -> int:
-        """Stem and head: every image pays them."""
-        return self.stem.flops(x.shape[-2], x.shape[-1]) + 2 * self.head.in_features * self.head.out_features
+        """Stem, readout and head: every image pays them."""
+        readout = 0 if self.readout is None else self.readout.flops(self.grid * self.grid)
+        return self.stem.flops(x.shape[-2], x.shape[-1]) + readout + 2 * self.head.in_features * self.head.out_features
 
     def dense_flops(self, x: torch.Tensor) -> float:
         n = torch.tensor([float(self.grid * self.grid + 1)])  # the image tokens and the class token

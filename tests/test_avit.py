@@ -30,7 +30,10 @@ def reference(m: HaltingViT, image: torch.Tensor):
     n, d = patches.shape
     running = list(range(n))  # image token t is row t + 1
     total, steps, rho = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    outputs = torch.zeros_like(patches)  # each token's ACT-weighted state (what readout "act" reads)
     flops = m.stem.flops(image.shape[-2], image.shape[-1]) + 2 * m.head.in_features * m.head.out_features
+    if m.readout is not None:  # one query over n tokens: q, k and v, scores, their average, the projection
+        flops += 2 * (d * d + 2 * n * d * d + d * d) + 2 * 2 * n * d
     for index, layer in enumerate(m.layers):
         rows = [0] + [t + 1 for t in running]
         k = len(rows)
@@ -46,17 +49,20 @@ def reference(m: HaltingViT, image: torch.Tensor):
             steps[t] += 1
             if last or total[t] + h >= 1 - m.eps:
                 rho[t] = steps[t] + (1 - total[t])
+                outputs[t] += (1 - total[t]) * tokens[t + 1]
             else:
                 still.append(t)
+                outputs[t] += h * tokens[t + 1]
             total[t] += h
         running = still
-    logits = m.head(m.norm(tokens[0]))
+    logits = m.classify(tokens[0][None], outputs[None])[0]
     return logits, steps, rho, flops
 
 
+@pytest.mark.parametrize("readout", ["cls", "act"])
 @pytest.mark.parametrize("centre", [1.0, 2.5, 4.0])
-def test_trace_follows_the_rule_written_plainly(centre):
-    m = model(gate_scale=4.0, gate_center=centre)
+def test_trace_follows_the_rule_written_plainly(centre, readout):
+    m = model(gate_scale=4.0, gate_center=centre, readout=readout)
     x = torch.randn(3, 1, 24, 24)
     with torch.no_grad():
         for execution in ("masked", "sparse"):
@@ -103,10 +109,11 @@ def test_sparse_equals_masked(centre):
     assert len({round(float(c.mean()), 3) for c in counts}) > 1, "every image halted alike: no padding was exercised"
 
 
-def test_never_halting_equals_the_dense_twin():
-    adaptive = model(seed=2, gate_scale=1.0, gate_center=60.0)
+@pytest.mark.parametrize("readout", ["cls", "act"])
+def test_never_halting_equals_the_dense_twin(readout):
+    adaptive = model(seed=2, gate_scale=1.0, gate_center=60.0, readout=readout)
     torch.manual_seed(0)
-    dense = create_model("vit", num_classes=10, in_channels=1, **SMALL).eval()
+    dense = create_model("vit", num_classes=10, in_channels=1, readout=readout, **SMALL).eval()
     dense.load_state_dict(adaptive.state_dict())
     x = torch.randn(4, 1, 24, 24)
     with torch.no_grad():
@@ -115,9 +122,10 @@ def test_never_halting_equals_the_dense_twin():
     assert b.blocks is None and a.dense_flops == b.dense_flops == float(b.flops[0])
 
 
-def test_dense_flops_count_every_product():
+@pytest.mark.parametrize("readout", ["cls", "act"])
+def test_dense_flops_count_every_product(readout):
     """Linear and conv products counted by hooks, plus the two attention products per head."""
-    m = model()
+    m = model(readout=readout)
     counted = []
 
     def linear(module, inputs, output):
@@ -136,7 +144,7 @@ def test_dense_flops_count_every_product():
         m.gate_center = 60.0  # nothing halts: every product runs
         m.trace(x)
     tokens, d = (24 // 4) ** 2 + 1, 32  # the image tokens and the class token
-    attention = len(m.layers) * 2 * 2 * tokens * tokens * d
+    attention = len(m.layers) * 2 * 2 * tokens * tokens * d + (2 * 2 * (tokens - 1) * d if readout == "act" else 0)
     assert m.dense_flops(x) == pytest.approx(sum(counted) + attention, rel=1e-9)
 
 
