@@ -153,7 +153,7 @@ def test_losses_reach_the_halting_scores():
     x, y = torch.randn(4, 1, 24, 24), torch.randint(0, 10, (4,))
     trace = m.trace(x)
     ponder = m.adaptive_loss(trace, tau=1.0, prior=0.0)
-    assert ponder.item() == pytest.approx(float(sum(b.ponder_cost for b in trace.blocks).mean()), rel=1e-6)
+    assert ponder.detach().item() == pytest.approx(float(sum(b.ponder_cost for b in trace.blocks).detach().mean()), rel=1e-6)
     ponder.backward()
     stem_grad = m.stem.conv2.weight.grad[0].abs().sum()  # channel 0 is what the halting score reads
     assert stem_grad > 0
