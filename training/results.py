@@ -17,7 +17,7 @@ def _fmt(value, spec: str = ".4f") -> str:
 CHAR_CLASS_LABELS = {"space": "space", "punctuation": "punct.", "word_start": "word start", "letter_after_space": "word start", "letter": "letter",
                      "digit": "digit", "newline": "line break", "other": "other"}
 # The settings that the experiments vary, shown beside their results.
-VARIED = (("adaptive", "tau"), ("model_kwargs", "max_steps"), ("model_kwargs", "halting_bias"), ("steps",), ("schedule",), ("tau_warmup_steps",), ("seed",))
+VARIED = (("adaptive", "tau"), ("adaptive", "prior"), ("model_kwargs", "readout"), ("model_kwargs", "max_steps"), ("model_kwargs", "halting_bias"), ("steps",), ("schedule",), ("tau_warmup_steps",), ("seed",))
 
 
 def _row(name: str, card: dict) -> str:
