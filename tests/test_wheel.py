@@ -225,8 +225,8 @@ def test_wheel_holds_one_package_with_its_page_checkpoints_and_configs(wheel):
                      for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     for sub in ("core", "parts", "views"):
         assert any(n.startswith(f"ponderscope/static/{sub}/") and n.endswith(".js") for n in names), sub
-    # the 9 bundled checkpoints, byte for byte the checkout's sizes
-    assert len(BUNDLED) == 9, BUNDLED
+    # the 12 bundled checkpoints, byte for byte the checkout's sizes
+    assert len(BUNDLED) == 12, BUNDLED
     for name in BUNDLED:
         for f in ("card.json", "model.safetensors"):
             path = f"ponderscope/checkpoints/{name}/{f}"
@@ -275,7 +275,8 @@ def test_library_from_the_wheel_gives_the_checkouts_numbers(from_wheel, image):
     prediction = [(p["class"], p["probability"]) for p in analysis["prediction"]]
     assert [p["class"] for p in from_wheel["prediction"]] == [c for c, _ in prediction]
     assert [p["probability"] for p in from_wheel["prediction"]] == pytest.approx([p for _, p in prediction], abs=1e-5)
-    assert flat(from_wheel["ponder"]) == pytest.approx(flat(analysis["ponder"]["total"]), abs=1e-4)
+    # the answers' numbers are rounded to 4 decimals: a value at a rounding boundary may land one step apart
+    assert flat(from_wheel["ponder"]) == pytest.approx(flat(analysis["ponder"]["total"]), abs=1.5e-4)
 
 
 def test_render_from_the_wheel(venv, from_wheel, image):
@@ -316,7 +317,7 @@ def test_serve_from_the_wheel(server, venv):
     status, _, body = server.request("GET", "/api/health")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok", health
-    assert health["models"] == 9 and health["load_errors"] == [], health
+    assert health["models"] == len(BUNDLED) == 12 and health["load_errors"] == [], health
     status, _, body = server.request("GET", "/api/models")
     assert status == 200 and sorted(m["id"] for m in json.loads(body)) == BUNDLED
 
