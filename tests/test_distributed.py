@@ -144,6 +144,7 @@ def _two_ranks(rank: int, world: int, folder: str) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    finished = False
     try:
         data = torch.load(f"{folder}/inputs.pt")
         rows = slice(0, SPLIT) if rank == 0 else slice(SPLIT, None)  # uneven shares: 2 and 4 rows
@@ -161,7 +162,10 @@ def _two_ranks(rank: int, world: int, folder: str) -> None:
         torch.save({"mean": mean.detach(), "loss": loss.detach(), "grad": weight.grad, "bn": normalised.detach(), "running_var": bn.running_var,
                     "rate": batch_mean(trace.gate_values), "aig_loss": model.adaptive_loss(trace, target_rate=0.5, lam=2.0)},
                    f"{folder}/rank{rank}.pt")
+        finished = True
     finally:
+        if finished:  # both ranks done before either tears the group down (else gloo's threads may abort: SIGABRT)
+            dist.barrier()
         dist.destroy_process_group()
 
 
