@@ -213,3 +213,13 @@ def test_folders_named_after_the_models_classes_get_their_labels(tmp_path):
         ImageFolder.open(root).use_class_names(["apple", "bee", "dog"])
     with pytest.raises(ValueError, match="sorted order cannot be"):
         ImageFolder.open(root).use_class_names(["one", "two"])
+
+
+def test_an_image_folder_refuses_holdout(tmp_path):
+    """data option holdout is for the in-memory data sets: a folder already holds out its val part."""
+    from ponderscope.core.workloads import make_workload
+
+    folder = make_folder(tmp_path / "f", per_class=3)
+    with pytest.raises(ValueError, match="holdout is for the in-memory data sets"):
+        make_workload({"name": "classify"}, f"imagefolder:{folder}", torch.device("cpu"), {"holdout": 10})
+    assert make_workload({"name": "classify"}, f"imagefolder:{folder}", torch.device("cpu"), {}).classes
