@@ -416,6 +416,14 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in cards as the command
     _load_plugins(args)
     args.func(args)
+    if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.func in (_train, _analyze):
+        # One process of a torchrun job whose work is done and whose process group is closed
+        # (Processes.close: barrier, destroy): leave without the interpreter's teardown, in which
+        # gloo's background threads now and then abort the process ("terminate called without an
+        # active exception", SIGABRT), and torchrun then reports the finished job as failed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
