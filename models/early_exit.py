@@ -56,6 +56,19 @@ class ExitHead(nn.Module):
         return float(conv_flops(self.conv1, h1 * w1) + conv_flops(self.conv2, h2 * w2) + linear_flops(self.classifier))
 
 
+def confidence_of(logits: torch.Tensor) -> torch.Tensor:
+    """An exit's confidence: its top class probability."""
+    return logits.softmax(-1).amax(-1)
+
+
+def exits_taken(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[B, E] every exit's confidence -> [B] the first exit at or above the threshold (the last
+    exit takes whoever is left): the rule, for the masked path and for choosing a threshold."""
+    confident = confidence >= threshold
+    confident[:, -1] = True
+    return confident.int().argmax(1)  # the first True
+
+
 class EarlyExitResNet(ResNet):
     def __init__(self, depth: int = 32, widths=(24, 48, 96), num_classes: int = 10, in_channels: int = 1, threshold: float = 0.9,
                  freeze_backbone: bool = False, execution: Execution | str = Execution.SPARSE):
@@ -110,10 +123,8 @@ class EarlyExitResNet(ResNet):
             every_exit, spent = zip(*self._exits(out))
             every_exit = list(every_exit)
             with torch.no_grad():
-                reached = torch.stack([logits.softmax(-1).amax(-1) for logits in every_exit], 1).float()  # [B, E]
-                confident = reached >= threshold
-                confident[:, last] = True
-                taken = confident.int().argmax(1)  # the first True
+                reached = torch.stack([confidence_of(logits) for logits in every_exit], 1).float()  # [B, E]
+                taken = exits_taken(reached, threshold)
                 confidence = torch.where(torch.arange(last + 1, device=x.device) <= taken.unsqueeze(1), reached, float("nan"))
             rows = torch.arange(b, device=x.device)
             logits = torch.stack(every_exit, 1)[rows, taken]
@@ -129,7 +140,7 @@ class EarlyExitResNet(ResNet):
                 out, _, stage = block(out, Execution.MASKED, None)
                 exit_logits, head = self._exit(s, out)
                 flops[inside] += stage.float() + head
-                probability = exit_logits.softmax(-1).amax(-1)
+                probability = confidence_of(exit_logits)
                 confidence[inside, s] = probability.float()
                 leaves = probability >= threshold if s < last else torch.ones_like(probability, dtype=torch.bool)
                 taken[inside[leaves]] = s
@@ -190,7 +201,7 @@ class EarlyExitResNet(ResNet):
         confidences, correct, costs, dense = [], [], None, None
         for images, labels in batches:
             every_exit = self.every_exit(images)
-            confidences.append(torch.stack([logits.softmax(-1).amax(-1) for logits in every_exit], 1).float().cpu())
+            confidences.append(torch.stack([confidence_of(logits) for logits in every_exit], 1).float().cpu())
             correct.append(torch.stack([logits.argmax(-1) == labels for logits in every_exit], 1).cpu())
             if costs is None:
                 costs, dense = self.exit_costs(images)
@@ -200,9 +211,7 @@ class EarlyExitResNet(ResNet):
         last = confidence.shape[1] - 1
         best = None
         for threshold in torch.unique(confidence[:, :last]).tolist() + [float("inf")]:
-            confident = confidence >= threshold
-            confident[:, last] = True
-            taken = confident.int().argmax(1)
+            taken = exits_taken(confidence, threshold)
             accuracy = float(correct[torch.arange(len(taken)), taken].float().mean())
             flops = float(cost[taken].mean())
             if flops <= flops_budget and (best is None or (accuracy, -flops) > (best[1], -best[2])):
