@@ -1,5 +1,5 @@
 """ponderscope's model layer: every family, one registry, one halting rule, safe checkpoints."""
-from . import act_rnn, aig, avit, early_exit, resnet  # noqa: F401  (registers the models)
+from . import act_rnn, aig, avit, early_exit, mixture_of_depths, resnet, universal_transformer  # noqa: F401  (registers the models)
 from .contract import TraceContractError, check_trace
 from .checkpoint import Card, CheckpointError, Task, load_checkpoint, read_card, save_checkpoint, write_card
 from .halting import HaltingResult, StepwiseHalting, act_weights

@@ -43,6 +43,8 @@ class Trace:
     steps: Optional[torch.Tensor] = None  # [B, T] recurrent: N per input step
     exit_confidence: Optional[torch.Tensor] = None  # [B, E] early exits: each exit's confidence (top class probability); NaN where not reached
     exit_taken: Optional[torch.Tensor] = None  # [B] int64 early exits: the exit (0..E-1) each example left at
+    token_layers: Optional[torch.Tensor] = None  # [B, T, L] bool sequence models with layers: layer l computed input step t
+    token_layer_weights: Optional[torch.Tensor] = None  # [B, T, L] float beside token_layers: the weight layer l's output gets at step t (ACT's p^l, a router's weight; 0 where it did not run)
     extras: dict = field(default_factory=dict)
     execution: Optional[str] = None  # "sparse" / "masked": the path that ran, where the caller recorded it (LoadedModel.trace)
 

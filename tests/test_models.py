@@ -925,6 +925,6 @@ def test_every_registered_model_declares_its_family_and_task():
     assert models.model_info("act_lstm").family == "act-rnn" and models.model_info("gru").family == "rnn"
     assert models.model_info("aig_resnet50").tasks == ("classify",) and models.model_info("act_rnn").task == "sequence"
     with pytest.raises(models.UnknownModelError):
-        models.model_info("transformer")
+        models.model_info("mamba")
     with pytest.raises(ValueError):
         models.registry.register_model(lambda: None, family="mixture-of-experts")

@@ -419,10 +419,13 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
 
 
 def ponder_statistics(steps: torch.Tensor, ponders: torch.Tensor, losses: torch.Tensor, classes: list[str],
-                      max_steps: Optional[int]) -> dict:
+                      max_steps: Optional[int], token_layers: Optional[torch.Tensor] = None,
+                      layer_names: Optional[list[str]] = None) -> dict:
     """Per-byte N, N + R and loss (nats) -> what the text view's corpus panel and the card show:
     per class the mean and spread (std over the class's bytes) of N and N + R and the bits; how
-    often N takes its most common value and the cap; ponder vs surprisal correlations."""
+    often N takes its most common value and the cap; ponder vs surprisal correlations. With
+    token_layers [bytes, L] (Trace.token_layers), per class also "layers": the fraction of the
+    class's bytes that each layer computed, and "layer_names" (the model's, else numbered)."""
     per_class = {}
     for name in CHAR_CLASSES:
         index = torch.tensor([c == name for c in classes], dtype=torch.bool)
@@ -430,6 +433,8 @@ def ponder_statistics(steps: torch.Tensor, ponders: torch.Tensor, losses: torch.
             n, r = steps[index].double(), ponders[index].double()
             per_class[name] = {"count": int(index.sum()), "steps": float(n.mean()), "steps_std": float(n.std(unbiased=False)),
                                "ponder": float(r.mean()), "ponder_std": float(r.std(unbiased=False)), "bits": mean_or_nan(losses[index]) / math.log(2)}
+            if token_layers is not None:
+                per_class[name]["layers"] = [round(float(v), 5) for v in token_layers[index].double().mean(0)]
     values, counts = steps.round().long().unique(return_counts=True)
     out = {
         "per_char_class": per_class,
@@ -442,6 +447,9 @@ def ponder_statistics(steps: torch.Tensor, ponders: torch.Tensor, losses: torch.
     if max_steps is not None:
         out["max_steps"] = int(max_steps)
         out["steps_at_cap_fraction"] = float((steps >= max_steps).double().mean())
+    if token_layers is not None:
+        out["layer_names"] = list(layer_names) if layer_names is not None else [f"layer {i + 1}" for i in range(token_layers.shape[1])]
+        out["layer_rates"] = [round(float(v), 5) for v in token_layers.double().mean(0)]  # over all bytes
     return out
 
 
@@ -489,7 +497,7 @@ class BytesLM:
         n_windows = (len(stream) - 1) // self.seq_len
         inputs = torch.stack([stream[i * self.seq_len : (i + 1) * self.seq_len] for i in range(n_windows)])
         targets = torch.stack([stream[i * self.seq_len + 1 : (i + 1) * self.seq_len + 1] for i in range(n_windows)])
-        losses, ponders, steps = [], [], []
+        losses, ponders, steps, layers = [], [], [], []
         device = next(model.parameters()).device  # the model's, wherever the text was loaded
         for start in range(0, n_windows, batch_size):
             x = inputs[start : start + batch_size].to(device)
@@ -498,7 +506,10 @@ class BytesLM:
             losses.append(F.cross_entropy(trace.logits.reshape(-1, 256), y.reshape(-1), reduction="none").cpu())
             ponders.append(trace.ponder.reshape(-1).cpu())
             steps.append(trace.steps.reshape(-1).float().cpu())
+            if trace.token_layers is not None:
+                layers.append(trace.token_layers.reshape(-1, trace.token_layers.shape[-1]).cpu())
         losses, ponders, steps = torch.cat(losses), torch.cat(ponders), torch.cat(steps)
+        token_layers = torch.cat(layers) if layers else None
         flat_inputs = inputs.reshape(-1).tolist()
         classes = [byte_class(b, flat_inputs[i - 1] if i % self.seq_len else None) for i, b in enumerate(flat_inputs)]
         # The class of the byte being read at step t; its loss is that of predicting byte t + 1.
@@ -507,5 +518,6 @@ class BytesLM:
             "bits_per_byte": mean_or_nan(losses) / math.log(2),
             "mean_ponder": mean_or_nan(ponders),
             "mean_steps": mean_or_nan(steps),
-            **ponder_statistics(steps, ponders, losses, classes, getattr(model, "max_steps", None) if getattr(model, "act", False) else None),
+            **ponder_statistics(steps, ponders, losses, classes, getattr(model, "max_steps", None) if getattr(model, "act", False) else None,
+                                token_layers, getattr(model, "token_layer_names", None)),
         }
