@@ -6,7 +6,9 @@ the input `x` of a card task: each field's shape and dtype, and the agreement be
 and units on one grid, its halting and probabilities [B, n_units, H, W] on that grid where given,
 and the model's `block_names` one per block; ponder and steps [B, T] together; exit_confidence
 [B, E] and exit_taken [B] together, each exit taken one of the E, and the model's `exit_names` E
-of them). A violation is a `TraceContractError` naming the field, what the contract expects and
+of them; token_layers bool [B, T, L] over a sequence's input steps, token_layer_weights float
+[B, T, L] beside it (0 where the layer did not run), and the model's `token_layer_names` L of
+them). A violation is a `TraceContractError` naming the field, what the contract expects and
 what the model gave.
 
 What a model may declare besides its trace (`declarations`, `fixed_input_size`, `exit_threshold`)
@@ -92,21 +94,23 @@ def _same_shape(field: str, value, kinds: tuple[str, ...], shape: Sequence[int],
 
 
 # ------------------------------------------------------------------ the check
-NAMED = ("gate_names", "exit_names", "block_names")  # the names a model may declare, one per gated layer / exit / block
+NAMED = ("gate_names", "exit_names", "block_names", "token_layer_names")  # the names a model may declare, one per gated layer / exit / block / token layer
 
 
 def declarations(model) -> dict:
-    """The names `model` declares (its optional attributes gate_names, exit_names, block_names;
-    None where it has none), as check_trace takes them: check_trace(trace, task, x, **declarations(model))."""
+    """The names `model` declares (its optional attributes gate_names, exit_names, block_names,
+    token_layer_names; None where it has none), as check_trace takes them:
+    check_trace(trace, task, x, **declarations(model))."""
     return {name: getattr(model, name, None) for name in NAMED}
 
 
 def check_trace(trace, task: str, x: torch.Tensor, gate_names: Optional[Sequence[str]] = None, *,
-                exit_names: Optional[Sequence[str]] = None, block_names: Optional[Sequence[str]] = None) -> None:
+                exit_names: Optional[Sequence[str]] = None, block_names: Optional[Sequence[str]] = None,
+                token_layer_names: Optional[Sequence[str]] = None) -> None:
     """Raise TraceContractError unless `trace` keeps the contract for input `x` of a card of task
-    `task` ("classify", "parity" or "bytes-lm"). `gate_names`, `exit_names`, `block_names`: the
-    model's optional attributes of those names (None: it has none; the layers, exits and blocks
-    are then numbered)."""
+    `task` ("classify", "parity" or "bytes-lm"). `gate_names`, `exit_names`, `block_names`,
+    `token_layer_names`: the model's optional attributes of those names (None: it has none; the
+    layers, exits and blocks are then numbered)."""
     if not isinstance(trace, Trace):
         raise TraceContractError("", "a ponderscope.Trace from model.trace(x)", describe(trace))
     batch = int(x.shape[0])
@@ -132,6 +136,7 @@ def check_trace(trace, task: str, x: torch.Tensor, gate_names: Optional[Sequence
     _check_gates(trace, batch, gate_names)
     _check_steps(trace, task, batch, steps)
     _check_exits(trace, batch, exit_names)
+    _check_token_layers(trace, task, batch, steps, token_layer_names)
     if not isinstance(trace.extras, dict):
         raise TraceContractError("extras", "a dict", describe(trace.extras))
     distribution = trace.extras.get("halting_distribution")
@@ -213,6 +218,44 @@ def block_labels(block_names: Optional[Sequence[str]], blocks: int) -> list[str]
     (e.g. "layers 1-3" for a transformer's layer group; its length must be the number of
     blocks), else "block 1", "block 2", ... Never a rename: a TraceContractError otherwise."""
     return _declared_names(block_names, blocks, "blocks", "block_names", "block (BlockTrace)", "a list of n BlockTrace", "n", "block {n}")
+
+
+def token_layer_labels(token_layer_names: Optional[Sequence[str]], layers: int) -> list[str]:
+    """The names of the L layers of Trace.token_layers (its last dimension): the model's
+    `token_layer_names` (e.g. "step 1".. of a Universal Transformer, "layer 2 (routed)" of a
+    Mixture-of-Depths; its length must be L), else "layer 1", "layer 2", ... Never a rename: names
+    of another length are a TraceContractError."""
+    return _declared_names(token_layer_names, layers, "token_layers", "token_layer_names", "token layer", "[B, T, L]", "L", "layer {n}")
+
+
+SEQUENCE_TASKS = ("parity", "bytes-lm")  # tasks whose input has steps T (parity: one, the vector)
+
+
+def _check_token_layers(trace, task: str, batch: int, steps: int, token_layer_names: Optional[Sequence[str]] = None) -> None:
+    """Per input step and layer: token_layers bool [B, T, L] (T: the input steps; sequence tasks
+    only), token_layer_weights float [B, T, L] only beside it and 0 wherever its layer did not
+    run; the model's token_layer_names (if any) L of them."""
+    ran, weights = getattr(trace, "token_layers", None), getattr(trace, "token_layer_weights", None)
+    if ran is None:
+        if weights is not None:
+            raise TraceContractError("token_layer_weights", "None where token_layers is None (the weights of the layers that ran)", describe(weights))
+        return
+    if task not in SEQUENCE_TASKS:
+        raise TraceContractError("token_layers", f"None for a {task} model (per input step and layer: sequence tasks only, "
+                                                 f"{' and '.join(SEQUENCE_TASKS)})", describe(ran))
+    _tensor("token_layers", ran, BOOL, [batch, steps, "L"])
+    if weights is not None:
+        _same_shape("token_layer_weights", weights, FLOAT, ran.shape, "token_layers: one weight per input step and layer")
+        if not bool(torch.isfinite(weights).all()):
+            raise TraceContractError("token_layer_weights", "finite numbers (the weight each layer's output gets)",
+                                     f"{int((~torch.isfinite(weights)).sum())} NaN or infinite value(s)")
+        stray = (weights != 0) & ~ran
+        if bool(stray.any()):
+            where = stray.nonzero()[0].tolist()
+            raise TraceContractError("token_layer_weights", "0 wherever token_layers is False (a layer that did not run gives no weight)",
+                                     f"{int(stray.sum())} nonzero weight(s) where the layer did not run, first at "
+                                     f"[{', '.join(map(str, where))}]: {float(weights[tuple(where)]):.4g}")
+    token_layer_labels(token_layer_names, int(ran.shape[2]))
 
 
 def _check_exits(trace, batch: int, exit_names: Optional[Sequence[str]] = None) -> None:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ponderscope import models
 from ponderscope.models import BlockTrace, Trace, TraceContractError, check_trace
+from ponderscope.models.contract import NAMED, declarations, token_layer_labels
 from ponderscope.plugins import load_plugins
 from ponderscope.server.app import create_app
 
@@ -109,6 +110,103 @@ def test_sequence_tasks_need_ponder_and_steps_per_input_step():
         check_trace(Trace(logits=torch.randn(1, 2), flops=ok.flops, dense_flops=2.0, ponder=torch.ones(1, 1), steps=torch.ones(1, 1),
                           extras={"halting_distribution": torch.rand(1, 5)}), "parity", torch.zeros(1, 4))
 
+
+
+# ------------------------------------------------------------------ per input step x layer: token_layers
+T, L = 5, 3
+TEXT = torch.zeros(B, T, dtype=torch.long)
+
+
+def token_trace(**change) -> Trace:
+    """A byte LM's trace with token_layers [B, T, L] and their weights (0 where a layer did not run)."""
+    ran = torch.rand(B, T, L) > 0.4
+    fields = dict(logits=torch.randn(B, T, 256), flops=torch.ones(B), dense_flops=2.0, ponder=torch.ones(B, T), steps=torch.ones(B, T),
+                  token_layers=ran, token_layer_weights=torch.rand(B, T, L) * ran)
+    fields.update(change)
+    return Trace(**fields)
+
+
+TOKEN_BROKEN = [
+    ("token-layers-2d", token_trace(token_layers=torch.ones(B, T, dtype=torch.bool), token_layer_weights=None),
+     "token_layers", "bool [2, 5, L]", "bool [2, 5]"),
+    ("token-layers-float", token_trace(token_layers=torch.ones(B, T, L), token_layer_weights=None), "token_layers", "bool [2, 5, L]", "float32 [2, 5, 3]"),
+    ("token-layers-other-steps", token_trace(token_layers=torch.ones(B, T + 1, L, dtype=torch.bool), token_layer_weights=None),
+     "token_layers", "bool [2, 5, L]", "bool [2, 6, 3]"),
+    ("weights-alone", token_trace(token_layers=None), "token_layer_weights", "None where token_layers is None", "float32 [2, 5, 3]"),
+    ("weights-other-layers", token_trace(token_layers=torch.ones(B, T, L, dtype=torch.bool), token_layer_weights=torch.rand(B, T, L + 1)),
+     "token_layer_weights", "float [2, 5, 3] (as token_layers: one weight per input step and layer)", "float32 [2, 5, 4]"),
+    ("weights-bool", token_trace(token_layers=torch.ones(B, T, L, dtype=torch.bool), token_layer_weights=torch.ones(B, T, L, dtype=torch.bool)),
+     "token_layer_weights", "float [2, 5, 3]", "bool [2, 5, 3]"),
+    ("weights-nan", token_trace(token_layers=torch.ones(B, T, L, dtype=torch.bool), token_layer_weights=torch.full((B, T, L), float("nan"))),
+     "token_layer_weights", "finite numbers", "30 NaN or infinite value(s)"),
+]
+
+
+@pytest.mark.parametrize("trace,field,expected,actual", [case[1:] for case in TOKEN_BROKEN], ids=[case[0] for case in TOKEN_BROKEN])
+def test_token_layers_are_checked_and_the_message_names_the_field(trace, field, expected, actual):
+    with pytest.raises(TraceContractError) as caught:
+        check_trace(trace, "bytes-lm", TEXT)
+    error = caught.value
+    assert (error.field, expected in error.expected, actual in error.actual) == (field, True, True), str(error)
+    assert str(error).startswith(f"Trace.{field}: expected ")
+
+
+def test_token_layer_weights_are_zero_where_the_layer_did_not_run():
+    ran = torch.ones(B, T, L, dtype=torch.bool)
+    ran[1, 2, 0] = False  # byte 2 of text 1 skipped layer 0, and yet has a weight there
+    weights = torch.full((B, T, L), 0.25)
+    with pytest.raises(TraceContractError) as caught:
+        check_trace(token_trace(token_layers=ran, token_layer_weights=weights), "bytes-lm", TEXT)
+    assert str(caught.value) == ("Trace.token_layer_weights: expected 0 wherever token_layers is False (a layer that did not run gives no weight), "
+                                 "got 1 nonzero weight(s) where the layer did not run, first at [1, 2, 0]: 0.25")
+    weights[1, 2, 0] = 0.0
+    check_trace(token_trace(token_layers=ran, token_layer_weights=weights), "bytes-lm", TEXT)
+
+
+def test_token_layers_are_for_sequence_tasks_and_optional():
+    check_trace(token_trace(), "bytes-lm", TEXT)
+    check_trace(token_trace(token_layer_weights=None), "bytes-lm", TEXT)  # a dense twin: which layers ran, no weights
+    check_trace(token_trace(token_layers=None, token_layer_weights=None), "bytes-lm", TEXT)  # the ACT-LSTM: neither
+    one_step = token_trace(logits=torch.randn(B, 2), ponder=torch.ones(B, 1), steps=torch.ones(B, 1),
+                           token_layers=torch.ones(B, 1, L, dtype=torch.bool), token_layer_weights=None)
+    check_trace(one_step, "parity", torch.zeros(B, 4))  # parity: one input step, the vector
+    with pytest.raises(TraceContractError, match=r"^Trace.token_layers: expected None for a classify model \(per input step and layer: "
+                                                 r"sequence tasks only, parity and bytes-lm\), got bool \[2, 5, 3\]$"):
+        check_trace(good_trace(token_layers=torch.ones(B, T, L, dtype=torch.bool)), "classify", IMAGES)
+
+
+def test_token_layer_names_must_name_every_layer():
+    assert "token_layer_names" in NAMED
+    check_trace(token_trace(), "bytes-lm", TEXT, token_layer_names=["step 1", "step 2", "step 3"])
+    with pytest.raises(TraceContractError) as caught:
+        check_trace(token_trace(), "bytes-lm", TEXT, token_layer_names=["step 1", "step 2"])
+    assert str(caught.value) == ("Trace.token_layers: expected [B, T, L] with L = 2, the length of the model's token_layer_names, "
+                                 "got L = 3 (token_layer_names: 2 names)")
+    for wrong in ("abc", 3, ["a", "b", 3]):
+        with pytest.raises(TraceContractError, match="^Trace.token_layers: expected the model's token_layer_names: a list of strings, one per token layer"):
+            check_trace(token_trace(), "bytes-lm", TEXT, token_layer_names=wrong)
+    assert token_layer_labels(None, 3) == ["layer 1", "layer 2", "layer 3"]
+    assert token_layer_labels(("a", "b"), 2) == ["a", "b"]
+
+    class Declares(torch.nn.Module):
+        token_layer_names = ["step 1", "step 2", "step 3"]
+
+    assert declarations(Declares())["token_layer_names"] == ["step 1", "step 2", "step 3"]
+    assert declarations(torch.nn.Linear(1, 1))["token_layer_names"] is None
+
+
+@pytest.mark.parametrize("name,names", [("ut_act", [f"step {n}" for n in range(1, 7)]),
+                                        ("mod", ["layer 1", "layer 2 (routed)", "layer 3", "layer 4 (routed)", "layer 5", "layer 6 (routed)"]),
+                                        ("ut", [f"step {n}" for n in range(1, 7)]), ("transformer_lm", [f"layer {n}" for n in range(1, 7)])])
+def test_the_transformer_byte_lms_keep_the_contract(name, names):
+    """The two families and their dense twins, on texts longer than their context (read in windows)."""
+    model = models.create_model(name, dim=32, heads=2, context=32).eval()
+    x = torch.randint(0, 256, (2, 70))
+    with torch.no_grad():
+        trace = model.trace(x)
+    check_trace(trace, "bytes-lm", x, **declarations(model))
+    assert tuple(trace.token_layers.shape) == (2, 70, 6) and model.token_layer_names == names
+    assert (trace.token_layer_weights is None) == (name in ("ut", "transformer_lm"))
 
 # ------------------------------------------------------------------ served: the load check and every answer
 PLUGIN = '''
