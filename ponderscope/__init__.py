@@ -17,7 +17,7 @@ import importlib
 
 __version__ = "0.3.0"  # the one place: pyproject.toml, the CLI's --version and the API read it
 
-_NOTEBOOK = ("load", "bundled", "LoadedModel", "analyze_image", "analyze_text", "analyze_parity", "image_figure", "text_figure", "parity_figure")
+_NOTEBOOK = ("load", "bundled", "LoadedModel", "analyze_image", "analyze_text", "analyze_parity", "image_figure", "text_figure", "text_layers_figure", "parity_figure")
 _STUDIES = ("sweep", "lesion")  # what-if studies: ponderscope.studies
 _PLUGIN = ("Trace", "BlockTrace", "register_model", "register_family")  # the plugin contract: ponderscope.models
 __all__ = [*_NOTEBOOK, *_STUDIES, *_PLUGIN, "figures", "notebook", "studies", "__version__"]

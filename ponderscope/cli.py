@@ -226,7 +226,14 @@ def _render_figure(model, args, figures, notebook):
     if model.kind == "text":
         if args.text is None:
             raise ValueError(f"{model.id} is a text model: give the text with --text \"...\"")
-        return figures.text_figure(notebook.analyze_text(model, args.text), args.measure, args.colormap), None
+        analysis = notebook.analyze_text(model, args.text)
+        if args.layers:
+            if analysis.layers is None:
+                raise ValueError(f"{model.id} reports no layers per byte (its trace has no token_layers): leave out --layers")
+            return figures.text_layers_figure(analysis, args.colormap), None
+        return figures.text_figure(analysis, args.measure, args.colormap), None
+    if args.layers:
+        raise ValueError("--layers is for text models (the character x layer heatmap)")
     if args.input is None or args.text is not None:
         wanted = "an image model: give an image file or a test-sample index" if model.kind == "image" else "a parity model: give the vector"
         raise ValueError(f"{model.id} is {wanted}" + (", not --text" if args.text is not None else ""))
@@ -397,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("model", help="a bundled checkpoint id (checkpoints/) or a checkpoint folder")
     p.add_argument("input", nargs="?", help="image models: an image file or a test-sample index; parity: the vector, e.g. +0-0+... or 1,0,-1,...")
     p.add_argument("--text", help="text models: the text to read (instead of INPUT)")
+    p.add_argument("--layers", action="store_true", help="text models whose layers run per byte (Trace.token_layers): the character x layer "
+                                                         "heatmap instead of the per-character chart")
     p.add_argument("--out", required=True, help="FILE.html (self-contained, works offline), .json (plotly JSON), .png or .svg")
     p.add_argument("--block", help="SACT/ACT: one block's map (0-based index) or 'all' (every block); default: the total over blocks")
     p.add_argument("--measure", choices=["ponder", "units", "steps"], help="maps: ponder (N+R, default) or units (N); text: steps (N) or ponder (N+R), default what varies")

@@ -27,6 +27,8 @@ The Figures, each `name_figure` the Figure of `name_dict` (dataset_figures of da
     compare_figure(analyses)      several models on one image, one colour scale over all
     dataset_figures(result)       GET /dataset result -> {name: Figure}
     text_figure(analysis)         byte LM: per-character ponder with surprisal
+    text_layers_figure(analysis)  byte LM with token_layers: character x layer, the weight where the layer ran
+    corpus_layers_figure(result)  byte LM with token_layers: held-out class x layer, the share of bytes each layer computed
     parity_figure(analyses)       parity: ponder against nonzero entries
     sweep_figure(results)         what-if: accuracy vs FLOPs as threshold / cap / gate bias move
     lesion_figure(studies)        what-if: accuracy after removing each unit, models side by side
@@ -403,9 +405,13 @@ def dataset_dicts(result: DatasetAnalysis | CorpusAnalysis, colorscale: str = DE
     model has them "ponder" (mean ponder per class), "ponder_histogram", "layers_histogram",
     "class_layer" (gated models' execution rate per class and layer), "exits" (models with exits:
     the share of the images leaving at each exit, and their accuracy), "class_exit" (the same
-    per class); byte LMs: "corpus"."""
+    per class); byte LMs: "corpus", and "corpus_layers" where the statistics have per-class layer
+    rates (models whose trace has token_layers)."""
     if result.kind == "text":
-        return {"corpus": corpus_dict(result)}
+        out = {"corpus": corpus_dict(result)}
+        if any(c.get("layers") is not None for c in (result.per_char_class or {}).values()):
+            out["corpus_layers"] = corpus_layers_dict(result, colorscale)
+        return out
     per_class = result.per_class
     classes = [c.class_ for c in per_class]
     class_axis = {**every_tick(classes), "tickangle": -45}
@@ -484,6 +490,28 @@ def corpus_dict(result: CorpusAnalysis) -> dict:
         "title": {"text": f"{result.model}: mean N and N+R by the class of the byte read"}, "barmode": "group",
         "yaxis": {"title": {"text": "steps N / ponder N+R"}, "rangemode": "tozero"},
         "legend": {**LEGEND_ON_TOP}, "margin": {"l": 60, "r": 20, "t": 90, "b": 40}})
+
+
+def corpus_layers_dict(result: CorpusAnalysis, colorscale: str = DEFAULT_COLORSCALE) -> dict:
+    """A byte LM with token_layers over its held-out text (the Text view's corpus panel): per class
+    of the byte read (rows) the fraction of its bytes each layer computed (columns, `layer_names`),
+    and a last row over all bytes (`layer_rates`)."""
+    per_class, labels = result.per_char_class or {}, result.class_labels or {}
+    classes = [n for n in per_class if per_class[n].get("layers") is not None]
+    if not classes:
+        raise ValueError(f"{result.model}'s held-out statistics have no per-class layer rates (its trace has no token_layers)")
+    count = len(per_class[classes[0]]["layers"])
+    names = list(result.layer_names or [f"layer {i + 1}" for i in range(count)])
+    rows, z = [labels.get(n, n) for n in classes], [list(per_class[n]["layers"]) for n in classes]
+    if result.layer_rates is not None:
+        rows, z = rows + ["all bytes"], z + [list(result.layer_rates)]
+    return _figure([_trace(
+        "heatmap", z=z, x=names, y=rows, zmin=0, zmax=1, colorscale=plotly_scale(colorscale),
+        colorbar={"title": {"text": "bytes computed", "side": "right"}, "tickformat": ".0%"},
+        hovertemplate="%{y}, %{x}: computes %{z:.1%} of the bytes<extra></extra>")],
+        {"title": {"text": f"{result.model}: the share of each class's bytes that each layer computed"},
+         "xaxis": {**every_tick(names), "categoryorder": "array", "categoryarray": names},
+         "yaxis": {**every_tick(rows), "autorange": "reversed"}, "margin": {"l": 110, "r": 20, "t": 70, "b": 60}})
 
 
 # ------------------------------------------------------------------ what-if studies
@@ -622,6 +650,55 @@ def text_dict(analysis: TextAnalysis, measure: str | None = None, colorscale: st
         "legend": {**LEGEND_ON_TOP}, "bargap": 0.1, "margin": {"l": 60, "r": 60, "t": 90, "b": 50}})
 
 
+def distinct(names: list[str]) -> list[str]:
+    """`names` as distinct category labels: a name given before gets " (2)", " (3)", ... (plotly
+    would draw one row for two categories of one name)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
+def char_labels(analysis: TextAnalysis) -> list[str]:
+    """The characters of a text answer as the layer figure's x categories: "#i 'c'" (unique, in order)."""
+    return [f"#{i} '{visible_char(c.char)}'" for i, c in enumerate(analysis.chars)]
+
+
+def text_layers_dict(analysis: TextAnalysis, colorscale: str = DEFAULT_COLORSCALE) -> dict:
+    """Models whose trace has token_layers (POST /text's `layers`): character x layer. Columns: the
+    characters in order (x categories "#i 'c'", ticks the characters); rows: the layers, input to
+    output, top to bottom (`layer_names`). A cell where the layer computed the character is
+    coloured by the weight its output got there (`layer_weights`: ACT's halting weight p^l, a
+    router's weight), or by 1 (ran) where the model has no weights; a cell where it did not run is
+    grey (a second trace). A character of several bytes: the mean over its bytes, drawn where any
+    of them ran."""
+    if not analysis.layer_names or analysis.layers is None:
+        raise ValueError(f"{analysis.model}'s answer has no layer rows (its trace has no token_layers)")
+    names, rows, weights = list(analysis.layer_names), analysis.layers, analysis.layer_weights
+    x, labels = char_labels(analysis), [visible_char(c.char) for c in analysis.chars]
+    y = distinct(names)  # the rows as categories, top to bottom
+    value = (lambda i, l: weights[i][l]) if weights is not None else (lambda i, l: rows[i][l])  # noqa: E731
+    ran = [[value(i, l) if rows[i][l] > 0 else None for i in range(len(rows))] for l in range(len(names))]
+    skipped = [[0 if rows[i][l] == 0 else None for i in range(len(rows))] for l in range(len(names))]
+    drawn = [v for row in ran for v in row if v is not None]
+    unit = "weight" if weights is not None else "ran"
+    ticks = list(range(0, len(x), max(1, math.ceil(len(x) / 120))))
+    return _figure([
+        _trace("heatmap", name="ran", x=x, y=y, z=ran, zmin=0, zmax=max(drawn + [1e-6]) if weights is not None else 1, hoverongaps=False,
+               colorscale=plotly_scale(colorscale), colorbar={"title": {"text": unit, "side": "right"}, "thickness": 12, "len": 0.9},
+               hovertemplate="%{x}, %{y}: ran" + (", weight %{z:.3f}" if weights is not None else "") + "<extra></extra>"),
+        _trace("heatmap", name="did not run", x=x, y=y, z=skipped, zmin=0, zmax=1, hoverongaps=False, showscale=False,
+               colorscale=[[0, COLORS["skipped"]], [1, COLORS["skipped"]]], hovertemplate="%{x}, %{y}: did not run<extra></extra>"),
+    ], {"title": {"text": f"{analysis.model}: the layers that computed each character"
+                          + (" (colour: the weight of the layer's output; grey: did not run)" if weights is not None else " (grey: did not run)")},
+        "xaxis": {"type": "category", "tickmode": "array", "tickvals": [x[i] for i in ticks], "ticktext": [labels[i] for i in ticks], "tickangle": 0,
+                  "range": [-0.5, len(x) - 0.5], "title": {"text": "character"}, "showgrid": False},
+        "yaxis": {**every_tick(y), "categoryorder": "array", "categoryarray": y, "autorange": "reversed", "showgrid": False},
+        "height": 150 + 24 * len(names), "margin": {"l": 90, "r": 20, "t": 70, "b": 50}})
+
+
 def parity_dict(analyses: ParityAnalysis | list[ParityAnalysis], curve: dict[str, float] | None = None, bits: int | None = None) -> dict:
     """Parity (POST /parity): ponder N+R against the number of nonzero entries (Graves 2016, fig. 4):
     the test-set mean per count (`curve`: the card's metrics.test.ponder_by_nonzero), every
@@ -697,6 +774,8 @@ lesion_figure = _returns_figure(lesion_dict)
 random_lesion_figure = _returns_figure(random_lesion_dict)
 class_lesion_figure = _returns_figure(class_lesion_dict)
 text_figure = _returns_figure(text_dict)
+text_layers_figure = _returns_figure(text_layers_dict)
+corpus_layers_figure = _returns_figure(corpus_layers_dict)
 parity_figure = _returns_figure(parity_dict)
 halting_figure = _returns_figure(halting_dict)
 
@@ -882,11 +961,12 @@ def answer_figures(kind: str, answer: ImageAnalysis | TextAnalysis | ParityAnaly
         image    (ImageAnalysis) "map": the ponder map over the input (or the input alone:
                  models without blocks), "blocks": every block's map on one scale (per-position models), "gates" (gated models),
                  "exits" (models with exits: each exit's confidence, the threshold, the exit taken)
-        text     (TextAnalysis) "text": per-character ponder and surprisal
+        text     (TextAnalysis) "text": per-character ponder and surprisal; "layers": character x
+                 layer (models whose trace has token_layers)
         parity   (ParityAnalysis) "parity": ponder against nonzero entries, this vector over the
                  test-set curve; "halting": p(n) over steps (models that report a halting distribution)
         dataset  (DatasetAnalysis or CorpusAnalysis) dataset_dicts(result): "class",
-                 "flops_histogram", ... (image), "corpus" (text)
+                 "flops_histogram", ... (image), "corpus", "corpus_layers" (text)
         sweep    (a StudyEnvelope of list[SweepPoint]) "sweep": accuracy vs FLOPs of every model
                  asked for, the reference model (its "reference": one that skips nothing) as a diamond
         lesion   (a StudyEnvelope of LesionStudy) "single", "random", and "classes:<model>" per model
@@ -901,6 +981,8 @@ def answer_figures(kind: str, answer: ImageAnalysis | TextAnalysis | ParityAnaly
             out["exits"] = exits_dict(answer)
     elif kind == "text":
         out = {"text": text_dict(answer)}
+        if answer.layers is not None:
+            out["layers"] = text_layers_dict(answer)
     elif kind == "sweep":  # the envelope: {"results": {label: list[SweepPoint]}, "reference": Reference or None}
         out = {"sweep": sweep_dict(answer["results"], answer.get("reference"))}
     elif kind == "lesion":  # the envelope: {"results": {label: LesionStudy}}

@@ -116,6 +116,12 @@ def text_figure(model: LoadedModel | str, text: str, **options):
     return figures.text_figure(analyze_text(model, text), **options)
 
 
+def text_layers_figure(model: LoadedModel | str, text: str, **options):
+    """figures.text_layers_figure of analyze_text(model, text): character x layer, the weight where
+    each layer ran (models whose trace has token_layers; options: colorscale)."""
+    return figures.text_layers_figure(analyze_text(model, text), **options)
+
+
 def parity_figure(model: LoadedModel | str, vectors: list[list[float]]):
     """figures.parity_figure of each vector's analysis (the last is the current one) with the card's test-set curve."""
     model = _model(model, "parity")

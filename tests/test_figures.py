@@ -363,7 +363,47 @@ def every_answer() -> list[tuple[str, object]]:
             ("parity", parity_analysis(3, 4.5, [1, 0, -1, 1])), ("parity", halting), ("dataset", dataset), ("dataset", corpus),
             ("sweep", {"results": {"sact": sweep_points()}, "reference": reference}), ("sweep", {"results": {"sact": sweep_points()}, "reference": None}),
             ("lesion", {"results": {"aig": lesion_study(), "other": lesion_study()}, "reference": None}),
-            ("image", exit_analysis()), ("image", exit_analysis(taken=2, threshold=None)), ("dataset", exit_dataset())]
+            ("image", exit_analysis()), ("image", exit_analysis(taken=2, threshold=None)), ("dataset", exit_dataset()),
+            ("text", layers_analysis()), ("text", layers_analysis(weights=False)), ("dataset", layers_corpus())]
+
+
+def layers_analysis(weights: bool = True) -> TextAnalysis:
+    """A text answer of a model with token_layers: "é" is two bytes, one of which ran layer 2."""
+    layers = [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.5, 0.0], [1.0, 1.0, 1.0]]
+    update = {"layer_names": ["step 1", "step 2", "step 3"], "layers": layers,
+              "layer_weights": [[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.8, 0.1, 0.0], [0.2, 0.3, 0.5]] if weights else None}
+    return text_analysis().model_copy(update=update)
+
+
+def layers_corpus() -> CorpusAnalysis:
+    return CorpusAnalysis(model="lm", source="test", per_char_class={
+        "letter": {"count": 10, "steps": 1.1, "steps_std": 0.3, "ponder": 1.5, "ponder_std": 0.2, "layers": [1.0, 0.4]},
+        "space": {"count": 5, "steps": 2.0, "steps_std": 0.1, "ponder": 2.2, "ponder_std": 0.1, "layers": [1.0, 0.9]}},
+        class_labels={"letter": "letters", "space": "spaces"}, layer_names=["layer 1", "layer 2 (routed)"], layer_rates=[1.0, 0.5667])
+
+
+def test_the_character_x_layer_heatmap_colours_the_layers_that_ran():
+    a = layers_analysis()
+    fig = figures.answer_figures("text", a)["layers"]
+    ran, skipped = fig["data"]
+    assert ran["x"] == ["#0 'a'", "#1 '␣'", "#2 'é'", "#3 '↵'"] and ran["y"] == ["step 1", "step 2", "step 3"]
+    assert ran["z"] == [[0.5, 1.0, 0.8, 0.2], [0.5, None, 0.1, 0.3], [None, None, None, 0.5]]  # the weight where the layer ran (é: one byte of two)
+    assert skipped["z"] == [[None] * 4, [None, 0, None, None], [0, 0, 0, None]]  # grey where it did not
+    assert (ran["zmin"], ran["zmax"]) == (0, 1.0) and "weight %{z:.3f}" in ran["hovertemplate"] and skipped["showscale"] is False
+    assert fig["layout"]["xaxis"]["ticktext"] == ["a", "␣", "é", "↵"] and fig["layout"]["yaxis"]["autorange"] == "reversed"
+    dense = figures.text_layers_dict(layers_analysis(weights=False))["data"][0]  # no weights: 1 where it ran (é: the share of its bytes)
+    assert dense["z"] == [[1.0, 1.0, 1.0, 1.0], [1.0, None, 0.5, 1.0], [None, None, None, 1.0]] and "weight" not in dense["hovertemplate"]
+    assert figures.distinct(["a", "b", "a"]) == ["a", "b", "a (2)"]
+    assert "layers" not in figures.answer_figures("text", text_analysis())
+
+
+def test_the_corpus_class_x_layer_heatmap():
+    c = layers_corpus()
+    fig = figures.dataset_dicts(c, "Blues")["corpus_layers"]
+    [heat] = fig["data"]
+    assert heat["x"] == ["layer 1", "layer 2 (routed)"] and heat["y"] == ["letters", "spaces", "all bytes"]
+    assert heat["z"] == [[1.0, 0.4], [1.0, 0.9], [1.0, 0.5667]] and heat["colorscale"] == figures.plotly_scale("Blues")
+    assert set(figures.dataset_dicts(every_answer()[7][1])) == {"corpus"}  # no layer rates: no heatmap
 
 
 def plain_json(value, path="figure") -> None:
@@ -436,6 +476,7 @@ def test_notebook_figures_are_the_server_dicts_as_plotly_figures():
         figures.class_lesion_figure: ((study, "aig"), {}), figures.text_figure: ((text_analysis(),), {"measure": "ponder"}),
         figures.parity_figure: (([parity_analysis(3, 4.5, [1, 0, -1, 1])],), {"curve": {"1": 2.0}}),
         figures.halting_figure: ((every_answer()[5][1],), {}),
+        figures.text_layers_figure: ((layers_analysis(),), {"colorscale": "Hot"}), figures.corpus_layers_figure: ((layers_corpus(),), {}),
     }
     for function, (args, kwargs) in calls.items():
         build = getattr(figures, function.__name__.removesuffix("_figure") + "_dict")

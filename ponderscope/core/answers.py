@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ponderscope.core.imaging import png_data_url
 from ponderscope.core.workloads import CHAR_CLASS_LABELS, CHAR_CLASSES, char_class
-from ponderscope.models.contract import block_labels, exit_labels, exit_threshold, layer_names
+from ponderscope.models.contract import block_labels, exit_labels, exit_threshold, layer_names, token_layer_labels
 from ponderscope.models.trace import Trace
 
 
@@ -184,7 +184,18 @@ class TextAnalysis(Open):
     time_ms: float
     execution: str
     replaced_surrogates: int = Field(0, description="lone surrogates replaced by U+FFFD before the model read the text")
-    figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "text" (per character: the measure as bars, the other as a line, surprisal)')
+    layer_names: Optional[list[str]] = Field(None, description="models whose trace has token_layers (per byte and layer: the layer computed "
+                                                               "it): the L layers' names, input to output (the model's token_layer_names, "
+                                                               "else \"layer 1\", ...); null for other models")
+    layers: Optional[list[list[float]]] = Field(None, description="with layer_names: per character (in `chars` order) a row of L, 1 where "
+                                                                  "the layer computed the character and 0 where it did not (a character of "
+                                                                  "several UTF-8 bytes: the fraction of its bytes the layer computed)")
+    layer_weights: Optional[list[list[float]]] = Field(None, description="with layers, where the trace has token_layer_weights: per "
+                                                                         "character a row of L, the weight the layer's output got (ACT: "
+                                                                         "the halting weight p^l; a router: its weight; 0 where the layer "
+                                                                         "did not run), the mean over the character's bytes")
+    figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "text" (per character: the measure as bars, the other as a line, surprisal), '
+                                              '"layers" (models with layer rows: character x layer, the weight where the layer ran)')
 
 
 class ParityAnalysis(Open):
@@ -282,8 +293,12 @@ class CorpusAnalysis(Open):
     max_steps: Optional[int] = None
     corr_ponder_surprisal: Optional[float] = None
     corr_steps_surprisal: Optional[float] = None
+    layer_names: Optional[list[str]] = Field(None, description="models whose trace has token_layers: the L layers' names; each class of "
+                                                               "per_char_class then has \"layers\", the fraction of its bytes each layer computed")
+    layer_rates: Optional[list[float]] = Field(None, description="with layer_names: the fraction of all the held-out bytes each layer computed")
     class_labels: dict[str, str] = Field(default_factory=dict)
-    figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "corpus"')
+    figures: Optional[dict[str, Any]] = Field(None, description=FIGURES_DOC + ': "corpus", and "corpus_layers" (models with layer rates: '
+                                              'class x layer, the fraction of the class\'s bytes each layer computed)')
 
 
 class SweepPoint(Open):
@@ -511,6 +526,7 @@ def analyze_text(model, text: str) -> TextAnalysis:
     class (ponderscope.core.workloads.char_class: of the character, so "é" is a letter here while the held-
     out statistics, per byte, count its two bytes as markup / other). Per class: count and mean N, N + R. `measure`: the quantity that
     varies over this text (steps N if it does, else ponder N + R), which the page colours by.
+    A model whose trace has token_layers: per character its layer row and weights (text_layers).
     Lone surrogates (which JSON can carry) become U+FFFD first (`replaced_surrogates`)."""
     text, replaced = valid_unicode(text)
     data = text.encode("utf-8")
@@ -535,6 +551,7 @@ def analyze_text(model, text: str) -> TextAnalysis:
         })
         position, previous = position + width, char
     known = [c["bits"] for c in chars if c["bits"] is not None]
+    layers = text_layers(model, trace, [c["bytes"] for c in chars])
     classes = {}
     for name in CHAR_CLASSES:
         members = [c for c in chars if c["class"] == name]
@@ -556,7 +573,30 @@ def analyze_text(model, text: str) -> TextAnalysis:
         "execution": trace.execution or model.execution,  # the one that ran (LoadedModel.trace)
         "unshown_signals": extras_json(trace)["unshown_signals"],
         "replaced_surrogates": replaced,
+        **layers,
     })
+
+
+def text_layers(model, trace: Trace, widths: list[int], index: int = 0) -> dict:
+    """Trace.token_layers [B, T, L] (and token_layer_weights) of text `index` -> per character (of
+    `widths` UTF-8 bytes each, in order) a row of L: whether each layer computed it, 0 or 1, and
+    the weight its output got; for a character of several bytes the mean over them. With the
+    layers' names (the model's token_layer_names, else numbered). {} without token_layers."""
+    if trace.token_layers is None:
+        return {}
+    ran = trace.token_layers[index].cpu()
+    count = int(ran.shape[1])
+    owner = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths))  # the character each byte belongs to
+    bytes_per_char = torch.tensor(widths, dtype=torch.float64).unsqueeze(1)
+
+    def per_char(values: torch.Tensor, digits: int) -> list[list[float]]:
+        sums = torch.zeros(len(widths), count, dtype=torch.float64).index_add_(0, owner, values.double())
+        return [[round(v, digits) for v in row] for row in (sums / bytes_per_char).tolist()]
+
+    weights = trace.token_layer_weights
+    return {"layer_names": token_layer_labels(getattr(model.module, "token_layer_names", None), count),
+            "layers": per_char(ran, 3),
+            "layer_weights": None if weights is None else per_char(weights[index].float().cpu(), 4)}
 
 
 # Trace.extras the page draws (docs/own-models.md); any other key is named in `unshown_signals`.

@@ -27,7 +27,7 @@ BATCH = 250
 
 
 CORPUS_BYTES = 20_000  # held-out bytes a text model's corpus panel is measured on, without card metrics
-CORPUS_SCHEMA = 2  # bump when the corpus statistics change (cached answers then are recomputed)
+CORPUS_SCHEMA = 3  # bump when the corpus statistics change (cached answers then are recomputed; 3: layer_names, layer_rates)
 STUDY_SCHEMA = 3  # the same for what-if studies (2: layer_execution_rate; 3: each point's label)
 IMAGE_SCHEMA = 5  # the same for image models (2: the overall mean_ponder; 3: summarize; 4: the cards' vocabulary; 5: exits)
 
@@ -66,7 +66,8 @@ class DatasetJobs:
                 stats = workload.evaluate(entry.planned(), limit=CORPUS_BYTES)  # the planned execution per batch
             source = f"the first {stats['bytes']} held-out bytes (measured by the server)"
         keys = ("bytes", "bits_per_byte", "mean_steps", "mean_ponder", "per_char_class", "steps_histogram", "steps_mode",
-                "steps_off_mode_fraction", "steps_at_cap_fraction", "max_steps", "corr_ponder_surprisal", "corr_steps_surprisal")
+                "steps_off_mode_fraction", "steps_at_cap_fraction", "max_steps", "corr_ponder_surprisal", "corr_steps_surprisal",
+                "layer_names", "layer_rates")
         result = {"model": entry.id, "kind": "text", "dataset": entry.card.dataset, "source": source,
                   **{k: stats.get(k) for k in keys}}
         result["class_labels"] = {name: CHAR_CLASS_LABELS.get(name, name) for name in result["per_char_class"] or {}}
