@@ -18,11 +18,14 @@ masked, dense, sparse, masked, dense, ...; median), on CPU with one thread:
   * A-ViT and the early-exit ResNet-32 against their dense twins (bench/twins.py, issue 24): the
     trained checkpoints (or random-weight stand-ins, said in the table) on their test images,
     batch 1 and 32, sparse / masked / dense in rotated rounds, time ratio beside FLOPs ratio.
+  * The Universal Transformer + ACT and Mixture-of-Depths byte LMs against their dense twins
+    (bench/byte_twins.py, issue 25): held-out Jargon File windows of 128 bytes, batch 1 and 64,
+    bytes per second and time ratio beside FLOPs ratio, the same way.
 
 Writes the tables to bench/results.md (and prints them). Options: --quick (fewer repeats, for a
-smoke test), --only sact,aig,bundled,rnn,auto,avit,early-exit. A run of `--only auto`, or of
-`--only avit,early-exit`, (or of both) replaces those sections of bench/results.md (between their
-markers) and leaves the rest of the file as it was.
+smoke test), --only sact,aig,bundled,rnn,auto,avit,early-exit,ut-act,mod. A run of `--only auto`, of
+`--only avit,early-exit` or of `--only ut-act,mod` (or of several of them) replaces those sections
+of bench/results.md (between their markers) and leaves the rest of the file as it was.
 """
 from __future__ import annotations
 
@@ -41,10 +44,10 @@ import torch.nn.functional as F
 from ponderscope import models
 from bench.common import Report, bundled_images, dense_ms, interleaved, median, rotated, row, runner, setup_cpu, time_models
 from ponderscope.readme import replace_section
-from bench import twins
+from bench import byte_twins, twins
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_SECTIONS = "sact,aig,bundled,rnn,auto,avit,early-exit"
+ALL_SECTIONS = "sact,aig,bundled,rnn,auto,avit,early-exit,ut-act,mod"
 RESULTS = ROOT / "bench" / "results.md"
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -412,7 +415,7 @@ def auto_section(report: Report, repeats: dict, device: str = "cpu", imagenet_ta
 
 
 # Sections that a run of their keys alone replaces in results.md (between their markers), leaving the rest as it was.
-MARKED_SECTIONS = {AUTO_MARKERS: ("auto",), twins.MARKERS: twins.KEYS}
+MARKED_SECTIONS = {AUTO_MARKERS: ("auto",), twins.MARKERS: twins.KEYS, byte_twins.MARKERS: byte_twins.KEYS}
 
 
 def write_marked_section(lines: list[str], markers: tuple[str, str], stamp: str, path: Path = RESULTS) -> None:
@@ -446,6 +449,7 @@ def main(argv=None):
     repeats = {1: 3, 32: 1, "rnn": 3} if args.quick else {1: 25, 32: 5, "rnn": 9}
     auto_repeats = {1: 2, 32: 1} if args.quick else {1: 9, 32: 5}
     twin_repeats = {1: 3, 32: 3} if args.quick else {1: 25, 32: 25}  # small networks: batch-32 rounds are cheap too
+    byte_repeats = {1: 2, 64: 2} if args.quick else {1: 11, 64: 11}  # a round: 64 windows of 128 bytes, three models
     report = Report()
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     report.add("# Sparse execution benchmark\n")
@@ -470,6 +474,8 @@ def main(argv=None):
         auto_section(report, auto_repeats, device=args.device)
     if any(key in only for key in twins.KEYS):  # on CPU, as the bundled section
         twins.twins_section(report, [key for key in twins.KEYS if key in only], twin_repeats)
+    if any(key in only for key in byte_twins.KEYS):  # on CPU too
+        byte_twins.byte_twins_section(report, [key for key in byte_twins.KEYS if key in only], byte_repeats)
     report.add(f"\n(total {time.time() - start:.0f} s)")
     marked_only = set(only) <= {key for keys in MARKED_SECTIONS.values() for key in keys}
     if not args.quick and args.out != "-" and args.device == "cpu" and marked_only:

@@ -107,7 +107,10 @@ class UniversalTransformerLM(nn.Module):
             h = torch.ones_like(state[..., 0]) if last else torch.sigmoid(self.halting_unit(self.halting_norm(state))).squeeze(-1)
             p = halting.update(h * running, force_halt=last, zero_after_halt=True)
             output = output + p.unsqueeze(-1) * state
-            flops = flops + self.layer.flops(running) + running.sum(1) * (0 if last else 2 * state.shape[-1])
+            # A window none of whose bytes runs any more has no step n (alone, its loop would have
+            # stopped): its keys are not counted, so a text's FLOPs do not depend on its batch.
+            keys = running.any(1, keepdim=True).expand_as(running)
+            flops = flops + self.layer.flops(running, keys=keys) + running.sum(1) * (0 if last else 2 * state.shape[-1])
             ran.append(running)
             weights.append(p)
             if not halting.any_running():

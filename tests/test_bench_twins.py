@@ -5,12 +5,13 @@ trained yet is built as its config says and calibrated, and a run of its keys al
 its section of results.md."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import torch
 
-from bench import twins
+from bench import byte_twins, twins
 from bench.__main__ import AUTO_MARKERS, write_marked_section
 from bench.common import Report
 from ponderscope.models import create_model
@@ -111,3 +112,146 @@ def test_a_run_of_its_keys_replaces_only_its_section(tmp_path):
     second = results.read_text(encoding="utf-8")
     assert second == first.replace("(stamp 1)", "(stamp 2)").replace("| new |", "| newer |")
     assert len(re.findall(re.escape(twins.MARKERS[0]), second)) == 1
+
+
+# ----------------------------------------------------------------------------- byte LMs (issue 25 item 5)
+
+BYTE_LM = dict(dim=32, heads=2, mlp_ratio=2.0, context=32)
+BYTE_LM_CARD = {"task": {"name": "bytes-lm"}, "dataset": "jargon"}
+
+
+def small_byte_lms() -> dict:
+    """Untrained small models under the bundled checkpoints' names: ut_act with a halting unit
+    scaled up (its bytes halt after 1 to 4 steps), mod routing by its predictor, and their twins."""
+    torch.manual_seed(0)
+    ut_act = create_model("ut_act", **BYTE_LM, max_steps=4, halting_bias=1.0)
+    with torch.no_grad():
+        ut_act.halting_unit.weight.mul_(20.0)
+    return {"jargon_ut_act": ut_act, "jargon_ut": create_model("ut", **BYTE_LM, max_steps=4),
+            "jargon_mod": create_model("mod", **BYTE_LM, depth=4, capacity=0.25), "jargon_transformer": create_model("transformer_lm", **BYTE_LM, depth=4)}
+
+
+def saved_byte_lms(directory):
+    from ponderscope.models import save_checkpoint
+
+    made = small_byte_lms()
+    for name, model in made.items():
+        save_checkpoint(model.eval(), directory / name, BYTE_LM_CARD)
+    return made
+
+
+def byte_windows(n: int = 64) -> torch.Tensor:
+    return torch.randint(0, 256, (n, byte_twins.SEQ_LEN), generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("pair", byte_twins.TWINS, ids=byte_twins.KEYS)
+def test_byte_twins_report_the_traces_flops_ratio(tmp_path, pair):
+    """The checkpoints are taken by name; the FLOPs ratio of both rows is the adaptive model's
+    recorded FLOPs, window by window, over its twin's (= its own dense_flops), the same at batch 1
+    and 64 and for sparse and masked; bytes per second are the bytes over the median times."""
+    made = saved_byte_lms(tmp_path)
+    adaptive, dense, stand_ins = byte_twins.load_byte_twins(pair, checkpoints=tmp_path)
+    assert stand_ins == {}
+    assert adaptive.checkpoint_path == str(tmp_path / pair.adaptive) and dense.checkpoint_path == str(tmp_path / pair.dense)
+    assert all(torch.equal(v, made[pair.adaptive].state_dict()[k]) for k, v in adaptive.state_dict().items())
+    windows = byte_windows()
+    with torch.no_grad():
+        alone = {execution: [] for execution in ("sparse", "masked")}
+        for execution in alone:
+            adaptive.execution = execution
+            alone[execution] = [adaptive.trace(w[None]) for w in windows]
+        adaptive.execution = "sparse"
+        twin = [dense.trace(w[None]) for w in windows]
+    dense_flops = adaptive.dense_flops(byte_twins.SEQ_LEN)
+    assert all(float(t.flops) == dense_flops for t in twin)  # the twin costs what the adaptive model calls dense
+    expected = sum(float(t.flops) for t in alone["sparse"]) / (len(windows) * dense_flops)
+    assert expected == sum(float(t.flops) for t in alone["masked"]) / (len(windows) * dense_flops)
+    assert 0.3 < expected < 0.95  # something halts / is routed past, not everything
+    steps = float(torch.cat([t.steps.float() for t in alone["sparse"]]).mean())
+
+    report = Report()
+    figures = byte_twins.byte_twin_rows(report, pair, adaptive, dense, windows, {1: 1, 64: 1}, ("adaptive", "dense"))
+    assert [f["batch"] for f in figures] == [1, 64]
+    rows = [line for line in report.lines if line.startswith("| adaptive |")]
+    assert len(rows) == 2 and [row.split(" | ")[3] for row in rows] == ["64 x 1", "1 x 64"]
+    layers = 4
+    for figure, line in zip(figures, rows):
+        assert figure["flops ratio"] == pytest.approx(expected, rel=1e-12)
+        assert figure["masked flops ratio"] == pytest.approx(expected, rel=1e-12)
+        assert figure["twin matches"] and figure["bytes"] == 64 * byte_twins.SEQ_LEN
+        assert figure["per byte"] == pytest.approx(steps, rel=1e-6)
+        cells = line.split(" | ")
+        assert cells[2] == "128 bytes" and cells[4] == f"{expected:.3f}"
+        assert cells[5] == f"**{figure['sparse ratio']:.3f}**" and cells[6] == f"{figure['masked ratio']:.3f}"
+        assert cells[7] == f"{figure['sparse ratio'] - expected:+.3f}"
+        assert cells[8] == f"{steps:.2f} of {layers}"
+        for name, cell in zip(("dense", "sparse", "masked"), (cells[9], cells[10].strip("*"), cells[11].rstrip(" |"))):
+            assert figure[f"{name} bytes/s"] == pytest.approx(64 * byte_twins.SEQ_LEN / figure[name])
+            assert cell == f"{figure[f'{name} bytes/s']:.0f}"
+        assert figure["sparse ratio"] > 0 and figure["masked ratio"] > 0
+    assert adaptive.execution == "sparse"
+
+
+def test_byte_twin_stand_ins_are_the_size_of_their_twin(tmp_path):
+    """Not trained yet: the model of its config if there is one, else its twin's model_kwargs
+    (from the twin's checkpoint card or config), else the registry's defaults; said as such."""
+    configs, checkpoints = tmp_path / "configs", tmp_path / "checkpoints"
+    configs.mkdir()
+    checkpoints.mkdir()
+    (configs / "jargon_ut_act.json").write_text(json.dumps({"model": "ut_act", "model_kwargs": {**BYTE_LM, "max_steps": 3}}), encoding="utf-8")
+    adaptive, dense, stand_ins = byte_twins.load_byte_twins(byte_twins.TWINS[0], checkpoints, configs)
+    assert stand_ins == {"jargon_ut_act": "configs/jargon_ut_act.json's model, random weights (seed 0)",
+                         "jargon_ut": "ut with jargon_ut_act's model_kwargs (no configs/jargon_ut.json), random weights (seed 0)"}
+    assert (adaptive.registry_name, dense.registry_name) == ("ut_act", "ut") and adaptive.max_steps == dense.max_steps == 3
+    x = byte_windows(2)
+    with torch.no_grad():
+        assert dense.trace(x).flops.tolist() == [adaptive.dense_flops(x.shape[1])] * 2
+    # Only the dense twin trained: the adaptive model takes its card's model_kwargs.
+    saved_byte_lms(checkpoints)
+    (checkpoints / "jargon_mod" / "card.json").unlink()
+    adaptive, dense, stand_ins = byte_twins.load_byte_twins(byte_twins.TWINS[1], checkpoints, configs)
+    assert list(stand_ins) == ["jargon_mod"] and "jargon_transformer's model_kwargs" in stand_ins["jargon_mod"]
+    assert dense.checkpoint_path == str(checkpoints / "jargon_transformer")
+    assert adaptive.registry_name == "mod" and adaptive.depth == 4 and adaptive.context == 32 and any(adaptive.routed)
+    with torch.no_grad():
+        assert dense.trace(x).flops.tolist() == [adaptive.dense_flops(x.shape[1])] * 2
+    # Nothing at all: the registry's defaults, for both.
+    adaptive, dense, stand_ins = byte_twins.load_byte_twins(byte_twins.TWINS[1], tmp_path / "none", configs)
+    assert sorted(stand_ins) == ["jargon_mod", "jargon_transformer"] and "registry's defaults" in stand_ins["jargon_mod"]
+    assert adaptive.depth == dense.depth and adaptive.context == dense.context == byte_twins.SEQ_LEN
+
+
+def test_held_out_windows_are_evaluations():
+    from ponderscope.core import data
+
+    try:
+        _, held_out = data.split_text(data.load_text_corpus("jargon"))
+    except data.DataSourceMissing:
+        pytest.skip("the Jargon File is not installed")
+    windows = byte_twins.held_out_windows(3)
+    assert windows.shape == (3, 128) and windows.dtype == torch.long
+    assert bytes(windows.flatten().tolist()) == held_out[: 3 * 128]
+
+
+def test_only_ut_act_mod_runs_the_byte_section(tmp_path, monkeypatch, capsys):
+    """`python -m bench --only ut-act,mod` runs this section alone, on the checkpoints by name, and
+    its run replaces only its own marked section of results.md."""
+    from bench import __main__ as bench_main
+
+    saved_byte_lms(tmp_path)
+    monkeypatch.setattr(byte_twins, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(byte_twins, "held_out_windows", lambda n=64: byte_windows(n)[:, :32])  # one window of the models' context: quicker
+    assert set(byte_twins.KEYS) <= set(bench_main.ALL_SECTIONS.split(","))
+    assert bench_main.MARKED_SECTIONS[byte_twins.MARKERS] == byte_twins.KEYS
+    bench_main.main(["--quick", "--only", "ut-act,mod", "--out", "-"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| jargon_")]
+    assert [r.split(" | ")[:4] for r in rows] == [["| jargon_ut_act", "jargon_ut", "32 bytes", "64 x 1"], ["| jargon_ut_act", "jargon_ut", "32 bytes", "1 x 64"],
+                                                  ["| jargon_mod", "jargon_transformer", "32 bytes", "64 x 1"], ["| jargon_mod", "jargon_transformer", "32 bytes", "1 x 64"]]
+    assert "(*stand-in*)" not in out and "A-ViT" not in out and byte_twins.MARKERS[0] in out and byte_twins.MARKERS[1] in out
+    results = tmp_path / "results.md"
+    results.write_text("# Sparse execution benchmark\n\n" + "\n".join([twins.MARKERS[0], "twin rows", twins.MARKERS[1]]) + "\n", encoding="utf-8")
+    lines = out.splitlines()
+    write_marked_section(lines, byte_twins.MARKERS, "(stamp)", results)
+    text = results.read_text(encoding="utf-8")
+    assert "twin rows" in text and text.count(byte_twins.MARKERS[0]) == 1 and all(r in text for r in rows)
