@@ -1,10 +1,13 @@
 /* Text view: a byte model that ponders per input step, on the text typed: each character coloured by how
  * long the network pondered on it, the per-character chart with the surprisal, the mean per
- * character class, and the model's held-out corpus statistics (a polled server job). */
+ * character class, and the model's held-out corpus statistics (a polled server job). A model
+ * whose trace says which layers computed each byte (Trace.token_layers: the answer's `layers`)
+ * also gets the character x layer heatmap, a clicked character's column in words, and the corpus
+ * panel's class x layer rates. */
 import { $, debounce, el, fill, fmt, pct, stat, unshownNote } from '../core/dom.js';
 import { api, jobPoller } from '../core/api.js';
-import { colorAt, gradientCss, inkFor, rgbCss } from '../core/colors.js';
-import { plot, purge } from '../core/plots.js';
+import { colorAt, gradientCss, inkFor, plotlyScale, rgbCss } from '../core/colors.js';
+import { plot, purge, recolored } from '../core/plots.js';
 import { bindExports, downloadCsv, downloadJson, safeName } from '../core/export.js';
 import { defaultModel, fillPicker, hasTestSet, renderCardSummary } from '../core/cards.js';
 import { MODEL_BY_ID, SETTING_DEFAULTS, results, state, syncUrl } from '../core/state.js';
@@ -15,6 +18,7 @@ const MEASURES = ['auto', 'steps', 'ponder'];
 
 let textToken = 0;
 let textAbort = null;
+let selectedChar = null; // the character whose column of layers is shown (an index into the answer's chars), or null
 const corpusJob = jobPoller();
 
 async function runText() {
@@ -58,6 +62,7 @@ function render(t = results.text) {
     $('text-legend').replaceChildren();
     $('text-classes').replaceChildren();
     purge($('text-chart'));
+    renderLayers(null);
     return;
   }
   const key = textMeasure(t);
@@ -66,12 +71,14 @@ function render(t = results.text) {
   const span = hi > lo ? hi - lo : 0;
   const frag = document.createDocumentFragment();
   const colors = t.chars.map((c) => colorAt(state.colormap, span ? (c[key] - lo) / span : 0.5));
+  const selected = hasLayers(t) ? selectedChar : null; // a column is shown for models with layer rows only
   t.chars.forEach((c, i) => {
     const rgb = colors[i];
     const node = el('span', { class: c.char === '\n' ? 'ch newline' : 'ch', title: charTitle(t, c, i), 'data-i': i, 'data-steps': c.steps, 'data-ponder': c.ponder });
     node.style.backgroundColor = rgbCss(rgb);
     node.style.color = inkFor(rgb);
     node.textContent = c.char === '\n' ? '↵\n' : c.char;
+    if (i === selected) node.classList.add('selected');
     frag.append(node);
   });
   out.replaceChildren(frag);
@@ -92,6 +99,87 @@ function render(t = results.text) {
     title: `${c.count} character(s) of class ${c.label} in this text`,
   }, el('b', { text: c.label }), ` N ${fmt(c.steps, 2)} · N+R ${fmt(c.ponder, 2)} `, el('span', { class: 'muted', text: `(${c.count})` }))));
   plot($('text-chart'), textFigure(t, key, colors), `text-${safeName(t.model)}`);
+  renderLayers(t);
+}
+
+// ------------------------------------------------------------------ layers per character
+const hasLayers = (t) => !!(t && t.chars && t.layers && t.layer_names && t.figures && t.figures.layers);
+
+/** The character x layer heatmap (ponderscope.figures.text_layers_dict) of an answer with layer
+ * rows, the selected character's column in words, or nothing (the panel hidden). */
+function renderLayers(t) {
+  const panel = $('text-layers-panel');
+  const chart = $('text-layers-chart');
+  $('text-output').classList.toggle('has-layers', hasLayers(t));
+  if (!hasLayers(t)) {
+    panel.hidden = true;
+    purge(chart);
+    $('text-layer-detail').replaceChildren();
+    $('text-layers-stats').replaceChildren();
+    return;
+  }
+  if (selectedChar !== null && selectedChar >= t.chars.length) selectedChar = null;
+  panel.hidden = false;
+  const run = t.layers.map((row) => row.reduce((a, v) => a + v, 0));
+  $('text-layers-stats').replaceChildren(
+    stat('layers', String(t.layer_names.length)),
+    stat('mean run per char', fmt(run.reduce((a, v) => a + v, 0) / run.length, 2), 'the layers that computed a character, averaged over the characters'),
+  );
+  Promise.resolve(plot(chart, layersFigure(t), `layers-${safeName(t.model)}`)).then(() => {
+    if (!chart.on) return;
+    chart.removeAllListeners('plotly_click');
+    chart.on('plotly_click', (event) => {
+      const point = event && event.points && event.points[0];
+      const index = point ? Number(/^#(\d+)/.exec(String(point.x))?.[1]) : NaN;
+      if (Number.isInteger(index)) selectChar(index);
+    });
+  });
+  renderLayerDetail(t);
+}
+
+/** The server's figure with the colour scale in force and the selected character's column outlined. */
+function layersFigure(t) {
+  const fig = t.figures.layers;
+  const [ran, ...rest] = fig.data;
+  const data = state.colormap === SETTING_DEFAULTS.colormap ? fig.data : [{ ...ran, colorscale: plotlyScale(state.colormap) }, ...rest];
+  if (selectedChar === null) return { data, layout: fig.layout };
+  const column = { type: 'rect', xref: 'x', yref: 'paper', x0: selectedChar - 0.5, x1: selectedChar + 0.5, y0: 0, y1: 1,
+    line: { color: '#ff3b30', width: 2 }, fillcolor: 'rgba(0,0,0,0)', name: 'selected character' };
+  return { data, layout: { ...fig.layout, shapes: [...(fig.layout.shapes || []), column] } };
+}
+
+/** Show character `index`'s column: its span outlined, its column on the heatmap, its layers in words. */
+function selectChar(index) {
+  const t = results.text;
+  if (!hasLayers(t) || index < 0 || index >= t.chars.length) return;
+  selectedChar = index;
+  $('text-output').querySelectorAll('.ch.selected').forEach((node) => node.classList.remove('selected'));
+  const span = $('text-output').querySelector(`.ch[data-i="${index}"]`);
+  if (span) span.classList.add('selected');
+  plot($('text-layers-chart'), layersFigure(t), `layers-${safeName(t.model)}`);
+  renderLayerDetail(t);
+}
+
+function renderLayerDetail(t) {
+  const out = $('text-layer-detail');
+  if (selectedChar === null) {
+    out.replaceChildren(el('span', { class: 'muted', text: 'Click a character (in the text or a column) to see which layers computed it.' }));
+    return;
+  }
+  const i = selectedChar;
+  const c = t.chars[i];
+  const row = t.layers[i];
+  const weights = t.layer_weights ? t.layer_weights[i] : null;
+  const bytes = c.bytes > 1 ? ` (${c.bytes} UTF-8 bytes: the mean over them)` : '';
+  fill(out,
+    el('b', { text: `#${i} '${visibleChar(c.char)}'` }),
+    el('span', { class: 'layers-run', text: `${row.filter((v) => v > 0).length} of ${row.length} layers ran${bytes}:` }),
+    t.layer_names.map((name, l) => {
+      const v = row[l];
+      const what = v === 0 ? 'did not run' : v === 1 ? 'ran' : `ran on ${pct(v, 0)} of its bytes`;
+      const weight = weights && v > 0 ? `, weight ${fmt(weights[l], 3)}` : '';
+      return el('span', { class: `layer-cell ${v > 0 ? 'ran' : 'skipped'}`, 'data-layer': l, text: `${name}: ${what}${weight}` });
+    }));
 }
 
 const TEXT_UNITS = { steps: 'steps N', ponder: 'ponder cost N+R' };
@@ -146,6 +234,11 @@ async function runCorpus() {
 }
 
 function renderCorpus(c = results.corpus) {
+  const layers = $('corpus-layers-chart');
+  if (!c || !c.per_char_class || !c.figures || !c.figures.corpus_layers) {
+    purge(layers);
+    layers.hidden = true;
+  }
   if (!c || !c.per_char_class) {
     purge($('corpus-chart'));
     $('corpus-stats').replaceChildren();
@@ -153,6 +246,10 @@ function renderCorpus(c = results.corpus) {
     return;
   }
   plot($('corpus-chart'), c.figures.corpus, `corpus-${safeName(c.model)}`);
+  if (c.figures.corpus_layers) { // models whose trace has token_layers: class x layer, the share of the bytes each layer computed
+    layers.hidden = false;
+    plot(layers, recolored(c.figures.corpus_layers, state.colormap), `corpus-layers-${safeName(c.model)}`);
+  }
   const given = (v) => v !== null && v !== undefined;
   fill($('corpus-stats'),
     stat('bytes', String(c.bytes)),
@@ -162,6 +259,7 @@ function renderCorpus(c = results.corpus) {
     given(c.steps_at_cap_fraction) ? stat('N at cap', pct(c.steps_at_cap_fraction, 1), `N = M = ${c.max_steps} on this share of bytes`) : null,
     given(c.corr_ponder_surprisal) ? stat('corr(N+R, bits)', fmt(c.corr_ponder_surprisal, 3), 'Pearson correlation over held-out bytes between the ponder while reading a byte and the loss of predicting the next one (the chart above pairs a character with its own surprisal)') : null,
     given(c.corr_steps_surprisal) ? stat('corr(N, bits)', fmt(c.corr_steps_surprisal, 3), 'the same for the step count N') : null,
+    given(c.layer_rates) ? stat('layers per byte', fmt(c.layer_rates.reduce((a, v) => a + v, 0), 2), `of ${c.layer_rates.length}: the layers that computed a held-out byte, on average`) : null,
   );
   $('corpus-source').textContent = `From ${c.source}.`;
 }
@@ -172,7 +270,11 @@ function exportText(format) {
   if (!t) return false;
   const name = `text-${safeName(t.model)}`;
   if (format === 'json') return downloadJson(name, t);
-  return downloadCsv(name, ['index', 'char', 'codepoint', 'steps', 'ponder', 'bits'], t.chars.map((c, i) => [i, c.char, c.char.codePointAt(0), c.steps, c.ponder, c.bits]));
+  const names = hasLayers(t) ? t.layer_names : [];
+  const weights = names.length && t.layer_weights ? names : [];
+  return downloadCsv(name, ['index', 'char', 'codepoint', 'steps', 'ponder', 'bits', ...names.map((n) => `ran: ${n}`), ...weights.map((n) => `weight: ${n}`)],
+    t.chars.map((c, i) => [i, c.char, c.char.codePointAt(0), c.steps, c.ponder, c.bits,
+      ...(names.length ? t.layers[i] : []), ...(weights.length ? t.layer_weights[i] : [])]));
 }
 
 function selectModel(id) {
@@ -205,6 +307,10 @@ export const view = {
       runTextSoon();
     });
     $('ponder-measure').addEventListener('change', (e) => { state.measure = e.target.value; render(); syncUrl(); });
+    $('text-output').addEventListener('click', (e) => { // a character's column of layers (models with layer rows)
+      const span = e.target.closest('.ch');
+      if (span) selectChar(Number(span.dataset.i));
+    });
     $('text-model').addEventListener('change', (e) => {
       selectModel(e.target.value);
       syncUrl();
@@ -229,7 +335,7 @@ export const view = {
   render,
 
   restyle(change) {
-    if ('colormap' in change) render();
+    if ('colormap' in change) { render(); renderCorpus(); }
   },
 
   selectModel,
