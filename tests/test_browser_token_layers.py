@@ -4,7 +4,10 @@ uvicorn, driven by headless Chromium with real keystrokes and clicks (tests/test
 what the page drew is read from Plotly's `gd.data` and the DOM)."""
 from __future__ import annotations
 
+import csv
+import io
 import json
+import time
 import urllib.request
 from pathlib import Path
 
@@ -45,7 +48,7 @@ def site():
         (work / "downloads").mkdir()
         driver = make_driver(str(work / "downloads"), str(work / "chrome-profile"))
         try:
-            yield {"url": server.url, "driver": driver, "server": server}
+            yield {"url": server.url, "driver": driver, "server": server, "downloads": work / "downloads"}
         finally:
             driver.quit()
     finally:
@@ -156,6 +159,19 @@ def test_typed_text_draws_the_character_x_layer_heatmap_and_a_click_shows_a_colu
     assert heat["x"] == names and sorted(heat["y"][:-1]) == sorted(by_label) and heat["y"][-1] == "all bytes"
     assert heat["z"] == [by_label[label]["layers"] for label in heat["y"][:-1]] + [corpus["layer_rates"]]
     assert "layers per byte" in page.d.find_element(By.ID, "corpus-stats").text
+
+    # the CSV export carries each character's layer row and weights
+    button = page.d.find_element(By.ID, "text-csv")
+    page.js("arguments[0].scrollIntoView({block: 'center'})", button)
+    button.click()
+    saved = site["downloads"] / "ponderscope-text-tiny-ut_act.csv"
+    deadline = time.time() + 15
+    while not saved.is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    rows = list(csv.reader(io.StringIO(saved.read_text(encoding="utf-8"))))
+    assert rows[0] == ["index", "char", "codepoint", "steps", "ponder", "bits", *[f"ran: {n}" for n in names], *[f"weight: {n}" for n in names]]
+    assert len(rows) == 1 + len(TEXT) and rows[6][1] == "ö"
+    assert [float(v) for v in rows[6][6:]] == answer["layers"][5] + answer["layer_weights"][5]
 
     # another model: the Mixture-of-Depths, its routed layers named; the selection is kept (same text)
     Select(page.d.find_element(By.ID, "text-model")).select_by_value("tiny-mod")
