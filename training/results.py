@@ -118,6 +118,36 @@ def _char_class_tables(named_cards: list[tuple[str, dict]]) -> list[str]:
              "the held-out bytes of the class.", "", *lines] if lines else [])
 
 
+def _layer_rate_tables(named_cards: list[tuple[str, dict]]) -> list[str]:
+    """Per byte LM whose trace says which layers computed each byte (Trace.token_layers): the
+    share of each class's held-out bytes that each layer computed, for the layers that do not
+    compute every byte (a Mixture-of-Depths model's routed layers, a Universal Transformer's
+    steps after the first)."""
+    from ponderscope.core.workloads import CHAR_CLASS_LABELS as LABELS, CHAR_CLASSES
+
+    lines = []
+    for name, card in named_cards:
+        test = card.get("metrics", {}).get("test", {})
+        classes, names, rates = test.get("per_char_class") or {}, test.get("layer_names"), test.get("layer_rates")
+        if not names or not rates or not all("layers" in c for c in classes.values()):
+            continue
+        shown = [i for i, rate in enumerate(rates) if rate < 1.0]
+        if not shown:
+            continue
+        lines += [f"### `{name}`: the share of each class's bytes that each layer computed", "",
+                  f"On {test.get('bytes')} held-out bytes of {card.get('dataset')}; the layers not listed computed every byte. "
+                  f"FLOPs {100 * test['flops_ratio']:.1f}% of its dense twin's." if test.get("flops_ratio") is not None else
+                  f"On {test.get('bytes')} held-out bytes of {card.get('dataset')}; the layers not listed computed every byte.", "",
+                  "| class of the byte read | bytes | " + " | ".join(names[i] for i in shown) + " |",
+                  "|---|---|" + "---|" * len(shown),
+                  "| all | " + str(test.get("bytes")) + " | " + " | ".join(f"{100 * rates[i]:.1f}%" for i in shown) + " |"]
+        for key in [k for k in CHAR_CLASSES if k in classes]:
+            c = classes[key]
+            lines.append(f"| {LABELS[key]} | {c['count']} | " + " | ".join(f"{100 * c['layers'][i]:.1f}%" for i in shown) + " |")
+        lines.append("")
+    return (["## Byte language models: which layers computed which bytes", "", *lines] if lines else [])
+
+
 def write_results(checkpoint_dirs: list[str] | None = None, out: str | None = None, experiments: Path | None = EXPERIMENTS) -> str:
     """Write the table of `checkpoint_dirs` (default: the bundled ones) and of the experiment cards
     to `out` (default: docs/results.md); README's copy is updated only when it is the bundled
@@ -132,7 +162,7 @@ def write_results(checkpoint_dirs: list[str] | None = None, out: str | None = No
         paths = [root] if (root / CARD_FILE).is_file() else sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
         named = [(p.name, read_card(p)) for p in paths]
         rows += [_row(name, card) for name, card in named]
-        lm_tables += _char_class_tables(named)
+        lm_tables += _char_class_tables(named) + _layer_rate_tables(named)
     tried = _experiment_rows(Path(experiments)) if experiments and Path(experiments).is_dir() else []
     shown = Path(experiments).relative_to(CHECKOUT) if experiments and CHECKOUT and Path(experiments).is_relative_to(CHECKOUT) else experiments
     text = "\n".join([

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ponderscope.models.checkpoint import Card, has_image_test_set
+from ponderscope.models.contract import token_layer_labels
 
 from . import data, tasks
 from .statistics import mean_or_nan
@@ -448,7 +449,7 @@ def ponder_statistics(steps: torch.Tensor, ponders: torch.Tensor, losses: torch.
         out["max_steps"] = int(max_steps)
         out["steps_at_cap_fraction"] = float((steps >= max_steps).double().mean())
     if token_layers is not None:
-        out["layer_names"] = list(layer_names) if layer_names is not None else [f"layer {i + 1}" for i in range(token_layers.shape[1])]
+        out["layer_names"] = token_layer_labels(layer_names, token_layers.shape[1])
         out["layer_rates"] = [round(float(v), 5) for v in token_layers.double().mean(0)]  # over all bytes
     return out
 
@@ -497,7 +498,7 @@ class BytesLM:
         n_windows = (len(stream) - 1) // self.seq_len
         inputs = torch.stack([stream[i * self.seq_len : (i + 1) * self.seq_len] for i in range(n_windows)])
         targets = torch.stack([stream[i * self.seq_len + 1 : (i + 1) * self.seq_len + 1] for i in range(n_windows)])
-        losses, ponders, steps, layers = [], [], [], []
+        losses, ponders, steps, layers, flops, dense = [], [], [], [], 0.0, 0.0
         device = next(model.parameters()).device  # the model's, wherever the text was loaded
         for start in range(0, n_windows, batch_size):
             x = inputs[start : start + batch_size].to(device)
@@ -506,6 +507,7 @@ class BytesLM:
             losses.append(F.cross_entropy(trace.logits.reshape(-1, 256), y.reshape(-1), reduction="none").cpu())
             ponders.append(trace.ponder.reshape(-1).cpu())
             steps.append(trace.steps.reshape(-1).float().cpu())
+            flops, dense = flops + float(trace.flops.double().sum()), dense + float(trace.dense_flops) * x.shape[0]
             if trace.token_layers is not None:
                 layers.append(trace.token_layers.reshape(-1, trace.token_layers.shape[-1]).cpu())
         losses, ponders, steps = torch.cat(losses), torch.cat(ponders), torch.cat(steps)
@@ -518,6 +520,7 @@ class BytesLM:
             "bits_per_byte": mean_or_nan(losses) / math.log(2),
             "mean_ponder": mean_or_nan(ponders),
             "mean_steps": mean_or_nan(steps),
+            "flops_ratio": flops / dense if dense > 0 else None,  # executed / the dense twin's (Trace.dense_flops), over the windows
             **ponder_statistics(steps, ponders, losses, classes, getattr(model, "max_steps", None) if getattr(model, "act", False) else None,
                                 token_layers, getattr(model, "token_layer_names", None)),
         }
