@@ -6,10 +6,10 @@ the input `x` of a card task: each field's shape and dtype, and the agreement be
 and units on one grid, its halting and probabilities [B, n_units, H, W] on that grid where given,
 and the model's `block_names` one per block; ponder and steps [B, T] together; exit_confidence
 [B, E] and exit_taken [B] together, each exit taken one of the E, and the model's `exit_names` E
-of them; token_layers bool [B, T, L] over a sequence's input steps, token_layer_weights float
-[B, T, L] beside it (0 where the layer did not run), and the model's `token_layer_names` L of
-them). A violation is a `TraceContractError` naming the field, what the contract expects and
-what the model gave.
+of them; token_layers bool [B, T, L] over a byte LM's bytes, token_layer_weights float
+[B, T, L] beside it (>= 0, and 0 where the layer did not run), and the model's
+`token_layer_names` L of them). A violation is a `TraceContractError` naming the field, what the
+contract expects and what the model gave.
 
 What a model may declare besides its trace (`declarations`, `fixed_input_size`, `exit_threshold`)
 is read here too, so that every face reads it the same way.
@@ -228,27 +228,33 @@ def token_layer_labels(token_layer_names: Optional[Sequence[str]], layers: int) 
     return _declared_names(token_layer_names, layers, "token_layers", "token_layer_names", "token layer", "[B, T, L]", "L", "layer {n}")
 
 
-SEQUENCE_TASKS = ("parity", "bytes-lm")  # tasks whose input has steps T (parity: one, the vector)
+TOKEN_LAYER_TASKS = ("bytes-lm",)  # tasks whose traces may say which layers computed each input step (the Text view draws them)
 
 
 def _check_token_layers(trace, task: str, batch: int, steps: int, token_layer_names: Optional[Sequence[str]] = None) -> None:
-    """Per input step and layer: token_layers bool [B, T, L] (T: the input steps; sequence tasks
-    only), token_layer_weights float [B, T, L] only beside it and 0 wherever its layer did not
-    run; the model's token_layer_names (if any) L of them."""
+    """Per input step and layer: token_layers bool [B, T, L] (T: the bytes; byte LMs only, the
+    one task whose views draw them), token_layer_weights float [B, T, L] only beside it, >= 0, and
+    0 wherever its layer did not run; the model's token_layer_names (if any) L of them."""
     ran, weights = getattr(trace, "token_layers", None), getattr(trace, "token_layer_weights", None)
     if ran is None:
         if weights is not None:
             raise TraceContractError("token_layer_weights", "None where token_layers is None (the weights of the layers that ran)", describe(weights))
         return
-    if task not in SEQUENCE_TASKS:
-        raise TraceContractError("token_layers", f"None for a {task} model (per input step and layer: sequence tasks only, "
-                                                 f"{' and '.join(SEQUENCE_TASKS)})", describe(ran))
+    if task not in TOKEN_LAYER_TASKS:
+        raise TraceContractError("token_layers", f"None for a {task} model (per input step and layer: "
+                                                 f"{' and '.join(TOKEN_LAYER_TASKS)} models only)", describe(ran))
     _tensor("token_layers", ran, BOOL, [batch, steps, "L"])
     if weights is not None:
         _same_shape("token_layer_weights", weights, FLOAT, ran.shape, "token_layers: one weight per input step and layer")
         if not bool(torch.isfinite(weights).all()):
             raise TraceContractError("token_layer_weights", "finite numbers (the weight each layer's output gets)",
                                      f"{int((~torch.isfinite(weights)).sum())} NaN or infinite value(s)")
+        negative = weights < 0
+        if bool(negative.any()):
+            where = negative.nonzero()[0].tolist()
+            raise TraceContractError("token_layer_weights", ">= 0 (ACT's halting weights and a router's sigmoid weights are)",
+                                     f"{int(negative.sum())} negative weight(s), first at "
+                                     f"[{', '.join(map(str, where))}]: {float(weights[tuple(where)]):.4g}")
         stray = (weights != 0) & ~ran
         if bool(stray.any()):
             where = stray.nonzero()[0].tolist()

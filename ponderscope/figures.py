@@ -671,9 +671,10 @@ def text_layers_dict(analysis: TextAnalysis, colorscale: str = DEFAULT_COLORSCAL
     characters in order (x categories "#i 'c'", ticks the characters); rows: the layers, input to
     output, top to bottom (`layer_names`). A cell where the layer computed the character is
     coloured by the weight its output got there (`layer_weights`: ACT's halting weight p^l, a
-    router's weight), or by 1 (ran) where the model has no weights; a cell where it did not run is
-    grey (a second trace). A character of several bytes: the mean over its bytes, drawn where any
-    of them ran."""
+    router's weight), or by 1 (ran) where the model has no weights, on a fixed scale from 0 to 1
+    (to the largest weight drawn where one is above 1), so that a colour means the same weight in
+    every text; a cell where it did not run is grey (a second trace). A character of several
+    bytes: the mean over its bytes, drawn where any of them ran."""
     if not analysis.layer_names or analysis.layers is None:
         raise ValueError(f"{analysis.model}'s answer has no layer rows (its trace has no token_layers)")
     names, rows, weights = list(analysis.layer_names), analysis.layers, analysis.layer_weights
@@ -682,11 +683,11 @@ def text_layers_dict(analysis: TextAnalysis, colorscale: str = DEFAULT_COLORSCAL
     value = (lambda i, l: weights[i][l]) if weights is not None else (lambda i, l: rows[i][l])  # noqa: E731
     ran = [[value(i, l) if rows[i][l] > 0 else None for i in range(len(rows))] for l in range(len(names))]
     skipped = [[0 if rows[i][l] == 0 else None for i in range(len(rows))] for l in range(len(names))]
-    drawn = [v for row in ran for v in row if v is not None]
+    drawn = [v for row in ran for v in row if v is not None]  # weights >= 0 (the contract): the scale is 0..max(1, largest)
     unit = "weight" if weights is not None else "ran"
     ticks = list(range(0, len(x), max(1, math.ceil(len(x) / 120))))
     return _figure([
-        _trace("heatmap", name="ran", x=x, y=y, z=ran, zmin=0, zmax=max(drawn + [1e-6]) if weights is not None else 1, hoverongaps=False,
+        _trace("heatmap", name="ran", x=x, y=y, z=ran, zmin=0, zmax=max(drawn + [1]), hoverongaps=False,
                colorscale=plotly_scale(colorscale), colorbar={"title": {"text": unit, "side": "right"}, "thickness": 12, "len": 0.9},
                hovertemplate="%{x}, %{y}: ran" + (", weight %{z:.3f}" if weights is not None else "") + "<extra></extra>"),
         _trace("heatmap", name="did not run", x=x, y=y, z=skipped, zmin=0, zmax=1, hoverongaps=False, showscale=False,

@@ -21,6 +21,7 @@ if _missing:
 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 WAIT = 30
@@ -180,10 +181,25 @@ def test_typed_text_draws_the_character_x_layer_heatmap_and_a_click_shows_a_colu
     assert page.plot_data("text-layers-chart")[0]["y"] == mod["layer_names"] == [
         "layer 1", "layer 2 (routed)", "layer 3", "layer 4 (routed)", "layer 5", "layer 6 (routed)"]
     assert detail(page) == expected_detail(mod, 2)
+    assert page.js("return [...document.querySelectorAll('#text-output .ch.selected')].map((s) => s.dataset.i)") == ["2"]
+
+    # the text edited (a character typed in front: #2 is now 'i', no longer the comma): the selection is gone,
+    # at once and in the new answer: no character outlined, no column on the heatmap, no layers in words
+    edited = "X" + TEXT
+    field = page.d.find_element(By.ID, "text-input")
+    field.send_keys(Keys.HOME, "X")
+    assert page.js("return document.getElementById('text-input').value") == edited
+    assert page.js("return document.querySelectorAll('#text-output .ch.selected').length") == 0
+    page.wait(LAYERS_DRAWN, "tiny-mod", edited, what="the MoD's heatmap of the edited text")
+    assert page.js("return window.ponderscope.results.text.chars[2].char") == "i"
+    assert page.js("return document.querySelectorAll('#text-output .ch.selected').length") == 0
+    assert not page.js("return document.getElementById('text-layers-chart').layout.shapes || []")
+    assert detail(page) == []
+    assert "Click a character" in page.d.find_element(By.ID, "text-layer-detail").text
 
     # a model without layers per byte: no panel, and a click on a character does nothing
     Select(page.d.find_element(By.ID, "text-model")).select_by_value("tiny-lstm")
-    page.wait("const t = window.ponderscope.results.text; return t && t.model === 'tiny-lstm' && t.text === arguments[0]", TEXT, what="the LSTM's answer")
+    page.wait("const t = window.ponderscope.results.text; return t && t.model === 'tiny-lstm' && t.text === arguments[0]", edited, what="the LSTM's answer")
     page.wait("return document.getElementById('text-layers-panel').hidden", what="the panel hidden")
     page.d.find_elements(By.CSS_SELECTOR, "#text-output .ch")[3].click()
     assert page.js("return document.querySelectorAll('#text-output .ch.selected').length") == 0

@@ -139,6 +139,8 @@ TOKEN_BROKEN = [
      "token_layer_weights", "float [2, 5, 3]", "bool [2, 5, 3]"),
     ("weights-nan", token_trace(token_layers=torch.ones(B, T, L, dtype=torch.bool), token_layer_weights=torch.full((B, T, L), float("nan"))),
      "token_layer_weights", "finite numbers", "30 NaN or infinite value(s)"),
+    ("weights-negative", token_trace(token_layers=torch.ones(B, T, L, dtype=torch.bool), token_layer_weights=-torch.ones(B, T, L)),
+     "token_layer_weights", ">= 0", "30 negative weight(s), first at [0, 0, 0]: -1"),
 ]
 
 
@@ -163,15 +165,32 @@ def test_token_layer_weights_are_zero_where_the_layer_did_not_run():
     check_trace(token_trace(token_layers=ran, token_layer_weights=weights), "bytes-lm", TEXT)
 
 
-def test_token_layers_are_for_sequence_tasks_and_optional():
+def test_token_layer_weights_are_not_negative():
+    ran = torch.ones(B, T, L, dtype=torch.bool)
+    weights = torch.full((B, T, L), 0.25)
+    weights[1, 3, 2] = -0.5  # the first negative one in row-major order
+    weights[1, 4, 0] = -0.125
+    with pytest.raises(TraceContractError) as caught:
+        check_trace(token_trace(token_layers=ran, token_layer_weights=weights), "bytes-lm", TEXT)
+    assert str(caught.value) == ("Trace.token_layer_weights: expected >= 0 (ACT's halting weights and a router's sigmoid weights are), "
+                                 "got 2 negative weight(s), first at [1, 3, 2]: -0.5")
+    weights[1, 3, 2] = weights[1, 4, 0] = 0.0  # 0 is a weight (a layer that ran with no say in the output)
+    check_trace(token_trace(token_layers=ran, token_layer_weights=weights), "bytes-lm", TEXT)
+
+
+def test_token_layers_are_for_byte_lms_only_and_optional():
     check_trace(token_trace(), "bytes-lm", TEXT)
     check_trace(token_trace(token_layer_weights=None), "bytes-lm", TEXT)  # a dense twin: which layers ran, no weights
     check_trace(token_trace(token_layers=None, token_layer_weights=None), "bytes-lm", TEXT)  # the ACT-LSTM: neither
-    one_step = token_trace(logits=torch.randn(B, 2), ponder=torch.ones(B, 1), steps=torch.ones(B, 1),
-                           token_layers=torch.ones(B, 1, L, dtype=torch.bool), token_layer_weights=None)
-    check_trace(one_step, "parity", torch.zeros(B, 4))  # parity: one input step, the vector
+    parity = dict(logits=torch.randn(B, 2), ponder=torch.ones(B, 1), steps=torch.ones(B, 1))
+    check_trace(token_trace(**parity, token_layers=None, token_layer_weights=None), "parity", torch.zeros(B, 4))
+    for weights in (None, torch.ones(B, 1, L)):  # no view draws them for parity: with or without weights, an error
+        one_step = token_trace(**parity, token_layers=torch.ones(B, 1, L, dtype=torch.bool), token_layer_weights=weights)
+        with pytest.raises(TraceContractError, match=r"^Trace.token_layers: expected None for a parity model \(per input step and layer: "
+                                                     r"bytes-lm models only\), got bool \[2, 1, 3\]$"):
+            check_trace(one_step, "parity", torch.zeros(B, 4))
     with pytest.raises(TraceContractError, match=r"^Trace.token_layers: expected None for a classify model \(per input step and layer: "
-                                                 r"sequence tasks only, parity and bytes-lm\), got bool \[2, 5, 3\]$"):
+                                                 r"bytes-lm models only\), got bool \[2, 5, 3\]$"):
         check_trace(good_trace(token_layers=torch.ones(B, T, L, dtype=torch.bool)), "classify", IMAGES)
 
 

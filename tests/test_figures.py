@@ -393,8 +393,23 @@ def test_the_character_x_layer_heatmap_colours_the_layers_that_ran():
     assert fig["layout"]["xaxis"]["ticktext"] == ["a", "␣", "é", "↵"] and fig["layout"]["yaxis"]["autorange"] == "reversed"
     dense = figures.text_layers_dict(layers_analysis(weights=False))["data"][0]  # no weights: 1 where it ran (é: the share of its bytes)
     assert dense["z"] == [[1.0, 1.0, 1.0, 1.0], [1.0, None, 0.5, 1.0], [None, None, None, 1.0]] and "weight" not in dense["hovertemplate"]
+    assert (dense["zmin"], dense["zmax"]) == (0, 1)
     assert figures.distinct(["a", "b", "a"]) == ["a", "b", "a (2)"]
     assert "layers" not in figures.answer_figures("text", text_analysis())
+
+
+def test_the_character_x_layer_colours_are_on_one_scale_for_every_text():
+    """zmin 0, zmax max(1, the largest weight drawn): small weights are not stretched to the top
+    colour, so that one colour is one weight across texts; a weight above 1 widens the scale."""
+    small = layers_analysis().model_copy(update={"layer_weights": [[0.05, 0.02, 0.0], [0.1, 0.0, 0.0], [0.04, 0.01, 0.0], [0.02, 0.03, 0.05]]})
+    ran = figures.text_layers_dict(small)["data"][0]
+    assert (ran["zmin"], ran["zmax"]) == (0, 1)
+    assert ran["zmax"] == figures.text_layers_dict(layers_analysis())["data"][0]["zmax"]  # the same scale as a text with larger weights
+    large = layers_analysis().model_copy(update={"layer_weights": [[0.5, 2.5, 0.0], [1.0, 0.0, 0.0], [0.8, 0.1, 0.0], [0.2, 0.3, 0.5]]})
+    ran = figures.text_layers_dict(large)["data"][0]
+    assert (ran["zmin"], ran["zmax"]) == (0, 2.5)
+    nothing_ran = layers_analysis().model_copy(update={"layers": [[0.0] * 3] * 4, "layer_weights": [[0.0] * 3] * 4})
+    assert figures.text_layers_dict(nothing_ran)["data"][0]["zmax"] == 1
 
 
 def test_the_corpus_class_x_layer_heatmap():

@@ -117,11 +117,16 @@ def until_done(client, url: str, timeout: float = 300) -> dict:
     pytest.fail(f"{url} did not finish")
 
 
-def test_the_corpus_panel_gets_the_class_x_layer_rates(tmp_path):
+@pytest.mark.parametrize("name", ["ut_act", "mod"])
+def test_the_corpus_panel_gets_the_class_x_layer_rates(tmp_path, name):
     """Measured by the server over the held-out text (a card without statistics), and read from a
     card whose metrics.test has them (`ponderscope eval`): per class the share of its bytes each
-    layer computed, over all bytes too, and their figure."""
-    module = make("ut_act")
+    layer computed, over all bytes too, and their figure. The server runs the model through its
+    planned execution (sparse or masked, per batch size); mod routes with its causal predictor
+    (evaluation's rule), recomputed here with the masked (reference) execution."""
+    from ponderscope.models.sparse import Execution, executing
+
+    module = make(name)
     models.save_checkpoint(module, tmp_path / "ckpt" / "measured", {**CARD, "dataset": "jargon"})
     workload = BytesLM("jargon", torch.device("cpu"), seq_len=SEQ)
     stats = workload.evaluate(module, limit=2000)  # what `ponderscope eval` writes into the card, on fewer bytes
@@ -129,14 +134,21 @@ def test_the_corpus_panel_gets_the_class_x_layer_rates(tmp_path):
     with TestClient(create_app([tmp_path / "ckpt"], device="cpu", cache_dir=tmp_path / "cache")) as client:
         measured = until_done(client, "/api/models/measured/dataset")["result"]
         carded = until_done(client, "/api/models/from-card/dataset")["result"]
+        served = client.app.state.store.get("measured")
+        assert served.execution_for(64) in (Execution.SPARSE, Execution.MASKED)  # evaluate's batches of 64 windows: the plan's path
+        assert not served.module.training
+        if name == "mod":
+            assert served.module.routing == "predictor"
 
     # independently: the same held-out windows through the model, the bytes' layers per class
     from ponderscope.core.jobs import CORPUS_BYTES
 
     stream = workload.eval_windows(CORPUS_BYTES)
     windows = torch.stack([stream[i * SEQ : (i + 1) * SEQ] for i in range((len(stream) - 1) // SEQ)])
-    with torch.no_grad():
+    with torch.no_grad(), executing("masked"):
         ran = module.trace(windows).token_layers.reshape(-1, 6).double()
+    if name == "mod":  # the unrouted layers compute every byte; the predictors route some bytes and not others
+        assert ran[:, [0, 2, 4]].min() == 1 and any(0 < float(r) < 1 for r in ran[:, [1, 3, 5]].mean(0))
     flat = windows.reshape(-1).tolist()
     classes = [byte_class(b, flat[i - 1] if i % SEQ else None) for i, b in enumerate(flat)]
     assert measured["bytes"] == len(flat) and measured["layer_names"] == module.token_layer_names

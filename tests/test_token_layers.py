@@ -8,8 +8,9 @@ dense twins, checked on values with small models (dim 32, 2 heads, context 16):
 * the numbers are those of an independent implementation written here (the layer's attention and
   MLP by hand in float64, the ACT rule per byte in plain Python, top-k and the predictor's routing),
   and agree with models/halting.act_weights;
-* causality: byte t + k changes nothing at positions <= t (ut_act, mod with its predictor), while
-  mod's top-k routing (training's rule) does look ahead;
+* causality: byte t + k changes nothing at positions <= t (ut_act, mod with its predictor), nor,
+  in a batch of 3, anything of the other texts, while mod's top-k routing (training's rule) does
+  look ahead;
 * FLOPs equal a count of multiply-adds written here from the tokens each layer ran;
 * the dense twins (ut, transformer_lm / capacity 1) run every byte through every layer and cost the
   adaptive model's dense_flops; a checkpoint round trip reproduces the trace.
@@ -361,6 +362,32 @@ def test_later_bytes_change_nothing_before_them(name, execution):
     assert changed_after == 7
 
 
+@pytest.mark.parametrize("execution", ["sparse", "masked"])
+@pytest.mark.parametrize("name", ["ut_act", "mod"])
+def test_a_later_byte_of_one_text_in_a_batch_changes_nothing_before_it_nor_the_other_texts(name, execution):
+    """Batch 3 (sparse execution gathers the bytes of all texts that run a layer): byte t + 1 of
+    text 1 changed, text 1 keeps its logits, layers and weights at positions <= t, and texts 0 and
+    2 keep theirs everywhere; text 1 changes at t + 1."""
+    model = MODELS[name]()
+    x = text(3)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        base = trace_in(model, x, execution)
+        check_set_up(model, base)
+        for t in [0, 5, CONTEXT - 1, CONTEXT + 6, 2 * CONTEXT + 3, LENGTH - 2]:
+            y = x.clone()
+            y[1, t + 1] = (int(x[1, t + 1]) + 1 + int(torch.randint(0, 255, (1,), generator=generator))) % 256
+            other = trace_in(model, y, execution)
+            for index, keep in ((0, slice(None)), (1, slice(0, t + 1)), (2, slice(None))):
+                where = f"{name} {execution}: byte {t + 1} of text 1 changed, text {index}"
+                torch.testing.assert_close(other.logits[index, keep], base.logits[index, keep], atol=1e-5, rtol=0, msg=where)
+                assert torch.equal(other.token_layers[index, keep], base.token_layers[index, keep]), where
+                torch.testing.assert_close(other.token_layer_weights[index, keep], base.token_layer_weights[index, keep], atol=1e-6, rtol=0, msg=where)
+                torch.testing.assert_close(other.ponder[index, keep], base.ponder[index, keep], atol=1e-6, rtol=0, msg=where)
+                assert torch.equal(other.steps[index, keep], base.steps[index, keep]), where
+            assert not torch.allclose(other.logits[1, t + 1], base.logits[1, t + 1])
+
+
 @pytest.mark.parametrize("training", [False, True], ids=["eval top-k", "train"])
 def test_top_k_routing_looks_ahead(training):
     """Top-k (training's rule, or routing="top-k") ranks a byte among its whole window: changing
@@ -410,9 +437,10 @@ def ut_act_macs(ran: torch.Tensor) -> int:
 
 def mod_macs(ran: torch.Tensor, model) -> int:
     """One window's token_layers [n, depth]: routed bytes are a routed layer's queries and keys;
-    per byte and routed layer the router (d), and at evaluation with the predictor its MLP."""
+    per byte and routed layer the router (d), and the predictor's MLP where it runs: at evaluation
+    with predictor routing, and while training (it learns the top-k choice)."""
     n = ran.shape[0]
-    predictor = DIM * (DIM // 4) + DIM // 4 if (model.routing == "predictor" and not model.training) else 0
+    predictor = DIM * (DIM // 4) + DIM // 4 if (model.routing == "predictor" or model.training) else 0
     total = readout_macs(n)
     for index in range(DEPTH):
         routed = ran[:, index].tolist()

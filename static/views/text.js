@@ -19,6 +19,8 @@ const MEASURES = ['auto', 'steps', 'ponder'];
 let textToken = 0;
 let textAbort = null;
 let selectedChar = null; // the character whose column of layers is shown (an index into the answer's chars), or null
+let selectedText = null; // the text it was chosen in: an answer for another text (the text edited) drops the selection;
+                         // another model's answer for the same text keeps it
 const corpusJob = jobPoller();
 
 async function runText() {
@@ -56,6 +58,7 @@ const textMeasure = (t) => (state.measure === 'auto' ? (t.measure || 'ponder') :
 /** Draw an answer of POST /api/models/{id}/text (the last one by default). */
 function render(t = results.text) {
   const out = $('text-output');
+  if (selectedChar !== null && (!t || t.text !== selectedText)) clearSelection();
   if (!t || !t.chars) {
     out.replaceChildren(el('span', { class: 'muted', text: state.text ? '' : 'Type above: each character is coloured by how long the network pondered on it.' }));
     $('text-stats').replaceChildren();
@@ -118,7 +121,7 @@ function renderLayers(t) {
     $('text-layers-stats').replaceChildren();
     return;
   }
-  if (selectedChar !== null && selectedChar >= t.chars.length) selectedChar = null;
+  if (selectedChar !== null && selectedChar >= t.chars.length) clearSelection();
   panel.hidden = false;
   const run = t.layers.map((row) => row.reduce((a, v) => a + v, 0));
   $('text-layers-stats').replaceChildren(
@@ -153,11 +156,17 @@ function selectChar(index) {
   const t = results.text;
   if (!hasLayers(t) || index < 0 || index >= t.chars.length) return;
   selectedChar = index;
+  selectedText = t.text;
   $('text-output').querySelectorAll('.ch.selected').forEach((node) => node.classList.remove('selected'));
   const span = $('text-output').querySelector(`.ch[data-i="${index}"]`);
   if (span) span.classList.add('selected');
   plot($('text-layers-chart'), layersFigure(t), `layers-${safeName(t.model)}`);
   renderLayerDetail(t);
+}
+
+function clearSelection() {
+  selectedChar = null;
+  selectedText = null;
 }
 
 function renderLayerDetail(t) {
@@ -303,6 +312,7 @@ export const view = {
     $('text-input').addEventListener('input', (e) => {
       state.text = e.target.value;
       syncUrl();
+      if (selectedChar !== null) { clearSelection(); render(); } // the character at that index may be another one now
       if (!state.text) { if (textAbort) textAbort.abort(); textToken++; results.text = null; render(); return; }
       runTextSoon();
     });
