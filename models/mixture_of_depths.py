@@ -75,7 +75,7 @@ class MixtureOfDepthsLM(nn.Module):
         windows = ByteWindows(x.long(), self.context)
         parts = [self._window(part) for part in windows.parts]
         logits, ran, weights = (windows.join([p[i] for p in parts]) for i in range(3))
-        flops = windows.per_text([p[3] for p in parts]).to(logits.dtype)
+        flops = windows.per_text([p[3] for p in parts])  # float64: a long text's count is past float32's whole numbers
         steps = ran.sum(-1)
         extras = {}
         if self.training and any(self.routed):  # what adaptive_loss trains the predictors on
@@ -100,9 +100,10 @@ class MixtureOfDepthsLM(nn.Module):
                 flops = flops + layer.flops(everyone)
                 continue
             score = self.routers[str(index)](state).squeeze(-1)  # [W, n]
-            prediction = self.predictors[str(index)](state.detach()).squeeze(-1)
-            top_k = self._top_k(score)
-            routed = top_k if self.training or self.routing == "top-k" else prediction > 0
+            by_predictor = not self.training and self.routing == "predictor"  # causal: the rule at evaluation
+            prediction = self.predictors[str(index)](state.detach()).squeeze(-1) if self.training or by_predictor else None
+            top_k = None if by_predictor else self._top_k(score)
+            routed = prediction > 0 if by_predictor else top_k
             weight = torch.sigmoid(score)
             if sparse:
                 state = layer.sparse_update(state, routed, keys=routed, weight=weight)
@@ -110,9 +111,10 @@ class MixtureOfDepthsLM(nn.Module):
                 state = state + (routed * weight).unsqueeze(-1) * layer.masked_update(state, keys=routed)
             ran.append(routed)
             weights.append(weight * routed)
-            flops = flops + layer.flops(routed, keys=routed) + n * self.router_flops(predictor=not self.training and self.routing == "predictor")
-            predicted.append(prediction)
-            chosen.append(top_k.to(prediction.dtype))
+            flops = flops + layer.flops(routed, keys=routed) + n * self.router_flops(predictor=prediction is not None)
+            if self.training:
+                predicted.append(prediction)
+                chosen.append(top_k.to(prediction.dtype))
         extras = (torch.stack(predicted), torch.stack(chosen)) if predicted else (None, None)
         return (self.head(self.norm(state)), torch.stack(ran, -1), torch.stack(weights, -1), flops, *extras)
 
@@ -124,7 +126,8 @@ class MixtureOfDepthsLM(nn.Module):
 
     # ------------------------------------------------------------------ FLOPs
     def router_flops(self, predictor: bool) -> int:
-        """Per byte and routed layer: the router, and the predictor where it decides."""
+        """Per byte and routed layer: the router, and the predictor where it runs (it decides at
+        evaluation; while training it learns the top-k choice)."""
         d = self.head.in_features
         return 2 * d + (2 * (d * (d // 4) + d // 4) if predictor else 0)
 

@@ -18,6 +18,11 @@ byte's from its frozen one, plus the step embedding of step n).
 
 The dense twin (`act=False`) applies the same layer M times to every byte and reads s^M.
 
+Two departures from the paper: the embeddings are learned, not sinusoids, and the position is
+added once, to the input (the step embedding before every step); and a halted byte's keys and
+values are recomputed at each later step from its frozen state plus that step's embedding (the
+running bytes read them; their cost is counted).
+
 Text longer than `context` bytes is read in windows of `context` bytes, each from scratch, as
 the held-out evaluation reads it (models/causal_transformer.ByteWindows).
 
@@ -37,7 +42,6 @@ from .halting import DEFAULT_EPS, StepwiseHalting
 from .registry import register_family, register_model
 from .sparse import Execution, requested_execution
 from .trace import Trace
-from .whatif import HaltingPolicy, current as current_whatif
 
 register_family("ut-act", "Universal Transformer + ACT", "decides per byte: each byte goes through the shared layer again until its "
                 "halting scores add up to the threshold, so the character x step picture shows how many steps each byte took")
@@ -73,7 +77,7 @@ class UniversalTransformerLM(nn.Module):
         windows = ByteWindows(x.long(), self.context)
         parts = [self._window(part) for part in windows.parts]
         logits, ponder, steps, ran, weights = (windows.join([p[i] for p in parts]) for i in range(5))
-        flops = windows.per_text([p[5] for p in parts]).to(logits.dtype)
+        flops = windows.per_text([p[5] for p in parts])  # float64: a long text's count is past float32's whole numbers
         return Trace(logits=logits, flops=flops, dense_flops=self.dense_flops(x.shape[1]), ponder=ponder, steps=steps,
                      token_layers=ran, token_layer_weights=weights if self.act else None)
 
@@ -91,19 +95,22 @@ class UniversalTransformerLM(nn.Module):
             return (self.head(self.norm(state)), steps.to(state.dtype), steps, everyone, everyone.to(state.dtype),
                     flops + self.max_steps * self.layer.flops(everyone[..., 0]))
         sparse = requested_execution(self) is not Execution.MASKED
-        policy = HaltingPolicy.resolve(current_whatif(), self.eps, self.token_layer_names)  # a what-if's threshold or cap, else the trained rule
-        halting = StepwiseHalting((w, n), device=x.device, dtype=state.dtype, eps=policy.eps)
+        halting = StepwiseHalting((w, n), device=x.device, dtype=state.dtype, eps=self.eps)
         output = torch.zeros_like(state)
         ran, weights = [], []
-        for step in range(policy.last + 1):
+        for step in range(self.max_steps):
             running = halting.running
             inputs = state + self.step_embedding[step]
-            if sparse:
-                updated = self.layer.sparse_update(inputs, running)
+            if sparse:  # the windows with a byte still running, and of those the running bytes' queries
+                active = running.any(1).nonzero().squeeze(1)
+                if active.numel() == w:
+                    updated = self.layer.sparse_update(inputs, running)
+                else:
+                    updated = inputs.index_copy(0, active, self.layer.sparse_update(inputs[active], running[active]))
             else:
                 updated = inputs + self.layer.masked_update(inputs)
             state = torch.where(running.unsqueeze(-1), updated, state)  # a halted byte keeps its state
-            last = step == policy.last
+            last = step == self.max_steps - 1
             h = torch.ones_like(state[..., 0]) if last else torch.sigmoid(self.halting_unit(self.halting_norm(state))).squeeze(-1)
             p = halting.update(h * running, force_halt=last, zero_after_halt=True)
             output = output + p.unsqueeze(-1) * state

@@ -493,7 +493,10 @@ class BytesLM:
     @torch.no_grad()
     def evaluate(self, model, limit: Optional[int] = None, batch_size: int = 64) -> dict:
         """Held-out bits per byte over non-overlapping windows, each started from a zero state;
-        `limit` counts predicted bytes."""
+        `limit` counts predicted bytes. The model must be in eval mode: a model may decide
+        differently while training (a Mixture-of-Depths model routes by top-k, which reads later bytes)."""
+        if getattr(model, "training", False):
+            raise ValueError("evaluate a byte LM in eval mode (model.eval()): in training mode a model may route or halt by its training rule")
         stream = self.eval_windows(limit)
         n_windows = (len(stream) - 1) // self.seq_len
         inputs = torch.stack([stream[i * self.seq_len : (i + 1) * self.seq_len] for i in range(n_windows)])
