@@ -97,3 +97,15 @@ def test_results_md_carries_both_tables(tmp_path):
     assert lines[start : start + len(LAYER_TABLE) - 1] == LAYER_TABLE[:-1]  # the last table: the file ends after its last row
     assert lines.index("## Byte language models: where they ponder") < start  # the N / N+R tables first
     assert "| `lm_ut_act` | `ut_act` | jargon | 2.500 bits/byte | 3.600 | 61.2% |" in text
+
+
+def test_a_router_model_gets_the_layer_table_only():
+    """N + R = N for every class (no remainder: a Mixture-of-Depths model's N is the layers a byte
+    went through): the N / N+R table would repeat one number, so only the layer table is written."""
+    card = ut_act_card()
+    for c in card["metrics"]["test"]["per_char_class"].values():
+        c["ponder"], c["ponder_std"] = c["steps"], c["steps_std"]
+    assert _char_class_tables([("jargon_mod", card)]) == []
+    assert "### `jargon_mod`: the share of each class's bytes that each layer computed" in _layer_rate_tables([("jargon_mod", card)])
+    del card["metrics"]["test"]["layer_rates"]  # without layer rows the N table is all there is
+    assert any(line.startswith("### `jargon_mod` on 1000 held-out bytes") for line in _char_class_tables([("jargon_mod", card)]))

@@ -97,6 +97,8 @@ def _char_class_tables(named_cards: list[tuple[str, dict]]) -> list[str]:
         classes = test.get("per_char_class")
         if not classes or test.get("mean_steps") == 1.0 or "steps_std" not in next(iter(classes.values())):
             continue
+        if test.get("layer_rates") and all(c["ponder"] == c["steps"] for c in classes.values()):
+            continue  # no remainder: N counts the layers a byte went through, which the layer table shows one by one
         lines += [f"### `{name}` on {test.get('bytes')} held-out bytes of {card.get('dataset')}", ""]
         facts = [f"bits per byte {test['bits_per_byte']:.3f}", f"mean N {test['mean_steps']:.3f}"]
         if test.get("steps_off_mode_fraction") is not None:
