@@ -34,7 +34,8 @@ def _close(a, b, path=""):
 
 def test_every_family_is_bundled():
     families = {models.read_card(CHECKPOINTS / name)["model"] for name in BUNDLED}
-    for needed in ("resnet32", "sact_resnet32", "act_resnet32", "aig_resnet32", "sact_resnet20", "act_rnn", "rnn", "act_lstm", "lstm"):
+    for needed in ("resnet32", "sact_resnet32", "act_resnet32", "aig_resnet32", "sact_resnet20", "act_rnn", "rnn", "act_lstm", "lstm",
+                   "ut_act", "ut", "mod", "transformer_lm"):
         assert needed in families, f"no bundled checkpoint of {needed}"
 
 
@@ -88,3 +89,20 @@ def test_parity_act_beats_plain_rnn():
     low = sum(curve[str(k)] for k in range(1, 5)) / 4
     high = sum(curve[str(k)] for k in range(13, 17)) / 4
     assert high > low  # more non-zero entries, more pondering
+
+
+def test_byte_transformers_targets():
+    """Issue 25: on the whole held-out text, the Universal Transformer + ACT within 5% of its dense
+    twin's bits per byte, its N off its most common value on >= 15% of bytes and at the cap on
+    < 50%; the Mixture-of-Depths model (capacity 12.5% in every other layer, routed by its causal
+    predictor) within 5% of its twin at <= 0.60 of its FLOPs."""
+    ut_act, ut = _test_metrics("jargon_ut_act"), _test_metrics("jargon_ut")
+    mod, dense = _test_metrics("jargon_mod"), _test_metrics("jargon_transformer")
+    assert ut_act["bytes"] == ut["bytes"] == mod["bytes"] == dense["bytes"] > 70000
+    assert ut_act["bits_per_byte"] <= 1.05 * ut["bits_per_byte"]
+    assert ut_act["steps_off_mode_fraction"] >= 0.15 and ut_act["steps_at_cap_fraction"] < 0.5
+    assert ut["flops_ratio"] == dense["flops_ratio"] == 1.0
+    assert mod["bits_per_byte"] <= 1.05 * dense["bits_per_byte"] and mod["flops_ratio"] <= 0.60
+    card = models.read_card(CHECKPOINTS / "jargon_mod")
+    assert card["model_kwargs"]["capacity"] == 0.125 and card["model_kwargs"]["route_every"] == 2
+    assert [rate < 1 for rate in mod["layer_rates"]] == [False, True] * (len(mod["layer_rates"]) // 2)

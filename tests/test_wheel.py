@@ -225,8 +225,8 @@ def test_wheel_holds_one_package_with_its_page_checkpoints_and_configs(wheel):
                      for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     for sub in ("core", "parts", "views"):
         assert any(n.startswith(f"ponderscope/static/{sub}/") and n.endswith(".js") for n in names), sub
-    # the 12 bundled checkpoints, byte for byte the checkout's sizes
-    assert len(BUNDLED) == 12, BUNDLED
+    # the 16 bundled checkpoints, byte for byte the checkout's sizes
+    assert len(BUNDLED) == 16, BUNDLED
     for name in BUNDLED:
         for f in ("card.json", "model.safetensors"):
             path = f"ponderscope/checkpoints/{name}/{f}"
@@ -317,7 +317,7 @@ def test_serve_from_the_wheel(server, venv):
     status, _, body = server.request("GET", "/api/health")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok", health
-    assert health["models"] == len(BUNDLED) == 12 and health["load_errors"] == [], health
+    assert health["models"] == len(BUNDLED) == 16 and health["load_errors"] == [], health
     status, _, body = server.request("GET", "/api/models")
     assert status == 200 and sorted(m["id"] for m in json.loads(body)) == BUNDLED
 

@@ -41,16 +41,20 @@ def _row(name: str, card: dict) -> str:
     if card.get("calibration", {}).get("threshold") is not None:
         c = card["calibration"]
         extra.append(f"threshold {c['threshold']:.3f} chosen on {c['examples']} held-out training images for <= {c['flops_budget']} of the FLOPs")
-    if "mean_steps" in test and test.get("mean_steps") != 1.0:
+    varies = test.get("mean_steps") != 1.0 and test.get("steps_off_mode_fraction") != 0  # a dense twin's N is its depth everywhere
+    if "mean_steps" in test and varies:
         extra.append(f"mean steps N {test['mean_steps']:.3f}")
     if "ponder_by_nonzero" in test and test.get("mean_steps") != 1.0:
         curve = test["ponder_by_nonzero"]
         low, high = min(curve, key=int), max(curve, key=int)
         extra.append(f"ponder {curve[low]:.2f} with {low} non-zero {'entry' if low == '1' else 'entries'}, {curve[high]:.2f} with {high}")
-    if "per_char_class" in test and test.get("mean_steps") != 1.0:
-        classes = test["per_char_class"]
-        extra.append("N / N+R by input byte: " + ", ".join(
-            f"{CHAR_CLASS_LABELS[name]} {c['steps']:.2f} / {c['ponder']:.2f}" for name, c in classes.items() if name in CHAR_CLASS_LABELS))
+    if "per_char_class" in test and varies:
+        classes = {name: c for name, c in test["per_char_class"].items() if name in CHAR_CLASS_LABELS}
+        if all(c["ponder"] == c["steps"] for c in classes.values()):  # no remainder: N is the layers a byte went through
+            extra.append("layers per byte by input byte: " + ", ".join(f"{CHAR_CLASS_LABELS[name]} {c['steps']:.2f}" for name, c in classes.items()))
+        else:
+            extra.append("N / N+R by input byte: " + ", ".join(
+                f"{CHAR_CLASS_LABELS[name]} {c['steps']:.2f} / {c['ponder']:.2f}" for name, c in classes.items()))
     ponder = test.get("mean_ponder")
     flops = test.get("flops_ratio")
     return (
