@@ -722,6 +722,8 @@ def test_bundled_models_open_without_errors(page):
                       "%20Hackers%20say%20%22foo%22%20and%20%22bar%22%2C%20not%20%22baz%22.")
             page.wait("const t = window.ponderscope.results.text; return t && t.model === arguments[0]", model["id"], what=f"{model['id']} on text")
             page.wait_plot("text-chart")
+            if page.js("return window.ponderscope.results.text.layers != null"):  # a model whose trace has token_layers
+                assert page.wait_plot("text-layers-chart")[0]["type"] == "heatmap"
             page.wait("const c = window.ponderscope.results.corpus; return c && c.model === arguments[0]", model["id"], timeout=120,
                       what=f"{model['id']}'s corpus panel")
             page.wait_plot("corpus-chart")
