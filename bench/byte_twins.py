@@ -183,9 +183,5 @@ def byte_twins_section(report: Report, keys, repeats: dict, checkpoints: Optiona
         names = tuple(f"{name} (*stand-in*)" if name in stand_ins else name for name in (twins.adaptive, twins.dense))
         notes += [f"* *stand-in* {name}: {how}." for name, how in stand_ins.items()]
         figures[twins.key] = byte_twin_rows(report, twins, adaptive, dense, x, repeats, names)
-    if notes:
-        report.add("\nNot trained yet when this ran, so not the models of the issue (numbers for the code path only):\n")
-        for note in notes:
-            report.add(note)
-    report.add(MARKERS[1])
+    report.close_twins_section(notes, MARKERS[1])
     return figures

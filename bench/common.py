@@ -137,6 +137,14 @@ class Report:
         print(line, flush=True)
         self.lines.append(line)
 
+    def close_twins_section(self, stand_ins: list[str], end_marker: str) -> None:
+        """The notes on stand-ins (models not trained yet, one line each), then the section's end marker."""
+        if stand_ins:
+            self.add("\nNot trained yet when this ran, so not the models of the issue (numbers for the code path only):\n")
+            for note in stand_ins:
+                self.add(note)
+        self.add(end_marker)
+
 
 def bundled_images(card, n: int) -> torch.Tensor:
     """The first n test images of a checkpoint's data set, normalised as its card says."""

@@ -200,9 +200,5 @@ def twins_section(report: Report, keys, repeats: dict, checkpoints: Path = CHECK
                                           f"{twins.stand_in_flops:.2f} on these images ({reached:.3f})")
         notes += [f"* *stand-in* {name}: {how}." for name, how in stand_ins.items()]
         figures[twins.key] = twin_rows(report, twins, adaptive, dense, x, repeats, names)
-    if notes:
-        report.add("\nNot trained yet when this ran, so not the models of the issue (numbers for the code path only):\n")
-        for note in notes:
-            report.add(note)
-    report.add(MARKERS[1])
+    report.close_twins_section(notes, MARKERS[1])
     return figures

@@ -136,6 +136,16 @@ def gathered(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def window_sizes(length: int, context: int) -> list[int]:
+    """The windows a text of `length` bytes is read in: full windows of `context` bytes, then the rest."""
+    return [context] * (length // context) + ([length % context] if length % context else [])
+
+
+def readout_flops(head: nn.Linear, n: int) -> int:
+    """The softmax layer's FLOPs for n bytes."""
+    return 2 * head.in_features * head.out_features * n
+
+
 class ByteWindows:
     """A byte LM of context C reads text in windows of C bytes, each from scratch, as the held-out
     evaluation (ponderscope.core.workloads.BytesLM) does: x [B, T] -> windows [B * T // C, C] and the

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .causal_transformer import BYTES, ByteWindows, CausalLayer
+from .causal_transformer import BYTES, ByteWindows, CausalLayer, readout_flops, window_sizes
 from .registry import register_family, register_model
 from .sparse import Execution, requested_execution
 from .trace import Trace
@@ -89,7 +89,7 @@ class MixtureOfDepthsLM(nn.Module):
         w, n = x.shape
         state = self.embedding(x) + self.position[:n]
         everyone = torch.ones(w, n, dtype=torch.bool, device=x.device)
-        flops = torch.full((w,), float(self.readout_flops(n)), dtype=torch.float64, device=x.device)
+        flops = torch.full((w,), float(readout_flops(self.head, n)), dtype=torch.float64, device=x.device)
         sparse = requested_execution(self) is not Execution.MASKED
         ran, weights, predicted, chosen = [], [], [], []
         for index, layer in enumerate(self.layers):
@@ -131,15 +131,12 @@ class MixtureOfDepthsLM(nn.Module):
         d = self.head.in_features
         return 2 * d + (2 * (d * (d // 4) + d // 4) if predictor else 0)
 
-    def readout_flops(self, n: int) -> int:
-        return 2 * self.head.in_features * BYTES * n
-
     def dense_flops(self, length: int) -> float:
         """The dense twin's FLOPs on a text of `length` bytes: every byte through every layer."""
         total = 0.0
-        for size in [self.context] * (length // self.context) + ([length % self.context] if length % self.context else []):
+        for size in window_sizes(length, self.context):
             everyone = torch.ones(1, size, dtype=torch.bool)
-            total += float(sum(layer.flops(everyone)[0] for layer in self.layers)) + self.readout_flops(size)
+            total += float(sum(layer.flops(everyone)[0] for layer in self.layers)) + readout_flops(self.head, size)
         return total
 
     # ------------------------------------------------------------------ training

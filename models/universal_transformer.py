@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .causal_transformer import BYTES, ByteWindows, CausalLayer
+from .causal_transformer import BYTES, ByteWindows, CausalLayer, readout_flops, window_sizes
 from .halting import DEFAULT_EPS, StepwiseHalting
 from .registry import register_family, register_model
 from .sparse import Execution, requested_execution
@@ -85,7 +85,7 @@ class UniversalTransformerLM(nn.Module):
         """One batch of windows x [W, n] -> logits, ponder, steps, ran [W, n, M], weights, FLOPs [W]."""
         w, n = x.shape
         state = self.embedding(x) + self.position[:n]
-        flops = torch.full((w,), float(self.readout_flops(n)), dtype=torch.float64, device=x.device)
+        flops = torch.full((w,), float(readout_flops(self.head, n)), dtype=torch.float64, device=x.device)
         if not self.act:
             for step in range(self.max_steps):
                 state = state + self.step_embedding[step]
@@ -127,15 +127,12 @@ class UniversalTransformerLM(nn.Module):
             weights.append(torch.zeros_like(weights[0]))
         return (self.head(self.norm(output)), halting.ponder_cost, halting.steps, torch.stack(ran, -1), torch.stack(weights, -1), flops)
 
-    def readout_flops(self, n: int) -> int:
-        return 2 * self.head.in_features * BYTES * n
-
     def dense_flops(self, length: int) -> float:
         """The dense twin's FLOPs on a text of `length` bytes: every byte through all M steps."""
         total = 0.0
-        for size in [self.context] * (length // self.context) + ([length % self.context] if length % self.context else []):
+        for size in window_sizes(length, self.context):
             everyone = torch.ones(1, size, dtype=torch.bool)
-            total += float(self.max_steps * self.layer.flops(everyone)[0]) + self.readout_flops(size)
+            total += float(self.max_steps * self.layer.flops(everyone)[0]) + readout_flops(self.head, size)
         return total
 
     # Per byte, as the ACT-LSTM's (models/act_rnn.py): tau x mean over bytes of N + R beside a
