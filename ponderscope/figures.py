@@ -670,7 +670,7 @@ def text_layers_dict(analysis: TextAnalysis, colorscale: str = DEFAULT_COLORSCAL
     """Models whose trace has token_layers (POST /text's `layers`): character x layer. Columns: the
     characters in order (x categories "#i 'c'", ticks the characters); rows: the layers, input to
     output, top to bottom (`layer_names`). A cell where the layer computed the character is
-    coloured by the weight its output got there (`layer_weights`: ACT's halting weight p^l, a
+    coloured by the weight its output got there (`layer_weights`: a halting weight p^l, a
     router's weight), or by 1 (ran) where the model has no weights, on a fixed scale from 0 to 1
     (to the largest weight drawn where one is above 1), so that a colour means the same weight in
     every text; a cell where it did not run is grey (a second trace). A character of several

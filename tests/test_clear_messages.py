@@ -74,8 +74,8 @@ def test_an_unknown_model_name_gets_the_closest_registered_names():
     assert close[0] == "sact_resnet32" and 1 <= len(close) <= 5 and set(close) <= set(models.list_models())
     assert f"({len(models.list_models())} registered: models.list_models() lists them)" in message
     assert "resnet110" not in message and "act_lstm" not in message  # not every name
-    with pytest.raises(models.UnknownModelError, match="unknown model 'transformer'; no registered name is close"):
-        models.create_model("transformer")
+    with pytest.raises(models.UnknownModelError, match="unknown model 'mamba'; no registered name is close"):
+        models.create_model("mamba")
 
 
 def test_an_unknown_model_id_gets_the_closest_loaded_ids(tmp_path):

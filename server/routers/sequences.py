@@ -22,7 +22,7 @@ def text_analysis(body: TextRequest, entry: LoadedModel = Depends(get_model)) ->
     N and N + R; `measure`: "steps" if N varies over this text, else "ponder". A model whose
     trace says which layers computed each byte (Trace.token_layers) also answers `layer_names` and,
     per character, `layers` (1: the layer computed it, 0: not; the mean over a character's bytes)
-    and `layer_weights` (the weight each layer's output got: ACT's halting weight, a router's)."""
+    and `layer_weights` (the weight each layer's output got: a halting weight, a router's)."""
     require_kind(entry, "text")
     if not body.text:
         raise HTTPException(422, "the text is empty: type at least one character")
