@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from .halting import DEFAULT_EPS, StepwiseHalting
 from .registry import register_family, register_model
-from .sparse import Execution, requested_execution
+from .sparse import Execution, gather_index, gathered, requested_execution
 from .trace import BlockTrace, Trace
 from .whatif import HaltingPolicy, current as current_whatif
 
@@ -247,16 +247,12 @@ class HaltingViT(nn.Module):
             if rows.numel():
                 out[:, rows] = layer(tokens[:, rows])
             return out
-        counts = running.sum(1)
-        most = int(counts.max())
-        if most == 0:
-            return tokens
-        if most == tokens.shape[1] and bool((counts == most).all()):
+        if bool(running.all()):
             return layer(tokens)
-        order = torch.argsort(running.to(torch.int8), dim=1, descending=True, stable=True)[:, :most]  # running first, in place order
-        valid = torch.arange(most, device=tokens.device) < counts.unsqueeze(1)
-        gathered = tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        updated = layer(gathered, valid if not bool(valid.all()) else None)
+        order, valid = gather_index(running)  # running first, in place order
+        if order.shape[1] == 0:
+            return tokens
+        updated = layer(gathered(tokens, order), valid if not bool(valid.all()) else None)
         out = tokens.clone()
         rows = order[valid]
         batch = torch.arange(tokens.shape[0], device=tokens.device).unsqueeze(1).expand_as(order)[valid]

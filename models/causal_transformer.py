@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_family
+from .sparse import gather_index, gathered
 
 # The dense twins of both byte LMs (a Universal Transformer without ACT, a transformer without routing).
 register_family("transformer", "transformer (dense)", "runs every byte through every layer: nothing adaptive", reference=True)
@@ -88,9 +89,14 @@ class CausalLayer(nn.Module):
         if keys is None and bool(queries.all()):
             update = self.masked_update(x)
             return x + (update if weight is None else weight.unsqueeze(-1) * update)
-        q_index, q_valid = gather_index(queries)
-        if q_index.shape[1] == 0:
+        rows_with_queries = queries.any(1)
+        if not bool(rows_with_queries.any()):
             return x
+        if not bool(rows_with_queries.all()):  # a row (window) with no query is not computed at all, its keys neither
+            rows = rows_with_queries.nonzero().squeeze(1)
+            pick = lambda v: None if v is None else v[rows]  # noqa: E731
+            return x.index_copy(0, rows, self.sparse_update(x[rows], queries[rows], pick(keys), pick(weight)))
+        q_index, q_valid = gather_index(queries)
         x_q = gathered(x, q_index)
         if keys is None:
             positions = torch.arange(t, device=x.device)
@@ -114,26 +120,10 @@ class CausalLayer(nn.Module):
     def flops(self, queries: torch.Tensor, keys: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[B] this layer's FLOPs for the query tokens queries [B, T] bool reading keys [B, T] (None: all)."""
         per_key, per_query, per_pair = self.token_flops()
-        t = queries.shape[1]
         keys = torch.ones_like(queries) if keys is None else keys
         visible = keys.to(torch.float64).cumsum(1)  # keys at or before each position
         pairs = (visible * queries).sum(1)
         return (keys.sum(1) * per_key + queries.sum(1) * per_query + pairs * per_pair).to(torch.float64)
-
-
-def gather_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """mask [B, T] bool -> (index [B, M], valid [B, M]): each row's True positions in order, then
-    padding (index of a False position, valid False), M the largest count of a row."""
-    counts = mask.sum(1)
-    most = int(counts.max()) if mask.numel() else 0
-    order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :most]
-    valid = torch.arange(most, device=mask.device) < counts.unsqueeze(1)
-    return order, valid
-
-
-def gathered(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x [B, T, d] at index [B, M] -> [B, M, d]."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def window_sizes(length: int, context: int) -> list[int]:

@@ -257,6 +257,27 @@ def put_images(x: torch.Tensor, images: torch.Tensor, values: torch.Tensor, inpl
 
 
 # ----------------------------------------------------------------------------------------------
+# Tokens of a sequence: each row's chosen tokens gathered, padded to the longest row (A-ViT's
+# running tokens, the byte transformers' running or routed bytes)
+# ----------------------------------------------------------------------------------------------
+
+
+def gather_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask [B, T] bool -> (index [B, M], valid [B, M]): each row's True positions in order, then
+    padding (index of a False position, valid False), M the largest count of a row."""
+    counts = mask.sum(1)
+    most = int(counts.max()) if mask.numel() else 0
+    order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :most]
+    valid = torch.arange(most, device=mask.device) < counts.unsqueeze(1)
+    return order, valid
+
+
+def gathered(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, T, d] at index [B, M] -> [B, M, d]."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# ----------------------------------------------------------------------------------------------
 # Positions as rows
 # ----------------------------------------------------------------------------------------------
 

@@ -101,12 +101,8 @@ class UniversalTransformerLM(nn.Module):
         for step in range(self.max_steps):
             running = halting.running
             inputs = state + self.step_embedding[step]
-            if sparse:  # the windows with a byte still running, and of those the running bytes' queries
-                active = running.any(1).nonzero().squeeze(1)
-                if active.numel() == w:
-                    updated = self.layer.sparse_update(inputs, running)
-                else:
-                    updated = inputs.index_copy(0, active, self.layer.sparse_update(inputs[active], running[active]))
+            if sparse:  # the running bytes' queries (a window with none is not computed)
+                updated = self.layer.sparse_update(inputs, running)
             else:
                 updated = inputs + self.layer.masked_update(inputs)
             state = torch.where(running.unsqueeze(-1), updated, state)  # a halted byte keeps its state
