@@ -8,7 +8,7 @@ item 5): bytes per second and time ratio beside FLOPs ratio, on CPU, at batch 1 
     run it) against the same transformer without routing (checkpoints/jargon_transformer).
 
 Inputs: the first WINDOWS held-out Jargon File windows of SEQ_LEN bytes, as evaluation cuts them
-(ponderscope.core.workloads.BytesLM(seq_len=SEQ_LEN).eval_windows), the same at both batch sizes
+(ponderscope.core.workloads.BytesLM(seq_len=SEQ_LEN).eval_pairs), the same at both batch sizes
 (batch 1: one window at a time; batch 64: one batch of 64), so the FLOPs ratio is the same in both
 rows (a window's trace does not depend on its batch). Each pair runs side by side: sparse, masked
 and the dense twin in every round, the order rotated from round to round (bench.common.rotated);
@@ -99,10 +99,10 @@ def held_out_windows(n: int = WINDOWS, seq_len: int = SEQ_LEN) -> torch.Tensor:
     """[n, seq_len] the first n held-out Jargon File windows, as evaluation cuts them."""
     from ponderscope.core.workloads import BytesLM
 
-    stream = BytesLM("jargon", torch.device("cpu"), seq_len=seq_len).eval_windows(n * seq_len)
-    if len(stream) < n * seq_len:
-        raise ValueError(f"the held-out text has {len(stream)} bytes, fewer than {n} windows of {seq_len}")
-    return stream[: n * seq_len].view(n, seq_len)
+    inputs, _ = BytesLM("jargon", torch.device("cpu"), seq_len=seq_len).eval_pairs(n * seq_len)
+    if len(inputs) < n:
+        raise ValueError(f"the held-out text has {len(inputs)} windows of {seq_len} bytes, fewer than {n}")
+    return inputs
 
 
 def batches_of(windows: torch.Tensor, sizes=BATCHES) -> dict:

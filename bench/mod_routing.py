@@ -29,10 +29,8 @@ from ponderscope.paths import bundled_checkpoints
 def measure(checkpoint: str, limit: int | None = None, batch_size: int = 64) -> dict:
     model = load_checkpoint(checkpoint, device="cpu").eval()
     workload = BytesLM(model.card.dataset, torch.device("cpu"), seq_len=model.context)
-    stream = workload.eval_windows(limit)
-    n = (len(stream) - 1) // model.context
-    inputs = stream[: n * model.context].view(n, model.context)
-    targets = stream[1 : n * model.context + 1].view(n, model.context)
+    inputs, targets = workload.eval_pairs(limit)
+    n = len(inputs)
     seen: dict[str, dict[str, list]] = {}
 
     def keep(name: str, kind: str):
@@ -58,11 +56,10 @@ def measure(checkpoint: str, limit: int | None = None, batch_size: int = 64) -> 
         model.routing = "predictor"
         for handle in handles:
             handle.remove()
-    k = max(1, round(model.capacity * model.context))
     rows = []
     for name, values in sorted(layers.items(), key=lambda item: int(item[0])):
         score, prediction = values["score"], values["prediction"]
-        top_k = torch.zeros_like(score, dtype=torch.bool).scatter(1, score.topk(k, dim=1).indices, True)
+        top_k = model.top_k(score)
         routed = prediction > 0
         rows.append({"layer": model.token_layer_names[int(name)], "predictor_share": float(routed.float().mean()),
                      "top_k_share": float(top_k.float().mean()), "agreement": float((routed == top_k).float().mean())})

@@ -102,7 +102,7 @@ class MixtureOfDepthsLM(nn.Module):
             score = self.routers[str(index)](state).squeeze(-1)  # [W, n]
             by_predictor = not self.training and self.routing == "predictor"  # causal: the rule at evaluation
             prediction = self.predictors[str(index)](state.detach()).squeeze(-1) if self.training or by_predictor else None
-            top_k = None if by_predictor else self._top_k(score)
+            top_k = None if by_predictor else self.top_k(score)
             routed = prediction > 0 if by_predictor else top_k
             weight = torch.sigmoid(score)
             if sparse:
@@ -118,7 +118,7 @@ class MixtureOfDepthsLM(nn.Module):
         extras = (torch.stack(predicted), torch.stack(chosen)) if predicted else (None, None)
         return (self.head(self.norm(state)), torch.stack(ran, -1), torch.stack(weights, -1), flops, *extras)
 
-    def _top_k(self, score: torch.Tensor) -> torch.Tensor:
+    def top_k(self, score: torch.Tensor) -> torch.Tensor:
         """[W, n] bool: each window's k = capacity x n (at least 1) highest scores."""
         k = max(1, round(self.capacity * score.shape[1]))
         chosen = torch.zeros_like(score, dtype=torch.bool)

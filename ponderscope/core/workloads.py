@@ -490,6 +490,13 @@ class BytesLM:
             n_windows = min(n_windows, max(1, limit // self.seq_len))
         return self.held_out[: n_windows * self.seq_len + 1]
 
+    def eval_pairs(self, limit: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The evaluated windows as (inputs, targets), each [windows, seq_len]: the bytes read and
+        the bytes each step predicts (the next ones)."""
+        stream = self.eval_windows(limit)
+        n = (len(stream) - 1) // self.seq_len * self.seq_len
+        return stream[:n].view(-1, self.seq_len), stream[1 : n + 1].view(-1, self.seq_len)
+
     @torch.no_grad()
     def evaluate(self, model, limit: Optional[int] = None, batch_size: int = 64) -> dict:
         """Held-out bits per byte over non-overlapping windows, each started from a zero state;
@@ -497,10 +504,8 @@ class BytesLM:
         differently while training (a Mixture-of-Depths model routes by top-k, which reads later bytes)."""
         if getattr(model, "training", False):
             raise ValueError("evaluate a byte LM in eval mode (model.eval()): in training mode a model may route or halt by its training rule")
-        stream = self.eval_windows(limit)
-        n_windows = (len(stream) - 1) // self.seq_len
-        inputs = torch.stack([stream[i * self.seq_len : (i + 1) * self.seq_len] for i in range(n_windows)])
-        targets = torch.stack([stream[i * self.seq_len + 1 : (i + 1) * self.seq_len + 1] for i in range(n_windows)])
+        inputs, targets = self.eval_pairs(limit)
+        n_windows = len(inputs)
         losses, ponders, steps, layers, flops, dense = [], [], [], [], 0.0, 0.0
         device = next(model.parameters()).device  # the model's, wherever the text was loaded
         for start in range(0, n_windows, batch_size):
