@@ -251,17 +251,19 @@ def _check_token_layers(trace, task: str, batch: int, steps: int, token_layer_na
                                      f"{int((~torch.isfinite(weights)).sum())} NaN or infinite value(s)")
         negative = weights < 0
         if bool(negative.any()):
-            where = negative.nonzero()[0].tolist()
             raise TraceContractError("token_layer_weights", ">= 0 (ACT's halting weights and a router's sigmoid weights are)",
-                                     f"{int(negative.sum())} negative weight(s), first at "
-                                     f"[{', '.join(map(str, where))}]: {float(weights[tuple(where)]):.4g}")
+                                     _count_and_first(negative, weights, "negative weight(s)"))
         stray = (weights != 0) & ~ran
         if bool(stray.any()):
-            where = stray.nonzero()[0].tolist()
             raise TraceContractError("token_layer_weights", "0 wherever token_layers is False (a layer that did not run gives no weight)",
-                                     f"{int(stray.sum())} nonzero weight(s) where the layer did not run, first at "
-                                     f"[{', '.join(map(str, where))}]: {float(weights[tuple(where)]):.4g}")
+                                     _count_and_first(stray, weights, "nonzero weight(s) where the layer did not run"))
     token_layer_labels(token_layer_names, int(ran.shape[2]))
+
+
+def _count_and_first(wrong: torch.Tensor, values: torch.Tensor, what: str) -> str:
+    """"3 <what>, first at [b, t, l]: v": how many entries `wrong` marks, and the first of them."""
+    where = wrong.nonzero()[0].tolist()
+    return f"{int(wrong.sum())} {what}, first at [{', '.join(map(str, where))}]: {float(values[tuple(where)]):.4g}"
 
 
 def _check_exits(trace, batch: int, exit_names: Optional[Sequence[str]] = None) -> None:

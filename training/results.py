@@ -20,6 +20,11 @@ CHAR_CLASS_LABELS = {"space": "space", "punctuation": "punct.", "word_start": "w
 VARIED = (("adaptive", "tau"), ("adaptive", "prior"), ("model_kwargs", "readout"), ("model_kwargs", "max_steps"), ("model_kwargs", "halting_bias"), ("steps",), ("schedule",), ("tau_warmup_steps",), ("seed",))
 
 
+def _no_remainder(classes: dict) -> bool:
+    """N + R = N in every class: N counts the layers a byte went through (a router's), not ACT steps."""
+    return all(c["ponder"] == c["steps"] for c in classes.values())
+
+
 def _row(name: str, card: dict) -> str:
     test = card.get("metrics", {}).get("test", {})
     if "accuracy" in test:
@@ -50,7 +55,7 @@ def _row(name: str, card: dict) -> str:
         extra.append(f"ponder {curve[low]:.2f} with {low} non-zero {'entry' if low == '1' else 'entries'}, {curve[high]:.2f} with {high}")
     if "per_char_class" in test and varies:
         classes = {name: c for name, c in test["per_char_class"].items() if name in CHAR_CLASS_LABELS}
-        if all(c["ponder"] == c["steps"] for c in classes.values()):  # no remainder: N is the layers a byte went through
+        if _no_remainder(classes):
             extra.append("layers per byte by input byte: " + ", ".join(f"{CHAR_CLASS_LABELS[name]} {c['steps']:.2f}" for name, c in classes.items()))
         else:
             extra.append("N / N+R by input byte: " + ", ".join(
@@ -101,8 +106,8 @@ def _char_class_tables(named_cards: list[tuple[str, dict]]) -> list[str]:
         classes = test.get("per_char_class")
         if not classes or test.get("mean_steps") == 1.0 or "steps_std" not in next(iter(classes.values())):
             continue
-        if test.get("layer_rates") and all(c["ponder"] == c["steps"] for c in classes.values()):
-            continue  # no remainder: N counts the layers a byte went through, which the layer table shows one by one
+        if test.get("layer_rates") and _no_remainder(classes):
+            continue  # the layer table shows those layers one by one
         lines += [f"### `{name}` on {test.get('bytes')} held-out bytes of {card.get('dataset')}", ""]
         facts = [f"bits per byte {test['bits_per_byte']:.3f}", f"mean N {test['mean_steps']:.3f}"]
         if test.get("steps_off_mode_fraction") is not None:
@@ -140,10 +145,9 @@ def _layer_rate_tables(named_cards: list[tuple[str, dict]]) -> list[str]:
         shown = [i for i, rate in enumerate(rates) if rate < 1.0]
         if not shown:
             continue
+        flops = f" FLOPs {100 * test['flops_ratio']:.1f}% of its dense twin's." if test.get("flops_ratio") is not None else ""
         lines += [f"### `{name}`: the share of each class's bytes that each layer computed", "",
-                  f"On {test.get('bytes')} held-out bytes of {card.get('dataset')}; the layers not listed computed every byte. "
-                  f"FLOPs {100 * test['flops_ratio']:.1f}% of its dense twin's." if test.get("flops_ratio") is not None else
-                  f"On {test.get('bytes')} held-out bytes of {card.get('dataset')}; the layers not listed computed every byte.", "",
+                  f"On {test.get('bytes')} held-out bytes of {card.get('dataset')}; the layers not listed computed every byte.{flops}", "",
                   "| class of the byte read | bytes | " + " | ".join(names[i] for i in shown) + " |",
                   "|---|---|" + "---|" * len(shown),
                   "| all | " + str(test.get("bytes")) + " | " + " | ".join(f"{100 * rates[i]:.1f}%" for i in shown) + " |"]
