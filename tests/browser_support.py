@@ -249,6 +249,38 @@ def make_driver(download_dir: str, user_data_dir: str, width: int = 1400, height
     return driver
 
 
+class BrowserPage:
+    """The dashboard in a test's browser (`site`: {"driver", "url", "server", ...}): run JavaScript,
+    wait for a condition (failing with the page's error banner and the server's log), read a plot."""
+
+    WAIT = 30  # seconds
+
+    def __init__(self, site):
+        self.site, self.d, self.url = site, site["driver"], site["url"]
+
+    def js(self, script: str, *args):
+        return self.d.execute_script(script, *args)
+
+    def wait(self, script: str, *args, timeout: float = WAIT, what: str = "condition"):
+        """Wait until the JS expression returns something truthy; fail with the error banner."""
+        import pytest
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            return WebDriverWait(self.d, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script, *args))
+        except Exception:
+            banner = self.js("const e = document.getElementById('error'); return e && !e.hidden ? e.innerText : ''")
+            pytest.fail(f"timed out waiting for {what}; error banner: {banner!r}; server log tail:\n{self.site['server'].tail(1500)}")
+
+    def plot_data(self, div_id: str):
+        return self.js("const g = document.getElementById(arguments[0]); return g && g.data ? JSON.parse(JSON.stringify(g.data)) : null", div_id)
+
+    def wait_plot(self, div_id: str, what: str | None = None):
+        self.wait("const g = document.getElementById(arguments[0]); return !!(g && g.data && g.data.length && g._fullLayout)", div_id,
+                  what=what or f"plot #{div_id}")
+        return self.plot_data(div_id)
+
+
 def make_test_png(path: str | os.PathLike, size: int = 40) -> Path:
     """A small greyscale PNG with a bright shape on a dark background (like Fashion-MNIST)."""
     from PIL import Image, ImageDraw

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from browser_support import (
+    BrowserPage,
     browser_missing_reason,
     cleanup,
     fashion_mnist_missing_reason,
@@ -50,13 +51,12 @@ except ImportError as _error:  # pragma: no cover - only while the backend is mi
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
 
 # PONDERSCOPE_SCREENSHOTS=1: docs/screenshots/; =<folder>: there; unset, empty or 0: no screenshots.
 _shots = os.environ.get("PONDERSCOPE_SCREENSHOTS", "")
 SCREENSHOTS = None if _shots in ("", "0") else ROOT / "docs" / "screenshots" if _shots == "1" else Path(_shots)
 BUNDLED = ROOT / "checkpoints"
-WAIT = 30
 FMNIST_MISSING = fashion_mnist_missing_reason()
 needs_fmnist = pytest.mark.usefixtures("fashion_mnist")  # (conftest: a skip here, a failure in CI)
 needs_mnist = pytest.mark.usefixtures("mnist")  # (cluttered MNIST's test set is made from its digits)
@@ -105,35 +105,14 @@ def page(site):
     return Page(site)
 
 
-class Page:
+class Page(BrowserPage):
     def __init__(self, site):
-        self.site = site
-        self.d = site["driver"]
-        self.url = site["url"]
+        super().__init__(site)
         self.ids = site["ids"]
 
     def open(self, query: str = "") -> None:
         self.d.get(f"{self.url}/{query}")
         self.wait("return document.readyState === 'complete' && !!window.ponderscope", what="the page to start")
-
-    def js(self, script: str, *args):
-        return self.d.execute_script(script, *args)
-
-    def wait(self, script: str, *args, timeout: float = WAIT, what: str = "condition"):
-        """Wait until the JS expression returns something truthy; fail with the error banner."""
-        try:
-            return WebDriverWait(self.d, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script, *args))
-        except Exception:
-            banner = self.js("const e = document.getElementById('error'); return e && !e.hidden ? e.innerText : ''")
-            pytest.fail(f"timed out waiting for {what}; error banner: {banner!r}; server log tail:\n{self.site['server'].tail(1500)}")
-
-    def plot_data(self, div_id: str):
-        return self.js("const g = document.getElementById(arguments[0]); return g && g.data ? JSON.parse(JSON.stringify(g.data)) : null", div_id)
-
-    def wait_plot(self, div_id: str, what: str | None = None):
-        self.wait("const g = document.getElementById(arguments[0]); return !!(g && g.data && g.data.length && g._fullLayout)", div_id,
-                  what=what or f"plot #{div_id}")
-        return self.plot_data(div_id)
 
     def error_text(self) -> str:
         return self.js("const e = document.getElementById('error'); return e.hidden ? '' : e.innerText")

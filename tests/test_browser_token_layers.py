@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import ServerProcess, browser_missing_reason, cleanup, make_driver, tmpdir
+from browser_support import BrowserPage, ServerProcess, browser_missing_reason, cleanup, make_driver, tmpdir
 
 _missing = browser_missing_reason()
 if _missing:
@@ -22,9 +22,8 @@ if _missing:
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
 
-WAIT = 30
 TEXT = "Hi, wörld. 42"  # "ö": two UTF-8 bytes, one character
 
 
@@ -57,23 +56,7 @@ def site():
         cleanup(work)
 
 
-class Page:
-    def __init__(self, site):
-        self.d, self.url, self.server = site["driver"], site["url"], site["server"]
-
-    def js(self, script: str, *args):
-        return self.d.execute_script(script, *args)
-
-    def wait(self, script: str, *args, what: str = "condition"):
-        try:
-            return WebDriverWait(self.d, WAIT, poll_frequency=0.1).until(lambda d: d.execute_script(script, *args))
-        except Exception:
-            banner = self.js("const e = document.getElementById('error'); return e && !e.hidden ? e.innerText : ''")
-            pytest.fail(f"timed out waiting for {what}; error banner: {banner!r}; server log tail:\n{self.server.tail(1500)}")
-
-    def plot_data(self, div_id: str):
-        return self.js("const g = document.getElementById(arguments[0]); return g && g.data ? JSON.parse(JSON.stringify(g.data)) : null", div_id)
-
+class Page(BrowserPage):
     def no_error(self) -> None:
         assert self.js("const e = document.getElementById('error'); return e.hidden ? '' : e.innerText") == ""
         blocked = [e["message"] for e in self.d.get_log("browser") if "Content Security Policy" in e["message"]]
