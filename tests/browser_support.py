@@ -7,6 +7,7 @@ vary (an untrained SACT with halting bias -3 runs every unit everywhere: a flat 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -247,6 +248,13 @@ def make_driver(download_dir: str, user_data_dir: str, width: int = 1400, height
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": download_dir})
     driver.set_script_timeout(30)
     return driver
+
+
+def post_json(url: str, body: dict) -> dict:
+    """POST `body` as JSON to `url` (the test's own request beside the page's) -> the answer."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
 
 
 class BrowserPage:

@@ -36,6 +36,7 @@ from browser_support import (
     make_test_png,
     make_tiny_checkpoints,
     make_tiny_exit_and_token_checkpoints,
+    post_json,
     tmpdir,
     ServerProcess,
     ROOT,
@@ -1275,12 +1276,7 @@ def exit_token_server():
 
 def post_to(url: str, model: str, body: dict) -> dict:
     """POST /api/models/{model}/image on the server at `url`, as the page asks it (training resolution)."""
-    import urllib.request
-
-    request = urllib.request.Request(f"{url}/api/models/{model}/image", data=json.dumps({"resolution": "train", **body}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
+    return post_json(f"{url}/api/models/{model}/image", {"resolution": "train", **body})
 
 
 # the answer on screen is for this model and what-if (None: the trained model), and nothing is in flight

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from browser_support import BrowserPage, ServerProcess, browser_missing_reason, cleanup, make_driver, tmpdir
+from browser_support import BrowserPage, ServerProcess, browser_missing_reason, cleanup, make_driver, post_json, tmpdir
 
 _missing = browser_missing_reason()
 if _missing:
@@ -64,10 +62,7 @@ class Page(BrowserPage):
 
 
 def post_text(url: str, model: str, text: str) -> dict:
-    request = urllib.request.Request(f"{url}/api/models/{model}/text", data=json.dumps({"text": text}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
+    return post_json(f"{url}/api/models/{model}/text", {"text": text})
 
 
 LAYERS_DRAWN = ("const g = document.getElementById('text-layers-chart'); const t = window.ponderscope.results.text;"
