@@ -7,16 +7,28 @@ Per image token t and layer l (the token's state e_t^l after the layer):
     rho_t  = N_t + R_t                              the token's ponder cost (its per-patch map)
 
 A halted token keeps its state, and from the next layer on is neither updated nor attended to
-(its attention logits are -inf: softmax over the tokens still running). The class token feeds
-the head. Loss: task + alpha_p * mean_t rho_t + alpha_d * KL(H || prior), H the mean halting
-score per layer normalised over layers, the prior a Gaussian over depth centred at
-`target_depth`. The task loss reaches no image token's halting score directly (halting is a
-discrete mask); which tokens halt comes from channel 0 doing double duty: a token whose state
-matters to the class token cannot have its channel 0 pushed up freely by the ponder loss.
+(its attention logits are -inf: softmax over the tokens still running). Loss: task + alpha_p *
+mean_t rho_t + alpha_d * KL(H || prior), H the mean halting score per layer normalised over
+layers, the prior a Gaussian over depth centred at `target_depth`.
 
-Two departures from the authors' network: the class token goes through every layer (theirs
-halts by the same rule, its output then the ACT-weighted sum of its states), so the per-patch
-map is all there is to draw; and a small convolutional stem (two strided 3x3 / (p/2)x(p/2)
+What feeds the head (`readout`):
+
+    "cls"    the class token's last state, the class token going through every layer (the
+             authors' network, except that theirs halts too). The task loss then reaches no image
+             token's halting score (halting is a discrete mask): tokens halt alike on and off the
+             object (docs/experiments: ponder in/out of the digit's box 0.98-1.04).
+    "act"    the same class token, which then also reads every image token's ACT-weighted state
+             o_t = sum_l p_t^l e_t^l once (one cross-attention): the task reaches each token's
+             halting weights, as in ACT and SACT. Tokens with ink, the clutter's included, run
+             longer than empty ones, but the class token does most of the work in its own layers
+             after the image tokens halt (box 1.3).
+    "query"  a learned class query that goes through no layer reads the o_t once: whatever the
+             head needs must be carried by the image tokens' own states through the layers they
+             run, so the digit's tokens run longest (box 2.1; the bundled model).
+
+Two departures from the authors' network: the readouts above (their class token halts by the
+same rule as the image tokens and feeds the head its ACT-weighted state; here nothing halts but
+the image tokens, so the per-patch map is all there is to draw); and a small convolutional stem (two strided 3x3 / (p/2)x(p/2)
 convolutions) replaces the single patch projection: ViTs trained from scratch on a few tens of
 thousands of images learn much faster with one (Xiao et al. 2021).
 
@@ -147,9 +159,13 @@ class HaltingViT(nn.Module):
         self.position = nn.Parameter(torch.randn(1, self.grid * self.grid, dim) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)  # the class token (its own position, learned)
         self.layers = nn.ModuleList(Layer(dim, heads, mlp_ratio) for _ in range(depth))
-        if readout not in ("cls", "act"):
-            raise ValueError(f"readout must be 'cls' (the class token alone) or 'act' (it also reads the tokens' ACT-weighted states), not {readout!r}")
-        self.readout = Readout(dim, heads) if readout == "act" else None
+        if readout not in ("cls", "act", "query"):
+            raise ValueError(f"readout must be 'cls' (the class token alone), 'act' (it also reads the tokens' ACT-weighted states) or "
+                             f"'query' (a class query that goes through no layer reads them once), not {readout!r}")
+        self.readout = Readout(dim, heads) if readout in ("act", "query") else None
+        # "query": the class token is not one of the layers' tokens, so whatever the head needs must
+        # be carried by the image tokens' own states, through the layers they run
+        self.class_in_layers = readout != "query"
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -190,28 +206,29 @@ class HaltingViT(nn.Module):
     def trace(self, x: torch.Tensor) -> Trace:
         patches = self.stem(x) + self.position  # [B, n, d]
         b, n, _ = patches.shape
-        tokens = torch.cat([self.cls.expand(b, -1, -1), patches], 1)  # the class token first
+        c = int(self.class_in_layers)  # the class token first, when it goes through the layers
+        tokens = torch.cat([self.cls.expand(b, -1, -1), patches], 1) if c else patches
         if not self.halting:
             for layer in self.layers:
                 tokens = layer(tokens)
             flops = torch.full((b,), float(self.dense_flops(x)), device=x.device)
-            return Trace(logits=self.classify(tokens[:, 0], tokens[:, 1:]), flops=flops, dense_flops=self.dense_flops(x))
+            return Trace(logits=self.classify(self._class_state(tokens), tokens[:, c:]), flops=flops, dense_flops=self.dense_flops(x))
         sparse = not self.training and requested_execution(self) is not Execution.MASKED
         policy = HaltingPolicy.resolve(current_whatif(), self.eps, self.layer_names)  # a what-if's threshold or cap, else the trained rule
         state = StepwiseHalting((b, n), device=x.device, dtype=tokens.dtype, eps=policy.eps)  # the image tokens'
-        always = torch.ones(b, 1, dtype=torch.bool, device=x.device)  # the class token runs every layer
+        always = torch.ones(b, c, dtype=torch.bool, device=x.device)  # the class token (if there) runs every layer
         ran, weights, scores, flops = [], [], [], torch.full((b,), float(self.fixed_flops(x)), device=x.device)
         outputs = torch.zeros_like(patches)  # sum_l p_t^l e_t^l: each image token's ACT-weighted state
         for index, layer in enumerate(self.layers):
             running = state.running
-            flops = flops + layer.flops(running.sum(1).to(flops.dtype) + 1)
+            flops = flops + layer.flops(running.sum(1).to(flops.dtype) + c)
             everyone = torch.cat([always, running], 1)
             tokens = self._run_sparse(layer, tokens, everyone) if sparse else self._run_masked(layer, tokens, everyone)
             last = index == policy.last
-            h = torch.ones_like(tokens[:, 1:, 0]) if last else torch.sigmoid(self.gate_scale * tokens[:, 1:, 0] - self.gate_center)
+            h = torch.ones_like(tokens[:, c:, 0]) if last else torch.sigmoid(self.gate_scale * tokens[:, c:, 0] - self.gate_center)
             h = h * running  # 0 where halted (zero_after_halt below)
             p = state.update(h, force_halt=last, zero_after_halt=True)
-            outputs = outputs + p.unsqueeze(-1) * tokens[:, 1:]
+            outputs = outputs + p.unsqueeze(-1) * tokens[:, c:]
             ran.append(running)
             scores.append(h)
             weights.append(p)
@@ -221,20 +238,28 @@ class HaltingViT(nn.Module):
             ran.append(torch.zeros_like(ran[0]))
             weights.append(torch.zeros_like(weights[0]))
             scores.append(torch.zeros_like(scores[0]))
-        logits = self.classify(tokens[:, 0], outputs)
+        logits = self.classify(self._class_state(tokens), outputs)
         return Trace(logits=logits, flops=flops, dense_flops=self.dense_flops(x), blocks=self._blocks(ran, weights, scores, b),
                      extras={"layer_halting_scores": torch.stack(scores[:-1], 1)} if self.training else {})  # the prior's input
 
     def classify(self, cls: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         """The head on the class token's last state (readout "act": after it read the image tokens'
-        ACT-weighted states; for the dense twin, their last states)."""
+        ACT-weighted states; for the dense twin, their last states), or (readout "query") on what
+        the learned query read from them."""
         return self.head(self.norm(cls if self.readout is None else self.readout(cls, outputs)))
+
+    def _class_state(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, d]: the class token after the layers, or (readout "query") the learned query itself."""
+        return tokens[:, 0] if self.class_in_layers else self.cls[:, 0].expand(tokens.shape[0], -1)
 
     def _run_masked(self, layer: Layer, tokens: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
         """Every token through the layer, the halted ones masked out of attention and left as they were."""
         if bool(running.all()):
             return layer(tokens)
-        return torch.where(running.unsqueeze(-1), layer(tokens, running), tokens)
+        # an image none of whose tokens runs (readout "query") attends to all of them: its update is
+        # dropped anyway, and a row with no key to attend to would be NaN, in the backward pass too
+        keys = running | ~running.any(1, keepdim=True)
+        return torch.where(running.unsqueeze(-1), layer(tokens, keys), tokens)
 
     def _run_sparse(self, layer: Layer, tokens: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
         """Only each image's running tokens: gathered to [B, most running, d] (shorter rows padded and
@@ -284,7 +309,7 @@ class HaltingViT(nn.Module):
         return self.stem.flops(x.shape[-2], x.shape[-1]) + readout + 2 * self.head.in_features * self.head.out_features
 
     def dense_flops(self, x: torch.Tensor) -> float:
-        n = torch.tensor([float(self.grid * self.grid + 1)])  # the image tokens and the class token
+        n = torch.tensor([float(self.grid * self.grid + int(self.class_in_layers))])  # the image tokens (and the class token)
         return float(self.fixed_flops(x) + sum(layer.flops(n) for layer in self.layers))
 
     # ------------------------------------------------------------------ training

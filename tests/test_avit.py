@@ -26,40 +26,42 @@ def reference(m: HaltingViT, image: torch.Tensor):
     with weight R = 1 - the sum before. Returns logits (the class token's), the per-token N and
     N + R, and the FLOPs of the products done."""
     patches = (m.stem(image[None]) + m.position)[0]
-    tokens = torch.cat([m.cls[0], patches])  # [1 + n, d]
+    c = int(m.class_in_layers)  # readout "query": the class token is in no layer
+    tokens = torch.cat([m.cls[0], patches]) if c else patches  # [c + n, d]
     n, d = patches.shape
-    running = list(range(n))  # image token t is row t + 1
+    running = list(range(n))  # image token t is row t + c
     total, steps, rho = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     outputs = torch.zeros_like(patches)  # each token's ACT-weighted state (what readout "act" reads)
     flops = m.stem.flops(image.shape[-2], image.shape[-1]) + 2 * m.head.in_features * m.head.out_features
     if m.readout is not None:  # one query over n tokens: q, k and v, scores, their average, the projection
         flops += 2 * (d * d + 2 * n * d * d + d * d) + 2 * 2 * n * d
     for index, layer in enumerate(m.layers):
-        rows = [0] + [t + 1 for t in running]
+        rows = [0] * c + [t + c for t in running]
         k = len(rows)
         hidden = layer.mlp[0].out_features
         flops += 2 * k * (3 * d * d + d * d + 2 * d * hidden) + 2 * 2 * k * k * d
-        updated = layer(tokens[rows][None])[0]
-        tokens = tokens.clone()
-        tokens[rows] = updated
+        if rows:
+            updated = layer(tokens[rows][None])[0]
+            tokens = tokens.clone()
+            tokens[rows] = updated
         still = []
         for t in running:
             last = index == len(m.layers) - 1
-            h = 1.0 if last else float(torch.sigmoid(m.gate_scale * tokens[t + 1, 0] - m.gate_center))
+            h = 1.0 if last else float(torch.sigmoid(m.gate_scale * tokens[t + c, 0] - m.gate_center))
             steps[t] += 1
             if last or total[t] + h >= 1 - m.eps:
                 rho[t] = steps[t] + (1 - total[t])
-                outputs[t] += (1 - total[t]) * tokens[t + 1]
+                outputs[t] += (1 - total[t]) * tokens[t + c]
             else:
                 still.append(t)
-                outputs[t] += h * tokens[t + 1]
+                outputs[t] += h * tokens[t + c]
             total[t] += h
         running = still
-    logits = m.classify(tokens[0][None], outputs[None])[0]
+    logits = m.classify((tokens[0] if c else m.cls[0, 0])[None], outputs[None])[0]
     return logits, steps, rho, flops
 
 
-@pytest.mark.parametrize("readout", ["cls", "act"])
+@pytest.mark.parametrize("readout", ["cls", "act", "query"])
 @pytest.mark.parametrize("centre", [1.0, 2.5, 4.0])
 def test_trace_follows_the_rule_written_plainly(centre, readout):
     m = model(gate_scale=4.0, gate_center=centre, readout=readout)
@@ -92,6 +94,25 @@ def test_the_settings_reach_both_extremes():
     assert float(early.flops.max()) < 0.4 * dense  # the class token still goes through every layer
 
 
+def test_query_readout_when_every_token_halts_at_once():
+    """Readout "query" leaves no token in the later layers when all halt after the first: those
+    layers cost nothing, sparse equals masked, and training stays finite (a row of attention with
+    no key would be NaN)."""
+    m = model(seed=3, gate_scale=1.0, gate_center=-50.0, readout="query")
+    x = torch.randn(3, 1, 24, 24)
+    masked, sparse = traces(m, x)
+    assert_same(masked, sparse)
+    assert float(sum(b.units for b in masked.blocks).max()) == 1.0
+    first = m.layers[0].flops(torch.tensor(float(m.grid ** 2)))
+    assert torch.allclose(masked.flops, torch.full((3,), float(m.fixed_flops(x) + first)))
+    m.train()
+    trace = m.trace(x)
+    (torch.nn.functional.cross_entropy(trace.logits, torch.arange(3)) + m.adaptive_loss(trace, prior=0.01)).backward()
+    grads = [p.grad for p in m.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+    assert float(m.cls.grad.abs().sum()) > 0  # the query is trained through the readout
+
+
 @pytest.mark.parametrize("centre", [0.5, 2.0, 3.5])
 def test_sparse_equals_masked_one_image_at_a_time(centre):
     m = model(seed=4, gate_scale=4.0, gate_center=centre)
@@ -100,16 +121,16 @@ def test_sparse_equals_masked_one_image_at_a_time(centre):
         assert_same(masked, sparse)
 
 
-@pytest.mark.parametrize("centre", [0.5, 2.0, 3.5])
-def test_sparse_equals_masked(centre):
-    m = model(seed=1, gate_scale=4.0, gate_center=centre)
+@pytest.mark.parametrize("centre, readout", [(0.5, "cls"), (2.0, "cls"), (3.5, "cls"), (0.5, "query"), (2.0, "query")])
+def test_sparse_equals_masked(centre, readout):
+    m = model(seed=1, gate_scale=4.0, gate_center=centre, readout=readout)
     masked, sparse = traces(m, torch.randn(6, 1, 24, 24))
     assert_same(masked, sparse)
     counts = sum(b.units for b in masked.blocks).flatten(1)
     assert len({round(float(c.mean()), 3) for c in counts}) > 1, "every image halted alike: no padding was exercised"
 
 
-@pytest.mark.parametrize("readout", ["cls", "act"])
+@pytest.mark.parametrize("readout", ["cls", "act", "query"])
 def test_never_halting_equals_the_dense_twin(readout):
     adaptive = model(seed=2, gate_scale=1.0, gate_center=60.0, readout=readout)
     torch.manual_seed(0)
@@ -122,7 +143,7 @@ def test_never_halting_equals_the_dense_twin(readout):
     assert b.blocks is None and a.dense_flops == b.dense_flops == float(b.flops[0])
 
 
-@pytest.mark.parametrize("readout", ["cls", "act"])
+@pytest.mark.parametrize("readout", ["cls", "act", "query"])
 def test_dense_flops_count_every_product(readout):
     """Linear and conv products counted by hooks, plus the two attention products per head."""
     m = model(readout=readout)
@@ -143,8 +164,9 @@ def test_dense_flops_count_every_product(readout):
     with torch.no_grad():
         m.gate_center = 60.0  # nothing halts: every product runs
         m.trace(x)
-    tokens, d = (24 // 4) ** 2 + 1, 32  # the image tokens and the class token
-    attention = len(m.layers) * 2 * 2 * tokens * tokens * d + (2 * 2 * (tokens - 1) * d if readout == "act" else 0)
+    image_tokens, d = (24 // 4) ** 2, 32
+    tokens = image_tokens + (readout != "query")  # and the class token, unless it goes through no layer
+    attention = len(m.layers) * 2 * 2 * tokens * tokens * d + (2 * 2 * image_tokens * d if readout != "cls" else 0)
     assert m.dense_flops(x) == pytest.approx(sum(counted) + attention, rel=1e-9)
 
 
