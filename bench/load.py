@@ -115,12 +115,14 @@ def rss_kb(pid: int) -> int:
 class Server:
     """`python -m ponderscope serve` as a direct child (no shell: the pid is the server's)."""
 
-    def __init__(self, port: int, cache: Path, log_path: Path, device: str):
+    def __init__(self, port: int, cache: Path, log_path: Path, device: str, checkpoints: list[str] | None = None):
         self.port, self.log_path = port, log_path
         env = dict(os.environ, PONDERSCOPE_CACHE=str(cache))
         env.setdefault("OMP_NUM_THREADS", "1")
         command = [sys.executable, "-m", "ponderscope", "serve", "--host", "127.0.0.1", "--port", str(port),
                    "--cache", str(cache), "--device", device]
+        for folder in checkpoints or []:  # a fixed set of models: the same mix for two commits that bundle different ones
+            command += ["--checkpoints", str(Path(folder).resolve())]
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -398,6 +400,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a client waits for one response")
     parser.add_argument("--device", default="cpu", help="the server's --device")
+    parser.add_argument("--checkpoints", action="append", metavar="DIR",
+                        help="the server's --checkpoints (repeatable; default: the bundled ones); the mix follows the models served")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--server-log", metavar="PATH", help="keep the server's log here (default: a temporary file)")
     parser.add_argument("--write", action="store_true", help="write the tables to bench/load_results.md and README's reliability section")
@@ -407,7 +411,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="ponderscope-load-") as tmp:
         port = free_port()
-        server = Server(port, Path(tmp) / "cache", Path(args.server_log or Path(tmp) / "server.log"), args.device)
+        server = Server(port, Path(tmp) / "cache", Path(args.server_log or Path(tmp) / "server.log"), args.device, args.checkpoints)
         try:
             health = server.wait_healthy()
             server.check_process()
