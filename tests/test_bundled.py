@@ -81,6 +81,22 @@ def test_cluttered_ponder_finds_the_digit():
     assert metrics["ponder_box_ratio"] >= 1.5
 
 
+def test_image_transformer_and_early_exit_targets():
+    """Issue 24: A-ViT on cluttered MNIST >= 93% at <= 0.70 of its dense ViT's FLOPs (the twin
+    bundled beside it, the same network), its ponder >= 1.5x inside the digit's box; the early-exit
+    ResNet-32 within 1 point of the dense ResNet-32 at <= 0.60 of its FLOPs."""
+    avit, vit = _test_metrics("cluttered_avit"), _test_metrics("cluttered_vit")
+    assert avit["examples"] == vit["examples"] == 2000
+    assert avit["dense_flops"] == vit["dense_flops"] and vit["flops_ratio"] == pytest.approx(1.0)
+    assert avit["accuracy"] >= 0.93 and avit["flops_ratio"] <= 0.70
+    assert avit["ponder_box_ratio"] >= 1.5
+    avit_kwargs, vit_kwargs = (models.read_card(CHECKPOINTS / name)["model_kwargs"] for name in ("cluttered_avit", "cluttered_vit"))
+    assert {k: v for k, v in avit_kwargs.items() if not k.startswith("gate_")} == vit_kwargs
+    exits, dense = _test_metrics("fmnist_early_exit_resnet32"), _test_metrics("fmnist_resnet32")
+    assert exits["examples"] == dense["examples"] == 10000
+    assert exits["accuracy"] >= dense["accuracy"] - 0.01 and exits["flops_ratio"] <= 0.60
+
+
 def test_parity_act_beats_plain_rnn():
     act, plain = _test_metrics("parity16_act_rnn"), _test_metrics("parity16_rnn")
     assert plain["accuracy"] < 0.6  # the same network without ACT stays near chance
