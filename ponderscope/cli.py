@@ -49,7 +49,7 @@ def _serve(args) -> None:
     try:  # a contradiction or a short token is the user's to fix: one line, not a traceback
         run(host=args.host, port=args.port, device=args.device, checkpoint_dirs=checkpoints, cache_dir=args.cache, data_roots=args.data_root,
             image_store_bytes=args.image_store_mb * 1024 * 1024, analyses=args.analysis, execution=args.execution, token=args.token,
-            no_token=args.no_token)
+            no_token=args.no_token, request_threads=args.request_threads)
     except AccessError as error:
         raise SystemExit(f"ponderscope serve: {error}") from None
 
@@ -296,7 +296,8 @@ def _load_plugins(args) -> None:
         raise SystemExit(f"ponderscope {args.command}: plugin {error}") from None
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per face of the core (train, serve, analyze, ...)."""
     parser = argparse.ArgumentParser(prog="ponderscope", description="Look inside adaptive-computation networks.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -336,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--analysis", action="append", metavar="DIR", help="a `ponderscope analyze` folder to show in the Dataset view (repeatable; "
                    "those inside a checkpoint's own folder are found without it)")
     p.add_argument("--image-store-mb", type=int, default=256, help="disk kept for uploaded images (least recently used dropped first; default 256)")
+    p.add_argument("--request-threads", type=positive, default=None, metavar="N",
+                   help="requests worked on at once, the others waiting in line (default: the CPU cores this process may use, at least 2)")
     execution_option(p, "the --cache folder")
     p.set_defaults(func=_serve)
     plugin_option(p)
@@ -420,8 +423,11 @@ def main(argv: list[str] | None = None) -> None:
     execution_option(p, "$PONDERSCOPE_CACHE or ~/.cache/ponderscope")
     p.set_defaults(func=_render)
     plugin_option(p)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in cards as the command
     _load_plugins(args)
     args.func(args)

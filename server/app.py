@@ -11,6 +11,7 @@ import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -125,11 +126,27 @@ def plotly_js_path() -> Path:
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
+def default_request_threads() -> int:
+    """The CPU cores this process may run on, at least 2: how many requests are worked on at once."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(2, cores)
+
+
 def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "auto", cache_dir: str | Path | None = None,
                data_roots: list[str | Path] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES,
-               analyses: list[str | Path] | None = None, execution: str = "auto", access: AccessPolicy | None = None) -> FastAPI:
+               analyses: list[str | Path] | None = None, execution: str = "auto", access: AccessPolicy | None = None,
+               request_threads: int | None = None) -> FastAPI:
     """analyses: `ponderscope analyze` folders to show in the Dataset view (beside those found in
     the checkpoints' own folders), each with the loaded model whose weights it analysed.
+    request_threads: how many requests the worker threads work on at once (default: the CPU
+    cores, at least 2). Every route that reads pixels or runs a model is a sync function run in
+    anyio's worker threads; its default of 40 at once makes as many requests fight over the GIL
+    and hold their tensors together on a machine with two cores (bench/load.py: more requests a
+    second with 2 than with 40 on 2 cores, at about 0.6x the memory). The others wait in line;
+    GET /api/health runs on the event loop and never waits.
     execution: "auto" (each model's faster path per batch size, timed at start-up and cached in
     the cache folder: ponderscope.core.execution), "sparse" or "masked".
     access: the token every route but GET /api/health asks for (server/access.py); None: none."""
@@ -140,8 +157,13 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     for folder in analyses or []:
         store.add_analysis(folder)
 
+    threads = request_threads or default_request_threads()
+    if threads < 1:
+        raise ValueError(f"request_threads must be at least 1, not {threads}")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads  # (the running loop's own limiter)
         yield
         await run_in_threadpool(app.state.dataset_jobs.close)
 
@@ -153,6 +175,7 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
         version=__version__,
     )
     app.state.store = store
+    app.state.request_threads = threads
     app.state.images = ImageStore(cache / "images", max_disk_bytes=image_store_bytes, max_memory_bytes=min(image_store_bytes, 64 << 20))
     app.state.dataset_jobs = DatasetJobs(cache)
     templates = Jinja2Templates(directory=str(resource("templates")))
@@ -215,14 +238,15 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
 
     @app.get("/api/health", tags=["meta"], response_model=Health)
     async def health() -> dict:  # on the event loop: answers even while every worker thread is busy
-        return {"status": "ok", "models": len(store.models), "device": store.device, "load_errors": store.errors}
+        return {"status": "ok", "models": len(store.models), "device": store.device, "load_errors": store.errors,
+                "request_threads": anyio.to_thread.current_default_thread_limiter().total_tokens}
 
     return app
 
 
 def run(host: str = "127.0.0.1", port: int = 8000, device: str = "auto", checkpoint_dirs: list[str] | None = None, cache_dir: str | None = None,
         data_roots: list[str] | None = None, image_store_bytes: int = DEFAULT_DISK_BYTES, analyses: list[str] | None = None,
-        execution: str = "auto", token: str | None = None, no_token: bool = False) -> None:
+        execution: str = "auto", token: str | None = None, no_token: bool = False, request_threads: int | None = None) -> None:
     """token / no_token: server/access.py's choose_policy (a token asked for beyond loopback)."""
     import socket
 
@@ -231,7 +255,7 @@ def run(host: str = "127.0.0.1", port: int = 8000, device: str = "auto", checkpo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     policy, warning = choose_policy(host, token, no_token, os.environ)
     app = create_app(checkpoint_dirs, device=device, cache_dir=cache_dir, data_roots=data_roots, image_store_bytes=image_store_bytes, analyses=analyses,
-                     execution=execution, access=policy)
+                     execution=execution, access=policy, request_threads=request_threads)
     config = uvicorn.Config(app, host=host, port=port, log_level="info")  # configures uvicorn's loggers: filtered after it
     for name in ("uvicorn.access", "uvicorn.error", "ponderscope"):
         logging.getLogger(name).addFilter(RedactTokens())

@@ -101,6 +101,7 @@ class Health(Open):
     models: int
     device: str
     load_errors: list[str] = Field(description="checkpoints that could not be loaded, one line each")
+    request_threads: int = Field(description="how many requests are worked on at once (serve --request-threads); the others wait in line")
 
 
 class ExecutionSummary(Open):

@@ -9,6 +9,7 @@ import select
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from PIL import Image
 from bench import memory
 from ponderscope.server.app import create_app
 from ponderscope.server.image_store import ImageStore
-from ponderscope.core.imaging import MAX_DECODED_PIXELS, ImageError
+from ponderscope.core.imaging import MAX_DECODED_PIXELS, ImageError, encode_png
 from ponderscope.core.loaded import InferenceSlots
 from ponderscope.server.limits import OTHER_BODY_BYTES, UPLOAD_BODY_BYTES
 
@@ -159,6 +160,24 @@ def test_store_is_bounded_in_bytes_and_forgets_the_least_recently_used(tmp_path)
     with pytest.raises(ImageError) as too_big:
         ImageStore(tmp_path / "small", max_disk_bytes=100).put(b"y" * 101)
     assert too_big.value.status == 413
+
+
+@pytest.mark.parametrize("mode, size", [("L", (1, 1)), ("L", (37, 5)), ("RGB", (5, 37)), ("RGB", (640, 480))])
+def test_stored_png_is_the_decoded_pixels_exactly(mode, size):
+    """encode_png (the store's own PNG writer: Up filter, zlib) read back by Pillow, and by zlib by
+    hand: the same bytes, for values that wrap around in the filter (0 under 255 and back)."""
+    rng = np.random.default_rng(sum(size))
+    shape = (size[1], size[0]) + (() if mode == "L" else (3,))
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    pixels[::2] = 255 - pixels[::2]  # large jumps between rows
+    data = encode_png(Image.fromarray(pixels, mode))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[-12:] == b"\0\0\0\0IEND\xaeB`\x82"
+    # rows prefixed with filter 2 (Up), each byte the difference from the one above
+    idat = data[33 + 8 : -12 - 4]  # after the signature and IHDR (8 + 25) and IDAT's length and type
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(shape[0], -1)
+    assert (rows[:, 0] == 2).all()
+    assert np.array_equal(np.cumsum(rows[:, 1:], axis=0, dtype=np.uint8), pixels.reshape(shape[0], -1))
 
 
 def test_store_keeps_pixels_not_padding_and_an_evicted_hash_says_upload_again(tmp_path):

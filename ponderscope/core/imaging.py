@@ -12,8 +12,10 @@ pixel), whatever the number of clients; bench/memory.py measures the peak (< 300
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import warnings
+import zlib
 
 import numpy as np
 import torch
@@ -81,10 +83,32 @@ def _reduce_while_decoding(image: Image.Image) -> None:
 
 def encode_png(image: Image.Image) -> bytes:
     """What the image store keeps: the decoded pixels, losslessly, without anything the upload
-    carried besides them (trailing bytes, metadata, other frames)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    carried besides them (trailing bytes, metadata, other frames).
+
+    L and RGB (what `decode` gives) are written here rather than by Pillow: every row with PNG's
+    "Up" filter (the difference from the row above, one numpy subtraction for the whole image)
+    and zlib at level 1. Pillow tries all five filters on every row, which for a 12-megapixel
+    photo took 210 ms of the upload's 240; this takes ~110 ms and compresses about as well on
+    photos (bench/load.py's 12 MP JPEG: 1.19 MB against Pillow's 1.13). Other modes go to Pillow."""
+    if image.mode not in ("L", "RGB"):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+    width, height = image.size
+    channels = 1 if image.mode == "L" else 3
+    rows = np.asarray(image, dtype=np.uint8).reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it (mod 256); nothing above row 0
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    header = struct.pack(">IIBBBBB", width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)  # 8 bits, grey / truecolour
+    return b"".join((b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", zlib.compress(filtered, 1)),
+                     _png_chunk(b"IEND", b"")))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """length, type, data, CRC-32 of type and data (PNG section 5.3)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 def _to_l_or_rgb(image: Image.Image) -> Image.Image:
