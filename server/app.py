@@ -11,7 +11,7 @@ import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio.to_thread
+import anyio
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -127,11 +127,18 @@ def plotly_js_path() -> Path:
 
 
 def default_request_threads() -> int:
-    """The CPU cores this process may run on, at least 2: how many requests are worked on at once."""
+    """The CPUs this process may use, at least 2: the cores it may run on, and fewer where a cgroup
+    quota says so (`docker run --cpus 2` on a larger host)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" (no quota) or "200000 100000" (2 CPUs)
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
     return max(2, cores)
 
 
@@ -141,12 +148,12 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
                request_threads: int | None = None) -> FastAPI:
     """analyses: `ponderscope analyze` folders to show in the Dataset view (beside those found in
     the checkpoints' own folders), each with the loaded model whose weights it analysed.
-    request_threads: how many requests the worker threads work on at once (default: the CPU
-    cores, at least 2). Every route that reads pixels or runs a model is a sync function run in
-    anyio's worker threads; its default of 40 at once makes as many requests fight over the GIL
-    and hold their tensors together on a machine with two cores (bench/load.py: more requests a
-    second with 2 than with 40 on 2 cores, at about 0.6x the memory). The others wait in line;
-    GET /api/health runs on the event loop and never waits.
+    request_threads: how many requests to the model routes (server/deps.py's AnswerRoute: image,
+    text and parity analysis, samples, studies) are worked on at once; the others wait on the
+    event loop, holding no thread (default: the CPUs, at least 2). Without it anyio runs up to 40
+    sync routes at once, which on two cores fight over the GIL and hold their tensors together
+    (bench/load.py: more requests a second with 2 at once than with 40, in about 0.6x the memory).
+    Static files, uploads and GET /api/health do not wait for it.
     execution: "auto" (each model's faster path per batch size, timed at start-up and cached in
     the cache folder: ponderscope.core.execution), "sparse" or "masked".
     access: the token every route but GET /api/health asks for (server/access.py); None: none."""
@@ -157,13 +164,13 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     for folder in analyses or []:
         store.add_analysis(folder)
 
-    threads = request_threads or default_request_threads()
+    threads = default_request_threads() if request_threads is None else request_threads
     if threads < 1:
         raise ValueError(f"request_threads must be at least 1, not {threads}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        anyio.to_thread.current_default_thread_limiter().total_tokens = threads  # (the running loop's own limiter)
+        app.state.model_work = anyio.CapacityLimiter(threads)  # made on the loop that serves (AnswerRoute waits on it)
         yield
         await run_in_threadpool(app.state.dataset_jobs.close)
 
@@ -239,7 +246,7 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
     @app.get("/api/health", tags=["meta"], response_model=Health)
     async def health() -> dict:  # on the event loop: answers even while every worker thread is busy
         return {"status": "ok", "models": len(store.models), "device": store.device, "load_errors": store.errors,
-                "request_threads": anyio.to_thread.current_default_thread_limiter().total_tokens}
+                "request_threads": threads}
 
     return app
 

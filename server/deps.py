@@ -13,16 +13,23 @@ BROKEN_TRACE_STATUS = 422  # the request cannot be answered by this model: its T
 
 
 class AnswerRoute(APIRoute):
-    """A route that runs a model: a trace that breaks the Trace contract (BrokenTrace, models/contract.py)
-    is answered as one JSON error, {"detail": "model ... broke the Trace contract ...: Trace.<field>:
-    expected ..., got ..."} with status 422, for that request alone."""
+    """A route that runs a model. At most `app.state.model_work` of them are worked on at once (the
+    server's request_threads; the others wait on the event loop, holding no worker thread: a
+    limiter the app's lifespan makes; an app run without its lifespan has none and waits for
+    nothing). A trace that breaks the Trace contract (BrokenTrace, models/contract.py) is answered
+    as one JSON error, {"detail": "model ... broke the Trace contract ...: Trace.<field>: expected
+    ..., got ..."} with status 422, for that request alone."""
 
     def get_route_handler(self):
         handler = super().get_route_handler()
 
         async def answer(request: Request):
+            limiter = getattr(request.app.state, "model_work", None)
             try:
-                return await handler(request)
+                if limiter is None:
+                    return await handler(request)
+                async with limiter:
+                    return await handler(request)
             except BrokenTrace as error:
                 return JSONResponse({"detail": str(error)}, status_code=BROKEN_TRACE_STATUS)
 

@@ -21,6 +21,7 @@ from PIL import Image
 from bench import memory
 from ponderscope.server.app import create_app
 from ponderscope.server.image_store import ImageStore
+from ponderscope.core import imaging
 from ponderscope.core.imaging import MAX_DECODED_PIXELS, ImageError, encode_png
 from ponderscope.core.loaded import InferenceSlots
 from ponderscope.server.limits import OTHER_BODY_BYTES, UPLOAD_BODY_BYTES
@@ -162,10 +163,13 @@ def test_store_is_bounded_in_bytes_and_forgets_the_least_recently_used(tmp_path)
     assert too_big.value.status == 413
 
 
+@pytest.mark.parametrize("strip_bytes", [1 << 20, 100, 1000])  # one strip; a row per strip; several rows per strip
 @pytest.mark.parametrize("mode, size", [("L", (1, 1)), ("L", (37, 5)), ("RGB", (5, 37)), ("RGB", (640, 480))])
-def test_stored_png_is_the_decoded_pixels_exactly(mode, size):
-    """encode_png (the store's own PNG writer: Up filter, zlib) read back by Pillow, and by zlib by
-    hand: the same bytes, for values that wrap around in the filter (0 under 255 and back)."""
+def test_stored_png_is_the_decoded_pixels_exactly(mode, size, strip_bytes, monkeypatch):
+    """encode_png (the store's own PNG writer: Up filter, zlib, a strip of rows at a time) read
+    back by Pillow, and by zlib by hand: the same bytes, for values that wrap around in the filter
+    (0 under 255 and back), across strip boundaries too."""
+    monkeypatch.setattr(imaging, "PNG_STRIP_BYTES", strip_bytes)
     rng = np.random.default_rng(sum(size))
     shape = (size[1], size[0]) + (() if mode == "L" else (3,))
     pixels = rng.integers(0, 256, shape, dtype=np.uint8)

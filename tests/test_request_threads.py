@@ -1,6 +1,6 @@
-"""How many requests the server works on at once (create_app's request_threads, serve
---request-threads): the worker threads that run every sync route are capped at that number, the
-others wait in line, and GET /api/health (on the event loop) answers meanwhile."""
+"""How many requests to the model routes the server works on at once (create_app's
+request_threads, serve --request-threads; server/deps.py's AnswerRoute waits for a place): never
+more, the others wait in line, and meanwhile GET /api/health and the static files answer."""
 from __future__ import annotations
 
 import http.client
@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from ponderscope.cli import build_parser
 from ponderscope.server.app import create_app, default_request_threads
+from ponderscope.server.deps import AnswerRoute
 
 
 def no_models(tmp_path) -> list:
@@ -44,8 +45,7 @@ def test_at_most_that_many_requests_run_at_once(tmp_path, cap):
     app = create_app(no_models(tmp_path), device="cpu", cache_dir=tmp_path, request_threads=cap)
     running, most, lock = [0], [0], threading.Lock()
 
-    @app.get("/slow")
-    def slow() -> dict:  # a sync route, as every route that runs a model is
+    def slow() -> dict:  # a sync model route, as image, text and parity analysis are
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
@@ -53,6 +53,8 @@ def test_at_most_that_many_requests_run_at_once(tmp_path, cap):
         with lock:
             running[0] -= 1
         return {}
+
+    app.router.add_api_route("/slow", slow, methods=["GET"], route_class_override=AnswerRoute)
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -82,6 +84,9 @@ def test_at_most_that_many_requests_run_at_once(tmp_path, cap):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/api/health")
         health = json.loads(conn.getresponse().read())
+        conn.request("GET", "/static/vendor/plotly.min.js")  # ~4.6 MB, read in chunks by worker threads
+        script = conn.getresponse()
+        script_bytes = len(script.read())
         health_ms.append((time.perf_counter() - start) * 1000)
         conn.close()
         for client in clients:
@@ -92,4 +97,5 @@ def test_at_most_that_many_requests_run_at_once(tmp_path, cap):
     assert statuses == [200] * 6
     assert most[0] == cap  # never more at once, and the line was long enough to fill every place
     assert health["request_threads"] == cap
-    assert health_ms[0] < 150  # answered while the slow requests ran and waited (each 200 ms)
+    assert script.status == 200 and script_bytes > 1_000_000
+    assert health_ms[0] < 150  # both answered while the slow requests ran and waited (6 x 200 ms / cap)

@@ -25,6 +25,7 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 50_000_000  # in the header, for any format (beyond it, not even a JPEG is reduced)
 MAX_DECODED_PIXELS = 16_000_000  # 4928 x 3264, a 16 MP camera; far more than a model reads
 MAX_NATIVE_SIDE = 512  # "native" resolution runs at the upload's size, capped on the long side
+PNG_STRIP_BYTES = 1 << 20  # encode_png filters and compresses about this many pixel bytes at a time
 PIXEL_WORK = threading.BoundedSemaphore(2)  # requests decoding / preparing full-size images at once, server-wide
 
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose)
@@ -86,29 +87,38 @@ def encode_png(image: Image.Image) -> bytes:
     carried besides them (trailing bytes, metadata, other frames).
 
     L and RGB (what `decode` gives) are written here rather than by Pillow: every row with PNG's
-    "Up" filter (the difference from the row above, one numpy subtraction for the whole image)
-    and zlib at level 1. Pillow tries all five filters on every row, which for a 12-megapixel
-    photo took 210 ms of the upload's 240; this takes ~110 ms and compresses about as well on
-    photos (bench/load.py's 12 MP JPEG: 1.19 MB against Pillow's 1.13). Other modes go to Pillow."""
+    "Up" filter (the difference from the row above) and zlib at level 1, a strip of rows at a
+    time (no full-size copy of the pixels is made). Pillow tries all five filters on every row,
+    which for a 12-megapixel photo took 210 ms of the upload's 240; this takes ~110 ms and
+    compresses about as well on photos (bench/load.py's 12 MP JPEG: 1.19 MB against Pillow's
+    1.13). Other modes go to Pillow."""
     if image.mode not in ("L", "RGB"):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
     width, height = image.size
     channels = 1 if image.mode == "L" else 3
-    rows = np.asarray(image, dtype=np.uint8).reshape(height, width * channels)
-    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
-    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it (mod 256); nothing above row 0
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    row_bytes = width * channels
+    strip = max(1, PNG_STRIP_BYTES // max(1, row_bytes))  # rows per strip
+    compressor, parts, above = zlib.compressobj(1), [], None
+    for top in range(0, height, strip):
+        rows = np.asarray(image.crop((0, top, width, min(height, top + strip))), dtype=np.uint8).reshape(-1, row_bytes)
+        filtered = np.empty((len(rows), row_bytes + 1), dtype=np.uint8)
+        filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it (mod 256); nothing above row 0
+        filtered[0, 1:] = rows[0] if above is None else rows[0] - above
+        np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+        parts.append(compressor.compress(filtered))
+        above = rows[-1].copy()
+    parts.append(compressor.flush())
+    idat = b"".join(parts)
+    del parts
     header = struct.pack(">IIBBBBB", width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)  # 8 bits, grey / truecolour
-    return b"".join((b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", zlib.compress(filtered, 1)),
-                     _png_chunk(b"IEND", b"")))
+    return b"".join((b"\x89PNG\r\n\x1a\n", *_png_chunk(b"IHDR", header), *_png_chunk(b"IDAT", idat), *_png_chunk(b"IEND", b"")))
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    """length, type, data, CRC-32 of type and data (PNG section 5.3)."""
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+def _png_chunk(kind: bytes, data: bytes) -> tuple[bytes, ...]:
+    """length, type, data, CRC-32 of type and data (PNG section 5.3), as pieces to join once."""
+    return struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 def _to_l_or_rgb(image: Image.Image) -> Image.Image:
