@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,27 @@ TEST_DEVICE = os.environ.get("PONDERSCOPE_TEST_DEVICE", "cpu")
 if TEST_DEVICE.startswith("cuda"):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+
+@contextmanager
+def uvicorn_in_thread(app, timeout: float = 60.0):
+    """The app under uvicorn in this process, on a free loopback port (a socket, where the test
+    client would buffer bodies or serialise requests) -> the port; stopped on leaving."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + timeout
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

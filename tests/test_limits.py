@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench import memory
+from conftest import uvicorn_in_thread
 from ponderscope.server.app import create_app
 from ponderscope.server.image_store import ImageStore
 from ponderscope.core import imaging
@@ -206,18 +206,8 @@ def test_store_keeps_pixels_not_padding_and_an_evicted_hash_says_upload_again(tm
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     """The app under uvicorn on a loopback port: the test client buffers bodies, a socket does not."""
-    app = create_app([CHECKPOINTS], device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    thread.join(10)
+    with uvicorn_in_thread(create_app([CHECKPOINTS], device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))) as port:
+        yield port
 
 
 MULTIPART_START = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
