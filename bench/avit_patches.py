@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from ponderscope.core.workloads import make_workload
+from ponderscope.core.workloads import checkpoint_test_data
 from ponderscope.models import load_checkpoint
 from ponderscope.paths import bundled_checkpoints
 
@@ -39,18 +39,14 @@ def patch_kinds(canvases: torch.Tensor, boxes: torch.Tensor, grid: int) -> dict[
 
 def measure(checkpoint: str, batch_size: int = 250) -> dict:
     model = load_checkpoint(checkpoint, device="cpu").eval()
-    card = model.card
-    workload = make_workload(card["task"], card["dataset"], torch.device("cpu"), {"preprocess": card["preprocess"]}, test_only=True)
+    workload = checkpoint_test_data(model.card)
     if workload.test_boxes is None:
-        raise SystemExit(f"{checkpoint}: its test set ({card['dataset']}) has no object boxes")
+        raise SystemExit(f"{checkpoint}: its test set ({model.card.dataset}) has no object boxes")
     raw = workload.test_x  # uint8 [N, 1, H, W]
-    mean = torch.tensor(card["preprocess"]["mean"])[None, :, None, None]
-    std = torch.tensor(card["preprocess"]["std"])[None, :, None, None]
     units, ponder, correct = [], [], 0
     with torch.no_grad():
         for start in range(0, len(raw), batch_size):
-            x = (raw[start : start + batch_size].float() / 255.0 - mean) / std
-            trace = model.trace(x)
+            trace = model.trace(workload.normalize(raw[start : start + batch_size]))
             units.append(sum(block.units for block in trace.blocks))
             ponder.append(sum(block.ponder_cost for block in trace.blocks))
             correct += int((trace.logits.argmax(1) == workload.test_y[start : start + batch_size]).sum())

@@ -182,7 +182,6 @@ def create_app(checkpoint_dirs: list[str | Path] | None = None, device: str = "a
         version=__version__,
     )
     app.state.store = store
-    app.state.request_threads = threads
     app.state.images = ImageStore(cache / "images", max_disk_bytes=image_store_bytes, max_memory_bytes=min(image_store_bytes, 64 << 20))
     app.state.dataset_jobs = DatasetJobs(cache)
     templates = Jinja2Templates(directory=str(resource("templates")))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+from contextlib import nullcontext
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -24,11 +25,8 @@ class AnswerRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def answer(request: Request):
-            limiter = getattr(request.app.state, "model_work", None)
             try:
-                if limiter is None:
-                    return await handler(request)
-                async with limiter:
+                async with getattr(request.app.state, "model_work", None) or nullcontext():
                     return await handler(request)
             except BrokenTrace as error:
                 return JSONResponse({"detail": str(error)}, status_code=BROKEN_TRACE_STATUS)
