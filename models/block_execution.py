@@ -97,12 +97,12 @@ class SparseImages(BlockExecution):
         x, out, active = self.x, self.out, self.active
         inplace = self.inplace and x is not out  # x may be updated in place
         if self.everywhere:
-            update = unit.residual(x)
+            update = sparse_ops.unit_residual(unit, x)  # (BNs folded)
             self.x = x if not x_needed else x.add_(update) if inplace else x + update
             out.addcmul_(update, rest[:, None, None, None])
             return
         images = active.nonzero().squeeze(1)
-        update = unit.residual(sparse_ops.select_images(x, images))
+        update = sparse_ops.unit_residual(unit, sparse_ops.select_images(x, images))
         self.x = x if not x_needed else sparse_ops.add_images(x, images, update, inplace=inplace)
         sparse_ops.add_images(out, images, update * rest[images, None, None, None], inplace=True)
 
@@ -135,11 +135,9 @@ class SparsePositions(BlockExecution):
         share x's memory (then x_l is written to a new tensor)."""
         grid, rows, x, out = self.grid, self.rows, self.x, self.out
         inplace = self.inplace and x is not out  # x may be updated in place
-        if rows is None and sparse_ops.dense_3x3_above(unit.conv2.in_channels) < 1.0:
-            # Nothing halted yet: the dense unit (unless its 3x3 conv runs faster as a product).
-            update, computed = unit.residual(grid.as_nchw(x)).permute(0, 2, 3, 1).reshape(x.shape), None
-        else:
-            update, computed = sparse_ops.unit_residual_rows(unit, x, grid, rows, self.near)
+        # (rows None: nothing halted yet; the 3x3 convs then run densely, BNs folded, unless the
+        # product is faster at that width: `DENSE_3X3_ABOVE`)
+        update, computed = sparse_ops.unit_residual_rows(unit, x, grid, rows, self.near)
         pooled, self.pooled = self.pooled, None
         if computed is not None and rows is not None:  # at the rows only
             if x_needed:

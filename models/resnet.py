@@ -156,8 +156,12 @@ class PreActBasicUnit(nn.Module):
         self.convs_on_dilated = [self.conv1]
         self.convs_on_active = [self.conv2]
 
+    def conv1_input(self, pre: torch.Tensor) -> torch.Tensor:
+        """What conv1 reads (with its own padding, conv1.padding): TF 'SAME' pads unevenly first."""
+        return tf_same_pad(pre, 3, self.stride) if self.tf_pad else pre
+
     def _conv1(self, pre: torch.Tensor) -> torch.Tensor:
-        return self.conv1(tf_same_pad(pre, 3, self.stride) if self.tf_pad else pre)
+        return self.conv1(self.conv1_input(pre))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.style.inner_act(self.bn2(self._conv1(self.style.act(self.bn1(x))))))
@@ -467,7 +471,9 @@ class Block(nn.Module):
         execution: how units 2.. run (models/block_execution.py: the same numbers; the FLOPs are
         always what sparse execution spends); policy: default, the what-if in force."""
         policy = policy or self.policy(current_whatif())
-        x, flops = self.first_unit(x, policy)  # x_1 = F_1(x_0): always runs
+        # x_1 = F_1(x_0): always runs (sparse execution: BNs folded, as in the units after it)
+        folded = self.halting is not None and execution is not Execution.MASKED and not self.training
+        x, flops = self.first_unit(x, policy, folded)
         if self.halting is None:
             return self.plain_units(x, flops, policy)
         log, run = UnitLog(x, self.spatial), block_execution(execution, self.spatial)(x, self.spatial)
@@ -490,16 +496,16 @@ class Block(nn.Module):
                 break
         return run.output(), log.trace(state, len(self.units)), flops + self._loop_flops(log, policy)
 
-    def first_unit(self, x: torch.Tensor, policy: HaltingPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+    def first_unit(self, x: torch.Tensor, policy: HaltingPolicy, folded: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x_1 = F_1(x_0) and its FLOPs [B]; a removed first unit keeps only its shortcut (it may
-        stride or widen)."""
+        stride or widen). folded: by `sparse_ops.unit_output` (the same numbers, BNs folded)."""
         first, in_positions = self.units[0], float(x.shape[-2] * x.shape[-1])
         if 0 in policy.removed:
             x = first.shortcut_path(x)
             positions = float(x.shape[-2] * x.shape[-1])
             flops = conv_flops(first.shortcut, positions) if first.shortcut is not None else 0.0
         else:
-            x = first(x)
+            x = sparse_ops.unit_output(first, x) if folded else first(x)
             positions = float(x.shape[-2] * x.shape[-1])
             flops = unit_flops(first, positions, positions, in_positions)
         return x, torch.full((x.shape[0],), float(flops), device=x.device)

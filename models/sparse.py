@@ -179,9 +179,12 @@ def dense_kernel(kernel: torch.Tensor) -> torch.Tensor:
 
 def _unit_weights(unit: nn.Module) -> dict:
     """Matrices (w*), biases (b*) and, for the dense fallback, 3x3 kernels (k*) of a unit, and
-    the slopes of its activations (0: ReLU) after bn1 and after the inner BNs."""
+    the slopes of its activations (0: ReLU) after bn1 and after the inner BNs; a 1x1 projection
+    shortcut as the matrix ws and its bias bs (None without one)."""
     scale1, shift1 = bn_affine(unit.bn1)
-    slope = dict(slope=unit.style.negative_slope, inner_slope=unit.style.inner_negative_slope)
+    projection = getattr(unit, "shortcut", None)
+    slope = dict(slope=unit.style.negative_slope, inner_slope=unit.style.inner_negative_slope,
+                 ws=None if projection is None else as_matrix(projection.weight), bs=None if projection is None else projection.bias)
     if hasattr(unit, "conv3"):  # bottleneck: bn1 act conv1(1x1) bn2 act conv2(3x3) bn3 act conv3(1x1)
         k1, b1 = folded_conv(unit.conv1, unit.bn2)
         k2, b2 = folded_conv(unit.conv2, unit.bn3)
@@ -426,3 +429,47 @@ def unit_residual_rows(unit: nn.Module, x: torch.Tensor, grid: Grid, active: tor
     pre = activate_(torch.addcmul(w["shift1"], x, w["scale1"]), slope)
     mid, have = conv3x3(grid, pre, None, None if everywhere else dilated, w, "1", activate=True)
     return conv3x3(grid, mid, have, active, w, "2", activate=False)
+
+
+def unit_residual(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """R(x) of a stride-1 unit at every position of a channels-last map [B, C, H, W] (ACT's
+    running images), BNs folded: `unit_residual_rows` on the whole map. A channels-last map."""
+    batch, channels, height, width = x.shape
+    positions = grid(batch, height, width, x.device)
+    update, _ = unit_residual_rows(unit, x.permute(0, 2, 3, 1).reshape(-1, channels), positions, None, None)
+    return positions.as_nchw(update)
+
+
+def unit_output(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A whole pre-activation unit, shortcut + R(x), of any stride, at every position of a
+    channels-last map [B, C, H, W] -> [B, C', H', W'] (channels-last), its inner BNs folded into
+    the convs before them: what a block's first unit computes under sparse execution (it always
+    runs everywhere). The module's own forward runs each BN as a pass over the map of its own;
+    the four first units of a ResNet-50 are a third of its FLOPs, and this takes ~15% less time
+    than their forwards (bench/README.md, issue 21 item 4). Inference only (weights cached as in
+    `unit_weights`)."""
+    w = unit_weights(unit)
+    batch, channels, height, width = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view when x is channels-last
+    pre = activate_(torch.addcmul(w["shift1"], rows, w["scale1"]), w["slope"])  # act(bn1(x))
+    pre_map = pre.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    stride = unit.stride
+    if hasattr(unit, "conv3"):  # bottleneck: 1x1, strided 3x3 (padding 1 in both styles), 1x1
+        mid = activate_(torch.addmm(w["b1"], pre, w["w1"]), w["inner_slope"])
+        mid = F.conv2d(mid.view(batch, height, width, -1).permute(0, 3, 1, 2), w["k2"], w["b2"], stride=stride, padding=1)
+        mid = activate_(mid, w["inner_slope"])
+        out_height, out_width = mid.shape[-2:]
+        branch_rows = mid.permute(0, 2, 3, 1).reshape(-1, mid.shape[1])
+        if w["ws"] is not None:  # the projection of pre (1x1, strided: every stride-th position), then + branch @ w3
+            taken = pre_map[:, :, ::stride, ::stride] if stride > 1 else pre_map
+            taken = taken.permute(0, 2, 3, 1).reshape(-1, channels)
+            out = (taken @ w["ws"] if w["bs"] is None else torch.addmm(w["bs"], taken, w["ws"])).addmm_(branch_rows, w["w3"])
+        else:
+            out = torch.addmm(unit.shortcut_path(x, pre_map).permute(0, 2, 3, 1).reshape(-1, channels), branch_rows, w["w3"])
+        if w["b3"] is not None:
+            out = out.add_(w["b3"])
+        return out.view(batch, out_height, out_width, -1).permute(0, 3, 1, 2)
+    # basic: strided 3x3 (TF 'SAME' padding in their style), 3x3
+    mid = F.conv2d(unit.conv1_input(pre_map), w["k1"], w["b1"], stride=stride, padding=unit.conv1.padding)
+    out = F.conv2d(activate_(mid, w["inner_slope"]), w["k2"], w["b2"], padding=1)
+    return out.add_(unit.shortcut_path(x, pre_map))

@@ -114,6 +114,33 @@ def test_imagenet_resnet_sparse_equals_masked(name, density):
     assert_same(masked, sparse)
 
 
+@pytest.mark.parametrize("style", ["ponderscope", "sact_tf_cifar", "sact_tf_imagenet"])
+@pytest.mark.parametrize("kind, in_channels, width, stride, first", [
+    ("basic", 8, 8, 1, False),  # identity shortcut
+    ("basic", 8, 8, 1, True),  # the authors' CIFAR style: shortcut from relu(bn(x))
+    ("basic", 8, 16, 2, False),  # projection, or their pooled and zero-padded "option A"
+    ("bottleneck", 16, 4, 1, False),  # identity
+    ("bottleneck", 8, 4, 1, True),  # projection, stride 1 (a ResNet-50's first block)
+    ("bottleneck", 16, 8, 2, False),  # projection, strided
+])
+def test_folded_unit_output_equals_the_module(style, kind, in_channels, width, stride, first):
+    """A block's first unit under sparse execution (`unit_output`: BNs folded into the convs,
+    1x1 convs and the projection as products) gives the module's forward, for every wiring, on
+    odd and even map sizes (a strided conv's output size and TF 'SAME' padding differ there)."""
+    from ponderscope.models.resnet import STYLES, PreActBasicUnit, PreActBottleneckUnit
+
+    unit_cls = PreActBasicUnit if kind == "basic" else PreActBottleneckUnit
+    torch.manual_seed(0)
+    unit = randomize_batchnorm(unit_cls(in_channels, width, stride, STYLES[style], first=first)).eval()
+    pooled = getattr(unit, "pool_pad", False) and stride > 1  # (the module's "option A" takes even sizes only)
+    for height, width_ in ((10, 14), (8, 8)) + (() if pooled else ((9, 11),)):
+        x = torch.randn(2, in_channels, height, width_).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            expected, got = unit(x), sparse_ops.unit_output(unit, x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("always_dense", [True, False])
 def test_sact_dense_and_gathered_convs_agree(monkeypatch, always_dense):
     """Both techniques for a 3x3 conv on a position set (dense kernel on the whole map + masked
@@ -150,16 +177,18 @@ def test_sact_sparse_computes_only_the_needed_positions(monkeypatch):
     assert any(a < 0.5 * 2 * 256 for a, _ in seen)
 
 
-def test_act_sparse_runs_only_running_images():
+def test_act_sparse_runs_only_running_images(monkeypatch):
     model = set_halting(resnet("act_resnet", seed=3), "mixed")
-    batches = []
-    handles = [unit.conv1.register_forward_hook(lambda m, i, o: batches.append(i[0].shape[0]))
-               for block in model.blocks for unit in block.units[1:]]
+    batches, residual = [], sparse_ops.unit_residual
+
+    def recorded(unit, x):  # units 2.. of a block (the first always runs on every image)
+        batches.append(x.shape[0])
+        return residual(unit, x)
+
+    monkeypatch.setattr(sparse_ops, "unit_residual", recorded)
     x = torch.randn(6, 1, 12, 12)
     with torch.no_grad():
         trace = model.trace(x)
-    for handle in handles:
-        handle.remove()
     expected = []
     for block in trace.blocks:
         steps = block.units[:, 0, 0]
