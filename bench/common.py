@@ -93,14 +93,38 @@ def channels_last_copy(model):
 DENSE_LAYOUTS = ("NCHW", "channels-last")
 
 
+def folded_dense_runner(dense, batches):
+    """A no-argument callable: the dense ResNet `dense` (channels-last, eval) on every batch with
+    each unit's BNs folded into its convs (`sparse_ops.unit_output`, what sparse execution runs
+    for an adaptive model's units): a dense reference that spends no pass on a BN either, so
+    that a ratio to it shows what skipping saves apart from the folding."""
+    import torch.nn.functional as F
+
+    from ponderscope.models import sparse as sparse_ops
+
+    assert dense.stem_kind == "imagenet" and not dense.style.tf_same  # (the ImageNet-shape bench's resnet50)
+
+    def go():
+        with torch.no_grad():
+            for x in batches:
+                out = F.max_pool2d(dense.stem(x), 3, 2, 1)
+                for block in dense.blocks:
+                    for unit in block.units:
+                        out = sparse_ops.unit_output(unit, out)
+                dense.classifier(dense.head(out))
+    return go
+
+
 def time_models(adaptive, dense, inputs, repeats: int, dense_layouts=DENSE_LAYOUTS, adaptive_channels_last: bool = True,
-                schedule=interleaved) -> dict:
+                schedule=interleaved, folded_dense: bool = False) -> dict:
     """Sparse and masked execution of `adaptive` (inputs channels-last unless adaptive_channels_last
     is False; the caller stores its weights the same way) and the `dense` network on the same inputs
     (a list of batches, run in turn), in rounds (`schedule`: `interleaved`, or `rotated`). The dense
     network runs in each of `dense_layouts` (NCHW, channels-last: weights and inputs); the faster
     layout (by median) is the reference. Returns median seconds ("sparse", "masked", "dense <layout>",
-    "dense": the reference's), and per-round ratios to the reference ("sparse ratio", "masked ratio")."""
+    "dense": the reference's), and per-round ratios to the reference ("sparse ratio", "masked ratio").
+    folded_dense: also the dense network with its BNs folded (`folded_dense_runner`, channels-last):
+    "dense folded" seconds and "sparse / folded" (per-round ratio)."""
     inputs_cl = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
     adaptive_inputs = inputs_cl if adaptive_channels_last else inputs
     runs = {"sparse": runner(adaptive, adaptive_inputs, "sparse"), "masked": runner(adaptive, adaptive_inputs, "masked")}
@@ -108,6 +132,8 @@ def time_models(adaptive, dense, inputs, repeats: int, dense_layouts=DENSE_LAYOU
         runs["dense NCHW"] = runner(dense, inputs)
     if "channels-last" in dense_layouts:
         runs["dense channels-last"] = runner(channels_last_copy(dense), inputs_cl)
+    if folded_dense:
+        runs["dense folded"] = folded_dense_runner(channels_last_copy(dense).eval(), inputs_cl)
     times = schedule(runs, repeats)
     adaptive.execution = "sparse"
     result = {name: median(t) for name, t in times.items()}
@@ -115,6 +141,8 @@ def time_models(adaptive, dense, inputs, repeats: int, dense_layouts=DENSE_LAYOU
     result["dense"] = result[reference]
     result["sparse ratio"] = round_ratio(times, "sparse", reference)
     result["masked ratio"] = round_ratio(times, "masked", reference)
+    if folded_dense:
+        result["sparse / folded"] = round_ratio(times, "sparse", "dense folded")
     return result
 
 
