@@ -151,3 +151,17 @@ def test_the_favicon_is_served(served):
     assert icon.status_code == 200 and icon.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(icon.content)).size == (32, 32)
     assert 'rel="icon"' in client.get("/").text and client.get("/static/favicon.png").content == icon.content
+
+
+def test_maps_are_rounded_as_pythons_round():
+    """The maps' numbers are rounded on the whole array at once (answers._grid): exactly what
+    Python's round(v, digits) gives for each value, ties and negative values included."""
+    from ponderscope.core.answers import _grid
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.rand(60, 60, generator=generator) * 12 - 2,  # ponder-like, and negatives
+                        (torch.arange(3600) / 20000.0).view(60, 60),  # many values at a tie of the 4th decimal
+                        torch.randn(60, 60, generator=generator, dtype=torch.float64) * 1e-3])
+    for digits in (3, 4, 5):
+        expected = [[round(v, digits) for v in row] for row in values.double().tolist()]
+        assert _grid(values, digits) == expected

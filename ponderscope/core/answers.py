@@ -376,7 +376,11 @@ class StudyStatus(JobProgress):
 
 # ------------------------------------------------------------------ Trace -> answers
 def _grid(tensor: torch.Tensor, digits: int = 4) -> list[list[float]]:
-    return [[round(v, digits) for v in row] for row in tensor.tolist()]
+    """A 2-D tensor as nested lists of floats rounded to `digits` decimals: in float64, the whole
+    array at once (the same numbers as Python's round on each value: tests/test_answer_wire.py;
+    a round per value cost ~2.5 ms of a 60x60 SACT answer)."""
+    scale = 10.0 ** digits
+    return tensor.double().mul(scale).round_().div_(scale).tolist()
 
 
 def _int_grid(tensor: torch.Tensor) -> list[list[int]]:
@@ -534,7 +538,8 @@ def analyze_text(model, text: str) -> TextAnalysis:
     trace, ms = model.trace(x)
     logits = trace.logits[0].float().cpu()
     log_probs = F.log_softmax(logits, -1)
-    byte_bits = [None] + [float(-log_probs[t - 1, data[t]]) / math.log(2) for t in range(1, len(data))]
+    # -log2 p(byte t | bytes before it), for t >= 1 (one gather, not an index per byte)
+    byte_bits = [None] + (-log_probs[:-1].gather(1, x[0, 1:, None]).squeeze(1).double() / math.log(2)).tolist()
     ponder, steps = trace.ponder[0].cpu().tolist(), trace.steps[0].cpu().tolist()
     chars, position, previous = [], 0, None
     for char in text:
@@ -591,7 +596,7 @@ def text_layers(model, trace: Trace, widths: list[int], index: int = 0) -> dict:
 
     def per_char(values: torch.Tensor, digits: int) -> list[list[float]]:
         sums = torch.zeros(len(widths), count, dtype=torch.float64).index_add_(0, owner, values.double())
-        return [[round(v, digits) for v in row] for row in (sums / bytes_per_char).tolist()]
+        return _grid(sums / bytes_per_char, digits)
 
     weights = trace.token_layer_weights
     return {"layer_names": token_layer_labels(getattr(model.module, "token_layer_names", None), count),
