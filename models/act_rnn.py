@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .halting import DEFAULT_EPS, StepwiseHalting
 from .registry import SEQUENCE_TASKS, register_model
-from .sparse import Execution, requested_execution
+from .sparse import Execution, cached, requested_execution
 from .trace import Trace
 
 
@@ -50,20 +50,36 @@ class RecurrentCell(nn.Module):
         zeros = torch.zeros(batch, self.hidden_size, device=device, dtype=dtype)
         return (zeros, zeros.clone()) if self.kind == "lstm" else (zeros,)
 
-    def step(self, x_proj: torch.Tensor, first: bool, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        pre = x_proj + self.flag_weight if first else x_proj
-        hidden = state[0]
+    def _hidden_weight(self) -> torch.Tensor:
+        """W_h as [H, gates * H] for `hidden @ W`: at inference a contiguous copy, cached while
+        the weights are unchanged (at batch 1 MKL's product then takes ~9 us instead of ~16
+        through the transposed view); with autograd the view (no copy per step)."""
+        if torch.is_grad_enabled():
+            return self.hidden_proj.weight.t()
+        return cached(self.hidden_proj, lambda projection: projection.weight.t().contiguous())
+
+    def step(self, pre: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """pre: W_x x + b, plus the flag's column on a first inner step (`flagged`)."""
+        hidden, weight = state[0], self._hidden_weight()
         if self.kind == "rnn":
-            return (torch.tanh(pre + self.hidden_proj(hidden)),)
-        if self.kind == "gru":
+            return (torch.addmm(pre, hidden, weight).tanh_(),)
+        if self.kind == "gru":  # (W_h s + b_h is needed on its own: the reset gate scales a third of it)
             x_r, x_z, x_n = pre.chunk(3, -1)
-            h_r, h_z, h_n = self.hidden_proj(hidden).chunk(3, -1)
+            h_r, h_z, h_n = torch.addmm(self.hidden_proj.bias, hidden, weight).chunk(3, -1)
             reset, update = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
             candidate = torch.tanh(x_n + reset * h_n)
             return ((1 - update) * candidate + update * hidden,)
-        i, f, g, o = (pre + self.hidden_proj(hidden)).chunk(4, -1)
-        cell = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
-        return (torch.sigmoid(o) * torch.tanh(cell), cell)
+        # LSTM in few ops (at batch 1 an op's dispatch costs more than its arithmetic): the
+        # product added to the gates' input in one addmm, one sigmoid for i, f and o
+        gates = torch.addmm(pre, hidden, weight)
+        size = self.hidden_size
+        i, f, _, o = gates.sigmoid().chunk(4, -1)
+        cell = torch.addcmul(f * state[1], i, gates[:, 2 * size : 3 * size].tanh())
+        return (o * cell.tanh(), cell)
+
+    def flagged(self, x_proj: torch.Tensor) -> torch.Tensor:
+        """The input of a first inner step: the flag's column added (once per sequence)."""
+        return x_proj + self.flag_weight
 
     def step_flops(self) -> int:
         # The per-step matrix products: W_h s (and the input projection, done once per input
@@ -118,23 +134,22 @@ class ACTRecurrentNet(nn.Module):
         """h = sigmoid(W_h s + b_h) -> [B] (one matrix-vector product: W_h has one row)."""
         return torch.addmv(self.halting_unit.bias, hidden, self.halting_unit.weight[0]).sigmoid()
 
-    def _ponder_step(self, x_proj, state, batch, device, dtype):
-        """All inner steps for one input step. Returns (averaged state, ponder [B], steps [B])."""
-        if not self.act:
-            return self.cell.step(x_proj, True, state), torch.ones(batch, device=device, dtype=dtype), torch.ones(batch, device=device, dtype=torch.long)
+    def _ponder_step(self, first_proj, x_proj, state, batch, device, dtype):
+        """All inner steps for one input step (first_proj: the first's input, with the flag;
+        x_proj: the later ones'). Returns (averaged state, ponder [B], steps [B])."""
         if batch == 1 and not torch.is_grad_enabled():
-            return self._ponder_step_single(x_proj, state)
+            return self._ponder_step_single(first_proj, x_proj, state)
         halting = StepwiseHalting((batch,), device=device, dtype=dtype, eps=self.eps)
         sparse = requested_execution(self) is Execution.SPARSE  # (models/sparse.py: the one in force, else self.execution)
         averaged, current = None, state
         for n in range(1, self.max_steps + 1):
             rows = halting.running.nonzero().squeeze(1) if sparse and n > 1 else None
             if rows is not None and rows.numel() < batch:
-                sub = self.cell.step(x_proj[rows], False, tuple(s[rows] for s in current))
+                sub = self.cell.step(x_proj[rows], tuple(s[rows] for s in current))
                 current = tuple(s.index_copy(0, rows, s_rows) for s, s_rows in zip(current, sub))
                 h = torch.zeros(batch, device=device, dtype=dtype).index_copy(0, rows, self._halting(sub[0]))
             else:  # masked, the first inner step, or every row still running
-                current = self.cell.step(x_proj, n == 1, current)
+                current = self.cell.step(first_proj if n == 1 else x_proj, current)
                 h = self._halting(current[0])
             p = halting.update(h, force_halt=n == self.max_steps)[:, None]
             if averaged is None:
@@ -145,7 +160,7 @@ class ACTRecurrentNet(nn.Module):
                 break
         return averaged, halting.ponder_cost, halting.steps
 
-    def _ponder_step_single(self, x_proj, state):
+    def _ponder_step_single(self, first_proj, x_proj, state):
         """`_ponder_step` for one sequence at inference (the dashboard's case). The halting rule
         runs on one float32 number per inner step (`StepwiseHalting.scalar`, identical results)
         instead of a dozen one-element tensor ops; the state average is one fused multiply-add
@@ -154,7 +169,7 @@ class ACTRecurrentNet(nn.Module):
         halting = StepwiseHalting.scalar(eps=self.eps)
         averaged, current = None, state
         for n in range(1, self.max_steps + 1):
-            current = self.cell.step(x_proj, n == 1, current)
+            current = self.cell.step(first_proj if n == 1 else x_proj, current)
             p = float(halting.update(np.float32(self._halting(current[0]).item()), force_halt=n == self.max_steps))
             if averaged is None:
                 averaged = current if p == 1.0 else tuple(s * p for s in current)
@@ -170,16 +185,23 @@ class ACTRecurrentNet(nn.Module):
         batch, length = inputs.shape[:2]
         device, dtype = inputs.device, inputs.dtype
         projected = self.cell.input_proj(inputs)  # W_x x_t + b for every t at once
+        flagged = self.cell.flagged(projected)  # and with the first-step flag
         state = self.cell.initial_state(batch, device, dtype)
         outputs, ponders, steps = [], [], []
         for t in range(length):
-            state, ponder, n_steps = self._ponder_step(projected[:, t], state, batch, device, dtype)
+            if self.act:
+                state, ponder, n_steps = self._ponder_step(flagged[:, t], projected[:, t], state, batch, device, dtype)
+                ponders.append(ponder)
+                steps.append(n_steps)
+            else:  # one step per input step, the flag set
+                state = self.cell.step(flagged[:, t], state)
             outputs.append(state[0])
-            ponders.append(ponder)
-            steps.append(n_steps)
         hidden = torch.stack(outputs, 1)
         logits = self.readout(hidden[:, -1] if self.output == "last" else hidden)
-        if isinstance(steps[0], torch.Tensor):
+        if not self.act:  # ponder 1 everywhere
+            ponder_t = torch.ones(batch, length, device=device, dtype=dtype)
+            steps_t = torch.ones(batch, length, device=device, dtype=torch.long)
+        elif isinstance(steps[0], torch.Tensor):
             ponder_t, steps_t = torch.stack(ponders, 1), torch.stack(steps, 1)
         else:  # _ponder_step_single's numbers
             ponder_t = torch.tensor([ponders], dtype=dtype, device=device)

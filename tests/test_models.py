@@ -747,21 +747,21 @@ def test_act_rnn_two_steps_by_hand(cell):
         projected = model.cell.input_proj(x)
         # Centre the halting logits of the first inner steps on logit(0.99): about half the rows
         # halt after one step.
-        first = model.cell.step(projected[:, 0], True, model.cell.initial_state(16, x.device, x.dtype))
+        first = model.cell.step(projected[:, 0] + model.cell.flag_weight, model.cell.initial_state(16, x.device, x.dtype))
         z = model.halting_unit(first[0]).squeeze(1) - model.halting_unit.bias
         model.halting_unit.bias.fill_(4.6 - z.median().item())
         trace = model.trace(x)
         state = model.cell.initial_state(16, x.device, x.dtype)
         outs, ponders, steps, wrong_flag = [], [], [], []
         for t in range(3):
-            s1 = model.cell.step(projected[:, t], True, state)
-            s2 = model.cell.step(projected[:, t], False, s1)
+            s1 = model.cell.step(projected[:, t] + model.cell.flag_weight, state)
+            s2 = model.cell.step(projected[:, t], s1)
             h = torch.sigmoid(model.halting_unit(s1[0])).squeeze(1)
             halt = h >= 0.99
             p1 = torch.where(halt, torch.ones_like(h), h)
             p2 = torch.where(halt, torch.zeros_like(h), 1 - h)
             # An inverted flag (0 at n = 1, 1 after): what a buggy port computes.
-            w1 = model.cell.step(projected[:, t], False, state)
+            w1 = model.cell.step(projected[:, t], state)
             wrong_flag.append(w1[0])
             state = tuple(p1[:, None] * a + p2[:, None] * b for a, b in zip(s1, s2))
             outs.append(state[0])
@@ -774,11 +774,9 @@ def test_act_rnn_two_steps_by_hand(cell):
     # The flag is added on the first inner step only (and it does change the numbers).
     s = model.cell.initial_state(16, x.device, x.dtype)
     with torch.no_grad():
-        a = model.cell.step(projected[:, 0], True, s)
-        b = model.cell.step(projected[:, 0] + model.cell.flag_weight, False, s)
-    for u, v in zip(a, b):
-        torch.testing.assert_close(u, v)
-    assert not torch.allclose(model.cell.step(projected[:, 0], False, s)[0], a[0])
+        torch.testing.assert_close(model.cell.flagged(projected), projected + model.cell.flag_weight)
+        a = model.cell.step(projected[:, 0] + model.cell.flag_weight, s)
+        assert not torch.allclose(model.cell.step(projected[:, 0], s)[0], a[0])
 
 
 def rnn_reference(model, x):
@@ -790,7 +788,7 @@ def rnn_reference(model, x):
     for t in range(length):
         current, states, hs = state, [], []
         for n in range(1, model.max_steps + 1):
-            current = model.cell.step(projected[:, t], n == 1, current)
+            current = model.cell.step(projected[:, t] + model.cell.flag_weight if n == 1 else projected[:, t], current)
             states.append(current)
             hs.append(torch.sigmoid(model.halting_unit(current[0])).squeeze(1))
         result = act_weights(torch.stack(hs, -1), eps=model.eps)
@@ -833,9 +831,9 @@ def test_act_rnn_sparse_runs_only_the_rows_still_going():
     calls = []
     original = model.cell.step
 
-    def recording_step(x_proj, first, state):
-        calls.append((x_proj.shape[0], first))
-        return original(x_proj, first, state)
+    def recording_step(pre, state):  # (whether the flag is set on the first inner step: the by-hand tests above)
+        calls.append(pre.shape[0])
+        return original(pre, state)
 
     model.cell.step = recording_step
     with torch.no_grad():
@@ -843,9 +841,9 @@ def test_act_rnn_sparse_runs_only_the_rows_still_going():
     expected = []
     for t in range(4):
         column = trace.steps[:, t]
-        expected += [(int((column >= n).sum()), n == 1) for n in range(1, int(column.max()) + 1)]
+        expected += [int((column >= n).sum()) for n in range(1, int(column.max()) + 1)]
     assert calls == expected
-    assert any(rows < 12 for rows, _ in calls)
+    assert any(rows < 12 for rows in calls)
 
 
 @pytest.mark.parametrize("execution", ["sparse", "masked"])
@@ -876,7 +874,7 @@ def test_plain_rnn_is_one_step_everywhere(cell):
         state = model.cell.initial_state(4, x.device, x.dtype)
         outs = []
         for t in range(5):
-            state = model.cell.step(projected[:, t], True, state)
+            state = model.cell.step(projected[:, t] + model.cell.flag_weight, state)
             outs.append(state[0])
     assert (trace.steps == 1).all()
     assert (trace.ponder == 1).all()
