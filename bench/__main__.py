@@ -299,7 +299,8 @@ def planned_runner(model, batches, execution):
     return go
 
 
-def auto_rows(report: Report, name: str, model, card, weights: str, rows, repeats: dict, plan_cache: Path, device: str) -> list[float]:
+def auto_rows(report: Report, name: str, model, card, weights: str, rows, repeats: dict, plan_cache: Path, device: str,
+              images=None) -> list[float]:
     """Plan `model` as ps.load does (fresh: nothing cached), then for each (label, batch size,
     inputs) time every path auto may choose (sparse, masked, and tiles where the model has them:
     ponderscope.core.execution.paths_of) and the planned execution side by side (rounds, the order
@@ -307,7 +308,7 @@ def auto_rows(report: Report, name: str, model, card, weights: str, rows, repeat
     from ponderscope.core.execution import forget_plans, paths_of, plan_execution
 
     forget_plans()
-    plan = plan_execution(model, card, device, weights, "auto", plan_cache)
+    plan = plan_execution(model, card, device, weights, "auto", plan_cache, images=images)
     paths = [p.value for p in paths_of(model)] if plan.choices else ["sparse", "masked"]
     ratios = []
     for label, batch, inputs in rows:
@@ -342,22 +343,23 @@ def auto_rows(report: Report, name: str, model, card, weights: str, rows, repeat
 def auto_section(report: Report, repeats: dict, device: str = "cpu", imagenet_targets=(0.5, 0.7)):
     """Execution planned per device (ponderscope.core.execution): every bundled checkpoint on its own
     test data, and the SACT / AIG ResNet-50 of the ImageNet sections (random weights, calibrated
-    the same way) at 224x224; the plan measured here, on synthetic inputs, as `serve` measures it."""
+    the same way) at 224x224; the plan measured here as `serve` measures it (on the model's test
+    images where it has them, else on synthetic inputs)."""
     import hashlib
     import tempfile
     from types import SimpleNamespace
 
     from ponderscope.core import data, tasks
-    from ponderscope.core.execution import ANALYSIS_BATCH, device_name
+    from ponderscope.core.execution import ANALYSIS_BATCH, device_name, test_images
 
     report.add(AUTO_MARKERS[0])
     report.add(f"\n### Execution planned per device (auto) on {device_name(device)}\n")
     report.add(f"The plan is made as `ps.load` and `serve` make it (ponderscope.core.execution: batch 1 and {ANALYSIS_BATCH} timed on "
-               f"synthetic inputs, a warm-up pass then rounds of every path; nothing cached); each row then times sparse, masked, "
+               f"the model's test images where it has them, else on synthetic inputs, a warm-up pass then rounds of every path; nothing cached); each row then times sparse, masked, "
                f"tiles (SACT only: the paths auto chooses from) and auto (the plan's entry for that batch size: the nearest planned size) on the real inputs, in rounds with the "
                f"order rotated (batch 1: {repeats[1]} rounds, larger: {repeats[32]}; a run under {AUTO_MIN_RUN_S * 1000:.0f} ms goes over its inputs several times, in {3 * repeats[1]} rounds); ms: medians, per pass over the inputs. Target: auto / the fastest path "
                f"<= {AUTO_TARGET}. The modules run as `serve` loads them (weights NCHW).\n")
-    report.add(row(["model", "input / batch", "plan entry used (synthetic sparse / masked [/ tiles] ms)", "sparse ms", "masked ms", "tiles ms",
+    report.add(row(["model", "input / batch", "plan entry used (planned sparse / masked [/ tiles] ms)", "sparse ms", "masked ms", "tiles ms",
                     "auto ms", "auto / min", "chosen path's column / min", f"target <= {AUTO_TARGET}"]))
     report.add(row(["---"] * 10))
     plan_cache = Path(tempfile.mkdtemp(prefix="ponderscope-bench-plans-"))
@@ -384,7 +386,8 @@ def auto_section(report: Report, repeats: dict, device: str = "cpu", imagenet_ta
         except Exception as error:  # a data source that is not installed
             report.add(row([path.name, f"data missing: {str(error).split('.')[0]}"] + [""] * 8))
             continue
-        ratios += auto_rows(report, path.name, model, card, weights, rows, repeats, plan_cache, device)
+        ratios += auto_rows(report, path.name, model, card, weights, rows, repeats, plan_cache, device,
+                            images=(lambda: test_images(card)) if card.kind == "image" else None)  # as LoadedModel plans
     generator = torch.Generator().manual_seed(0)
     images = {1: smooth_images(4, 224, generator).to(device), 32: smooth_images(32, 224, generator).to(device)}
     card = SimpleNamespace(**IMAGENET_CARD)

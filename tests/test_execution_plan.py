@@ -343,3 +343,40 @@ def test_analyze_refuses_an_unknown_execution_in_a_sentence(tmp_path):
 
     with pytest.raises(ValueError, match="execution must be one of auto, sparse, masked, not 'quick'"):
         analyze("fmnist_sact_resnet32", str(tmp_path / "out"), execution="quick", device="cpu")
+
+
+def test_a_plan_is_timed_on_the_models_test_images_where_it_has_them(tmp_path, monkeypatch):
+    """What a data-dependent model skips depends on what it sees (the early-exit ResNet leaves at
+    its first exit on most test images, on hardly any synthetic picture): LoadedModel plans on the
+    model's own test images, batch 1 on a different image each round, and says so; a model whose
+    images cannot be read is timed on synthetic inputs, under another cache key."""
+    from ponderscope.core.loaded import load_model
+
+    seen = []
+
+    def time_pass(module, x, execution):
+        seen.append((x.shape[0], x.clone()))
+        return 1.0 if execution is Execution.SPARSE else 2.0
+
+    monkeypatch.setattr(plans, "time_pass", time_pass)
+    loaded = load_model(CHECKPOINTS / "fmnist_early_exit_resnet32", "ee", "cpu", plan_cache=tmp_path)
+    expected = plans.test_images(loaded.card)
+    assert expected is not None and expected.shape[0] == ANALYSIS_BATCH
+    singles = [x for batch, x in seen if batch == 1]
+    for x in singles:  # each one of the first test images, as normalised for the model
+        assert any(torch.equal(x[0], expected[i]) for i in range(plans.BATCH_1_IMAGES))
+    assert len({x.sum().item() for x in singles}) == min(plans.ROUNDS[1], plans.BATCH_1_IMAGES)  # a different image each round
+    assert all(torch.equal(x, expected) for batch, x in seen if batch == ANALYSIS_BATCH)
+    plan = loaded.execution_plan
+    assert "on its test images" in plan.note and plan.choices[1] is Execution.SPARSE
+    (stored,) = (tmp_path / "execution-plans").glob("*.json")
+    assert json.loads(stored.read_text())["key"]["inputs"] == "test images"
+
+    # offered but unreadable (its data not installed): synthetic inputs, said in the note
+    plans.forget_plans()
+    seen.clear()
+    model = models.load_checkpoint(CHECKPOINTS / "fmnist_early_exit_resnet32")
+    plan = plan_execution(model, model.card, "cpu", SHA, "auto", tmp_path, images=lambda: None)
+    assert "on synthetic inputs" in plan.note
+    synthetic = plans.synthetic_input(model.card, 1)
+    assert all(torch.equal(x, synthetic) for batch, x in seen if batch == 1)

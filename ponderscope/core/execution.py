@@ -11,17 +11,22 @@ for the GPU). So each loaded model gets an `ExecutionPlan`:
     plan.as_json()          # {"mode": "auto", "plan": {"1": "masked", "64": "sparse"}, "timings_ms": {...}, ...}
 
 mode "auto" (the default of `serve`, `analyze`, `study` and `ps.load`): at each planned batch size
-(`PLANNED_BATCHES`: 1, an interactive request, and ANALYSIS_BATCH) each path runs on a synthetic
-input of the model's input shape (`synthetic_input`: image models the card's preprocess
-input_size and channels, text a byte sequence of the task's length, parity the card's bits): one
-warm-up pass each, then `ROUNDS[batch]` rounds that run them in turn (the order rotates from round
-to round); the path with the smaller median time runs. The paths timed (`paths_of`): sparse and
+(`PLANNED_BATCHES`: 1, an interactive request, and ANALYSIS_BATCH) each path runs on the model's
+own test images where the caller can give them (`test_images`: an image model whose test set is
+on this machine; batch 1 a different image each round), else on a synthetic input of the model's
+input shape (`synthetic_input`: image models the card's preprocess input_size and channels, text
+a byte sequence of the task's length, parity the card's bits). What a data-dependent model skips
+depends on what it sees: the early-exit ResNet leaves at its first exit on most test images and
+on hardly any synthetic picture, A-ViT halts the blank tokens of a cluttered canvas early, so a
+plan timed on synthetic inputs chose their slower path (bench: auto 2.25x and 1.36x the faster
+path). One warm-up pass each, then `ROUNDS[batch]` rounds that run them in turn (the order rotates
+from round to round); the path with the smaller median time runs. The paths timed (`paths_of`): sparse and
 masked, and tiles where the model has a tile path (`has_tile_path`: SACT). A batch size that was
 not planned takes the entry of the nearest planned one on a log scale (2..7 -> 1, 8 and up -> 64).
 
 The plan is cached as JSON (`<cache_dir>/execution-plans/`), keyed by the weights' sha256, the
-device's name (the GPU's, or the CPU's model and torch's thread count), the torch version and the
-planned batches; a cache file that cannot be read, or holds another key, is measured again.
+device's name (the GPU's, or the CPU's model and torch's thread count), the torch version, the
+planned batches and whether test images were offered; a cache file that cannot be read, or holds another key, is measured again.
 Within a process a plan is measured once (several servers or `ps.load`s of the same weights).
 
 mode "sparse" / "masked": that path always, nothing timed ("tiles" is not a mode of the faces:
@@ -42,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +65,10 @@ PLANNED_BATCHES = (1, ANALYSIS_BATCH)
 # Timed rounds per batch size, each after one warm-up pass per path: 5 at batch 1 (a pass takes
 # milliseconds), 2 at the analysis batch (a pass of the cluttered-MNIST SACT ResNet-20 takes ~0.4 s
 # on a quiet 2-core CPU, and most of a cold start is these passes).
-ROUNDS = {1: 5}
+ROUNDS = {1: 8}
 DEFAULT_ROUNDS = 2
-PLAN_SCHEMA = 2  # bump when the measurement changes: cached plans are then measured again (2: tiles timed too)
+PLAN_SCHEMA = 3  # bump when the measurement changes: cached plans are then measured again (2: tiles timed too; 3: test images)
+BATCH_1_IMAGES = 8  # test images timed one at a time at batch 1, one per round
 TEXT = (b"The quick brown fox jumps over the lazy dog; hackers' jargon: foo, bar, and a kludge or two. "
         b"<html> 42 + 17 = 59 \n")
 
@@ -108,6 +114,36 @@ def synthetic_input(card, batch: int, device: str = "cpu") -> Optional[torch.Ten
     return None
 
 
+def test_images(card, count: int = ANALYSIS_BATCH) -> Optional[torch.Tensor]:
+    """The first `count` images of an image model's test set, normalised as its card says (what a
+    plan is timed on where it can be), or None where the set cannot be read here (its data is not
+    installed, or an image folder decoded lazily). Callers check first that the model has a test
+    set it may read (LoadedModel: no_test_set)."""
+    from ponderscope.core.workloads import checkpoint_test_data
+
+    if card.kind != "image":
+        return None
+    try:
+        workload = checkpoint_test_data(card)
+    except Exception:  # (DataSourceMissing, a folder gone or unreadable): synthetic inputs then
+        return None
+    images = getattr(workload, "test_x", None)
+    if not isinstance(images, torch.Tensor) or len(images) == 0:
+        return None
+    return workload.normalize(images[:count])
+
+
+def planning_inputs(card, batch: int, device: str, images: Optional[torch.Tensor]) -> list[torch.Tensor]:
+    """What a plan times at `batch`: from the test `images` (batch 1: each of the first
+    BATCH_1_IMAGES alone; more: the first `batch`, repeated to fill it), else one synthetic input."""
+    if images is None:
+        return [synthetic_input(card, batch, device)]
+    images = images.to(device)
+    if batch == 1:
+        return [images[i : i + 1] for i in range(min(len(images), BATCH_1_IMAGES))]
+    return [images[torch.arange(batch, device=images.device) % len(images)]]
+
+
 def time_pass(module, x: torch.Tensor, execution: Execution) -> float:
     """Seconds of one forward pass (module.trace) with `execution` (tests replace this function)."""
     with executing(execution), torch.no_grad():
@@ -123,18 +159,20 @@ def paths_of(module) -> tuple[Execution, ...]:
     return (Execution.SPARSE, Execution.MASKED) + ((Execution.TILES,) if has_tile_path(module) else ())
 
 
-def time_both(module, x: torch.Tensor, rounds: int, paths: Optional[tuple[Execution, ...]] = None) -> dict[Execution, list[float]]:
+def time_both(module, x: torch.Tensor | list[torch.Tensor], rounds: int, paths: Optional[tuple[Execution, ...]] = None) -> dict[Execution, list[float]]:
     """One warm-up pass of each path (default `paths_of(module)`), then `rounds` rounds running
     them in turn, the order rotated from round to round (two paths: alternating), so that a slow
-    spell of a shared machine falls on all alike."""
+    spell of a shared machine falls on all alike. x: an input, or several: round k runs every
+    path on x[k % len(x)] (the warm-up on x[0])."""
+    inputs = x if isinstance(x, list) else [x]
     paths = paths_of(module) if paths is None else tuple(paths)
     for execution in paths:
-        time_pass(module, x, execution)
+        time_pass(module, inputs[0], execution)
     times: dict[Execution, list[float]] = {execution: [] for execution in paths}
     for round_ in range(rounds):
         shift = round_ % len(paths)
         for execution in paths[shift:] + paths[:shift]:
-            times[execution].append(time_pass(module, x, execution))
+            times[execution].append(time_pass(module, inputs[round_ % len(inputs)], execution))
     return times
 
 
@@ -222,9 +260,9 @@ def forget_plans() -> None:
         _MEMO.clear()
 
 
-def _key(weights_sha256: str, device: str, batches) -> dict:
+def _key(weights_sha256: str, device: str, batches, images_offered: bool = False) -> dict:
     return {"schema": PLAN_SCHEMA, "weights_sha256": weights_sha256, "device": device, "torch": torch.__version__,
-            "batches": list(batches)}
+            "batches": list(batches), "inputs": "test images" if images_offered else "synthetic"}
 
 
 def cache_path(cache_dir: Path, key: dict) -> Path:
@@ -242,7 +280,8 @@ def _read(path: Path, key: dict) -> Optional[dict]:
         timings = {int(batch): {str(k): float(v) for k, v in times.items()} for batch, times in data["timings_ms"].items()}
         if sorted(choices) != sorted(key["batches"]):
             return None
-        return {"plan": {str(b): e.value for b, e in choices.items()}, "timings_ms": {str(b): t for b, t in timings.items()}}
+        return {"plan": {str(b): e.value for b, e in choices.items()}, "timings_ms": {str(b): t for b, t in timings.items()},
+                "inputs": str(data.get("inputs", ""))}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # (json's errors are ValueErrors)
         return None
 
@@ -257,24 +296,25 @@ def _write(path: Path, key: dict, measured: dict) -> None:
         pass
 
 
-def measure(module, card, device: str, batches=PLANNED_BATCHES) -> dict:
-    """Time the paths at each batch size -> {"plan": {batch: "sparse"|"masked"|"tiles"}, "timings_ms": {batch: {path: ms}}}
+def measure(module, card, device: str, batches=PLANNED_BATCHES, images: Optional[torch.Tensor] = None) -> dict:
+    """Time the paths at each batch size, on the test `images` if given (`planning_inputs`) ->
+    {"plan": {batch: "sparse"|"masked"|"tiles"}, "timings_ms": {batch: {path: ms}}, "inputs": ...}
     (a tie goes to sparse, then masked)."""
     plan, timings = {}, {}
     for batch in batches:
-        x = synthetic_input(card, batch, device)
-        times = time_both(module, x, ROUNDS.get(batch, DEFAULT_ROUNDS))
+        times = time_both(module, planning_inputs(card, batch, device, images), ROUNDS.get(batch, DEFAULT_ROUNDS))
         medians = {execution: statistics.median(values) for execution, values in times.items()}
         chosen = min(medians, key=lambda execution: (medians[execution], list(Execution).index(execution)))
         plan[str(batch)] = chosen.value
         timings[str(batch)] = {execution.value: round(seconds * 1000.0, 3) for execution, seconds in medians.items()}
-    return {"plan": plan, "timings_ms": timings}
+    return {"plan": plan, "timings_ms": timings, "inputs": "synthetic" if images is None else "test images"}
 
 
 def plan_execution(module, card, device: str, weights_sha256: str, mode: str = "auto", cache_dir: Optional[Path] = None,
-                   batches=PLANNED_BATCHES) -> ExecutionPlan:
+                   batches=PLANNED_BATCHES, images: Optional[Callable[[], Optional[torch.Tensor]]] = None) -> ExecutionPlan:
     """The ExecutionPlan of a loaded module (see the module's doc). cache_dir: where plans are kept
-    (None: default_cache_dir())."""
+    (None: default_cache_dir()); images: gives the model's test images to time on (`test_images`),
+    called only when the plan is measured (None, or it gives None: synthetic inputs)."""
     check_mode(mode)
     own = getattr(module, "execution", None)
     fallback = Execution.of(own) if own is not None else Execution.MASKED
@@ -287,7 +327,7 @@ def plan_execution(module, card, device: str, weights_sha256: str, mode: str = "
     if synthetic_input(card, 1, "cpu") is None:
         return ExecutionPlan(mode, fallback, source="one path", note=f"no synthetic input for a {card.kind} model: its own execution runs")
     name = device_name(device)
-    key = _key(weights_sha256, name, batches)
+    key = _key(weights_sha256, name, batches, images is not None)
     path = cache_path(cache_dir or default_cache_dir(), key)
     memo_key = json.dumps(key, sort_keys=True)
     started = time.perf_counter()
@@ -300,7 +340,7 @@ def plan_execution(module, card, device: str, weights_sha256: str, mode: str = "
         _write(path, key, known)  # measured in this process for another cache folder: kept here too
     if known is None:
         try:
-            known = measure(module, card, device, batches)
+            known = measure(module, card, device, batches, images() if images is not None else None)
         except Exception as error:  # a model that cannot run the synthetic input: its own execution, said why
             reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             return ExecutionPlan(mode, fallback, source="one path", device=name,
@@ -312,6 +352,7 @@ def plan_execution(module, card, device: str, weights_sha256: str, mode: str = "
     choices = {int(batch): Execution.of(value) for batch, value in known["plan"].items()}
     timings = {int(batch): times for batch, times in known["timings_ms"].items()}
     planned = ", ".join(f"batch {b}: " + ", ".join(f"{path} {ms:.1f} ms" for path, ms in t.items()) for b, t in sorted(timings.items()))
+    on = {"test images": " on its test images", "synthetic": " on synthetic inputs"}.get(known.get("inputs"), "")
     return ExecutionPlan(mode, fallback, choices, timings, source=source, device=name,
-                         note=f"the fastest path at each batch size, timed on {name} ({planned})",
+                         note=f"the fastest path at each batch size, timed on {name}{on} ({planned})",
                          seconds=time.perf_counter() - started if source == "measured" else 0.0)

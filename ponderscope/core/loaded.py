@@ -32,7 +32,7 @@ import torch
 
 from ponderscope import models
 from ponderscope.core.data import DataSourceMissing
-from ponderscope.core.execution import ExecutionPlan, plan_execution
+from ponderscope.core.execution import ExecutionPlan, plan_execution, test_images
 from ponderscope.core.workloads import checkpoint_test_data, no_test_set
 from ponderscope.models.checkpoint import CARD_FILE, WEIGHTS_FILE, Card, CheckpointError
 from ponderscope.models.contract import TraceContractError, check_trace, declarations, exit_threshold, fixed_input_size
@@ -300,13 +300,17 @@ def load_model(path: Path, model_id: str, device: str, slots: Optional[Inference
     module = models.load_checkpoint(path, device=device)
     card = module.card
     weights = _sha256(path / WEIGHTS_FILE)
+    missing = no_test_set(card.data) or refused
+    # the plan is timed on the model's own test images where it has them (core/execution.py: what a
+    # data-dependent model skips depends on what it sees)
+    images = None if missing or card.kind != "image" else (lambda: test_images(card))
     return LoadedModel(
         id=model_id, path=path, module=module, card=card,
         family=models.model_info(card.model).family,  # as registered
         kind=card.kind, weights_sha256=weights, device=device,
         slots=slots or InferenceSlots(2, background=1),
-        no_test_set=no_test_set(card.data) or refused,
-        execution_plan=plan_execution(module, card, device, weights, execution, plan_cache),
+        no_test_set=missing,
+        execution_plan=plan_execution(module, card, device, weights, execution, plan_cache, images=images),
     )
 
 
