@@ -79,7 +79,7 @@ def measure(batch, width, size, fraction, kind, repeats, generator):
     padded_map = padded.view(batch, size + 2, size + 2, width)
     runs = {
         "dense": lambda: F.conv2d(x, kernel, padding=1),
-        "rows": lambda: sparse.conv3x3_map(grid, matrix, kernel_cl, None).index_select(0, rows),
+        "rows": lambda: sparse.conv3x3_map(grid, matrix, kernel_cl, None, None).index_select(0, rows),
         "gather": lambda: sparse.conv3x3_rows(grid, padded, rows, weight, None, None),
         "tiles8": lambda: tiles_conv(padded_map, mask, kernel),
     }

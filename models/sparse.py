@@ -177,6 +177,35 @@ def dense_kernel(kernel: torch.Tensor) -> torch.Tensor:
     return kernel.contiguous(memory_format=torch.channels_last)
 
 
+def packed_kernel(kernel: torch.Tensor, stride: int, padding: int) -> Optional[torch.Tensor]:
+    """oneDNN's own layout of a conv kernel (for that stride and padding), made once with the
+    weights (`cached`): F.conv2d reorders its kernel on every call, which at batch 1 is about a
+    third of a 512-wide 3x3 conv's time on a 7x7 or 14x14 map (bench/README.md, issue 21 item 4).
+    None where it does not apply (not a float32 CPU kernel, autograd on, a torch without
+    oneDNN's ops): `conv_dense` then runs F.conv2d."""
+    if kernel.device.type != "cpu" or kernel.dtype != torch.float32 or torch.is_grad_enabled() or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch._C._nn.mkldnn_reorder_conv2d_weight(kernel.contiguous().to_mkldnn(), [padding] * 2, [stride] * 2, [1, 1], 1, [])
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return None
+
+
+def conv_dense(x: torch.Tensor, kernel: torch.Tensor, packed: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+               stride: int, padding: int, slope: Optional[float] = None) -> torch.Tensor:
+    """A conv on a whole map, F.conv2d(x, kernel, bias, stride, padding), then the activation of
+    `slope` (None: none): by oneDNN's op on the `packed` kernel where there is one and x is a
+    float32 channels-last CPU map (ReLU fused in; the numbers F.conv2d gives: tests/test_sparse.py),
+    else by F.conv2d."""
+    if packed is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+        fused = slope == 0.0
+        out = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [padding] * 2, [stride] * 2, [1, 1], 1,
+                                                      "relu" if fused else "none", [], "")
+        return out if fused or slope is None else activate_(out, slope)
+    out = F.conv2d(x, kernel, bias, stride, padding)
+    return out if slope is None else activate_(out, slope)
+
+
 def _unit_weights(unit: nn.Module) -> dict:
     """Matrices (w*), biases (b*) and, for the dense fallback, 3x3 kernels (k*) of a unit, and
     the slopes of its activations (0: ReLU) after bn1 and after the inner BNs; a 1x1 projection
@@ -190,16 +219,31 @@ def _unit_weights(unit: nn.Module) -> dict:
         k2, b2 = folded_conv(unit.conv2, unit.bn3)
         k3, _ = folded_conv(unit.conv3)
         return dict(scale1=scale1, shift1=shift1, w1=as_matrix(k1), b1=b1, w2=as_matrix(k2), k2=dense_kernel(k2), b2=b2,
-                    w3=as_matrix(k3), b3=unit.conv3.bias, **slope)
+                    p2=packed_kernel(k2, unit.conv2.stride[0], unit.conv2.padding[0]), w3=as_matrix(k3), b3=unit.conv3.bias, **slope)
     k1, b1 = folded_conv(unit.conv1, unit.bn2)  # basic: bn1 act conv1(3x3) bn2 act conv2(3x3)
     k2, _ = folded_conv(unit.conv2)
     return dict(scale1=scale1, shift1=shift1, w1=as_matrix(k1), k1=dense_kernel(k1), b1=b1, w2=as_matrix(k2),
-                k2=dense_kernel(k2), b2=unit.conv2.bias, **slope)
+                k2=dense_kernel(k2), b2=unit.conv2.bias, p1=packed_kernel(k1, unit.conv1.stride[0], unit.conv1.padding[0]),
+                p2=packed_kernel(k2, 1, 1), **slope)
 
 
 def activate_(x: torch.Tensor, slope: float) -> torch.Tensor:
     """ReLU (slope 0) or leaky ReLU, in place."""
     return x.relu_() if slope == 0.0 else F.leaky_relu_(x, slope)
+
+
+class DerivedWeights:
+    """An entry of `cached`: the key it was built for and what was built. Not copied with its
+    module (copy.deepcopy gives None, so a copy builds its own): oneDNN's packed kernels cannot
+    be copied, and a copy's parameters are other tensors anyway."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, key, value):
+        self.key, self.value = key, value
+
+    def __deepcopy__(self, memo):
+        return None
 
 
 def cached(module: nn.Module, build, also: tuple[nn.Module, ...] = ()):
@@ -215,11 +259,11 @@ def cached(module: nn.Module, build, also: tuple[nn.Module, ...] = ()):
         return build(module)  # differentiable, not cached
     key = tuple((t.data_ptr(), t._version) for t in tensors)
     entry = module.__dict__.get("_sparse_cache")
-    if entry is None or entry[0] != key:
+    if entry is None or entry.key != key:
         with torch.no_grad():
-            entry = (key, build(module))
+            entry = DerivedWeights(key, build(module))
         module.__dict__["_sparse_cache"] = entry  # a plain attribute: not a parameter, not saved
-    return entry[1]
+    return entry.value
 
 
 def unit_weights(unit: nn.Module) -> dict:
@@ -371,9 +415,11 @@ def conv3x3_rows(grid: Grid, padded: torch.Tensor, rows: torch.Tensor, weight: t
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
-def conv3x3_map(grid: Grid, full: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The dense kernel on the whole map given as rows [B*H*W, Cin] -> rows [B*H*W, Cout]."""
-    out = F.conv2d(grid.as_nchw(full), kernel, bias, padding=1)  # channels-last in and out
+def conv3x3_map(grid: Grid, full: torch.Tensor, kernel: torch.Tensor, packed: Optional[torch.Tensor], bias: torch.Tensor | None,
+                slope: Optional[float] = None) -> torch.Tensor:
+    """The dense kernel on the whole map given as rows [B*H*W, Cin] -> rows [B*H*W, Cout]
+    (`conv_dense`: stride 1, padding 1, then the activation of `slope`, None: none)."""
+    out = conv_dense(grid.as_nchw(full), kernel, packed, bias, 1, 1, slope)  # channels-last in and out
     return out.permute(0, 2, 3, 1).reshape(grid.positions, -1)
 
 
@@ -391,8 +437,7 @@ def conv3x3(grid: Grid, values: torch.Tensor, have: torch.Tensor | None, want: t
     wanted = positions if want is None else want.numel()
     if wanted > dense_3x3_above(values.shape[1]) * positions:
         full = values if have is None else grid.scatter(have, values)
-        out = conv3x3_map(grid, full, w[f"k{name}"], w[f"b{name}"])
-        out = activate_(out, w["inner_slope"]) if activate else out
+        out = conv3x3_map(grid, full, w[f"k{name}"], w[f"p{name}"], w[f"b{name}"], w["inner_slope"] if activate else None)
         return (out if then is None else out @ then), None
     padded = grid.pad(values) if have is None else grid.scatter_padded(have, values)
     rows = torch.arange(positions, device=values.device) if want is None else want
@@ -456,8 +501,7 @@ def unit_output(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     stride = unit.stride
     if hasattr(unit, "conv3"):  # bottleneck: 1x1, strided 3x3 (padding 1 in both styles), 1x1
         mid = activate_(torch.addmm(w["b1"], pre, w["w1"]), w["inner_slope"])
-        mid = F.conv2d(mid.view(batch, height, width, -1).permute(0, 3, 1, 2), w["k2"], w["b2"], stride=stride, padding=1)
-        mid = activate_(mid, w["inner_slope"])
+        mid = conv_dense(mid.view(batch, height, width, -1).permute(0, 3, 1, 2), w["k2"], w["p2"], w["b2"], stride, 1, w["inner_slope"])
         out_height, out_width = mid.shape[-2:]
         branch_rows = mid.permute(0, 2, 3, 1).reshape(-1, mid.shape[1])
         if w["ws"] is not None:  # the projection of pre (1x1, strided: every stride-th position), then + branch @ w3
@@ -470,6 +514,6 @@ def unit_output(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
             out = out.add_(w["b3"])
         return out.view(batch, out_height, out_width, -1).permute(0, 3, 1, 2)
     # basic: strided 3x3 (TF 'SAME' padding in their style), 3x3
-    mid = F.conv2d(unit.conv1_input(pre_map), w["k1"], w["b1"], stride=stride, padding=unit.conv1.padding)
-    out = F.conv2d(activate_(mid, w["inner_slope"]), w["k2"], w["b2"], padding=1)
+    mid = conv_dense(unit.conv1_input(pre_map), w["k1"], w["p1"], w["b1"], stride, unit.conv1.padding[0], w["inner_slope"])
+    out = conv_dense(mid, w["k2"], w["p2"], w["b2"], 1, 1)
     return out.add_(unit.shortcut_path(x, pre_map))

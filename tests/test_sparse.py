@@ -398,3 +398,39 @@ def test_bundled_checkpoint_sparse_equals_masked(name):
     assert_same(masked, sparse)
     if masked.flops is not None and "rnn" not in name and "lstm" not in name:
         assert (masked.flops < masked.dense_flops).any(), "the checkpoint should skip some work"
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 1), (2, 0)])
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_a_prepacked_conv_gives_the_numbers_of_f_conv2d(stride, padding, slope, with_bias):
+    """conv_dense on oneDNN's packed kernel (made once with the weights) gives F.conv2d's numbers
+    and the activation after it, on channels-last maps; without a packed kernel it is F.conv2d."""
+    generator = torch.Generator().manual_seed(stride * 10 + padding)
+    x = torch.randn(2, 16, 9, 11, generator=generator).contiguous(memory_format=torch.channels_last)
+    kernel = sparse_ops.dense_kernel(torch.randn(24, 16, 3, 3, generator=generator))
+    bias = torch.randn(24, generator=generator) if with_bias else None
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(x, kernel, bias, stride, padding)
+        expected = expected if slope is None else torch.nn.functional.leaky_relu(expected, slope)
+        packed = sparse_ops.packed_kernel(kernel, stride, padding)
+        if torch.backends.mkldnn.is_available():
+            assert packed is not None and packed.is_mkldnn
+        for p in (packed, None):
+            got = sparse_ops.conv_dense(x, kernel, p, bias, stride, padding, slope)
+            assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert sparse_ops.packed_kernel(kernel.requires_grad_(), stride, padding) is None  # autograd on: F.conv2d
+
+
+def test_a_model_with_cached_weights_can_be_copied():
+    """The weights sparse execution derives (folded, packed) stay with the module they were made
+    from: a deep copy builds its own, and both run."""
+    import copy
+
+    model = set_halting(resnet("sact_resnet50", seed=5), "mixed")
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        before = model.trace(x).logits
+        clone = copy.deepcopy(model)
+        assert torch.equal(clone.trace(x).logits, before)
