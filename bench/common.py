@@ -94,10 +94,10 @@ DENSE_LAYOUTS = ("NCHW", "channels-last")
 
 
 def folded_dense_runner(dense, batches):
-    """A no-argument callable: the dense ResNet `dense` (channels-last, eval) on every batch with
-    each unit's BNs folded into its convs (`sparse_ops.unit_output`, what sparse execution runs
-    for an adaptive model's units): a dense reference that spends no pass on a BN either, so
-    that a ratio to it shows what skipping saves apart from the folding."""
+    """A no-argument callable: the dense ResNet `dense` (channels-last, eval) on every batch, each
+    unit by `sparse_ops.unit_output` (BNs folded into the convs, 3x3 kernels prepacked: what
+    sparse execution runs for an adaptive model's first units): a dense reference given the same
+    speed-ups, so that a ratio to it shows what skipping saves apart from them."""
     import torch.nn.functional as F
 
     from ponderscope.models import sparse as sparse_ops

@@ -181,8 +181,8 @@ def packed_kernel(kernel: torch.Tensor, stride: int, padding: int) -> Optional[t
     """oneDNN's own layout of a conv kernel (for that stride and padding), made once with the
     weights (`cached`): F.conv2d reorders its kernel on every call, which at batch 1 is about a
     third of a 512-wide 3x3 conv's time on a 7x7 or 14x14 map (bench/README.md, issue 21 item 4).
-    None where it does not apply (not a float32 CPU kernel, autograd on, a torch without
-    oneDNN's ops): `conv_dense` then runs F.conv2d."""
+    None where it does not apply (not a float32 CPU kernel, a torch without oneDNN's ops):
+    `conv_dense` then runs F.conv2d, as it does whenever autograd is on."""
     if kernel.device.type != "cpu" or kernel.dtype != torch.float32 or torch.is_grad_enabled() or not torch.backends.mkldnn.is_available():
         return None
     try:
@@ -197,7 +197,9 @@ def conv_dense(x: torch.Tensor, kernel: torch.Tensor, packed: Optional[torch.Ten
     `slope` (None: none): by oneDNN's op on the `packed` kernel where there is one and x is a
     float32 channels-last CPU map (ReLU fused in; the numbers F.conv2d gives: tests/test_sparse.py),
     else by F.conv2d."""
-    if packed is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+    # (oneDNN's op has no autograd: with autograd on, as for input gradients of frozen weights, F.conv2d)
+    if (packed is not None and not torch.is_grad_enabled() and x.dtype == torch.float32 and x.device.type == "cpu"
+            and x.is_contiguous(memory_format=torch.channels_last)):
         fused = slope == 0.0
         out = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [padding] * 2, [stride] * 2, [1, 1], 1,
                                                       "relu" if fused else "none", [], "")
@@ -478,7 +480,10 @@ def unit_residual_rows(unit: nn.Module, x: torch.Tensor, grid: Grid, active: tor
 
 def unit_residual(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """R(x) of a stride-1 unit at every position of a channels-last map [B, C, H, W] (ACT's
-    running images), BNs folded: `unit_residual_rows` on the whole map. A channels-last map."""
+    running images), BNs folded: `unit_residual_rows` on the whole map. A channels-last map.
+    Off the CPU the module's own forward (cuDNN; `DENSE_3X3_ABOVE` was measured on a CPU)."""
+    if x.device.type != "cpu":
+        return unit.residual(x)
     batch, channels, height, width = x.shape
     positions = grid(batch, height, width, x.device)
     update, _ = unit_residual_rows(unit, x.permute(0, 2, 3, 1).reshape(-1, channels), positions, None, None)

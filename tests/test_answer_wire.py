@@ -154,14 +154,17 @@ def test_the_favicon_is_served(served):
 
 
 def test_maps_are_rounded_as_pythons_round():
-    """The maps' numbers are rounded on the whole array at once (answers._grid): exactly what
-    Python's round(v, digits) gives for each value, ties and negative values included."""
+    """The maps' numbers (float32, as traces hold them) are rounded on the whole array at once
+    (answers._grid): exactly what Python's round(v, digits) gives for each value, ties at the
+    rounded decimal and negative values included."""
     from ponderscope.core.answers import _grid
 
     generator = torch.Generator().manual_seed(0)
     values = torch.cat([torch.rand(60, 60, generator=generator) * 12 - 2,  # ponder-like, and negatives
-                        (torch.arange(3600) / 20000.0).view(60, 60),  # many values at a tie of the 4th decimal
-                        torch.randn(60, 60, generator=generator, dtype=torch.float64) * 1e-3])
+                        (torch.arange(3600) / 20000.0).view(60, 60),  # many values near a tie of the 4th decimal
+                        torch.arange(-1800, 1800).view(60, 60) * 2.0**-11,  # k / 2048: 28 of them exactly at a tie of the 4th decimal
+                        torch.randn(60, 60, generator=generator) * 1e-3])
+    assert values.dtype == torch.float32
     for digits in (3, 4, 5):
-        expected = [[round(v, digits) for v in row] for row in values.double().tolist()]
+        expected = [[round(v, digits) for v in row] for row in values.tolist()]
         assert _grid(values, digits) == expected

@@ -380,3 +380,14 @@ def test_a_plan_is_timed_on_the_models_test_images_where_it_has_them(tmp_path, m
     assert "on synthetic inputs" in plan.note
     synthetic = plans.synthetic_input(model.card, 1)
     assert all(torch.equal(x, synthetic) for batch, x in seen if batch == 1)
+    stored = {json.loads(f.read_text())["key"]["weights_sha256"]: json.loads(f.read_text()) for f in (tmp_path / "execution-plans").glob("*.json")}
+    assert stored[SHA]["key"]["inputs"] == stored[SHA]["inputs"] == "synthetic"  # never filed as timed on images
+
+    # a test set the server may not read (ModelStore.refused_data_source): not offered, not read
+    plans.forget_plans()
+    import ponderscope.core.loaded as loaded_module
+
+    monkeypatch.setattr(loaded_module, "test_images", lambda card, count=ANALYSIS_BATCH: pytest.fail("a refused test set was read"))
+    refused = load_model(CHECKPOINTS / "fmnist_early_exit_resnet32", "ee2", "cpu", refuse=lambda card: "outside --data-root",
+                         plan_cache=tmp_path / "other")
+    assert refused.no_test_set == "outside --data-root" and "on synthetic inputs" in refused.execution_plan.note

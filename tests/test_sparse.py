@@ -214,6 +214,13 @@ def test_sparse_input_gradients_match_masked():
         model = set_halting(resnet(name, seed=4), "mixed")
         masked, sparse = input_gradients(model, torch.randn(2, 1, 11, 14))
         torch.testing.assert_close(sparse, masked, atol=1e-4, rtol=1e-4)
+    # Frozen weights (a saliency map of a trained model): the derived weights are then cached, and
+    # the dense convs must still not take oneDNN's packed route, which has no autograd.
+    for name, shape in (("sact_resnet", (2, 1, 11, 14)), ("sact_resnet50", (1, 3, 40, 40))):
+        model = set_halting(resnet(name, seed=4), "mixed").requires_grad_(False)
+        masked, sparse = input_gradients(model, torch.randn(*shape))
+        assert sparse is not None and sparse.abs().sum() > 0
+        torch.testing.assert_close(sparse, masked, atol=1e-4, rtol=1e-4)
 
 
 def test_execution_attribute():

@@ -377,8 +377,10 @@ class StudyStatus(JobProgress):
 # ------------------------------------------------------------------ Trace -> answers
 def _grid(tensor: torch.Tensor, digits: int = 4) -> list[list[float]]:
     """A 2-D tensor as nested lists of floats rounded to `digits` decimals: in float64, the whole
-    array at once (the same numbers as Python's round on each value: tests/test_answer_wire.py;
-    a round per value cost ~2.5 ms of a 60x60 SACT answer)."""
+    array at once (a round per value cost ~2.5 ms of a 60x60 SACT answer). For float32 maps (the
+    traces') the same numbers as Python's round on each value, ties included: tests/test_answer_wire.py
+    (a float32 value times 10**digits is exact in float64; a float64 value at a decimal tie may
+    round the other way)."""
     scale = 10.0 ** digits
     return tensor.double().mul(scale).round_().div_(scale).tolist()
 

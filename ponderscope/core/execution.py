@@ -121,7 +121,7 @@ def test_images(card, count: int = ANALYSIS_BATCH) -> Optional[torch.Tensor]:
     set it may read (LoadedModel: no_test_set)."""
     from ponderscope.core.workloads import checkpoint_test_data
 
-    if card.kind != "image":
+    if card.kind != "image" or str(card.dataset or "").startswith("imagefolder:"):  # (a folder is decoded lazily: no tensor of its images)
         return None
     try:
         workload = checkpoint_test_data(card)
@@ -310,6 +310,24 @@ def measure(module, card, device: str, batches=PLANNED_BATCHES, images: Optional
     return {"plan": plan, "timings_ms": timings, "inputs": "synthetic" if images is None else "test images"}
 
 
+def _known(weights_sha256: str, name: str, batches, cache_dir: Optional[Path], images_offered: bool) -> tuple[Optional[dict], str]:
+    """The plan of this key measured before in this process, else read from the cache folder (then
+    remembered), else None; and its source ("cached")."""
+    key = _key(weights_sha256, name, batches, images_offered)
+    path = cache_path(cache_dir or default_cache_dir(), key)
+    memo_key = json.dumps(key, sort_keys=True)
+    with _MEMO_LOCK:
+        known = _MEMO.get(memo_key)
+    if known is None:
+        known = _read(path, key)
+    elif not path.is_file():
+        _write(path, key, known)  # measured in this process for another cache folder: kept here too
+    if known is not None:
+        with _MEMO_LOCK:
+            _MEMO[memo_key] = known
+    return known, "cached"
+
+
 def plan_execution(module, card, device: str, weights_sha256: str, mode: str = "auto", cache_dir: Optional[Path] = None,
                    batches=PLANNED_BATCHES, images: Optional[Callable[[], Optional[torch.Tensor]]] = None) -> ExecutionPlan:
     """The ExecutionPlan of a loaded module (see the module's doc). cache_dir: where plans are kept
@@ -327,28 +345,32 @@ def plan_execution(module, card, device: str, weights_sha256: str, mode: str = "
     if synthetic_input(card, 1, "cpu") is None:
         return ExecutionPlan(mode, fallback, source="one path", note=f"no synthetic input for a {card.kind} model: its own execution runs")
     name = device_name(device)
-    key = _key(weights_sha256, name, batches, images is not None)
-    path = cache_path(cache_dir or default_cache_dir(), key)
-    memo_key = json.dumps(key, sort_keys=True)
     started = time.perf_counter()
-    with _MEMO_LOCK:
-        known = _MEMO.get(memo_key)
-    source = "cached"
-    if known is None:
-        known = _read(path, key)
-    elif not path.is_file():
-        _write(path, key, known)  # measured in this process for another cache folder: kept here too
-    if known is None:
+    known, source = _known(weights_sha256, name, batches, cache_dir, images is not None)
+    if known is None and images is not None:
+        # Test images offered: read them now. Where they cannot be read here (their data not
+        # installed), the plan is the synthetic one, under its own key (never stored as timed on images).
         try:
-            known = measure(module, card, device, batches, images() if images is not None else None)
-        except Exception as error:  # a model that cannot run the synthetic input: its own execution, said why
+            loaded = images()
+        except Exception:  # (a test set that does not read as expected: synthetic inputs, as without one)
+            loaded = None
+        if loaded is None:
+            images = None
+            known, source = _known(weights_sha256, name, batches, cache_dir, False)
+    else:
+        loaded = None
+    if known is None:
+        key = _key(weights_sha256, name, batches, images is not None)
+        try:
+            known = measure(module, card, device, batches, loaded)
+        except Exception as error:  # a model that cannot run the input: its own execution, said why
             reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             return ExecutionPlan(mode, fallback, source="one path", device=name,
                                  note=f"timing failed ({type(error).__name__}: {reason}): its own execution runs")
         source = "measured"
-        _write(path, key, known)
-    with _MEMO_LOCK:
-        _MEMO[memo_key] = known
+        _write(cache_path(cache_dir or default_cache_dir(), key), key, known)
+        with _MEMO_LOCK:
+            _MEMO[json.dumps(key, sort_keys=True)] = known
     choices = {int(batch): Execution.of(value) for batch, value in known["plan"].items()}
     timings = {int(batch): times for batch, times in known["timings_ms"].items()}
     planned = ", ".join(f"batch {b}: " + ", ".join(f"{path} {ms:.1f} ms" for path, ms in t.items()) for b, t in sorted(timings.items()))

@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -292,15 +292,17 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def load_model(path: Path, model_id: str, device: str, slots: Optional[InferenceSlots] = None, refused: Optional[str] = None,
-               execution: str = "auto", plan_cache: Optional[Path] = None) -> LoadedModel:
+def load_model(path: Path, model_id: str, device: str, slots: Optional[InferenceSlots] = None,
+               refuse: Optional[Callable[[Card], Optional[str]]] = None, execution: str = "auto",
+               plan_cache: Optional[Path] = None) -> LoadedModel:
     """The checkpoint folder `path` as a LoadedModel named `model_id` (CheckpointError if it cannot
     load), its execution planned (core/execution.py: "auto", "sparse" or "masked"; plans cached in
-    `plan_cache`, None: the default folder)."""
+    `plan_cache`, None: the default folder). refuse(card): why its test set may not be read here
+    (ModelStore.refused_data_source), None if it may: asked before anything reads it."""
     module = models.load_checkpoint(path, device=device)
     card = module.card
     weights = _sha256(path / WEIGHTS_FILE)
-    missing = no_test_set(card.data) or refused
+    missing = no_test_set(card.data) or (refuse(card) if refuse is not None else None)
     # the plan is timed on the model's own test images where it has them (core/execution.py: what a
     # data-dependent model skips depends on what it sees)
     images = None if missing or card.kind != "image" else (lambda: test_images(card))
@@ -414,12 +416,12 @@ class ModelStore:
                 model_id, suffix = f"{name}-{suffix}", suffix + 1
             started = time.time()
             try:
-                entry = load_model(path, model_id, self.device, self.inference, execution=self.execution, plan_cache=self.plan_cache)
+                entry = load_model(path, model_id, self.device, self.inference, refuse=self.refused_data_source,
+                                   execution=self.execution, plan_cache=self.plan_cache)
             except CheckpointError as error:
                 self.errors.append(str(error))
                 log.warning("skipping %s", error)
                 continue
-            entry.no_test_set = entry.no_test_set or self.refused_data_source(entry.card)
             self.models[model_id] = entry
             log.info("loaded %s (%s) from %s in %.2fs; execution %s", model_id, entry.card.model, path, time.time() - started,
                      entry.execution_plan.describe())
