@@ -177,13 +177,22 @@ def dense_kernel(kernel: torch.Tensor) -> torch.Tensor:
     return kernel.contiguous(memory_format=torch.channels_last)
 
 
+# The (out, in) channels of the 3x3 kernels that run prepacked: where it measured faster and never
+# slower (one thread, batch 1 and 4, maps 7x7 to 30x40, stride 1 and 2: 256 wide 1.45 -> 1.18 ms
+# on 14x14, 512 wide 2.1 -> 1.4 ms). Elsewhere oneDNN's op can be far slower than F.conv2d on the
+# same kernel: 96 wide on 7x7 3.8 ms against 0.07, 384 wide up to 60 ms against 1-17.
+PACKED_WIDTHS = {(256, 256), (512, 512)}
+
+
 def packed_kernel(kernel: torch.Tensor, stride: int, padding: int) -> Optional[torch.Tensor]:
     """oneDNN's own layout of a conv kernel (for that stride and padding), made once with the
     weights (`cached`): F.conv2d reorders its kernel on every call, which at batch 1 is about a
     third of a 512-wide 3x3 conv's time on a 7x7 or 14x14 map (bench/README.md, issue 21 item 4).
-    None where it does not apply (not a float32 CPU kernel, a torch without oneDNN's ops):
+    None where it does not apply (not a float32 CPU kernel of `PACKED_WIDTHS`, a torch without oneDNN's ops):
     `conv_dense` then runs F.conv2d, as it does whenever autograd is on."""
     if kernel.device.type != "cpu" or kernel.dtype != torch.float32 or torch.is_grad_enabled() or not torch.backends.mkldnn.is_available():
+        return None
+    if tuple(kernel.shape[:2]) not in PACKED_WIDTHS:
         return None
     try:
         return torch._C._nn.mkldnn_reorder_conv2d_weight(kernel.contiguous().to_mkldnn(), [padding] * 2, [stride] * 2, [1, 1], 1, [])
