@@ -223,19 +223,19 @@ def _unit_weights(unit: nn.Module) -> dict:
     shortcut as the matrix ws and its bias bs (None without one)."""
     scale1, shift1 = bn_affine(unit.bn1)
     projection = getattr(unit, "shortcut", None)
-    slope = dict(slope=unit.style.negative_slope, inner_slope=unit.style.inner_negative_slope,
-                 ws=None if projection is None else as_matrix(projection.weight), bs=None if projection is None else projection.bias)
+    shared = dict(slope=unit.style.negative_slope, inner_slope=unit.style.inner_negative_slope,
+                  ws=None if projection is None else as_matrix(projection.weight), bs=None if projection is None else projection.bias)
     if hasattr(unit, "conv3"):  # bottleneck: bn1 act conv1(1x1) bn2 act conv2(3x3) bn3 act conv3(1x1)
         k1, b1 = folded_conv(unit.conv1, unit.bn2)
         k2, b2 = folded_conv(unit.conv2, unit.bn3)
         k3, _ = folded_conv(unit.conv3)
         return dict(scale1=scale1, shift1=shift1, w1=as_matrix(k1), b1=b1, w2=as_matrix(k2), k2=dense_kernel(k2), b2=b2,
-                    p2=packed_kernel(k2, unit.conv2.stride[0], unit.conv2.padding[0]), w3=as_matrix(k3), b3=unit.conv3.bias, **slope)
+                    p2=packed_kernel(k2, unit.conv2.stride[0], unit.conv2.padding[0]), w3=as_matrix(k3), b3=unit.conv3.bias, **shared)
     k1, b1 = folded_conv(unit.conv1, unit.bn2)  # basic: bn1 act conv1(3x3) bn2 act conv2(3x3)
     k2, _ = folded_conv(unit.conv2)
     return dict(scale1=scale1, shift1=shift1, w1=as_matrix(k1), k1=dense_kernel(k1), b1=b1, w2=as_matrix(k2),
                 k2=dense_kernel(k2), b2=unit.conv2.bias, p1=packed_kernel(k1, unit.conv1.stride[0], unit.conv1.padding[0]),
-                p2=packed_kernel(k2, 1, 1), **slope)
+                p2=packed_kernel(k2, 1, 1), **shared)
 
 
 def activate_(x: torch.Tensor, slope: float) -> torch.Tensor:
@@ -426,12 +426,17 @@ def conv3x3_rows(grid: Grid, padded: torch.Tensor, rows: torch.Tensor, weight: t
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
+def as_rows(maps: torch.Tensor) -> torch.Tensor:
+    """A map [B, C, H, W] as rows [B*H*W, C] (a view when it is channels-last): `Grid.as_nchw`'s inverse."""
+    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+
+
 def conv3x3_map(grid: Grid, full: torch.Tensor, kernel: torch.Tensor, packed: Optional[torch.Tensor], bias: torch.Tensor | None,
                 slope: Optional[float] = None) -> torch.Tensor:
     """The dense kernel on the whole map given as rows [B*H*W, Cin] -> rows [B*H*W, Cout]
     (`conv_dense`: stride 1, padding 1, then the activation of `slope`, None: none)."""
     out = conv_dense(grid.as_nchw(full), kernel, packed, bias, 1, 1, slope)  # channels-last in and out
-    return out.permute(0, 2, 3, 1).reshape(grid.positions, -1)
+    return as_rows(out)
 
 
 def conv3x3(grid: Grid, values: torch.Tensor, have: torch.Tensor | None, want: torch.Tensor | None,
@@ -493,9 +498,9 @@ def unit_residual(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Off the CPU the module's own forward (cuDNN; `DENSE_3X3_ABOVE` was measured on a CPU)."""
     if x.device.type != "cpu":
         return unit.residual(x)
-    batch, channels, height, width = x.shape
+    batch, _, height, width = x.shape
     positions = grid(batch, height, width, x.device)
-    update, _ = unit_residual_rows(unit, x.permute(0, 2, 3, 1).reshape(-1, channels), positions, None, None)
+    update, _ = unit_residual_rows(unit, as_rows(x), positions, None, None)
     return positions.as_nchw(update)
 
 
@@ -509,7 +514,7 @@ def unit_output(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     `unit_weights`)."""
     w = unit_weights(unit)
     batch, channels, height, width = x.shape
-    rows = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view when x is channels-last
+    rows = as_rows(x)
     pre = activate_(torch.addcmul(w["shift1"], rows, w["scale1"]), w["slope"])  # act(bn1(x))
     pre_map = pre.view(batch, height, width, channels).permute(0, 3, 1, 2)
     stride = unit.stride
@@ -517,13 +522,12 @@ def unit_output(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
         mid = activate_(torch.addmm(w["b1"], pre, w["w1"]), w["inner_slope"])
         mid = conv_dense(mid.view(batch, height, width, -1).permute(0, 3, 1, 2), w["k2"], w["p2"], w["b2"], stride, 1, w["inner_slope"])
         out_height, out_width = mid.shape[-2:]
-        branch_rows = mid.permute(0, 2, 3, 1).reshape(-1, mid.shape[1])
+        branch_rows = as_rows(mid)
         if w["ws"] is not None:  # the projection of pre (1x1, strided: every stride-th position), then + branch @ w3
-            taken = pre_map[:, :, ::stride, ::stride] if stride > 1 else pre_map
-            taken = taken.permute(0, 2, 3, 1).reshape(-1, channels)
+            taken = as_rows(pre_map[:, :, ::stride, ::stride] if stride > 1 else pre_map)
             out = (taken @ w["ws"] if w["bs"] is None else torch.addmm(w["bs"], taken, w["ws"])).addmm_(branch_rows, w["w3"])
         else:
-            out = torch.addmm(unit.shortcut_path(x, pre_map).permute(0, 2, 3, 1).reshape(-1, channels), branch_rows, w["w3"])
+            out = torch.addmm(as_rows(unit.shortcut_path(x, pre_map)), branch_rows, w["w3"])
         if w["b3"] is not None:
             out = out.add_(w["b3"])
         return out.view(batch, out_height, out_width, -1).permute(0, 3, 1, 2)

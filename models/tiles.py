@@ -180,15 +180,12 @@ def unit_residual_tiles(unit: nn.Module, x: torch.Tensor, grid: sparse_ops.Grid,
     def as_maps(values: torch.Tensor, side: int) -> torch.Tensor:  # rows -> [n, C, side, side], channels-last
         return values.view(n, side, side, -1).permute(0, 3, 1, 2)
 
-    def as_rows(maps: torch.Tensor) -> torch.Tensor:  # [n, C, side, side] -> rows
-        return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
-
     if hasattr(unit, "conv3"):  # bottleneck, halo 1: conv1 (1x1) on the window, conv2 (3x3) to the tile, conv3 (1x1)
         mid = sparse_ops.activate_(torch.addmm(w["b1"], pre, w["w1"]), inner)
         mid = _zero_off_map(mid, plan.inside[1].index_select(0, tiles), inplace)  # conv2's zero padding
         out = F.conv2d(as_maps(mid, window), w["k2"], w["b2"])  # [n, width, T, T]
         out = _activate(out, inner, inplace)
-        out = as_rows(out)
+        out = sparse_ops.as_rows(out)
         return out @ w["w3"] if w["b3"] is None else torch.addmm(w["b3"], out, w["w3"])
     # basic, halo 2: conv1 (3x3) on the window to T+2, conv2 (3x3) to the tile
     pre = _zero_off_map(pre, plan.inside[2].index_select(0, tiles), inplace)  # conv1's zero padding
@@ -196,7 +193,7 @@ def unit_residual_tiles(unit: nn.Module, x: torch.Tensor, grid: sparse_ops.Grid,
     mid = _activate(mid, inner, inplace)
     inside = plan.inside[1].index_select(0, tiles).view(n, 1, size + 2, size + 2)  # conv2's zero padding
     mid = mid.mul_(inside) if inplace else mid * inside
-    return as_rows(F.conv2d(mid, w["k2"], w["b2"]))
+    return sparse_ops.as_rows(F.conv2d(mid, w["k2"], w["b2"]))
 
 
 class TiledPositions(SparsePositions):
